@@ -1,0 +1,95 @@
+"""Shared helpers for the benchmarks: timing, synthetic data, the printed table and the plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+RESULTS = DOCS / "bench"
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
+    """The fastest of ``repeat`` runs, in seconds (the least disturbed by the rest of the machine)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def rows_env(default: int) -> int:
+    return int(os.environ.get("DBDL_BENCH_ROWS", default))
+
+
+def mlp(sizes: list[int], seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    layers: list = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1]).eval()
+
+
+def features(rows: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, width), dtype=np.float32)
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def report(name: str, title: str, rows: list[dict], reference: str, note: str = "") -> None:
+    """Print a table of rows/s with ratios to ``reference``, write it as markdown + JSON, plot it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    ref = next(r for r in rows if r["name"] == reference)["rows_per_s"]
+    table = Table(title=title)
+    for col in ("method", "rows/s", f"÷ {reference}"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    lines = [f"# {title}", "", f"Machine: {machine()}. {note}".strip(), "",
+             f"| method | rows/s | ÷ {reference} |", "| --- | ---: | ---: |"]
+    for r in rows:
+        ratio = r["rows_per_s"] / ref
+        table.add_row(r["name"], f"{r['rows_per_s']:,.0f}", f"{ratio:.3f}")
+        lines.append(f"| {r['name']} | {r['rows_per_s']:,.0f} | {ratio:.3f} |")
+    Console().print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({"title": title, "rows": rows, "reference": reference}, indent=2))
+    plot_bars(name, title, rows, reference)
+
+
+def plot_bars(name: str, title: str, rows: list[dict], reference: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = next(r for r in rows if r["name"] == reference)["rows_per_s"]
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.2))
+    names = [r["name"] for r in rows][::-1]
+    values = [r["rows_per_s"] for r in rows][::-1]
+    bars = ax.barh(names, values, color=["#4c72b0" if n != reference else "#999999" for n in names])
+    for bar, v in zip(bars, values):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:,.0f}/s ({v / ref:.2f}×)", va="center",
+                fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("rows per second (log scale)")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(right=max(values) * 8)
+    fig.tight_layout()
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

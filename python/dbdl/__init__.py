@@ -1,0 +1,44 @@
+"""dbdl: deep learning inside the database.
+
+    import dbdl
+    db = dbdl.connect()                                   # embedded DuckDB (dbdl.duckdb)
+    db.models.register("fraud", module, example=torch.randn(1, 30))
+    db.sql("SELECT id, predict('fraud', feats) FROM txns").df()
+"""
+
+from .database import Database, connect
+from .errors import (
+    ConnectionError,
+    DTypeMismatch,
+    Error,
+    InvalidModel,
+    InvalidName,
+    MigrationError,
+    ModelNotFound,
+    QueryError,
+    ShapeMismatch,
+    StrategyUnavailable,
+)
+from .registry import LoadedModel, ModelInfo
+from .result import Result
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConnectionError",
+    "DTypeMismatch",
+    "Database",
+    "Error",
+    "InvalidModel",
+    "InvalidName",
+    "LoadedModel",
+    "MigrationError",
+    "ModelInfo",
+    "ModelNotFound",
+    "QueryError",
+    "Result",
+    "ShapeMismatch",
+    "StrategyUnavailable",
+    "connect",
+    "__version__",
+]

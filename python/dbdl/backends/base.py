@@ -1,0 +1,158 @@
+"""The interface every backend implements.
+
+A backend is a thin adapter: it runs SQL with bound parameters, moves batches as Arrow, opens
+transactions, and knows the few dialect differences (placeholders, types, how predict is spelled
+after planning). It knows nothing of the registry's rules or of the planner. Backends register
+themselves by URL scheme when their module is imported (see ``Backend.__init_subclass__``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
+from urllib.parse import urlsplit
+
+from ..errors import ConnectionError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import sqlglot.expressions as exp
+
+    from ..registry import ResolvedModel
+
+# scheme -> module that defines the backend; imported lazily so that a missing driver (psycopg,
+# dmPython) only matters to the users of that backend.
+BACKEND_MODULES = {
+    "duckdb": "dbdl.backends.duckdb",
+    "postgresql": "dbdl.backends.postgres",
+    "postgres": "dbdl.backends.postgres",
+    "dm": "dbdl.backends.dm8",
+    "dm8": "dbdl.backends.dm8",
+}
+
+DEFAULT_URL = "duckdb:///dbdl.duckdb"
+
+
+class Backend(ABC):
+    """One open database connection, as dbdl needs it."""
+
+    #: short name used in migrations/<name>/ and in test ids
+    name: ClassVar[str]
+    #: URL schemes this backend opens
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: sqlglot dialect used to parse user queries and render generated SQL
+    dialect: ClassVar[str]
+    #: the database runs dbdl's Python inside it (UDF-centric execution is possible)
+    has_python_udfs: ClassVar[bool] = True
+    #: connect() may apply pending migrations to an existing database (embedded files only)
+    auto_upgrade: ClassVar[bool] = False
+
+    _by_scheme: ClassVar[dict[str, type["Backend"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for scheme in cls.schemes:
+            Backend._by_scheme[scheme] = cls
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @staticmethod
+    def open(url: str | None = None, **options: Any) -> "Backend":
+        url = url or os.environ.get("DBDL_URL") or DEFAULT_URL
+        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+        if not scheme:
+            # a bare path means an embedded DuckDB file
+            url, scheme = f"duckdb:///{url}", "duckdb"
+        scheme = scheme.split("+", 1)[0]
+        module = BACKEND_MODULES.get(scheme)
+        if module is None:
+            known = ", ".join(sorted({k + "://" for k in BACKEND_MODULES}))
+            raise ConnectionError(f"unknown database URL scheme {scheme!r} in {url!r}; dbdl opens {known}")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConnectionError(
+                f"the {scheme} backend needs a driver that is not installed ({exc}); "
+                f"install it with: pip install 'dbdl[{scheme}]'"
+            ) from exc
+        return Backend._by_scheme[scheme](url, **options)
+
+    # -- SQL primitives -----------------------------------------------------------------------
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement with ``?`` placeholders bound to ``params``."""
+
+    @abstractmethod
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run one query and return its rows."""
+
+    @abstractmethod
+    def fetch_arrow(self, sql: str, params: Sequence[Any] = ()) -> "pa.Table":
+        """Run one query and return its result as an Arrow table."""
+
+    @abstractmethod
+    def executescript(self, sql: str) -> None:
+        """Run a script of several statements (migrations; no parameters)."""
+
+    @abstractmethod
+    def begin(self) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def rollback(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        rows = self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All-or-nothing: a failure inside leaves no rows behind."""
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        else:
+            self.commit()
+
+    @contextlib.contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        """Held while migrations run, against two concurrent `dbdl migrate` (default: nothing)."""
+        yield
+
+    def table_exists(self, schema: str, table: str) -> bool:
+        row = self.fetchone(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            (schema, table),
+        )
+        return bool(row and row[0])
+
+    # -- hooks used by the client ------------------------------------------------------------
+
+    def on_connect(self, db: Any) -> None:
+        """Called once the schema is current (DuckDB registers its UDFs here)."""
+
+    def invalidate(self) -> None:
+        """Called after the registry changed (drop caches keyed by model name)."""
+
+    @abstractmethod
+    def predict_call(self, kind: str, model: "ResolvedModel", features: "exp.Expression") -> "exp.Expression":
+        """The SQL expression that computes predict/predict_array/predict_class for a resolved model."""
+
+    @abstractmethod
+    def run_query(self, sql: str, params: Sequence[Any] = ()) -> "pa.Table | None":
+        """Run a user's statement; dbdl errors raised inside the database come back as themselves."""

@@ -1,0 +1,179 @@
+"""The ``dbdl`` command: migrate, inspect the registry, run SQL, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from .errors import Error
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _connect(url: str | None, migrate: bool | None = None):
+    from .database import connect
+
+    return connect(url, migrate=migrate)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from . import migrate as migrations
+    from .backends.base import Backend
+
+    backend = Backend.open(args.url)
+    console = _console()
+    try:
+        applied = migrations.migrate(backend, on_apply=lambda m: console.print(f"applied {m.id:04d}_{m.name}"))
+        done = migrations.applied(backend)
+        state = f"schema at migration {max(done):04d}" if done else "no migrations"
+        console.print(f"{'up to date' if not applied else f'{len(applied)} migration(s) applied'}; {state}")
+    finally:
+        backend.close()
+    return 0
+
+
+def _models_table(infos):
+    from rich.table import Table
+
+    table = Table()
+    for col in ("name", "version", "serving", "source", "inputs", "outputs", "params", "FLOPs/row", "bytes", "created"):
+        table.add_column(col)
+    for m in infos:
+        table.add_row(
+            m.name, str(m.version), "●" if m.serving else "", m.source,
+            ", ".join(f"{s.name}{list(s.shape)}" for s in m.inputs),
+            ", ".join(f"{s.name}{list(s.shape)}" for s in m.outputs),
+            f"{m.n_params:,}", f"{m.flops_per_row:,}", f"{m.size_bytes:,}", f"{m.created_at:%Y-%m-%d %H:%M}",
+        )
+    return table
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    console = _console()
+    with _connect(args.url, migrate=False) as db:
+        if args.action == "list":
+            infos = db.models.list(args.name)
+            if args.json:
+                print(json.dumps([_info_dict(m) for m in infos], indent=2, default=str))
+            else:
+                console.print(_models_table(infos) if infos else "no models registered")
+        elif args.action == "show":
+            info = db.models.get(args.name, args.version)
+            if args.json:
+                print(json.dumps(_info_dict(info), indent=2, default=str))
+            else:
+                console.print(_models_table([info]))
+        elif args.action == "drop":
+            n = db.models.drop(args.name, args.version)
+            console.print(f"dropped {n} version(s) of {args.name!r}")
+        elif args.action == "promote":
+            db.models.promote(args.name, args.version)
+            console.print(f"{args.name!r} now serves version {args.version}")
+        elif args.action == "rollback":
+            v = db.models.rollback(args.name)
+            console.print(f"{args.name!r} rolled back to version {v}")
+    return 0
+
+
+def _info_dict(m) -> dict:
+    return {
+        "name": m.name, "version": m.version, "serving": m.serving, "source": m.source, "sha256": m.sha256,
+        "inputs": [vars(s) for s in m.inputs], "outputs": [vars(s) for s in m.outputs], "n_features": m.n_features,
+        "n_params": m.n_params, "flops_per_row": m.flops_per_row, "size_bytes": m.size_bytes,
+        "created_at": m.created_at, "description": m.description,
+    }
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    with _connect(args.url) as db:
+        version = db.models.register(args.name, args.path, description=args.description, promote=not args.no_promote)
+        _console().print(f"registered {args.name}@{version}")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    with _connect(args.url, migrate=False) as db:
+        result = db.sql(args.query)
+        table = Table()
+        for col in result.columns:
+            table.add_column(col)
+        for row in result.fetchall()[: args.limit]:
+            table.add_row(*[str(v) for v in row])
+        _console().print(table)
+        if len(result) > args.limit:
+            _console().print(f"… {len(result) - args.limit} more rows")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.url)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dbdl", description="In-database deep learning for DuckDB and PostgreSQL.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("migrate", help="install or upgrade dbdl's schema in a database")
+    p.add_argument("url", help="duckdb:///file.db, a file path, or postgresql://user@host/db")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("models", help="list, show, drop, promote or roll back registered models")
+    msub = p.add_subparsers(dest="action", required=True)
+    for action, helptext in (("list", "every registered version"), ("show", "one version (the serving one by default)"),
+                             ("drop", "delete a version or the whole model"), ("promote", "serve a version"),
+                             ("rollback", "serve the previously promoted version")):
+        a = msub.add_parser(action, help=helptext)
+        a.add_argument("url")
+        if action == "list":
+            a.add_argument("name", nargs="?")
+        else:
+            a.add_argument("name")
+        if action in ("show", "drop"):
+            a.add_argument("--version", type=int)
+        if action == "promote":
+            a.add_argument("version", type=int)
+        if action in ("list", "show"):
+            a.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        a.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("register", help="register a .onnx file as the next version of a model")
+    p.add_argument("url")
+    p.add_argument("name")
+    p.add_argument("path")
+    p.add_argument("--description")
+    p.add_argument("--no-promote", action="store_true", help="keep serving the current version")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("sql", help="run one SQL statement (with predict) and print its rows")
+    p.add_argument("url")
+    p.add_argument("query")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("demo", help="the end-to-end demo on embedded DuckDB")
+    p.add_argument("--url", default="duckdb:///:memory:")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Error as exc:
+        print(f"dbdl: error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

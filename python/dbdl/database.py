@@ -1,0 +1,98 @@
+"""``dbdl.connect()``: one database, its registry, and SQL with predict."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from . import migrate as migrations
+from .backends.base import Backend
+from .errors import MigrationError
+from .planner import parse, plan_statement
+from .registry import ModelRegistry
+from .result import Result
+
+
+class Database:
+    """A connection to one database with dbdl installed.
+
+    ``db.models`` is the registry; ``db.sql(query)`` runs SQL in which ``predict``,
+    ``predict_array`` and ``predict_class`` score rows with registered models.
+    """
+
+    def __init__(self, backend: Backend, *, migrate: bool | None = None) -> None:
+        self.backend = backend
+        self.models = ModelRegistry(self)
+        try:
+            self._ensure_schema(migrate)
+            backend.on_connect(self)
+        except BaseException:
+            backend.close()
+            raise
+
+    def _ensure_schema(self, migrate: bool | None) -> None:
+        if getattr(self.backend, "read_only", False):
+            migrations.check(self.backend, *migrations.status(self.backend))
+            return
+        todo = migrations.pending(self.backend)  # refuses a newer or edited schema
+        if not todo:
+            return
+        new = not migrations.applied(self.backend)
+        if migrate or (migrate is None and (new or getattr(self.backend, "auto_upgrade", False))):
+            migrations.migrate(self.backend)
+        else:
+            raise MigrationError(
+                f"the database needs {len(todo)} dbdl migration(s) ({todo[0].id:04d}_{todo[0].name} …); "
+                f"run: dbdl migrate {self.backend.url}"
+            )
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> Result:
+        """Run SQL (one statement, or several separated by ``;`` — the last one's rows are returned).
+
+        ``?`` placeholders are bound to ``params``. Calls of predict/predict_array/predict_class
+        that name their model with a literal are pinned to the serving version before the query
+        runs, so an unknown model fails before a row is read.
+        """
+        params = tuple(params or ())
+        if "predict" not in query.lower():
+            return Result(self.backend.run_query(query, params))
+        trees = parse(query, self.backend.dialect)
+        if trees is None:
+            return Result(self.backend.run_query(query, params))
+        table = None
+        for tree in trees:
+            planned = plan_statement(self.backend, tree)
+            table = self.backend.run_query(planned.sql, params if len(trees) == 1 else ())
+        return Result(table)
+
+    execute = sql
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<dbdl.Database {self.backend.url}>"
+
+    def _registry_changed(self) -> None:
+        self.backend.invalidate()
+
+
+def connect(url: str | None = None, *, migrate: bool | None = None, **options: Any) -> Database:
+    """Open a database and make sure dbdl's schema is installed.
+
+    ``url`` is ``duckdb:///path.db`` (relative), ``duckdb:////abs/path.db``, ``duckdb:///:memory:``,
+    a bare file path, or ``postgresql://user@host/db``; without it, ``$DBDL_URL`` or
+    ``duckdb:///dbdl.duckdb`` in the current folder. A new database gets dbdl's migrations;
+    ``migrate=False`` refuses to change the schema, ``migrate=True`` always brings it up to date.
+    """
+    backend = Backend.open(url, **options)
+    return Database(backend, migrate=migrate)

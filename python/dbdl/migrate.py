@@ -1,0 +1,109 @@
+"""Numbered, recorded, re-runnable schema migrations (migrations/<backend>/NNNN_name.sql).
+
+Each file is applied once, inside a transaction, and recorded with its checksum in
+``dbdl.schema_migrations``. Running again applies nothing new. A database that has a migration this
+code does not know (it was migrated by a newer dbdl), or whose recorded checksum differs from the
+file (a released migration was edited), is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import MigrationError
+from .resources import data_dir
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+_FILE_RE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+
+
+@dataclass(frozen=True)
+class Migration:
+    id: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def available(backend_name: str) -> list[Migration]:
+    """The migrations shipped for a backend, in order."""
+    folder = data_dir("migrations") / backend_name
+    found = []
+    for entry in folder.iterdir():
+        m = _FILE_RE.fullmatch(entry.name)
+        if m:
+            found.append(Migration(int(m[1]), m[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda mig: mig.id)
+    ids = [mig.id for mig in found]
+    if ids != list(range(1, len(ids) + 1)):
+        raise MigrationError(f"migrations/{backend_name} must be numbered 0001, 0002, … without gaps; found {ids}")
+    return found
+
+
+def applied(backend: "Backend") -> dict[int, tuple[str, str]]:
+    """id -> (name, checksum) of what the database has recorded (empty for a new database)."""
+    if not backend.table_exists("dbdl", "schema_migrations"):
+        return {}
+    return {int(r[0]): (r[1], r[2]) for r in backend.fetchall("SELECT id, name, checksum FROM dbdl.schema_migrations")}
+
+
+def status(backend: "Backend") -> tuple[list[Migration], dict[int, tuple[str, str]]]:
+    return available(backend.name), applied(backend)
+
+
+def check(backend: "Backend", known: list[Migration], done: dict[int, tuple[str, str]]) -> None:
+    by_id = {m.id: m for m in known}
+    newer = sorted(i for i in done if i not in by_id)
+    if newer:
+        raise MigrationError(
+            f"the database schema is at migration {max(done)} but this dbdl only knows up to "
+            f"{max(by_id, default=0)}; upgrade dbdl (pip install -U dbdl) before using this database"
+        )
+    for mig_id, (name, checksum) in sorted(done.items()):
+        if by_id[mig_id].checksum != checksum:
+            raise MigrationError(
+                f"migration {mig_id:04d}_{name}.sql differs from the copy applied to this database; released "
+                "migrations must never be edited — restore the file and put the change in a new migration"
+            )
+
+
+def pending(backend: "Backend") -> list[Migration]:
+    known, done = status(backend)
+    check(backend, known, done)
+    return [m for m in known if m.id not in done]
+
+
+def migrate(backend: "Backend", on_apply=None) -> list[Migration]:
+    """Apply every pending migration; returns those applied (none when the schema is current)."""
+    with backend.migration_lock():
+        todo = pending(backend)
+        for mig in todo:
+            try:
+                with backend.transaction():
+                    backend.executescript(
+                        "CREATE SCHEMA IF NOT EXISTS dbdl;\n"
+                        "CREATE TABLE IF NOT EXISTS dbdl.schema_migrations (id INTEGER PRIMARY KEY, name VARCHAR(200) "
+                        "NOT NULL, checksum VARCHAR(64) NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+                    )
+                    backend.executescript(mig.sql)
+                    backend.execute(
+                        "INSERT INTO dbdl.schema_migrations (id, name, checksum) VALUES (?, ?, ?)",
+                        (mig.id, mig.name, mig.checksum),
+                    )
+            except MigrationError:
+                raise
+            except Exception as exc:
+                raise MigrationError(
+                    f"migration {mig.id:04d}_{mig.name}.sql failed and was rolled back: {exc}"
+                ) from exc
+            if on_apply is not None:
+                on_apply(mig)
+        return todo

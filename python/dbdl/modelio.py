@@ -1,0 +1,229 @@
+"""Turning what users hand to ``register`` into checked ONNX bytes plus the facts the registry keeps."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dbdl_udf.runtime import Signature, make_session, signature_of
+
+from .errors import InvalidModel
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    onnx_bytes: bytes
+    sha256: str
+    source: str  # "torch" or "onnx"
+    signature: Signature
+    n_params: int
+    flops_per_row: int
+    opset: int
+    torch_program: bytes | None = None  # torch.export program (.pt2) when registered from torch
+
+
+def prepare(model: Any, example: Any = None, *, opset: int | None = None) -> PreparedModel:
+    """Check ``model`` and return its ONNX bytes and metadata, or raise InvalidModel naming the fix."""
+    torch_program = None
+    source = "onnx"
+    if _is_torch_module(model):
+        onnx_bytes, torch_program = _export_torch(model, example, opset)
+        source = "torch"
+    elif _is_model_proto(model):
+        onnx_bytes = model.SerializeToString()
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        onnx_bytes = bytes(model)
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise InvalidModel(f"no ONNX file at {str(path)!r}; pass the path of an existing .onnx file")
+        onnx_bytes = path.read_bytes()
+    else:
+        raise InvalidModel(
+            f"cannot register a {type(model).__name__}; pass a torch.nn.Module (with example=...), "
+            "an onnx.ModelProto, ONNX bytes or the path of a .onnx file"
+        )
+    proto = _check_onnx(onnx_bytes)
+    session = make_session(onnx_bytes, threads=1)
+    signature = signature_of(session)
+    n_params, flops = estimate_cost(proto)
+    model_opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return PreparedModel(
+        onnx_bytes=onnx_bytes,
+        sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+        source=source,
+        signature=signature,
+        n_params=n_params,
+        flops_per_row=flops,
+        opset=model_opset,
+        torch_program=torch_program,
+    )
+
+
+def _is_torch_module(obj: Any) -> bool:
+    torch = _maybe_torch()
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _is_model_proto(obj: Any) -> bool:
+    return type(obj).__name__ == "ModelProto" and hasattr(obj, "SerializeToString")
+
+
+def _maybe_torch():
+    import sys
+
+    return sys.modules.get("torch")
+
+
+def _check_onnx(onnx_bytes: bytes):
+    import onnx
+
+    if not onnx_bytes:
+        raise InvalidModel("the model bytes are empty; pass the contents of a .onnx file")
+    try:
+        proto = onnx.load_from_string(onnx_bytes)
+    except Exception as exc:
+        raise InvalidModel(
+            f"the bytes are not an ONNX model ({exc.__class__.__name__}); pass the contents of a .onnx file, "
+            "e.g. open(path, 'rb').read()"
+        ) from exc
+    if not proto.graph.node and not proto.graph.output:
+        raise InvalidModel("the bytes decode to an empty ONNX graph; pass the contents of a real .onnx file")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise InvalidModel(f"the ONNX checker rejects the model: {str(exc).strip()[:400]}") from exc
+    return proto
+
+
+def _export_torch(module, example, opset: int | None) -> tuple[bytes, bytes | None]:
+    import torch
+
+    if example is None:
+        raise InvalidModel(
+            "a torch model needs an example input to be exported; pass example=torch.randn(1, n_features) "
+            "(a tensor, or a tuple of tensors for several inputs)"
+        )
+    args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    if not all(isinstance(a, torch.Tensor) and a.dim() >= 1 for a in args):
+        raise InvalidModel("example must be a tensor (or tuple of tensors) with a leading batch axis")
+    # torch.export specialises a batch axis of size 1, so export with two rows
+    args = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
+    names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            sample = module(*args)
+        outputs = ["output"] if isinstance(sample, torch.Tensor) else [f"output_{i}" for i in range(len(sample))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _export_dynamo(module, args, names, outputs, opset)
+    except InvalidModel:
+        raise
+    except Exception as first:
+        # torch.export refuses data-dependent Python control flow; the TorchScript exporter traces it.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                buf = io.BytesIO()
+                torch.onnx.export(
+                    module, args, buf, dynamo=False, input_names=names, output_names=outputs,
+                    dynamic_axes={n: {0: "batch"} for n in names + outputs}, opset_version=opset or 17,
+                )
+            return buf.getvalue(), None
+        except Exception as second:
+            raise InvalidModel(
+                f"torch could not export the model to ONNX ({first.__class__.__name__}: {str(first)[:200]}; "
+                f"then {second.__class__.__name__}: {str(second)[:200]}); export it yourself with "
+                "torch.onnx.export and register the .onnx file"
+            ) from second
+    finally:
+        module.train(was_training)
+
+
+def _export_dynamo(module, args, names, outputs, opset):
+    import logging
+
+    import torch
+
+    batch = torch.export.Dim("batch", min=1)
+    shapes = tuple({0: batch} for _ in args)
+    for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    program = torch.export.export(module, args, dynamic_shapes=shapes)
+    saved = io.BytesIO()
+    torch.export.save(program, saved)
+    onnx_program = torch.onnx.export(
+        program, args, dynamo=True, input_names=names, output_names=outputs, opset_version=opset, verbose=False,
+        optimize=True,
+    )
+    return onnx_program.model_proto.SerializeToString(), saved.getvalue()
+
+
+def load_torch_program(data: bytes):
+    """The torch module stored at registration (a torch.export program), ready to call."""
+    import torch
+
+    return torch.export.load(io.BytesIO(data)).module()
+
+
+# --- cost facts kept in the registry (the planner's IR refines these) -------------------------
+
+
+def estimate_cost(proto) -> tuple[int, int]:
+    """(parameter count, FLOPs per row) of an ONNX graph, from its initializers and inferred shapes."""
+    import onnx
+
+    n_params = 0
+    init_shapes: dict[str, tuple[int, ...]] = {}
+    for init in proto.graph.initializer:
+        shape = tuple(int(d) for d in init.dims)
+        init_shapes[init.name] = shape
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                              onnx.TensorProto.BFLOAT16):
+            n_params += int(prod(shape)) if shape else 1
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:
+        inferred = proto
+    shapes: dict[str, tuple[int | None, ...]] = dict(init_shapes)
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+
+    def per_row(name: str) -> int:
+        shape = shapes.get(name)
+        if not shape:
+            return 1
+        rest = [d for d in shape[1:]] if name not in init_shapes else list(shape)
+        return int(prod(d or 1 for d in rest))
+
+    flops = 0
+    for node in proto.graph.node:
+        out = per_row(node.output[0]) if node.output else 0
+        op = node.op_type
+        if op in ("Gemm", "MatMul", "MatMulInteger", "FusedMatMul"):
+            b = shapes.get(node.input[1]) or (1,)
+            trans_b = op == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+            k = b[-1] if trans_b else (b[-2] if len(b) >= 2 else b[0])
+            flops += 2 * out * int(k or 1)
+        elif op in ("Conv", "ConvTranspose"):
+            w = shapes.get(node.input[1]) or (1, 1)
+            flops += 2 * out * int(prod(d or 1 for d in w[1:]))
+        else:
+            flops += out
+    return n_params, int(flops)
+
+
+def example_features(signature: Signature, rows: int = 4, seed: int = 0) -> np.ndarray:
+    """Random features with the width the model takes (used in smoke checks and benchmarks)."""
+    return np.random.default_rng(seed).standard_normal((rows, signature.n_features)).astype(np.float32)

@@ -1,0 +1,84 @@
+"""Query rewrite: every ``predict(...)`` call becomes the backend's call for a pinned model version.
+
+Pinning at plan time means one statement sees one version from its first row to its last even if
+someone promotes another version meanwhile, that an unknown model or a wrong output kind fails
+before any row is read, and that the in-database code looks models up by a key that never goes stale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import sqlglot
+import sqlglot.expressions as exp
+
+from ..errors import QueryError, ShapeMismatch
+from ..registry import ResolvedModel, resolve
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+
+#: SQL function name -> what it returns (see docs/sql.md)
+PREDICT_FUNCTIONS = {"predict": "scalar", "predict_array": "array", "predict_class": "class"}
+
+
+@dataclass
+class PlannedStatement:
+    sql: str
+    models: list[ResolvedModel] = field(default_factory=list)
+
+
+def find_predict_calls(tree: exp.Expression) -> list[exp.Anonymous]:
+    return [
+        node
+        for node in tree.find_all(exp.Anonymous)
+        if isinstance(node.this, str) and node.this.lower() in PREDICT_FUNCTIONS
+    ]
+
+
+def plan_statement(backend: "Backend", tree: exp.Expression) -> PlannedStatement:
+    """Rewrite the predict calls of one parsed statement for ``backend``."""
+    planned = PlannedStatement(sql="")
+    for call in find_predict_calls(tree):
+        kind = PREDICT_FUNCTIONS[call.this.lower()]
+        args = call.expressions
+        if len(args) != 2:
+            raise QueryError(
+                f"{call.this}() takes two arguments, a model reference and the features, as in "
+                f"{call.this}('fraud', feats); got {len(args)}"
+            )
+        model_arg, features = args
+        if not (isinstance(model_arg, exp.Literal) and model_arg.is_string):
+            continue  # a model named by a column: resolved row by row inside the database
+        resolved = resolve(backend, model_arg.this)
+        check_output_kind(kind, resolved)
+        planned.models.append(resolved)
+        call.replace(backend.predict_call(kind, resolved, features.copy()))
+    planned.sql = tree.sql(dialect=backend.dialect)
+    return planned
+
+
+def check_output_kind(kind: str, model: ResolvedModel) -> None:
+    width = model.output_spec.per_row
+    if width is None:
+        return  # symbolic trailing axes: checked on the first batch
+    if kind == "scalar" and width != 1:
+        raise ShapeMismatch(
+            f"model {model.ref!r} output {model.output_spec.name!r} has {width} values per row but predict() "
+            f"returns one; use predict_array() for the whole vector or predict_class() for the arg-max"
+        )
+    if kind == "class" and width < 2:
+        raise ShapeMismatch(
+            f"model {model.ref!r} output {model.output_spec.name!r} has one value per row, so it has no arg-max; "
+            "compare predict(...) with a threshold instead of calling predict_class()"
+        )
+
+
+def parse(sql: str, dialect: str) -> list[exp.Expression] | None:
+    """The statements of ``sql``, or None when sqlglot cannot parse it (the database then decides)."""
+    try:
+        trees = sqlglot.parse(sql, read=dialect)
+    except sqlglot.errors.SqlglotError:
+        return None
+    return [t for t in trees if t is not None]

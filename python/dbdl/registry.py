@@ -1,0 +1,342 @@
+"""The model registry: versioned ONNX models stored in the database (the Python admin API)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dbdl_udf.runtime import SESSIONS, Signature, TensorSpec, run_batch
+
+from .errors import ModelNotFound
+from .modelio import load_torch_program, prepare
+from .names import ModelRef, check_name
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .database import Database
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model reference pinned to one stored version: what a query actually runs."""
+
+    name: str
+    version: int
+    sha256: str
+    signature: Signature
+    output: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return str(ModelRef(self.name, self.version, self.output))
+
+    @property
+    def output_index(self) -> int:
+        return self.signature.output_index(self.output)
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        return self.signature.outputs[self.output_index]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registered version of a model, as the registry stores it."""
+
+    name: str
+    version: int
+    sha256: str
+    source: str
+    signature: Signature
+    n_params: int
+    flops_per_row: int
+    opset: int
+    size_bytes: int
+    created_at: dt.datetime
+    serving: bool
+    description: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.signature.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.signature.outputs
+
+    @property
+    def n_features(self) -> int:
+        return self.signature.n_features
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass
+class LoadedModel:
+    """A registered version ready to run in this process."""
+
+    info: ModelInfo
+    session: Any  # onnxruntime.InferenceSession
+    torch: Any = None  # the torch module, when the version was registered from torch
+
+    def __call__(self, features: np.ndarray, output: str | None = None) -> np.ndarray:
+        """Score a (rows x features) array exactly as SQL predict_array does."""
+        x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+        return run_batch(self.session, self.info.signature, x, self.info.signature.output_index(output))
+
+
+_VERSION_COLUMNS = (
+    "v.name, v.version, v.sha256, v.source, v.signature, v.n_params, v.flops_per_row, v.opset, "
+    "b.size_bytes, v.created_at, m.serving_version, v.description, m.options"
+)
+
+
+def resolve(backend: "Backend", ref: ModelRef | str) -> ResolvedModel:
+    """Pin ``ref`` to a stored version (the serving one when no version is given)."""
+    ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+    version = ref.version
+    if version is None:
+        row = backend.fetchone("SELECT serving_version FROM dbdl.models WHERE name = ?", (ref.name,))
+        if row is None:
+            raise _not_found(backend, ref.name)
+        version = row[0]
+    row = backend.fetchone(
+        "SELECT sha256, signature FROM dbdl.model_versions WHERE name = ? AND version = ?", (ref.name, version)
+    )
+    if row is None:
+        raise _not_found(backend, ref.name, version)
+    resolved = ResolvedModel(ref.name, int(version), row[0], Signature.from_json(row[1]), ref.output)
+    resolved.output_index  # raises ShapeMismatch naming the outputs when ``ref.output`` is unknown
+    return resolved
+
+
+def load_model_bytes(backend: "Backend", sha256: str) -> bytes:
+    row = backend.fetchone("SELECT bytes FROM dbdl.blobs WHERE sha256 = ?", (sha256,))
+    if row is None:
+        raise ModelNotFound(f"the model bytes {sha256[:12]}… are missing from dbdl.blobs; re-register the model")
+    return bytes(row[0])
+
+
+def _not_found(backend: "Backend", name: str, version: int | None = None) -> ModelNotFound:
+    if version is None:
+        names = [r[0] for r in backend.fetchall("SELECT name FROM dbdl.models ORDER BY name")]
+        known = ", ".join(repr(n) for n in names[:20]) or "none"
+        return ModelNotFound(
+            f"no model named {name!r} (registered models: {known}); register it first with "
+            f"db.models.register({name!r}, model) or SELECT dbdl.register_model(...)"
+        )
+    versions = [r[0] for r in backend.fetchall(
+        "SELECT version FROM dbdl.model_versions WHERE name = ? ORDER BY version", (name,))]
+    if not versions:
+        return _not_found(backend, name)
+    return ModelNotFound(
+        f"model {name!r} has no version {version} (its versions: {', '.join(map(str, versions))}); "
+        f"use one of those, e.g. '{name}@{versions[-1]}', or '{name}' for the serving version"
+    )
+
+
+class ModelRegistry:
+    """``db.models``: register, inspect, load, promote and drop model versions."""
+
+    def __init__(self, db: "Database") -> None:
+        self._db = db
+
+    @property
+    def _backend(self) -> "Backend":
+        return self._db.backend
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        model: Any,
+        example: Any = None,
+        *,
+        description: str | None = None,
+        promote: bool = True,
+        opset: int | None = None,
+    ) -> int:
+        """Store ``model`` as the next version of ``name`` and return that version number.
+
+        ``model`` is a ``torch.nn.Module`` (exported to ONNX with a dynamic batch axis; ``example``
+        is an input of the right shape, e.g. ``torch.randn(1, 30)``), an ``onnx.ModelProto``, ONNX
+        bytes, or the path of a ``.onnx`` file. The model is checked with onnx's checker and an
+        onnxruntime session before anything is written. Registering bytes this model already has
+        returns that version instead of adding a copy. With ``promote`` (the default) the version
+        becomes the one that ``predict('name', ...)`` serves.
+        """
+        check_name(name)
+        prepared = prepare(model, example, opset=opset)
+        b = self._backend
+        with b.transaction():
+            row = b.fetchone("SELECT next_version, serving_version FROM dbdl.models WHERE name = ?", (name,))
+            if row is None:
+                b.execute("INSERT INTO dbdl.models (name, next_version) VALUES (?, 1)", (name,))
+                next_version, serving = 1, None
+            else:
+                next_version, serving = row
+            same = b.fetchone(
+                "SELECT version FROM dbdl.model_versions WHERE name = ? AND sha256 = ?", (name, prepared.sha256)
+            )
+            if same is not None:
+                version = int(same[0])
+            else:
+                version = int(next_version)
+                if b.fetchone("SELECT 1 FROM dbdl.blobs WHERE sha256 = ?", (prepared.sha256,)) is None:
+                    b.execute(
+                        "INSERT INTO dbdl.blobs (sha256, bytes, size_bytes) VALUES (?, ?, ?)",
+                        (prepared.sha256, prepared.onnx_bytes, len(prepared.onnx_bytes)),
+                    )
+                b.execute(
+                    "INSERT INTO dbdl.model_versions (name, version, sha256, source, signature, n_features, "
+                    "n_params, flops_per_row, opset, torch_program, description) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, version, prepared.sha256, prepared.source, prepared.signature.to_json(),
+                     prepared.signature.n_features, prepared.n_params, prepared.flops_per_row, prepared.opset,
+                     prepared.torch_program, description),
+                )
+                b.execute("UPDATE dbdl.models SET next_version = ? WHERE name = ?", (version + 1, name))
+            if promote or serving is None:
+                self._set_serving(name, version)
+        self._db._registry_changed()
+        return version
+
+    def promote(self, name: str, version: int) -> None:
+        """Make ``version`` the one that ``predict('name', ...)`` serves (rollback() undoes it)."""
+        resolved = resolve(self._backend, ModelRef(check_name(name), int(version)))
+        with self._backend.transaction():
+            self._set_serving(name, resolved.version)
+        self._db._registry_changed()
+
+    def rollback(self, name: str) -> int:
+        """Serve the previously promoted version again; returns it."""
+        check_name(name)
+        b = self._backend
+        with b.transaction():
+            history = b.fetchall(
+                "SELECT h.seq, h.version FROM dbdl.alias_history h JOIN dbdl.model_versions v "
+                "ON v.name = h.name AND v.version = h.version WHERE h.name = ? ORDER BY h.seq DESC",
+                (name,),
+            )
+            if not history:
+                raise _not_found(b, name)
+            if len(history) < 2:
+                raise ModelNotFound(
+                    f"model {name!r} has no earlier promoted version to roll back to; "
+                    f"promote one explicitly with db.models.promote({name!r}, version)"
+                )
+            (top_seq, _), (_, previous) = history[0], history[1]
+            b.execute("DELETE FROM dbdl.alias_history WHERE name = ? AND seq >= ?", (name, top_seq))
+            b.execute("UPDATE dbdl.models SET serving_version = ? WHERE name = ?", (previous, name))
+        self._db._registry_changed()
+        return int(previous)
+
+    def drop(self, name: str, version: int | None = None) -> int:
+        """Delete one version, or the whole model; returns how many versions were deleted.
+
+        Dropping the serving version moves serving to the previously promoted version that still
+        exists, else to the latest remaining one. Model bytes no other version uses are deleted.
+        """
+        check_name(name)
+        b = self._backend
+        if version is None:
+            if b.fetchone("SELECT 1 FROM dbdl.models WHERE name = ?", (name,)) is None:
+                raise _not_found(b, name)
+        else:
+            resolve(b, ModelRef(name, int(version)))
+        with b.transaction():
+            if version is None:
+                count = b.fetchone("SELECT count(*) FROM dbdl.model_versions WHERE name = ?", (name,))[0]
+                b.execute("DELETE FROM dbdl.model_versions WHERE name = ?", (name,))
+                b.execute("DELETE FROM dbdl.alias_history WHERE name = ?", (name,))
+                b.execute("DELETE FROM dbdl.models WHERE name = ?", (name,))
+            else:
+                count = 1
+                b.execute("DELETE FROM dbdl.model_versions WHERE name = ? AND version = ?", (name, version))
+                b.execute("DELETE FROM dbdl.alias_history WHERE name = ? AND version = ?", (name, version))
+                remaining = b.fetchone("SELECT max(version) FROM dbdl.model_versions WHERE name = ?", (name,))[0]
+                if remaining is None:
+                    b.execute("DELETE FROM dbdl.alias_history WHERE name = ?", (name,))
+                    b.execute("DELETE FROM dbdl.models WHERE name = ?", (name,))
+                else:
+                    serving = b.fetchone("SELECT serving_version FROM dbdl.models WHERE name = ?", (name,))[0]
+                    if serving == version:
+                        prior = b.fetchone(
+                            "SELECT version FROM dbdl.alias_history WHERE name = ? ORDER BY seq DESC LIMIT 1", (name,)
+                        )
+                        b.execute(
+                            "UPDATE dbdl.models SET serving_version = ? WHERE name = ?",
+                            (prior[0] if prior else remaining, name),
+                        )
+            b.execute("DELETE FROM dbdl.blobs WHERE sha256 NOT IN (SELECT sha256 FROM dbdl.model_versions)")
+        self._db._registry_changed()
+        return int(count)
+
+    def _set_serving(self, name: str, version: int) -> None:
+        b = self._backend
+        b.execute("UPDATE dbdl.models SET serving_version = ? WHERE name = ?", (version, name))
+        seq = b.fetchone("SELECT coalesce(max(seq), 0) + 1 FROM dbdl.alias_history WHERE name = ?", (name,))[0]
+        b.execute("INSERT INTO dbdl.alias_history (name, seq, version) VALUES (?, ?, ?)", (name, seq, version))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def list(self, name: str | None = None) -> list[ModelInfo]:
+        """Every stored version (of one model, or of all), ordered by name and version."""
+        sql = (
+            f"SELECT {_VERSION_COLUMNS} FROM dbdl.model_versions v JOIN dbdl.models m ON m.name = v.name "
+            "JOIN dbdl.blobs b ON b.sha256 = v.sha256"
+        )
+        params: tuple = ()
+        if name is not None:
+            check_name(name)
+            sql += " WHERE v.name = ?"
+            params = (name,)
+        return [self._info(row) for row in self._backend.fetchall(sql + " ORDER BY v.name, v.version", params)]
+
+    def names(self) -> list[str]:
+        return [r[0] for r in self._backend.fetchall("SELECT name FROM dbdl.models ORDER BY name")]
+
+    def get(self, name: str, version: int | None = None) -> ModelInfo:
+        """The stored facts of one version (the serving one when ``version`` is None)."""
+        resolved = resolve(self._backend, ModelRef(check_name(name), version))
+        row = self._backend.fetchone(
+            f"SELECT {_VERSION_COLUMNS} FROM dbdl.model_versions v JOIN dbdl.models m ON m.name = v.name "
+            "JOIN dbdl.blobs b ON b.sha256 = v.sha256 WHERE v.name = ? AND v.version = ?",
+            (name, resolved.version),
+        )
+        return self._info(row)
+
+    def load(self, name: str, version: int | None = None, *, threads: int = 0) -> LoadedModel:
+        """An onnxruntime session for the version (and its torch module when it came from torch)."""
+        info = self.get(name, version)
+        session, _ = SESSIONS.get(info.sha256, lambda: load_model_bytes(self._backend, info.sha256), threads)
+        module = None
+        if info.source == "torch":
+            row = self._backend.fetchone(
+                "SELECT torch_program FROM dbdl.model_versions WHERE name = ? AND version = ?", (name, info.version)
+            )
+            if row and row[0] is not None:
+                module = load_torch_program(bytes(row[0]))
+        return LoadedModel(info, session, module)
+
+    def model_bytes(self, name: str, version: int | None = None) -> bytes:
+        """The stored ONNX bytes of a version."""
+        return load_model_bytes(self._backend, self.get(name, version).sha256)
+
+    @staticmethod
+    def _info(row: tuple) -> ModelInfo:
+        (name, version, sha, source, signature, n_params, flops, opset, size, created, serving, desc, options) = row
+        return ModelInfo(
+            name=name, version=int(version), sha256=sha, source=source, signature=Signature.from_json(signature),
+            n_params=int(n_params), flops_per_row=int(flops), opset=int(opset or 0), size_bytes=int(size),
+            created_at=created, serving=(serving == version), description=desc,
+            options=json.loads(options) if isinstance(options, str) else (options or {}),
+        )

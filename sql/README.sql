@@ -1,0 +1,1 @@
+-- dbdl SQL templates (non-migration SQL) live here, per dialect where they differ.
