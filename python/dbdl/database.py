@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from . import migrate as migrations
 from .backends.base import Backend
 from .errors import MigrationError
+from .names import check_name
 from .planner import parse, plan_statement
 from .registry import ModelRegistry
 from .result import Result
@@ -65,10 +66,20 @@ class Database:
         table = None
         for tree in trees:
             planned = plan_statement(self.backend, tree)
-            table = self.backend.run_query(planned.sql, params if len(trees) == 1 else ())
+            table = self.backend.run_query(planned.sql, params if len(trees) == 1 else (), planned.models)
         return Result(table)
 
     execute = sql
+
+    def create_table(self, name: str, data: Any, *, replace: bool = False) -> int:
+        """Create table ``name`` from an Arrow table, a pandas DataFrame or a dict of arrays.
+
+        A 2-D numpy array becomes a tensor column (``FLOAT[n]`` on DuckDB, ``real[]`` on
+        PostgreSQL), ready for ``predict``. Returns the number of rows written.
+        """
+        table = to_arrow(data)
+        self.backend.write_arrow(check_name(name, "table"), table, replace=replace)
+        return table.num_rows
 
     def close(self) -> None:
         self.backend.close()
@@ -96,3 +107,22 @@ def connect(url: str | None = None, *, migrate: bool | None = None, **options: A
     """
     backend = Backend.open(url, **options)
     return Database(backend, migrate=migrate)
+
+
+def to_arrow(data: Any) -> "pa.Table":
+    """Arrow table from an Arrow table, a DataFrame or a mapping of column -> array (2-D = tensor)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return data
+    if hasattr(data, "to_dict") and hasattr(data, "columns") and not isinstance(data, dict):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    columns = {}
+    for name, values in dict(data).items():
+        arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else np.asarray(values)
+        if isinstance(arr, np.ndarray) and arr.ndim == 2:
+            flat = pa.array(np.ascontiguousarray(arr, dtype=np.float32).ravel())
+            arr = pa.FixedSizeListArray.from_arrays(flat, arr.shape[1])
+        columns[name] = arr
+    return pa.table(columns)

@@ -141,6 +141,11 @@ class Backend(ABC):
         )
         return bool(row and row[0])
 
+    @abstractmethod
+    def write_arrow(self, table: str, data: "pa.Table", *, replace: bool = False) -> None:
+        """Create ``table`` (a validated, unquoted name) holding ``data``; fixed-size float lists
+        become the backend's tensor column type."""
+
     # -- hooks used by the client ------------------------------------------------------------
 
     def on_connect(self, db: Any) -> None:
@@ -154,5 +159,9 @@ class Backend(ABC):
         """The SQL expression that computes predict/predict_array/predict_class for a resolved model."""
 
     @abstractmethod
-    def run_query(self, sql: str, params: Sequence[Any] = ()) -> "pa.Table | None":
-        """Run a user's statement; dbdl errors raised inside the database come back as themselves."""
+    def run_query(
+        self, sql: str, params: Sequence[Any] = (), models: Sequence["ResolvedModel"] = ()
+    ) -> "pa.Table | None":
+        """Run a user's statement; dbdl errors raised inside the database come back as themselves.
+
+        ``models`` are the versions the statement was planned with, so that errors can name them."""

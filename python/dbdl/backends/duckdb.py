@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import weakref
 from typing import Any, Sequence
 from urllib.parse import unquote, urlsplit
 
@@ -35,6 +36,7 @@ _RETURN_TYPES = {
 }
 _OUT_TYPES = {"scalar": pa.float32(), "array": pa.list_(pa.float32()), "class": pa.int64()}
 _SQL_NAMES = {"scalar": "predict", "array": "predict_array", "class": "predict_class"}
+_CAST_LENGTH = re.compile(r"Cannot cast list with length (\d+) to array with length (\d+)")
 _DBDL_ERROR = re.compile(r"^[^\n]*?Error: dbdl\.(\w+): ([^\n]*)")
 
 
@@ -100,10 +102,30 @@ class DuckDBBackend(Backend):
         self.con.rollback()
 
     def close(self) -> None:
+        self._udfs.clear()
         try:
             self.con.close()
         except duckdb.Error:
             pass
+
+    def write_arrow(self, table: str, data: pa.Table, *, replace: bool = False) -> None:
+        view = f"dbdl_load_{id(data):x}"
+        columns = []
+        for field in data.schema:
+            col = exp.column(field.name, quoted=True)
+            if pa.types.is_fixed_size_list(field.type):
+                # Arrow's fixed-size list arrives as DuckDB's ARRAY type; store FLOAT[n] explicitly
+                columns.append(exp.alias_(exp.Cast(this=col, to=exp.DataType.build(
+                    f"FLOAT[{field.type.list_size}]", dialect="duckdb")), field.name, quoted=True))
+            else:
+                columns.append(col)
+        select = exp.select(*columns).from_(exp.to_identifier(view))
+        create = exp.Create(this=exp.to_table(table), kind="TABLE", expression=select, replace=replace)
+        self.con.register(view, data)
+        try:
+            self.con.execute(create.sql(dialect=self.dialect))
+        finally:
+            self.con.unregister(view)
 
     def cursor_view(self) -> "DuckDBBackend":
         """A backend over a new cursor of the same database (for code running inside a query)."""
@@ -186,6 +208,7 @@ class DuckDBBackend(Backend):
     def _make_model_udf(self, kind: str, model: ResolvedModel, session: Any, signature: Any):
         out_type = _OUT_TYPES[kind]
         output, ref, output_name = model.output_index, model.ref, model.output_spec.name
+        backend = weakref.proxy(self)  # the connection holds the UDF: no cycle back to it
 
         def udf(feats):
             try:
@@ -195,25 +218,27 @@ class DuckDBBackend(Backend):
                 if not valid.any():
                     return pa.nulls(n, out_type)
                 x = matrix if valid.all() else matrix[valid]
-                if self._run_lock is not None:
-                    with self._run_lock:
+                if backend._run_lock is not None:
+                    with backend._run_lock:
                         y = run_batch(session, signature, x, output)
                 else:
                     y = run_batch(session, signature, x, output)
                 y = shape_outputs(y, kind, ref, output_name)
                 return _assemble(kind, n, [(valid, y)], out_type)
             except BaseException as exc:
-                self._udf_error = exc
+                backend._udf_error = exc
                 raise
 
         return udf
 
     def _make_udf(self, kind: str):
+        backend = weakref.proxy(self)
+
         def udf(refs, feats):
             try:
-                return self._score_chunk(kind, refs, feats)
+                return backend._score_chunk(kind, refs, feats)
             except BaseException as exc:
-                self._udf_error = exc
+                backend._udf_error = exc
                 raise
 
         return udf
@@ -253,28 +278,38 @@ class DuckDBBackend(Backend):
 
     # -- user statements -------------------------------------------------------------------
 
-    def run_query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table | None:
+    def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
         self._udf_error = None
         try:
             relation = self.con.sql(sql, params=list(params) if params else None)
             return None if relation is None else relation.to_arrow_table()
         except duckdb.Error as exc:
-            raise self._translate(exc) from exc
+            raise self._translate(exc, models) from exc
 
-    def _translate(self, exc: duckdb.Error) -> Error:
+    def _translate(self, exc: duckdb.Error, models: Sequence[ResolvedModel] = ()) -> Error:
         raised, self._udf_error = self._udf_error, None
         if isinstance(raised, Error):
             return raised
         message = str(exc)
+        first = message.splitlines()[0] if message else ""
         found = _DBDL_ERROR.search(message)
         if found:
             return error_class(found[1])(found[2].strip())
         if isinstance(exc, duckdb.ParserException):
             return QueryError(f"the query does not parse: {message}")
-        if ("FLOAT[" in message and "cast" in message.lower()) or "'len(" in message:
+        length = _CAST_LENGTH.search(first)
+        if length:
+            got, width = int(length[1]), int(length[2])
+            names = [m.ref for m in models if m.signature.n_features == width] or ["the model"]
+            return ShapeMismatch(
+                f"model {names[0]!r} takes {width} features per row; pass a vector of exactly {width} numbers — "
+                f"got a row with {got}"
+            )
+        if "FLOAT[" in first and ("cast" in first.lower() or "convert" in first.lower()) or "Could not convert" in first:
+            names = ", ".join(repr(m.ref) for m in models) or "the model"
             return DTypeMismatch(
-                f"predict's features must be a list or array of numbers (FLOAT[n], DOUBLE[n], INTEGER[]…); "
-                f"cast the column to FLOAT[] — DuckDB said: {message.splitlines()[0]}"
+                f"{names} takes a list or array of numbers (FLOAT[n], DOUBLE[n], INTEGER[]…); convert the "
+                f"features, e.g. CAST(col AS FLOAT[]) — DuckDB said: {first}"
             )
         return QueryError(message)
 

@@ -1,0 +1,364 @@
+"""The behavioural suite: registry and SQL predict, run unchanged over every backend."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+import sqlglot
+import torch
+from conftest import make_mlp, run_onnx
+
+import dbdl
+from dbdl.planner import DbdlDuckDB
+from dbdl_udf.runtime import SESSIONS
+
+ATOL = 1e-5
+
+
+def q(db, sql: str) -> str:
+    """A test query written in DuckDB's dialect, in the backend's dialect."""
+    return sqlglot.transpile(sql, read=DbdlDuckDB, write=db.backend.dialect)[0]
+
+
+def column(db, sql: str, col: int = 1) -> np.ndarray:
+    rows = sorted(db.sql(q(db, sql)).fetchall())
+    return np.array([r[col] for r in rows], dtype=object)
+
+
+def stack(values) -> np.ndarray:
+    return np.array([np.asarray(v, dtype=np.float32) for v in values])
+
+
+def registry_counts(db) -> tuple[int, int, int]:
+    return tuple(db.sql(f"SELECT count(*) FROM dbdl.{t}").scalar() for t in ("models", "model_versions", "blobs"))
+
+
+# -- the registry -----------------------------------------------------------------------------
+
+
+def test_register_torch_module_stores_bytes_and_metadata(db, mlp, features):
+    version = db.models.register("fraud", mlp, example=torch.randn(1, 8), description="first")
+    assert version == 1
+    info = db.models.get("fraud")
+    assert (info.name, info.version, info.serving, info.source, info.description) == ("fraud", 1, True, "torch", "first")
+    assert info.n_features == 8 and info.outputs[0].shape == (3,)
+    assert info.n_params == 8 * 16 + 16 + 16 * 3 + 3
+    assert info.flops_per_row >= 2 * (8 * 16 + 16 * 3)
+    stored = db.models.model_bytes("fraud")
+    assert info.sha256 == hashlib.sha256(stored).hexdigest() and info.size_bytes == len(stored)
+    onnx.checker.check_model(onnx.load_from_string(stored))
+    expected = mlp(torch.from_numpy(features)).detach().numpy()
+    np.testing.assert_allclose(run_onnx(stored, {info.inputs[0].name: features}), expected, atol=ATOL)
+
+
+def test_register_onnx_bytes_proto_and_path_agree(db, mlp_onnx, tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(mlp_onnx)
+    assert db.models.register("a", mlp_onnx) == 1
+    assert db.models.register("b", onnx.load_from_string(mlp_onnx)) == 1
+    assert db.models.register("c", str(path)) == 1
+    shas = {db.models.get(n).sha256 for n in "abc"}
+    assert len(shas) == 1
+    assert db.sql("SELECT count(*) FROM dbdl.blobs").scalar() == 1  # the bytes are stored once
+    assert [m.source for m in db.models.list()] == ["onnx", "onnx", "onnx"]
+
+
+def test_same_bytes_twice_is_the_same_version(db, mlp_onnx, mlp2_onnx):
+    assert db.models.register("m", mlp_onnx) == 1
+    assert db.models.register("m", mlp2_onnx) == 2
+    assert db.models.register("m", mlp_onnx) == 1  # not a third version...
+    assert registry_counts(db) == (1, 2, 2)
+    assert db.models.get("m").version == 1  # ...but promoted again, as asked
+
+
+def test_versions_promote_rollback(db, mlp_onnx, mlp2_onnx):
+    db.models.register("m", mlp_onnx)
+    db.models.register("m", mlp2_onnx, promote=False)
+    assert db.models.get("m").version == 1
+    db.models.promote("m", 2)
+    assert db.models.get("m").version == 2
+    assert [(i.version, i.serving) for i in db.models.list("m")] == [(1, False), (2, True)]
+    assert db.models.rollback("m") == 1
+    assert db.models.get("m").version == 1
+    with pytest.raises(dbdl.ModelNotFound, match="no earlier promoted version"):
+        db.models.rollback("m")
+
+
+def test_drop_version_and_model(db, mlp_onnx, mlp2_onnx, scorer_onnx):
+    db.models.register("m", mlp_onnx)
+    db.models.register("m", mlp2_onnx)
+    db.models.register("s", scorer_onnx)
+    assert db.models.drop("m", 2) == 1
+    assert db.models.get("m").version == 1  # serving fell back to the previous promotion
+    assert [i.version for i in db.models.list("m")] == [1]
+    assert db.models.drop("m") == 1
+    assert db.models.names() == ["s"]
+    assert registry_counts(db) == (1, 1, 1)  # unreferenced bytes are gone too
+    with pytest.raises(dbdl.ModelNotFound, match="no model named 'm'"):
+        db.models.get("m")
+    with pytest.raises(dbdl.ModelNotFound, match="no version 9"):
+        db.models.drop("s", 9)
+
+
+def test_load_gives_session_and_torch_module(db, mlp, features):
+    db.models.register("m", mlp, example=torch.randn(4, 8))
+    loaded = db.models.load("m")
+    expected = mlp(torch.from_numpy(features)).detach().numpy()
+    np.testing.assert_allclose(loaded(features), expected, atol=ATOL)
+    assert loaded.torch is not None
+    np.testing.assert_allclose(loaded.torch(torch.from_numpy(features)).detach().numpy(), expected, atol=ATOL)
+
+
+def test_versions_are_never_reused_while_the_model_exists(db, mlp_onnx, mlp2_onnx, scorer_onnx):
+    db.models.register("m", mlp_onnx)
+    db.models.register("m", mlp2_onnx)
+    db.models.drop("m", 2)
+    assert db.models.register("m", scorer_onnx) == 3
+
+
+# -- SQL predict --------------------------------------------------------------------------------
+
+
+def test_predict_array_matches_onnxruntime(db, table, mlp_onnx, features):
+    db.models.register("m", mlp_onnx)
+    got = stack(column(db, "SELECT id, predict_array('m', feats) FROM t"))
+    np.testing.assert_allclose(got, run_onnx(mlp_onnx, {"x": features}), atol=ATOL)
+
+
+def test_predict_from_registered_torch_module_matches_torch(db, table, mlp, features):
+    db.models.register("m", mlp, example=torch.randn(1, 8))
+    got = stack(column(db, "SELECT id, predict_array('m', feats) FROM t"))
+    np.testing.assert_allclose(got, mlp(torch.from_numpy(features)).detach().numpy(), atol=ATOL)
+
+
+@pytest.mark.parametrize("cast", ["DOUBLE[8]", "DOUBLE[]", "FLOAT[]"])
+def test_feature_types(db, table, mlp_onnx, features, cast):
+    db.models.register("m", mlp_onnx)
+    got = stack(column(db, f"SELECT id, predict_array('m', CAST(feats AS {cast})) FROM t"))
+    np.testing.assert_allclose(got, run_onnx(mlp_onnx, {"x": features}), atol=ATOL)
+
+
+def test_integer_features(db, mlp_onnx):
+    ints = np.arange(24).reshape(3, 8) % 5
+    db.create_table("ti", {"id": np.arange(3), "feats": ints.astype(np.float32)})
+    got = stack(column(db, "SELECT id, predict_array('m', CAST(feats AS INTEGER[])) FROM ti")) if db.models.register(
+        "m", mlp_onnx) else None
+    np.testing.assert_allclose(got, run_onnx(mlp_onnx, {"x": ints.astype(np.float32)}), atol=ATOL)
+
+
+def test_predict_scalar_and_class(db, table, mlp_onnx, scorer_onnx, features):
+    db.models.register("clf", mlp_onnx)
+    db.models.register("score", scorer_onnx)
+    rows = sorted(db.sql("SELECT id, predict('score', feats), predict_class('clf', feats) FROM t").fetchall())
+    scores = np.array([r[1] for r in rows], dtype=np.float32)
+    classes = np.array([r[2] for r in rows])
+    np.testing.assert_allclose(scores, run_onnx(scorer_onnx, {"x": features})[:, 0], atol=ATOL)
+    np.testing.assert_array_equal(classes, run_onnx(mlp_onnx, {"x": features}).argmax(axis=1))
+
+
+def test_pinned_and_current_versions(db, table, mlp_onnx, mlp2_onnx, features):
+    db.models.register("m", mlp_onnx)
+    first = stack(column(db, "SELECT id, predict_array('m', feats) FROM t"))
+    db.models.register("m", mlp2_onnx)  # picked up without reconnecting
+    current = stack(column(db, "SELECT id, predict_array('m', feats) FROM t"))
+    pinned = stack(column(db, "SELECT id, predict_array('m@1', feats) FROM t"))
+    np.testing.assert_allclose(first, run_onnx(mlp_onnx, {"x": features}), atol=ATOL)
+    np.testing.assert_allclose(current, run_onnx(mlp2_onnx, {"x": features}), atol=ATOL)
+    np.testing.assert_allclose(pinned, first, atol=ATOL)
+    db.models.promote("m", 1)
+    np.testing.assert_allclose(stack(column(db, "SELECT id, predict_array('m', feats) FROM t")), first, atol=ATOL)
+
+
+def test_predict_in_where_join_group_by_and_subquery(db, table, mlp_onnx, scorer_onnx, features):
+    db.models.register("clf", mlp_onnx)
+    db.models.register("score", scorer_onnx)
+    logits = run_onnx(mlp_onnx, {"x": features})
+    score = run_onnx(scorer_onnx, {"x": features})[:, 0]
+    cls = logits.argmax(axis=1)
+    ids = np.arange(len(features))
+
+    where = column(db, "SELECT id, id FROM t WHERE predict('score', feats) > 0.5", col=0)
+    np.testing.assert_array_equal(where.astype(int), ids[score > 0.5])
+
+    grouped = dict(db.sql("SELECT predict_class('clf', feats) AS c, count(*) FROM t GROUP BY 1").fetchall())
+    assert grouped == {int(c): int((cls == c).sum()) for c in np.unique(cls)}
+
+    db.create_table("labels", {"id": ids, "label": (ids * 7) % 3})
+    joined = db.sql(q(db, "SELECT t.id, predict_class('clf', t.feats) = l.label FROM t JOIN labels l ON l.id = t.id "
+                          "WHERE l.label = 1 ORDER BY t.id")).fetchall()
+    mask = (ids * 7) % 3 == 1
+    assert [r[0] for r in joined] == ids[mask].tolist()
+    assert [bool(r[1]) for r in joined] == (cls[mask] == 1).tolist()
+
+    sub = db.sql("SELECT avg(s) FROM (SELECT predict('score', feats) AS s FROM t WHERE grp = 0) AS x").scalar()
+    np.testing.assert_allclose(sub, score[ids % 3 == 0].mean(), rtol=1e-5)
+
+    in_sub = db.sql("SELECT count(*) FROM t WHERE id IN (SELECT id FROM t WHERE predict_class('clf', feats) = 2)").scalar()
+    assert in_sub == int((cls == 2).sum())
+
+
+def test_several_inputs_and_outputs(db, multi_io_onnx):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((50, 3), dtype=np.float32), rng.standard_normal((50, 2), dtype=np.float32)
+    db.create_table("ab", {"id": np.arange(50), "feats": np.hstack([a, b])})
+    db.models.register("multi", multi_io_onnx)
+    logits = run_onnx(multi_io_onnx, {"a": a, "b": b}, 0)
+    score = run_onnx(multi_io_onnx, {"a": a, "b": b}, 1)[:, 0]
+    np.testing.assert_allclose(stack(column(db, "SELECT id, predict_array('multi', feats) FROM ab")), logits, atol=ATOL)
+    np.testing.assert_allclose(stack(column(db, "SELECT id, predict_array('multi:logits', feats) FROM ab")), logits,
+                               atol=ATOL)
+    got = column(db, "SELECT id, predict('multi@1:score', feats) FROM ab").astype(np.float32)
+    np.testing.assert_allclose(got, score, atol=ATOL)
+    info = db.models.get("multi")
+    assert [(s.name, s.shape) for s in info.inputs] == [("a", (3,)), ("b", (2,))]
+    assert info.n_features == 5
+    with pytest.raises(dbdl.ShapeMismatch, match="no output 'nope'.*'logits', 'score'"):
+        db.sql("SELECT predict('multi:nope', feats) FROM ab")
+
+
+def test_null_features_give_null(db, table, mlp_onnx, features):
+    db.models.register("m", mlp_onnx)
+    rows = sorted(db.sql(q(db, "SELECT id, predict_array('m', CASE WHEN id % 10 = 0 THEN NULL ELSE feats END) "
+                               "FROM t")).fetchall())
+    expected = run_onnx(mlp_onnx, {"x": features})
+    for i, value in rows:
+        if i % 10 == 0:
+            assert value is None
+        else:
+            np.testing.assert_allclose(value, expected[i], atol=ATOL)
+    assert db.sql("SELECT predict_class('m', NULL)").scalar() is None
+
+
+def test_null_element_gives_null(db, mlp_onnx):
+    db.models.register("m", mlp_onnx)
+    got = db.sql(q(db, "SELECT predict_array('m', [1, 2, 3, 4, 5, 6, 7, NULL]), "
+                       "predict_array('m', [1, 2, 3, 4, 5, 6, 7, 8])")).fetchall()[0]
+    assert got[0] is None
+    np.testing.assert_allclose(got[1], run_onnx(mlp_onnx, {"x": np.arange(1, 9, dtype=np.float32)[None]})[0], atol=ATOL)
+
+
+def test_model_named_by_a_column(db, table, mlp_onnx, mlp2_onnx, features):
+    db.models.register("one", mlp_onnx)
+    db.models.register("two", mlp2_onnx)
+    rows = sorted(db.sql(q(db, "SELECT id, predict_array(CASE WHEN id % 2 = 0 THEN 'one' ELSE 'two@1' END, feats) "
+                               "FROM t")).fetchall())
+    e1, e2 = run_onnx(mlp_onnx, {"x": features}), run_onnx(mlp2_onnx, {"x": features})
+    for i, value in rows:
+        np.testing.assert_allclose(value, (e1 if i % 2 == 0 else e2)[i], atol=ATOL)
+
+
+def test_bound_parameters(db, table, scorer_onnx, features):
+    db.models.register("s", scorer_onnx)
+    got = db.sql("SELECT count(*) FROM t WHERE predict('s', feats) > ? AND grp = ?", [0.5, 1]).scalar()
+    score = run_onnx(scorer_onnx, {"x": features})[:, 0]
+    assert got == int(((score > 0.5) & (np.arange(len(features)) % 3 == 1)).sum())
+
+
+def test_result_conversions(db, table, mlp_onnx, features):
+    db.models.register("m", mlp_onnx)
+    result = db.sql("SELECT id, predict_array('m', feats) AS y FROM t ORDER BY id")
+    expected = run_onnx(mlp_onnx, {"x": features})
+    assert result.columns == ["id", "y"] and len(result) == len(features)
+    np.testing.assert_allclose(np.stack(result.numpy()["y"]), expected, atol=ATOL)
+    np.testing.assert_allclose(np.stack(result.df()["y"].to_list()), expected, atol=ATOL)
+    np.testing.assert_allclose(np.array(result.arrow().column("y").to_pylist()), expected, atol=ATOL)
+    assert [r[0] for r in result.fetchall()] == list(range(len(features)))
+
+
+def test_session_is_built_once_per_version(db, table, mlp_onnx):
+    db.models.register("m", mlp_onnx)
+    db.sql("SELECT predict_array('m', feats) FROM t")
+    builds = SESSIONS.builds
+    for _ in range(3):
+        db.sql("SELECT predict_array('m', feats) FROM t")
+    assert SESSIONS.builds == builds
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_unknown_model_and_version(db, table, mlp_onnx):
+    db.models.register("m", mlp_onnx)
+    with pytest.raises(dbdl.ModelNotFound, match=r"no model named 'nope' \(registered models: 'm'\).*register"):
+        db.sql("SELECT predict_array('nope', feats) FROM t")
+    with pytest.raises(dbdl.ModelNotFound, match=r"no version 4 \(its versions: 1\)"):
+        db.sql("SELECT predict_array('m@4', feats) FROM t")
+    with pytest.raises(dbdl.ModelNotFound):
+        db.sql(q(db, "SELECT predict_array(CASE WHEN id = 5 THEN 'ghost' ELSE 'm' END, feats) FROM t"))
+
+
+def test_wrong_feature_length(db, table, mlp_onnx):
+    db.models.register("m", mlp_onnx)
+    with pytest.raises(dbdl.ShapeMismatch, match=r"'m@1' takes 8 features per row.*got.* 3"):
+        db.sql(q(db, "SELECT predict_array('m', [1.0, 2.0, 3.0])"))
+    with pytest.raises(dbdl.ShapeMismatch, match="takes 8 features"):
+        db.sql(q(db, "SELECT predict_array('m', CAST(feats AS FLOAT[]) || [1.0]) FROM t"))
+
+
+def test_wrong_dtype(db, table, mlp_onnx):
+    db.models.register("m", mlp_onnx)
+    for bad in ("['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h']", "['1', '2', '3', '4', '5', '6', '7', '8']", "'text'", "42"):
+        with pytest.raises(dbdl.DTypeMismatch, match="numeric features|numbers"):
+            db.sql(q(db, f"SELECT predict_array('m', {bad})"))
+
+
+def test_predict_on_a_vector_output_names_the_fix(db, table, mlp_onnx, scorer_onnx):
+    db.models.register("m", mlp_onnx)
+    db.models.register("s", scorer_onnx)
+    with pytest.raises(dbdl.ShapeMismatch, match="3 values per row.*predict_array"):
+        db.sql("SELECT predict('m', feats) FROM t")
+    with pytest.raises(dbdl.ShapeMismatch, match="no arg-max"):
+        db.sql("SELECT predict_class('s', feats) FROM t")
+
+
+@pytest.mark.parametrize("bad", [b"", b"not an onnx model", b"\x08\x07" + b"\xff" * 40])
+def test_malformed_model_bytes_leave_nothing(db, bad):
+    with pytest.raises(dbdl.InvalidModel, match="ONNX|onnx"):
+        db.models.register("m", bad)
+    assert registry_counts(db) == (0, 0, 0)
+
+
+def test_checker_failure_and_fixed_batch_leave_nothing(db, mlp_onnx, tmp_path):
+    model = onnx.load_from_string(mlp_onnx)
+    model.graph.node[0].input[0] = "does_not_exist"
+    with pytest.raises(dbdl.InvalidModel, match="checker"):
+        db.models.register("m", model)
+    fixed = onnx.load_from_string(mlp_onnx)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    with pytest.raises(dbdl.InvalidModel, match="fixed batch size of 1.*dynamic batch axis"):
+        db.models.register("m", fixed)
+    with pytest.raises(dbdl.InvalidModel, match="no ONNX file"):
+        db.models.register("m", str(tmp_path / "missing.onnx"))
+    with pytest.raises(dbdl.InvalidModel, match="example="):
+        db.models.register("m", make_mlp())
+    with pytest.raises(dbdl.InvalidModel, match="cannot register a dict"):
+        db.models.register("m", {"weights": 1})
+    assert registry_counts(db) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "has space", "x'; DROP TABLE t; --", "a" * 64, "dé", None, "m@1"])
+def test_invalid_names(db, table, mlp_onnx, name):
+    with pytest.raises(dbdl.InvalidName, match="not valid"):
+        db.models.register(name, mlp_onnx)
+    assert registry_counts(db) == (0, 0, 0)
+    assert db.sql("SELECT count(*) FROM t").scalar() == 300
+
+
+def test_hostile_reference_in_sql(db, table, mlp_onnx):
+    db.models.register("m", mlp_onnx)
+    with pytest.raises(dbdl.InvalidName):
+        db.sql("SELECT predict_array('m''; DROP TABLE t; --', feats) FROM t")
+    with pytest.raises(dbdl.InvalidName, match="version"):
+        db.sql("SELECT predict_array('m@0', feats) FROM t")
+    assert db.sql("SELECT count(*) FROM t").scalar() == 300
+
+
+def test_wrong_arity_and_unparsable_sql(db, table, mlp_onnx):
+    db.models.register("m", mlp_onnx)
+    with pytest.raises(dbdl.QueryError, match="two arguments"):
+        db.sql("SELECT predict_array('m') FROM t")
+    with pytest.raises(dbdl.QueryError):
+        db.sql("SELEC predict_array('m', feats) FROM t")
