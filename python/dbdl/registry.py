@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dbdl_udf import catalog
 from dbdl_udf.runtime import SESSIONS, Signature, TensorSpec, run_batch
 
 from .errors import ModelNotFound
@@ -101,18 +102,8 @@ _VERSION_COLUMNS = (
 def resolve(backend: "Backend", ref: ModelRef | str) -> ResolvedModel:
     """Pin ``ref`` to a stored version (the serving one when no version is given)."""
     ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
-    version = ref.version
-    if version is None:
-        row = backend.fetchone("SELECT serving_version FROM dbdl.models WHERE name = ?", (ref.name,))
-        if row is None:
-            raise _not_found(backend, ref.name)
-        version = row[0]
-    row = backend.fetchone(
-        "SELECT sha256, signature FROM dbdl.model_versions WHERE name = ? AND version = ?", (ref.name, version)
-    )
-    if row is None:
-        raise _not_found(backend, ref.name, version)
-    resolved = ResolvedModel(ref.name, int(version), row[0], Signature.from_json(row[1]), ref.output)
+    pinned = catalog.resolve(backend, ref.name, ref.version)
+    resolved = ResolvedModel(ref.name, pinned.version, pinned.sha256, pinned.signature, ref.output)
     resolved.output_index  # raises ShapeMismatch naming the outputs when ``ref.output`` is unknown
     return resolved
 
@@ -122,24 +113,6 @@ def load_model_bytes(backend: "Backend", sha256: str) -> bytes:
     if row is None:
         raise ModelNotFound(f"the model bytes {sha256[:12]}… are missing from dbdl.blobs; re-register the model")
     return bytes(row[0])
-
-
-def _not_found(backend: "Backend", name: str, version: int | None = None) -> ModelNotFound:
-    if version is None:
-        names = [r[0] for r in backend.fetchall("SELECT name FROM dbdl.models ORDER BY name")]
-        known = ", ".join(repr(n) for n in names[:20]) or "none"
-        return ModelNotFound(
-            f"no model named {name!r} (registered models: {known}); register it first with "
-            f"db.models.register({name!r}, model) or SELECT dbdl.register_model(...)"
-        )
-    versions = [r[0] for r in backend.fetchall(
-        "SELECT version FROM dbdl.model_versions WHERE name = ? ORDER BY version", (name,))]
-    if not versions:
-        return _not_found(backend, name)
-    return ModelNotFound(
-        f"model {name!r} has no version {version} (its versions: {', '.join(map(str, versions))}); "
-        f"use one of those, e.g. '{name}@{versions[-1]}', or '{name}' for the serving version"
-    )
 
 
 class ModelRegistry:
@@ -175,69 +148,27 @@ class ModelRegistry:
         """
         check_name(name)
         prepared = prepare(model, example, opset=opset)
-        b = self._backend
-        with b.transaction():
-            row = b.fetchone("SELECT next_version, serving_version FROM dbdl.models WHERE name = ?", (name,))
-            if row is None:
-                b.execute("INSERT INTO dbdl.models (name, next_version) VALUES (?, 1)", (name,))
-                next_version, serving = 1, None
-            else:
-                next_version, serving = row
-            same = b.fetchone(
-                "SELECT version FROM dbdl.model_versions WHERE name = ? AND sha256 = ?", (name, prepared.sha256)
+        with self._backend.transaction():
+            version = catalog.store_version(
+                self._backend, name, sha256=prepared.sha256, onnx_bytes=prepared.onnx_bytes, source=prepared.source,
+                signature=prepared.signature, n_params=prepared.n_params, flops_per_row=prepared.flops_per_row,
+                opset=prepared.opset, torch_program=prepared.torch_program, description=description, promote=promote,
             )
-            if same is not None:
-                version = int(same[0])
-            else:
-                version = int(next_version)
-                if b.fetchone("SELECT 1 FROM dbdl.blobs WHERE sha256 = ?", (prepared.sha256,)) is None:
-                    b.execute(
-                        "INSERT INTO dbdl.blobs (sha256, bytes, size_bytes) VALUES (?, ?, ?)",
-                        (prepared.sha256, prepared.onnx_bytes, len(prepared.onnx_bytes)),
-                    )
-                b.execute(
-                    "INSERT INTO dbdl.model_versions (name, version, sha256, source, signature, n_features, "
-                    "n_params, flops_per_row, opset, torch_program, description) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, version, prepared.sha256, prepared.source, prepared.signature.to_json(),
-                     prepared.signature.n_features, prepared.n_params, prepared.flops_per_row, prepared.opset,
-                     prepared.torch_program, description),
-                )
-                b.execute("UPDATE dbdl.models SET next_version = ? WHERE name = ?", (version + 1, name))
-            if promote or serving is None:
-                self._set_serving(name, version)
         self._db._registry_changed()
         return version
 
     def promote(self, name: str, version: int) -> None:
         """Make ``version`` the one that ``predict('name', ...)`` serves (rollback() undoes it)."""
-        resolved = resolve(self._backend, ModelRef(check_name(name), int(version)))
         with self._backend.transaction():
-            self._set_serving(name, resolved.version)
+            catalog.promote(self._backend, name, version)
         self._db._registry_changed()
 
     def rollback(self, name: str) -> int:
         """Serve the previously promoted version again; returns it."""
-        check_name(name)
-        b = self._backend
-        with b.transaction():
-            history = b.fetchall(
-                "SELECT h.seq, h.version FROM dbdl.alias_history h JOIN dbdl.model_versions v "
-                "ON v.name = h.name AND v.version = h.version WHERE h.name = ? ORDER BY h.seq DESC",
-                (name,),
-            )
-            if not history:
-                raise _not_found(b, name)
-            if len(history) < 2:
-                raise ModelNotFound(
-                    f"model {name!r} has no earlier promoted version to roll back to; "
-                    f"promote one explicitly with db.models.promote({name!r}, version)"
-                )
-            (top_seq, _), (_, previous) = history[0], history[1]
-            b.execute("DELETE FROM dbdl.alias_history WHERE name = ? AND seq >= ?", (name, top_seq))
-            b.execute("UPDATE dbdl.models SET serving_version = ? WHERE name = ?", (previous, name))
+        with self._backend.transaction():
+            version = catalog.rollback(self._backend, name)
         self._db._registry_changed()
-        return int(previous)
+        return version
 
     def drop(self, name: str, version: int | None = None) -> int:
         """Delete one version, or the whole model; returns how many versions were deleted.
@@ -245,46 +176,10 @@ class ModelRegistry:
         Dropping the serving version moves serving to the previously promoted version that still
         exists, else to the latest remaining one. Model bytes no other version uses are deleted.
         """
-        check_name(name)
-        b = self._backend
-        if version is None:
-            if b.fetchone("SELECT 1 FROM dbdl.models WHERE name = ?", (name,)) is None:
-                raise _not_found(b, name)
-        else:
-            resolve(b, ModelRef(name, int(version)))
-        with b.transaction():
-            if version is None:
-                count = b.fetchone("SELECT count(*) FROM dbdl.model_versions WHERE name = ?", (name,))[0]
-                b.execute("DELETE FROM dbdl.model_versions WHERE name = ?", (name,))
-                b.execute("DELETE FROM dbdl.alias_history WHERE name = ?", (name,))
-                b.execute("DELETE FROM dbdl.models WHERE name = ?", (name,))
-            else:
-                count = 1
-                b.execute("DELETE FROM dbdl.model_versions WHERE name = ? AND version = ?", (name, version))
-                b.execute("DELETE FROM dbdl.alias_history WHERE name = ? AND version = ?", (name, version))
-                remaining = b.fetchone("SELECT max(version) FROM dbdl.model_versions WHERE name = ?", (name,))[0]
-                if remaining is None:
-                    b.execute("DELETE FROM dbdl.alias_history WHERE name = ?", (name,))
-                    b.execute("DELETE FROM dbdl.models WHERE name = ?", (name,))
-                else:
-                    serving = b.fetchone("SELECT serving_version FROM dbdl.models WHERE name = ?", (name,))[0]
-                    if serving == version:
-                        prior = b.fetchone(
-                            "SELECT version FROM dbdl.alias_history WHERE name = ? ORDER BY seq DESC LIMIT 1", (name,)
-                        )
-                        b.execute(
-                            "UPDATE dbdl.models SET serving_version = ? WHERE name = ?",
-                            (prior[0] if prior else remaining, name),
-                        )
-            b.execute("DELETE FROM dbdl.blobs WHERE sha256 NOT IN (SELECT sha256 FROM dbdl.model_versions)")
+        with self._backend.transaction():
+            count = catalog.drop(self._backend, name, version)
         self._db._registry_changed()
-        return int(count)
-
-    def _set_serving(self, name: str, version: int) -> None:
-        b = self._backend
-        b.execute("UPDATE dbdl.models SET serving_version = ? WHERE name = ?", (version, name))
-        seq = b.fetchone("SELECT coalesce(max(seq), 0) + 1 FROM dbdl.alias_history WHERE name = ?", (name,))[0]
-        b.execute("INSERT INTO dbdl.alias_history (name, seq, version) VALUES (?, ?, ?)", (name, seq, version))
+        return count
 
     # -- reading ---------------------------------------------------------------------------
 

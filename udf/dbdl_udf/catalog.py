@@ -1,0 +1,192 @@
+"""The registry's rules, shared by the client and the database server.
+
+The same functions serve ``db.models`` (through a client Backend) and ``SELECT
+dbdl.register_model(...)`` (through PL/Python's ``plpy``): anything with ``fetchall(sql, params)``
+and ``execute(sql, params)`` taking ``?`` placeholders. Callers own the transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+from .errors import InvalidName, ModelNotFound
+from .runtime import Signature
+
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_REF_RE = re.compile(r"(?P<name>[^@:]*)(?:@(?P<version>[^:]*))?(?::(?P<output>.+))?", re.S)
+
+
+class SQLRunner(Protocol):
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+
+def check_name(name: object, what: str = "model") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidName(
+            f"{what} name {name!r} is not valid; use 1-63 letters, digits or underscores, "
+            f"starting with a letter or underscore (e.g. 'fraud_v2')"
+        )
+    return name
+
+
+def parse_ref(text: object) -> tuple[str, int | None, str | None]:
+    """'name', 'name@3' or 'name@3:output' -> (name, version, output)."""
+    if not isinstance(text, str):
+        raise InvalidName(f"a model reference must be text like 'fraud' or 'fraud@3', got {text!r}")
+    m = _REF_RE.fullmatch(text.strip())
+    assert m is not None  # the pattern matches any string
+    name = check_name(m["name"])
+    version = None
+    if m["version"] is not None:
+        if not m["version"].isdigit() or int(m["version"]) < 1:
+            raise InvalidName(
+                f"model reference {text!r} has version {m['version']!r}; a version is a whole number from 1, "
+                f"as in '{name}@1'"
+            )
+        version = int(m["version"])
+    return name, version, m["output"]
+
+
+def _one(db: SQLRunner, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+    rows = db.fetchall(sql, params)
+    return rows[0] if rows else None
+
+
+@dataclass(frozen=True)
+class Pinned:
+    name: str
+    version: int
+    sha256: str
+    signature: Signature
+
+
+def resolve(db: SQLRunner, name: str, version: int | None = None) -> Pinned:
+    """Pin a model to a stored version (the serving one when ``version`` is None)."""
+    if version is None:
+        row = _one(db, "SELECT serving_version FROM dbdl.models WHERE name = ?", (name,))
+        if row is None:
+            raise not_found(db, name)
+        version = row[0]
+    row = _one(db, "SELECT sha256, signature FROM dbdl.model_versions WHERE name = ? AND version = ?", (name, version))
+    if row is None:
+        raise not_found(db, name, version)
+    return Pinned(name, int(version), row[0], Signature.from_json(row[1]))
+
+
+def not_found(db: SQLRunner, name: str, version: int | None = None) -> ModelNotFound:
+    if version is not None:
+        versions = [r[0] for r in db.fetchall(
+            "SELECT version FROM dbdl.model_versions WHERE name = ? ORDER BY version", (name,))]
+        if versions:
+            return ModelNotFound(
+                f"model {name!r} has no version {version} (its versions: {', '.join(map(str, versions))}); "
+                f"use one of those, e.g. '{name}@{versions[-1]}', or '{name}' for the serving version"
+            )
+    names = [r[0] for r in db.fetchall("SELECT name FROM dbdl.models ORDER BY name")]
+    known = ", ".join(repr(n) for n in names[:20]) or "none"
+    return ModelNotFound(
+        f"no model named {name!r} (registered models: {known}); register it first with "
+        f"db.models.register({name!r}, model) or SELECT dbdl.register_model('{name}', <onnx bytes>)"
+    )
+
+
+def store_version(db: SQLRunner, name: str, *, sha256: str, onnx_bytes: bytes, source: str, signature: Signature,
+                  n_params: int, flops_per_row: int, opset: int, torch_program: bytes | None = None,
+                  description: str | None = None, promote: bool = True) -> int:
+    """Add ``onnx_bytes`` as the next version of ``name`` (or return the version that has them)."""
+    check_name(name)
+    row = _one(db, "SELECT next_version, serving_version FROM dbdl.models WHERE name = ?", (name,))
+    if row is None:
+        db.execute("INSERT INTO dbdl.models (name, next_version) VALUES (?, 1)", (name,))
+        next_version, serving = 1, None
+    else:
+        next_version, serving = row
+    same = _one(db, "SELECT version FROM dbdl.model_versions WHERE name = ? AND sha256 = ?", (name, sha256))
+    if same is not None:
+        version = int(same[0])
+    else:
+        version = int(next_version)
+        if _one(db, "SELECT 1 FROM dbdl.blobs WHERE sha256 = ?", (sha256,)) is None:
+            db.execute("INSERT INTO dbdl.blobs (sha256, bytes, size_bytes) VALUES (?, ?, ?)",
+                       (sha256, onnx_bytes, len(onnx_bytes)))
+        values = {"name": name, "version": version, "sha256": sha256, "source": source,
+                  "signature": signature.to_json(), "n_features": signature.n_features, "n_params": int(n_params),
+                  "flops_per_row": int(flops_per_row), "opset": int(opset), "torch_program": torch_program,
+                  "description": description}
+        # columns without a value are left to their default (NULL): no typed NULL parameters needed
+        columns = [c for c, v in values.items() if v is not None]
+        db.execute(f"INSERT INTO dbdl.model_versions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                   tuple(values[c] for c in columns))
+        db.execute("UPDATE dbdl.models SET next_version = ? WHERE name = ?", (version + 1, name))
+    if promote or serving is None:
+        set_serving(db, name, version)
+    return version
+
+
+def set_serving(db: SQLRunner, name: str, version: int) -> None:
+    db.execute("UPDATE dbdl.models SET serving_version = ? WHERE name = ?", (version, name))
+    seq = _one(db, "SELECT coalesce(max(seq), 0) + 1 FROM dbdl.alias_history WHERE name = ?", (name,))[0]
+    db.execute("INSERT INTO dbdl.alias_history (name, seq, version) VALUES (?, ?, ?)", (name, seq, version))
+
+
+def promote(db: SQLRunner, name: str, version: int) -> None:
+    pinned = resolve(db, check_name(name), int(version))
+    set_serving(db, name, pinned.version)
+
+
+def rollback(db: SQLRunner, name: str) -> int:
+    """Serve the previously promoted version again; returns it."""
+    check_name(name)
+    history = db.fetchall(
+        "SELECT h.seq, h.version FROM dbdl.alias_history h JOIN dbdl.model_versions v "
+        "ON v.name = h.name AND v.version = h.version WHERE h.name = ? ORDER BY h.seq DESC",
+        (name,),
+    )
+    if not history:
+        raise not_found(db, name)
+    if len(history) < 2:
+        raise ModelNotFound(
+            f"model {name!r} has no earlier promoted version to roll back to; promote one explicitly with "
+            f"db.models.promote({name!r}, version)"
+        )
+    (top_seq, _), (_, previous) = history[0], history[1]
+    db.execute("DELETE FROM dbdl.alias_history WHERE name = ? AND seq >= ?", (name, top_seq))
+    db.execute("UPDATE dbdl.models SET serving_version = ? WHERE name = ?", (previous, name))
+    return int(previous)
+
+
+def drop(db: SQLRunner, name: str, version: int | None = None) -> int:
+    """Delete one version or the whole model; returns how many versions were deleted.
+
+    Dropping the serving version moves serving to the previously promoted version that still
+    exists, else to the latest remaining one. Bytes no version uses any more are deleted.
+    """
+    check_name(name)
+    if version is None:
+        if _one(db, "SELECT 1 FROM dbdl.models WHERE name = ?", (name,)) is None:
+            raise not_found(db, name)
+        count = _one(db, "SELECT count(*) FROM dbdl.model_versions WHERE name = ?", (name,))[0]
+        _forget_model(db, name)
+    else:
+        resolve(db, name, int(version))
+        count = 1
+        db.execute("DELETE FROM dbdl.model_versions WHERE name = ? AND version = ?", (name, version))
+        db.execute("DELETE FROM dbdl.alias_history WHERE name = ? AND version = ?", (name, version))
+        remaining = _one(db, "SELECT max(version) FROM dbdl.model_versions WHERE name = ?", (name,))[0]
+        if remaining is None:
+            _forget_model(db, name)
+        elif _one(db, "SELECT serving_version FROM dbdl.models WHERE name = ?", (name,))[0] == version:
+            prior = _one(db, "SELECT version FROM dbdl.alias_history WHERE name = ? ORDER BY seq DESC LIMIT 1", (name,))
+            db.execute("UPDATE dbdl.models SET serving_version = ? WHERE name = ?",
+                       (prior[0] if prior else remaining, name))
+    db.execute("DELETE FROM dbdl.blobs WHERE sha256 NOT IN (SELECT sha256 FROM dbdl.model_versions)")
+    return int(count)
+
+
+def _forget_model(db: SQLRunner, name: str) -> None:
+    for table in ("model_versions", "alias_history", "models"):
+        db.execute(f"DELETE FROM dbdl.{table} WHERE name = ?", (name,))
