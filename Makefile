@@ -7,11 +7,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# torch is pinned here so that pip takes the CPU build; pyproject.toml only gives a range
+# torch is pinned here: on these machines that exact release is a CPU wheel on local disk, while an
+# unpinned torch pulls a multi-GB CUDA build. pyproject.toml only gives a range.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.dbdl-installed
 
-.PHONY: install demo test bench clean
+PG_PACKAGES ?= postgresql-15 postgresql-plpython3-15
+
+.PHONY: install postgres-packages demo test bench clean
 
 install: $(STAMP)
 
@@ -22,10 +25,26 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# the PostgreSQL server the test suite starts for itself (tests/pgserver.py): install the Debian
+# packages if missing (as root, or through sudo); otherwise say so, and its tests are skipped
+postgres-packages:
+	@if [ "$$(dpkg -s $(PG_PACKAGES) 2>/dev/null | grep -c '^Status: install ok installed')" = $(words $(PG_PACKAGES)) ]; then \
+		: ; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(PG_PACKAGES) \
+		|| echo "postgres-packages: WARNING: apt-get could not install $(PG_PACKAGES); the PostgreSQL tests will be skipped"; \
+	elif command -v sudo >/dev/null 2>&1; then \
+		{ sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y $(PG_PACKAGES); } \
+		|| echo "postgres-packages: WARNING: apt-get could not install $(PG_PACKAGES); the PostgreSQL tests will be skipped"; \
+	else \
+		echo "postgres-packages: $(PG_PACKAGES) not installed, and we are neither root nor have sudo:" \
+		     "install them to run the PostgreSQL tests (they will be skipped)"; \
+	fi
+
 demo: install
 	$(VENV)/bin/dbdl demo
 
-test: install
+test: install postgres-packages
 	$(PY) -m pytest -q
 
 bench: install

@@ -20,10 +20,43 @@ from onnx import TensorProto, helper, numpy_helper
 
 import dbdl
 
+import pgserver
+
 # backend name -> factory(tmp_path, request) -> fresh, empty database URL
-BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], str]] = {
-    "duckdb": lambda tmp_path, request: f"duckdb:///{tmp_path / 'test.duckdb'}",
-}
+BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], str]] = {}
+
+
+def _duckdb_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return f"duckdb:///{tmp_path / 'test.duckdb'}"
+
+
+_database_counter = iter(range(1_000_000))
+
+
+def _postgres_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    server = request.getfixturevalue("pg_server")
+    name = f"dbdl_test_{next(_database_counter)}"
+    url = server.create_database(name)
+    request.addfinalizer(lambda: server.drop_database(name))
+    return url
+
+
+BACKENDS["duckdb"] = _duckdb_url
+BACKENDS["postgres"] = _postgres_url
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server for the whole run (initdb + pg_ctl as the postgres user)."""
+    ok, why = pgserver.available()
+    if not ok:
+        pytest.skip(f"PostgreSQL cannot run here: {why}")
+    for path in (Path(__file__).resolve().parent.parent / "udf", Path(onnx.__file__).parent.parent):
+        readable, blocker = pgserver.postgres_can_read(path)
+        if not readable:
+            pytest.skip(f"the PostgreSQL server cannot read {path}: {blocker}")
+    with pgserver.PostgresServer() as server:
+        yield server
 
 
 @pytest.fixture(params=sorted(BACKENDS))

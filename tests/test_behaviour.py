@@ -229,7 +229,7 @@ def test_null_features_give_null(db, table, mlp_onnx, features):
             assert value is None
         else:
             np.testing.assert_allclose(value, expected[i], atol=ATOL)
-    assert db.sql("SELECT predict_class('m', NULL)").scalar() is None
+    assert db.sql(q(db, "SELECT predict_class('m', CAST(NULL AS FLOAT[]))")).scalar() is None
 
 
 def test_null_element_gives_null(db, mlp_onnx):

@@ -65,8 +65,14 @@ def test_edited_migration_is_refused(url):
 
 
 def test_migrate_false_refuses_to_install(url):
-    with pytest.raises(dbdl.MigrationError, match="dbdl migrate"):
+    # a missing DuckDB file is not created; an empty PostgreSQL database is not migrated
+    with pytest.raises((dbdl.MigrationError, dbdl.ConnectionError), match="dbdl migrate"):
         dbdl.connect(url, migrate=False)
+    backend = Backend.open(url)
+    try:
+        assert migrations.applied(backend) == {}
+    finally:
+        backend.close()
 
 
 def test_cli_migrate(url):

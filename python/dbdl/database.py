@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from . import migrate as migrations
 from .backends.base import Backend
-from .errors import MigrationError
+from .errors import MigrationError, QueryError
 from .names import check_name
 from .planner import parse, plan_statement
 from .registry import ModelRegistry
@@ -32,7 +32,12 @@ class Database:
 
     def _ensure_schema(self, migrate: bool | None) -> None:
         if getattr(self.backend, "read_only", False):
-            migrations.check(self.backend, *migrations.status(self.backend))
+            known, done = migrations.status(self.backend)
+            migrations.check(self.backend, known, done)
+            if len(done) < len(known):
+                raise MigrationError(
+                    f"the database opened read-only has {len(done)} of {len(known)} dbdl migrations; "
+                    f"run: dbdl migrate {self.backend.url}")
             return
         todo = migrations.pending(self.backend)  # refuses a newer or edited schema
         if not todo:
@@ -58,15 +63,21 @@ class Database:
         runs, so an unknown model fails before a row is read.
         """
         params = tuple(params or ())
-        if "predict" not in query.lower():
+        needs_rewrite = bool(params) and self.backend.paramstyle != "qmark"
+        if "predict" not in query.lower() and not needs_rewrite:
             return Result(self.backend.run_query(query, params))
         trees = parse(query, self.backend.dialect)
         if trees is None:
+            if needs_rewrite:
+                raise QueryError("the query does not parse, so its ? placeholders cannot be bound; check the SQL")
             return Result(self.backend.run_query(query, params))
+        if params and len(trees) > 1:
+            raise QueryError(
+                f"parameters bind to one statement, and this text has {len(trees)}; run the statements one by one")
         table = None
         for tree in trees:
             planned = plan_statement(self.backend, tree)
-            table = self.backend.run_query(planned.sql, params if len(trees) == 1 else (), planned.models)
+            table = self.backend.run_query(planned.sql, params, planned.models)
         return Result(table)
 
     execute = sql
@@ -105,6 +116,8 @@ def connect(url: str | None = None, *, migrate: bool | None = None, **options: A
     ``duckdb:///dbdl.duckdb`` in the current folder. A new database gets dbdl's migrations;
     ``migrate=False`` refuses to change the schema, ``migrate=True`` always brings it up to date.
     """
+    if migrate is False:
+        options.setdefault("create", False)  # refusing to migrate must not leave an empty file behind
     backend = Backend.open(url, **options)
     return Database(backend, migrate=migrate)
 

@@ -106,4 +106,5 @@ def migrate(backend: "Backend", on_apply=None) -> list[Migration]:
                 ) from exc
             if on_apply is not None:
                 on_apply(mig)
+        backend.after_migrate()
         return todo

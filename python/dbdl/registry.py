@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dbdl_udf import catalog
-from dbdl_udf.runtime import SESSIONS, Signature, TensorSpec, run_batch
+from dbdl_udf.runtime import SESSIONS, Signature, TensorSpec, check_features, run_batch
 
 from .errors import ModelNotFound
 from .modelio import load_torch_program, prepare
@@ -89,7 +89,11 @@ class LoadedModel:
 
     def __call__(self, features: np.ndarray, output: str | None = None) -> np.ndarray:
         """Score a (rows x features) array exactly as SQL predict_array does."""
-        x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        x = x.reshape(len(x), -1)
+        check_features(self.info.signature, x.shape[1], self.info.ref)
         return run_batch(self.session, self.info.signature, x, self.info.signature.output_index(output))
 
 

@@ -8,7 +8,8 @@ import pyarrow as pa
 
 
 class Result:
-    """Rows of one statement. Statements without rows (DDL, INSERT) give an empty result."""
+    """Rows of one statement. DDL gives an empty result; DuckDB reports INSERT/CREATE TABLE AS
+    with a one-row ``Count`` column, PostgreSQL with no rows."""
 
     def __init__(self, table: pa.Table | None) -> None:
         self._table = table if table is not None else pa.table({})

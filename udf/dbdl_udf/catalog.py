@@ -89,8 +89,9 @@ def not_found(db: SQLRunner, name: str, version: int | None = None) -> ModelNotF
     names = [r[0] for r in db.fetchall("SELECT name FROM dbdl.models ORDER BY name")]
     known = ", ".join(repr(n) for n in names[:20]) or "none"
     return ModelNotFound(
-        f"no model named {name!r} (registered models: {known}); register it first with "
-        f"db.models.register({name!r}, model) or SELECT dbdl.register_model('{name}', <onnx bytes>)"
+        f"no model named {name!r} (registered models: {known}); register it first: "
+        f"db.models.register({name!r}, model) in Python, `dbdl register URL {name} model.onnx`, or on PostgreSQL "
+        f"SELECT dbdl.register_model('{name}', <onnx bytes>)"
     )
 
 
@@ -122,7 +123,7 @@ def store_version(db: SQLRunner, name: str, *, sha256: str, onnx_bytes: bytes, s
         db.execute(f"INSERT INTO dbdl.model_versions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                    tuple(values[c] for c in columns))
         db.execute("UPDATE dbdl.models SET next_version = ? WHERE name = ?", (version + 1, name))
-    if promote or serving is None:
+    if (promote or serving is None) and serving != version:
         set_serving(db, name, version)
     return version
 
@@ -146,7 +147,7 @@ def rollback(db: SQLRunner, name: str) -> int:
         "ON v.name = h.name AND v.version = h.version WHERE h.name = ? ORDER BY h.seq DESC",
         (name,),
     )
-    if not history:
+    if not history and _one(db, "SELECT 1 FROM dbdl.models WHERE name = ?", (name,)) is None:
         raise not_found(db, name)
     if len(history) < 2:
         raise ModelNotFound(

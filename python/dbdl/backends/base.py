@@ -33,7 +33,7 @@ BACKEND_MODULES = {
     "dm8": "dbdl.backends.dm8",
 }
 
-DEFAULT_URL = "duckdb:///dbdl.duckdb"
+DEFAULT_URL = "duckdb:///dbdl_data.duckdb"
 
 
 class Backend(ABC):
@@ -49,6 +49,8 @@ class Backend(ABC):
     has_python_udfs: ClassVar[bool] = True
     #: connect() may apply pending migrations to an existing database (embedded files only)
     auto_upgrade: ClassVar[bool] = False
+    #: how the driver spells bound parameters: "qmark" (?) or "format" (%s)
+    paramstyle: ClassVar[str] = "qmark"
 
     _by_scheme: ClassVar[dict[str, type["Backend"]]] = {}
 
@@ -77,9 +79,10 @@ class Backend(ABC):
         try:
             importlib.import_module(module)
         except ImportError as exc:
+            extra = {"postgresql": "postgres", "dm8": "dm", "dm": "dm"}.get(scheme, scheme)
             raise ConnectionError(
                 f"the {scheme} backend needs a driver that is not installed ({exc}); "
-                f"install it with: pip install 'dbdl[{scheme}]'"
+                f"install it with: pip install 'dbdl[{extra}]'"
             ) from exc
         return Backend._by_scheme[scheme](url, **options)
 
@@ -147,6 +150,13 @@ class Backend(ABC):
         become the backend's tensor column type."""
 
     # -- hooks used by the client ------------------------------------------------------------
+
+    def after_migrate(self) -> None:
+        """Called after every `dbdl migrate` (PostgreSQL records where the server finds dbdl_udf)."""
+
+    def doctor(self) -> dict:
+        """What the database's own Python can import (empty where the database runs none)."""
+        return {}
 
     def on_connect(self, db: Any) -> None:
         """Called once the schema is current (DuckDB registers its UDFs here)."""

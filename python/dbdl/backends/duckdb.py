@@ -8,6 +8,7 @@ features to Python as a flat buffer, about three times cheaper than a variable-l
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import threading
@@ -36,7 +37,9 @@ _RETURN_TYPES = {
 }
 _OUT_TYPES = {"scalar": pa.float32(), "array": pa.list_(pa.float32()), "class": pa.int64()}
 _SQL_NAMES = {"scalar": "predict", "array": "predict_array", "class": "predict_class"}
-_CAST_LENGTH = re.compile(r"Cannot cast list with length (\d+) to array with length (\d+)")
+_CAST_LENGTH = re.compile(
+    r"Cannot cast (?:list with length|array of size) (\d+) to array (?:with length|of size) (\d+)")
+_TOKENS = itertools.count(1)
 _DBDL_ERROR = re.compile(r"^[^\n]*?Error: dbdl\.(\w+): ([^\n]*)")
 
 
@@ -54,16 +57,26 @@ class DuckDBBackend(Backend):
     dialect = DbdlDuckDB
     auto_upgrade = True  # an embedded file belongs to its user: connect() applies pending migrations
 
-    def __init__(self, url: str, *, read_only: bool = False, connection: Any = None) -> None:
+    def __init__(self, url: str, *, read_only: bool = False, create: bool = True, connection: Any = None,
+                 **_: Any) -> None:
         super().__init__(url)
         self.path = _path_from_url(url)
         if connection is not None:
             self.con = connection
         else:
             if self.path != ":memory:":
+                if os.path.basename(self.path).split(".")[0].lower() == "dbdl":
+                    # DuckDB names the database after the file, and a catalog called "dbdl" makes every
+                    # reference to the schema dbdl.models ambiguous
+                    raise ConnectionError(
+                        f"DuckDB names a database after its file, so {self.path!r} would clash with dbdl's own "
+                        "schema 'dbdl'; choose another file name, e.g. dbdl_data.duckdb")
                 parent = os.path.dirname(os.path.abspath(self.path))
                 if not os.path.isdir(parent):
                     raise ConnectionError(f"cannot create {self.path!r}: the folder {parent!r} does not exist")
+                if not create and not os.path.exists(self.path):
+                    raise ConnectionError(
+                        f"there is no DuckDB database at {self.path!r}; create it with: dbdl migrate {url}")
             try:
                 self.con = duckdb.connect(self.path, read_only=read_only)
             except duckdb.Error as exc:
@@ -72,22 +85,31 @@ class DuckDBBackend(Backend):
         # ONNX Runtime threads per UDF call. DuckDB already runs chunks on several threads, so each
         # call uses one unless told otherwise (DBDL_UDF_THREADS); see docs/reference.md.
         self.udf_threads = int(os.environ.get("DBDL_UDF_THREADS", "1"))
-        self._run_lock = threading.Lock() if os.environ.get("DBDL_UDF_SERIAL") == "1" else None
+        self._token = f"{next(_TOKENS):x}"
         self._udfs: set[str] = set()
-        self._pinned: dict[str, ResolvedModel] = {}
+        self._statement_models: dict[str, ResolvedModel] = {}
         self._udf_error: BaseException | None = None
         self._lock = threading.Lock()
 
     # -- primitives ------------------------------------------------------------------------
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.con.execute(sql, list(params))
+        try:
+            self.con.execute(sql, list(params))
+        except duckdb.Error as exc:
+            raise self._translate(exc) from exc
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return self.con.execute(sql, list(params)).fetchall()
+        try:
+            return self.con.execute(sql, list(params)).fetchall()
+        except duckdb.Error as exc:
+            raise self._translate(exc) from exc
 
     def fetch_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-        return self.con.execute(sql, list(params)).to_arrow_table()
+        try:
+            return self.con.execute(sql, list(params)).to_arrow_table()
+        except duckdb.Error as exc:
+            raise self._translate(exc) from exc
 
     def executescript(self, sql: str) -> None:
         self.con.execute(sql)
@@ -131,33 +153,43 @@ class DuckDBBackend(Backend):
         """A backend over a new cursor of the same database (for code running inside a query)."""
         view = DuckDBBackend.__new__(DuckDBBackend)
         view.url, view.path, view.con, view.read_only = self.url, self.path, self.con.cursor(), self.read_only
+        view._udf_error = None
         return view
 
     # -- functions -------------------------------------------------------------------------
+    # DuckDB keeps Python UDFs in the database instance, which every connection to the same file
+    # in this process shares; each backend therefore names its UDFs with a token of its own.
 
     def on_connect(self, db: Any) -> None:
-        # Generic forms for SQL that names the model row by row: any numeric list, resolved per chunk.
+        self.con.execute(
+            "CREATE OR REPLACE TEMP MACRO dbdl_numeric_features(x, message) AS "
+            "CASE WHEN regexp_matches(typeof(x), 'VARCHAR|BLOB|JSON|BIT') "
+            "THEN error('dbdl.DTypeMismatch: ' || message || typeof(x)) ELSE x END"
+        )
+        # Generic forms, for SQL that names the model with a column: any numeric list, the model
+        # resolved once per statement (see _model_for).
         for kind, sql_name in _SQL_NAMES.items():
-            udf = f"dbdl_{sql_name}"
-            self._register_udf(udf, kind, None)
+            udf = f"dbdl_{sql_name}_{self._token}"
+            self._register_udf(udf, kind)
+            message = exp.Literal.string(
+                f"{sql_name}() takes numeric features (FLOAT[n], DOUBLE[n] or a list of numbers); got "
+            ).sql(dialect=self.dialect)
             self.con.execute(
-                f"CREATE OR REPLACE TEMP MACRO {sql_name}(model, feats) AS {udf}(model, CAST(feats AS FLOAT[]))"
+                f"CREATE OR REPLACE TEMP MACRO {sql_name}(model, feats) AS "
+                f"{udf}(model, CAST(dbdl_numeric_features(feats, {message}) AS FLOAT[]))"
             )
 
     def invalidate(self) -> None:
-        self._pinned.clear()
+        self._statement_models.clear()
 
-    def _register_udf(self, udf: str, kind: str, width: int | None) -> None:
+    def _register_udf(self, udf: str, kind: str) -> None:
         with self._lock:
             if udf in self._udfs:
                 return
-            feature_type = duckdb.list_type(duckdb.sqltype("FLOAT"))
-            if width is not None:
-                feature_type = duckdb.array_type(duckdb.sqltype("FLOAT"), width)
             self.con.create_function(
                 udf,
                 self._make_udf(kind),
-                [duckdb.sqltype("VARCHAR"), feature_type],
+                [duckdb.sqltype("VARCHAR"), duckdb.list_type(duckdb.sqltype("FLOAT"))],
                 _RETURN_TYPES[kind],
                 type="arrow",
                 null_handling="special",
@@ -170,7 +202,7 @@ class DuckDBBackend(Backend):
         # one UDF per (kind, model version, output): the model is bound in the closure, so a chunk
         # carries only its features and the UDF does no lookups; the content hash in the name keeps a
         # dropped-and-re-registered 'm@1' from ever reaching a stale closure
-        udf = f"dbdl_{kind}_{model.name}_{model.version}_{model.output_index}_{model.sha256[:12]}"
+        udf = f"dbdl_{kind}_{model.name}_{model.version}_{model.output_index}_{model.sha256[:12]}_{self._token}"
         with self._lock:
             if udf not in self._udfs:
                 session, signature = SESSIONS.get(
@@ -188,20 +220,14 @@ class DuckDBBackend(Backend):
                 self._udfs.add(udf)
         # NULL stays NULL; a wrong length, a scalar or a nested list fails the cast, which
         # _translate turns into ShapeMismatch / DTypeMismatch naming the model. DuckDB would also
-        # parse text such as '1.5' into numbers; the typeof test (folded to a constant when the
-        # query is bound, so it costs nothing per row) refuses text outright.
-        is_text = exp.Anonymous(
-            this="regexp_matches",
-            expressions=[exp.Anonymous(this="typeof", expressions=[features.copy()]), exp.Literal.string("VARCHAR|BLOB|JSON")],
+        # parse text such as '1.5' into numbers: dbdl_numeric_features refuses text outright (its
+        # typeof test is folded to a constant when the query is bound, so it costs nothing per row;
+        # being a macro, it takes the features once, so a ``?`` among them stays one parameter).
+        message = exp.Literal.string(
+            f"model {model.ref!r} takes numeric features (FLOAT[{width}], DOUBLE[{width}] or a list of numbers); "
+            f"convert the column, e.g. CAST(col AS FLOAT[{width}]) — got "
         )
-        refuse = exp.Anonymous(this="error", expressions=[exp.DPipe(
-            this=exp.Literal.string(
-                f"dbdl.DTypeMismatch: model {model.ref!r} takes numeric features (FLOAT[{width}], DOUBLE[{width}] or "
-                f"a list of numbers), got "),
-            expression=exp.DPipe(
-                this=exp.Anonymous(this="typeof", expressions=[features.copy()]),
-                expression=exp.Literal.string(f"; convert the column, e.g. CAST(col AS FLOAT[{width}])")))])
-        checked = exp.Case(ifs=[exp.If(this=is_text, true=refuse)], default=features)
+        checked = exp.Anonymous(this="dbdl_numeric_features", expressions=[features, message])
         cast = exp.Cast(this=checked, to=exp.DataType.build(f"FLOAT[{width}]", dialect="duckdb"))
         return exp.Anonymous(this=udf, expressions=[cast])
 
@@ -218,12 +244,7 @@ class DuckDBBackend(Backend):
                 if not valid.any():
                     return pa.nulls(n, out_type)
                 x = matrix if valid.all() else matrix[valid]
-                if backend._run_lock is not None:
-                    with backend._run_lock:
-                        y = run_batch(session, signature, x, output)
-                else:
-                    y = run_batch(session, signature, x, output)
-                y = shape_outputs(y, kind, ref, output_name)
+                y = shape_outputs(run_batch(session, signature, x, output), kind, ref, output_name)
                 return _assemble(kind, n, [(valid, y)], out_type)
             except BaseException as exc:
                 backend._udf_error = exc
@@ -244,11 +265,12 @@ class DuckDBBackend(Backend):
         return udf
 
     def _model_for(self, ref: str) -> ResolvedModel:
-        model = self._pinned.get(ref)
+        # A model named by a column value: resolved on first sight in a statement and kept until the
+        # statement ends, so one statement sees one version. The registry is read through a cursor
+        # (the query's own connection is busy running us).
+        model = self._statement_models.get(ref)
         if model is None:
-            # a model named by a column value, or SQL that did not go through db.sql: read the
-            # registry through a cursor (the query's own connection is busy running us)
-            model = resolve(self.cursor_view(), ModelRef.parse(ref))
+            model = self._statement_models[ref] = resolve(self.cursor_view(), ModelRef.parse(ref))
         return model
 
     def _score_chunk(self, kind: str, refs: Any, feats: Any) -> pa.Array:
@@ -280,6 +302,7 @@ class DuckDBBackend(Backend):
 
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
         self._udf_error = None
+        self._statement_models.clear()
         try:
             relation = self.con.sql(sql, params=list(params) if params else None)
             return None if relation is None else relation.to_arrow_table()

@@ -7,6 +7,7 @@ before any row is read, and that the in-database code looks models up by a key t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from ..registry import ResolvedModel, resolve
 if TYPE_CHECKING:
     from ..backends.base import Backend
 
-#: SQL function name -> what it returns (see docs/sql.md)
+#: SQL function name -> what it returns (see docs/reference.md)
 PREDICT_FUNCTIONS = {"predict": "scalar", "predict_array": "array", "predict_class": "class"}
 
 
@@ -54,7 +55,11 @@ def plan_statement(backend: "Backend", tree: exp.Expression) -> PlannedStatement
         resolved = resolve(backend, model_arg.this)
         check_output_kind(kind, resolved)
         planned.models.append(resolved)
-        call.replace(backend.predict_call(kind, resolved, features.copy()))
+        replacement = backend.predict_call(kind, resolved, features.copy())
+        if isinstance(call.parent, exp.Select) and call.arg_key == "expressions":
+            # an unaliased select-list call keeps the name users expect (as PostgreSQL names it)
+            replacement = exp.alias_(replacement, call.this.lower())
+        call.replace(replacement)
     planned.sql = tree.sql(dialect=backend.dialect)
     return planned
 
@@ -77,8 +82,13 @@ def check_output_kind(kind: str, model: ResolvedModel) -> None:
 
 def parse(sql: str, dialect: str) -> list[exp.Expression] | None:
     """The statements of ``sql``, or None when sqlglot cannot parse it (the database then decides)."""
+    logger = logging.getLogger("sqlglot")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # sqlglot warns when it keeps a statement as an opaque command
     try:
         trees = sqlglot.parse(sql, read=dialect)
     except sqlglot.errors.SqlglotError:
         return None
+    finally:
+        logger.setLevel(level)
     return [t for t in trees if t is not None]

@@ -1,0 +1,331 @@
+"""PostgreSQL (15+) with PL/Python: the real server.
+
+dbdl's functions live in the database (migrations/postgres/), so any client can call them; this
+backend is what the Python client needs on top: psycopg 3, binary COPY to load tables, the
+migration lock, and pointing the server's Python at dbdl's in-database code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import struct
+import sysconfig
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import sqlglot.expressions as exp
+
+from ..errors import ConnectionError, DTypeMismatch, Error, QueryError, error_class
+from ..planner.dialects import DbdlPostgres
+from ..registry import ResolvedModel
+from ..resources import udf_dir
+from .base import Backend
+
+try:
+    import psycopg
+except ImportError as _exc:  # pragma: no cover - reported by Backend.open
+    raise ImportError("psycopg (pip install 'dbdl[postgres]')") from _exc
+
+_SQL_NAMES = {"scalar": "predict", "array": "predict_array", "class": "predict_class"}
+_DBDL_ERROR = re.compile(r"dbdl\.(\w+): (.*)", re.S)
+_LOCK_KEY = 0x6462646C  # 'dbdl'
+
+# Arrow -> PostgreSQL column types for create_table / write_arrow
+_PG_TYPES = {
+    pa.int8(): "smallint", pa.int16(): "smallint", pa.int32(): "integer", pa.int64(): "bigint",
+    pa.uint8(): "smallint", pa.uint16(): "integer", pa.uint32(): "bigint",
+    pa.float32(): "real", pa.float64(): "double precision", pa.bool_(): "boolean",
+    pa.string(): "text", pa.large_string(): "text", pa.binary(): "bytea", pa.large_binary(): "bytea",
+}
+
+
+def default_python_path() -> list[str]:
+    """What the server's Python needs: dbdl_udf, and numpy/onnxruntime from this environment."""
+    paths = [str(udf_dir())]
+    for key in ("purelib", "platlib"):
+        path = sysconfig.get_paths()[key]
+        if path not in paths:
+            paths.append(path)
+    return paths
+
+
+class PostgresBackend(Backend):
+    name = "postgres"
+    schemes = ("postgresql", "postgres")
+    dialect = DbdlPostgres
+    paramstyle = "format"
+
+    def __init__(self, url: str, *, python_path: Sequence[str] | None = None, **_: Any) -> None:
+        super().__init__(url)
+        self.python_path = list(python_path) if python_path else None
+        try:
+            self.con = psycopg.connect(url, autocommit=True)
+        except psycopg.Error as exc:
+            raise ConnectionError(f"cannot connect to {url!r}: {str(exc).strip()}") from exc
+        self._in_transaction = False
+
+    # -- primitives ------------------------------------------------------------------------
+
+    @staticmethod
+    def _pg(sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.con.execute(self._pg(sql), tuple(params))
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self.con.execute(self._pg(sql), tuple(params)).fetchall()
+
+    def fetch_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        cur = self.con.execute(self._pg(sql), tuple(params))
+        return _rows_to_arrow(cur)
+
+    def executescript(self, sql: str) -> None:
+        self.con.execute(sql)
+
+    def begin(self) -> None:
+        self.con.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.con.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.con.execute("ROLLBACK")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.con.close()
+
+    @contextlib.contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        self.con.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            self.con.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+    def after_migrate(self) -> None:
+        paths = self.python_path or json.loads(os.environ.get("DBDL_SERVER_PYTHON_PATH", "null") or "null") \
+            or default_python_path()
+        self.con.execute(
+            "INSERT INTO dbdl.settings (key, value) VALUES ('python_path', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (json.dumps(paths),))
+
+    def doctor(self) -> dict:
+        try:
+            return json.loads(self.con.execute("SELECT dbdl.doctor()").fetchone()[0])
+        except psycopg.Error as exc:
+            return {"error": str(exc).strip()}
+
+    # -- tables ----------------------------------------------------------------------------
+
+    def write_arrow(self, table: str, data: pa.Table, *, replace: bool = False) -> None:
+        columns = []
+        for field in data.schema:
+            if pa.types.is_fixed_size_list(field.type) or pa.types.is_list(field.type):
+                value = field.type.value_type
+                element = "double precision" if value == pa.float64() else ("integer" if pa.types.is_integer(value)
+                                                                            else "real")
+                pg_type = f"{element}[]"
+            else:
+                pg_type = _PG_TYPES.get(field.type)
+                if pg_type is None:
+                    raise DTypeMismatch(f"column {field.name!r} has type {field.type}, which dbdl cannot store in "
+                                        f"PostgreSQL yet; convert it to numbers, text or a 2-D float array")
+            columns.append(exp.ColumnDef(this=exp.to_identifier(field.name, quoted=True),
+                                         kind=exp.DataType.build(pg_type, dialect="postgres")))
+        target = exp.to_table(table)
+        create = exp.Create(this=exp.Schema(this=target, expressions=columns), kind="TABLE")
+        with self.transaction():
+            if replace:
+                self.con.execute(exp.Drop(this=target.copy(), kind="TABLE", exists=True).sql(dialect="postgres"))
+            self.con.execute(create.sql(dialect="postgres"))
+            copy = f"COPY {target.sql(dialect='postgres')} FROM STDIN (FORMAT BINARY)"
+            with self.con.cursor().copy(copy) as sink:
+                sink.write(_binary_copy(data))
+
+    # -- planning hooks --------------------------------------------------------------------
+
+    def predict_call(self, kind: str, model: ResolvedModel, features: exp.Expression) -> exp.Expression:
+        # the functions live in the server; planning pins the version in the reference
+        return exp.Anonymous(this=_SQL_NAMES[kind], expressions=[exp.Literal.string(model.ref), features])
+
+    def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
+        try:
+            if params:
+                sql = qmark_to_format(sql)
+            cur = self.con.execute(sql, tuple(params) if params else None)
+            if cur.description is None:
+                return None
+            return _rows_to_arrow(cur)
+        except psycopg.Error as exc:
+            raise self.translate(exc) from exc
+
+    def translate(self, exc: Exception) -> Error:
+        diag = getattr(exc, "diag", None)
+        primary = (diag.message_primary if diag is not None else None) or str(exc)
+        found = _DBDL_ERROR.search(primary)
+        if found:
+            return error_class(found[1])(found[2].strip())
+        if isinstance(exc, psycopg.errors.SyntaxError):
+            return QueryError(f"the query does not parse: {primary}")
+        if isinstance(exc, (psycopg.errors.AmbiguousFunction, psycopg.errors.UndefinedFunction)) and re.match(
+                r"function predict(_array|_class)?\(", primary):
+            return DTypeMismatch(
+                f"{primary}: predict's features must be numbers, as a typed numeric array (real[], "
+                "double precision[], integer[]) or float32 bytea; add a cast, e.g. '{1,2,3}'::real[]")
+        return QueryError(str(exc).strip())
+
+
+def qmark_to_format(sql: str) -> str:
+    """``?`` placeholders to psycopg's ``%s``, with every other ``%`` doubled (found by sqlglot's
+    tokenizer, so a ``?`` or ``%`` inside a string literal or comment is left as text)."""
+    from sqlglot.tokens import TokenType
+
+    out, position = [], 0
+    for token in DbdlPostgres().tokenize(sql):
+        out.append(sql[position:token.start].replace("%", "%%"))
+        text = sql[token.start:token.end + 1]
+        out.append("%s" if token.token_type == TokenType.PLACEHOLDER and text == "?" else text.replace("%", "%%"))
+        position = token.end + 1
+    out.append(sql[position:].replace("%", "%%"))
+    return "".join(out)
+
+
+def _rows_to_arrow(cur) -> pa.Table:
+    names = [d.name for d in cur.description]
+    rows = cur.fetchall()
+    columns = list(zip(*rows)) if rows else [[] for _ in names]
+    arrays = []
+    for values in columns:
+        try:
+            arrays.append(pa.array(list(values)))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays.append(pa.array([None if v is None else str(v) for v in values]))
+    return pa.table(dict(zip(_unique(names), arrays)))
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        out.append(n if k == 0 else f"{n}_{k}")
+    return out
+
+
+# -- binary COPY -----------------------------------------------------------------------------
+# PostgreSQL's binary COPY format, built with numpy for whole columns at a time.
+
+_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_SCALAR_DTYPES = {"smallint": ">i2", "integer": ">i4", "bigint": ">i8", "real": ">f4", "double precision": ">f8",
+                  "boolean": "?"}
+_ELEMENT_OIDS = {">f4": 700, ">f8": 701, ">i4": 23}
+
+
+def _binary_copy(data: pa.Table) -> bytes:
+    """The whole table as one binary COPY payload (NULLs supported, per field)."""
+    fast = _binary_copy_fixed(data)
+    if fast is not None:
+        return fast
+    n = data.num_rows
+    fields: list[tuple[np.ndarray, np.ndarray]] = []  # (per-row bytes as an object array, null mask)
+    for column, field in zip(data.columns, data.schema):
+        col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        fields.append(_encode_column(col, field.type))
+    parts = [_HEADER]
+    count = struct.pack(">h", len(fields))
+    encoded_rows = []
+    for i in range(n):
+        row = [count]
+        for blobs, nulls in fields:
+            if nulls[i]:
+                row.append(b"\xff\xff\xff\xff")
+            else:
+                b = blobs[i]
+                row.append(struct.pack(">i", len(b)) + b)
+        encoded_rows.append(b"".join(row))
+    parts.extend(encoded_rows)
+    parts.append(b"\xff\xff")
+    return b"".join(parts)
+
+
+def _binary_copy_fixed(data: pa.Table) -> bytes | None:
+    """Vectorized payload for tables of fixed-width columns without NULLs (numbers and float
+    tensors): every row has the same layout, so the rows are one numpy structured array."""
+    n = data.num_rows
+    layout: list[tuple[str, Any]] = [("count", ">i2")]
+    fill: list[tuple[str, np.ndarray, int | None]] = []
+    for i, (column, field) in enumerate(zip(data.columns, data.schema)):
+        col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if col.null_count:
+            return None
+        if pa.types.is_fixed_size_list(field.type) and field.type.value_type in (pa.float32(), pa.float64()):
+            width = field.type.list_size
+            values = col.values.slice(col.offset * width, n * width)
+            if values.null_count:
+                return None
+            flat = values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, width)
+            item = np.dtype([("len", ">i4"), ("v", ">f4")])
+            layout += [(f"l{i}", ">i4"), (f"h{i}", ">i4", (5,)), (f"a{i}", item, (width,))]
+            fill.append((f"t{i}", flat, width))
+        elif _PG_TYPES.get(field.type) in _SCALAR_DTYPES:
+            dtype = _SCALAR_DTYPES[_PG_TYPES[field.type]]
+            layout += [(f"l{i}", ">i4"), (f"v{i}", dtype)]
+            fill.append((f"s{i}", col.to_numpy(zero_copy_only=False), None))
+        else:
+            return None
+    rows = np.zeros(n, dtype=np.dtype(layout))
+    rows["count"] = data.num_columns
+    for i, (kind, values, width) in enumerate(fill):
+        if width is None:
+            rows[f"l{i}"] = np.dtype(rows.dtype[f"v{i}"]).itemsize
+            rows[f"v{i}"] = values
+        else:
+            rows[f"l{i}"] = 20 + 8 * width
+            rows[f"h{i}"] = (1, 0, 700, width, 1)
+            rows[f"a{i}"]["len"] = 4
+            rows[f"a{i}"]["v"] = values
+    return _HEADER + rows.tobytes() + b"\xff\xff"
+
+
+def _encode_column(col: pa.Array, arrow_type: pa.DataType) -> tuple[list[bytes], np.ndarray]:
+    n = len(col)
+    nulls = ~col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else np.zeros(n, dtype=bool)
+    if pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type):
+        value_type = arrow_type.value_type
+        dtype = ">f8" if value_type == pa.float64() else (">i4" if pa.types.is_integer(value_type) else ">f4")
+        blobs = []
+        for value in col.to_pylist():
+            if value is None:
+                blobs.append(b"")
+                continue
+            arr = np.asarray(value, dtype=object)
+            has_null = any(v is None for v in value)
+            header = struct.pack(">iiiii", 1, 1 if has_null else 0, _ELEMENT_OIDS[dtype], len(value), 1)
+            body = bytearray()
+            size = np.dtype(dtype).itemsize
+            if not has_null:
+                items = np.empty(len(value), dtype=[("len", ">i4"), ("v", dtype)])
+                items["len"] = size
+                items["v"] = np.asarray(value, dtype=np.float64 if dtype != ">i4" else np.int64)
+                body = items.tobytes()
+            else:
+                for v in arr:
+                    body += b"\xff\xff\xff\xff" if v is None else struct.pack(">i", size) + np.array(v, dtype=dtype).tobytes()
+            blobs.append(header + bytes(body))
+        return blobs, nulls
+    pg_type = _PG_TYPES.get(arrow_type)
+    if pg_type in _SCALAR_DTYPES:
+        values = col.fill_null(0).to_numpy(zero_copy_only=False).astype(_SCALAR_DTYPES[pg_type])
+        return [v.tobytes() for v in values], nulls
+    if pg_type == "text":
+        return [b"" if v is None else v.encode() for v in col.to_pylist()], nulls
+    if pg_type == "bytea":
+        return [b"" if v is None else bytes(v) for v in col.to_pylist()], nulls
+    raise DTypeMismatch(f"cannot store Arrow type {arrow_type} in PostgreSQL")

@@ -1,0 +1,375 @@
+"""Bodies of dbdl's PL/Python functions on PostgreSQL.
+
+The SQL declarations (migrations/postgres/) are two-line trampolines into this module:
+``dbdl._bootstrap()`` puts the directories stored in ``dbdl.settings`` on ``sys.path`` and keeps
+this module in ``GD``; each function then calls one of the functions below with ``plpy``.
+
+Tensors cross the PL/Python boundary in the cheapest form available: the batched path reads
+features as ``array_send()`` bytes (one memcpy-like decode for a whole batch) instead of Python
+lists, which is where PL/Python's time goes otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from typing import Sequence
+
+from . import catalog
+from .errors import DTypeMismatch, Error, InvalidModel, InvalidName, ModelNotFound, ShapeMismatch
+from .runtime import SESSIONS, Signature, check_features, run_batch, shape_outputs
+
+_SQLSTATE = {
+    "ModelNotFound": "42704",  # undefined_object
+    "InvalidName": "42602",  # invalid_name
+    "ShapeMismatch": "22023",  # invalid_parameter_value
+    "DTypeMismatch": "42804",  # datatype_mismatch
+    "InvalidModel": "22023",
+}
+_KINDS = ("scalar", "array", "class")
+_plans: dict[str, Any] = {}
+
+
+def _plan(plpy, key: str, sql: str, types: list[str]):
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = plpy.prepare(sql, types)
+    return plan
+
+
+def raise_for_sql(plpy, exc: Error) -> None:
+    """Re-raise a dbdl error as a PostgreSQL error the client maps back to the same class."""
+    name = type(exc).__name__
+    plpy.error(f"dbdl.{name}: {exc}", sqlstate=_SQLSTATE.get(name, "P0001"))
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+_PG_TYPES = {str: "text", bool: "bool", int: "int8", float: "float8", bytes: "bytea"}
+
+
+class PlpyRunner:
+    """dbdl_udf.catalog's SQL runner over plpy: ``?`` placeholders, plans prepared once per session."""
+
+    def __init__(self, plpy) -> None:
+        self.plpy = plpy
+
+    def _plan(self, sql: str, params: Sequence[Any]):
+        types = [_PG_TYPES[type(p)] for p in params]
+        key = f"{sql}\x00{','.join(types)}"
+        plan = _plans.get(key)
+        if plan is None:
+            parts = sql.split("?")
+            text = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+            plan = _plans[key] = self.plpy.prepare(text, types)
+        return plan
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        result = self.plpy.execute(self._plan(sql, params), list(params))
+        names = result.colnames()
+        return [tuple(row[c] for c in names) for row in result]
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.plpy.execute(self._plan(sql, params), list(params))
+
+
+def resolve(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
+    """(name, version, sha256, signature, output index) of a model reference."""
+    name, version, output = catalog.parse_ref(ref)
+    pinned = catalog.resolve(PlpyRunner(plpy), name, version)
+    return name, pinned.version, pinned.sha256, pinned.signature, pinned.signature.output_index(output)
+
+
+def _session(plpy, sha256: str):
+    def load() -> bytes:
+        rows = plpy.execute(_plan(plpy, "bytes", "SELECT bytes FROM dbdl.blobs WHERE sha256 = $1", ["text"]), [sha256])
+        if not rows:
+            raise ModelNotFound(f"model bytes {sha256[:12]}… are missing; re-register the model")
+        return bytes(rows[0]["bytes"])
+
+    return SESSIONS.get(sha256, load, threads=1)
+
+
+# -- row at a time -----------------------------------------------------------------------------
+
+
+def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str) -> Any:
+    """predict / predict_array / predict_class for one row.
+
+    ``data`` is ``array_send(features)`` when ``packed``, else little-endian float32 bytes.
+    """
+    if model is None or data is None:
+        return None
+    try:
+        name, version, sha, signature, output = resolve(plpy, model)
+        ref = f"{name}@{version}"
+        width = signature.n_features
+        if packed:
+            x, valid = decode_array_send([bytes(data)], width, ref)
+        else:
+            x, valid = _decode_float32_bytea([data], width, ref)
+        if not valid[0]:
+            return None
+        session, signature = _session(plpy, sha)
+        y = shape_outputs(run_batch(session, signature, x, output), kind, ref, signature.outputs[output].name)
+        return y[0].tolist()
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+# -- batched ----------------------------------------------------------------------------------
+
+# array_send() element type oids -> big-endian numpy dtypes
+_ELEMENT_TYPES = {700: ">f4", 701: ">f8", 23: ">i4", 20: ">i8", 21: ">i2"}
+
+
+def decode_array_send(blobs: list[bytes | None], width: int, ref: str = "the model") -> tuple[np.ndarray, np.ndarray]:
+    """(rows x width) float32 features from array_send() bytes of 1-D numeric arrays, and a
+    mask of rows that can be scored (not NULL, no NULL element, right length)."""
+    n = len(blobs)
+    valid = np.array([b is not None for b in blobs], dtype=bool)
+    matrix = np.zeros((n, width), dtype=np.float32)
+    if not valid.any():
+        return matrix, valid
+    first = next(b for b in blobs if b is not None)
+    header = np.frombuffer(first[:12].ljust(12, b"\0"), dtype=">i4")
+    ndim, elem_oid = int(header[0]), int(header[2])
+    dtype = _ELEMENT_TYPES.get(elem_oid)
+    if elem_oid == _NUMERIC_OID:
+        return _decode_numeric_arrays(blobs, width, ref)
+    if dtype is None:
+        raise DTypeMismatch(f"model {ref!r} takes numeric features (real[], double precision[], integer[] or "
+                            f"float32 bytea); got an array of type oid {elem_oid} — cast the column, e.g. col::real[]")
+    if ndim != 1:
+        got = 0 if ndim == 0 else "a multi-dimensional array"
+        raise ShapeMismatch(f"model {ref!r} takes {width} features per row as a one-dimensional array; got {got}")
+    size = np.dtype(dtype).itemsize
+    row_bytes = 20 + width * (4 + size)
+    # a NULL element makes the row NULL (its flag sits in bytes 4..8 of the header)
+    for i, blob in enumerate(blobs):
+        if blob is not None and blob[4:8] != b"\0\0\0\0":
+            valid[i] = False
+    present = [blobs[i] for i in np.flatnonzero(valid)]
+    if not present:
+        return matrix, valid
+    bad = next((len(b) for b in present if len(b) != row_bytes), None)
+    if bad is not None:
+        got = (bad - 20) // (4 + size) if bad >= 20 else 0
+        raise ShapeMismatch(f"model {ref!r} takes {width} features per row; pass a vector of exactly {width} numbers "
+                            f"— got a row with {got}")
+    raw = np.frombuffer(b"".join(present), dtype=np.uint8).reshape(len(present), row_bytes)
+    body = raw[:, 20:].copy().view(np.dtype([("len", ">i4"), ("v", dtype)]))
+    matrix[valid] = body["v"].astype(np.float32)
+    return matrix, valid
+
+
+_NUMERIC_OID = 1700
+
+
+def _decode_numeric_arrays(blobs: list, width: int, ref: str) -> tuple[np.ndarray, np.ndarray]:
+    """numeric[] (what ARRAY[1.5, 2] is): variable-width base-10000 elements, decoded one by one.
+    Rare in practice (columns are real[]), so clarity beats speed here."""
+    import struct
+
+    n = len(blobs)
+    valid = np.array([b is not None for b in blobs], dtype=bool)
+    matrix = np.zeros((n, width), dtype=np.float32)
+    for i, blob in enumerate(blobs):
+        if blob is None:
+            continue
+        ndim, has_null, _ = struct.unpack_from(">iii", blob, 0)
+        count = struct.unpack_from(">i", blob, 12)[0] if ndim else 0
+        if count != width:
+            raise ShapeMismatch(f"model {ref!r} takes {width} features per row; pass a vector of exactly {width} "
+                                f"numbers — got a row with {count}")
+        if has_null:
+            valid[i] = False
+            continue
+        pos = 20
+        for j in range(count):
+            length = struct.unpack_from(">i", blob, pos)[0]
+            ndigits, weight, sign, _ = struct.unpack_from(">hhHh", blob, pos + 4)
+            digits = struct.unpack_from(f">{ndigits}h", blob, pos + 12)
+            value = sum(d * 10000.0 ** (weight - k) for k, d in enumerate(digits))
+            if sign == 0xC000:  # NaN
+                value = float("nan")
+            matrix[i, j] = -value if sign == 0x4000 else value
+            pos += 4 + length
+    return matrix, valid
+
+
+def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_rows: int) -> int:
+    """Score every row of ``query`` (key, features) in batches and insert (key, prediction) into
+    ``target``, which is created when missing. Runs with the caller's privileges."""
+    try:
+        if kind not in _KINDS:
+            raise InvalidName(f"kind must be one of {', '.join(_KINDS)}; got {kind!r}")
+        name, version, sha, signature, output = resolve_definer(plpy, model)
+        ref = f"{name}@{version}"
+        width = signature.n_features
+        session, signature = _session_definer(plpy, sha, signature)
+        out_sql = {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
+        target_sql = _quote_target(plpy, target)
+        described = plpy.execute(f"SELECT * FROM ({query}) AS q LIMIT 0")
+        columns = described.colnames()
+        if len(columns) != 2:
+            raise ShapeMismatch(f"the query must return two columns, a key and the features; it returns {len(columns)} "
+                                f"({', '.join(columns)})")
+        key_type = described.coltypes()[0]
+        key_col, feat_col = (plpy.quote_ident(c) for c in columns)
+        feat_types = described.coltypes()[1]
+        as_bytes = f"array_send(q.{feat_col})" if feat_types != 17 else f"q.{feat_col}"  # 17 = bytea
+        plpy.execute(f"CREATE TABLE IF NOT EXISTS {target_sql} AS SELECT q.{key_col} AS {key_col}, NULL::{out_sql} "
+                     f"AS prediction FROM ({query}) AS q WITH NO DATA")
+        key_sql = plpy.execute(f"SELECT format_type({int(key_type)}, NULL) AS t")[0]["t"]
+        if kind == "array":
+            insert = plpy.prepare(
+                f"INSERT INTO {target_sql} SELECT k[i], CASE WHEN n[i] THEN NULL ELSE v[(i - 1) * $4 + 1 : i * $4] END "
+                f"FROM (SELECT $1 AS k, $2 AS v, $3 AS n) AS b, generate_subscripts($1, 1) AS i",
+                [f"{key_sql}[]", "real[]", "boolean[]", "int4"])
+        else:
+            insert = plpy.prepare(
+                f"INSERT INTO {target_sql} SELECT * FROM unnest($1, $2)", [f"{key_sql}[]", f"{out_sql}[]"])
+        cursor = plpy.cursor(f"SELECT q.{key_col} AS k, {as_bytes} AS f FROM ({query}) AS q")
+        total = 0
+        while True:
+            rows = cursor.fetch(batch_rows)
+            if not rows:
+                break
+            keys = [r["k"] for r in rows]
+            blobs = [r["f"] for r in rows]
+            if feat_types == 17:
+                matrix, valid = _decode_float32_bytea(blobs, width, ref)
+            else:
+                matrix, valid = decode_array_send(blobs, width, ref)
+            check_features(signature, matrix.shape[1], ref)
+            out = None
+            if valid.any():
+                x = matrix if valid.all() else matrix[valid]
+                out = shape_outputs(run_batch(session, signature, x, output), kind, ref, signature.outputs[output].name)
+            if kind == "array":
+                k = out.shape[1] if out is not None else 0
+                full = np.zeros((len(rows), k), dtype=np.float32)
+                if out is not None:
+                    full[valid] = out
+                plpy.execute(insert, [keys, full.ravel().tolist(), (~valid).tolist(), k])
+            else:
+                values: list = [None] * len(rows)
+                if out is not None:
+                    for i, v in zip(np.flatnonzero(valid).tolist(), out.tolist()):
+                        values[i] = v
+                plpy.execute(insert, [keys, values])
+            total += len(rows)
+        return total
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+def _decode_float32_bytea(blobs: list, width: int, ref: str) -> tuple[np.ndarray, np.ndarray]:
+    n = len(blobs)
+    valid = np.array([b is not None for b in blobs], dtype=bool)
+    matrix = np.zeros((n, width), dtype=np.float32)
+    present = [bytes(b) for b in blobs if b is not None]
+    if present:
+        bad = next((len(b) for b in present if len(b) != 4 * width), None)
+        if bad is not None:
+            raise ShapeMismatch(f"model {ref!r} takes {width} features per row ({4 * width} bytes of little-endian "
+                                f"float32); got a row of {bad} bytes")
+        matrix[valid] = np.frombuffer(b"".join(present), dtype="<f4").reshape(-1, width)
+    return matrix, valid
+
+
+def _quote_target(plpy, target: str) -> str:
+    parts = target.split(".")
+    import re
+
+    if not 1 <= len(parts) <= 2 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", p) for p in parts):
+        raise InvalidName(f"target table {target!r} is not valid; use a name like 'scores' or 'myschema.scores'")
+    return ".".join(plpy.quote_ident(p) for p in parts)
+
+
+# predict_into runs as the caller, who may not read dbdl's tables: the registry is read through
+# SECURITY DEFINER SQL functions instead.
+
+
+def resolve_definer(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
+    row = plpy.execute(_plan(plpy, "resolve_definer", "SELECT * FROM dbdl.resolve_model($1)", ["text"]), [ref])[0]
+    signature = Signature.from_json(row["signature"])
+    output = catalog.parse_ref(ref)[2]
+    return row["name"], int(row["version"]), row["sha256"], signature, signature.output_index(output)
+
+
+def _session_definer(plpy, sha256: str, signature: Signature):
+    def load() -> bytes:
+        rows = plpy.execute(_plan(plpy, "bytes_definer", "SELECT dbdl.model_bytes($1) AS b", ["text"]), [sha256])
+        return bytes(rows[0]["b"])
+
+    return SESSIONS.get(sha256, load, threads=1)
+
+
+def resolve_row(plpy, ref: str) -> dict:
+    """The body of dbdl.resolve_model(ref): name, version, sha256, signature JSON."""
+    try:
+        name, version, sha, signature, _ = resolve(plpy, ref)
+        return {"name": name, "version": version, "sha256": sha, "signature": signature.to_json()}
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+# -- registration from SQL ------------------------------------------------------------------
+
+
+def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, promote: bool) -> int:
+    """The body of dbdl.register_model: check the bytes with onnxruntime, then store a version."""
+    import hashlib
+
+    from .runtime import make_session, signature_of
+
+    try:
+        catalog.check_name(name)
+        if onnx_bytes is None or not bytes(onnx_bytes):
+            raise InvalidModel("the model bytes are empty; pass the contents of a .onnx file, e.g. pg_read_binary_file(...)")
+        data = bytes(onnx_bytes)
+        signature = signature_of(make_session(data, threads=1))
+        n_params, flops, opset = _facts(data)
+        return catalog.store_version(
+            PlpyRunner(plpy), name, sha256=hashlib.sha256(data).hexdigest(), onnx_bytes=data, source="onnx",
+            signature=signature, n_params=n_params, flops_per_row=flops, opset=opset, description=description,
+            promote=True if promote is None else bool(promote),
+        )
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+def admin(plpy, action: str, name: str, version: int | None) -> int:
+    """drop / promote / rollback from SQL; returns the versions dropped or the version now serving."""
+    try:
+        runner = PlpyRunner(plpy)
+        if action == "drop":
+            return catalog.drop(runner, name, version)
+        if action == "promote":
+            catalog.promote(runner, name, version)
+            return int(version)
+        return catalog.rollback(runner, name)
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+def _facts(data: bytes) -> tuple[int, int, int]:
+    """(parameters, FLOPs per row, opset); zeros where the server has no ``onnx`` package."""
+    try:
+        import onnx
+    except ImportError:
+        return 0, 0, 0
+    from .cost import estimate_cost
+
+    try:
+        proto = onnx.load_from_string(data)
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise InvalidModel(f"the ONNX checker rejects the model: {str(exc).strip()[:300]}") from exc
+    n_params, flops = estimate_cost(proto)
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return n_params, flops, opset
