@@ -208,11 +208,16 @@ class DuckDBBackend(Backend):
                 session, signature = SESSIONS.get(
                     model.sha256, lambda: load_model_bytes(self, model.sha256), self.udf_threads
                 )
+                outputs = model.output_spec.per_row
+                return_type = _RETURN_TYPES[kind]
+                if kind == "array" and outputs is not None:
+                    # the output width is known: FLOAT[k] moves as one flat buffer, no offsets
+                    return_type = duckdb.array_type(duckdb.sqltype("FLOAT"), outputs)
                 self.con.create_function(
                     udf,
-                    self._make_model_udf(kind, model, session, signature),
+                    self._make_model_udf(kind, model, session, signature, outputs),
                     [duckdb.array_type(duckdb.sqltype("FLOAT"), width)],
-                    _RETURN_TYPES[kind],
+                    return_type,
                     type="arrow",
                     null_handling="special",
                     side_effects=False,
@@ -231,8 +236,9 @@ class DuckDBBackend(Backend):
         cast = exp.Cast(this=checked, to=exp.DataType.build(f"FLOAT[{width}]", dialect="duckdb"))
         return exp.Anonymous(this=udf, expressions=[cast])
 
-    def _make_model_udf(self, kind: str, model: ResolvedModel, session: Any, signature: Any):
-        out_type = _OUT_TYPES[kind]
+    def _make_model_udf(self, kind: str, model: ResolvedModel, session: Any, signature: Any, outputs: int | None):
+        fixed = kind == "array" and outputs is not None
+        out_type = pa.list_(pa.float32(), outputs) if fixed else _OUT_TYPES[kind]
         output, ref, output_name = model.output_index, model.ref, model.output_spec.name
         backend = weakref.proxy(self)  # the connection holds the UDF: no cycle back to it
 
@@ -245,6 +251,8 @@ class DuckDBBackend(Backend):
                     return pa.nulls(n, out_type)
                 x = matrix if valid.all() else matrix[valid]
                 y = shape_outputs(run_batch(session, signature, x, output), kind, ref, output_name)
+                if fixed:
+                    return _fixed_size(n, valid, y)
                 return _assemble(kind, n, [(valid, y)], out_type)
             except BaseException as exc:
                 backend._udf_error = exc
@@ -381,6 +389,16 @@ def _feature_matrix(feats: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if matrix.dtype != np.float32:
         matrix = matrix.astype(np.float32)
     return matrix.reshape(n, width), valid
+
+
+def _fixed_size(n: int, valid: np.ndarray, values: np.ndarray) -> pa.Array:
+    """(rows x k) outputs as a FixedSizeList (DuckDB FLOAT[k]); rows not valid are NULL."""
+    k = values.shape[1]
+    if valid.all():
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), k)
+    full = np.zeros((n, k), dtype=np.float32)
+    full[valid] = values
+    return pa.FixedSizeListArray.from_arrays(pa.array(full.ravel()), k, mask=pa.array(~valid))
 
 
 def _assemble(kind: str, n: int, results: list[tuple[np.ndarray, np.ndarray]], out_type: pa.DataType) -> pa.Array:
