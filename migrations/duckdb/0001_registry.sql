@@ -58,7 +58,10 @@ SELECT v.name,
        b.size_bytes,
        v.sha256,
        v.description,
-       v.created_at
+       v.created_at,
+       v.signature,
+       v.opset,
+       m.options
 FROM dbdl.model_versions v
 JOIN dbdl.models m ON m.name = v.name
 JOIN dbdl.blobs b ON b.sha256 = v.sha256;

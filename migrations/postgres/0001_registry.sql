@@ -60,7 +60,10 @@ SELECT v.name,
        b.size_bytes,
        v.sha256,
        v.description,
-       v.created_at
+       v.created_at,
+       v.signature,
+       v.opset,
+       m.options
 FROM dbdl.model_versions v
 JOIN dbdl.models m ON m.name = v.name
 JOIN dbdl.blobs b ON b.sha256 = v.sha256;
@@ -79,7 +82,10 @@ END
 $$;
 GRANT dbdl_user TO dbdl_admin;
 
+-- Anyone may look into the schema and read which migrations are applied (clients check that on
+-- connect); everything else needs dbdl_user or dbdl_admin.
 REVOKE ALL ON SCHEMA dbdl FROM PUBLIC;
+GRANT USAGE ON SCHEMA dbdl TO PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA dbdl FROM PUBLIC;
-GRANT USAGE ON SCHEMA dbdl TO dbdl_user;
+GRANT SELECT ON dbdl.schema_migrations TO PUBLIC;
 GRANT SELECT ON dbdl.model_catalog TO dbdl_user;

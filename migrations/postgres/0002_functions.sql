@@ -50,6 +50,16 @@ for module in ("numpy", "onnxruntime", "onnx", "dbdl_udf"):
 return json.dumps(report)
 $$;
 
+-- This server process's onnxruntime sessions: {"builds": n, "cached": n} (sessions are built once
+-- per process and model version, and kept for the life of the connection).
+CREATE OR REPLACE FUNCTION dbdl.runtime_stats() RETURNS text
+LANGUAGE plpython3u SECURITY DEFINER SET search_path = pg_catalog, dbdl, pg_temp AS $$
+if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
+import json
+cache = GD["dbdl"].SESSIONS
+return json.dumps({"builds": cache.builds, "cached": len(cache._items)})
+$$;
+
 -- The registry, readable by definer helpers (used by predict_into, which runs as the caller).
 CREATE OR REPLACE FUNCTION dbdl.resolve_model(ref text,
     OUT name text, OUT version integer, OUT sha256 text, OUT signature text)
@@ -156,7 +166,8 @@ GRANT EXECUTE ON FUNCTION public.predict(text, anyarray), public.predict(text, b
     public.predict_class(text, anyarray), public.predict_class(text, bytea),
     dbdl.predict_scalar(text, bytea, boolean), dbdl.predict_vector(text, bytea, boolean),
     dbdl.predict_argmax(text, bytea, boolean),
-    dbdl._bootstrap(), dbdl.resolve_model(text), dbdl.model_bytes(text), dbdl.list_models() TO dbdl_user;
+    dbdl._bootstrap(), dbdl.resolve_model(text), dbdl.model_bytes(text), dbdl.list_models(),
+    dbdl.runtime_stats() TO dbdl_user;
 GRANT EXECUTE ON PROCEDURE public.predict_into(text, text, text, text, integer) TO dbdl_user;
 GRANT EXECUTE ON FUNCTION dbdl.register_model(text, bytea, text, boolean), dbdl.drop_model(text, integer),
     dbdl.promote_model(text, integer), dbdl.rollback_model(text), dbdl.doctor() TO dbdl_admin;

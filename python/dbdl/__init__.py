@@ -8,6 +8,7 @@
 
 from .database import Database, connect
 from .errors import (
+    ConfigurationError,
     ConnectionError,
     DTypeMismatch,
     Error,
@@ -15,6 +16,7 @@ from .errors import (
     InvalidName,
     MigrationError,
     ModelNotFound,
+    PermissionDenied,
     QueryError,
     ShapeMismatch,
     StrategyUnavailable,
@@ -25,6 +27,7 @@ from .result import Result
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigurationError",
     "ConnectionError",
     "DTypeMismatch",
     "Database",
@@ -35,6 +38,7 @@ __all__ = [
     "MigrationError",
     "ModelInfo",
     "ModelNotFound",
+    "PermissionDenied",
     "QueryError",
     "Result",
     "ShapeMismatch",

@@ -13,7 +13,7 @@ from .errors import Error
 def _console():
     from rich.console import Console
 
-    return Console()
+    return Console(soft_wrap=True)
 
 
 def _connect(url: str | None, migrate: bool | None = None):
@@ -26,15 +26,73 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from . import migrate as migrations
     from .backends.base import Backend
 
-    backend = Backend.open(args.url)
+    options = {"python_path": args.python_path} if args.python_path else {}
+    backend = Backend.open(args.url, **options)
     console = _console()
     try:
         applied = migrations.migrate(backend, on_apply=lambda m: console.print(f"applied {m.id:04d}_{m.name}"))
         done = migrations.applied(backend)
         state = f"schema at migration {max(done):04d}" if done else "no migrations"
         console.print(f"{'up to date' if not applied else f'{len(applied)} migration(s) applied'}; {state}")
+        python_path = getattr(backend, "recorded_python_path", lambda: None)()
+        if python_path:
+            console.print(f"the server's Python imports dbdl from: {', '.join(python_path)}")
     finally:
         backend.close()
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What the database's Python can import, and how to fix what it cannot."""
+    import platform
+
+    import numpy
+    import onnxruntime
+
+    from .backends.base import Backend
+
+    console = _console()
+    console.print(f"client: Python {platform.python_version()}, numpy {numpy.__version__}, "
+                  f"onnxruntime {onnxruntime.__version__}")
+    backend = Backend.open(args.url)
+    try:
+        report = backend.doctor()
+    finally:
+        backend.close()
+    if not report:
+        console.print(f"{backend.name}: predict runs in this process; nothing else to check")
+        return 0
+    if "error" in report:
+        console.print(f"[red]cannot ask the server[/]: {report['error']}\n"
+                      f"fix: run `dbdl migrate {args.url}` as a superuser (it installs dbdl.doctor())")
+        return 1
+    console.print(f"server: Python {report['python'].split()[0]} ({report.get('executable')}), OS uid {report['uid']}")
+    problems = []
+    for path, readable in report.get("readable", {}).items():
+        mark = "[green]ok[/]" if readable else "[red]not readable[/]"
+        console.print(f"  python_path {path}: {mark}")
+        if not readable:
+            problems.append(f"the server's OS user (uid {report['uid']}) cannot read {path}: make it and its parent "
+                            f"folders readable (chmod o+rx), or install dbdl where the server can read it")
+    for module in ("numpy", "onnxruntime", "onnx", "dbdl_udf"):
+        version = report.get(module)
+        if version:
+            console.print(f"  {module}: [green]{version}[/]")
+        else:
+            console.print(f"  {module}: [red]{report.get(module + '_error', 'missing')}[/]")
+            if module != "onnx":  # onnx is optional on the server (cost facts only)
+                problems.append(f"the server cannot import {module}: {report.get(module + '_error')}")
+    if not report.get("python_path"):
+        problems.append("no python_path is recorded")
+    if problems:
+        console.print("[red]problems:[/]")
+        for p in problems:
+            console.print(f"  - {p}")
+        console.print(f"fix: `dbdl migrate {args.url} --python-path DIR [DIR ...]` with the folder that holds dbdl_udf "
+                      "(udf/ in a checkout) and a site-packages with numpy and onnxruntime built for the server's "
+                      "Python version")
+        return 1
+    console.print("[green]the server can run dbdl's functions[/]")
     return 0
 
 
@@ -125,7 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="install or upgrade dbdl's schema in a database")
     p.add_argument("url", help="duckdb:///file.db, a file path, or postgresql://user@host/db")
+    p.add_argument("--python-path", nargs="+", metavar="DIR",
+                   help="PostgreSQL: folders the server's Python imports dbdl_udf, numpy and onnxruntime from "
+                        "(default: this dbdl's udf/ folder and this environment's site-packages)")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("doctor", help="check that the database's Python can run dbdl's functions")
+    p.add_argument("url")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("models", help="list, show, drop, promote or roll back registered models")
     msub = p.add_subparsers(dest="action", required=True)

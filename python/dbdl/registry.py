@@ -97,24 +97,25 @@ class LoadedModel:
         return run_batch(self.session, self.info.signature, x, self.info.signature.output_index(output))
 
 
+# read through the dbdl.model_catalog view, which PostgreSQL's dbdl_user role may read
 _VERSION_COLUMNS = (
-    "v.name, v.version, v.sha256, v.source, v.signature, v.n_params, v.flops_per_row, v.opset, "
-    "b.size_bytes, v.created_at, m.serving_version, v.description, m.options"
+    "name, version, sha256, source, signature, n_params, flops_per_row, opset, size_bytes, created_at, serving, "
+    "description, options"
 )
 
 
 def resolve(backend: "Backend", ref: ModelRef | str) -> ResolvedModel:
     """Pin ``ref`` to a stored version (the serving one when no version is given)."""
     ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
-    pinned = catalog.resolve(backend, ref.name, ref.version)
+    pinned = backend.pin_model(ref.name, ref.version)
     resolved = ResolvedModel(ref.name, pinned.version, pinned.sha256, pinned.signature, ref.output)
     resolved.output_index  # raises ShapeMismatch naming the outputs when ``ref.output`` is unknown
     return resolved
 
 
 def load_model_bytes(backend: "Backend", sha256: str) -> bytes:
-    row = backend.fetchone("SELECT bytes FROM dbdl.blobs WHERE sha256 = ?", (sha256,))
-    if row is None:
+    row = backend.fetchone(backend.model_bytes_sql, (sha256,))
+    if row is None or row[0] is None:
         raise ModelNotFound(f"the model bytes {sha256[:12]}… are missing from dbdl.blobs; re-register the model")
     return bytes(row[0])
 
@@ -190,25 +191,23 @@ class ModelRegistry:
     def list(self, name: str | None = None) -> list[ModelInfo]:
         """Every stored version (of one model, or of all), ordered by name and version."""
         sql = (
-            f"SELECT {_VERSION_COLUMNS} FROM dbdl.model_versions v JOIN dbdl.models m ON m.name = v.name "
-            "JOIN dbdl.blobs b ON b.sha256 = v.sha256"
+            f"SELECT {_VERSION_COLUMNS} FROM dbdl.model_catalog"
         )
         params: tuple = ()
         if name is not None:
             check_name(name)
-            sql += " WHERE v.name = ?"
+            sql += " WHERE name = ?"
             params = (name,)
-        return [self._info(row) for row in self._backend.fetchall(sql + " ORDER BY v.name, v.version", params)]
+        return [self._info(row) for row in self._backend.fetchall(sql + " ORDER BY name, version", params)]
 
     def names(self) -> list[str]:
-        return [r[0] for r in self._backend.fetchall("SELECT name FROM dbdl.models ORDER BY name")]
+        return [r[0] for r in self._backend.fetchall("SELECT DISTINCT name FROM dbdl.model_catalog ORDER BY name")]
 
     def get(self, name: str, version: int | None = None) -> ModelInfo:
         """The stored facts of one version (the serving one when ``version`` is None)."""
         resolved = resolve(self._backend, ModelRef(check_name(name), version))
         row = self._backend.fetchone(
-            f"SELECT {_VERSION_COLUMNS} FROM dbdl.model_versions v JOIN dbdl.models m ON m.name = v.name "
-            "JOIN dbdl.blobs b ON b.sha256 = v.sha256 WHERE v.name = ? AND v.version = ?",
+            f"SELECT {_VERSION_COLUMNS} FROM dbdl.model_catalog WHERE name = ? AND version = ?",
             (name, resolved.version),
         )
         return self._info(row)
@@ -236,6 +235,6 @@ class ModelRegistry:
         return ModelInfo(
             name=name, version=int(version), sha256=sha, source=source, signature=Signature.from_json(signature),
             n_params=int(n_params), flops_per_row=int(flops), opset=int(opset or 0), size_bytes=int(size),
-            created_at=created, serving=(serving == version), description=desc,
+            created_at=created, serving=bool(serving), description=desc,
             options=json.loads(options) if isinstance(options, str) else (options or {}),
         )

@@ -18,6 +18,8 @@ __all__ = [
     "QueryError",
     "StrategyUnavailable",
     "ConnectionError",
+    "PermissionDenied",
+    "ConfigurationError",
     "error_class",
 ]
 
@@ -60,6 +62,14 @@ class StrategyUnavailable(Error):
 
 class ConnectionError(Error):  # noqa: A001 - deliberately shadows the builtin inside dbdl
     """A database URL that cannot be opened."""
+
+
+class PermissionDenied(Error, PermissionError):
+    """The database role may not do this (PostgreSQL: GRANT dbdl_user or dbdl_admin to it)."""
+
+
+class ConfigurationError(Error):
+    """dbdl is installed but cannot run: e.g. the server's Python cannot import dbdl_udf."""
 
 
 def error_class(name: str) -> type[Error]:

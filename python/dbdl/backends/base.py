@@ -151,6 +151,15 @@ class Backend(ABC):
 
     # -- hooks used by the client ------------------------------------------------------------
 
+    #: one row, one column: the ONNX bytes of a content hash
+    model_bytes_sql: ClassVar[str] = "SELECT bytes FROM dbdl.blobs WHERE sha256 = ?"
+
+    def pin_model(self, name: str, version: int | None) -> Any:
+        """The stored version a reference means (dbdl_udf.catalog.Pinned)."""
+        from dbdl_udf import catalog
+
+        return catalog.resolve(self, name, version)
+
     def after_migrate(self) -> None:
         """Called after every `dbdl migrate` (PostgreSQL records where the server finds dbdl_udf)."""
 

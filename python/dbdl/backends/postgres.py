@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import sqlglot.expressions as exp
 
-from ..errors import ConnectionError, DTypeMismatch, Error, QueryError, error_class
+from ..errors import ConnectionError, DTypeMismatch, Error, PermissionDenied, QueryError, error_class
 from ..planner.dialects import DbdlPostgres
 from ..registry import ResolvedModel
 from ..resources import udf_dir
@@ -75,14 +75,22 @@ class PostgresBackend(Backend):
         return sql.replace("%", "%%").replace("?", "%s")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.con.execute(self._pg(sql), tuple(params))
+        try:
+            self.con.execute(self._pg(sql), tuple(params))
+        except psycopg.Error as exc:
+            raise self.translate(exc) from exc
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return self.con.execute(self._pg(sql), tuple(params)).fetchall()
+        try:
+            return self.con.execute(self._pg(sql), tuple(params)).fetchall()
+        except psycopg.Error as exc:
+            raise self.translate(exc) from exc
 
     def fetch_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-        cur = self.con.execute(self._pg(sql), tuple(params))
-        return _rows_to_arrow(cur)
+        try:
+            return _rows_to_arrow(self.con.execute(self._pg(sql), tuple(params)))
+        except psycopg.Error as exc:
+            raise self.translate(exc) from exc
 
     def executescript(self, sql: str) -> None:
         self.con.execute(sql)
@@ -114,6 +122,22 @@ class PostgresBackend(Backend):
         self.con.execute(
             "INSERT INTO dbdl.settings (key, value) VALUES ('python_path', %s) "
             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (json.dumps(paths),))
+
+    # Ordinary roles (dbdl_user) cannot read dbdl's tables: planning reads the registry through the
+    # SECURITY DEFINER functions that the in-database code uses too.
+    model_bytes_sql = "SELECT dbdl.model_bytes(?)"
+
+    def pin_model(self, name: str, version: int | None) -> Any:
+        from dbdl_udf.catalog import Pinned
+        from dbdl_udf.runtime import Signature
+
+        ref = name if version is None else f"{name}@{version}"
+        row = self.fetchone("SELECT name, version, sha256, signature FROM dbdl.resolve_model(?)", (ref,))
+        return Pinned(row[0], int(row[1]), row[2], Signature.from_json(row[3]))
+
+    def recorded_python_path(self) -> list[str] | None:
+        row = self.fetchone("SELECT value FROM dbdl.settings WHERE key = 'python_path'")
+        return json.loads(row[0]) if row else None
 
     def doctor(self) -> dict:
         try:
@@ -171,6 +195,10 @@ class PostgresBackend(Backend):
         found = _DBDL_ERROR.search(primary)
         if found:
             return error_class(found[1])(found[2].strip())
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            return PermissionDenied(
+                f"{primary}; ask an administrator for GRANT dbdl_user TO <role> (predict, read the catalog) or "
+                "GRANT dbdl_admin TO <role> (also register and drop models)")
         if isinstance(exc, psycopg.errors.SyntaxError):
             return QueryError(f"the query does not parse: {primary}")
         if isinstance(exc, (psycopg.errors.AmbiguousFunction, psycopg.errors.UndefinedFunction)) and re.match(

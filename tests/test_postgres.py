@@ -1,0 +1,265 @@
+"""PostgreSQL only: the functions live in the server, so psql (any client) can use them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_mlp, run_onnx
+
+import dbdl
+
+_roles = itertools.count()
+
+
+@pytest.fixture
+def pg(pg_server, request):
+    """A fresh migrated database: (server, dbname, url)."""
+    name = f"dbdl_pg_{request.node.name[:30].lower().replace('[', '_').replace(']', '')}"
+    url = pg_server.create_database(name)
+    dbdl.connect(url).close()
+    yield pg_server, name, url
+    pg_server.drop_database(name)
+
+
+def psql(server, dbname, sql, user="postgres", check=True):
+    result = server.psql("-qAt", "-F", "|", dbname=dbname, user=user, input=sql)
+    if check and result.returncode != 0:
+        raise AssertionError(f"psql failed: {result.stderr}")
+    return result
+
+
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.strip("{}").split(",")]
+
+
+def test_psql_register_predict_and_batched_predict(pg, mlp_onnx, features):
+    server, name, url = pg
+    rows = "\n".join(f"{i}\t{{{','.join(map(repr, map(float, f)))}}}" for i, f in enumerate(features[:50]))
+    out = psql(server, name, f"""
+CREATE TABLE t (id bigint, feats real[]);
+COPY t FROM STDIN;
+{rows}
+\\.
+SELECT dbdl.register_model('fraud', decode('{mlp_onnx.hex()}', 'hex'), 'from psql');
+SELECT name, version, serving, source, n_features, description FROM dbdl.list_models();
+SELECT id, predict_array('fraud', feats), predict_class('fraud', feats) FROM t ORDER BY id;
+CALL predict_into('fraud', 'SELECT id, feats FROM t', 'fraud_scores');
+SELECT count(*) FROM fraud_scores;
+SELECT id, prediction FROM fraud_scores ORDER BY id;
+""").stdout.splitlines()
+    expected = run_onnx(mlp_onnx, {"x": features[:50]})
+    assert out[0] == "1"
+    assert out[1] == "fraud|1|t|onnx|8|from psql"
+    scored = [line.split("|") for line in out[2:52]]
+    np.testing.assert_allclose([floats(r[1]) for r in scored], expected, atol=1e-5)
+    assert [int(r[2]) for r in scored] == expected.argmax(axis=1).tolist()
+    assert out[52] == "50"
+    batched = [line.split("|") for line in out[53:103]]
+    np.testing.assert_allclose([floats(r[1]) for r in batched], expected, atol=1e-5)
+
+
+def test_sql_administration(pg, mlp_onnx, mlp2_onnx):
+    server, name, url = pg
+    out = psql(server, name, f"""
+SELECT dbdl.register_model('m', decode('{mlp_onnx.hex()}', 'hex'));
+SELECT dbdl.register_model('m', decode('{mlp2_onnx.hex()}', 'hex'));
+SELECT dbdl.register_model('m', decode('{mlp_onnx.hex()}', 'hex'), NULL, false);
+SELECT string_agg(version || ':' || serving, ',' ORDER BY version) FROM dbdl.list_models();
+SELECT dbdl.promote_model('m', 1);
+SELECT dbdl.rollback_model('m');
+SELECT dbdl.drop_model('m', 2);
+SELECT string_agg(version || ':' || serving, ',' ORDER BY version) FROM dbdl.list_models();
+""").stdout.splitlines()
+    assert out == ["1", "2", "1", "1:false,2:true", "1", "2", "1", "1:true"]
+    with dbdl.connect(url) as db:
+        assert [(m.version, m.serving) for m in db.models.list()] == [(1, True)]
+    bad = psql(server, name, "SELECT dbdl.register_model('m', decode('00ff', 'hex'));", check=False)
+    assert bad.returncode != 0 and "dbdl.InvalidModel" in bad.stderr
+    bad = psql(server, name, "SELECT dbdl.register_model('bad name', decode('00', 'hex'));", check=False)
+    assert "dbdl.InvalidName" in bad.stderr
+    assert psql(server, name, "SELECT count(*) FROM dbdl.blobs;").stdout.strip() == "1"
+
+
+def test_errors_from_psql_name_the_fix(pg, mlp_onnx):
+    server, name, url = pg
+    psql(server, name, f"SELECT dbdl.register_model('m', decode('{mlp_onnx.hex()}', 'hex'));")
+    cases = {
+        "SELECT predict_array('ghost', ARRAY[1,2,3,4,5,6,7,8]::real[]);": ("dbdl.ModelNotFound", "42704"),
+        "SELECT predict_array('m', ARRAY[1,2,3]::real[]);": ("takes 8 features per row", "22023"),
+        "SELECT predict_array('m', ARRAY['a','b']);": ("dbdl.DTypeMismatch", "42804"),
+        "SELECT predict('m', ARRAY[1,2,3,4,5,6,7,8]::real[]);": ("predict_array()", "22023"),
+    }
+    for sql, (needle, state) in cases.items():
+        result = psql(server, name, "\\set VERBOSITY verbose\n" + sql, check=False)
+        assert result.returncode != 0 and needle in result.stderr and state in result.stderr, (sql, result.stderr)
+    ok = psql(server, name, "SELECT predict_array('m', NULL::real[]) IS NULL, "
+                            "predict_class('m', ARRAY[1.5,2,3,4,5,6,7,8]);").stdout.strip()
+    x = np.array([[1.5, 2, 3, 4, 5, 6, 7, 8]], dtype=np.float32)
+    assert ok == f"t|{int(run_onnx(mlp_onnx, {'x': x}).argmax())}"
+
+
+def test_bytea_features(pg, mlp_onnx, features):
+    server, name, url = pg
+    with dbdl.connect(url) as db:
+        db.models.register("m", mlp_onnx)
+        blob = features[:3].astype("<f4")
+        got = [db.sql("SELECT predict_array('m', ?)", [row.tobytes()]).scalar() for row in blob]
+        np.testing.assert_allclose(got, run_onnx(mlp_onnx, {"x": features[:3]}), atol=1e-5)
+        with pytest.raises(dbdl.ShapeMismatch, match="32 bytes"):
+            db.sql("SELECT predict_array('m', ?)", [blob[0, :5].tobytes()])
+
+
+def test_predict_into_kinds_nulls_and_bad_input(pg, mlp_onnx, scorer_onnx, features):
+    server, name, url = pg
+    with dbdl.connect(url) as db:
+        db.models.register("clf", mlp_onnx)
+        db.models.register("score", scorer_onnx)
+        db.create_table("t", {"id": np.arange(40), "feats": features[:40]})
+        db.sql("UPDATE t SET feats = NULL WHERE id % 10 = 3")
+        db.sql("CALL predict_into('clf', 'SELECT id, feats FROM t', 'classes', 'class', 16)")
+        db.sql("CALL predict_into('score', 'SELECT id, feats::float8[] FROM t WHERE id < 20', 'scores', 'scalar')")
+        classes = dict(db.sql("SELECT id, prediction FROM classes").fetchall())
+        scores = dict(db.sql("SELECT id, prediction FROM scores").fetchall())
+    expected_cls = run_onnx(mlp_onnx, {"x": features[:40]}).argmax(axis=1)
+    expected_score = run_onnx(scorer_onnx, {"x": features[:40]})[:, 0]
+    assert len(classes) == 40 and len(scores) == 20
+    for i in range(40):
+        assert classes[i] == (None if i % 10 == 3 else expected_cls[i])
+    for i in range(20):
+        if i % 10 == 3:
+            assert scores[i] is None
+        else:
+            assert abs(scores[i] - expected_score[i]) < 1e-5
+    with dbdl.connect(url) as db:
+        with pytest.raises(dbdl.InvalidName, match="target table"):
+            db.sql("CALL predict_into('clf', 'SELECT id, feats FROM t', 'x; DROP TABLE t')")
+        with pytest.raises(dbdl.ShapeMismatch, match="two columns"):
+            db.sql("CALL predict_into('clf', 'SELECT id, id, feats FROM t', 'out3')")
+        with pytest.raises(dbdl.ModelNotFound):
+            db.sql("CALL predict_into('ghost', 'SELECT id, feats FROM t', 'out4')")
+        assert db.sql("SELECT count(*) FROM t").scalar() == 40
+        assert db.sql("SELECT to_regclass('out3') IS NULL AND to_regclass('out4') IS NULL").scalar()
+
+
+def test_new_version_is_seen_by_other_sessions_and_sessions_are_cached(pg, mlp_onnx, mlp2_onnx, features):
+    server, name, url = pg
+    writer, reader = dbdl.connect(url), dbdl.connect(url)
+    try:
+        writer.models.register("m", mlp_onnx)
+        writer.create_table("t", {"id": np.arange(100), "feats": features[:100]})
+        query = "SELECT id, predict_array('m', feats) FROM t ORDER BY id"
+        first = np.array([r[1] for r in reader.sql(query).fetchall()])
+        stats = json.loads(reader.sql("SELECT dbdl.runtime_stats()").scalar())
+        assert stats["builds"] == 1  # one session for 100 rows, built once in this server process
+        writer.models.register("m", mlp2_onnx)
+        # the same reader connection, no reconnect: predicts with version 2 now
+        second = np.array([r[1] for r in reader.sql(query).fetchall()])
+        raw = reader.backend.con.execute("SELECT predict_array('m', feats) FROM t ORDER BY id").fetchall()
+        assert json.loads(reader.sql("SELECT dbdl.runtime_stats()").scalar())["builds"] == 2
+    finally:
+        writer.close()
+        reader.close()
+    np.testing.assert_allclose(first, run_onnx(mlp_onnx, {"x": features[:100]}), atol=1e-5)
+    np.testing.assert_allclose(second, run_onnx(mlp2_onnx, {"x": features[:100]}), atol=1e-5)
+    np.testing.assert_allclose(np.array([r[0] for r in raw]), second, atol=1e-5)
+
+
+def test_roles(pg, mlp_onnx, features):
+    server, name, url = pg
+    n = next(_roles)
+    plain, user, admin = f"plain_{n}", f"analyst_{n}", f"engineer_{n}"
+    with dbdl.connect(url) as db:
+        db.models.register("m", mlp_onnx)
+        db.create_table("t", {"id": np.arange(5), "feats": features[:5]})
+        for role in (plain, user, admin):
+            db.sql(f"CREATE ROLE {role} LOGIN")
+            db.sql(f"GRANT SELECT, INSERT, UPDATE ON t TO {role}")
+            db.sql(f"GRANT CREATE ON SCHEMA public TO {role}")
+        db.sql(f"GRANT dbdl_user TO {user}")
+        db.sql(f"GRANT dbdl_admin TO {admin}")
+    try:
+        with dbdl.connect(server.url(name, plain), migrate=False) as db:
+            with pytest.raises(dbdl.PermissionDenied, match="GRANT dbdl_user"):
+                db.sql("SELECT predict_array('m', feats) FROM t")
+            with pytest.raises(dbdl.PermissionDenied):
+                db.sql("SELECT count(*) FROM dbdl.blobs")
+            with pytest.raises(dbdl.PermissionDenied):
+                db.sql("UPDATE dbdl.settings SET value = '[]'")
+            with pytest.raises(dbdl.PermissionDenied):
+                db.models.register("evil", mlp_onnx)
+        with dbdl.connect(server.url(name, user), migrate=False) as db:
+            got = np.array([r[0] for r in db.sql("SELECT predict_array('m', feats) FROM t ORDER BY id").fetchall()])
+            np.testing.assert_allclose(got, run_onnx(mlp_onnx, {"x": features[:5]}), atol=1e-5)
+            assert db.sql("SELECT count(*) FROM dbdl.model_catalog").scalar() == 1
+            db.sql("CALL predict_into('m', 'SELECT id, feats FROM t', 'my_scores')")
+            assert db.sql("SELECT count(*) FROM my_scores").scalar() == 5
+            for forbidden in ("SELECT count(*) FROM dbdl.blobs", "SELECT dbdl.register_model('x', '\\x00'::bytea)",
+                              "SELECT dbdl.drop_model('m')", "DELETE FROM dbdl.models",
+                              "CREATE TABLE dbdl.mine (a int)"):
+                with pytest.raises(dbdl.PermissionDenied):
+                    db.sql(forbidden)
+            with pytest.raises(dbdl.PermissionDenied):
+                db.models.drop("m")
+            # predict_into runs as the caller: it cannot read what the caller cannot
+            with pytest.raises(dbdl.PermissionDenied):
+                db.sql("CALL predict_into('m', 'SELECT 1::bigint, bytes FROM dbdl.blobs', 'stolen')")
+        with dbdl.connect(server.url(name, admin), migrate=False) as db:
+            assert db.sql("SELECT dbdl.register_model('m2', ?)", [mlp_onnx]).scalar() == 1
+            assert db.sql("SELECT dbdl.drop_model('m2')").scalar() == 1
+    finally:
+        with dbdl.connect(url) as db:
+            for role in (plain, user, admin):
+                db.sql(f"DROP OWNED BY {role}")
+                db.sql(f"DROP ROLE {role}")
+
+
+def test_functions_are_definer_with_pinned_search_path(pg):
+    server, name, url = pg
+    rows = psql(server, name, """
+SELECT p.proname, p.prosecdef, coalesce(array_to_string(p.proconfig, ','), '')
+FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+WHERE l.lanname = 'plpython3u' ORDER BY 1;""").stdout.splitlines()
+    assert len(rows) >= 10
+    for row in rows:
+        proname, secdef, config = row.split("|")
+        if proname == "predict_into":
+            assert secdef == "f", "predict_into runs the caller's query: it must not run as the owner"
+        else:
+            assert secdef == "t" and "search_path=pg_catalog, dbdl, pg_temp" in config, row
+    owner_schema = psql(server, name, "SELECT string_agg(DISTINCT n.nspname, ',') FROM pg_proc p "
+                                      "JOIN pg_namespace n ON n.oid = p.pronamespace "
+                                      "WHERE p.proname IN ('predict', 'predict_array', 'predict_class')").stdout.strip()
+    assert owner_schema == "public"  # found by the default search_path
+
+
+def test_python_path_is_stored_and_doctor_explains(pg, tmp_path):
+    server, name, url = pg
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "dbdl.cli", *args], capture_output=True, text=True)
+
+    with dbdl.connect(url) as db:
+        stored = json.loads(db.sql("SELECT value FROM dbdl.settings WHERE key = 'python_path'").scalar())
+        db.models.register("m", make_mlp((1, 2)), example=torch.randn(1, 1))
+    assert any(p.endswith("udf") for p in stored) and any("site-packages" in p for p in stored)
+    healthy = cli("doctor", url)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "onnxruntime" in healthy.stdout and "the server can run dbdl's functions" in healthy.stdout
+
+    blocked = tmp_path / "private"
+    blocked.mkdir(mode=0o700)
+    assert cli("migrate", url, "--python-path", str(blocked)).returncode == 0
+    broken = cli("doctor", url)
+    assert broken.returncode == 1
+    assert "not readable" in broken.stdout and "dbdl migrate" in broken.stdout
+    with dbdl.connect(url) as db:  # a new server session reads the new (broken) path
+        with pytest.raises(dbdl.ConfigurationError, match="cannot import dbdl_udf"):
+            db.sql("SELECT predict_array('m', ARRAY[1]::real[])")
+    assert cli("migrate", url).returncode == 0  # back to the defaults
+    assert cli("doctor", url).returncode == 0
