@@ -362,3 +362,22 @@ def test_wrong_arity_and_unparsable_sql(db, table, mlp_onnx):
         db.sql("SELECT predict_array('m') FROM t")
     with pytest.raises(dbdl.QueryError):
         db.sql("SELEC predict_array('m', feats) FROM t")
+
+
+def test_create_table_round_trips_numbers_text_bytes_and_tensors(db):
+    blobs = [b"\x00\x01", b"ab\x00", b"\x00\x00\x00", b""]  # trailing NUL bytes must survive
+    x = np.arange(8, dtype=np.float32).reshape(4, 2)
+    assert db.create_table("mixed", {"id": np.arange(4), "name": ["a", "b", "c", "d"], "blob": blobs,
+                                     "score": np.array([0.5, 1.5, 2.5, 3.5]), "feats": x}) == 4
+    rows = db.sql("SELECT id, name, blob, score, feats FROM mixed ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == [0, 1, 2, 3]
+    assert [r[1] for r in rows] == ["a", "b", "c", "d"]
+    assert [bytes(r[2]) for r in rows] == blobs
+    assert [r[3] for r in rows] == [0.5, 1.5, 2.5, 3.5]
+    np.testing.assert_array_equal(np.array([r[4] for r in rows], dtype=np.float32), x)
+
+
+def test_model_column_with_all_null_features(db, mlp_onnx):
+    db.models.register("m", mlp_onnx)
+    got = db.sql(q(db, "SELECT predict_class(m, f) FROM (SELECT 'm' AS m, CAST(NULL AS FLOAT[]) AS f) AS s")).fetchall()
+    assert got == [(None,)]

@@ -1,7 +1,7 @@
 """dbdl: deep learning inside the database.
 
     import dbdl
-    db = dbdl.connect()                                   # embedded DuckDB (dbdl.duckdb)
+    db = dbdl.connect()                                   # embedded DuckDB (dbdl_data.duckdb)
     db.models.register("fraud", module, example=torch.randn(1, 30))
     db.sql("SELECT id, predict('fraud', feats) FROM txns").df()
 """

@@ -67,6 +67,9 @@ class Database:
         if "predict" not in query.lower() and not needs_rewrite:
             return Result(self.backend.run_query(query, params))
         trees = parse(query, self.backend.dialect)
+        if trees is not None:
+            # a trailing comment parses as a statement of its own: it has nothing to run
+            trees = [t for t in trees if t.sql(dialect=self.backend.dialect).strip()] or trees
         if trees is None:
             if needs_rewrite:
                 raise QueryError("the query does not parse, so its ? placeholders cannot be bound; check the SQL")
@@ -113,7 +116,7 @@ def connect(url: str | None = None, *, migrate: bool | None = None, **options: A
 
     ``url`` is ``duckdb:///path.db`` (relative), ``duckdb:////abs/path.db``, ``duckdb:///:memory:``,
     a bare file path, or ``postgresql://user@host/db``; without it, ``$DBDL_URL`` or
-    ``duckdb:///dbdl.duckdb`` in the current folder. A new database gets dbdl's migrations;
+    ``duckdb:///dbdl_data.duckdb`` in the current folder. A new database gets dbdl's migrations;
     ``migrate=False`` refuses to change the schema, ``migrate=True`` always brings it up to date.
     """
     if migrate is False:
@@ -133,6 +136,9 @@ def to_arrow(data: Any) -> "pa.Table":
         return pa.Table.from_pandas(data, preserve_index=False)
     columns = {}
     for name, values in dict(data).items():
+        if isinstance(values, (list, tuple)) and values and isinstance(values[0], (bytes, bytearray, str)):
+            columns[name] = pa.array(values)  # numpy's fixed-width bytes would drop trailing NUL bytes
+            continue
         arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else np.asarray(values)
         if isinstance(arr, np.ndarray) and arr.ndim == 2:
             flat = pa.array(np.ascontiguousarray(arr, dtype=np.float32).ravel())

@@ -136,7 +136,9 @@ def set_serving(db: SQLRunner, name: str, version: int) -> None:
 
 def promote(db: SQLRunner, name: str, version: int) -> None:
     pinned = resolve(db, check_name(name), int(version))
-    set_serving(db, name, pinned.version)
+    serving = _one(db, "SELECT serving_version FROM dbdl.models WHERE name = ?", (name,))[0]
+    if serving != pinned.version:  # promoting what already serves changes nothing, history included
+        set_serving(db, name, pinned.version)
 
 
 def rollback(db: SQLRunner, name: str) -> int:

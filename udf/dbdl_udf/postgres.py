@@ -75,11 +75,35 @@ class PlpyRunner:
         self.plpy.execute(self._plan(sql, params), list(params))
 
 
+_FAST_SERVING = ("SELECT v.version, v.sha256 FROM dbdl.models m JOIN dbdl.model_versions v "
+                 "ON v.name = m.name AND v.version = m.serving_version WHERE m.name = $1")
+_FAST_PINNED = "SELECT version, sha256 FROM dbdl.model_versions WHERE name = $1 AND version = $2"
+_refs: dict[str, tuple[str, int | None, str | None]] = {}
+_signatures: dict[str, Signature] = {}
+
+
 def resolve(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
-    """(name, version, sha256, signature, output index) of a model reference."""
-    name, version, output = catalog.parse_ref(ref)
-    pinned = catalog.resolve(PlpyRunner(plpy), name, version)
-    return name, pinned.version, pinned.sha256, pinned.signature, pinned.signature.output_index(output)
+    """(name, version, sha256, signature, output index) of a model reference.
+
+    One prepared query per call (a version registered a moment ago in another session is seen
+    at once); parsed references and signatures are cached, keyed by text and content hash.
+    """
+    parsed = _refs.get(ref)
+    if parsed is None:
+        parsed = _refs[ref] = catalog.parse_ref(ref)
+    name, version, output = parsed
+    if version is None:
+        rows = plpy.execute(_plan(plpy, "fast_serving", _FAST_SERVING, ["text"]), [name])
+    else:
+        rows = plpy.execute(_plan(plpy, "fast_pinned", _FAST_PINNED, ["text", "int4"]), [name, version])
+    if not rows:
+        raise catalog.not_found(PlpyRunner(plpy), name, version)
+    version, sha = rows[0]["version"], rows[0]["sha256"]
+    signature = _signatures.get(sha)
+    if signature is None:
+        signature = catalog.resolve(PlpyRunner(plpy), name, version).signature
+        _signatures[sha] = signature
+    return name, int(version), sha, signature, signature.output_index(output)
 
 
 def _session(plpy, sha256: str):
@@ -107,7 +131,11 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
         ref = f"{name}@{version}"
         width = signature.n_features
         if packed:
-            x, valid = decode_array_send([bytes(data)], width, ref)
+            x = _one_float4_row(data, width)
+            if x is not None:
+                valid = _TRUE
+            else:
+                x, valid = decode_array_send([bytes(data)], width, ref)
         else:
             x, valid = _decode_float32_bytea([data], width, ref)
         if not valid[0]:
@@ -120,6 +148,20 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
 
 
 # -- batched ----------------------------------------------------------------------------------
+
+_TRUE = np.ones(1, dtype=bool)
+_F4_ITEMS = np.dtype([("len", ">i4"), ("v", ">f4")])
+
+
+def _one_float4_row(data: bytes, width: int) -> np.ndarray | None:
+    """The common case, decoded in one step: array_send() of a 1-D real[] of the right length
+    without NULLs. None for anything else (the general decoder then explains what is wrong)."""
+    if len(data) != 20 + 8 * width or data[:12] != _F4_HEADER:
+        return None
+    return np.frombuffer(data, dtype=_F4_ITEMS, offset=20)["v"].astype(np.float32).reshape(1, width)
+
+
+_F4_HEADER = (1).to_bytes(4, "big") + (0).to_bytes(4, "big") + (700).to_bytes(4, "big")
 
 # array_send() element type oids -> big-endian numpy dtypes
 _ELEMENT_TYPES = {700: ">f4", 701: ">f8", 23: ">i4", 20: ">i8", 21: ">i2"}
@@ -166,6 +208,8 @@ def decode_array_send(blobs: list[bytes | None], width: int, ref: str = "the mod
 
 
 _NUMERIC_OID = 1700
+_ORT_ROWS = 2048
+_COLUMNAR_MAX = 256
 
 
 def _decode_numeric_arrays(blobs: list, width: int, ref: str) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +268,20 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
         plpy.execute(f"CREATE TABLE IF NOT EXISTS {target_sql} AS SELECT q.{key_col} AS {key_col}, NULL::{out_sql} "
                      f"AS prediction FROM ({query}) AS q WITH NO DATA")
         key_sql = plpy.execute(f"SELECT format_type({int(key_type)}, NULL) AS t")[0]["t"]
-        if kind == "array":
+        width_out = signature.outputs[output].per_row
+        columnar = kind == "array" and width_out is not None and width_out <= _COLUMNAR_MAX
+        if columnar:
+            # one array parameter per output value: PostgreSQL unnests them side by side and builds
+            # each row's real[] in C, about 4x faster than slicing one long array per row
+            cols = ", ".join(f"c{j}" for j in range(width_out))
+            # PL/Python turns every float of a list into text and parses it back; one array literal
+            # per column, written by str.join and parsed by array_in in C, is several times cheaper
+            insert = plpy.prepare(
+                f"INSERT INTO {target_sql} SELECT k, CASE WHEN n THEN NULL ELSE ARRAY[{cols}] END "
+                f"FROM unnest($1, $2, {', '.join(f'${j}::real[]' for j in range(3, width_out + 3))}) "
+                f"AS u(k, n, {cols})",
+                [f"{key_sql}[]", "boolean[]"] + ["text"] * width_out)
+        elif kind == "array":
             insert = plpy.prepare(
                 f"INSERT INTO {target_sql} SELECT k[i], CASE WHEN n[i] THEN NULL ELSE v[(i - 1) * $4 + 1 : i * $4] END "
                 f"FROM (SELECT $1 AS k, $2 AS v, $3 AS n) AS b, generate_subscripts($1, 1) AS i",
@@ -248,18 +305,27 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
             out = None
             if valid.any():
                 x = matrix if valid.all() else matrix[valid]
-                out = shape_outputs(run_batch(session, signature, x, output), kind, ref, signature.outputs[output].name)
+                # onnxruntime is fastest on a few thousand rows at a time (they stay in cache)
+                y = np.concatenate([run_batch(session, signature, x[i:i + _ORT_ROWS], output)
+                                    for i in range(0, len(x), _ORT_ROWS)])
+                out = shape_outputs(y, kind, ref, signature.outputs[output].name)
             if kind == "array":
-                k = out.shape[1] if out is not None else 0
+                k = out.shape[1] if out is not None else (width_out or 0)
                 full = np.zeros((len(rows), k), dtype=np.float32)
                 if out is not None:
                     full[valid] = out
-                plpy.execute(insert, [keys, full.ravel().tolist(), (~valid).tolist(), k])
+                if columnar:
+                    plpy.execute(insert, [keys, (~valid).tolist(), *map(_real_array_literal, full.T)])
+                else:
+                    plpy.execute(insert, [keys, full.ravel().tolist(), (~valid).tolist(), k])
             else:
-                values: list = [None] * len(rows)
-                if out is not None:
-                    for i, v in zip(np.flatnonzero(valid).tolist(), out.tolist()):
-                        values[i] = v
+                if out is not None and valid.all():
+                    values = out.tolist()
+                else:
+                    values = [None] * len(rows)
+                    if out is not None:
+                        for i, v in zip(np.flatnonzero(valid).tolist(), out.tolist()):
+                            values[i] = v
                 plpy.execute(insert, [keys, values])
             total += len(rows)
         return total
@@ -267,14 +333,20 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
         raise_for_sql(plpy, exc)
 
 
+def _real_array_literal(values: np.ndarray) -> str:
+    """'{v1,v2,...}' for a real[] parameter (9 significant digits round-trip a float32)."""
+    return "{" + ",".join(map("{:.9g}".format, values.tolist())) + "}"
+
+
 def _decode_float32_bytea(blobs: list, width: int, ref: str) -> tuple[np.ndarray, np.ndarray]:
     n = len(blobs)
     valid = np.array([b is not None for b in blobs], dtype=bool)
     matrix = np.zeros((n, width), dtype=np.float32)
-    present = [bytes(b) for b in blobs if b is not None]
+    present = [b for b in blobs if b is not None]
     if present:
-        bad = next((len(b) for b in present if len(b) != 4 * width), None)
-        if bad is not None:
+        lengths = set(map(len, present))
+        if lengths != {4 * width}:
+            bad = next(iter(lengths - {4 * width}))
             raise ShapeMismatch(f"model {ref!r} takes {width} features per row ({4 * width} bytes of little-endian "
                                 f"float32); got a row of {bad} bytes")
         matrix[valid] = np.frombuffer(b"".join(present), dtype="<f4").reshape(-1, width)

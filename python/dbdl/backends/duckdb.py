@@ -298,9 +298,9 @@ class DuckDBBackend(Backend):
             session, signature = SESSIONS.get(
                 model.sha256, lambda m=model: load_model_bytes(self.cursor_view(), m.sha256), self.udf_threads
             )
-            check_features(signature, matrix.shape[1], model.ref)
             if not rows.any():
                 continue
+            check_features(signature, matrix.shape[1], model.ref)
             x = matrix if rows.all() else matrix[rows]
             y = run_batch(session, signature, x, model.output_index)
             results.append((rows, shape_outputs(y, kind, model.ref, model.output_spec.name)))
@@ -363,8 +363,10 @@ def _feature_matrix(feats: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         width = feats.type.list_size
         values = feats.values.slice(feats.offset * width, n * width)
     else:
+        if not valid.any():
+            return np.zeros((n, 0), dtype=np.float32), valid
         lengths = pc.list_value_length(feats).to_numpy(zero_copy_only=False)
-        widths = np.unique(lengths[valid]) if valid.any() else np.array([0])
+        widths = np.unique(lengths[valid])
         if len(widths) > 1:
             raise ShapeMismatch(
                 f"feature vectors in one query must all have the same length; found lengths {widths.tolist()[:5]} — "

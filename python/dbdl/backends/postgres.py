@@ -166,7 +166,7 @@ class PostgresBackend(Backend):
         create = exp.Create(this=exp.Schema(this=target, expressions=columns), kind="TABLE")
         with self.transaction():
             if replace:
-                self.con.execute(exp.Drop(this=target.copy(), kind="TABLE", exists=True).sql(dialect="postgres"))
+                self.con.execute(exp.Drop(tables=[target.copy()], kind="TABLE", exists=True).sql(dialect="postgres"))
             self.con.execute(create.sql(dialect="postgres"))
             copy = f"COPY {target.sql(dialect='postgres')} FROM STDIN (FORMAT BINARY)"
             with self.con.cursor().copy(copy) as sink:
@@ -351,7 +351,9 @@ def _encode_column(col: pa.Array, arrow_type: pa.DataType) -> tuple[list[bytes],
     pg_type = _PG_TYPES.get(arrow_type)
     if pg_type in _SCALAR_DTYPES:
         values = col.fill_null(0).to_numpy(zero_copy_only=False).astype(_SCALAR_DTYPES[pg_type])
-        return [v.tobytes() for v in values], nulls
+        size = values.dtype.itemsize
+        raw = values.tobytes()  # numpy scalars are native-endian: slice the big-endian buffer instead
+        return [raw[i * size:(i + 1) * size] for i in range(len(values))], nulls
     if pg_type == "text":
         return [b"" if v is None else v.encode() for v in col.to_pylist()], nulls
     if pg_type == "bytea":

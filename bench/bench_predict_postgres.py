@@ -1,0 +1,116 @@
+"""SQL predict inside PostgreSQL (PL/Python) against raw onnxruntime and the naive client pipeline.
+
+1M rows x 64 float features (DBDL_BENCH_ROWS), an MLP 64-256-256-10, everything on one core
+(no parallel workers; onnxruntime with one thread). Starts a throwaway PostgreSQL server (as in
+the tests) unless DBDL_BENCH_PG_URL names one. Writes docs/bench/predict_postgres.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import best_of, features, mlp, report, rows_env  # noqa: E402
+
+import dbdl  # noqa: E402
+from dbdl_udf.runtime import make_session  # noqa: E402
+
+WIDTH = 64
+ROW_AT_A_TIME_ROWS = 20_000
+NAIVE_ROWS = 50_000
+
+
+@contextlib.contextmanager
+def database():
+    url = os.environ.get("DBDL_BENCH_PG_URL")
+    if url:
+        yield url
+        return
+    import pgserver
+
+    ok, why = pgserver.available()
+    if not ok:
+        raise SystemExit(f"cannot start PostgreSQL for the benchmark: {why}")
+    with pgserver.PostgresServer(settings={"shared_buffers": "1GB", "work_mem": "256MB"}) as server:
+        yield server.create_database("dbdl_bench")
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    import psycopg
+    import torch
+
+    rows = rows_env(1_000_000)
+    with database() as url:
+        db = dbdl.connect(url)
+        model = mlp([WIDTH, 256, 256, 10])
+        db.models.register("mlp", model, example=torch.randn(1, WIDTH))
+        x = features(rows, WIDTH)
+        print(f"loading {rows:,} rows …", flush=True)
+        db.create_table("t", {"id": np.arange(rows), "feats": x}, replace=True)
+        db.create_table("tb", {"id": np.arange(rows), "feats": [r.tobytes() for r in x.astype("<f4")]}, replace=True)
+        db.sql("VACUUM ANALYZE t")
+        db.sql("VACUUM ANALYZE tb")
+        db.sql("SET max_parallel_workers_per_gather = 0")  # one core, like the reference
+        results = []
+
+        session = make_session(db.models.model_bytes("mlp"), threads=1)
+        name = session.get_inputs()[0].name
+        raw = max(rows / best_of(lambda: [session.run(None, {name: x[i:i + b]}) for i in range(0, rows, b)], 2)
+                  for b in (1024, 2048, 8192))
+        results.append({"name": "raw onnxruntime, 1 thread (numpy in memory)", "rows_per_s": raw})
+
+        def into(kind: str, table: str) -> float:
+            db.sql("DROP TABLE IF EXISTS scores")
+            return rows / timed(lambda: db.sql(f"CALL predict_into('mlp', 'SELECT id, feats FROM {table}', 'scores', "
+                                               f"'{kind}')"))
+
+        results.append({"name": "CALL predict_into, class, bytea features", "rows_per_s": into("class", "tb")})
+        results.append({"name": "CALL predict_into, class, real[] features", "rows_per_s": into("class", "t")})
+        results.append({"name": "CALL predict_into, array, bytea features", "rows_per_s": into("array", "tb")})
+        results.append({"name": "CALL predict_into, array, real[] features", "rows_per_s": into("array", "t")})
+
+        seconds = timed(lambda: db.sql(f"SELECT sum(predict_class('mlp', feats)) FROM t WHERE id < {ROW_AT_A_TIME_ROWS}"))
+        results.append({"name": "row-at-a-time SELECT predict_class(...)", "rows_per_s": ROW_AT_A_TIME_ROWS / seconds})
+
+        # what users write today: fetch with psycopg, score with torch, insert the results back
+        def naive() -> None:
+            with psycopg.connect(url, autocommit=True) as con:
+                con.execute("DROP TABLE IF EXISTS naive_scores")
+                con.execute("CREATE TABLE naive_scores (id bigint, prediction real[])")
+                cur = con.cursor()
+                cur.execute("SELECT id, feats FROM t WHERE id < %s", (NAIVE_ROWS,))
+                with torch.no_grad():
+                    while batch := cur.fetchmany(5000):
+                        ids = [r[0] for r in batch]
+                        out = model(torch.tensor([r[1] for r in batch], dtype=torch.float32)).numpy()
+                        con.cursor().executemany("INSERT INTO naive_scores VALUES (%s, %s)",
+                                                 list(zip(ids, out.tolist())))
+        results.append({"name": "naive pipeline: psycopg fetch → torch → INSERT", "rows_per_s": NAIVE_ROWS / timed(naive)})
+        db.close()
+
+    by_name = {r["name"]: r["rows_per_s"] for r in results}
+    best_into = max(v for k, v in by_name.items() if k.startswith("CALL predict_into, array"))
+    naive_rate = by_name["naive pipeline: psycopg fetch → torch → INSERT"]
+    report("predict_postgres", f"PostgreSQL in-database predict, {rows:,} rows × {WIDTH} features, MLP 64-256-256-10",
+           results, reference="raw onnxruntime, 1 thread (numpy in memory)",
+           note=f"One core: no parallel workers, onnxruntime with 1 thread. Row-at-a-time timed on "
+                f"{ROW_AT_A_TIME_ROWS:,} rows, the naive pipeline on {NAIVE_ROWS:,}.")
+    print(f"batched in-server (class, bytea) ÷ raw onnxruntime: {by_name['CALL predict_into, class, bytea features'] / raw:.3f} "
+          f"(target ≥ 0.6); predict_into (array) into a table ÷ naive pipeline: {best_into / naive_rate:.1f}× (target ≥ 20)")
+
+
+if __name__ == "__main__":
+    main()
