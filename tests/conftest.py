@@ -7,6 +7,11 @@ backend that cannot run here is skipped with its reason, never silently dropped.
 from __future__ import annotations
 
 import io
+import json
+import os
+import shutil
+import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
@@ -45,18 +50,47 @@ BACKENDS["duckdb"] = _duckdb_url
 BACKENDS["postgres"] = _postgres_url
 
 
+def _unavailable(reason: str):
+    # CI sets DBDL_REQUIRE_POSTGRES=1: there a missing server is a failure, not a skip
+    if os.environ.get("DBDL_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL is required (DBDL_REQUIRE_POSTGRES=1) but cannot run here: {reason}")
+    pytest.skip(f"PostgreSQL cannot run here: {reason}")
+
+
 @pytest.fixture(scope="session")
-def pg_server():
-    """One real PostgreSQL server for the whole run (initdb + pg_ctl as the postgres user)."""
+def pg_server(tmp_path_factory):
+    """One real PostgreSQL server for the whole run (initdb + pg_ctl as the postgres user).
+
+    The server's Python imports dbdl_udf, numpy and onnxruntime from this checkout and this
+    environment; where the postgres OS user cannot read them (a checkout under /root, say), the
+    few packages it needs are copied to a readable folder and given to `dbdl migrate`."""
     ok, why = pgserver.available()
     if not ok:
-        pytest.skip(f"PostgreSQL cannot run here: {why}")
-    for path in (Path(__file__).resolve().parent.parent / "udf", Path(onnx.__file__).parent.parent):
-        readable, blocker = pgserver.postgres_can_read(path)
+        _unavailable(why)
+    from dbdl.backends.postgres import default_python_path
+
+    blocked = [p for p in default_python_path() if not pgserver.postgres_can_read(p)[0]]
+    copied = None
+    if blocked:
+        copied = Path(tempfile.mkdtemp(prefix="dbdl-server-python-"))
+        copied.chmod(0o755)
+        site = Path(np.__file__).resolve().parent.parent
+        for name in ("numpy", "numpy.libs", "onnxruntime", "onnx"):
+            if (site / name).exists():
+                shutil.copytree(site / name, copied / name)
+        shutil.copytree(Path(__file__).resolve().parent.parent / "udf" / "dbdl_udf", copied / "dbdl_udf")
+        subprocess.run(["chmod", "-R", "a+rX", str(copied)], check=True)
+        readable, blocker = pgserver.postgres_can_read(copied)
         if not readable:
-            pytest.skip(f"the PostgreSQL server cannot read {path}: {blocker}")
-    with pgserver.PostgresServer() as server:
-        yield server
+            _unavailable(f"the server cannot read {copied} either: {blocker}")
+        os.environ["DBDL_SERVER_PYTHON_PATH"] = json.dumps([str(copied)])
+    try:
+        with pgserver.PostgresServer() as server:
+            yield server
+    finally:
+        if copied is not None:
+            os.environ.pop("DBDL_SERVER_PYTHON_PATH", None)
+            shutil.rmtree(copied, ignore_errors=True)
 
 
 @pytest.fixture(params=sorted(BACKENDS))
