@@ -88,3 +88,18 @@ def test_migration_files_are_well_formed():
     for backend in ("duckdb",):
         found = migrations.available(backend)
         assert [m.id for m in found] == list(range(1, len(found) + 1))
+
+
+def test_default_url_comes_from_dbdl_url(tmp_path, monkeypatch):
+    target = tmp_path / "from_env.duckdb"
+    monkeypatch.setenv("DBDL_URL", f"duckdb:///{target}")
+    with dbdl.connect() as db:
+        assert db.url == f"duckdb:///{target}"
+    assert target.exists()
+    monkeypatch.delenv("DBDL_URL")
+    monkeypatch.chdir(tmp_path)
+    with dbdl.connect() as db:
+        assert db.url == "duckdb:///dbdl_data.duckdb"
+    assert (tmp_path / "dbdl_data.duckdb").exists()
+    with pytest.raises(dbdl.ConnectionError, match="clash with dbdl's own schema"):
+        dbdl.connect(f"duckdb:///{tmp_path / 'dbdl.duckdb'}")

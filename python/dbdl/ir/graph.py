@@ -1,0 +1,156 @@
+"""dbdl's own operator graph, built from ONNX: typed per-row shapes, FLOPs and parameter bytes
+per operator, a numpy evaluator, and what rules SQL compilation out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any
+
+import numpy as np
+
+from .ops import Op, Shape
+
+
+@dataclass
+class Node:
+    op: Op
+    inputs: list[str]  # runtime inputs ("" where the input is a constant held by the op)
+    outputs: list[str]
+    shape: Shape = ()
+
+
+@dataclass
+class Graph:
+    inputs: list[tuple[str, Shape]]
+    outputs: list[str]
+    nodes: list[Node]
+    #: (op type, reason) of each operator that the IR cannot evaluate or compile
+    unsupported: list[tuple[str, str]] = field(default_factory=list)
+
+    # -- facts -------------------------------------------------------------------------------
+
+    @property
+    def flops_per_row(self) -> int:
+        shapes = {name: shape for name, shape in self.inputs}
+        total = 0
+        for node in self.nodes:
+            in_shapes = [shapes.get(i) for i in node.inputs]
+            total += node.op.flops(in_shapes, node.shape)
+            shapes[node.outputs[0]] = node.shape
+        return total
+
+    @property
+    def param_bytes(self) -> int:
+        return sum(node.op.param_bytes() for node in self.nodes)
+
+    @property
+    def relational(self) -> tuple[bool, str]:
+        """(True, "") when every operator compiles to SQL, else (False, the reason)."""
+        if self.unsupported:
+            op, why = self.unsupported[0]
+            return False, f"operator {op} is not supported by dbdl's IR ({why})"
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            return False, "the SQL compiler takes models with one input and one output"
+        for node in self.nodes:
+            if not node.op.relational:
+                return False, f"operator {node.op.op_type} has no SQL form"
+        return True, ""
+
+    def output_shape(self) -> Shape:
+        for node in self.nodes:
+            if node.outputs[0] == self.outputs[0]:
+                return node.shape
+        return dict(self.inputs)[self.outputs[0]]
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Evaluate on batched numpy arrays (tests compare this with onnxruntime)."""
+        if self.unsupported:
+            op, why = self.unsupported[0]
+            raise NotImplementedError(f"cannot evaluate {op}: {why}")
+        values: dict[str, Any] = dict(feeds)
+        for node in self.nodes:
+            args = tuple(values[i] if i else None for i in node.inputs)
+            values[node.outputs[0]] = node.op.run(*args)
+        return [values[o] for o in self.outputs]
+
+
+def _attrs(node) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def from_onnx(proto) -> Graph:
+    """Build the IR from an ONNX ModelProto (BatchNormalization folded into the layer before it)."""
+    from onnx import numpy_helper
+
+    constants: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    graph_inputs = []
+    shapes: dict[str, Shape] = {}
+    for value in proto.graph.input:
+        if value.name in constants:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        shape = tuple(int(d.dim_value) for d in dims[1:])
+        graph_inputs.append((value.name, shape))
+        shapes[value.name] = shape
+    graph = Graph(graph_inputs, [o.name for o in proto.graph.output], [])
+    for onnx_node in proto.graph.node:
+        attrs = _attrs(onnx_node)
+        if onnx_node.op_type == "Constant":
+            value = attrs.get("value")
+            if value is not None:
+                constants[onnx_node.output[0]] = numpy_helper.to_array(value)
+                continue
+        if onnx_node.op_type == "BatchNormalization" and _fold_batchnorm(graph, onnx_node, attrs, constants):
+            shapes[onnx_node.output[0]] = graph.nodes[-1].shape
+            continue
+        cls = Op.registry.get(onnx_node.op_type)
+        params = {i: constants[name] for i, name in enumerate(onnx_node.input) if name in constants}
+        runtime = [name if name and name not in constants else "" for name in onnx_node.input]
+        if cls is None:
+            graph.unsupported.append((onnx_node.op_type, "no IR operator implements it"))
+            continue
+        op = cls(onnx_node.op_type, attrs, params)
+        if all(not r for r in runtime):  # constant folding (e.g. a shape computed from constants)
+            try:
+                constants[onnx_node.output[0]] = op.run(*[params.get(i) for i in range(len(onnx_node.input))])
+                continue
+            except Exception as exc:
+                graph.unsupported.append((onnx_node.op_type, f"constant folding failed: {exc}"))
+                continue
+        try:
+            shape = op.infer([shapes.get(r) if r else None for r in runtime])
+        except NotImplementedError as exc:
+            graph.unsupported.append((onnx_node.op_type, str(exc)))
+            continue
+        shapes[onnx_node.output[0]] = shape
+        graph.nodes.append(Node(op, runtime, list(onnx_node.output[:1]), shape))
+    return graph
+
+
+def _fold_batchnorm(graph: Graph, node, attrs, constants) -> bool:
+    """Fold y = (x - mean) / sqrt(var + eps) * scale + bias into the Gemm that produced x."""
+    from .ops.gemm import Gemm
+
+    if not graph.nodes or graph.nodes[-1].outputs[0] != node.input[0] or not isinstance(graph.nodes[-1].op, Gemm):
+        return False
+    if not all(name in constants for name in node.input[1:5]):
+        return False
+    scale, bias, mean, var = (constants[name].astype(np.float64) for name in node.input[1:5])
+    factor = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
+    gemm = graph.nodes[-1].op
+    weight = gemm.weight().astype(np.float64) * factor
+    old_bias = gemm.bias()
+    b = ((old_bias.astype(np.float64) if old_bias is not None else 0.0) - mean) * factor + bias
+    gemm.params = {1: weight.astype(np.float32), 2: b.astype(np.float32)}
+    gemm.attrs = {k: v for k, v in gemm.attrs.items() if k not in ("transB", "alpha", "beta")}
+    graph.nodes[-1].outputs = [node.output[0]]
+    return True
+
+
+def per_row(shape: Shape) -> int:
+    return int(prod(shape)) if shape else 1
