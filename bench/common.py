@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import os
 import platform
 import time
@@ -86,8 +87,8 @@ def plot_bars(name: str, title: str, rows: list[dict], reference: str) -> Path:
                 fontsize=9)
     ax.set_xscale("log")
     ax.set_xlabel("rows per second (log scale)")
-    ax.set_title(title, fontsize=10)
-    ax.set_xlim(right=max(values) * 8)
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
+    ax.set_xlim(left=min(values) / 3, right=max(values) * 8)
     fig.tight_layout()
     path = RESULTS / f"{name}.png"
     fig.savefig(path, dpi=110)
