@@ -98,6 +98,12 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return BACKENDS[request.param](tmp_path, request)
 
 
+@pytest.fixture(params=["udf", "relation"])
+def strategy(request) -> str:
+    """How predict runs: the in-database function, or the model compiled to SQL joins."""
+    return request.param
+
+
 @pytest.fixture
 def db(url: str) -> Iterator[dbdl.Database]:
     database = dbdl.connect(url)

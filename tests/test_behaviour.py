@@ -23,8 +23,8 @@ def q(db, sql: str) -> str:
     return sqlglot.transpile(sql, read=DbdlDuckDB, write=db.backend.dialect)[0]
 
 
-def column(db, sql: str, col: int = 1) -> np.ndarray:
-    rows = sorted(db.sql(q(db, sql)).fetchall())
+def column(db, sql: str, col: int = 1, strategy: str | None = None) -> np.ndarray:
+    rows = sorted(db.sql(q(db, sql), strategy=strategy).fetchall())
     return np.array([r[col] for r in rows], dtype=object)
 
 
@@ -122,9 +122,9 @@ def test_versions_are_never_reused_while_the_model_exists(db, mlp_onnx, mlp2_onn
 # -- SQL predict --------------------------------------------------------------------------------
 
 
-def test_predict_array_matches_onnxruntime(db, table, mlp_onnx, features):
+def test_predict_array_matches_onnxruntime(db, table, mlp_onnx, features, strategy):
     db.models.register("m", mlp_onnx)
-    got = stack(column(db, "SELECT id, predict_array('m', feats) FROM t"))
+    got = stack(column(db, "SELECT id, predict_array('m', feats) FROM t", strategy=strategy))
     np.testing.assert_allclose(got, run_onnx(mlp_onnx, {"x": features}), atol=ATOL)
 
 
@@ -149,30 +149,32 @@ def test_integer_features(db, mlp_onnx):
     np.testing.assert_allclose(got, run_onnx(mlp_onnx, {"x": ints.astype(np.float32)}), atol=ATOL)
 
 
-def test_predict_scalar_and_class(db, table, mlp_onnx, scorer_onnx, features):
+def test_predict_scalar_and_class(db, table, mlp_onnx, scorer_onnx, features, strategy):
     db.models.register("clf", mlp_onnx)
     db.models.register("score", scorer_onnx)
-    rows = sorted(db.sql("SELECT id, predict('score', feats), predict_class('clf', feats) FROM t").fetchall())
+    rows = sorted(db.sql("SELECT id, predict('score', feats), predict_class('clf', feats) FROM t",
+                         strategy=strategy).fetchall())
     scores = np.array([r[1] for r in rows], dtype=np.float32)
     classes = np.array([r[2] for r in rows])
     np.testing.assert_allclose(scores, run_onnx(scorer_onnx, {"x": features})[:, 0], atol=ATOL)
     np.testing.assert_array_equal(classes, run_onnx(mlp_onnx, {"x": features}).argmax(axis=1))
 
 
-def test_pinned_and_current_versions(db, table, mlp_onnx, mlp2_onnx, features):
+def test_pinned_and_current_versions(db, table, mlp_onnx, mlp2_onnx, features, strategy):
     db.models.register("m", mlp_onnx)
-    first = stack(column(db, "SELECT id, predict_array('m', feats) FROM t"))
+    first = stack(column(db, "SELECT id, predict_array('m', feats) FROM t", strategy=strategy))
     db.models.register("m", mlp2_onnx)  # picked up without reconnecting
-    current = stack(column(db, "SELECT id, predict_array('m', feats) FROM t"))
-    pinned = stack(column(db, "SELECT id, predict_array('m@1', feats) FROM t"))
+    current = stack(column(db, "SELECT id, predict_array('m', feats) FROM t", strategy=strategy))
+    pinned = stack(column(db, "SELECT id, predict_array('m@1', feats) FROM t", strategy=strategy))
     np.testing.assert_allclose(first, run_onnx(mlp_onnx, {"x": features}), atol=ATOL)
     np.testing.assert_allclose(current, run_onnx(mlp2_onnx, {"x": features}), atol=ATOL)
     np.testing.assert_allclose(pinned, first, atol=ATOL)
     db.models.promote("m", 1)
-    np.testing.assert_allclose(stack(column(db, "SELECT id, predict_array('m', feats) FROM t")), first, atol=ATOL)
+    np.testing.assert_allclose(stack(column(db, "SELECT id, predict_array('m', feats) FROM t", strategy=strategy)),
+                               first, atol=ATOL)
 
 
-def test_predict_in_where_join_group_by_and_subquery(db, table, mlp_onnx, scorer_onnx, features):
+def test_predict_in_where_join_group_by_and_subquery(db, table, mlp_onnx, scorer_onnx, features, strategy):
     db.models.register("clf", mlp_onnx)
     db.models.register("score", scorer_onnx)
     logits = run_onnx(mlp_onnx, {"x": features})
@@ -180,23 +182,26 @@ def test_predict_in_where_join_group_by_and_subquery(db, table, mlp_onnx, scorer
     cls = logits.argmax(axis=1)
     ids = np.arange(len(features))
 
-    where = column(db, "SELECT id, id FROM t WHERE predict('score', feats) > 0.5", col=0)
+    where = column(db, "SELECT id, id FROM t WHERE predict('score', feats) > 0.5", col=0, strategy=strategy)
     np.testing.assert_array_equal(where.astype(int), ids[score > 0.5])
 
-    grouped = dict(db.sql("SELECT predict_class('clf', feats) AS c, count(*) FROM t GROUP BY 1").fetchall())
+    grouped = dict(db.sql("SELECT predict_class('clf', feats) AS c, count(*) FROM t GROUP BY 1",
+                          strategy=strategy).fetchall())
     assert grouped == {int(c): int((cls == c).sum()) for c in np.unique(cls)}
 
     db.create_table("labels", {"id": ids, "label": (ids * 7) % 3})
     joined = db.sql(q(db, "SELECT t.id, predict_class('clf', t.feats) = l.label FROM t JOIN labels l ON l.id = t.id "
-                          "WHERE l.label = 1 ORDER BY t.id")).fetchall()
+                          "WHERE l.label = 1 ORDER BY t.id"), strategy=strategy).fetchall()
     mask = (ids * 7) % 3 == 1
     assert [r[0] for r in joined] == ids[mask].tolist()
     assert [bool(r[1]) for r in joined] == (cls[mask] == 1).tolist()
 
-    sub = db.sql("SELECT avg(s) FROM (SELECT predict('score', feats) AS s FROM t WHERE grp = 0) AS x").scalar()
+    sub = db.sql("SELECT avg(s) FROM (SELECT predict('score', feats) AS s FROM t WHERE grp = 0) AS x",
+                 strategy=strategy).scalar()
     np.testing.assert_allclose(sub, score[ids % 3 == 0].mean(), rtol=1e-5)
 
-    in_sub = db.sql("SELECT count(*) FROM t WHERE id IN (SELECT id FROM t WHERE predict_class('clf', feats) = 2)").scalar()
+    in_sub = db.sql("SELECT count(*) FROM t WHERE id IN (SELECT id FROM t WHERE predict_class('clf', feats) = 2)",
+                    strategy=strategy).scalar()
     assert in_sub == int((cls == 2).sum())
 
 
@@ -219,10 +224,10 @@ def test_several_inputs_and_outputs(db, multi_io_onnx):
         db.sql("SELECT predict('multi:nope', feats) FROM ab")
 
 
-def test_null_features_give_null(db, table, mlp_onnx, features):
+def test_null_features_give_null(db, table, mlp_onnx, features, strategy):
     db.models.register("m", mlp_onnx)
     rows = sorted(db.sql(q(db, "SELECT id, predict_array('m', CASE WHEN id % 10 = 0 THEN NULL ELSE feats END) "
-                               "FROM t")).fetchall())
+                               "FROM t"), strategy=strategy).fetchall())
     expected = run_onnx(mlp_onnx, {"x": features})
     for i, value in rows:
         if i % 10 == 0:
@@ -250,9 +255,9 @@ def test_model_named_by_a_column(db, table, mlp_onnx, mlp2_onnx, features):
         np.testing.assert_allclose(value, (e1 if i % 2 == 0 else e2)[i], atol=ATOL)
 
 
-def test_bound_parameters(db, table, scorer_onnx, features):
+def test_bound_parameters(db, table, scorer_onnx, features, strategy):
     db.models.register("s", scorer_onnx)
-    got = db.sql("SELECT count(*) FROM t WHERE predict('s', feats) > ? AND grp = ?", [0.5, 1]).scalar()
+    got = db.sql("SELECT count(*) FROM t WHERE predict('s', feats) > ? AND grp = ?", [0.5, 1], strategy=strategy).scalar()
     score = run_onnx(scorer_onnx, {"x": features})[:, 0]
     assert got == int(((score > 0.5) & (np.arange(len(features)) % 3 == 1)).sum())
 
@@ -381,3 +386,14 @@ def test_model_column_with_all_null_features(db, mlp_onnx):
     db.models.register("m", mlp_onnx)
     got = db.sql(q(db, "SELECT predict_class(m, f) FROM (SELECT 'm' AS m, CAST(NULL AS FLOAT[]) AS f) AS s")).fetchall()
     assert got == [(None,)]
+
+
+def test_relation_strategy_needs_a_known_model_and_supported_operators(db, table, mlp_onnx, multi_io_onnx):
+    db.models.register("m", mlp_onnx)
+    db.models.register("multi", multi_io_onnx)
+    with pytest.raises(dbdl.StrategyUnavailable, match="model named by a column"):
+        db.sql(q(db, "SELECT predict_array(CASE WHEN id > 0 THEN 'm' END, feats) FROM t"), strategy="relation")
+    with pytest.raises(dbdl.StrategyUnavailable, match="operator Concat is not supported"):
+        db.sql("SELECT predict_array('multi', feats) FROM t", strategy="relation")
+    with pytest.raises(dbdl.StrategyUnavailable, match="unknown strategy"):
+        db.sql("SELECT predict_array('m', feats) FROM t", strategy="gpu")

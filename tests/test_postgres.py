@@ -213,6 +213,11 @@ def test_roles(pg, mlp_onnx, features):
         with dbdl.connect(server.url(name, admin), migrate=False) as db:
             assert db.sql("SELECT dbdl.register_model('m2', ?)", [mlp_onnx]).scalar() == 1
             assert db.sql("SELECT dbdl.drop_model('m2')").scalar() == 1
+            assert db.models.register("m3", mlp_onnx) == 1  # the Python API works for admins too
+            db.models.promote("m3", 1)
+            assert db.models.drop("m3") == 1
+            with pytest.raises(dbdl.PermissionDenied):
+                db.sql("UPDATE dbdl.settings SET value = '[]'")
     finally:
         with dbdl.connect(url) as db:
             for role in (plain, user, admin):
@@ -265,5 +270,24 @@ def test_python_path_is_stored_and_doctor_explains(pg, tmp_path):
     with dbdl.connect(url) as db:  # a new server session reads the new (broken) path
         with pytest.raises(dbdl.ConfigurationError, match="cannot import dbdl_udf"):
             db.sql("SELECT predict_array('m', ARRAY[1]::real[])")
-    assert cli("migrate", url).returncode == 0  # back to the defaults
+    assert cli("migrate", url).returncode == 0  # a plain re-run keeps the recorded path...
+    assert cli("doctor", url).returncode == 1
+    assert cli("migrate", url, "--python-path", *stored).returncode == 0  # ...an explicit one replaces it
     assert cli("doctor", url).returncode == 0
+
+
+def test_parallel_plans_and_target_names(pg, scorer_onnx):
+    server, name, url = pg
+    with dbdl.connect(url) as db:
+        db.models.register("s", scorer_onnx)
+        rng = np.random.default_rng(0)
+        db.create_table("big", {"id": np.arange(20000), "feats": rng.standard_normal((20000, 8), dtype=np.float32)})
+        for setting in ("max_parallel_workers_per_gather = 2", "parallel_setup_cost = 0", "parallel_tuple_cost = 0",
+                        "min_parallel_table_scan_size = 0"):
+            db.sql(f"SET {setting}")
+        # the planner would go parallel here; PL/Python cannot run in parallel workers
+        got = db.sql("SELECT count(*) FROM big WHERE predict('s', feats) > 0.5").scalar()
+        x = np.array([r[0] for r in db.sql("SELECT feats FROM big ORDER BY id").fetchall()], dtype=np.float32)
+        assert got == int((run_onnx(scorer_onnx, {"x": x})[:, 0] > 0.5).sum())
+        db.sql("CALL predict_into('s', 'SELECT id, feats FROM big WHERE id < 10', 'MyScores', 'scalar')")
+        assert db.sql("SELECT count(*) FROM myscores").scalar() == 10  # folded like an unquoted name

@@ -89,3 +89,6 @@ GRANT USAGE ON SCHEMA dbdl TO PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA dbdl FROM PUBLIC;
 GRANT SELECT ON dbdl.schema_migrations TO PUBLIC;
 GRANT SELECT ON dbdl.model_catalog TO dbdl_user;
+-- dbdl_admin manages the registry: db.models.register/promote/drop and the CLI write these tables
+GRANT SELECT, INSERT, UPDATE, DELETE ON dbdl.models, dbdl.model_versions, dbdl.blobs, dbdl.alias_history
+    TO dbdl_admin;

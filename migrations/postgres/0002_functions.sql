@@ -22,7 +22,7 @@ if "dbdl" not in GD:
         import dbdl_udf.postgres
     except ImportError as exc:
         plpy.error("dbdl.ConfigurationError: the server's Python cannot import dbdl_udf (%s); python_path is %s"
-                   % (exc, paths), hint="run `dbdl migrate <url>` from a machine whose dbdl and onnxruntime the "
+                   % (exc, paths), sqlstate="55000", hint="run `dbdl migrate <url>` from a machine whose dbdl and onnxruntime the "
                    "server can read, or `dbdl doctor <url>` to see why")
     GD["dbdl"] = dbdl_udf.postgres
 return GD["dbdl"].__file__
@@ -74,39 +74,41 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, dbdl, pg_temp
 $$;
 
 -- predict: one value per row; predict_array: the output row; predict_class: its arg-max.
+-- PARALLEL UNSAFE: PL/Python runs each SPI query in a subtransaction, which PostgreSQL forbids
+-- inside parallel plans; a large table would otherwise fail as soon as the planner goes parallel.
 -- Features: any numeric array (real[], double precision[], integer[], ...) or bytea holding
 -- little-endian float32. The public functions are inlinable SQL wrappers: a numeric array crosses
 -- into Python as array_send() bytes (decoded by numpy), never as a Python list.
 CREATE OR REPLACE FUNCTION dbdl.predict_scalar(model text, data bytea, packed boolean) RETURNS real
-LANGUAGE plpython3u STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, dbdl, pg_temp AS $$
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, dbdl, pg_temp AS $$
 if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
 return GD["dbdl"].predict(plpy, model, data, packed, "scalar")
 $$;
 
 CREATE OR REPLACE FUNCTION dbdl.predict_vector(model text, data bytea, packed boolean) RETURNS real[]
-LANGUAGE plpython3u STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, dbdl, pg_temp AS $$
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, dbdl, pg_temp AS $$
 if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
 return GD["dbdl"].predict(plpy, model, data, packed, "array")
 $$;
 
 CREATE OR REPLACE FUNCTION dbdl.predict_argmax(model text, data bytea, packed boolean) RETURNS bigint
-LANGUAGE plpython3u STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, dbdl, pg_temp AS $$
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, dbdl, pg_temp AS $$
 if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
 return GD["dbdl"].predict(plpy, model, data, packed, "class")
 $$;
 
 CREATE OR REPLACE FUNCTION public.predict(model text, features anyarray) RETURNS real
-LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT dbdl.predict_scalar(model, array_send(features), true) $$;
+LANGUAGE sql STABLE PARALLEL UNSAFE AS $$ SELECT dbdl.predict_scalar(model, array_send(features), true) $$;
 CREATE OR REPLACE FUNCTION public.predict(model text, features bytea) RETURNS real
-LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT dbdl.predict_scalar(model, features, false) $$;
+LANGUAGE sql STABLE PARALLEL UNSAFE AS $$ SELECT dbdl.predict_scalar(model, features, false) $$;
 CREATE OR REPLACE FUNCTION public.predict_array(model text, features anyarray) RETURNS real[]
-LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT dbdl.predict_vector(model, array_send(features), true) $$;
+LANGUAGE sql STABLE PARALLEL UNSAFE AS $$ SELECT dbdl.predict_vector(model, array_send(features), true) $$;
 CREATE OR REPLACE FUNCTION public.predict_array(model text, features bytea) RETURNS real[]
-LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT dbdl.predict_vector(model, features, false) $$;
+LANGUAGE sql STABLE PARALLEL UNSAFE AS $$ SELECT dbdl.predict_vector(model, features, false) $$;
 CREATE OR REPLACE FUNCTION public.predict_class(model text, features anyarray) RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT dbdl.predict_argmax(model, array_send(features), true) $$;
+LANGUAGE sql STABLE PARALLEL UNSAFE AS $$ SELECT dbdl.predict_argmax(model, array_send(features), true) $$;
 CREATE OR REPLACE FUNCTION public.predict_class(model text, features bytea) RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT dbdl.predict_argmax(model, features, false) $$;
+LANGUAGE sql STABLE PARALLEL UNSAFE AS $$ SELECT dbdl.predict_argmax(model, features, false) $$;
 
 -- The fast path: score a whole query inside the server in large batches.
 --   CALL predict_into('fraud', 'SELECT id, feats FROM txns', 'fraud_scores');

@@ -63,8 +63,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         console.print(f"{backend.name}: predict runs in this process; nothing else to check")
         return 0
     if "error" in report:
-        console.print(f"[red]cannot ask the server[/]: {report['error']}\n"
-                      f"fix: run `dbdl migrate {args.url}` as a superuser (it installs dbdl.doctor())")
+        fix = (f"connect as a role granted dbdl_admin (GRANT dbdl_admin TO <role>), or a superuser"
+               if "permission denied" in report["error"]
+               else f"run `dbdl migrate {args.url}` as a superuser (it installs dbdl.doctor())")
+        console.print(f"[red]cannot ask the server[/]: {report['error']}\nfix: {fix}")
         return 1
     console.print(f"server: Python {report['python'].split()[0]} ({report.get('executable')}), OS uid {report['uid']}")
     problems = []

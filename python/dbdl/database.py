@@ -55,16 +55,17 @@ class Database:
     def url(self) -> str:
         return self.backend.url
 
-    def sql(self, query: str, params: Sequence[Any] | None = None) -> Result:
+    def sql(self, query: str, params: Sequence[Any] | None = None, *, strategy: str | None = None) -> Result:
         """Run SQL (one statement, or several separated by ``;`` — the last one's rows are returned).
 
         ``?`` placeholders are bound to ``params``. Calls of predict/predict_array/predict_class
         that name their model with a literal are pinned to the serving version before the query
-        runs, so an unknown model fails before a row is read.
+        runs, so an unknown model fails before a row is read. ``strategy="relation"`` runs them as
+        the model compiled to SQL joins instead of the in-database function ("udf", the default).
         """
         params = tuple(params or ())
         needs_rewrite = bool(params) and self.backend.paramstyle != "qmark"
-        if "predict" not in query.lower() and not needs_rewrite:
+        if "predict" not in query.lower() and not needs_rewrite and strategy is None:
             return Result(self.backend.run_query(query, params))
         trees = parse(query, self.backend.dialect)
         if trees is not None:
@@ -79,7 +80,7 @@ class Database:
                 f"parameters bind to one statement, and this text has {len(trees)}; run the statements one by one")
         table = None
         for tree in trees:
-            planned = plan_statement(self.backend, tree)
+            planned = plan_statement(self.backend, tree, strategy)
             table = self.backend.run_query(planned.sql, params, planned.models)
         return Result(table)
 

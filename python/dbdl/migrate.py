@@ -101,8 +101,12 @@ def migrate(backend: "Backend", on_apply=None) -> list[Migration]:
             except MigrationError:
                 raise
             except Exception as exc:
+                hint = ""
+                if any(t in str(exc) for t in ("permission denied", "must be superuser", "admin option")):
+                    hint = (" — on PostgreSQL, dbdl migrate must run as a superuser (it installs plpython3u "
+                            "functions and the dbdl_user/dbdl_admin roles)")
                 raise MigrationError(
-                    f"migration {mig.id:04d}_{mig.name}.sql failed and was rolled back: {exc}"
+                    f"migration {mig.id:04d}_{mig.name}.sql failed and was rolled back: {exc}{hint}"
                 ) from exc
             if on_apply is not None:
                 on_apply(mig)

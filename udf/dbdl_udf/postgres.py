@@ -237,8 +237,9 @@ def _decode_numeric_arrays(blobs: list, width: int, ref: str) -> tuple[np.ndarra
             ndigits, weight, sign, _ = struct.unpack_from(">hhHh", blob, pos + 4)
             digits = struct.unpack_from(f">{ndigits}h", blob, pos + 12)
             value = sum(d * 10000.0 ** (weight - k) for k, d in enumerate(digits))
-            if sign == 0xC000:  # NaN
-                value = float("nan")
+            special = {0xC000: float("nan"), 0xD000: float("inf"), 0xF000: float("-inf")}
+            if sign in special:
+                value = special[sign]
             matrix[i, j] = -value if sign == 0x4000 else value
             pos += 4 + length
     return matrix, valid
@@ -359,7 +360,8 @@ def _quote_target(plpy, target: str) -> str:
 
     if not 1 <= len(parts) <= 2 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", p) for p in parts):
         raise InvalidName(f"target table {target!r} is not valid; use a name like 'scores' or 'myschema.scores'")
-    return ".".join(plpy.quote_ident(p) for p in parts)
+    # fold to lower case as PostgreSQL does for an unquoted name, so 'MyScores' is myscores
+    return ".".join(plpy.quote_ident(p.lower()) for p in parts)
 
 
 # predict_into runs as the caller, who may not read dbdl's tables: the registry is read through

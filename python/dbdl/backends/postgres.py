@@ -117,8 +117,12 @@ class PostgresBackend(Backend):
             self.con.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 
     def after_migrate(self) -> None:
-        paths = self.python_path or json.loads(os.environ.get("DBDL_SERVER_PYTHON_PATH", "null") or "null") \
-            or default_python_path()
+        # An explicit --python-path (or DBDL_SERVER_PYTHON_PATH) wins; otherwise a path already
+        # recorded is kept, so re-running `dbdl migrate` from another machine changes nothing.
+        explicit = self.python_path or json.loads(os.environ.get("DBDL_SERVER_PYTHON_PATH", "null") or "null")
+        if not explicit and self.recorded_python_path():
+            return
+        paths = explicit or default_python_path()
         self.con.execute(
             "INSERT INTO dbdl.settings (key, value) VALUES ('python_path', %s) "
             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (json.dumps(paths),))

@@ -122,6 +122,9 @@ def from_onnx(proto) -> Graph:
             except Exception as exc:
                 graph.unsupported.append((onnx_node.op_type, f"constant folding failed: {exc}"))
                 continue
+        if any(r and r not in shapes for r in runtime):
+            graph.unsupported.append((onnx_node.op_type, "an input comes from an operator the IR does not support"))
+            continue
         try:
             shape = op.infer([shapes.get(r) if r else None for r in runtime])
         except NotImplementedError as exc:

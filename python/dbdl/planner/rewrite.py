@@ -7,6 +7,7 @@ before any row is read, and that the in-database code looks models up by a key t
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import sqlglot
 import sqlglot.expressions as exp
 
-from ..errors import QueryError, ShapeMismatch
+from ..errors import QueryError, ShapeMismatch, StrategyUnavailable
 from ..registry import ResolvedModel, resolve
 
 if TYPE_CHECKING:
@@ -38,9 +39,18 @@ def find_predict_calls(tree: exp.Expression) -> list[exp.Anonymous]:
     ]
 
 
-def plan_statement(backend: "Backend", tree: exp.Expression) -> PlannedStatement:
-    """Rewrite the predict calls of one parsed statement for ``backend``."""
+def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | None = None) -> PlannedStatement:
+    """Rewrite the predict calls of one parsed statement for ``backend`` (strategy: None/"udf"
+    for the in-database functions, "relation" for the model compiled to SQL)."""
+    from ..strategies import STRATEGIES
+    from ..strategies.relation import relation_call
+
+    if strategy not in (None, *STRATEGIES):
+        raise StrategyUnavailable(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     planned = PlannedStatement(sql="")
+    counter = itertools.count()
+    ctes: list[exp.CTE] = []
+    joined: dict[tuple, exp.Expression] = {}
     for call in find_predict_calls(tree):
         kind = PREDICT_FUNCTIONS[call.this.lower()]
         args = call.expressions
@@ -51,15 +61,33 @@ def plan_statement(backend: "Backend", tree: exp.Expression) -> PlannedStatement
             )
         model_arg, features = args
         if not (isinstance(model_arg, exp.Literal) and model_arg.is_string):
+            if strategy == "relation":
+                raise StrategyUnavailable(
+                    "relation-centric execution compiles one known model; a model named by a column runs with "
+                    "strategy='udf'")
             continue  # a model named by a column: resolved row by row inside the database
         resolved = resolve(backend, model_arg.this)
         check_output_kind(kind, resolved)
         planned.models.append(resolved)
-        replacement = backend.predict_call(kind, resolved, features.copy())
+        if strategy == "relation":
+            # the same call twice in one SELECT (select list and GROUP BY) must be the same column
+            key = (id(call.find_ancestor(exp.Select)), resolved.ref, kind, features.sql())
+            if key not in joined:
+                joined[key], new_ctes = relation_call(backend, kind, resolved, call, features, counter)
+                ctes.extend(new_ctes)
+            replacement = joined[key].copy()
+        else:
+            replacement = backend.predict_call(kind, resolved, features.copy())
         if isinstance(call.parent, exp.Select) and call.arg_key == "expressions":
             # an unaliased select-list call keeps the name users expect (as PostgreSQL names it)
             replacement = exp.alias_(replacement, call.this.lower())
         call.replace(replacement)
+    if ctes:
+        existing = tree.args.get("with_") or tree.args.get("with")
+        for cte in ctes:
+            tree = tree.with_(cte.alias, as_=cte.this, copy=False) if existing is None else tree
+            if existing is not None:
+                existing.append("expressions", cte)
     planned.sql = tree.sql(dialect=backend.dialect)
     return planned
 

@@ -1,0 +1,114 @@
+"""Relation-centric compilation: a model as SQL over (rid, i, v) relations.
+
+Every per-row tensor is a relation with one row per value: ``rid`` (which input row), ``i``
+(which position, from 0) and ``v``. A dense layer is a join of the activations with the weight
+relation ``(i, j, w)`` and a ``SUM … GROUP BY rid, j``; activations are scalar expressions; softmax
+is a window over the row. Weights live in tables (written on first use); the statements are
+parsed by sqlglot and rendered for the backend's dialect, so one compiler serves every dialect.
+Identifiers here are all generated (CTE names, weight tables named by the model's hash).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+# the few spellings that differ between dialects: data, not branches
+DIALECT_SQL = {
+    "duckdb": {
+        "unnest": "SELECT rid, CAST(generate_subscripts(CAST(dbdl_f AS DOUBLE[]), 1) - 1 AS BIGINT) AS i, "
+                  "unnest(CAST(dbdl_f AS DOUBLE[])) AS v FROM {src}",
+        "collect": "CAST(list(v ORDER BY i) AS FLOAT[])",
+        "argmax": "arg_max(i, v)",
+        "real": "FLOAT",
+    },
+    "postgres": {
+        "unnest": "SELECT s.rid, u.i - 1 AS i, CAST(u.v AS DOUBLE PRECISION) AS v "
+                  "FROM {src} AS s, unnest(s.dbdl_f) WITH ORDINALITY AS u(v, i)",
+        "collect": "CAST(array_agg(v ORDER BY i) AS REAL[])",
+        "argmax": "(array_agg(i ORDER BY v DESC, i))[1]",
+        "real": "REAL",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Relation:
+    name: str  # CTE holding (rid, i, v)
+    width: int
+
+
+@dataclass
+class SQLBuilder:
+    """Collects the CTEs of one model's relational plan."""
+
+    dialect: str
+    #: table_for(kind, key, columns) -> the name of a table holding ``columns`` (created if missing)
+    table_for: Callable[[str, dict[str, np.ndarray]], str]
+    #: CTE names start with this (one builder per predict call in a statement)
+    prefix: str = "dbdl_r"
+    ctes: list[tuple[str, str]] = field(default_factory=list)
+    _layer: int = 0
+
+    def _add(self, sql: str, width: int) -> Relation:
+        name = f"{self.prefix}{len(self.ctes)}"
+        self.ctes.append((name, sql))
+        return Relation(name, width)
+
+    def input(self, source_cte: str, width: int) -> Relation:
+        """``source_cte`` has (rid, dbdl_f): one feature array per row."""
+        return self._add(DIALECT_SQL[self.dialect]["unnest"].format(src=source_cte), width)
+
+    def dense(self, x: Relation, weight: np.ndarray, bias: np.ndarray | None) -> Relation:
+        self._layer += 1
+        n_in, n_out = weight.shape
+        ii, jj = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
+        keep = weight != 0  # zero weights need no rows: sparse layers cost what they hold
+        w_table = self.table_for(f"w{self._layer}", {"i": ii[keep], "j": jj[keep], "w": weight[keep].astype(np.float64)})
+        y = self._add(f"SELECT x.rid, w.j AS i, SUM(x.v * w.w) AS v FROM {x.name} AS x JOIN {w_table} AS w "
+                      f"ON w.i = x.i GROUP BY x.rid, w.j", n_out)
+        if bias is None:
+            return y
+        b_table = self.table_for(f"b{self._layer}", {"j": np.arange(n_out), "b": bias.astype(np.float64)})
+        # every output position exists even where all inputs met zero weights
+        return self._add(f"SELECT r.rid, b.j AS i, COALESCE(y.v, 0) + b.b AS v FROM (SELECT DISTINCT rid FROM {x.name}) "
+                         f"AS r CROSS JOIN {b_table} AS b LEFT JOIN {y.name} AS y ON y.rid = r.rid AND y.i = b.j",
+                         n_out)
+
+    def scalar(self, x: Relation, template: str) -> Relation:
+        return self._add(f"SELECT rid, i, {template.format(v='v')} AS v FROM {x.name}", x.width)
+
+    def with_constant(self, x: Relation, constant: np.ndarray, op: str, constant_first: bool, width: int) -> Relation:
+        self._layer += 1
+        table = self.table_for(f"c{self._layer}", {"i": np.arange(len(constant)), "c": constant.astype(np.float64)})
+        expr = f"c.c {op} x.v" if constant_first else f"x.v {op} c.c"
+        return self._add(f"SELECT x.rid, x.i, {expr} AS v FROM {x.name} AS x JOIN {table} AS c ON c.i = x.i", width)
+
+    def combine(self, a: Relation, b: Relation, op: str) -> Relation:
+        return self._add(f"SELECT a.rid, a.i, a.v {op} b.v AS v FROM {a.name} AS a JOIN {b.name} AS b "
+                         f"ON b.rid = a.rid AND b.i = a.i", a.width)
+
+    def softmax(self, x: Relation) -> Relation:
+        shifted = self._add(f"SELECT rid, i, EXP(v - MAX(v) OVER (PARTITION BY rid)) AS v FROM {x.name}", x.width)
+        return self._add(f"SELECT rid, i, v / SUM(v) OVER (PARTITION BY rid) AS v FROM {shifted.name}", x.width)
+
+    def output(self, x: Relation, kind: str) -> str:
+        """The SELECT giving (rid, prediction) for predict (scalar), predict_array or predict_class."""
+        spell = DIALECT_SQL[self.dialect]
+        value = {"array": spell["collect"], "class": spell["argmax"], "scalar": f"CAST(MAX(v) AS {spell['real']})"}[kind]
+        return f"SELECT rid, {value} AS prediction FROM {x.name} GROUP BY rid"
+
+
+def compile_graph(graph, builder: SQLBuilder, source_cte: str) -> "Relation":
+    """Add the CTEs that compute ``graph`` over (rid, f) rows of ``source_cte``; the output relation."""
+    ok, why = graph.relational
+    if not ok:
+        raise NotImplementedError(why)
+    (name, shape), = graph.inputs
+    relations: dict[str, Relation] = {name: builder.input(source_cte, int(np.prod(shape)) if shape else 1)}
+    for node in graph.nodes:
+        args = [relations[i] if i else None for i in node.inputs]
+        relations[node.outputs[0]] = node.op.to_sql(builder, args, node.shape)
+    return relations[graph.outputs[0]]

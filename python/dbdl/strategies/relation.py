@@ -1,0 +1,98 @@
+"""Relation-centric execution: replace a predict call by a join with the model compiled to SQL.
+
+For the SELECT that holds the call, the distinct non-NULL feature vectors of its FROM/WHERE become
+the input relation (rows with equal features are scored once), the compiled model turns them into
+one prediction each, and the SELECT LEFT JOINs the predictions on the features. No Python runs in
+the database, and no step needs the whole model in memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import sqlglot
+import sqlglot.expressions as exp
+
+from ..errors import StrategyUnavailable
+from ..ir import from_onnx
+from ..ir.sql import SQLBuilder, compile_graph
+from ..registry import ResolvedModel, load_model_bytes
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+
+_graphs: dict[str, object] = {}
+
+
+def model_graph(backend: "Backend", model: ResolvedModel):
+    graph = _graphs.get(model.sha256)
+    if graph is None:
+        import onnx
+
+        graph = _graphs[model.sha256] = from_onnx(onnx.load_from_string(load_model_bytes(backend, model.sha256)))
+    return graph
+
+
+def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anonymous,
+                  features: exp.Expression, counter: itertools.count) -> tuple[exp.Expression, list[exp.CTE]]:
+    """The expression replacing ``call`` and the CTEs it needs (added to the statement)."""
+    graph = model_graph(backend, model)
+    ok, why = graph.relational
+    if not ok:
+        raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {why}; "
+                                  "use strategy='udf'")
+    if model.output_index != 0:
+        raise StrategyUnavailable("relation-centric execution computes a model's first output only; use strategy='udf'")
+    select = call.find_ancestor(exp.Select)
+    if select is None or select.args.get("from_") is None and select.args.get("from") is None:
+        raise StrategyUnavailable("relation-centric execution needs predict inside a SELECT … FROM …")
+    k = next(counter)
+    src, pred = f"dbdl_src{k}", f"dbdl_pred{k}"
+    dialect = backend.name
+
+    distinct = exp.select(exp.alias_(features.copy(), "dbdl_f")).distinct()
+    for key in ("from", "from_", "joins"):
+        if select.args.get(key) is not None:
+            distinct.set(key, select.args[key].copy())
+    where = select.args.get("where")
+    if where is not None:
+        # Score a superset of the rows: keep the filters that need neither a prediction (which is
+        # what is being computed) nor a bound parameter (which the statement binds only once).
+        kept = [c for c in where.this.flatten() if isinstance(where.this, exp.And)] or [where.this]
+        kept = [c.copy() for c in kept if not _has_prediction_or_parameter(c)]
+        if kept:
+            distinct.where(exp.and_(*kept), copy=False)
+    numbered = (
+        exp.select("dbdl_f", exp.alias_(exp.Window(this=exp.RowNumber()), "rid"))
+        .from_(exp.alias_(exp.Subquery(this=distinct), "dbdl_d", table=True))
+        .where(exp.Not(this=exp.Is(this=exp.column("dbdl_f"), expression=exp.Null())))
+    )
+    builder = SQLBuilder(dialect, lambda kind_, cols: _weights_table(backend, model, kind_, cols), prefix=f"dbdl_{k}_r")
+    builder.ctes.append((src, numbered.sql(dialect=backend.dialect)))
+    out = compile_graph(graph, builder, src)
+    builder.ctes.append((f"{pred}_out", builder.output(out, kind)))
+    builder.ctes.append((pred, f"SELECT s.dbdl_f, p.prediction AS dbdl_prediction FROM {src} AS s "
+                               f"JOIN {pred}_out AS p ON p.rid = s.rid"))
+    ctes = [exp.CTE(this=sqlglot.parse_one(sql, read=backend.dialect), alias=exp.TableAlias(this=exp.to_identifier(name)))
+            for name, sql in builder.ctes]
+    select.join(exp.to_table(pred), on=exp.EQ(this=exp.column("dbdl_f", table=pred), expression=features.copy()),
+                join_type="left", copy=False)
+    return exp.column("dbdl_prediction", table=pred), ctes
+
+
+def _has_prediction_or_parameter(node: exp.Expression) -> bool:
+    from ..planner.rewrite import PREDICT_FUNCTIONS
+
+    if node.find(exp.Placeholder, exp.Parameter) is not None:
+        return True
+    return any(isinstance(a.this, str) and a.this.lower() in PREDICT_FUNCTIONS for a in node.find_all(exp.Anonymous))
+
+
+def _weights_table(backend: "Backend", model: ResolvedModel, kind: str, columns: dict[str, np.ndarray]) -> str:
+    name = f"rel_{model.sha256[:16]}_{kind}"
+    if not backend.table_exists("dbdl", name):
+        backend.write_arrow(f"dbdl.{name}", pa.table({c: pa.array(v) for c, v in columns.items()}))
+    return f"dbdl.{name}"
