@@ -98,9 +98,10 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return BACKENDS[request.param](tmp_path, request)
 
 
-@pytest.fixture(params=["udf", "relation"])
+@pytest.fixture(params=["udf", "relation", "dl"])
 def strategy(request) -> str:
-    """How predict runs: the in-database function, or the model compiled to SQL joins."""
+    """How predict runs: the in-database function, the model compiled to SQL joins, or the rows
+    streamed out to the DL runtime."""
     return request.param
 
 

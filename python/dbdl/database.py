@@ -60,8 +60,9 @@ class Database:
 
         ``?`` placeholders are bound to ``params``. Calls of predict/predict_array/predict_class
         that name their model with a literal are pinned to the serving version before the query
-        runs, so an unknown model fails before a row is read. ``strategy="relation"`` runs them as
-        the model compiled to SQL joins instead of the in-database function ("udf", the default).
+        runs, so an unknown model fails before a row is read. ``strategy`` forces how: "udf" (the
+        in-database function, the default), "relation" (the model compiled to SQL joins) or "dl"
+        (the rows streamed out to torch/onnxruntime and the predictions streamed back).
         """
         params = tuple(params or ())
         needs_rewrite = bool(params) and self.backend.paramstyle != "qmark"
@@ -81,7 +82,11 @@ class Database:
         table = None
         for tree in trees:
             planned = plan_statement(self.backend, tree, strategy)
-            table = self.backend.run_query(planned.sql, params, planned.models)
+            try:
+                table = self.backend.run_query(planned.sql, params, planned.models)
+            finally:
+                for temp in planned.cleanup:
+                    self.backend.drop_temp_table(temp)
         return Result(table)
 
     execute = sql

@@ -149,6 +149,38 @@ class DuckDBBackend(Backend):
         finally:
             self.con.unregister(view)
 
+    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str) -> None:
+        """DL-centric: Arrow record batches out, ``score`` on each, an Arrow table back in."""
+        from ..strategies.dl import BATCH_ROWS
+
+        try:
+            reader = self.con.sql(source_sql).to_arrow_reader(BATCH_ROWS)
+            keys, outputs = [], []
+            for batch in reader:
+                feats = _combined(batch.column(0))
+                if not (pa.types.is_fixed_size_list(feats.type) or pa.types.is_list(feats.type)) or not (
+                        pa.types.is_floating(feats.type.value_type) or pa.types.is_integer(feats.type.value_type)):
+                    raise DTypeMismatch(f"predict's features must be a list or array of numbers, got {feats.type}; "
+                                        "cast the column, e.g. CAST(col AS FLOAT[])")
+                matrix, valid = _feature_matrix(feats)
+                y = score(matrix[valid] if not valid.all() else matrix)
+                keys.append(feats)
+                outputs.append(_fixed_size(len(feats), valid, y) if kind == "array" else
+                               pa.array(_scatter(len(feats), valid, y), mask=~valid))
+        except duckdb.Error as exc:
+            raise self._translate(exc) from exc
+        data = pa.table({"dbdl_f": pa.concat_arrays(keys) if keys else pa.array([], pa.list_(pa.float32())),
+                         "dbdl_prediction": pa.concat_arrays(outputs) if outputs else pa.array([], pa.float32())})
+        view = f"{table}_arrow"
+        self.con.register(view, data)
+        try:
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM {view}")
+        finally:
+            self.con.unregister(view)
+
+    def drop_temp_table(self, table: str) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS {table}")
+
     def cursor_view(self) -> "DuckDBBackend":
         """A backend over a new cursor of the same database (for code running inside a query)."""
         view = DuckDBBackend.__new__(DuckDBBackend)
@@ -391,6 +423,14 @@ def _feature_matrix(feats: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if matrix.dtype != np.float32:
         matrix = matrix.astype(np.float32)
     return matrix.reshape(n, width), valid
+
+
+def _scatter(n: int, valid: np.ndarray, values: np.ndarray) -> np.ndarray:
+    if valid.all():
+        return values
+    full = np.zeros(n, dtype=values.dtype)
+    full[valid] = values
+    return full
 
 
 def _fixed_size(n: int, valid: np.ndarray, values: np.ndarray) -> pa.Array:

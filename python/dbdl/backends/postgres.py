@@ -176,6 +176,38 @@ class PostgresBackend(Backend):
             with self.con.cursor().copy(copy) as sink:
                 sink.write(_binary_copy(data))
 
+    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str) -> None:
+        """DL-centric: binary COPY out, ``score`` in batches, binary COPY of the predictions back in."""
+        from dbdl_udf.postgres import decode_array_send
+
+        from ..strategies.dl import BATCH_ROWS
+
+        out_type = {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
+        try:
+            with self.transaction():
+                self.con.execute(f"CREATE TEMP TABLE {table} AS SELECT s.dbdl_f, NULL::{out_type} AS dbdl_prediction "
+                                 f"FROM ({source_sql}) AS s WITH NO DATA")
+                with self.con.cursor().copy(f"COPY ({source_sql}) TO STDOUT (FORMAT BINARY)") as out:
+                    payload = b"".join(bytes(chunk) for chunk in out)
+                fields = _split_binary_copy(payload)
+                rows = []
+                for start in range(0, len(fields), BATCH_ROWS):
+                    blobs = fields[start:start + BATCH_ROWS]
+                    width = _array_width(blobs[0]) if blobs else 0
+                    matrix, valid = decode_array_send(blobs, width)
+                    y = score(matrix[valid] if not valid.all() else matrix)
+                    rows.append(_prediction_fields(blobs, valid, y, kind))
+                with self.con.cursor().copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as sink:
+                    sink.write(_HEADER)
+                    for chunk in rows:
+                        sink.write(chunk)
+                    sink.write(b"\xff\xff")
+        except psycopg.Error as exc:
+            raise self.translate(exc) from exc
+
+    def drop_temp_table(self, table: str) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS {table}")
+
     # -- planning hooks --------------------------------------------------------------------
 
     def predict_call(self, kind: str, model: ResolvedModel, features: exp.Expression) -> exp.Expression:
@@ -324,6 +356,56 @@ def _binary_copy_fixed(data: pa.Table) -> bytes | None:
             rows[f"a{i}"]["len"] = 4
             rows[f"a{i}"]["v"] = values
     return _HEADER + rows.tobytes() + b"\xff\xff"
+
+
+def _split_binary_copy(payload: bytes) -> list[bytes | None]:
+    """The single field of each row of a binary COPY payload."""
+    view = memoryview(payload)
+    pos = 11 + 4
+    pos += 4 + struct.unpack_from(">i", view, pos)[0]  # header extension area
+    out: list[bytes | None] = []
+    while True:
+        count = struct.unpack_from(">h", view, pos)[0]
+        pos += 2
+        if count == -1:
+            return out
+        length = struct.unpack_from(">i", view, pos)[0]
+        pos += 4
+        if length < 0:
+            out.append(None)
+        else:
+            out.append(bytes(view[pos:pos + length]))
+            pos += length
+
+
+def _array_width(blob: bytes | None) -> int:
+    """Element count of a 1-D array_send() value."""
+    if not blob or len(blob) < 20:
+        return 0
+    return struct.unpack_from(">i", blob, 12)[0]
+
+
+def _prediction_fields(keys: list[bytes | None], valid: np.ndarray, y: np.ndarray, kind: str) -> bytes:
+    """Binary COPY rows (key, prediction), the key sent back exactly as it came out."""
+    parts = []
+    rows = iter(y)
+    for key, ok in zip(keys, valid):
+        parts.append(b"\x00\x02")
+        parts.append(b"\xff\xff\xff\xff" if key is None else struct.pack(">i", len(key)) + key)
+        if not ok:
+            parts.append(b"\xff\xff\xff\xff")
+            continue
+        value = next(rows)
+        if kind == "array":
+            items = np.empty(len(value), dtype=[("len", ">i4"), ("v", ">f4")])
+            items["len"], items["v"] = 4, value
+            body = struct.pack(">iiiii", 1, 0, 700, len(value), 1) + items.tobytes()
+        elif kind == "class":
+            body = struct.pack(">q", int(value))
+        else:
+            body = struct.pack(">f", float(value))
+        parts.append(struct.pack(">i", len(body)) + body)
+    return b"".join(parts)
 
 
 def _encode_column(col: pa.Array, arrow_type: pa.DataType) -> tuple[list[bytes], np.ndarray]:

@@ -29,6 +29,8 @@ PREDICT_FUNCTIONS = {"predict": "scalar", "predict_array": "array", "predict_cla
 class PlannedStatement:
     sql: str
     models: list[ResolvedModel] = field(default_factory=list)
+    #: temporary tables the statement reads (DL-centric predictions), dropped after it ran
+    cleanup: list[str] = field(default_factory=list)
 
 
 def find_predict_calls(tree: exp.Expression) -> list[exp.Anonymous]:
@@ -43,6 +45,7 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
     """Rewrite the predict calls of one parsed statement for ``backend`` (strategy: None/"udf"
     for the in-database functions, "relation" for the model compiled to SQL)."""
     from ..strategies import STRATEGIES
+    from ..strategies.dl import dl_call
     from ..strategies.relation import relation_call
 
     if strategy not in (None, *STRATEGIES):
@@ -61,20 +64,23 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             )
         model_arg, features = args
         if not (isinstance(model_arg, exp.Literal) and model_arg.is_string):
-            if strategy == "relation":
+            if strategy in ("relation", "dl"):
                 raise StrategyUnavailable(
-                    "relation-centric execution compiles one known model; a model named by a column runs with "
+                    f"strategy {strategy!r} plans one known model; a model named by a column runs with "
                     "strategy='udf'")
             continue  # a model named by a column: resolved row by row inside the database
         resolved = resolve(backend, model_arg.this)
         check_output_kind(kind, resolved)
         planned.models.append(resolved)
-        if strategy == "relation":
+        if strategy in ("relation", "dl"):
             # the same call twice in one SELECT (select list and GROUP BY) must be the same column
             key = (id(call.find_ancestor(exp.Select)), resolved.ref, kind, features.sql())
             if key not in joined:
-                joined[key], new_ctes = relation_call(backend, kind, resolved, call, features, counter)
-                ctes.extend(new_ctes)
+                if strategy == "relation":
+                    joined[key], new_ctes = relation_call(backend, kind, resolved, call, features, counter)
+                    ctes.extend(new_ctes)
+                else:
+                    joined[key] = dl_call(backend, kind, resolved, call, features, planned.cleanup)
             replacement = joined[key].copy()
         else:
             replacement = backend.predict_call(kind, resolved, features.copy())

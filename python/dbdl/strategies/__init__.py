@@ -1,4 +1,5 @@
-"""Execution strategies for predict calls: UDF-centric (the backends' in-database functions) and
-relation-centric (the model compiled to SQL joins); DL-centric comes with the planner."""
+"""Execution strategies for predict calls: UDF-centric (the backends' in-database functions),
+relation-centric (the model compiled to SQL joins) and DL-centric (tensors streamed out to the DL
+runtime and the predictions streamed back)."""
 
-STRATEGIES = ("udf", "relation")
+STRATEGIES = ("udf", "relation", "dl")

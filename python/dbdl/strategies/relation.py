@@ -18,6 +18,7 @@ import sqlglot.expressions as exp
 
 from ..errors import StrategyUnavailable
 from ..ir import from_onnx
+from .common import distinct_features, enclosing_select
 from ..ir.sql import SQLBuilder, compile_graph
 from ..registry import ResolvedModel, load_model_bytes
 
@@ -46,29 +47,13 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
                                   "use strategy='udf'")
     if model.output_index != 0:
         raise StrategyUnavailable("relation-centric execution computes a model's first output only; use strategy='udf'")
-    select = call.find_ancestor(exp.Select)
-    if select is None or select.args.get("from_") is None and select.args.get("from") is None:
-        raise StrategyUnavailable("relation-centric execution needs predict inside a SELECT … FROM …")
+    select = enclosing_select(call)
     k = next(counter)
     src, pred = f"dbdl_src{k}", f"dbdl_pred{k}"
     dialect = backend.name
-
-    distinct = exp.select(exp.alias_(features.copy(), "dbdl_f")).distinct()
-    for key in ("from", "from_", "joins"):
-        if select.args.get(key) is not None:
-            distinct.set(key, select.args[key].copy())
-    where = select.args.get("where")
-    if where is not None:
-        # Score a superset of the rows: keep the filters that need neither a prediction (which is
-        # what is being computed) nor a bound parameter (which the statement binds only once).
-        kept = [c for c in where.this.flatten() if isinstance(where.this, exp.And)] or [where.this]
-        kept = [c.copy() for c in kept if not _has_prediction_or_parameter(c)]
-        if kept:
-            distinct.where(exp.and_(*kept), copy=False)
     numbered = (
         exp.select("dbdl_f", exp.alias_(exp.Window(this=exp.RowNumber()), "rid"))
-        .from_(exp.alias_(exp.Subquery(this=distinct), "dbdl_d", table=True))
-        .where(exp.Not(this=exp.Is(this=exp.column("dbdl_f"), expression=exp.Null())))
+        .from_(exp.alias_(exp.Subquery(this=distinct_features(select, features)), "dbdl_d", table=True))
     )
     builder = SQLBuilder(dialect, lambda kind_, cols: _weights_table(backend, model, kind_, cols), prefix=f"dbdl_{k}_r")
     builder.ctes.append((src, numbered.sql(dialect=backend.dialect)))
@@ -81,14 +66,6 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     select.join(exp.to_table(pred), on=exp.EQ(this=exp.column("dbdl_f", table=pred), expression=features.copy()),
                 join_type="left", copy=False)
     return exp.column("dbdl_prediction", table=pred), ctes
-
-
-def _has_prediction_or_parameter(node: exp.Expression) -> bool:
-    from ..planner.rewrite import PREDICT_FUNCTIONS
-
-    if node.find(exp.Placeholder, exp.Parameter) is not None:
-        return True
-    return any(isinstance(a.this, str) and a.this.lower() in PREDICT_FUNCTIONS for a in node.find_all(exp.Anonymous))
 
 
 def _weights_table(backend: "Backend", model: ResolvedModel, kind: str, columns: dict[str, np.ndarray]) -> str:

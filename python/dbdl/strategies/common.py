@@ -1,0 +1,39 @@
+"""What the join-based strategies share: the distinct feature vectors a SELECT needs scored."""
+
+from __future__ import annotations
+
+import sqlglot.expressions as exp
+
+from ..errors import StrategyUnavailable
+
+
+def enclosing_select(call: exp.Expression) -> exp.Select:
+    select = call.find_ancestor(exp.Select)
+    if select is None or (select.args.get("from_") is None and select.args.get("from") is None):
+        raise StrategyUnavailable("this strategy needs predict inside a SELECT … FROM …; use strategy='udf'")
+    return select
+
+
+def distinct_features(select: exp.Select, features: exp.Expression) -> exp.Select:
+    """SELECT DISTINCT <features> AS dbdl_f FROM <the select's FROM and joins> WHERE <its filters>
+    that need neither a prediction (what is being computed) nor a bound parameter (bound once) —
+    a superset of the rows the SELECT scores; NULL features are left out (they give NULL)."""
+    distinct = exp.select(exp.alias_(features.copy(), "dbdl_f")).distinct()
+    for key in ("from", "from_", "joins"):
+        if select.args.get(key) is not None:
+            distinct.set(key, select.args[key].copy())
+    where = select.args.get("where")
+    kept = []
+    if where is not None:
+        conjuncts = list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
+        kept = [c.copy() for c in conjuncts if not _has_prediction_or_parameter(c)]
+    kept.append(exp.Not(this=exp.Is(this=features.copy(), expression=exp.Null())))
+    return distinct.where(exp.and_(*kept), copy=False)
+
+
+def _has_prediction_or_parameter(node: exp.Expression) -> bool:
+    from ..planner.rewrite import PREDICT_FUNCTIONS
+
+    if node.find(exp.Placeholder, exp.Parameter) is not None:
+        return True
+    return any(isinstance(a.this, str) and a.this.lower() in PREDICT_FUNCTIONS for a in node.find_all(exp.Anonymous))

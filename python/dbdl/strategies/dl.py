@@ -1,0 +1,83 @@
+"""DL-centric execution: stream the rows out in large columnar batches, score them in the DL
+runtime (torch — on CUDA when present — for models registered from torch, else onnxruntime on all
+cores), stream the predictions back into a temporary table, and join it into the query.
+
+Only the distinct feature vectors of the SELECT's rows travel (see common.distinct_features).
+DuckDB moves Arrow record batches both ways; PostgreSQL moves binary COPY both ways.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import sqlglot.expressions as exp
+
+from dbdl_udf.runtime import SESSIONS, check_features, run_batch, shape_outputs
+
+from ..registry import ResolvedModel, load_model_bytes
+from .common import distinct_features, enclosing_select
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+
+BATCH_ROWS = 65536
+_tables = itertools.count()
+
+
+def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[[np.ndarray], np.ndarray]:
+    """features (rows x width, float32) -> what predict/predict_array/predict_class return."""
+    module = _torch_module(backend, model) if len(model.signature.inputs) == 1 else None
+    output = model.output_index
+    spec = model.output_spec
+
+    if module is not None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        module = module.to(device)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                y = module(torch.from_numpy(x.reshape((len(x), *model.signature.inputs[0].shape))).to(device))
+            y = y[output] if isinstance(y, (tuple, list)) else y
+            return y.float().cpu().numpy().reshape(len(x), -1)
+    else:
+        session, signature = SESSIONS.get(model.sha256, lambda: load_model_bytes(backend, model.sha256), 0)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return run_batch(session, signature, x, output)
+
+    def score(x: np.ndarray) -> np.ndarray:
+        check_features(model.signature, x.shape[1], model.ref)
+        return shape_outputs(run(np.ascontiguousarray(x, dtype=np.float32)), kind, model.ref, spec.name)
+
+    return score
+
+
+def _torch_module(backend: "Backend", model: ResolvedModel):
+    row = backend.fetchone("SELECT source FROM dbdl.model_catalog WHERE name = ? AND version = ?",
+                           (model.name, model.version))
+    if not row or row[0] != "torch":
+        return None
+    program = backend.fetchone("SELECT torch_program FROM dbdl.model_versions WHERE name = ? AND version = ?",
+                               (model.name, model.version))
+    if not program or program[0] is None:
+        return None
+    from ..modelio import load_torch_program
+
+    return load_torch_program(bytes(program[0]))
+
+
+def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anonymous, features: exp.Expression,
+            cleanup: list[str]) -> exp.Expression:
+    """Score the SELECT's feature vectors outside the database now; the column that replaces ``call``."""
+    select = enclosing_select(call)
+    source = distinct_features(select, features).sql(dialect=backend.dialect)
+    table = f"dbdl_dl_{next(_tables)}"
+    cleanup.append(table)
+    backend.score_into_temp_table(source, scorer(backend, model, kind), kind, table)
+    select.join(exp.to_table(table), on=exp.EQ(this=exp.column("dbdl_f", table=table), expression=features.copy()),
+                join_type="left", copy=False)
+    return exp.column("dbdl_prediction", table=table)
