@@ -155,12 +155,13 @@ def test_new_version_is_seen_by_other_sessions_and_sessions_are_cached(pg, mlp_o
         writer.models.register("m", mlp_onnx)
         writer.create_table("t", {"id": np.arange(100), "feats": features[:100]})
         query = "SELECT id, predict_array('m', feats) FROM t ORDER BY id"
-        first = np.array([r[1] for r in reader.sql(query).fetchall()])
+        # the in-database function (the planner might rather ship 100 rows out)
+        first = np.array([r[1] for r in reader.sql(query, strategy="udf").fetchall()])
         stats = json.loads(reader.sql("SELECT dbdl.runtime_stats()").scalar())
         assert stats["builds"] == 1  # one session for 100 rows, built once in this server process
         writer.models.register("m", mlp2_onnx)
         # the same reader connection, no reconnect: predicts with version 2 now
-        second = np.array([r[1] for r in reader.sql(query).fetchall()])
+        second = np.array([r[1] for r in reader.sql(query, strategy="udf").fetchall()])
         raw = reader.backend.con.execute("SELECT predict_array('m', feats) FROM t ORDER BY id").fetchall()
         assert json.loads(reader.sql("SELECT dbdl.runtime_stats()").scalar())["builds"] == 2
     finally:

@@ -9,6 +9,7 @@ from .backends.base import Backend
 from .errors import MigrationError, QueryError
 from .names import check_name
 from .planner import parse, plan_statement
+from .planner.rewrite import strategy_hint
 from .registry import ModelRegistry
 from .result import Result
 
@@ -80,6 +81,7 @@ class Database:
             raise QueryError(
                 f"parameters bind to one statement, and this text has {len(trees)}; run the statements one by one")
         table = None
+        strategy = strategy or strategy_hint(query)
         for tree in trees:
             planned = plan_statement(self.backend, tree, strategy)
             try:
@@ -90,6 +92,17 @@ class Database:
         return Result(table)
 
     execute = sql
+
+    def explain(self, query: str, *, strategy: str | None = None) -> "Explain":
+        """Every predict call's candidates (estimated time, or why ruled out) and the choice,
+        without running the query. ``print(db.explain(sql))`` shows them as a table."""
+        trees = parse(query, self.backend.dialect)
+        if trees is None:
+            raise QueryError("the query does not parse; EXPLAIN needs SQL that sqlglot reads")
+        plans = []
+        for tree in trees:
+            plans.extend(plan_statement(self.backend, tree, strategy or strategy_hint(query), execute=False).plans)
+        return Explain(plans)
 
     def create_table(self, name: str, data: Any, *, replace: bool = False) -> int:
         """Create table ``name`` from an Arrow table, a pandas DataFrame or a dict of arrays.
@@ -115,6 +128,18 @@ class Database:
 
     def _registry_changed(self) -> None:
         self.backend.invalidate()
+
+
+class Explain(list):
+    """The per-call plans of one query; prints as text."""
+
+    def __str__(self) -> str:
+        if not self:
+            return "no predict calls with a literal model reference: nothing for dbdl to plan"
+        return "\n\n".join(plan.describe() for plan in self)
+
+    def choices(self) -> list[str]:
+        return [plan.choice for plan in self]
 
 
 def connect(url: str | None = None, *, migrate: bool | None = None, **options: Any) -> Database:

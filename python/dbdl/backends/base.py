@@ -160,6 +160,11 @@ class Backend(ABC):
 
         return catalog.resolve(self, name, version)
 
+    def estimate_rows(self, sql: str) -> int:
+        """Rows ``sql`` returns, cheaply (an exact count where counting is cheap)."""
+        row = self.fetchone(f"SELECT count(*) FROM ({sql}) AS dbdl_count")
+        return int(row[0]) if row else 0
+
     def after_migrate(self) -> None:
         """Called after every `dbdl migrate` (PostgreSQL records where the server finds dbdl_udf)."""
 

@@ -205,6 +205,14 @@ class PostgresBackend(Backend):
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
 
+    def estimate_rows(self, sql: str) -> int:
+        """The planner's estimate (statistics, no scan)."""
+        try:
+            plan = self.con.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchone()[0]
+        except psycopg.Error as exc:
+            raise self.translate(exc) from exc
+        return int(plan[0]["Plan"]["Plan Rows"])
+
     def drop_temp_table(self, table: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {table}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ class PlannedStatement:
     models: list[ResolvedModel] = field(default_factory=list)
     #: temporary tables the statement reads (DL-centric predictions), dropped after it ran
     cleanup: list[str] = field(default_factory=list)
+    #: per predict call: every strategy's estimate and the choice (what EXPLAIN prints)
+    plans: list = field(default_factory=list)
 
 
 def find_predict_calls(tree: exp.Expression) -> list[exp.Anonymous]:
@@ -41,12 +44,26 @@ def find_predict_calls(tree: exp.Expression) -> list[exp.Anonymous]:
     ]
 
 
-def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | None = None) -> PlannedStatement:
-    """Rewrite the predict calls of one parsed statement for ``backend`` (strategy: None/"udf"
-    for the in-database functions, "relation" for the model compiled to SQL)."""
+HINT_RE = re.compile(r"/\*\+\s*dbdl\s+strategy\s*=\s*(\w+)\s*\*/", re.I)
+
+
+def strategy_hint(sql: str) -> str | None:
+    """The strategy named by a ``/*+ dbdl strategy=relation */`` comment in the SQL, if any."""
+    found = HINT_RE.search(sql)
+    return found[1].lower() if found else None
+
+
+def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | None = None, *,
+                   execute: bool = True) -> PlannedStatement:
+    """Rewrite the predict calls of one parsed statement for ``backend``.
+
+    ``strategy`` forces "udf", "relation" or "dl"; None lets the cost model choose per call.
+    With ``execute=False`` nothing is run or created: only the estimates are made (EXPLAIN).
+    """
     from ..strategies import STRATEGIES
     from ..strategies.dl import dl_call
-    from ..strategies.relation import relation_call
+    from ..strategies.relation import model_graph, relation_call
+    from .cost import CallPlan, estimate
 
     if strategy not in (None, *STRATEGIES):
         raise StrategyUnavailable(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -72,11 +89,33 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         resolved = resolve(backend, model_arg.this)
         check_output_kind(kind, resolved)
         planned.models.append(resolved)
-        if strategy in ("relation", "dl"):
+
+        graph = model_graph(backend, resolved)
+        select = call.find_ancestor(exp.Select)
+        joinable = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
+        rows = _estimate_rows(backend, select, features) if joinable else 1
+        candidates = estimate(backend, resolved, graph, rows)
+        for e in candidates:
+            if e.strategy != "udf" and e.feasible and not joinable:
+                e.seconds, e.reason = None, "predict is not inside a SELECT … FROM …"
+        chosen = strategy
+        if chosen is None:
+            feasible = [e for e in candidates if e.feasible]
+            chosen = min(feasible, key=lambda e: e.seconds).strategy if feasible else "udf"
+        else:
+            forced = next(e for e in candidates if e.strategy == chosen)
+            if not forced.feasible:
+                raise StrategyUnavailable(f"strategy {chosen!r} cannot run {call.sql(dialect=backend.dialect)}: "
+                                          f"{forced.reason}")
+        planned.plans.append(CallPlan(call.sql(dialect=backend.dialect), resolved.ref, rows, graph.flops_per_row,
+                                      graph.param_bytes, candidates, chosen, forced=strategy is not None))
+        if not execute:
+            continue
+        if chosen in ("relation", "dl"):
             # the same call twice in one SELECT (select list and GROUP BY) must be the same column
-            key = (id(call.find_ancestor(exp.Select)), resolved.ref, kind, features.sql())
+            key = (id(select), resolved.ref, kind, features.sql())
             if key not in joined:
-                if strategy == "relation":
+                if chosen == "relation":
                     joined[key], new_ctes = relation_call(backend, kind, resolved, call, features, counter)
                     ctes.extend(new_ctes)
                 else:
@@ -96,6 +135,14 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                 existing.append("expressions", cte)
     planned.sql = tree.sql(dialect=backend.dialect)
     return planned
+
+
+def _estimate_rows(backend: "Backend", select: exp.Select, features: exp.Expression) -> int:
+    from ..strategies.common import distinct_features
+
+    source = distinct_features(select, features)
+    source.set("distinct", None)  # an upper bound, without the cost of de-duplicating
+    return backend.estimate_rows(source.sql(dialect=backend.dialect))
 
 
 def check_output_kind(kind: str, model: ResolvedModel) -> None:

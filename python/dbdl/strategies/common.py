@@ -19,9 +19,12 @@ def distinct_features(select: exp.Select, features: exp.Expression) -> exp.Selec
     that need neither a prediction (what is being computed) nor a bound parameter (bound once) —
     a superset of the rows the SELECT scores; NULL features are left out (they give NULL)."""
     distinct = exp.select(exp.alias_(features.copy(), "dbdl_f")).distinct()
-    for key in ("from", "from_", "joins"):
+    for key in ("from", "from_"):
         if select.args.get(key) is not None:
             distinct.set(key, select.args[key].copy())
+    joins = [j.copy() for j in select.args.get("joins") or [] if not j.meta.get("dbdl_added")]
+    if joins:
+        distinct.set("joins", joins)
     where = select.args.get("where")
     kept = []
     if where is not None:

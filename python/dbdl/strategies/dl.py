@@ -80,4 +80,5 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
     backend.score_into_temp_table(source, scorer(backend, model, kind), kind, table)
     select.join(exp.to_table(table), on=exp.EQ(this=exp.column("dbdl_f", table=table), expression=features.copy()),
                 join_type="left", copy=False)
+    select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
     return exp.column("dbdl_prediction", table=table)

@@ -65,6 +65,7 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
             for name, sql in builder.ctes]
     select.join(exp.to_table(pred), on=exp.EQ(this=exp.column("dbdl_f", table=pred), expression=features.copy()),
                 join_type="left", copy=False)
+    select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
     return exp.column("dbdl_prediction", table=pred), ctes
 
 

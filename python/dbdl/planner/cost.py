@@ -1,0 +1,153 @@
+"""The cost model: for each predict call, every strategy's estimated time, or why it cannot run.
+
+    udf       rows × (per-row overhead + FLOPs / in-database FLOP/s)
+    dl        setup + rows × (bytes in + bytes out) × transfer cost + rows × FLOPs / runtime FLOP/s
+    relation  rows × (Σ layer weights × join cost per weight + Σ activations × cost per value)
+
+Constants come from `dbdl calibrate` (table dbdl.calibration); until then, defaults measured on a
+2-core x86 machine. Rows come from a cheap count of the rows the SELECT feeds to predict.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..registry import ResolvedModel
+
+# backend -> constant -> value (seconds, FLOP/s, bytes)
+DEFAULTS: dict[str, dict[str, float]] = {
+    "duckdb": {
+        "udf_row_s": 2.0e-7,          # Arrow chunk conversion per row, both ways
+        "udf_flops_per_s": 1.6e11,    # onnxruntime, one thread per DuckDB thread, all threads
+        "dl_setup_s": 2.0e-3,
+        "dl_byte_s": 1.0e-9,          # Arrow out and back
+        "dl_flops_per_s": 1.6e11,     # onnxruntime / torch on all cores
+        "rel_weight_s": 1.5e-8,       # one joined (input value × weight) row, aggregated
+        "rel_value_s": 5.0e-8,        # one activation value through a scalar step
+    },
+    "postgres": {
+        "udf_row_s": 5.5e-5,          # a PL/Python call per row
+        "udf_flops_per_s": 8.0e10,    # onnxruntime, one thread
+        "dl_setup_s": 5.0e-3,
+        "dl_byte_s": 4.0e-9,          # binary COPY out and back
+        "dl_flops_per_s": 1.6e11,
+        "rel_weight_s": 2.5e-7,
+        "rel_value_s": 4.0e-7,
+    },
+}
+
+
+def memory_budget() -> int:
+    """Bytes a strategy that holds the whole model may use: DBDL_MEMORY_BUDGET, else half of RAM."""
+    if os.environ.get("DBDL_MEMORY_BUDGET"):
+        return int(float(os.environ["DBDL_MEMORY_BUDGET"]))
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+@dataclass
+class Estimate:
+    strategy: str
+    seconds: float | None  # None when ruled out
+    reason: str = ""       # why it was ruled out, or what dominates
+    terms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def feasible(self) -> bool:
+        return self.seconds is not None
+
+
+@dataclass
+class CallPlan:
+    """The candidates for one predict call and the one chosen."""
+
+    call: str
+    model: str
+    rows: int
+    flops_per_row: int
+    param_bytes: int
+    candidates: list[Estimate]
+    choice: str
+    forced: bool = False
+
+    def describe(self) -> str:
+        lines = [f"{self.call}: model {self.model}, ~{self.rows:,} rows, {self.flops_per_row:,} FLOPs/row, "
+                 f"{self.param_bytes:,} parameter bytes"]
+        for e in self.candidates:
+            mark = "→" if e.strategy == self.choice else " "
+            cost = f"{e.seconds * 1e3:12.3f} ms" if e.feasible else "   ruled out"
+            detail = e.reason or ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in e.terms.items())
+            lines.append(f"  {mark} {e.strategy:<9}{cost}   {detail}")
+        how = "forced by the caller" if self.forced else "lowest estimate"
+        lines.append(f"  chosen: {self.choice} ({how})")
+        return "\n".join(lines)
+
+
+def constants(backend: "Backend") -> dict[str, float]:
+    values = dict(DEFAULTS.get(backend.name, DEFAULTS["duckdb"]))
+    try:
+        for key, value in backend.fetchall("SELECT key, value FROM dbdl.calibration"):
+            values[key] = float(value)
+    except Exception:  # noqa: BLE001 - no calibration table (or no right to read it): defaults
+        pass
+    return values
+
+
+def estimate(backend: "Backend", model: "ResolvedModel", graph, rows: int, budget: int | None = None
+             ) -> list[Estimate]:
+    """Every strategy's estimate for scoring ``rows`` rows with ``model``."""
+    c = constants(backend)
+    budget = memory_budget() if budget is None else budget
+    flops = graph.flops_per_row if not graph.unsupported else _fallback_flops(model)
+    params = graph.param_bytes
+    bytes_in = 4 * model.signature.n_features
+    bytes_out = 4 * (model.output_spec.per_row or 1)
+    out: list[Estimate] = []
+
+    too_big = params > budget
+    if not getattr(backend, "has_python_udfs", True):
+        out.append(Estimate("udf", None, "the database runs no Python"))
+    elif too_big:
+        out.append(Estimate("udf", None, f"model needs {params:,} bytes, over the memory budget of {budget:,}"))
+    else:
+        terms = {"per-row": rows * c["udf_row_s"], "compute": rows * flops / c["udf_flops_per_s"]}
+        out.append(Estimate("udf", sum(terms.values()), terms=terms))
+
+    ok, why = graph.relational
+    if ok:
+        weights = sum(int(getattr(n.op, "params", {}).get(1, _Empty).size) for n in graph.nodes
+                      if n.op.op_type in ("Gemm", "MatMul"))
+        values = sum(int(max(1, _size(n.shape))) for n in graph.nodes)
+        terms = {"joins": rows * weights * c["rel_weight_s"], "values": rows * values * c["rel_value_s"]}
+        out.append(Estimate("relation", sum(terms.values()), terms=terms))
+    else:
+        out.append(Estimate("relation", None, why))
+
+    if too_big:
+        out.append(Estimate("dl", None, f"model needs {params:,} bytes, over the memory budget of {budget:,}"))
+    else:
+        terms = {"setup": c["dl_setup_s"], "transfer": rows * (bytes_in + bytes_out) * c["dl_byte_s"],
+                 "compute": rows * flops / c["dl_flops_per_s"]}
+        out.append(Estimate("dl", sum(terms.values()), terms=terms))
+    return out
+
+
+class _Empty:
+    size = 0
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape or ():
+        n *= int(d)
+    return n
+
+
+def _fallback_flops(model: "ResolvedModel") -> int:
+    return 2 * model.signature.n_features * max(1, model.output_spec.per_row or 1)
