@@ -173,6 +173,26 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    with _connect(args.url, migrate=False) as db:
+        print(db.explain(args.query, strategy=args.strategy))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    with _connect(args.url, migrate=False) as db:
+        measured = db.calibrate(rows=args.rows)
+    table = Table(title="cost-model constants stored in dbdl.calibration")
+    table.add_column("constant")
+    table.add_column("value", justify="right")
+    for key, value in sorted(measured.items()):
+        table.add_row(key, f"{value:.4g}")
+    _console().print(table)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -226,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("explain", help="each predict call's strategy estimates and the planner's choice")
+    p.add_argument("url")
+    p.add_argument("query")
+    p.add_argument("--strategy", choices=["udf", "relation", "dl"], help="force a strategy")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("calibrate", help="measure the cost model's constants on this machine")
+    p.add_argument("url")
+    p.add_argument("--rows", type=int, default=20000)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo", help="the end-to-end demo on embedded DuckDB")
     p.add_argument("--url", default="duckdb:///:memory:")

@@ -9,6 +9,7 @@ from .backends.base import Backend
 from .errors import MigrationError, QueryError
 from .names import check_name
 from .planner import parse, plan_statement
+from .planner.cost import memory_budget
 from .planner.rewrite import strategy_hint
 from .registry import ModelRegistry
 from .result import Result
@@ -24,6 +25,9 @@ class Database:
     def __init__(self, backend: Backend, *, migrate: bool | None = None) -> None:
         self.backend = backend
         self.models = ModelRegistry(self)
+        #: bytes a strategy that loads the whole model may use (DBDL_MEMORY_BUDGET, else half the RAM);
+        #: models over it run relation-centric
+        self.memory_budget = memory_budget()
         try:
             self._ensure_schema(migrate)
             backend.on_connect(self)
@@ -83,7 +87,7 @@ class Database:
         table = None
         strategy = strategy or strategy_hint(query)
         for tree in trees:
-            planned = plan_statement(self.backend, tree, strategy)
+            planned = plan_statement(self.backend, tree, strategy, memory_budget=self.memory_budget)
             try:
                 table = self.backend.run_query(planned.sql, params, planned.models)
             finally:
@@ -101,8 +105,15 @@ class Database:
             raise QueryError("the query does not parse; EXPLAIN needs SQL that sqlglot reads")
         plans = []
         for tree in trees:
-            plans.extend(plan_statement(self.backend, tree, strategy or strategy_hint(query), execute=False).plans)
+            plans.extend(plan_statement(self.backend, tree, strategy or strategy_hint(query), execute=False,
+                                        memory_budget=self.memory_budget).plans)
         return Explain(plans)
+
+    def calibrate(self, rows: int = 20000, progress: bool = True) -> dict[str, float]:
+        """Measure the cost model's constants on this machine and store them (dbdl.calibration)."""
+        from .planner.calibrate import calibrate
+
+        return calibrate(self, rows=rows, progress=progress)
 
     def create_table(self, name: str, data: Any, *, replace: bool = False) -> int:
         """Create table ``name`` from an Arrow table, a pandas DataFrame or a dict of arrays.

@@ -175,6 +175,8 @@ class PostgresBackend(Backend):
             copy = f"COPY {target.sql(dialect='postgres')} FROM STDIN (FORMAT BINARY)"
             with self.con.cursor().copy(copy) as sink:
                 sink.write(_binary_copy(data))
+            # statistics now, so that the planner's row estimates (EXPLAIN) are right at once
+            self.con.execute(f"ANALYZE {target.sql(dialect='postgres')}")
 
     def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str) -> None:
         """DL-centric: binary COPY out, ``score`` in batches, binary COPY of the predictions back in."""

@@ -4,8 +4,8 @@
     dl        setup + rows × (bytes in + bytes out) × transfer cost + rows × FLOPs / runtime FLOP/s
     relation  rows × (Σ layer weights × join cost per weight + Σ activations × cost per value)
 
-Constants come from `dbdl calibrate` (table dbdl.calibration); until then, defaults measured on a
-2-core x86 machine. Rows come from a cheap count of the rows the SELECT feeds to predict.
+Constants come from `dbdl calibrate` (table dbdl.calibration); until then, the defaults below,
+which `dbdl calibrate` measured on a 2-core x86 machine without a GPU. Rows come from a cheap count of the rows the SELECT feeds to predict.
 """
 
 from __future__ import annotations
@@ -21,22 +21,22 @@ if TYPE_CHECKING:
 # backend -> constant -> value (seconds, FLOP/s, bytes)
 DEFAULTS: dict[str, dict[str, float]] = {
     "duckdb": {
-        "udf_row_s": 2.0e-7,          # Arrow chunk conversion per row, both ways
-        "udf_flops_per_s": 1.6e11,    # onnxruntime, one thread per DuckDB thread, all threads
-        "dl_setup_s": 2.0e-3,
-        "dl_byte_s": 1.0e-9,          # Arrow out and back
-        "dl_flops_per_s": 1.6e11,     # onnxruntime / torch on all cores
-        "rel_weight_s": 1.5e-8,       # one joined (input value × weight) row, aggregated
-        "rel_value_s": 5.0e-8,        # one activation value through a scalar step
+        "udf_row_s": 1.5e-7,          # Arrow chunk conversion per row, both ways
+        "udf_flops_per_s": 8.0e10,    # onnxruntime, one thread per DuckDB thread, all threads
+        "dl_setup_s": 1.5e-2,         # planning the side query, loading the model
+        "dl_byte_s": 8.5e-9,          # Arrow out and back, per feature byte
+        "dl_flops_per_s": 8.0e10,     # onnxruntime / torch on all cores
+        "rel_weight_s": 5.5e-8,       # one joined (input value × weight) row, aggregated
+        "rel_value_s": 1.1e-7,        # one activation value through a scalar step
     },
     "postgres": {
         "udf_row_s": 5.5e-5,          # a PL/Python call per row
         "udf_flops_per_s": 8.0e10,    # onnxruntime, one thread
-        "dl_setup_s": 5.0e-3,
-        "dl_byte_s": 4.0e-9,          # binary COPY out and back
-        "dl_flops_per_s": 1.6e11,
-        "rel_weight_s": 2.5e-7,
-        "rel_value_s": 4.0e-7,
+        "dl_setup_s": 1.8e-2,
+        "dl_byte_s": 3.0e-8,          # binary COPY out and back
+        "dl_flops_per_s": 6.0e10,
+        "rel_weight_s": 5.3e-7,
+        "rel_value_s": 1.1e-6,
     },
 }
 

@@ -54,7 +54,7 @@ def strategy_hint(sql: str) -> str | None:
 
 
 def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | None = None, *,
-                   execute: bool = True) -> PlannedStatement:
+                   execute: bool = True, memory_budget: int | None = None) -> PlannedStatement:
     """Rewrite the predict calls of one parsed statement for ``backend``.
 
     ``strategy`` forces "udf", "relation" or "dl"; None lets the cost model choose per call.
@@ -94,7 +94,7 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         select = call.find_ancestor(exp.Select)
         joinable = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
         rows = _estimate_rows(backend, select, features) if joinable else 1
-        candidates = estimate(backend, resolved, graph, rows)
+        candidates = estimate(backend, resolved, graph, rows, memory_budget)
         for e in candidates:
             if e.strategy != "udf" and e.feasible and not joinable:
                 e.seconds, e.reason = None, "predict is not inside a SELECT … FROM …"

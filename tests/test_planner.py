@@ -1,0 +1,98 @@
+"""The planner: estimates, choices, hints, ruling out, EXPLAIN and calibration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import export_onnx, make_mlp, run_onnx
+
+import dbdl
+
+
+@pytest.fixture
+def scored(db, features):
+    model = export_onnx(make_mlp((8, 16, 3)), 8)
+    db.models.register("m", model)
+    db.create_table("t", {"id": np.arange(len(features)), "feats": features})
+    return model
+
+
+def test_explain_lists_every_candidate_and_the_choice(db, scored):
+    plan = db.explain("SELECT id, predict_array('m', feats) FROM t WHERE id < 100")
+    assert len(plan) == 1
+    call = plan[0]
+    assert call.model == "m@1" and call.flops_per_row > 0 and call.param_bytes == 4 * (8 * 16 + 16 + 16 * 3 + 3)
+    assert [e.strategy for e in call.candidates] == ["udf", "relation", "dl"]
+    assert all(e.feasible for e in call.candidates)
+    best = min(call.candidates, key=lambda e: e.seconds)
+    assert call.choice == best.strategy and not call.forced
+    text = str(plan)
+    assert "chosen:" in text and "relation" in text and "dl" in text
+
+
+def test_choice_follows_the_estimates_as_rows_grow(db, scored):
+    small = db.explain("SELECT predict_class('m', feats) FROM t WHERE id < 3")[0]
+    large = db.explain("SELECT predict_class('m', feats) FROM t")[0]
+    assert small.rows < 20 and large.rows == pytest.approx(300, rel=0.1)
+    costs = {e.strategy: e.seconds for e in small.candidates}
+    # each strategy's estimate grows with the rows it has to score
+    assert all(e.seconds > costs[e.strategy] for e in large.candidates)
+
+
+def test_hint_and_argument_force_a_strategy(db, scored, features):
+    hinted = db.explain("SELECT /*+ dbdl strategy=relation */ predict_array('m', feats) FROM t")
+    assert hinted.choices() == ["relation"] and hinted[0].forced
+    assert db.explain("SELECT predict_array('m', feats) FROM t", strategy="dl").choices() == ["dl"]
+    got = db.sql("SELECT /*+ dbdl strategy=relation */ id, predict_array('m', feats) FROM t ORDER BY id").fetchall()
+    np.testing.assert_allclose(np.array([r[1] for r in got]), run_onnx(scored, {"x": features}), atol=1e-5)
+
+
+def test_model_over_the_memory_budget_runs_relation_centric(db, features):
+    big = make_mlp((8, 256, 256, 3), seed=4)
+    db.models.register("big", big, example=torch.randn(1, 8))
+    db.create_table("t", {"id": np.arange(len(features)), "feats": features})
+    db.memory_budget = 100_000  # below the model's 4 * 68k parameter bytes
+    plan = db.explain("SELECT predict_array('big', feats) FROM t")[0]
+    assert plan.choice == "relation"
+    reasons = {e.strategy: e.reason for e in plan.candidates if not e.feasible}
+    assert set(reasons) == {"udf", "dl"} and all("over the memory budget of 100,000" in r for r in reasons.values())
+    if db.backend.name == "duckdb":
+        db.sql("SET memory_limit = '256MB'")
+    got = np.array([r[1] for r in db.sql("SELECT id, predict_array('big', feats) FROM t ORDER BY id").fetchall()])
+    np.testing.assert_allclose(got, big(torch.from_numpy(features)).detach().numpy(), rtol=1e-4, atol=1e-4)
+    for forced in ("udf", "dl"):
+        with pytest.raises(dbdl.StrategyUnavailable, match="over the memory budget"):
+            db.sql("SELECT predict_array('big', feats) FROM t", strategy=forced)
+
+
+def test_predict_without_from_can_only_run_in_the_database(db, scored):
+    plan = db.explain("SELECT predict_class('m', [1, 2, 3, 4, 5, 6, 7, 8])" if db.backend.name == "duckdb"
+                      else "SELECT predict_class('m', ARRAY[1, 2, 3, 4, 5, 6, 7, 8]::real[])")[0]
+    assert plan.choice == "udf"
+    assert {e.strategy: e.feasible for e in plan.candidates} == {"udf": True, "relation": False, "dl": False}
+
+
+def test_calibrate_stores_constants_the_planner_reads(db):
+    measured = db.calibrate(rows=2000, progress=False)
+    assert set(measured) == {"udf_row_s", "udf_flops_per_s", "dl_setup_s", "dl_byte_s", "dl_flops_per_s",
+                             "rel_weight_s", "rel_value_s"}
+    assert all(v > 0 for v in measured.values())
+    stored = dict(db.sql("SELECT key, value FROM dbdl.calibration").fetchall())
+    assert stored == pytest.approx(measured)
+    from dbdl.planner.cost import constants
+
+    assert constants(db.backend)["udf_row_s"] == pytest.approx(measured["udf_row_s"])
+    assert db.models.list() == []  # the calibration models are gone
+
+
+def test_explain_cli(url, mlp_onnx):
+    with dbdl.connect(url) as db:
+        db.models.register("m", mlp_onnx)
+        db.create_table("t", {"id": np.arange(5), "feats": np.ones((5, 8), np.float32)})
+    out = subprocess.run([sys.executable, "-m", "dbdl.cli", "explain", url, "SELECT predict_class('m', feats) FROM t"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "model m@1" in out and "chosen:" in out
