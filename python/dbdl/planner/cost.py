@@ -1,6 +1,7 @@
 """The cost model: for each predict call, every strategy's estimated time, or why it cannot run.
 
-    udf       rows × (per-row overhead + FLOPs / in-database FLOP/s)
+    udf       setup + rows × (per-row overhead + FLOPs / in-database FLOP/s
+                              + parameter bytes × re-read cost where rows go one at a time)
     dl        setup + rows × (bytes in + bytes out) × transfer cost + rows × FLOPs / runtime FLOP/s
     relation  rows × (Σ layer weights × join cost per weight + Σ activations × cost per value)
 
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 # backend -> constant -> value (seconds, FLOP/s, bytes)
 DEFAULTS: dict[str, dict[str, float]] = {
     "duckdb": {
+        "udf_setup_s": 5.0e-3,        # registering the UDF, building the session (first use)
         "udf_row_s": 1.5e-7,          # Arrow chunk conversion per row, both ways
+        "udf_param_byte_s": 0.0,      # 2,048-row chunks: weights are read once per chunk
         "udf_flops_per_s": 8.0e10,    # onnxruntime, one thread per DuckDB thread, all threads
         "dl_setup_s": 1.5e-2,         # planning the side query, loading the model
         "dl_byte_s": 8.5e-9,          # Arrow out and back, per feature byte
@@ -30,7 +33,9 @@ DEFAULTS: dict[str, dict[str, float]] = {
         "rel_value_s": 1.1e-7,        # one activation value through a scalar step
     },
     "postgres": {
+        "udf_setup_s": 5.0e-2,        # PL/Python bootstrap and session build in a new server process
         "udf_row_s": 5.5e-5,          # a PL/Python call per row
+        "udf_param_byte_s": 4.4e-11,  # one row per call: every row reads all the weights again
         "udf_flops_per_s": 8.0e10,    # onnxruntime, one thread
         "dl_setup_s": 1.8e-2,
         "dl_byte_s": 3.0e-8,          # binary COPY out and back
@@ -116,7 +121,9 @@ def estimate(backend: "Backend", model: "ResolvedModel", graph, rows: int, budge
     elif too_big:
         out.append(Estimate("udf", None, f"model needs {params:,} bytes, over the memory budget of {budget:,}"))
     else:
-        terms = {"per-row": rows * c["udf_row_s"], "compute": rows * flops / c["udf_flops_per_s"]}
+        terms = {"setup": c.get("udf_setup_s", 0.0), "per-row": rows * c["udf_row_s"],
+                 "compute": rows * flops / c["udf_flops_per_s"],
+                 "weights": rows * params * c.get("udf_param_byte_s", 0.0)}
         out.append(Estimate("udf", sum(terms.values()), terms=terms))
 
     ok, why = graph.relational

@@ -1,0 +1,210 @@
+"""The planner's choice against every strategy, over a grid of rows x models x backends.
+
+rows {1e2, 1e4, 1e6} x models {MLP 28-32-16-1, 768-3072-768, 60000-256-1500 with sparse-ish
+inputs} x {DuckDB, PostgreSQL}: each strategy is timed (with a time cap), and so is the query with
+no strategy given (the planner's choice). Regret = planner's time / best time. Cells whose input
+data would exceed DBDL_BENCH_MAX_BYTES (default 600 MB) are skipped and say so; a strategy that
+exceeds DBDL_BENCH_CAP_S seconds (default 60) is cut off, and such cells are marked: there not
+every strategy fits. Writes docs/bench/planner_grid.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import RESULTS, machine  # noqa: E402
+
+import dbdl  # noqa: E402
+
+CAP_S = float(os.environ.get("DBDL_BENCH_CAP_S", 60))
+MAX_BYTES = float(os.environ.get("DBDL_BENCH_MAX_BYTES", 600e6))
+ROWS = [int(r) for r in os.environ.get("DBDL_BENCH_GRID_ROWS", "100,10000,1000000").split(",")]
+STRATEGIES = ("udf", "relation", "dl")
+MODELS = {
+    "mlp 28-32-16-1": [28, 32, 16, 1],
+    "768-3072-768": [768, 3072, 768],
+    "60000-256-1500": [60000, 256, 1500],
+}
+
+
+def onnx_mlp(sizes: list[int], seed: int = 0) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        inits += [numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"W{k}"),
+                  numpy_helper.from_array(np.zeros(b, np.float32), f"B{k}")]
+        nodes.append(helper.make_node("Gemm", [prev, f"W{k}", f"B{k}"], [f"h{k}"]))
+        prev = f"h{k}"
+        if k < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{k}"]))
+            prev = f"r{k}"
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", sizes[0]])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["n", sizes[-1]])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def features(rows: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((rows, width), dtype=np.float32)
+    if width > 10000:  # sparse-ish: 1% of the inputs are set
+        x *= rng.random((rows, width)) < 0.01
+    return x
+
+
+def databases():
+    yield "duckdb", "duckdb:///:memory:"
+    import pgserver
+
+    ok, why = pgserver.available()
+    if not ok:
+        print(f"PostgreSQL skipped: {why}")
+        return
+    with pgserver.PostgresServer(settings={"shared_buffers": "512MB", "work_mem": "256MB"}) as server:
+        yield "postgres", server.create_database("dbdl_grid")
+
+
+def timed(db, sql: str, strategy: str | None) -> float | None:
+    """Seconds, or None when cut off at CAP_S."""
+    backend = db.backend
+    if backend.name == "duckdb":
+        timer = threading.Timer(CAP_S, backend.con.interrupt)
+        timer.start()
+    else:
+        backend.con.execute(f"SET statement_timeout = {int(CAP_S * 1000)}")
+    start = time.perf_counter()
+    try:
+        db.sql(sql, strategy=strategy)
+        return time.perf_counter() - start
+    except dbdl.Error as exc:
+        if "interrupt" in str(exc).lower() or "statement timeout" in str(exc).lower() or "cancel" in str(exc).lower():
+            return None
+        raise
+    finally:
+        if backend.name == "duckdb":
+            timer.cancel()
+        else:
+            backend.con.execute("SET statement_timeout = 0")
+
+
+def main() -> None:
+    cells = []
+    for backend_name, url in databases():
+        for (label, sizes) in MODELS.items():
+            for rows in ROWS:
+                data_bytes = rows * sizes[0] * 4
+                cell = {"backend": backend_name, "model": label, "rows": rows}
+                if data_bytes > MAX_BYTES:
+                    cell["skipped"] = f"input data {data_bytes / 1e9:.1f} GB > {MAX_BYTES / 1e9:.1f} GB"
+                    cells.append(cell)
+                    print(backend_name, label, rows, cell["skipped"], flush=True)
+                    continue
+                with dbdl.connect(url) as db:
+                    name = "m" + str(abs(hash(label)) % 10000)
+                    db.models.register(name, onnx_mlp(sizes))
+                    db.create_table("grid", {"id": np.arange(rows), "feats": features(rows, sizes[0])}, replace=True)
+                    sql = f"SELECT sum(predict_class('{name}', feats)) FROM grid" if sizes[-1] > 1 else \
+                          f"SELECT sum(predict('{name}', feats)) FROM grid"
+                    plan = db.explain(sql)[0]
+                    cell["choice"] = plan.choice
+                    cell["estimates"] = {e.strategy: e.seconds for e in plan.candidates}
+                    cell["times"] = {}
+                    for strategy in STRATEGIES:
+                        estimate = cell["estimates"][strategy]
+                        if estimate is None:
+                            cell["times"][strategy] = "ruled out"
+                            continue
+                        cell["times"][strategy] = timed(db, sql, strategy)
+                    chosen = cell["times"].get(plan.choice)
+                    cell["planner"] = chosen
+                    measured = [t for t in cell["times"].values() if isinstance(t, float)]
+                    every_fits = all(isinstance(t, float) for t in cell["times"].values() if t != "ruled out")
+                    cell["every_strategy_fits"] = every_fits
+                    if measured and isinstance(chosen, float):
+                        cell["regret"] = chosen / min(measured)
+                    db.models.drop(name)
+                    db.sql("DROP TABLE grid")
+                cells.append(cell)
+                print(backend_name, label, rows, cell.get("choice"), cell["times"], "regret",
+                      f"{cell.get('regret', float('nan')):.2f}", flush=True)
+    report(cells)
+
+
+def report(cells: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(t) -> str:
+        return "cut off" if t is None else (t if isinstance(t, str) else f"{t:.3f} s")
+
+    table = Table(title=f"planner vs every strategy (cap {CAP_S:.0f} s)")
+    for col in ("backend", "model", "rows", "udf", "relation", "dl", "planner chose", "regret"):
+        table.add_column(col)
+    lines = ["# Planner regret over rows × models × backends", "", f"Machine: {machine()}. Each strategy capped at "
+             f"{CAP_S:.0f} s; regret = the planner's choice ÷ the best strategy in that cell (uncalibrated defaults).",
+             "", "| backend | model | rows | udf | relation | dl | planner chose | regret |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for c in cells:
+        if "skipped" in c:
+            row = [c["backend"], c["model"], f"{c['rows']:,}", "—", "—", "—", "skipped", c["skipped"]]
+        else:
+            regret = c.get("regret")
+            mark = "" if c["every_strategy_fits"] else " (not every strategy fits)"
+            row = [c["backend"], c["model"], f"{c['rows']:,}", *(fmt(c["times"][s]) for s in STRATEGIES),
+                   c["choice"], (f"{regret:.2f}" if regret else "—") + mark]
+        table.add_row(*row)
+        lines.append("| " + " | ".join(row) + " |")
+    Console().print(table)
+    fits = [c["regret"] for c in cells if c.get("every_strategy_fits") and c.get("regret")]
+    summary = (f"Cells where every strategy fits: {len(fits)}; worst regret {max(fits):.2f}, "
+               f"median {float(np.median(fits)):.2f} (target ≤ 1.15)." if fits else "No cell where every strategy fits.")
+    print(summary)
+    lines += ["", summary]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "planner_grid.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "planner_grid.json").write_text(json.dumps(cells, indent=2, default=str))
+    plot(cells)
+
+
+def plot(cells: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [c for c in cells if "skipped" not in c]
+    backends = sorted({c["backend"] for c in done})
+    fig, axes = plt.subplots(1, len(backends), figsize=(6 * len(backends), 3.6), squeeze=False)
+    for ax, backend in zip(axes[0], backends):
+        mine = [c for c in done if c["backend"] == backend]
+        labels = [f"{c['model']}\n{c['rows']:,} rows" for c in mine]
+        x = np.arange(len(mine))
+        for k, strategy in enumerate(STRATEGIES):
+            vals = [c["times"][strategy] if isinstance(c["times"][strategy], float) else np.nan for c in mine]
+            ax.bar(x + (k - 1) * 0.25, vals, 0.25, label=strategy)
+        chosen = [c["planner"] if isinstance(c.get("planner"), float) else np.nan for c in mine]
+        ax.scatter(x, chosen, marker="*", s=120, color="black", zorder=3, label="planner's choice")
+        ax.set_yscale("log")
+        ax.set_xticks(x, labels, fontsize=6, rotation=30, ha="right")
+        ax.set_ylabel("seconds (log)")
+        ax.set_title(backend)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "planner_grid.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
