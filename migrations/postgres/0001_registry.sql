@@ -92,3 +92,5 @@ GRANT SELECT ON dbdl.model_catalog TO dbdl_user;
 -- dbdl_admin manages the registry: db.models.register/promote/drop and the CLI write these tables
 GRANT SELECT, INSERT, UPDATE, DELETE ON dbdl.models, dbdl.model_versions, dbdl.blobs, dbdl.alias_history
     TO dbdl_admin;
+-- dbdl_admin may also create the weight tables of relation-centric execution (dbdl.rel_*)
+GRANT CREATE ON SCHEMA dbdl TO dbdl_admin;

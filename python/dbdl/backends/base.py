@@ -160,6 +160,13 @@ class Backend(ABC):
 
         return catalog.resolve(self, name, version)
 
+    def can_create_tables(self, schema: str) -> bool:
+        """Whether this connection may create tables in ``schema`` (relation-centric weights)."""
+        return not getattr(self, "read_only", False)
+
+    def share_table(self, table: str) -> None:
+        """Let every dbdl user read a table dbdl created (PostgreSQL grants SELECT to dbdl_user)."""
+
     def estimate_rows(self, sql: str) -> int:
         """Rows ``sql`` returns, cheaply (an exact count where counting is cheap)."""
         row = self.fetchone(f"SELECT count(*) FROM ({sql}) AS dbdl_count")

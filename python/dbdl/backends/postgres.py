@@ -207,6 +207,13 @@ class PostgresBackend(Backend):
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
 
+    def can_create_tables(self, schema: str) -> bool:
+        row = self.fetchone("SELECT has_schema_privilege(current_user, ?, 'CREATE')", (schema,))
+        return bool(row and row[0])
+
+    def share_table(self, table: str) -> None:
+        self.execute(f"GRANT SELECT ON {exp.to_table(table).sql(dialect='postgres')} TO dbdl_user")
+
     def estimate_rows(self, sql: str) -> int:
         """The planner's estimate (statistics, no scan)."""
         try:

@@ -23,6 +23,10 @@ DIALECT_SQL = {
         "collect": "CAST(list(v ORDER BY i) AS FLOAT[])",
         "argmax": "arg_max(i, v)",
         "real": "FLOAT",
+        # blocked layout: a row's activations as one array, a weight column as one array
+        "pack": "list(v ORDER BY i)",
+        "dot": "list_dot_product({a}, {b})",
+        "length": "len",
     },
     "postgres": {
         "unnest": "SELECT s.rid, u.i - 1 AS i, CAST(u.v AS DOUBLE PRECISION) AS v "
@@ -30,6 +34,7 @@ DIALECT_SQL = {
         "collect": "CAST(array_agg(v ORDER BY i) AS REAL[])",
         "argmax": "(array_agg(i ORDER BY v DESC, i))[1]",
         "real": "REAL",
+        "length": "cardinality",
     },
 }
 
@@ -49,6 +54,9 @@ class SQLBuilder:
     table_for: Callable[[str, dict[str, np.ndarray]], str]
     #: CTE names start with this (one builder per predict call in a statement)
     prefix: str = "dbdl_r"
+    #: "element": one row per (input row, position, value); "blocked": dense layers take each
+    #: row's activations as an array and each weight column as an array, joined by a dot product
+    layout: str = "element"
     ctes: list[tuple[str, str]] = field(default_factory=list)
     _layer: int = 0
 
@@ -64,6 +72,8 @@ class SQLBuilder:
     def dense(self, x: Relation, weight: np.ndarray, bias: np.ndarray | None) -> Relation:
         self._layer += 1
         n_in, n_out = weight.shape
+        if self.layout == "blocked":
+            return self._dense_blocked(x, weight, bias)
         ii, jj = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
         keep = weight != 0  # zero weights need no rows: sparse layers cost what they hold
         w_table = self.table_for(f"w{self._layer}", {"i": ii[keep], "j": jj[keep], "w": weight[keep].astype(np.float64)})
@@ -75,6 +85,21 @@ class SQLBuilder:
         # every output position exists even where all inputs met zero weights
         return self._add(f"SELECT r.rid, b.j AS i, COALESCE(y.v, 0) + b.b AS v FROM (SELECT DISTINCT rid FROM {x.name}) "
                          f"AS r CROSS JOIN {b_table} AS b LEFT JOIN {y.name} AS y ON y.rid = r.rid AND y.i = b.j",
+                         n_out)
+
+    def _dense_blocked(self, x: Relation, weight: np.ndarray, bias: np.ndarray | None) -> Relation:
+        import pyarrow as pa
+
+        spell = DIALECT_SQL[self.dialect]
+        n_in, n_out = weight.shape
+        columns = np.ascontiguousarray(weight.T, dtype=np.float64)  # one row per output unit j
+        offsets = pa.array(np.arange(0, (n_out + 1) * n_in, n_in, dtype=np.int32))
+        table = self.table_for(f"wb{self._layer}", {
+            "j": np.arange(n_out), "wcol": pa.ListArray.from_arrays(offsets, pa.array(columns.ravel())),
+            "b": (bias if bias is not None else np.zeros(n_out)).astype(np.float64)})
+        packed = self._add(f"SELECT rid, {spell['pack']} AS vec FROM {x.name} GROUP BY rid", x.width)
+        dot = spell["dot"].format(a="x.vec", b="w.wcol")
+        return self._add(f"SELECT x.rid, w.j AS i, {dot} + w.b AS v FROM {packed.name} AS x CROSS JOIN {table} AS w",
                          n_out)
 
     def scalar(self, x: Relation, template: str) -> Relation:
@@ -99,6 +124,11 @@ class SQLBuilder:
         spell = DIALECT_SQL[self.dialect]
         value = {"array": spell["collect"], "class": spell["argmax"], "scalar": f"CAST(MAX(v) AS {spell['real']})"}[kind]
         return f"SELECT rid, {value} AS prediction FROM {x.name} GROUP BY rid"
+
+
+def layouts(dialect: str) -> tuple[str, ...]:
+    """The weight layouts a dialect can run ("blocked" needs a dot product of two arrays)."""
+    return ("element", "blocked") if "dot" in DIALECT_SQL[dialect] else ("element",)
 
 
 def compile_graph(graph, builder: SQLBuilder, source_cte: str) -> "Relation":

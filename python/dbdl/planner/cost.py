@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from ..backends.base import Backend
     from ..registry import ResolvedModel
@@ -31,6 +33,8 @@ DEFAULTS: dict[str, dict[str, float]] = {
         "dl_flops_per_s": 8.0e10,     # onnxruntime / torch on all cores
         "rel_weight_s": 5.5e-8,       # one joined (input value × weight) row, aggregated
         "rel_value_s": 1.1e-7,        # one activation value through a scalar step
+        "rel_dot_s": 1.5e-7,          # blocked layout: one (row, output unit) dot product...
+        "rel_dot_elem_s": 1.0e-9,     # ...plus this per element of it
     },
     "postgres": {
         "udf_setup_s": 5.0e-2,        # PL/Python bootstrap and session build in a new server process
@@ -62,6 +66,7 @@ class Estimate:
     seconds: float | None  # None when ruled out
     reason: str = ""       # why it was ruled out, or what dominates
     terms: dict[str, float] = field(default_factory=dict)
+    layout: str = ""       # relation-centric: "element" or "blocked" weights
 
     @property
     def feasible(self) -> bool:
@@ -88,6 +93,8 @@ class CallPlan:
             mark = "→" if e.strategy == self.choice else " "
             cost = f"{e.seconds * 1e3:12.3f} ms" if e.feasible else "   ruled out"
             detail = e.reason or ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in e.terms.items())
+            if e.layout:
+                detail += f" ({e.layout} layout)"
             lines.append(f"  {mark} {e.strategy:<9}{cost}   {detail}")
         how = "forced by the caller" if self.forced else "lowest estimate"
         lines.append(f"  chosen: {self.choice} ({how})")
@@ -128,11 +135,18 @@ def estimate(backend: "Backend", model: "ResolvedModel", graph, rows: int, budge
 
     ok, why = graph.relational
     if ok:
-        weights = sum(int(getattr(n.op, "params", {}).get(1, _Empty).size) for n in graph.nodes
-                      if n.op.op_type in ("Gemm", "MatMul"))
+        from ..ir.sql import layouts
+
+        dense = [n for n in graph.nodes if n.op.op_type in ("Gemm", "MatMul")]
+        weights = sum(int(np.count_nonzero(n.op.params[1])) for n in dense)
         values = sum(int(max(1, _size(n.shape))) for n in graph.nodes)
-        terms = {"joins": rows * weights * c["rel_weight_s"], "values": rows * values * c["rel_value_s"]}
-        out.append(Estimate("relation", sum(terms.values()), terms=terms))
+        options = {"element": {"joins": rows * weights * c["rel_weight_s"], "values": rows * values * c["rel_value_s"]}}
+        if "blocked" in layouts(backend.name) and "rel_dot_s" in c:
+            dots = sum(_size(n.shape) * (c["rel_dot_s"] + int(n.op.params[1].shape[0]) * c["rel_dot_elem_s"])
+                       for n in dense)
+            options["blocked"] = {"dot products": rows * dots, "values": rows * values * c["rel_value_s"]}
+        layout = min(options, key=lambda k: sum(options[k].values()))
+        out.append(Estimate("relation", sum(options[layout].values()), terms=options[layout], layout=layout))
     else:
         out.append(Estimate("relation", None, why))
 

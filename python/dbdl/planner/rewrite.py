@@ -98,6 +98,12 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         for e in candidates:
             if e.strategy != "udf" and e.feasible and not joinable:
                 e.seconds, e.reason = None, "predict is not inside a SELECT … FROM …"
+            if e.strategy == "relation" and e.feasible and not backend.can_create_tables("dbdl"):
+                from ..strategies.relation import missing_weight_tables
+
+                if missing_weight_tables(backend, resolved, e.layout or "element"):
+                    e.seconds, e.reason = None, ("its weight tables do not exist yet and this role may not create "
+                                                 "them in schema dbdl: run the query once as dbdl_admin")
         chosen = strategy
         if chosen is None:
             feasible = [e for e in candidates if e.feasible]
@@ -116,7 +122,8 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             key = (id(select), resolved.ref, kind, features.sql())
             if key not in joined:
                 if chosen == "relation":
-                    joined[key], new_ctes = relation_call(backend, kind, resolved, call, features, counter)
+                    layout = next(e.layout for e in candidates if e.strategy == "relation") or "element"
+                    joined[key], new_ctes = relation_call(backend, kind, resolved, call, features, counter, layout)
                     ctes.extend(new_ctes)
                 else:
                     joined[key] = dl_call(backend, kind, resolved, call, features, planned.cleanup)

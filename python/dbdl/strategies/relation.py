@@ -38,7 +38,8 @@ def model_graph(backend: "Backend", model: ResolvedModel):
 
 
 def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anonymous,
-                  features: exp.Expression, counter: itertools.count) -> tuple[exp.Expression, list[exp.CTE]]:
+                  features: exp.Expression, counter: itertools.count, layout: str = "element"
+                  ) -> tuple[exp.Expression, list[exp.CTE]]:
     """The expression replacing ``call`` and the CTEs it needs (added to the statement)."""
     graph = model_graph(backend, model)
     ok, why = graph.relational
@@ -52,10 +53,12 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     src, pred = f"dbdl_src{k}", f"dbdl_pred{k}"
     dialect = backend.name
     numbered = (
-        exp.select("dbdl_f", exp.alias_(exp.Window(this=exp.RowNumber()), "rid"))
+        exp.select(exp.alias_(_length_checked(backend, model, exp.column("dbdl_f")), "dbdl_f"),
+                   exp.alias_(exp.Window(this=exp.RowNumber()), "rid"))
         .from_(exp.alias_(exp.Subquery(this=distinct_features(select, features)), "dbdl_d", table=True))
     )
-    builder = SQLBuilder(dialect, lambda kind_, cols: _weights_table(backend, model, kind_, cols), prefix=f"dbdl_{k}_r")
+    builder = SQLBuilder(dialect, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
+                         prefix=f"dbdl_{k}_r", layout=layout)
     builder.ctes.append((src, numbered.sql(dialect=backend.dialect)))
     out = compile_graph(graph, builder, src)
     builder.ctes.append((f"{pred}_out", builder.output(out, kind)))
@@ -69,8 +72,36 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     return exp.column("dbdl_prediction", table=pred), ctes
 
 
+def missing_weight_tables(backend: "Backend", model: ResolvedModel, layout: str) -> list[str]:
+    """The weight tables relation-centric execution of ``model`` needs that do not exist yet."""
+    names: list[str] = []
+    builder = SQLBuilder(backend.name, lambda kind_, cols: names.append(f"rel_{model.sha256[:16]}_{kind_}") or "x",
+                         layout=layout)
+    compile_graph(model_graph(backend, model), builder, "src")
+    return [n for n in names if not backend.table_exists("dbdl", n)]
+
+
+def _length_checked(backend: "Backend", model: ResolvedModel, features: exp.Expression) -> exp.Expression:
+    """The features, or a ShapeMismatch raised in SQL for a row of the wrong length: joins would
+    otherwise silently drop (or miss) the positions the weights do not cover."""
+    from ..ir.sql import DIALECT_SQL
+
+    width = model.signature.n_features
+    length = exp.Anonymous(this=DIALECT_SQL[backend.name]["length"], expressions=[features.copy()])
+    message = exp.DPipe(
+        this=exp.Literal.string(f"dbdl.ShapeMismatch: model {model.ref!r} takes {width} features per row; pass a "
+                                f"vector of exactly {width} numbers — got a row with "),
+        expression=exp.Cast(this=length.copy(), to=exp.DataType.build("TEXT")))
+    fail = (exp.Anonymous(this="error", expressions=[message]) if backend.name == "duckdb"
+            else exp.Anonymous(this="dbdl.fail", expressions=[message, features.copy()]))
+    return exp.Case(ifs=[exp.If(this=exp.NEQ(this=length, expression=exp.Literal.number(width)), true=fail)],
+                    default=features)
+
+
 def _weights_table(backend: "Backend", model: ResolvedModel, kind: str, columns: dict[str, np.ndarray]) -> str:
     name = f"rel_{model.sha256[:16]}_{kind}"
     if not backend.table_exists("dbdl", name):
-        backend.write_arrow(f"dbdl.{name}", pa.table({c: pa.array(v) for c, v in columns.items()}))
+        backend.write_arrow(f"dbdl.{name}", pa.table(
+            {c: v if isinstance(v, pa.Array) else pa.array(v) for c, v in columns.items()}))
+        backend.share_table(f"dbdl.{name}")
     return f"dbdl.{name}"
