@@ -63,7 +63,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         console.print(f"{backend.name}: predict runs in this process; nothing else to check")
         return 0
     if "error" in report:
-        fix = (f"connect as a role granted dbdl_admin (GRANT dbdl_admin TO <role>), or a superuser"
+        fix = ("connect as a role granted dbdl_admin (GRANT dbdl_admin TO <role>), or a superuser"
                if "permission denied" in report["error"]
                else f"run `dbdl migrate {args.url}` as a superuser (it installs dbdl.doctor())")
         console.print(f"[red]cannot ask the server[/]: {report['error']}\nfix: {fix}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import migrate as migrations
 from .backends.base import Backend
@@ -13,6 +13,9 @@ from .planner.cost import memory_budget
 from .planner.rewrite import strategy_hint
 from .registry import ModelRegistry
 from .result import Result
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class Database:

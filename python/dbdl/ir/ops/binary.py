@@ -1,4 +1,5 @@
-"""Add, Sub, Mul, Div: element-wise, with a constant (broadcast over the row) or another tensor."""
+"""The element-wise binary operators' shared logic: with a constant (broadcast over the row) or
+another tensor of the same per-row shape."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ _SQL = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/"}
 
 
 class Binary(Op):
-    op_types = tuple(_NUMPY)
+    """Shared by Add, Sub, Mul and Div (each in its own file)."""
 
     def infer(self, shapes: list[Shape | None]) -> Shape:
         known = [s for s in shapes if s is not None]

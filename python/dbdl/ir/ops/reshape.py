@@ -1,0 +1,36 @@
+"""Reshape that keeps the batch axis: how a row's values are addressed, not the values."""
+
+from __future__ import annotations
+
+from math import prod
+
+from .base import Op, Shape
+
+
+class Reshape(Op):
+    op_types = ("Reshape",)
+
+    def target(self, in_shape: Shape) -> Shape:
+        spec = [int(d) for d in self.params[1]]
+        if not spec or spec[0] not in (0, -1):
+            raise NotImplementedError("Reshape that moves the batch axis")
+        rest = spec[1:]
+        if -1 in rest:
+            known = int(prod(d for d in rest if d != -1)) or 1
+            rest = [int(prod(in_shape)) // known if d == -1 else d for d in rest]
+        return tuple(rest)
+
+    def infer(self, shapes: list[Shape | None]) -> Shape:
+        out = self.target(shapes[0])
+        if int(prod(out)) != int(prod(shapes[0])):
+            raise NotImplementedError(f"Reshape of {shapes[0]} to {out}")
+        return out
+
+    def flops(self, in_shapes, out_shape):
+        return 0
+
+    def run(self, x, shape=None):
+        return x.reshape((len(x), *self.target(x.shape[1:])))
+
+    def to_sql(self, sql, inputs, out_shape):
+        return inputs[0]
