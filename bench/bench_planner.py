@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import RESULTS, machine  # noqa: E402
 
 import dbdl  # noqa: E402
+from dbdl.planner.calibrate import mlp_onnx as onnx_mlp  # noqa: E402
 
 CAP_S = float(os.environ.get("DBDL_BENCH_CAP_S", 60))
 MAX_BYTES = float(os.environ.get("DBDL_BENCH_MAX_BYTES", 600e6))
@@ -34,26 +35,6 @@ MODELS = {
     "768-3072-768": [768, 3072, 768],
     "60000-256-1500": [60000, 256, 1500],
 }
-
-
-def onnx_mlp(sizes: list[int], seed: int = 0) -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    nodes, inits, prev = [], [], "x"
-    for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
-        inits += [numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"W{k}"),
-                  numpy_helper.from_array(np.zeros(b, np.float32), f"B{k}")]
-        nodes.append(helper.make_node("Gemm", [prev, f"W{k}", f"B{k}"], [f"h{k}"]))
-        prev = f"h{k}"
-        if k < len(sizes) - 2:
-            nodes.append(helper.make_node("Relu", [prev], [f"r{k}"]))
-            prev = f"r{k}"
-    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", sizes[0]])],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["n", sizes[-1]])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
 
 
 def features(rows: int, width: int) -> np.ndarray:

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 _TABLE = "dbdl_calibration_rows"
 
 
-def _mlp_onnx(sizes: list[int], seed: int) -> bytes:
+def mlp_onnx(sizes: list[int], seed: int = 0) -> bytes:
+    """An ONNX MLP (Gemm + Relu layers, last layer linear) with random weights, built without torch."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -55,7 +56,7 @@ def calibrate(db: "Database", rows: int = 20000, progress: bool = True) -> dict[
     import onnx
 
     width = 64
-    small, large = _mlp_onnx([width, 1], 1), _mlp_onnx([width, 256, 256, 10], 2)
+    small, large = mlp_onnx([width, 1], 1), mlp_onnx([width, 256, 256, 10], 2)
     flops_small = from_onnx(onnx.load_from_string(small)).flops_per_row
     flops_large = from_onnx(onnx.load_from_string(large)).flops_per_row
     rel_rows = max(400, rows // 10)  # relation-centric is the slow one per row: fewer rows
