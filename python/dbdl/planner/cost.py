@@ -3,7 +3,9 @@
     udf       setup + rows × (per-row overhead + FLOPs / in-database FLOP/s
                               + parameter bytes × re-read cost where rows go one at a time)
     dl        setup + rows × (bytes in + bytes out) × transfer cost + rows × FLOPs / runtime FLOP/s
-    relation  rows × (Σ layer weights × join cost per weight + Σ activations × cost per value)
+    relation  setup + rows × (Σ layer weights × join cost per weight + Σ activations × cost per value)
+              (blocked layout: Σ output units × (dot-product cost + inputs × cost per element)
+              instead of the joins; the cheaper layout the dialect can run is taken)
 
 Constants come from `dbdl calibrate` (table dbdl.calibration); until then, the defaults below,
 which `dbdl calibrate` measured on a 2-core x86 machine without a GPU. Rows come from a cheap count of the rows the SELECT feeds to predict.
@@ -31,6 +33,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
         "dl_setup_s": 1.5e-2,         # planning the side query, loading the model
         "dl_byte_s": 8.5e-9,          # Arrow out and back, per feature byte
         "dl_flops_per_s": 8.0e10,     # onnxruntime / torch on all cores
+        "rel_setup_s": 3.0e-2,        # building and optimizing the compiled statement
         "rel_weight_s": 5.5e-8,       # one joined (input value × weight) row, aggregated
         "rel_value_s": 1.1e-7,        # one activation value through a scalar step
         "rel_dot_s": 1.5e-7,          # blocked layout: one (row, output unit) dot product...
@@ -44,6 +47,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
         "dl_setup_s": 1.8e-2,
         "dl_byte_s": 3.0e-8,          # binary COPY out and back
         "dl_flops_per_s": 6.0e10,
+        "rel_setup_s": 4.0e-2,
         "rel_weight_s": 5.3e-7,
         "rel_value_s": 1.1e-6,
     },
@@ -140,11 +144,14 @@ def estimate(backend: "Backend", model: "ResolvedModel", graph, rows: int, budge
         dense = [n for n in graph.nodes if n.op.op_type in ("Gemm", "MatMul")]
         weights = sum(int(np.count_nonzero(n.op.params[1])) for n in dense)
         values = sum(int(max(1, _size(n.shape))) for n in graph.nodes)
-        options = {"element": {"joins": rows * weights * c["rel_weight_s"], "values": rows * values * c["rel_value_s"]}}
+        setup = c.get("rel_setup_s", 0.0)
+        options = {"element": {"setup": setup, "joins": rows * weights * c["rel_weight_s"],
+                               "values": rows * values * c["rel_value_s"]}}
         if "blocked" in layouts(backend.name) and "rel_dot_s" in c:
             dots = sum(_size(n.shape) * (c["rel_dot_s"] + int(n.op.params[1].shape[0]) * c["rel_dot_elem_s"])
                        for n in dense)
-            options["blocked"] = {"dot products": rows * dots, "values": rows * values * c["rel_value_s"]}
+            options["blocked"] = {"setup": setup, "dot products": rows * dots,
+                                  "values": rows * values * c["rel_value_s"]}
         layout = min(options, key=lambda k: sum(options[k].values()))
         out.append(Estimate("relation", sum(options[layout].values()), terms=options[layout], layout=layout))
     else:
