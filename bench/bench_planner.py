@@ -176,7 +176,8 @@ def plot(cells: list[dict]) -> None:
             vals = [c["times"][strategy] if isinstance(c["times"][strategy], float) else np.nan for c in mine]
             ax.bar(x + (k - 1) * 0.25, vals, 0.25, label=strategy)
         chosen = [c["planner"] if isinstance(c.get("planner"), float) else np.nan for c in mine]
-        ax.scatter(x, chosen, marker="*", s=120, color="black", zorder=3, label="planner's choice")
+        where = [x[i] + (STRATEGIES.index(c["choice"]) - 1) * 0.25 for i, c in enumerate(mine)]
+        ax.scatter(where, chosen, marker="*", s=120, color="black", zorder=3, label="planner's choice")
         ax.set_yscale("log")
         ax.set_xticks(x, labels, fontsize=6, rotation=30, ha="right")
         ax.set_ylabel("seconds (log)")
