@@ -96,3 +96,35 @@ def test_explain_cli(url, mlp_onnx):
     out = subprocess.run([sys.executable, "-m", "dbdl.cli", "explain", url, "SELECT predict_class('m', feats) FROM t"],
                          capture_output=True, text=True, check=True).stdout
     assert "model m@1" in out and "chosen:" in out
+
+
+def test_ctes_parameters_and_create_table_as_under_every_strategy(db, scored, features, strategy):
+    expected = run_onnx(scored, {"x": features}).argmax(axis=1)
+    got = db.sql("WITH u AS (SELECT * FROM t WHERE id < 100) SELECT sum(predict_class('m', feats)) FROM u",
+                 strategy=strategy).scalar()
+    assert got == int(expected[:100].sum())
+    db.sql("CREATE TABLE scored AS SELECT id, predict_class('m', feats) AS c FROM t", strategy=strategy)
+    assert [r[1] for r in db.sql("SELECT id, c FROM scored ORDER BY id").fetchall()] == expected.tolist()
+    row = [float(v) for v in features[0]]
+    placeholders = ", ".join("?" * 8)
+    one = db.sql(f"SELECT predict_class('m', {'ARRAY' if db.backend.name == 'postgres' else ''}[{placeholders}]) "
+                 f"FROM t WHERE id = 0", row).scalar()
+    assert one == expected[0]
+
+
+def test_dropping_a_model_drops_its_weight_tables(db, scored):
+    db.sql("SELECT predict_class('m', feats) FROM t", strategy="relation")
+    def weight_tables():
+        return db.sql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'dbdl' "
+                      "AND table_name LIKE 'rel_%'").scalar()
+    assert weight_tables() > 0
+    db.models.drop("m")
+    assert weight_tables() == 0
+
+
+def test_no_feasible_strategy_is_an_error_naming_each_reason(db, multi_io_onnx):
+    db.models.register("multi", multi_io_onnx)
+    db.create_table("ab", {"id": np.arange(3), "feats": np.ones((3, 5), np.float32)})
+    db.memory_budget = 10
+    with pytest.raises(dbdl.StrategyUnavailable, match="udf: model needs.*relation: operator Concat.*dl: model needs"):
+        db.sql("SELECT predict_array('multi', feats) FROM ab")

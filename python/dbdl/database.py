@@ -69,8 +69,9 @@ class Database:
         ``?`` placeholders are bound to ``params``. Calls of predict/predict_array/predict_class
         that name their model with a literal are pinned to the serving version before the query
         runs, so an unknown model fails before a row is read. ``strategy`` forces how: "udf" (the
-        in-database function, the default), "relation" (the model compiled to SQL joins) or "dl"
-        (the rows streamed out to torch/onnxruntime and the predictions streamed back).
+        in-database function), "relation" (the model compiled to SQL joins) or "dl" (the rows
+        streamed out to torch/onnxruntime and the predictions streamed back); without it (or a
+        ``/*+ dbdl strategy=… */`` hint) the planner chooses per call by estimated cost.
         """
         params = tuple(params or ())
         needs_rewrite = bool(params) and self.backend.paramstyle != "qmark"

@@ -181,8 +181,15 @@ class ModelRegistry:
         Dropping the serving version moves serving to the previously promoted version that still
         exists, else to the latest remaining one. Model bytes no other version uses are deleted.
         """
-        with self._backend.transaction():
-            count = catalog.drop(self._backend, name, version)
+        b = self._backend
+        before = {r[0] for r in b.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
+        with b.transaction():
+            count = catalog.drop(b, name, version)
+        gone = before - {r[0] for r in b.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
+        for sha in gone:  # relation-centric weight tables of bytes no version uses any more
+            for (table,) in b.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = 'dbdl' "
+                                       "AND table_name LIKE ?", (f"rel_{sha[:16]}_%",)):
+                b.execute(f"DROP TABLE IF EXISTS dbdl.{table}")
         self._db._registry_changed()
         return count
 

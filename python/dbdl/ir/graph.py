@@ -27,6 +27,8 @@ class Graph:
     nodes: list[Node]
     #: (op type, reason) of each operator that the IR cannot evaluate or compile
     unsupported: list[tuple[str, str]] = field(default_factory=list)
+    #: bytes of every constant in the ONNX file (what loading the whole model costs, read or not)
+    initializer_bytes: int = 0
 
     # -- facts -------------------------------------------------------------------------------
 
@@ -55,6 +57,8 @@ class Graph:
         for node in self.nodes:
             if not node.op.relational:
                 return False, f"operator {node.op.op_type} has no SQL form"
+            if node.op.op_type == "Softmax" and len(node.shape) > 1:
+                return False, "Softmax over the last of several per-row axes has no SQL form yet"
         return True, ""
 
     def output_shape(self) -> Shape:
@@ -97,7 +101,8 @@ def from_onnx(proto) -> Graph:
         shape = tuple(int(d.dim_value) for d in dims[1:])
         graph_inputs.append((value.name, shape))
         shapes[value.name] = shape
-    graph = Graph(graph_inputs, [o.name for o in proto.graph.output], [])
+    graph = Graph(graph_inputs, [o.name for o in proto.graph.output], [],
+                  initializer_bytes=int(sum(c.nbytes for c in constants.values())))
     for onnx_node in proto.graph.node:
         attrs = _attrs(onnx_node)
         if onnx_node.op_type == "Constant":

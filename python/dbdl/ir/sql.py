@@ -31,7 +31,7 @@ DIALECT_SQL = {
     "postgres": {
         "unnest": "SELECT s.rid, u.i - 1 AS i, CAST(u.v AS DOUBLE PRECISION) AS v "
                   "FROM {src} AS s, unnest(s.dbdl_f) WITH ORDINALITY AS u(v, i)",
-        "collect": "CAST(array_agg(v ORDER BY i) AS REAL[])",
+        "collect": "CAST(array_agg(v ORDER BY i) AS REAL[])",  # PostgreSQL arrays have no fixed length
         "argmax": "(array_agg(i ORDER BY v DESC, i))[1]",
         "real": "REAL",
         "length": "cardinality",
@@ -122,7 +122,8 @@ class SQLBuilder:
     def output(self, x: Relation, kind: str) -> str:
         """The SELECT giving (rid, prediction) for predict (scalar), predict_array or predict_class."""
         spell = DIALECT_SQL[self.dialect]
-        value = {"array": spell["collect"], "class": spell["argmax"], "scalar": f"CAST(MAX(v) AS {spell['real']})"}[kind]
+        value = {"array": spell["collect"], "class": spell["argmax"],
+                 "scalar": f"CAST(MAX(v) AS {spell['real']})"}[kind]
         return f"SELECT rid, {value} AS prediction FROM {x.name} GROUP BY rid"
 
 

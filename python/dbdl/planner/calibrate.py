@@ -60,12 +60,14 @@ def calibrate(db: "Database", rows: int = 20000, progress: bool = True) -> dict[
     flops_small = from_onnx(onnx.load_from_string(small)).flops_per_row
     flops_large = from_onnx(onnx.load_from_string(large)).flops_per_row
     rel_rows = max(400, rows // 10)  # relation-centric is the slow one per row: fewer rows
-    names = ("dbdl_calibration_small", "dbdl_calibration_large")
+    token = f"{np.random.default_rng().integers(1 << 32):08x}"  # never a user's model or table
+    names = (f"dbdl_calibration_{token}_small", f"dbdl_calibration_{token}_large")
+    table = f"{_TABLE}_{token}"
     measured: dict[str, float] = {}
     steps = [("udf", "udf_row_s"), ("dl", "dl_byte_s"), ("relation", "rel_weight_s")]
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("calibrating", total=len(steps) + 1)
-        db.create_table(_TABLE, {"id": np.arange(rows),
+        db.create_table(table, {"id": np.arange(rows),
                                  "feats": np.random.default_rng(0).standard_normal((rows, width), dtype=np.float32)},
                         replace=True)
         db.models.register(names[0], small)
@@ -73,8 +75,8 @@ def calibrate(db: "Database", rows: int = 20000, progress: bool = True) -> dict[
         bar.advance(task)
         try:
             def run(strategy: str, model: str, n: int) -> float:
-                query = f"SELECT sum(predict_class('{model}', feats)) FROM {_TABLE} WHERE id < {n}" if model.endswith(
-                    "large") else f"SELECT sum(predict('{model}', feats) * 0 + 1) FROM {_TABLE} WHERE id < {n}"
+                query = f"SELECT sum(predict_class('{model}', feats)) FROM {table} WHERE id < {n}" if model.endswith(
+                    "large") else f"SELECT sum(predict('{model}', feats) * 0 + 1) FROM {table} WHERE id < {n}"
                 db.sql(query, strategy=strategy)  # warm: sessions, weight tables
                 return _time(lambda: db.sql(query, strategy=strategy))
 
@@ -108,7 +110,7 @@ def calibrate(db: "Database", rows: int = 20000, progress: bool = True) -> dict[
         finally:
             for name in names:
                 db.models.drop(name)
-            db.sql(f"DROP TABLE IF EXISTS {_TABLE}")
+            db.sql(f"DROP TABLE IF EXISTS {table}")
     with db.backend.transaction():
         for key, value in measured.items():
             db.backend.execute("DELETE FROM dbdl.calibration WHERE key = ?", (key,))

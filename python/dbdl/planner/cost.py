@@ -97,7 +97,7 @@ class CallPlan:
             mark = "→" if e.strategy == self.choice else " "
             cost = f"{e.seconds * 1e3:12.3f} ms" if e.feasible else "   ruled out"
             detail = e.reason or ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in e.terms.items())
-            if e.layout:
+            if e.layout and e.feasible:
                 detail += f" ({e.layout} layout)"
             lines.append(f"  {mark} {e.strategy:<9}{cost}   {detail}")
         how = "forced by the caller" if self.forced else "lowest estimate"
@@ -121,7 +121,7 @@ def estimate(backend: "Backend", model: "ResolvedModel", graph, rows: int, budge
     c = constants(backend)
     budget = memory_budget() if budget is None else budget
     flops = graph.flops_per_row if not graph.unsupported else _fallback_flops(model)
-    params = graph.param_bytes
+    params = max(graph.param_bytes, graph.initializer_bytes)
     bytes_in = 4 * model.signature.n_features
     bytes_out = 4 * (model.output_spec.per_row or 1)
     out: list[Estimate] = []

@@ -95,9 +95,12 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         joinable = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
         rows = _estimate_rows(backend, select, features) if joinable else 1
         candidates = estimate(backend, resolved, graph, rows, memory_budget)
+        parameters = features.find(exp.Placeholder, exp.Parameter) is not None
         for e in candidates:
             if e.strategy != "udf" and e.feasible and not joinable:
                 e.seconds, e.reason = None, "predict is not inside a SELECT … FROM …"
+            if e.strategy != "udf" and e.feasible and parameters:
+                e.seconds, e.reason = None, "the features hold bound parameters, which only the in-database form takes"
             if e.strategy == "relation" and e.feasible and not backend.can_create_tables("dbdl"):
                 from ..strategies.relation import missing_weight_tables
 
@@ -107,7 +110,12 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         chosen = strategy
         if chosen is None:
             feasible = [e for e in candidates if e.feasible]
-            chosen = min(feasible, key=lambda e: e.seconds).strategy if feasible else "udf"
+            if not feasible:
+                reasons = "; ".join(f"{e.strategy}: {e.reason}" for e in candidates)
+                raise StrategyUnavailable(f"no strategy can run {call.sql(dialect=backend.dialect)} ({reasons}); raise "
+                                          "the memory budget (DBDL_MEMORY_BUDGET, db.memory_budget) or use a model the "
+                                          "IR supports")
+            chosen = min(feasible, key=lambda e: e.seconds).strategy
         else:
             forced = next(e for e in candidates if e.strategy == chosen)
             if not forced.feasible:
@@ -135,21 +143,20 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             replacement = exp.alias_(replacement, call.this.lower())
         call.replace(replacement)
     if ctes:
-        existing = tree.args.get("with_") or tree.args.get("with")
+        # CREATE TABLE … AS / INSERT … SELECT: the CTEs belong to the query inside
+        query = tree if isinstance(tree, exp.Query) else tree.find(exp.Query)
         for cte in ctes:
-            tree = tree.with_(cte.alias, as_=cte.this, copy=False) if existing is None else tree
-            if existing is not None:
-                existing.append("expressions", cte)
+            query.with_(cte.alias, as_=cte.this, copy=False)
     planned.sql = tree.sql(dialect=backend.dialect)
     return planned
 
 
 def _estimate_rows(backend: "Backend", select: exp.Select, features: exp.Expression) -> int:
-    from ..strategies.common import distinct_features
+    from ..strategies.common import source_rows
 
-    source = distinct_features(select, features)
-    source.set("distinct", None)  # an upper bound, without the cost of de-duplicating
-    return backend.estimate_rows(source.sql(dialect=backend.dialect))
+    # the rows the SELECT reads (an upper bound of the distinct feature vectors), without the
+    # features themselves, which may hold bound parameters
+    return backend.estimate_rows(source_rows(select).sql(dialect=backend.dialect))
 
 
 def check_output_kind(kind: str, model: ResolvedModel) -> None:

@@ -14,6 +14,38 @@ def enclosing_select(call: exp.Expression) -> exp.Select:
     return select
 
 
+def source_rows(select: exp.Select) -> exp.Select:
+    """SELECT 1 FROM <the select's FROM, joins and prediction-free filters>, with the WITH clause
+    of the statement it sits in: the rows whose features the SELECT scores (a superset)."""
+    rows = exp.select(exp.Literal.number(1))
+    for key in ("from", "from_"):
+        if select.args.get(key) is not None:
+            rows.set(key, select.args[key].copy())
+    joins = [j.copy() for j in select.args.get("joins") or [] if not j.meta.get("dbdl_added")]
+    if joins:
+        rows.set("joins", joins)
+    where = select.args.get("where")
+    if where is not None:
+        conjuncts = list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
+        kept = [c.copy() for c in conjuncts if not _has_prediction_or_parameter(c)]
+        if kept:
+            rows.where(exp.and_(*kept), copy=False)
+    _add_enclosing_ctes(select, rows)
+    return rows
+
+
+def _add_enclosing_ctes(select: exp.Expression, query: exp.Select) -> None:
+    """Give a side query the CTEs the statement around ``select`` defines (its own come first)."""
+    node: exp.Expression | None = select
+    while node is not None:
+        with_ = node.args.get("with_") or node.args.get("with")
+        if with_ is not None:
+            for cte in with_.expressions:
+                if not cte.alias.startswith("dbdl_"):
+                    query.with_(cte.alias, as_=cte.this.copy(), copy=False)
+        node = node.parent
+
+
 def distinct_features(select: exp.Select, features: exp.Expression) -> exp.Select:
     """SELECT DISTINCT <features> AS dbdl_f FROM <the select's FROM and joins> WHERE <its filters>
     that need neither a prediction (what is being computed) nor a bound parameter (bound once) —
@@ -31,7 +63,9 @@ def distinct_features(select: exp.Select, features: exp.Expression) -> exp.Selec
         conjuncts = list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
         kept = [c.copy() for c in conjuncts if not _has_prediction_or_parameter(c)]
     kept.append(exp.Not(this=exp.Is(this=features.copy(), expression=exp.Null())))
-    return distinct.where(exp.and_(*kept), copy=False)
+    distinct.where(exp.and_(*kept), copy=False)
+    _add_enclosing_ctes(select, distinct)
+    return distinct
 
 
 def _has_prediction_or_parameter(node: exp.Expression) -> bool:

@@ -57,6 +57,15 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[[np.
 
 
 def _torch_module(backend: "Backend", model: ResolvedModel):
+    from ..errors import PermissionDenied
+
+    try:
+        return _read_torch_module(backend, model)
+    except PermissionDenied:
+        return None  # a role that may not read the stored program scores with onnxruntime
+
+
+def _read_torch_module(backend: "Backend", model: ResolvedModel):
     row = backend.fetchone("SELECT source FROM dbdl.model_catalog WHERE name = ? AND version = ?",
                            (model.name, model.version))
     if not row or row[0] != "torch":

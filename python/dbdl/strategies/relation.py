@@ -69,7 +69,12 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     select.join(exp.to_table(pred), on=exp.EQ(this=exp.column("dbdl_f", table=pred), expression=features.copy()),
                 join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
-    return exp.column("dbdl_prediction", table=pred), ctes
+    column = exp.column("dbdl_prediction", table=pred)
+    width = model.output_spec.per_row
+    if kind == "array" and backend.name == "duckdb" and width is not None:
+        # the same FLOAT[k] type the other strategies return
+        column = exp.Cast(this=column, to=exp.DataType.build(f"FLOAT[{width}]", dialect="duckdb"))
+    return column, ctes
 
 
 def missing_weight_tables(backend: "Backend", model: ResolvedModel, layout: str) -> list[str]:
