@@ -248,8 +248,9 @@ WHERE l.lanname = 'plpython3u' ORDER BY 1;""").stdout.splitlines()
 def test_python_path_is_stored_and_doctor_explains(pg, tmp_path):
     server, name, url = pg
 
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "dbdl.cli", *args], capture_output=True, text=True)
+    def cli(*args, plain_env=False):
+        env = {k: v for k, v in os.environ.items() if not (plain_env and k == "DBDL_SERVER_PYTHON_PATH")}
+        return subprocess.run([sys.executable, "-m", "dbdl.cli", *args], capture_output=True, text=True, env=env)
 
     with dbdl.connect(url) as db:
         stored = json.loads(db.sql("SELECT value FROM dbdl.settings WHERE key = 'python_path'").scalar())
@@ -271,7 +272,7 @@ def test_python_path_is_stored_and_doctor_explains(pg, tmp_path):
     with dbdl.connect(url) as db:  # a new server session reads the new (broken) path
         with pytest.raises(dbdl.ConfigurationError, match="cannot import dbdl_udf"):
             db.sql("SELECT predict_array('m', ARRAY[1]::real[])")
-    assert cli("migrate", url).returncode == 0  # a plain re-run keeps the recorded path...
+    assert cli("migrate", url, plain_env=True).returncode == 0  # a plain re-run keeps the recorded path...
     assert cli("doctor", url).returncode == 1
     assert cli("migrate", url, "--python-path", *stored).returncode == 0  # ...an explicit one replaces it
     assert cli("doctor", url).returncode == 0
