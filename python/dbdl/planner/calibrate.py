@@ -52,6 +52,7 @@ def calibrate(db: "Database", rows: int = 20000, progress: bool = True) -> dict[
     from rich.progress import Progress
 
     from ..ir import from_onnx
+    from ..ir.sql import layouts
 
     import onnx
 
@@ -101,11 +102,15 @@ def calibrate(db: "Database", rows: int = 20000, progress: bool = True) -> dict[
             measured["dl_flops_per_s"] = (flops_large - flops_small) / max(large_row - small_row, 1e-12)
             bar.advance(task)
 
-            rel_row, rel_setup = slope("relation", names[0], rel_rows // 4, rel_rows)
+            rel_row, rel_setup = slope("relation:element", names[0], rel_rows // 4, rel_rows)
             measured["rel_setup_s"] = rel_setup
             # the small model: width weights joined per row, and a handful of values per row
             measured["rel_weight_s"] = rel_row / (width + 0.5 * (width + 3))
             measured["rel_value_s"] = measured["rel_weight_s"] * 2
+            if "blocked" in layouts(db.backend.name):
+                # one dot product of `width` elements per row for the small model
+                dot_row, _ = slope("relation:blocked", names[0], rel_rows // 4, rel_rows)
+                measured["rel_dot_s"] = max(dot_row - (width + 3) * measured["rel_value_s"], 1e-9)
             bar.advance(task)
         finally:
             for name in names:

@@ -65,8 +65,16 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
     from ..strategies.relation import model_graph, relation_call
     from .cost import CallPlan, estimate
 
-    if strategy not in (None, *STRATEGIES):
-        raise StrategyUnavailable(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    from ..ir.sql import layouts
+
+    # "relation:element" / "relation:blocked" also force the weight layout (calibration uses them)
+    strategy, _, forced_layout = (strategy or "").partition(":")
+    strategy = strategy or None
+    if strategy not in (None, *STRATEGIES) or (forced_layout and (
+            strategy != "relation" or forced_layout not in layouts(backend.name))):
+        raise StrategyUnavailable(
+            f"unknown strategy {strategy if not forced_layout else f'{strategy}:{forced_layout}'!r}; choose one of "
+            f"{', '.join(STRATEGIES)} (relation-centric layouts here: {', '.join(layouts(backend.name))})")
     planned = PlannedStatement(sql="")
     counter = itertools.count()
     ctes: list[exp.CTE] = []
@@ -130,7 +138,7 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             key = (id(select), resolved.ref, kind, features.sql())
             if key not in joined:
                 if chosen == "relation":
-                    layout = next(e.layout for e in candidates if e.strategy == "relation") or "element"
+                    layout = forced_layout or next(e.layout for e in candidates if e.strategy == "relation") or "element"
                     joined[key], new_ctes = relation_call(backend, kind, resolved, call, features, counter, layout)
                     ctes.extend(new_ctes)
                 else:
