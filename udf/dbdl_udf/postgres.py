@@ -271,6 +271,9 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
         key_sql = plpy.execute(f"SELECT format_type({int(key_type)}, NULL) AS t")[0]["t"]
         width_out = signature.outputs[output].per_row
         columnar = kind == "array" and width_out is not None and width_out <= _COLUMNAR_MAX
+        # integer keys and the predictions go as array literals (parsed by array_in in C) rather
+        # than Python lists, which PL/Python converts one element at a time through text
+        key_text = key_sql in ("bigint", "integer", "smallint")
         if columnar:
             # one array parameter per output value: PostgreSQL unnests them side by side and builds
             # each row's real[] in C, about 4x faster than slicing one long array per row
@@ -279,9 +282,9 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
             # per column, written by str.join and parsed by array_in in C, is several times cheaper
             insert = plpy.prepare(
                 f"INSERT INTO {target_sql} SELECT k, CASE WHEN n THEN NULL ELSE ARRAY[{cols}] END "
-                f"FROM unnest($1, $2, {', '.join(f'${j}::real[]' for j in range(3, width_out + 3))}) "
+                f"FROM unnest($1::{key_sql}[], $2, {', '.join(f'${j}::real[]' for j in range(3, width_out + 3))}) "
                 f"AS u(k, n, {cols})",
-                [f"{key_sql}[]", "boolean[]"] + ["text"] * width_out)
+                ["text" if key_text else f"{key_sql}[]", "boolean[]"] + ["text"] * width_out)
         elif kind == "array":
             insert = plpy.prepare(
                 f"INSERT INTO {target_sql} SELECT k[i], CASE WHEN n[i] THEN NULL ELSE v[(i - 1) * $4 + 1 : i * $4] END "
@@ -289,7 +292,8 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
                 [f"{key_sql}[]", "real[]", "boolean[]", "int4"])
         else:
             insert = plpy.prepare(
-                f"INSERT INTO {target_sql} SELECT * FROM unnest($1, $2)", [f"{key_sql}[]", f"{out_sql}[]"])
+                f"INSERT INTO {target_sql} SELECT * FROM unnest($1::{key_sql}[], $2::{out_sql}[])",
+                ["text" if key_text else f"{key_sql}[]", "text"])
         cursor = plpy.cursor(f"SELECT q.{key_col} AS k, {as_bytes} AS f FROM ({query}) AS q")
         total = 0
         while True:
@@ -316,7 +320,8 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
                 if out is not None:
                     full[valid] = out
                 if columnar:
-                    plpy.execute(insert, [keys, (~valid).tolist(), *map(_real_array_literal, full.T)])
+                    plpy.execute(insert, [_keys_arg(keys, key_text), (~valid).tolist(),
+                                          *map(_real_array_literal, full.T)])
                 else:
                     plpy.execute(insert, [keys, full.ravel().tolist(), (~valid).tolist(), k])
             else:
@@ -327,11 +332,24 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
                     if out is not None:
                         for i, v in zip(np.flatnonzero(valid).tolist(), out.tolist()):
                             values[i] = v
-                plpy.execute(insert, [keys, values])
+                plpy.execute(insert, [_keys_arg(keys, key_text), _array_literal(values, kind)])
             total += len(rows)
         return total
     except Error as exc:
         raise_for_sql(plpy, exc)
+
+
+def _keys_arg(keys: list, as_text: bool):
+    """Integer keys as one array literal (NULL keys included); other key types as the list."""
+    if not as_text:
+        return keys
+    return "{" + ",".join("NULL" if k is None else str(k) for k in keys) + "}"
+
+
+def _array_literal(values: list, kind: str) -> str:
+    """'{…}' for a real[] or bigint[] parameter, NULL elements included."""
+    fmt = "{:.9g}".format if kind != "class" else str
+    return "{" + ",".join("NULL" if v is None else fmt(v) for v in values) + "}"
 
 
 def _real_array_literal(values: np.ndarray) -> str:
