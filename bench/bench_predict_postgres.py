@@ -82,8 +82,12 @@ def main() -> None:
         results.append({"name": "CALL predict_into, array, bytea features", "rows_per_s": into("array", "tb")})
         results.append({"name": "CALL predict_into, array, real[] features", "rows_per_s": into("array", "t")})
 
-        seconds = timed(lambda: db.sql(f"SELECT sum(predict_class('mlp', feats)) FROM t WHERE id < {ROW_AT_A_TIME_ROWS}"))
+        seconds = timed(lambda: db.sql(f"SELECT sum(predict_class('mlp', feats)) FROM t WHERE id < {ROW_AT_A_TIME_ROWS}",
+                                       strategy="udf"))  # the PL/Python function, whatever the planner would pick
         results.append({"name": "row-at-a-time SELECT predict_class(...)", "rows_per_s": ROW_AT_A_TIME_ROWS / seconds})
+        seconds = timed(lambda: db.sql("CREATE TABLE dl_scores AS SELECT id, predict_class('mlp', feats) AS c FROM t",
+                                       strategy="dl"))
+        results.append({"name": "db.sql DL-centric (binary COPY out and back) → table", "rows_per_s": rows / seconds})
 
         # what users write today: fetch with psycopg, score with torch, insert the results back
         def naive() -> None:
