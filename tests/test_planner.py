@@ -140,3 +140,13 @@ def test_no_feasible_strategy_is_an_error_naming_each_reason(db, multi_io_onnx):
     db.memory_budget = 10
     with pytest.raises(dbdl.StrategyUnavailable, match="udf: model needs.*relation: operator Concat.*dl: model needs"):
         db.sql("SELECT predict_array('multi', feats) FROM ab")
+
+
+def test_hint_inside_a_string_is_data_and_dl_cleans_up_after_a_failed_plan(db, scored):
+    got = db.sql("SELECT '/*+ dbdl strategy=bogus */' AS s, predict_class('m', feats) AS c FROM t WHERE id = 0")
+    assert got.fetchall()[0][0] == "/*+ dbdl strategy=bogus */"
+    with pytest.raises(dbdl.ModelNotFound):
+        db.sql("SELECT predict_class('m', feats) AS a, predict_class('nope', feats) AS b FROM t", strategy="dl")
+    temp = ("SELECT count(*) FROM duckdb_tables() WHERE temporary" if db.backend.name == "duckdb"
+            else "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'dbdl_dl_%'")
+    assert db.sql(temp).scalar() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import migrate as migrations
@@ -89,14 +91,17 @@ class Database:
             raise QueryError(
                 f"parameters bind to one statement, and this text has {len(trees)}; run the statements one by one")
         table = None
-        strategy = strategy or strategy_hint(query)
+        strategy = strategy or strategy_hint(query, self.backend.dialect)
         for tree in trees:
-            planned = plan_statement(self.backend, tree, strategy, memory_budget=self.memory_budget)
+            cleanup: list[str] = []  # DL-centric temp tables, created while planning
             try:
+                planned = plan_statement(self.backend, tree, strategy, memory_budget=self.memory_budget,
+                                         cleanup=cleanup)
                 table = self.backend.run_query(planned.sql, params, planned.models)
             finally:
-                for temp in planned.cleanup:
-                    self.backend.drop_temp_table(temp)
+                for temp in cleanup:
+                    with contextlib.suppress(Exception):  # never hide the statement's own error
+                        self.backend.drop_temp_table(temp)
         return Result(table)
 
     execute = sql
@@ -109,7 +114,8 @@ class Database:
             raise QueryError("the query does not parse; EXPLAIN needs SQL that sqlglot reads")
         plans = []
         for tree in trees:
-            plans.extend(plan_statement(self.backend, tree, strategy or strategy_hint(query), execute=False,
+            plans.extend(plan_statement(self.backend, tree, strategy or strategy_hint(query, self.backend.dialect),
+                                        execute=False,
                                         memory_budget=self.memory_budget).plans)
         return Explain(plans)
 

@@ -146,6 +146,8 @@ class DuckDBBackend(Backend):
         self.con.register(view, data)
         try:
             self.con.execute(create.sql(dialect=self.dialect))
+        except duckdb.Error as exc:
+            raise self._translate(exc) from exc
         finally:
             self.con.unregister(view)
 
@@ -175,6 +177,8 @@ class DuckDBBackend(Backend):
         self.con.register(view, data)
         try:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM {view}")
+        except duckdb.Error as exc:
+            raise self._translate(exc) from exc
         finally:
             self.con.unregister(view)
 

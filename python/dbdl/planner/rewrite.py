@@ -47,14 +47,28 @@ def find_predict_calls(tree: exp.Expression) -> list[exp.Anonymous]:
 HINT_RE = re.compile(r"/\*\+\s*dbdl\s+strategy\s*=\s*(\w+)\s*\*/", re.I)
 
 
-def strategy_hint(sql: str) -> str | None:
-    """The strategy named by a ``/*+ dbdl strategy=relation */`` comment in the SQL, if any."""
-    found = HINT_RE.search(sql)
-    return found[1].lower() if found else None
+def strategy_hint(sql: str, dialect=None) -> str | None:
+    """The strategy named by a ``/*+ dbdl strategy=relation */`` comment in the SQL, if any (a
+    comment: the same text inside a string literal is data, not a hint)."""
+    if "dbdl" not in sql or "/*" not in sql:
+        return None
+    from sqlglot.dialects.dialect import Dialect
+
+    try:
+        tokens = Dialect.get_or_raise(dialect).tokenize(sql)
+    except Exception:  # noqa: BLE001 - unparsable text has no hint dbdl can trust
+        return None
+    for token in tokens:
+        for comment in token.comments:
+            found = HINT_RE.search(f"/*{comment}*/")
+            if found:
+                return found[1].lower()
+    return None
 
 
 def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | None = None, *,
-                   execute: bool = True, memory_budget: int | None = None) -> PlannedStatement:
+                   execute: bool = True, memory_budget: int | None = None,
+                   cleanup: list[str] | None = None) -> PlannedStatement:
     """Rewrite the predict calls of one parsed statement for ``backend``.
 
     ``strategy`` forces "udf", "relation" or "dl"; None lets the cost model choose per call.
@@ -76,6 +90,8 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             f"unknown strategy {strategy if not forced_layout else f'{strategy}:{forced_layout}'!r}; choose one of "
             f"{', '.join(STRATEGIES)} (relation-centric layouts here: {', '.join(layouts(backend.name))})")
     planned = PlannedStatement(sql="")
+    if cleanup is not None:
+        planned.cleanup = cleanup  # the caller drops these even if planning fails half way
     counter = itertools.count()
     ctes: list[exp.CTE] = []
     joined: dict[tuple, exp.Expression] = {}

@@ -40,7 +40,8 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[[np.
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                y = module(torch.from_numpy(x.reshape((len(x), *model.signature.inputs[0].shape))).to(device))
+                batch = np.array(x, dtype=np.float32).reshape((len(x), *model.signature.inputs[0].shape))
+                y = module(torch.from_numpy(batch).to(device))  # a writable copy: Arrow buffers are read-only
             y = y[output] if isinstance(y, (tuple, list)) else y
             return y.float().cpu().numpy().reshape(len(x), -1)
     else:
