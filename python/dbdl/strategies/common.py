@@ -47,25 +47,12 @@ def _add_enclosing_ctes(select: exp.Expression, query: exp.Select) -> None:
 
 
 def distinct_features(select: exp.Select, features: exp.Expression) -> exp.Select:
-    """SELECT DISTINCT <features> AS dbdl_f FROM <the select's FROM and joins> WHERE <its filters>
-    that need neither a prediction (what is being computed) nor a bound parameter (bound once) —
-    a superset of the rows the SELECT scores; NULL features are left out (they give NULL)."""
-    distinct = exp.select(exp.alias_(features.copy(), "dbdl_f")).distinct()
-    for key in ("from", "from_"):
-        if select.args.get(key) is not None:
-            distinct.set(key, select.args[key].copy())
-    joins = [j.copy() for j in select.args.get("joins") or [] if not j.meta.get("dbdl_added")]
-    if joins:
-        distinct.set("joins", joins)
-    where = select.args.get("where")
-    kept = []
-    if where is not None:
-        conjuncts = list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
-        kept = [c.copy() for c in conjuncts if not _has_prediction_or_parameter(c)]
-    kept.append(exp.Not(this=exp.Is(this=features.copy(), expression=exp.Null())))
-    distinct.where(exp.and_(*kept), copy=False)
-    _add_enclosing_ctes(select, distinct)
-    return distinct
+    """SELECT DISTINCT <features> AS dbdl_f over source_rows(select), NULL features left out (they
+    give NULL): each feature vector the SELECT needs scored, once."""
+    rows = source_rows(select)
+    rows.set("expressions", [exp.alias_(features.copy(), "dbdl_f")])
+    rows.set("distinct", exp.Distinct())
+    return rows.where(exp.Not(this=exp.Is(this=features.copy(), expression=exp.Null())), copy=False)
 
 
 def _has_prediction_or_parameter(node: exp.Expression) -> bool:
