@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import sqlglot.expressions as exp
 import torch
 from conftest import make_mlp, run_onnx
 
@@ -293,3 +294,30 @@ def test_parallel_plans_and_target_names(pg, scorer_onnx):
         assert got == int((run_onnx(scorer_onnx, {"x": x})[:, 0] > 0.5).sum())
         db.sql("CALL predict_into('s', 'SELECT id, feats FROM big WHERE id < 10', 'MyScores', 'scalar')")
         assert db.sql("SELECT count(*) FROM myscores").scalar() == 10  # folded like an unquoted name
+
+
+def test_dl_centric_keys_one_table_queries_by_ctid(pg, mlp_onnx, features):
+    server, name, url = pg
+    with dbdl.connect(url) as db:
+        db.models.register("m", mlp_onnx)
+        db.create_table("t", {"id": np.arange(len(features)), "feats": features})
+        db.sql("UPDATE t SET feats = NULL WHERE id % 7 = 0")
+        expected = run_onnx(mlp_onnx, {"x": features})
+        for feats in ("feats", "feats::float8[]", "s.feats"):  # numpy fast path, general path, an alias
+            source = "t AS s" if feats.startswith("s.") else "t"
+            key = "s.id" if feats.startswith("s.") else "id"
+            sql = f"SELECT {key}, predict_array('m', {feats}) FROM {source} WHERE {key} > 10 ORDER BY {key}"
+            rows = db.sql(sql, strategy="dl").fetchall()
+            assert [r[0] for r in rows] == list(range(11, len(features)))
+            for i, value in rows:
+                if i % 7 == 0:
+                    assert value is None
+                else:
+                    np.testing.assert_allclose(value, expected[i], atol=1e-5)
+        from dbdl.strategies.dl import _row_identity
+        from dbdl.planner import parse
+
+        tree = parse("SELECT predict_array('m', feats) FROM t", db.backend.dialect)[0]
+        assert _row_identity(db.backend, tree).sql() == "t.ctid"
+        with_cte = parse("WITH t AS (SELECT * FROM t) SELECT predict_array('m', feats) FROM t", db.backend.dialect)[0]
+        assert _row_identity(db.backend, with_cte.find(exp.Select, bfs=False)) is None

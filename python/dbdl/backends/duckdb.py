@@ -151,7 +151,7 @@ class DuckDBBackend(Backend):
         finally:
             self.con.unregister(view)
 
-    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str) -> None:
+    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str, keyed: bool = False) -> None:
         """DL-centric: Arrow record batches out, ``score`` on each, an Arrow table back in."""
         from ..strategies.dl import BATCH_ROWS
 

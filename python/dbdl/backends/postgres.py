@@ -58,6 +58,8 @@ class PostgresBackend(Backend):
     schemes = ("postgresql", "postgres")
     dialect = DbdlPostgres
     paramstyle = "format"
+    #: DL-centric execution keys predictions of one-table queries by this column
+    row_identity = "ctid"
 
     def __init__(self, url: str, *, python_path: Sequence[str] | None = None, **_: Any) -> None:
         super().__init__(url)
@@ -178,45 +180,50 @@ class PostgresBackend(Backend):
             # statistics now, so that the planner's row estimates (EXPLAIN) are right at once
             self.con.execute(f"ANALYZE {target.sql(dialect='postgres')}")
 
-    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str) -> None:
-        """DL-centric: binary COPY out, ``score`` in batches, binary COPY of the predictions back in."""
+    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str, keyed: bool = False) -> None:
+        """DL-centric: binary COPY out, ``score`` in batches, binary COPY of the predictions back in.
+
+        The source returns (dbdl_f) — the key is then the features themselves — or, ``keyed``,
+        (dbdl_k, dbdl_f) with a row identity as the key."""
         from dbdl_udf.postgres import decode_array_send
 
         from ..strategies.dl import BATCH_ROWS
 
         out_type = {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
+        key = "dbdl_k" if keyed else "dbdl_f"
         try:
             with self.transaction():
-                self.con.execute(f"CREATE TEMP TABLE {table} AS SELECT s.dbdl_f, NULL::{out_type} AS dbdl_prediction "
+                self.con.execute(f"CREATE TEMP TABLE {table} AS SELECT s.{key}, NULL::{out_type} AS dbdl_prediction "
                                  f"FROM ({source_sql}) AS s WITH NO DATA")
                 with self.con.cursor().copy(f"COPY ({source_sql}) TO STDOUT (FORMAT BINARY)") as out:
                     payload = b"".join(bytes(chunk) for chunk in out)
-                fixed = _fixed_float4_rows(payload)
+                fixed = _fixed_float4_rows(payload, key_len=6 if keyed else None)
                 if fixed is not None:  # every row a real[] of one length without NULLs: all numpy
                     keys, matrix = fixed
                     chunks = [_prediction_rows_fixed(keys[i:i + BATCH_ROWS], score(matrix[i:i + BATCH_ROWS]), kind)
                               for i in range(0, len(keys), BATCH_ROWS)]
-                    with self.con.cursor().copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as sink:
-                        sink.write(_HEADER)
-                        for chunk in chunks:
-                            sink.write(chunk)
-                        sink.write(b"\xff\xff")
-                    return
-                fields = _split_binary_copy(payload)
-                rows = []
-                for start in range(0, len(fields), BATCH_ROWS):
-                    blobs = fields[start:start + BATCH_ROWS]
-                    width = _array_width(blobs[0]) if blobs else 0
-                    matrix, valid = decode_array_send(blobs, width)
-                    y = score(matrix[valid] if not valid.all() else matrix)
-                    rows.append(_prediction_fields(blobs, valid, y, kind))
+                else:
+                    rows = _split_binary_copy(payload, 2 if keyed else 1)
+                    chunks = []
+                    for start in range(0, len(rows), BATCH_ROWS):
+                        batch = rows[start:start + BATCH_ROWS]
+                        blobs = [r[-1] for r in batch]
+                        width = _array_width(next((b for b in blobs if b), None))
+                        matrix, valid = decode_array_send(blobs, width)
+                        y = score(matrix[valid] if not valid.all() else matrix)
+                        chunks.append(_prediction_fields([r[0] for r in batch], valid, y, kind))
                 with self.con.cursor().copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as sink:
                     sink.write(_HEADER)
-                    for chunk in rows:
+                    for chunk in chunks:
                         sink.write(chunk)
                     sink.write(b"\xff\xff")
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
+
+    def is_base_table(self, name: str) -> bool:
+        """A plain table (not a view, CTE or partitioned table): ctid identifies its rows."""
+        row = self.fetchone("SELECT relkind FROM pg_class WHERE oid = to_regclass(?)", (name,))
+        return bool(row) and row[0] == "r"
 
     def can_create_tables(self, schema: str) -> bool:
         row = self.fetchone("SELECT has_schema_privilege(current_user, ?, 'CREATE')", (schema,))
@@ -386,32 +393,39 @@ def _binary_copy_fixed(data: pa.Table) -> bytes | None:
     return _HEADER + rows.tobytes() + b"\xff\xff"
 
 
-def _fixed_float4_rows(payload: bytes) -> tuple[np.ndarray, np.ndarray] | None:
-    """(raw field bytes, float32 features) when every row of a one-column binary COPY is a 1-D
-    real[] of the same length without NULLs; None otherwise (the general parser takes over)."""
+def _fixed_float4_rows(payload: bytes, key_len: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(key field bytes, float32 features) when every row of a binary COPY is — after a key field
+    of ``key_len`` bytes, if given — a 1-D real[] of one length without NULLs (without a key
+    field, the array's own bytes are the key); None otherwise (the general parser takes over)."""
     start = 19 + struct.unpack_from(">i", payload, 15)[0]
-    if len(payload) < start + 2 + 6 or struct.unpack_from(">h", payload, start)[0] != 1:
+    count = 1 if key_len is None else 2
+    lead = 0 if key_len is None else 4 + key_len  # the key field: its length word and its bytes
+    if len(payload) < start + 2 + lead + 6 or struct.unpack_from(">h", payload, start)[0] != count:
         return None
-    length = struct.unpack_from(">i", payload, start + 2)[0]
+    length = struct.unpack_from(">i", payload, start + 2 + lead)[0]
     if length < 20:
         return None
-    row = 6 + length
+    row = 2 + lead + 4 + length
     body = len(payload) - start - 2
     if body % row:
         return None
     n = body // row
     raw = np.frombuffer(payload, dtype=np.uint8, count=n * row, offset=start).reshape(n, row)
-    head = raw[:, :6].copy().view(np.dtype([("count", ">i2"), ("len", ">i4")]))[:, 0]
-    fields = raw[:, 6:]
+    counts = raw[:, :2].copy().view(">i2")[:, 0]
+    lengths = raw[:, 2 + lead:6 + lead].copy().view(">i4")[:, 0]
+    fields = raw[:, 6 + lead:]
     header = fields[:, :20].copy().view(">i4")  # ndim, has-null, element type, length, lower bound
-    if not ((head["count"] == 1).all() and (head["len"] == length).all() and (header[:, 0] == 1).all()
+    if not ((counts == count).all() and (lengths == length).all() and (header[:, 0] == 1).all()
             and (header[:, 1] == 0).all() and (header[:, 2] == 700).all()):
+        return None
+    if key_len is not None and not (raw[:, 2:6].copy().view(">i4")[:, 0] == key_len).all():
         return None
     width = int(header[0, 3])
     if length != 20 + 8 * width:
         return None
     values = fields[:, 20:].copy().view(np.dtype([("len", ">i4"), ("v", ">f4")]))["v"]
-    return fields, values.astype(np.float32)
+    keys = fields if key_len is None else raw[:, 6:6 + key_len]
+    return keys, values.astype(np.float32)
 
 
 def _prediction_rows_fixed(keys: np.ndarray, y: np.ndarray, kind: str) -> bytes:
@@ -435,24 +449,27 @@ def _prediction_rows_fixed(keys: np.ndarray, y: np.ndarray, kind: str) -> bytes:
     return rows.tobytes()
 
 
-def _split_binary_copy(payload: bytes) -> list[bytes | None]:
-    """The single field of each row of a binary COPY payload."""
+def _split_binary_copy(payload: bytes, fields: int = 1) -> list[tuple[bytes | None, ...]]:
+    """The fields of each row of a binary COPY payload."""
     view = memoryview(payload)
     pos = 11 + 4
     pos += 4 + struct.unpack_from(">i", view, pos)[0]  # header extension area
-    out: list[bytes | None] = []
+    out: list[tuple[bytes | None, ...]] = []
     while True:
         count = struct.unpack_from(">h", view, pos)[0]
         pos += 2
         if count == -1:
             return out
-        length = struct.unpack_from(">i", view, pos)[0]
-        pos += 4
-        if length < 0:
-            out.append(None)
-        else:
-            out.append(bytes(view[pos:pos + length]))
-            pos += length
+        row = []
+        for _ in range(count):
+            length = struct.unpack_from(">i", view, pos)[0]
+            pos += 4
+            if length < 0:
+                row.append(None)
+            else:
+                row.append(bytes(view[pos:pos + length]))
+                pos += length
+        out.append(tuple(row))
 
 
 def _array_width(blob: bytes | None) -> int:

@@ -17,7 +17,7 @@ import sqlglot.expressions as exp
 from dbdl_udf.runtime import SESSIONS, check_features, run_batch, shape_outputs
 
 from ..registry import ResolvedModel, load_model_bytes
-from .common import distinct_features, enclosing_select
+from .common import distinct_features, enclosing_select, source_rows
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -84,11 +84,45 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
             cleanup: list[str]) -> exp.Expression:
     """Score the SELECT's feature vectors outside the database now; the column that replaces ``call``."""
     select = enclosing_select(call)
-    source = distinct_features(select, features).sql(dialect=backend.dialect)
     table = f"dbdl_dl_{next(_tables)}"
     cleanup.append(table)
-    backend.score_into_temp_table(source, scorer(backend, model, kind), kind, table)
-    select.join(exp.to_table(table), on=exp.EQ(this=exp.column("dbdl_f", table=table), expression=features.copy()),
-                join_type="left", copy=False)
+    identity = _row_identity(backend, select)
+    if identity is not None:
+        # one base table: key the predictions by its row identity (PostgreSQL's ctid) — no
+        # de-duplication of feature arrays, and a join on a 6-byte key instead of on the arrays
+        source = source_rows(select)
+        source.set("expressions", [exp.alias_(identity.copy(), "dbdl_k"), exp.alias_(features.copy(), "dbdl_f")])
+        source.where(exp.Not(this=exp.Is(this=features.copy(), expression=exp.Null())), copy=False)
+        backend.score_into_temp_table(source.sql(dialect=backend.dialect), scorer(backend, model, kind), kind, table,
+                                      keyed=True)
+        on = exp.EQ(this=exp.column("dbdl_k", table=table), expression=identity.copy())
+    else:
+        source = distinct_features(select, features).sql(dialect=backend.dialect)
+        backend.score_into_temp_table(source, scorer(backend, model, kind), kind, table)
+        on = exp.EQ(this=exp.column("dbdl_f", table=table), expression=features.copy())
+    select.join(exp.to_table(table), on=on, join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
     return exp.column("dbdl_prediction", table=table)
+
+
+def _row_identity(backend: "Backend", select: exp.Select) -> exp.Expression | None:
+    """``<table>.ctid`` when the backend has row identities and the SELECT reads exactly one base
+    table (not a CTE, view or partitioned table) and joins nothing else; otherwise None."""
+    column = getattr(backend, "row_identity", None)
+    source = select.args.get("from_") or select.args.get("from")
+    joins = [j for j in select.args.get("joins") or [] if not j.meta.get("dbdl_added")]
+    if column is None or source is None or joins or not isinstance(source.this, exp.Table):
+        return None
+    table = source.this
+    node, ctes = select, set()
+    while node is not None:
+        with_ = node.args.get("with_") or node.args.get("with")
+        if with_ is not None:
+            ctes.update(cte.alias for cte in with_.expressions)
+        node = node.parent
+    if not table.db and table.name in ctes:
+        return None
+    plain = exp.Table(this=table.this.copy(), db=table.args.get("db").copy() if table.args.get("db") else None)
+    if not backend.is_base_table(plain.sql(dialect=backend.dialect)):
+        return None
+    return exp.column(column, table=table.alias_or_name)
