@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from dbdl_udf.cost import estimate_cost
 from dbdl_udf.runtime import Signature, make_session, signature_of
@@ -174,8 +173,3 @@ def load_torch_program(data: bytes):
     import torch
 
     return torch.export.load(io.BytesIO(data)).module()
-
-
-def example_features(signature: Signature, rows: int = 4, seed: int = 0) -> np.ndarray:
-    """Random features with the width the model takes (used in smoke checks and benchmarks)."""
-    return np.random.default_rng(seed).standard_normal((rows, signature.n_features)).astype(np.float32)

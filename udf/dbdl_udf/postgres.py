@@ -107,11 +107,13 @@ def resolve(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
 
 
 def _session(plpy, sha256: str):
+    """The process's session for a model's bytes, read through dbdl.model_bytes (SECURITY DEFINER),
+    so the same code serves the definer functions and predict_into, which runs as the caller."""
     def load() -> bytes:
-        rows = plpy.execute(_plan(plpy, "bytes", "SELECT bytes FROM dbdl.blobs WHERE sha256 = $1", ["text"]), [sha256])
-        if not rows:
+        rows = plpy.execute(_plan(plpy, "bytes", "SELECT dbdl.model_bytes($1) AS b", ["text"]), [sha256])
+        if not rows or rows[0]["b"] is None:
             raise ModelNotFound(f"model bytes {sha256[:12]}… are missing; re-register the model")
-        return bytes(rows[0]["bytes"])
+        return bytes(rows[0]["b"])
 
     return SESSIONS.get(sha256, load, threads=1)
 
@@ -254,7 +256,7 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
         name, version, sha, signature, output = resolve_definer(plpy, model)
         ref = f"{name}@{version}"
         width = signature.n_features
-        session, signature = _session_definer(plpy, sha, signature)
+        session, signature = _session(plpy, sha)
         out_sql = {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
         target_sql = _quote_target(plpy, target)
         described = plpy.execute(f"SELECT * FROM ({query}) AS q LIMIT 0")
@@ -321,7 +323,7 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
                     full[valid] = out
                 if columnar:
                     plpy.execute(insert, [_keys_arg(keys, key_text), (~valid).tolist(),
-                                          *map(_real_array_literal, full.T)])
+                                          *(_array_literal(col.tolist(), kind) for col in full.T)])
                 else:
                     plpy.execute(insert, [keys, full.ravel().tolist(), (~valid).tolist(), k])
             else:
@@ -350,11 +352,6 @@ def _array_literal(values: list, kind: str) -> str:
     """'{…}' for a real[] or bigint[] parameter, NULL elements included."""
     fmt = "{:.9g}".format if kind != "class" else str
     return "{" + ",".join("NULL" if v is None else fmt(v) for v in values) + "}"
-
-
-def _real_array_literal(values: np.ndarray) -> str:
-    """'{v1,v2,...}' for a real[] parameter (9 significant digits round-trip a float32)."""
-    return "{" + ",".join(map("{:.9g}".format, values.tolist())) + "}"
 
 
 def _decode_float32_bytea(blobs: list, width: int, ref: str) -> tuple[np.ndarray, np.ndarray]:
@@ -391,14 +388,6 @@ def resolve_definer(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
     signature = Signature.from_json(row["signature"])
     output = catalog.parse_ref(ref)[2]
     return row["name"], int(row["version"]), row["sha256"], signature, signature.output_index(output)
-
-
-def _session_definer(plpy, sha256: str, signature: Signature):
-    def load() -> bytes:
-        rows = plpy.execute(_plan(plpy, "bytes_definer", "SELECT dbdl.model_bytes($1) AS b", ["text"]), [sha256])
-        return bytes(rows[0]["b"])
-
-    return SESSIONS.get(sha256, load, threads=1)
 
 
 def resolve_row(plpy, ref: str) -> dict:
