@@ -76,6 +76,13 @@ class Database:
         ``/*+ dbdl strategy=… */`` hint) the planner chooses per call by estimated cost.
         """
         params = tuple(params or ())
+        if self.backend.name == "duckdb" and not params:
+            from . import calls
+
+            found = calls.parse_call(query, self.backend.dialect)
+            if found is not None:  # DuckDB's CALL takes table functions only: dbdl runs its own
+                calls.run(self, *found)
+                return Result(None)
         needs_rewrite = bool(params) and self.backend.paramstyle != "qmark"
         if "predict" not in query.lower() and not needs_rewrite and strategy is None:
             return Result(self.backend.run_query(query, params))

@@ -18,6 +18,7 @@ from .names import ModelRef, check_name
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .cache import CacheStats
     from .database import Database
 
 
@@ -192,6 +193,33 @@ class ModelRegistry:
                 b.execute(f"DROP TABLE IF EXISTS dbdl.{table}")
         self._db._registry_changed()
         return count
+
+    # -- options and the result cache ------------------------------------------------------
+
+    def set_options(self, name: str, **options: Any) -> dict[str, Any]:
+        """Change a model's options (all versions); returns them all. ``cache=True`` keeps its
+        predictions in the result cache; ``cache_max_bytes`` bounds it (default 512 MiB). Switching
+        the cache off drops what it holds. See docs/cache.md."""
+        with self._backend.transaction():
+            result = catalog.set_options(self._backend, check_name(name), options)
+        self._db._registry_changed()
+        return result
+
+    def options(self, name: str) -> dict[str, Any]:
+        """A model's options, defaults included."""
+        return catalog.model_options(self._backend, check_name(name))
+
+    def cache_stats(self, name: str | None = None) -> list["CacheStats"]:
+        """Hits, misses, rows, bytes and evictions per cached version (of one model, or all)."""
+        from .cache import stats
+
+        return stats(self._backend, check_name(name) if name else None)
+
+    def clear_cache(self, name: str) -> None:
+        """Empty a model's result cache (every version, counters too); the option stays on."""
+        self.options(name)  # an unknown model is an error, not a silent no-op
+        with self._backend.transaction():
+            catalog.clear_cache(self._backend, name)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -7,11 +7,12 @@ and ``execute(sql, params)`` taking ``?`` placeholders. Callers own the transact
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-from .errors import InvalidName, ModelNotFound
+from .errors import ConfigurationError, InvalidName, ModelNotFound
 from .runtime import Signature
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -177,6 +178,7 @@ def drop(db: SQLRunner, name: str, version: int | None = None) -> int:
     else:
         resolve(db, name, int(version))
         count = 1
+        clear_cache(db, name, int(version))
         db.execute("DELETE FROM dbdl.model_versions WHERE name = ? AND version = ?", (name, version))
         db.execute("DELETE FROM dbdl.alias_history WHERE name = ? AND version = ?", (name, version))
         remaining = _one(db, "SELECT max(version) FROM dbdl.model_versions WHERE name = ?", (name,))[0]
@@ -191,5 +193,65 @@ def drop(db: SQLRunner, name: str, version: int | None = None) -> int:
 
 
 def _forget_model(db: SQLRunner, name: str) -> None:
+    clear_cache(db, name)
     for table in ("model_versions", "alias_history", "models"):
         db.execute(f"DELETE FROM dbdl.{table} WHERE name = ?", (name,))
+
+
+# -- model options ---------------------------------------------------------------------------
+
+#: option -> (type, default, what it does); see docs/cache.md
+OPTIONS: dict[str, tuple[type, Any, str]] = {
+    "cache": (bool, False, "keep predictions in the result cache (dbdl.result_cache) and reuse them"),
+    "cache_max_bytes": (int, 512 << 20, "the cache's bound for this model; least recently hit rows go first"),
+}
+
+
+def model_options(db: SQLRunner, name: str) -> dict[str, Any]:
+    """The model's options, defaults filled in."""
+    row = _one(db, "SELECT options FROM dbdl.models WHERE name = ?", (check_name(name),))
+    if row is None:
+        raise not_found(db, name)
+    stored = json.loads(row[0] or "{}")
+    return {key: stored.get(key, default) for key, (_, default, _) in OPTIONS.items()}
+
+
+def set_options(db: SQLRunner, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``changes`` into the model's options (checked first); returns them all. Switching the
+    cache off drops what it holds; a smaller bound takes effect on the next cached query."""
+    current = model_options(db, name)
+    for key, value in changes.items():
+        if key not in OPTIONS:
+            raise ConfigurationError(f"unknown model option {key!r}; the options are: "
+                                     + ", ".join(f"{k} ({t.__name__}: {doc})" for k, (t, _, doc) in OPTIONS.items()))
+        kind = OPTIONS[key][0]
+        if kind is bool and not isinstance(value, bool):
+            raise ConfigurationError(f"model option {key!r} takes true or false, got {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigurationError(f"model option {key!r} takes a whole number of bytes above 0 (e.g. {1 << 30} "
+                                     f"for 1 GiB), got {value!r}")
+        current[key] = value
+    stored = {k: v for k, v in current.items() if v != OPTIONS[k][1]}
+    db.execute("UPDATE dbdl.models SET options = ? WHERE name = ?", (json.dumps(stored, sort_keys=True), name))
+    if not current["cache"]:
+        clear_cache(db, name)
+    return current
+
+
+def parse_options(text: object) -> dict[str, Any]:
+    """Options given as JSON text (the SQL form), e.g. '{"cache": true}'."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError as exc:
+        raise ConfigurationError(f"model options must be a JSON object such as '{{\"cache\": true}}': {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"model options must be a JSON object such as '{{\"cache\": true}}', got {text!r}")
+    return value
+
+
+def clear_cache(db: SQLRunner, name: str, version: int | None = None) -> None:
+    """Forget the cached results of a model (of one version), counters included."""
+    where, params = ("name = ?", (name,)) if version is None else ("name = ? AND version = ?", (name, version))
+    db.execute(f"DELETE FROM dbdl.result_cache WHERE cache_id IN (SELECT cache_id FROM dbdl.cache_entries "
+               f"WHERE {where})", params)
+    db.execute(f"DELETE FROM dbdl.cache_entries WHERE {where}", params)

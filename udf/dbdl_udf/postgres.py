@@ -454,3 +454,24 @@ def _facts(data: bytes) -> tuple[int, int, int]:
     n_params, flops = estimate_cost(proto)
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return n_params, flops, opset
+
+
+# -- model options and the result cache from SQL ---------------------------------------------
+
+
+def set_model_options(plpy, name: str, options: str) -> None:
+    """The body of CALL dbdl.set_model_options(name, '{"cache": true}')."""
+    try:
+        catalog.set_options(PlpyRunner(plpy), catalog.check_name(name), catalog.parse_options(options))
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+def clear_cache(plpy, name: str) -> None:
+    """The body of CALL dbdl.clear_cache(name)."""
+    try:
+        runner = PlpyRunner(plpy)
+        catalog.model_options(runner, name)  # an unknown model is an error, not a silent no-op
+        catalog.clear_cache(runner, name)
+    except Error as exc:
+        raise_for_sql(plpy, exc)

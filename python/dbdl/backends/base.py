@@ -185,6 +185,26 @@ class Backend(ABC):
     def invalidate(self) -> None:
         """Called after the registry changed (drop caches keyed by model name)."""
 
+    # -- result cache (dbdl.cache) ------------------------------------------------------------
+
+    #: a pseudo-column identifying a base table's rows across the statements of one query, or None
+    cache_identity: ClassVar[str | None] = None
+
+    def cache_key(self, model: "ResolvedModel", features: "exp.Expression") -> "exp.Expression":
+        """The expression computing an input's cache key (a digest of its tensor bytes) in SQL."""
+        raise NotImplementedError(f"the {self.name} backend has no result cache yet")
+
+    def argmax_sql(self, values: str) -> str:
+        """SQL for the 0-based arg-max of an output row (numpy's rules)."""
+        raise NotImplementedError(f"the {self.name} backend has no result cache yet")
+
+    def is_base_table(self, name: str) -> bool:
+        return False
+
+    def execute_count(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a data-changing statement; the number of rows it changed."""
+        raise NotImplementedError
+
     @abstractmethod
     def predict_call(self, kind: str, model: "ResolvedModel", features: "exp.Expression") -> "exp.Expression":
         """The SQL expression that computes predict/predict_array/predict_class for a resolved model."""

@@ -272,6 +272,50 @@ class DuckDBBackend(Backend):
         cast = exp.Cast(this=checked, to=exp.DataType.build(f"FLOAT[{width}]", dialect="duckdb"))
         return exp.Anonymous(this=udf, expressions=[cast])
 
+    # -- result cache hooks (see dbdl.cache) -------------------------------------------------
+
+    #: the column that identifies a base table's rows within one connection
+    cache_identity = "rowid"
+
+    def cache_key(self, model: ResolvedModel, features: exp.Expression) -> exp.Expression:
+        """BLAKE2b-128 of the float32 bytes the model would be fed (the features cast to FLOAT[n])."""
+        width = model.signature.n_features
+        udf = f"dbdl_cache_key_{width}_{self._token}"
+        with self._lock:
+            if udf not in self._udfs:
+                self.con.create_function(udf, _cache_key_udf, [duckdb.array_type(duckdb.sqltype("FLOAT"), width)],
+                                         duckdb.sqltype("BLOB"), type="arrow", null_handling="special",
+                                         side_effects=False)
+                self._udfs.add(udf)
+        message = exp.Literal.string(
+            f"model {model.ref!r} takes numeric features (FLOAT[{width}], DOUBLE[{width}] or a list of numbers); "
+            f"convert the column, e.g. CAST(col AS FLOAT[{width}]) — got ")
+        checked = exp.Anonymous(this="dbdl_numeric_features", expressions=[features, message])
+        cast = exp.Cast(this=checked, to=exp.DataType.build(f"FLOAT[{width}]", dialect="duckdb"))
+        return exp.Anonymous(this=udf, expressions=[cast])
+
+    def argmax_sql(self, values: str) -> str:
+        # numpy's arg-max: the first maximum, NaN counting as the largest (as DuckDB orders it)
+        return f"list_position({values}, list_max({values})) - 1"
+
+    def is_base_table(self, name: str) -> bool:
+        """A table (not a view): its rowid identifies rows for the length of a statement sequence."""
+        try:
+            if self.fetchone("SELECT count(*) FROM duckdb_views() WHERE view_name = ?",
+                             (exp.to_table(name).name,))[0]:
+                return False
+            self.con.execute(f"SELECT rowid FROM {name} LIMIT 0")
+            return True
+        except (duckdb.Error, Error):
+            return False
+
+    def execute_count(self, sql: str, params: Sequence[Any] = ()) -> int:
+        try:
+            row = self.con.execute(sql, list(params)).fetchone()
+        except duckdb.Error as exc:
+            raise self._translate(exc) from exc
+        return int(row[0]) if row else 0
+
     def _make_model_udf(self, kind: str, model: ResolvedModel, session: Any, signature: Any, outputs: int | None):
         fixed = kind == "array" and outputs is not None
         out_type = pa.list_(pa.float32(), outputs) if fixed else _OUT_TYPES[kind]
@@ -389,6 +433,23 @@ def _combined(arr: Any) -> pa.Array:
 
 def _is_constant(refs: pa.Array) -> bool:
     return len(refs) <= 1 or bool(pc.all(pc.equal(refs, refs[0])).as_py())
+
+
+def _cache_key_udf(feats: Any) -> pa.Array:
+    import hashlib
+
+    feats = _combined(feats)
+    width = feats.type.list_size
+    valid = np.ones(len(feats), dtype=bool) if feats.null_count == 0 else feats.is_valid().to_numpy(
+        zero_copy_only=False)
+    values = feats.values.slice(feats.offset * width, len(feats) * width)
+    if values.null_count:
+        holes = ~values.is_valid().to_numpy(zero_copy_only=False).reshape(-1, width)
+        valid &= ~holes.any(axis=1)
+    matrix = np.ascontiguousarray(values.to_numpy(zero_copy_only=False).astype("<f4", copy=False).reshape(-1, width))
+    digest = hashlib.blake2b
+    keys = [digest(row, digest_size=16).digest() if ok else None for row, ok in zip(matrix, valid)]
+    return pa.array(keys, pa.binary())
 
 
 def _feature_matrix(feats: pa.Array) -> tuple[np.ndarray, np.ndarray]:

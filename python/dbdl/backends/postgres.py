@@ -220,6 +220,23 @@ class PostgresBackend(Backend):
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
 
+    # -- result cache hooks (see dbdl.cache) -------------------------------------------------
+
+    cache_identity = "ctid"
+
+    def cache_key(self, model: ResolvedModel, features: exp.Expression) -> exp.Expression:
+        return exp.Dot.build([exp.to_identifier("dbdl"), exp.Anonymous(this="cache_key", expressions=[features])])
+
+    def argmax_sql(self, values: str) -> str:
+        return f"dbdl.argmax({values})"
+
+    def execute_count(self, sql: str, params: Sequence[Any] = ()) -> int:
+        try:
+            cur = self.con.execute(self._pg(sql), tuple(params))
+        except psycopg.Error as exc:
+            raise self.translate(exc) from exc
+        return max(cur.rowcount, 0)
+
     def is_base_table(self, name: str) -> bool:
         """A plain table (not a view, CTE or partitioned table): ctid identifies its rows."""
         row = self.fetchone("SELECT relkind FROM pg_class WHERE oid = to_regclass(?)", (name,))

@@ -38,6 +38,8 @@ DEFAULTS: dict[str, dict[str, float]] = {
         "rel_value_s": 1.1e-7,        # one activation value through a scalar step
         "rel_dot_s": 1.5e-7,          # blocked layout: one (row, output unit) dot product...
         "rel_dot_elem_s": 1.0e-9,     # ...plus this per element of it
+        "cache_lookup_row_s": 1.6e-6,  # key digest, the join with the cache, the join back
+        "cache_insert_row_s": 1.5e-6,  # one miss into the cache (index included)
     },
     "postgres": {
         "udf_setup_s": 5.0e-2,        # PL/Python bootstrap and session build in a new server process
@@ -50,6 +52,8 @@ DEFAULTS: dict[str, dict[str, float]] = {
         "rel_setup_s": 4.0e-2,
         "rel_weight_s": 5.3e-7,
         "rel_value_s": 1.1e-6,
+        "cache_lookup_row_s": 4.0e-6,
+        "cache_insert_row_s": 1.5e-5,
     },
 }
 
@@ -89,6 +93,7 @@ class CallPlan:
     candidates: list[Estimate]
     choice: str
     forced: bool = False
+    cache: str = ""  # how the result cache takes part, if the model has it on
 
     def describe(self) -> str:
         lines = [f"{self.call}: model {self.model}, ~{self.rows:,} rows, {self.flops_per_row:,} FLOPs/row, "
@@ -101,6 +106,8 @@ class CallPlan:
                 detail += f" ({e.layout} layout)"
             lines.append(f"  {mark} {e.strategy:<9}{cost}   {detail}")
         how = "forced by the caller" if self.forced else "lowest estimate"
+        if self.cache:
+            lines.append(f"  {self.cache}")
         lines.append(f"  chosen: {self.choice} ({how})")
         return "\n".join(lines)
 
@@ -164,6 +171,18 @@ def estimate(backend: "Backend", model: "ResolvedModel", graph, rows: int, budge
                  "compute": rows * flops / c["dl_flops_per_s"]}
         out.append(Estimate("dl", sum(terms.values()), terms=terms))
     return out
+
+
+def with_cache(backend: "Backend", estimates: list[Estimate], rows: int, computed: int) -> list[Estimate]:
+    """Estimates made for the ``computed`` misses, plus what the cache costs: a key and one join per
+    row, an insert per miss."""
+    c = constants(backend)
+    for e in estimates:
+        if e.feasible:
+            e.terms["cache look-up"] = rows * c["cache_lookup_row_s"]
+            e.terms["cache insert"] = computed * c["cache_insert_row_s"]
+            e.seconds = sum(e.terms.values())
+    return estimates
 
 
 class _Empty:

@@ -68,16 +68,18 @@ def strategy_hint(sql: str, dialect=None) -> str | None:
 
 def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | None = None, *,
                    execute: bool = True, memory_budget: int | None = None,
-                   cleanup: list[str] | None = None) -> PlannedStatement:
+                   cleanup: list[str] | None = None, use_cache: bool = True) -> PlannedStatement:
     """Rewrite the predict calls of one parsed statement for ``backend``.
 
     ``strategy`` forces "udf", "relation" or "dl"; None lets the cost model choose per call.
     With ``execute=False`` nothing is run or created: only the estimates are made (EXPLAIN).
+    Calls of models whose result cache is on read and fill it (dbdl.cache) unless ``use_cache`` is off.
     """
+    from .. import cache as result_cache
     from ..strategies import STRATEGIES
     from ..strategies.dl import dl_call
     from ..strategies.relation import model_graph, relation_call
-    from .cost import CallPlan, estimate
+    from .cost import CallPlan, estimate, with_cache
 
     from ..ir.sql import layouts
 
@@ -118,8 +120,24 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         select = call.find_ancestor(exp.Select)
         joinable = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
         rows = _estimate_rows(backend, select, features) if joinable else 1
-        candidates = estimate(backend, resolved, graph, rows, memory_budget)
         parameters = features.find(exp.Placeholder, exp.Parameter) is not None
+        options = result_cache.enabled(backend, resolved) if use_cache else None
+        cache_note, hit_rate = "", None
+        if options is not None:
+            if not joinable:
+                cache_note, options = "result cache not used: predict is not inside a SELECT … FROM …", None
+            elif tree.find(exp.Placeholder, exp.Parameter) is not None:
+                cache_note, options = "result cache not used: the statement has bound parameters", None
+            else:
+                hit_rate = result_cache.expected_hit_rate(backend, resolved, options)
+                cache_note = f"result cache: expected hit rate {hit_rate:.0%} (the entry's hits so far)"
+        if hit_rate is not None:
+            # only the misses are scored; every row pays the look-up, every miss the insert
+            computed = max(1, round(rows * (1.0 - hit_rate)))
+            candidates = with_cache(backend, estimate(backend, resolved, graph, computed, memory_budget), rows,
+                                    computed)
+        else:
+            candidates = estimate(backend, resolved, graph, rows, memory_budget)
         for e in candidates:
             if e.strategy != "udf" and e.feasible and not joinable:
                 e.seconds, e.reason = None, "predict is not inside a SELECT … FROM …"
@@ -146,10 +164,29 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                 raise StrategyUnavailable(f"strategy {chosen!r} cannot run {call.sql(dialect=backend.dialect)}: "
                                           f"{forced.reason}")
         planned.plans.append(CallPlan(call.sql(dialect=backend.dialect), resolved.ref, rows, graph.flops_per_row,
-                                      graph.param_bytes, candidates, chosen, forced=strategy is not None))
+                                      graph.param_bytes, candidates, chosen, forced=strategy is not None,
+                                      cache=cache_note))
         if not execute:
             continue
-        if chosen in ("relation", "dl"):
+        if options is not None:
+            # one look-up per (model, features) in a SELECT, whichever kinds read it
+            key = (id(select), resolved.ref, features.sql(), "cache")
+            if key not in joined:
+                how = chosen
+                if chosen == "relation":
+                    how += ":" + (forced_layout or next(e.layout for e in candidates if e.strategy == "relation")
+                                  or "element")
+
+                def compute(sql: str, how: str) -> None:
+                    for inner in parse(sql, backend.dialect) or []:
+                        step = plan_statement(backend, inner, how, memory_budget=memory_budget,
+                                              cleanup=planned.cleanup, use_cache=False)
+                        backend.run_query(step.sql, (), step.models)
+
+                joined[key] = result_cache.cached_call(backend, resolved, call, features, how, options,
+                                                       planned.cleanup, compute)
+            replacement = result_cache.output_expression(backend, kind, resolved, joined[key])
+        elif chosen in ("relation", "dl"):
             # the same call twice in one SELECT (select list and GROUP BY) must be the same column
             key = (id(select), resolved.ref, kind, features.sql())
             if key not in joined:

@@ -86,7 +86,7 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
     select = enclosing_select(call)
     table = f"dbdl_dl_{next(_tables)}"
     cleanup.append(table)
-    identity = _row_identity(backend, select)
+    identity = row_identity(backend, select)
     if identity is not None:
         # one base table: key the predictions by its row identity (PostgreSQL's ctid) — no
         # de-duplication of feature arrays, and a join on a 6-byte key instead of on the arrays
@@ -105,10 +105,10 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
     return exp.column("dbdl_prediction", table=table)
 
 
-def _row_identity(backend: "Backend", select: exp.Select) -> exp.Expression | None:
-    """``<table>.ctid`` when the backend has row identities and the SELECT reads exactly one base
-    table (not a CTE, view or partitioned table) and joins nothing else; otherwise None."""
-    column = getattr(backend, "row_identity", None)
+def row_identity(backend: "Backend", select: exp.Select, column: str | None = None) -> exp.Expression | None:
+    """``<table>.ctid`` (or ``column``) when the backend has row identities and the SELECT reads
+    exactly one base table (not a CTE, view or partitioned table) and joins nothing else; otherwise None."""
+    column = column or getattr(backend, "row_identity", None)
     source = select.args.get("from_") or select.args.get("from")
     joins = [j for j in select.args.get("joins") or [] if not j.meta.get("dbdl_added")]
     if column is None or source is None or joins or not isinstance(source.this, exp.Table):
