@@ -18,9 +18,9 @@ The statement then reads its predictions from the temporary result table, never 
 cache, so a concurrent eviction or a concurrent insert of the same keys cannot change its rows.
 
 Eviction is least-recently-hit at the granularity of generations: an entry's generation advances
-each time an eighth of its bound has been written or refreshed; a hit on a row older than the
-previous generation moves it to the current one (so a hot set costs no writes per query), and over
-the bound the oldest generations go first.
+by one for each eighth of its bound written or refreshed; a hit on a row older than the previous
+generation moves it to the current one (so a hot set is rewritten at most once per generation, not
+once per query), and over the bound the oldest generations go first.
 """
 
 from __future__ import annotations
@@ -215,9 +215,10 @@ def _account(backend: "Backend", entry: Entry, *, hits: int, misses: int, insert
         'UPDATE dbdl.cache_entries SET hits = hits + ?, misses = misses + ?, "rows" = "rows" + ?, '
         "gen_rows = gen_rows + ?, used_at = current_timestamp WHERE cache_id = ?",
         (hits, misses, inserted, inserted + refreshed, cid))
+    # one generation per eighth of the bound written or refreshed (several, after a big statement)
     step = max(1, entry.max_rows // GENERATIONS)
-    backend.execute("UPDATE dbdl.cache_entries SET gen = gen + 1, gen_rows = 0 WHERE cache_id = ? AND gen_rows >= ?",
-                    (cid, step))
+    backend.execute("UPDATE dbdl.cache_entries SET gen = gen + CAST(floor(gen_rows / ?) AS BIGINT), "
+                    "gen_rows = gen_rows % ? WHERE cache_id = ? AND gen_rows >= ?", (step, step, cid, step))
     row = backend.fetchone('SELECT "rows" FROM dbdl.cache_entries WHERE cache_id = ?', (cid,))
     if row is None or row[0] <= entry.max_rows:
         return

@@ -1,0 +1,276 @@
+"""The result cache (docs/cache.md): same rows with and without it, under every backend and
+strategy; versions, drops, the bound and its eviction, counters, concurrency, the cost model."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import export_onnx, make_mlp, run_onnx
+from test_behaviour import q
+
+import dbdl
+
+QUERY = ("SELECT id, predict('score', feats) AS s, predict_array('m', feats) AS a, predict_class('m', feats) AS c "
+         "FROM t ORDER BY id")
+
+
+@pytest.fixture
+def cached(db, features, mlp_onnx, scorer_onnx):
+    """t(id, feats) with duplicate and NULL feature rows; models m (3 outputs) and score (1 output)."""
+    x = features.copy()
+    x[10] = x[11]  # two rows, one key
+    db.create_table("t", {"id": np.arange(len(x)), "feats": x})
+    db.sql("UPDATE t SET feats = NULL WHERE id IN (3, 4)")
+    db.models.register("m", mlp_onnx)
+    db.models.register("score", scorer_onnx)
+    return x
+
+
+def rows(db, sql=QUERY, strategy=None):
+    return db.sql(q(db, sql), strategy=strategy).arrow()
+
+
+def cache_rows(db, name=None) -> int:
+    sql = "SELECT count(*) FROM dbdl.result_cache"
+    if name:
+        return db.sql(sql + " WHERE cache_id IN (SELECT cache_id FROM dbdl.cache_entries WHERE name = ?)",
+                      (name,)).scalar()
+    return db.sql(sql).scalar()
+
+
+def test_rows_are_identical_with_and_without_the_cache(db, cached, strategy, mlp_onnx, scorer_onnx):
+    plain = rows(db, strategy=strategy)
+    db.models.set_options("m", cache=True)
+    db.models.set_options("score", cache=True)
+    cold = rows(db, strategy=strategy)
+    warm = rows(db, strategy=strategy)
+    assert cold.schema == plain.schema and warm.schema == plain.schema
+    assert cold.to_pylist() == plain.to_pylist() and warm.to_pylist() == plain.to_pylist()
+    # and they are the model's outputs
+    valid = [i for i in range(len(cached)) if i not in (3, 4)]
+    a = np.array([r["a"] for r in warm.to_pylist() if r["a"] is not None], dtype=np.float32)
+    np.testing.assert_allclose(a, run_onnx(mlp_onnx, {"x": cached[valid]}), atol=1e-5)
+    assert [r["c"] for r in warm.to_pylist() if r["c"] is not None] == a.argmax(axis=1).tolist()
+    s = np.array([r["s"] for r in warm.to_pylist() if r["s"] is not None], dtype=np.float32)
+    np.testing.assert_allclose(s, run_onnx(scorer_onnx, {"x": cached[valid]})[:, 0], atol=1e-5)
+    assert [r["id"] for r in warm.to_pylist() if r["a"] is None] == [3, 4]
+    # one cached row per distinct non-NULL input and model; the second run only hit
+    distinct = len(cached) - 2 - 1
+    assert cache_rows(db, "m") == distinct and cache_rows(db, "score") == distinct
+    stats = {s.name: s for s in db.models.cache_stats()}
+    assert (stats["m"].misses, stats["m"].hits, stats["m"].rows) == (distinct, distinct, distinct)
+    from dbdl.cache import KEY_BYTES, ROW_OVERHEAD
+
+    assert stats["m"].bytes == distinct * (KEY_BYTES[db.backend.name] + 4 * 3 + ROW_OVERHEAD)
+    assert stats["m"].hit_rate == 0.5
+
+
+def test_partial_hits_compute_only_the_misses(db, cached, strategy, mlp_onnx):
+    db.models.set_options("m", cache=True)
+    first = rows(db, "SELECT id, predict_array('m', feats) AS a FROM t WHERE id < 100 ORDER BY id", strategy)
+    assert len(first) == 100 and cache_rows(db) == 100 - 2 - 1  # two NULLs, rows 10 and 11 alike
+    # a cached row changed on purpose shows that hits are read, not recomputed
+    db.sql(q(db, "UPDATE dbdl.result_cache SET output = [9, 9, 9] WHERE key = (SELECT key FROM dbdl.result_cache "
+                 "ORDER BY key LIMIT 1)"))
+    out = rows(db, "SELECT id, predict_array('m', feats) AS a FROM t ORDER BY id", strategy).to_pylist()
+    nines = [r["id"] for r in out if r["a"] == [9, 9, 9]]
+    assert 1 <= len(nines) <= 2 and all(i < 100 for i in nines)
+    expected = run_onnx(mlp_onnx, {"x": cached})
+    for r in out:
+        if r["id"] in (3, 4):
+            assert r["a"] is None
+        elif r["id"] not in nines:
+            np.testing.assert_allclose(r["a"], expected[r["id"]], atol=1e-5)
+    (stats,) = db.models.cache_stats("m")
+    assert (stats.hits, stats.misses, stats.rows) == (97, 97 + 200, 297)
+
+
+def test_joins_and_ctes_use_the_cache_keyed_by_features(db, cached, strategy):
+    db.create_table("labels", {"id": np.arange(len(cached)), "y": np.arange(len(cached)) % 3})
+    sql = ("WITH x AS (SELECT id, feats FROM t WHERE id >= 50) SELECT x.id, l.y, predict_class('m', x.feats) AS c "
+           "FROM x JOIN labels AS l ON l.id = x.id ORDER BY x.id")
+    plain = rows(db, sql, strategy)
+    db.models.set_options("m", cache=True)
+    assert rows(db, sql, strategy).to_pylist() == plain.to_pylist()
+    assert rows(db, sql, strategy).to_pylist() == plain.to_pylist()
+    (stats,) = db.models.cache_stats("m")
+    assert stats.misses == stats.hits == len(cached) - 50
+
+
+def test_a_new_version_never_sees_the_old_ones_results(db, cached, mlp_onnx, mlp2_onnx):
+    db.models.set_options("m", cache=True)
+    sql = "SELECT id, predict_array('m', feats) AS a FROM t WHERE feats IS NOT NULL ORDER BY id"
+    v1 = np.array([r[1] for r in db.sql(q(db, sql)).fetchall()], dtype=np.float32)
+    assert db.models.register("m", mlp2_onnx) == 2
+    v2 = np.array([r[1] for r in db.sql(q(db, sql)).fetchall()], dtype=np.float32)
+    x = cached[[i for i in range(len(cached)) if i not in (3, 4)]]
+    np.testing.assert_allclose(v1, run_onnx(mlp_onnx, {"x": x}), atol=1e-5)
+    np.testing.assert_allclose(v2, run_onnx(mlp2_onnx, {"x": x}), atol=1e-5)
+    assert [(s.version, s.hits, s.misses) for s in db.models.cache_stats("m")] == [(1, 0, len(x) - 1),
+                                                                                 (2, 0, len(x) - 1)]
+    # dropping a version drops its cache; dropping the model drops the rest
+    db.models.drop("m", 1)
+    assert [s.version for s in db.models.cache_stats("m")] == [2] and cache_rows(db, "m") == len(x) - 1
+    db.models.drop("m")
+    assert db.models.cache_stats() == [] and cache_rows(db) == 0
+    assert db.sql("SELECT count(*) FROM dbdl.cache_entries").scalar() == 0
+
+
+def test_the_bound_evicts_the_least_recently_hit_rows(db, features, mlp_onnx):
+    x = np.random.default_rng(1).standard_normal((1200, 8)).astype(np.float32)
+    db.create_table("t", {"id": np.arange(len(x)), "feats": x})
+    db.models.register("m", mlp_onnx)
+    db.models.set_options("m", cache=True)
+    db.sql("SELECT count(predict_class('m', feats)) FROM t WHERE id < 1")  # creates the entry
+    row_bytes = db.models.cache_stats("m")[0].bytes
+    db.models.set_options("m", cache_max_bytes=800 * row_bytes)  # 800 rows, generations of 100
+    db.models.clear_cache("m")
+
+    def score(lo, hi):
+        return db.sql(f"SELECT count(predict_class('m', feats)) FROM t WHERE id >= {lo} AND id < {hi}").scalar()
+
+    score(0, 800)                # A: fills the cache to its bound
+    score(0, 400)                # hits the first half of A
+    score(800, 1200)             # B: 400 more rows; the second half of A is the least recently hit
+    keys = db.sql("SELECT key FROM dbdl.result_cache").fetchall()
+    assert len(keys) == 800
+    (stats,) = db.models.cache_stats("m")
+    assert (stats.rows, stats.evicted, stats.hits, stats.misses) == (800, 400, 400, 1200)
+    assert stats.bytes == 800 * row_bytes <= stats.max_bytes
+    # what is left: A's first half and B
+    score(0, 400)
+    score(800, 1200)
+    (after,) = db.models.cache_stats("m")
+    assert (after.hits, after.misses) == (stats.hits + 800, stats.misses)
+    score(400, 800)
+    assert db.models.cache_stats("m")[0].misses == stats.misses + 400
+
+
+def test_counters_and_options_from_sql(db, cached):
+    # the same text on every backend: a procedure on PostgreSQL, carried out by dbdl on DuckDB
+    db.sql("CALL dbdl.set_model_options('m', '{\"cache\": true, \"cache_max_bytes\": 1000000}')")
+    assert db.models.options("m") == {"cache": True, "cache_max_bytes": 1_000_000}
+    db.sql("SELECT predict_class('m', feats) FROM t")
+    db.sql("SELECT predict_class('m', feats) FROM t WHERE id < 10")
+    row = db.sql("SELECT name, version, hits, misses, hit_rate, rows, bytes, max_bytes, evicted FROM dbdl.cache_stats"
+                 ).fetchall()
+    (stats,) = db.models.cache_stats()
+    assert row == [("m", 1, stats.hits, stats.misses, stats.hit_rate, stats.rows, stats.bytes, 1_000_000, 0)]
+    assert (stats.hits, stats.misses) == (8, len(cached) - 3)
+    db.sql("CALL dbdl.clear_cache('m')")
+    assert cache_rows(db) == 0 and db.models.options("m")["cache"] is True
+    db.sql("CALL dbdl.set_model_options('m', '{\"cache\": false}')")
+    assert db.models.options("m")["cache"] is False and db.models.cache_stats() == []
+
+
+def test_bad_options_are_refused_with_the_fix(db, cached):
+    with pytest.raises(dbdl.ConfigurationError, match="unknown model option 'cahce'.*cache"):
+        db.models.set_options("m", cahce=True)
+    with pytest.raises(dbdl.ConfigurationError, match="true or false"):
+        db.models.set_options("m", cache="yes")
+    with pytest.raises(dbdl.ConfigurationError, match="whole number of bytes"):
+        db.models.set_options("m", cache_max_bytes=-5)
+    with pytest.raises(dbdl.ModelNotFound, match="register it first"):
+        db.models.set_options("nope", cache=True)
+    with pytest.raises(dbdl.InvalidName):
+        db.models.set_options("m; DROP TABLE t", cache=True)
+    with pytest.raises(dbdl.Error, match="JSON object"):
+        db.sql("CALL dbdl.set_model_options('m', 'cache=true')")
+    assert db.models.options("m") == {"cache": False, "cache_max_bytes": 512 << 20}
+    assert db.sql("SELECT count(*) FROM t").scalar() == len(cached)
+
+
+def test_the_cost_model_counts_on_the_expected_hit_rate(db, cached):
+    db.models.set_options("m", cache=True)
+    sql = "SELECT predict_class('m', feats) FROM t"
+    cold = {e.strategy: e for e in db.explain(sql)[0].candidates}
+    assert "expected hit rate 0%" in str(db.explain(sql))
+    db.sql(sql)
+    db.sql(sql)
+    db.sql(sql)  # 2 of 3 runs hit: the expected hit rate is 2/3
+    plan = db.explain(sql)[0]
+    assert "expected hit rate 67%" in plan.describe()
+    warm = {e.strategy: e for e in plan.candidates}
+    for name in ("udf", "dl"):
+        assert warm[name].terms["compute"] == pytest.approx(cold[name].terms["compute"] / 3, rel=0.05)
+        assert warm[name].terms["cache look-up"] == cold[name].terms["cache look-up"]
+        assert warm[name].terms["cache insert"] < cold[name].terms["cache insert"]
+    # a model without the cache has no cache terms at all
+    db.models.set_options("m", cache=False)
+    assert all("cache look-up" not in e.terms for e in db.explain(sql)[0].candidates)
+
+
+def test_concurrent_sessions_filling_the_same_keys(url, features, mlp_onnx):
+    """Several connections score overlapping rows at once: no duplicate-key errors, right rows."""
+    if not url.startswith("postgres"):
+        pytest.skip("one DuckDB file is written by one process; concurrency is PostgreSQL's")
+    x = np.random.default_rng(5).standard_normal((4000, 8)).astype(np.float32)
+    with dbdl.connect(url) as db:
+        db.create_table("t", {"id": np.arange(len(x)), "feats": x})
+        db.models.register("m", mlp_onnx)
+        db.models.set_options("m", cache=True)
+    expected = run_onnx(mlp_onnx, {"x": x})
+    errors, results = [], {}
+    barrier = threading.Barrier(4)
+
+    def work(worker: int) -> None:
+        try:
+            with dbdl.connect(url) as db:
+                for round_ in range(3):
+                    lo = (worker * 500 + round_ * 700) % 3000
+                    barrier.wait(timeout=60)
+                    got = db.sql(f"SELECT id, predict_array('m', feats) FROM t WHERE id >= {lo} AND id < {lo + 1000} "
+                                 "ORDER BY id", strategy=["udf", "dl", "dl", "relation"][worker]).fetchall()
+                    results[(worker, round_)] = (lo, got)
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for lo, got in results.values():
+        assert [r[0] for r in got] == list(range(lo, lo + 1000))
+        np.testing.assert_allclose(np.array([r[1] for r in got], dtype=np.float32), expected[lo:lo + 1000],
+                                   atol=1e-5)
+    with dbdl.connect(url) as db:
+        keys = {r[0] for (lo, got) in results.values() for r in got}
+        assert db.sql("SELECT count(*) FROM dbdl.result_cache").scalar() == len(keys)
+        (stats,) = db.models.cache_stats("m")
+        assert stats.rows == len(keys) and stats.hits + stats.misses == 12 * 1000
+
+
+def test_psql_switches_the_cache_on_and_reads_its_counters(url, request, mlp_onnx, features):
+    if not url.startswith("postgres"):
+        pytest.skip("psql is PostgreSQL's")
+    server = request.getfixturevalue("pg_server")
+    with dbdl.connect(url) as db:
+        db.create_table("t", {"id": np.arange(len(features)), "feats": features})
+        db.models.register("m", mlp_onnx)
+        server_db = db.sql("SELECT current_database()").scalar()
+    out = server.psql("-qAt", dbname=server_db, input=(
+        "CALL dbdl.set_model_options('m', '{\"cache\": true}');\n"
+        "SELECT options FROM dbdl.models;\n"
+        "CALL dbdl.set_model_options('m', '{\"cache\": 1}');\n"), check=False)
+    assert out.stdout.splitlines() == ['{"cache": true}']
+    assert "dbdl.ConfigurationError" in out.stderr and "true or false" in out.stderr
+    with dbdl.connect(url) as db:
+        db.sql("SELECT predict_class('m', feats) FROM t")
+    out = server.psql("-qAt", dbname=server_db, input="SELECT name, misses, rows FROM dbdl.cache_stats;", check=True)
+    assert out.stdout.strip() == f"m|{len(features)}|{len(features)}"
+
+
+def test_an_unused_model_pays_nothing_and_a_cheap_query_without_from_skips(db, cached, mlp_onnx):
+    db.models.set_options("m", cache=True)
+    value = db.sql(q(db, "SELECT predict_class('m', [1, 2, 3, 4, 5, 6, 7, 8])")).scalar()
+    assert value == int(run_onnx(mlp_onnx, {"x": np.arange(1, 9, dtype=np.float32)[None]}).argmax())
+    assert "not inside a SELECT" in str(db.explain(q(db, "SELECT predict_class('m', [1, 2, 3, 4, 5, 6, 7, 8])")))
+    assert cache_rows(db) == 0
+    other = export_onnx(make_mlp((8, 4, 2), seed=9), 8)
+    db.models.register("other", other)
+    db.sql("SELECT predict_class('other', feats) FROM t")
+    assert db.models.cache_stats() == []
