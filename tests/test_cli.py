@@ -49,3 +49,19 @@ def test_sql_command(url, scorer_onnx):
         db.models.register("s", scorer_onnx)
     out = dbdl_cli("sql", url, "SELECT predict('s', [0, 0, 0, 0, 0, 0, 0, 0]) AS p").stdout
     assert "p" in out and "0." in out
+
+
+def test_models_options_and_cache(url, mlp_onnx, features):
+    with dbdl.connect(url) as db:
+        db.models.register("m", mlp_onnx)
+        db.create_table("t", {"id": list(range(len(features))), "feats": features})
+    options = json.loads(dbdl_cli("models", "options", url, "m", "cache=on", "cache_max_bytes=64MiB").stdout)
+    assert options == {"cache": True, "cache_max_bytes": 64 << 20}
+    with dbdl.connect(url) as db:
+        db.sql("SELECT predict_class('m', feats) FROM t")
+    (stats,) = json.loads(dbdl_cli("models", "cache", url, "m", "--json").stdout)
+    assert (stats["name"], stats["misses"], stats["rows"], stats["max_bytes"]) == ("m", 300, 300, 64 << 20)
+    assert "emptied" in dbdl_cli("models", "cache", url, "m", "--clear").stdout
+    assert json.loads(dbdl_cli("models", "cache", url, "--json").stdout) == []
+    bad = dbdl_cli("models", "options", url, "m", "cache=maybe", check=False)
+    assert bad.returncode == 2 and "true or false" in bad.stderr

@@ -138,7 +138,46 @@ def cmd_models(args: argparse.Namespace) -> int:
         elif args.action == "rollback":
             v = db.models.rollback(args.name)
             console.print(f"{args.name!r} rolled back to version {v}")
+        elif args.action == "options":
+            changes = dict(_option(text) for text in args.set)
+            options = db.models.set_options(args.name, **changes) if changes else db.models.options(args.name)
+            print(json.dumps(options, indent=2))
+        elif args.action == "cache":
+            if args.clear:
+                db.models.clear_cache(args.name)
+                console.print(f"emptied the result cache of {args.name!r}")
+            stats = db.models.cache_stats(args.name)
+            if args.json:
+                print(json.dumps([vars(s) for s in stats], indent=2))
+            elif not stats:
+                console.print("nothing cached" + (f" for {args.name!r}" if args.name else ""))
+            else:
+                from rich.table import Table
+
+                table = Table()
+                for col in ("name", "version", "output", "hits", "misses", "hit rate", "rows", "bytes", "bound",
+                            "evicted"):
+                    table.add_column(col)
+                for s in stats:
+                    table.add_row(s.name, str(s.version), str(s.output), f"{s.hits:,}", f"{s.misses:,}",
+                                  "" if s.hit_rate is None else f"{s.hit_rate:.1%}", f"{s.rows:,}", f"{s.bytes:,}",
+                                  f"{s.max_bytes:,}", f"{s.evicted:,}")
+                console.print(table)
     return 0
+
+
+def _option(text: str) -> tuple[str, object]:
+    """key=value from the command line: true/false, whole numbers (with KiB/MiB/GiB), else text."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"dbdl: options are key=value, e.g. cache=true or cache_max_bytes=2GiB; got {text!r}")
+    low = value.strip().lower()
+    if low in ("true", "false", "on", "off"):
+        return key.strip(), low in ("true", "on")
+    for suffix, factor in (("kib", 1 << 10), ("mib", 1 << 20), ("gib", 1 << 30), ("", 1)):
+        if low.endswith(suffix) and low[: len(low) - len(suffix)].isdigit():
+            return key.strip(), int(low[: len(low) - len(suffix)]) * factor
+    return key.strip(), value
 
 
 def _info_dict(m) -> dict:
@@ -218,10 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="action", required=True)
     for action, helptext in (("list", "every registered version"), ("show", "one version (the serving one by default)"),
                              ("drop", "delete a version or the whole model"), ("promote", "serve a version"),
-                             ("rollback", "serve the previously promoted version")):
+                             ("rollback", "serve the previously promoted version"),
+                             ("options", "show or set a model's options (cache=true, cache_max_bytes=1GiB)"),
+                             ("cache", "the result cache's counters (hits, misses, rows, bytes); --clear empties it")):
         a = msub.add_parser(action, help=helptext)
         a.add_argument("url")
-        if action == "list":
+        if action in ("list", "cache"):
             a.add_argument("name", nargs="?")
         else:
             a.add_argument("name")
@@ -229,7 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--version", type=int)
         if action == "promote":
             a.add_argument("version", type=int)
-        if action in ("list", "show"):
+        if action == "options":
+            a.add_argument("set", nargs="*", metavar="KEY=VALUE", help="options to change")
+        if action == "cache":
+            a.add_argument("--clear", action="store_true", help="empty the model's cache (the option stays on)")
+        if action in ("list", "show", "cache"):
             a.add_argument("--json", action="store_true", help="print JSON instead of a table")
         a.set_defaults(func=cmd_models)
 
