@@ -274,3 +274,18 @@ def test_an_unused_model_pays_nothing_and_a_cheap_query_without_from_skips(db, c
     db.models.register("other", other)
     db.sql("SELECT predict_class('other', feats) FROM t")
     assert db.models.cache_stats() == []
+
+
+def test_bad_input_with_the_cache_on_fails_clearly_and_writes_nothing(db, cached, strategy):
+    db.models.set_options("m", cache=True)
+    db.create_table("short", {"id": np.arange(5), "feats": cached[:5, :7]})
+    with pytest.raises(dbdl.ShapeMismatch, match="8"):
+        db.sql("SELECT predict_class('m', feats) FROM short", strategy=strategy)
+    with pytest.raises(dbdl.ModelNotFound):
+        db.sql("SELECT predict_class('ghost', feats) FROM t", strategy=strategy)
+    assert cache_rows(db) == 0
+    temp = ("SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'dbdl_c%'")
+    assert db.sql(temp).scalar() == 0
+    # and the cache works afterwards
+    assert len(db.sql("SELECT predict_class('m', feats) FROM t", strategy=strategy).fetchall()) == len(cached)
+    assert cache_rows(db) == len(cached) - 3

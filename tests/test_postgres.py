@@ -321,3 +321,40 @@ def test_dl_centric_keys_one_table_queries_by_ctid(pg, mlp_onnx, features):
         assert row_identity(db.backend, tree).sql() == "t.ctid"
         with_cte = parse("WITH t AS (SELECT * FROM t) SELECT predict_array('m', feats) FROM t", db.backend.dialect)[0]
         assert row_identity(db.backend, with_cte.find(exp.Select, bfs=False)) is None
+
+
+def test_roles_and_the_result_cache(pg, mlp_onnx, features):
+    """dbdl_admin switches the cache on; a dbdl_user's queries read and fill it; a dbdl_user may
+    not change the options."""
+    server, name, url = pg
+    n = next(_roles)
+    user, admin = f"cache_user_{n}", f"cache_admin_{n}"
+    with dbdl.connect(url) as db:
+        db.models.register("m", mlp_onnx)
+        db.create_table("t", {"id": np.arange(50), "feats": features[:50]})
+        for role in (user, admin):
+            db.sql(f"CREATE ROLE {role} LOGIN")
+            db.sql(f"GRANT SELECT ON t TO {role}")
+        db.sql(f"GRANT dbdl_user TO {user}")
+        db.sql(f"GRANT dbdl_admin TO {admin}")
+    try:
+        with dbdl.connect(server.url(name, admin), migrate=False) as db:
+            db.sql("SELECT count(predict_class('m', feats)) FROM t", strategy="relation")  # its weight tables
+            db.sql("CALL dbdl.set_model_options('m', '{\"cache\": true}')")
+            assert db.models.options("m")["cache"] is True
+        with dbdl.connect(server.url(name, user), migrate=False) as db:
+            for strategy in ("udf", "dl", "relation"):
+                got = np.array([r[0] for r in db.sql("SELECT predict_array('m', feats) FROM t ORDER BY id",
+                                                     strategy=strategy).fetchall()])
+                np.testing.assert_allclose(got, run_onnx(mlp_onnx, {"x": features[:50]}), atol=1e-5)
+            (stats,) = db.models.cache_stats("m")
+            assert (stats.misses, stats.hits, stats.rows) == (50, 100, 50)
+            with pytest.raises(dbdl.PermissionDenied):
+                db.sql("CALL dbdl.set_model_options('m', '{\"cache\": false}')")
+            with pytest.raises(dbdl.PermissionDenied):
+                db.models.set_options("m", cache=False)
+    finally:
+        with dbdl.connect(url) as db:
+            for role in (user, admin):
+                db.sql(f"DROP OWNED BY {role}")
+                db.sql(f"DROP ROLE {role}")

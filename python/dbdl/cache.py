@@ -70,14 +70,17 @@ class Entry:
 
 
 def enabled(backend: "Backend", model: "ResolvedModel") -> dict[str, Any] | None:
-    """The model's options when its cache is on, else None."""
+    """The model's options when its cache is on, else None. Read through dbdl.model_catalog, which
+    every role that may predict may read (on PostgreSQL dbdl_user cannot read dbdl.models)."""
+    import json
+
     if backend.name not in KEY_BYTES:
         return None
-    try:
-        options = catalog.model_options(backend, model.name)
-    except Exception:  # noqa: BLE001 - an older schema or no right to read options: no cache
-        return None
-    return options if options.get("cache") else None
+    row = backend.fetchone("SELECT options FROM dbdl.model_catalog WHERE name = ? AND version = ?",
+                           (model.name, model.version))
+    stored = json.loads(row[0] or "{}") if row else {}
+    options = {key: stored.get(key, default) for key, (_, default, _) in catalog.OPTIONS.items()}
+    return options if options["cache"] else None
 
 
 def find_entry(backend: "Backend", model: "ResolvedModel", options: dict[str, Any], create: bool = True
