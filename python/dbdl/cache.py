@@ -29,6 +29,7 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import sqlglot
 import sqlglot.expressions as exp
 
 from dbdl_udf import catalog
@@ -138,6 +139,7 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
                             exp.alias_(backend.cache_key(model, exp.column("dbdl_f", table="d")), "dbdl_k")).from_(
             exp.alias_(exp.Subquery(this=distinct_features(select, features)), "d", table=True))
     backend.execute(f"CREATE TEMP TABLE {keys} AS {source.sql(dialect=dialect)}")
+    backend.analyze(keys)
 
     # 2. the one join with the cache: the hits
     cleanup.append(results)
@@ -148,20 +150,33 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
         f"AND c.key IN (SELECT dbdl_k FROM {keys})")
     hits = backend.fetchone(f"SELECT count(*) FROM {results}")[0]
 
-    # 3. the misses, one per key, scored by the chosen strategy
+    # 3. the misses, one per key, scored by the chosen strategy (their features are read only when
+    # some key missed: a query that only hits does not touch the feature column again)
+    # (no LIMIT 1 here: PostgreSQL would then plan a nested-loop anti-join, quadratic in the rows)
+    some_missed = backend.fetchone(
+        f"SELECT count(*) FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL AND NOT EXISTS "
+        f"(SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)")[0] if hits else 1
     cleanup.append(misses)
-    if identity is not None:
+    if not some_missed:
+        miss_source = None
+    elif identity is not None:
+        # the rows whose key missed, joined back to their features by row identity
+        missing = sqlglot.parse_one(
+            f"SELECT k.dbdl_j, k.dbdl_k FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL AND NOT EXISTS "
+            f"(SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)", read=dialect)
         rows = source_rows(select)
-        rows.set("expressions", [exp.column("dbdl_k", table=keys), exp.alias_(features.copy(), "dbdl_f")])
-        rows.join(exp.to_table(keys), on=exp.EQ(this=exp.column("dbdl_j", table=keys), expression=identity.copy()),
-                  copy=False)
+        rows.set("expressions", [exp.column("dbdl_k", table="dbdl_mk"), exp.alias_(features.copy(), "dbdl_f")])
+        rows.join(exp.alias_(exp.Subquery(this=missing), "dbdl_mk", table=True),
+                  on=exp.EQ(this=exp.column("dbdl_j", table="dbdl_mk"), expression=identity.copy()), copy=False)
         miss_source = rows.sql(dialect=dialect)
     else:
         miss_source = f"SELECT dbdl_k, dbdl_f FROM {keys}"
-    backend.execute(
-        f"CREATE TEMP TABLE {misses} AS SELECT DISTINCT ON (s.dbdl_k) s.dbdl_k, s.dbdl_f FROM ({miss_source}) AS s "
-        f"WHERE s.dbdl_k IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {results} AS r WHERE r.dbdl_k = s.dbdl_k)")
-    missed = backend.fetchone(f"SELECT count(*) FROM {misses}")[0]
+    missed = 0
+    if miss_source is not None:
+        backend.execute(
+            f"CREATE TEMP TABLE {misses} AS SELECT DISTINCT ON (s.dbdl_k) s.dbdl_k, s.dbdl_f FROM ({miss_source}) AS s "
+            f"WHERE s.dbdl_k IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {results} AS r WHERE r.dbdl_k = s.dbdl_k)")
+        missed = backend.fetchone(f"SELECT count(*) FROM {misses}")[0]
     inserted = 0
     if missed:
         cleanup.append(scored)
@@ -175,6 +190,9 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
         inserted = backend.execute_count(
             f"INSERT INTO dbdl.result_cache (cache_id, key, output, label, gen) SELECT {cid:d}, dbdl_k, dbdl_out, "
             f"dbdl_label, {gen:d} FROM {scored} WHERE dbdl_out IS NOT NULL ON CONFLICT DO NOTHING")
+        if inserted > 1000 and inserted * 10 > hits:
+            backend.analyze("dbdl.result_cache")  # the next look-up plans on the grown table
+    backend.analyze(results)
 
     # 4. bookkeeping: refresh old hits, count, advance the generation, evict
     refreshed = 0

@@ -205,6 +205,9 @@ class Backend(ABC):
         """Run a data-changing statement; the number of rows it changed."""
         raise NotImplementedError
 
+    def analyze(self, table: str) -> None:
+        """Give the query planner statistics of a table just filled (where it needs them)."""
+
     @abstractmethod
     def predict_call(self, kind: str, model: "ResolvedModel", features: "exp.Expression") -> "exp.Expression":
         """The SQL expression that computes predict/predict_array/predict_class for a resolved model."""
