@@ -1,0 +1,2 @@
+-- reserved: issue 5 (result cache) lands here
+SELECT 1;
