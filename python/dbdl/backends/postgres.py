@@ -58,6 +58,7 @@ class PostgresBackend(Backend):
     schemes = ("postgresql", "postgres")
     dialect = DbdlPostgres
     paramstyle = "format"
+    has_procedures = True
     #: DL-centric execution keys predictions of one-table queries by this column
     row_identity = "ctid"
 
