@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +23,19 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import ConfigurationError
 
 _BLOCK_KEY = b"b"
+_OPEN: "weakref.WeakSet[BlockCache]" = weakref.WeakSet()
+_FORK_LOCK = threading.Lock()
+
+
+def _close_before_fork() -> None:
+    # LMDB environments must not cross a fork (py-lmdb #346, and py-lmdb refuses to open a second
+    # one on the same files in the child): close ours now; each process reopens its own lazily
+    for cache in list(_OPEN):
+        cache.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_close_before_fork)
 
 
 def default_root() -> Path:
@@ -100,6 +115,7 @@ class BlockCache:
             self._env = lmdb.open(str(self.path), map_size=self.map_size, subdir=True, readahead=False,
                                   meminit=False, max_readers=512, lock=True)
             self._pid = os.getpid()
+            _OPEN.add(self)
         return self._env
 
     @staticmethod
@@ -152,6 +168,7 @@ class BlockCache:
         return int(self.env.info()["map_size"])
 
     def close(self) -> None:
-        if self._env is not None and self._pid == os.getpid():
-            self._env.close()
-        self._env = None
+        env, self._env = self._env, None
+        if env is not None and self._pid == os.getpid():
+            self.map_size = max(self.map_size, int(env.info()["map_size"]))
+            env.close()
