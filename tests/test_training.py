@@ -334,3 +334,23 @@ SELECT length(features) FROM dbdl.ds_px LIMIT 1;
         db.close()
     finally:
         pg_server.drop_database("dbdl_train_psql")
+
+
+def test_cli_datasets(tmp_path, digits, capsys):
+    import json
+
+    from dbdl.cli import main
+
+    url = f"duckdb:///{tmp_path / 'cli.duckdb'}"
+    with dbdl.connect(url) as db:
+        load(db, digits)
+        db.train_export("SELECT pixels, label FROM digits", "digits", shape=(1, 8, 8))
+    assert main(["datasets", "list", url, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(d["name"], d["shape"], d["counts"]) for d in listed] == [
+        ("digits", [1, 8, 8], {"train": 1438, "validation": 180, "test": 179})]
+    assert main(["datasets", "show", url, "digits"]) == 0
+    assert "SELECT pixels, label FROM digits" in capsys.readouterr().out
+    assert main(["datasets", "drop", url, "digits"]) == 0
+    assert main(["datasets", "show", url, "digits"]) == 2
+    assert "DatasetNotFound" in capsys.readouterr().err

@@ -15,7 +15,6 @@ import hashlib
 import os
 import shutil
 import threading
-import weakref
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,15 +22,20 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import ConfigurationError
 
 _BLOCK_KEY = b"b"
-_OPEN: "weakref.WeakSet[BlockCache]" = weakref.WeakSet()
-_FORK_LOCK = threading.Lock()
+# this process's open environments by folder: LMDB forbids opening the same files twice in one
+# process, so every BlockCache of one folder shares one environment
+_ENVS: dict[str, Any] = {}
+_ENVS_PID = [os.getpid()]
+_LOCK = threading.Lock()
 
 
 def _close_before_fork() -> None:
     # LMDB environments must not cross a fork (py-lmdb #346, and py-lmdb refuses to open a second
     # one on the same files in the child): close ours now; each process reopens its own lazily
-    for cache in list(_OPEN):
-        cache.close()
+    with _LOCK:
+        for env in _ENVS.values():
+            env.close()
+        _ENVS.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -91,8 +95,6 @@ class BlockCache:
     def __init__(self, path: Path, map_size: int) -> None:
         self.path = Path(path)
         self.map_size = int(map_size)
-        self._env: Any = None
-        self._pid: int | None = None
         self.writes = 0
         self.hits = 0
 
@@ -104,19 +106,24 @@ class BlockCache:
 
     @property
     def env(self):
-        if self._env is None or self._pid != os.getpid():
-            try:
-                import lmdb
-            except ImportError as exc:
-                raise ConfigurationError("the dataset cache needs the lmdb package: pip install lmdb — or pass "
-                                         "cache=False") from exc
-            self.path.mkdir(parents=True, exist_ok=True)
-            # an environment inherited through fork is never used (py-lmdb #346): open our own
-            self._env = lmdb.open(str(self.path), map_size=self.map_size, subdir=True, readahead=False,
-                                  meminit=False, max_readers=512, lock=True)
-            self._pid = os.getpid()
-            _OPEN.add(self)
-        return self._env
+        with _LOCK:
+            if _ENVS_PID[0] != os.getpid():  # forked without the hook: never touch the parent's
+                _ENVS.clear()
+                _ENVS_PID[0] = os.getpid()
+            env = _ENVS.get(str(self.path))
+            if env is None:
+                try:
+                    import lmdb
+                except ImportError as exc:
+                    raise ConfigurationError("the dataset cache needs the lmdb package: pip install lmdb — or "
+                                             "pass cache=False") from exc
+                self.path.mkdir(parents=True, exist_ok=True)
+                env = lmdb.open(str(self.path), map_size=self.map_size, subdir=True, readahead=False,
+                                meminit=False, max_readers=512, lock=True,
+                                # a cache, not a record: no fsync per block (a crash costs a refill)
+                                sync=False, metasync=False)
+                _ENVS[str(self.path)] = env
+            return env
 
     @staticmethod
     def key(block: int) -> bytes:
@@ -168,7 +175,8 @@ class BlockCache:
         return int(self.env.info()["map_size"])
 
     def close(self) -> None:
-        env, self._env = self._env, None
-        if env is not None and self._pid == os.getpid():
+        with _LOCK:
+            env = _ENVS.pop(str(self.path), None) if _ENVS_PID[0] == os.getpid() else None
+        if env is not None:
             self.map_size = max(self.map_size, int(env.info()["map_size"]))
             env.close()

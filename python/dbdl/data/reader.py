@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - torch is a dependency
     Dataset = IterableDataset = object  # type: ignore[assignment,misc]
 
 #: target bytes of one block (one range query, one LMDB value)
-BLOCK_BYTES = 4 << 20
+BLOCK_BYTES = 12 << 20
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,12 @@ class BlockStore:
             import duckdb
 
             if self._db is not None:
-                self._con = self._db.backend.con.cursor()  # the training process's own database
-            else:
+                try:
+                    self._con = self._db.backend.con.cursor()  # the training process's own database
+                    return self._con
+                except duckdb.Error:  # closed since: read the file like a worker does
+                    self._db = None
+            if self._con is None:
                 from ..backends.duckdb import _path_from_url
 
                 path = _path_from_url(src.url)
