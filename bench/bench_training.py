@@ -130,7 +130,6 @@ def database(backend: str, folder: Path):
 
 
 def run_backend(backend: str, rows: int, baseline_rows: int, workers_list: list[int], memory_x, memory_y) -> dict:
-    import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     folder = Path(tempfile.mkdtemp(prefix=f"dbdl-bench-{backend}-"))
