@@ -236,8 +236,8 @@ WHERE l.lanname = 'plpython3u' ORDER BY 1;""").stdout.splitlines()
     assert len(rows) >= 10
     for row in rows:
         proname, secdef, config = row.split("|")
-        if proname == "predict_into":
-            assert secdef == "f", "predict_into runs the caller's query: it must not run as the owner"
+        if proname in ("predict_into", "train_export"):
+            assert secdef == "f", f"{proname} runs the caller's query: it must not run as the owner"
         else:
             assert secdef == "t" and "search_path=pg_catalog, dbdl, pg_temp" in config, row
     owner_schema = psql(server, name, "SELECT string_agg(DISTINCT n.nspname, ',') FROM pg_proc p "

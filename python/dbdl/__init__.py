@@ -10,6 +10,7 @@ from .database import Database, connect
 from .errors import (
     ConfigurationError,
     ConnectionError,
+    DatasetNotFound,
     DTypeMismatch,
     Error,
     InvalidModel,
@@ -21,6 +22,7 @@ from .errors import (
     ShapeMismatch,
     StrategyUnavailable,
 )
+from .data import DatasetInfo
 from .registry import LoadedModel, ModelInfo
 from .result import Result
 
@@ -30,7 +32,9 @@ __all__ = [
     "ConfigurationError",
     "ConnectionError",
     "DTypeMismatch",
+    "DatasetNotFound",
     "Database",
+    "DatasetInfo",
     "Error",
     "InvalidModel",
     "InvalidName",

@@ -189,6 +189,42 @@ def _info_dict(m) -> dict:
     }
 
 
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    console = _console()
+    with _connect(args.url, migrate=False) as db:
+        if args.action == "drop":
+            info = db.datasets.drop(args.name)
+            console.print(f"dropped dataset {info.name!r} (version {info.version}, {info.n_rows:,} rows)")
+            return 0
+        infos = db.datasets.list() if args.action == "list" else [db.datasets.get(args.name)]
+        if args.json:
+            print(json.dumps([_dataset_dict(i) for i in infos], indent=2, default=str))
+            return 0
+        if not infos:
+            console.print("no datasets; make one with CALL train_export('SELECT ...', 'name')")
+            return 0
+        table = Table()
+        for col in ("name", "version", "table", "shape", "dtype", "label", "train", "validation", "test", "created"):
+            table.add_column(col)
+        for i in infos:
+            table.add_row(i.name, str(i.version), i.table, str(list(i.shape)), i.dtype, i.label_dtype,
+                          f"{i.n_train:,}", f"{i.n_validation:,}", f"{i.n_test:,}", str(i.created_at)[:16])
+        console.print(table)
+        if args.action == "show":
+            console.print(f"source query: {infos[0].source_query}")
+    return 0
+
+
+def _dataset_dict(i) -> dict:
+    return {"name": i.name, "version": i.version, "table": i.table, "view": i.view, "shape": list(i.shape),
+            "dtype": i.dtype, "label_dtype": i.label_dtype, "counts": i.counts, "seed": i.seed,
+            "train_fraction": i.train_fraction, "validation_fraction": i.validation_fraction,
+            "features": list(i.features), "label_column": i.label_column, "source_query": i.source_query,
+            "created_at": i.created_at}
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     with _connect(args.url) as db:
         version = db.models.register(args.name, args.path, description=args.description, promote=not args.no_promote)
@@ -277,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
         if action in ("list", "show", "cache"):
             a.add_argument("--json", action="store_true", help="print JSON instead of a table")
         a.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("datasets", help="list, show or drop the training datasets made by train_export")
+    dsub = p.add_subparsers(dest="action", required=True)
+    for action, helptext in (("list", "every dataset"), ("show", "one dataset"),
+                             ("drop", "delete a dataset's table and catalog row")):
+        a = dsub.add_parser(action, help=helptext)
+        a.add_argument("url")
+        if action != "list":
+            a.add_argument("name")
+        if action != "drop":
+            a.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        a.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("register", help="register a .onnx file as the next version of a model")
     p.add_argument("url")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -19,6 +20,8 @@ from .result import Result
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from dbdl_udf.datasets import DatasetInfo
+
 
 class Database:
     """A connection to one database with dbdl installed.
@@ -30,6 +33,10 @@ class Database:
     def __init__(self, backend: Backend, *, migrate: bool | None = None) -> None:
         self.backend = backend
         self.models = ModelRegistry(self)
+        from .data import DatasetRegistry
+
+        #: the training datasets made by train_export
+        self.datasets = DatasetRegistry(self)
         #: bytes a strategy that loads the whole model may use (DBDL_MEMORY_BUDGET, else half the RAM);
         #: models over it run relation-centric
         self.memory_budget = memory_budget()
@@ -76,7 +83,14 @@ class Database:
         ``/*+ dbdl strategy=… */`` hint) the planner chooses per call by estimated cost.
         """
         params = tuple(params or ())
-        if self.backend.name == "duckdb" and not params:
+        if "train_export" in query.lower() and not getattr(self.backend, "has_procedures", False):
+            # DuckDB's CALL takes only table functions: dbdl carries out CALL train_export(...) itself
+            from .data.export import call_train_export, parse_call
+
+            call = parse_call(query, self.backend.dialect, params)
+            if call is not None:
+                return Result(call_train_export(self, *call))
+        if not self.backend.has_procedures and not params:
             from . import calls
 
             found = calls.parse_call(query, self.backend.dialect)
@@ -141,6 +155,50 @@ class Database:
         table = to_arrow(data)
         self.backend.write_arrow(check_name(name, "table"), table, replace=replace)
         return table.num_rows
+
+    def train_export(self, source_query: str, dataset_name: str, *, label_column: str = "label",
+                     features: "Sequence[str] | str | None" = None, shape: "Sequence[int] | None" = None,
+                     dtype: str = "float32", train_fraction: float = 0.8, validation_fraction: float = 0.1,
+                     seed: int = 0, progress: bool | None = None) -> "DatasetInfo":
+        """Materialize ``source_query`` as a training dataset (``CALL train_export`` from Python).
+
+        Features are the column(s) ``features`` names — one numeric array column, or several
+        numeric columns stacked in order — or, by default, every column except ``label_column``.
+        ``shape`` gives the per-row tensor shape (e.g. ``(1, 8, 8)``; default: flat), ``dtype``
+        their stored type. Rows are split train/validation/test by a permutation seeded with
+        ``seed`` (test gets ``1 - train_fraction - validation_fraction``); row ids number the
+        splits one after another, so each split is one contiguous row-id range. Re-exporting a
+        name replaces the dataset atomically (version + 1); a failed export leaves nothing.
+        """
+        from .data.export import train_export
+
+        return train_export(self, source_query, dataset_name, label_column=label_column, features=features,
+                            shape=shape, dtype=dtype, train_fraction=train_fraction,
+                            validation_fraction=validation_fraction, seed=seed, progress=progress)
+
+    def training_set(self, name: str, split: str | None = "train", *, batch_size: int | None = None,
+                     shuffle: bool = False, seed: int = 0, cache: "bool | str | os.PathLike" = True,
+                     block_rows: int | None = None, prefetch: int = 0, drop_last: bool = False,
+                     buffer_blocks: int = 4, cache_map_size: int | None = None):
+        """A PyTorch dataset over one split of an exported dataset (see docs/training.md).
+
+        * default: map-style, ``ds[i] -> (features, label)``; DataLoader batches are gathered
+          whole (``__getitems__``);
+        * ``batch_size=B``: map-style over batches of B consecutive rows (``DataLoader(ds,
+          batch_size=None)``), each one range read;
+        * ``shuffle=True``: an IterableDataset shuffled per epoch from ``(seed, epoch)``
+          (``set_epoch``), blocks dealt to the DataLoader workers.
+
+        ``cache=True`` (default: $DBDL_CACHE_DIR or ~/.cache/dbdl/datasets) or a folder keeps the
+        rows read in a local LMDB so later epochs never query the database; ``cache=False`` reads
+        the database every time. ``prefetch``: blocks read ahead (in one range query for the
+        map-style forms, by a background thread for the shuffled stream).
+        """
+        from .data.reader import training_set
+
+        return training_set(self, name, split, batch_size=batch_size, shuffle=shuffle, seed=seed, cache=cache,
+                            block_rows=block_rows, prefetch=prefetch, drop_last=drop_last,
+                            buffer_blocks=buffer_blocks, cache_map_size=cache_map_size)
 
     def close(self) -> None:
         self.backend.close()

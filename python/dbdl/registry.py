@@ -142,6 +142,7 @@ class ModelRegistry:
         description: str | None = None,
         promote: bool = True,
         opset: int | None = None,
+        dataset: str | None = None,
     ) -> int:
         """Store ``model`` as the next version of ``name`` and return that version number.
 
@@ -150,9 +151,22 @@ class ModelRegistry:
         bytes, or the path of a ``.onnx`` file. The model is checked with onnx's checker and an
         onnxruntime session before anything is written. Registering bytes this model already has
         returns that version instead of adding a copy. With ``promote`` (the default) the version
-        becomes the one that ``predict('name', ...)`` serves.
+        becomes the one that ``predict('name', ...)`` serves. ``dataset="name"`` registers a
+        module trained on an exported dataset: the example input is taken from the dataset's
+        tensor shape, so ``predict('name', features)`` scores the dataset's own features column.
         """
         check_name(name)
+        if dataset is not None:
+            # a model trained on an exported dataset: its input is one row of the dataset's tensor
+            from dbdl_udf.datasets import get as get_dataset
+
+            info = get_dataset(self._backend, dataset)
+            if example is None:
+                import torch
+
+                example = torch.zeros((1, *info.shape), dtype=torch.float32)
+            if description is None:
+                description = f"trained on dataset {info.name}@{info.version}"
         prepared = prepare(model, example, opset=opset)
         with self._backend.transaction():
             version = catalog.store_version(

@@ -11,6 +11,7 @@ __all__ = [
     "Error",
     "InvalidName",
     "ModelNotFound",
+    "DatasetNotFound",
     "InvalidModel",
     "ShapeMismatch",
     "DTypeMismatch",
@@ -34,6 +35,10 @@ class InvalidName(Error, ValueError):
 
 class ModelNotFound(Error, LookupError):
     """An unknown model, or an unknown version of a known model."""
+
+
+class DatasetNotFound(ModelNotFound):
+    """An unknown training dataset (made by train_export)."""
 
 
 class InvalidModel(Error, ValueError):

@@ -27,6 +27,8 @@ _SQLSTATE = {
     "ShapeMismatch": "22023",  # invalid_parameter_value
     "DTypeMismatch": "42804",  # datatype_mismatch
     "InvalidModel": "22023",
+    "DatasetNotFound": "42704",
+    "QueryError": "42601",  # syntax_error
 }
 _KINDS = ("scalar", "array", "class")
 _plans: dict[str, Any] = {}
@@ -473,5 +475,116 @@ def clear_cache(plpy, name: str) -> None:
         runner = PlpyRunner(plpy)
         catalog.model_options(runner, name)  # an unknown model is an error, not a silent no-op
         catalog.clear_cache(runner, name)
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+# -- training export -----------------------------------------------------------------------------
+# CALL train_export(...) (migrations/postgres/0006_datasets.sql) runs as the caller: the source
+# query is the caller's own SQL, run with the caller's rights; the rules live in dbdl_udf.datasets.
+
+_INT_OIDS = {16, 20, 21, 23}  # bool, int8, int2, int4
+_FLOAT_OIDS = {700, 701, 1700}  # real, double precision, numeric
+_ARRAY_OIDS = {1005, 1007, 1016, 1021, 1022, 1231}  # int2[] int4[] int8[] real[] float8[] numeric[]
+_EXPORT_ROWS = 1024
+
+
+class _PlpySink:
+    """dbdl_udf.datasets.export's backend: a cursor over the query, array_send() bytes decoded by
+    numpy, rows staged in a temporary table and written in row-id order with one INSERT."""
+
+    def __init__(self, plpy) -> None:
+        self.plpy = plpy
+        self.catalog = PlpyRunner(plpy)
+        self._insert = None
+
+    def _q(self, name: str) -> str:
+        return self.plpy.quote_ident(name)
+
+    def describe(self, query: str) -> list[tuple[str, str, str]]:
+        self.plpy.prepare(query)  # exactly one statement, or PostgreSQL says why not
+        result = self.plpy.execute(f"SELECT * FROM (\n{query}\n) AS q LIMIT 0")
+        out = []
+        for name, oid in zip(result.colnames(), result.coltypes()):
+            kind = ("int" if oid in _INT_OIDS else "float" if oid in _FLOAT_OIDS
+                    else "array" if oid in _ARRAY_OIDS else "other")
+            type_name = self.plpy.execute(f"SELECT format_type({int(oid)}, NULL) AS t")[0]["t"]
+            out.append((name, kind, type_name))
+        return out
+
+    def batches(self, query, features, label, kinds):
+        from .datasets import decode_array_send
+
+        if len(features) == 1 and kinds[features[0]] == "array":
+            expr = f"array_send(q.{self._q(features[0])})"
+        else:
+            expr = "array_send(ARRAY[" + ", ".join(f"q.{self._q(c)}::float8" for c in features) + "])"
+        is_int = kinds[label] == "int"
+        cursor = self.plpy.cursor(f"SELECT {expr} AS f, q.{self._q(label)} AS l FROM (\n{query}\n) AS q")
+        pos = 0
+        while True:
+            rows = cursor.fetch(_EXPORT_ROWS)
+            if not rows:
+                return
+            matrix, valid = decode_array_send([r["f"] for r in rows], pos)
+            raw = [r["l"] for r in rows]
+            labels_valid = np.array([v is not None for v in raw], dtype=bool)
+            labels = np.array([0 if v is None else (int(v) if is_int else float(v)) for v in raw],
+                              dtype=np.int64 if is_int else np.float64)
+            pos += len(rows)
+            yield matrix, valid, labels, labels_valid
+
+    def stage(self, first_pos, features, labels, label_dtype):
+        if self._insert is None:
+            label_sql = "bigint" if label_dtype == "int64" else "real"
+            self.plpy.execute("DROP TABLE IF EXISTS pg_temp.dbdl_stage")
+            self.plpy.execute(f"CREATE TEMP TABLE dbdl_stage (pos bigint, features bytea, label {label_sql}) "
+                              "ON COMMIT DROP")
+            self._insert = self.plpy.prepare(
+                f"INSERT INTO pg_temp.dbdl_stage SELECT * FROM unnest($1::bigint[], $2, $3::{label_sql}[])",
+                ["text", "bytea[]", "text"])
+        n = len(features)
+        size = features.itemsize * (features.size // n)
+        buf = features.tobytes()
+        blobs = [buf[i * size:(i + 1) * size] for i in range(n)]
+        positions = "{" + ",".join(map(str, range(first_pos, first_pos + n))) + "}"
+        fmt = str if label_dtype == "int64" else "{:.9g}".format
+        self.plpy.execute(self._insert, [positions, blobs, "{" + ",".join(map(fmt, labels.tolist())) + "}"])
+
+    def finish(self, table, row_ids, codes, width, dtype, label_dtype):
+        label_sql = "bigint" if label_dtype == "int64" else "real"
+        self.plpy.execute(f"CREATE TABLE {table} (row_id bigint PRIMARY KEY, features bytea NOT NULL, "
+                          f"label {label_sql} NOT NULL, split text NOT NULL)")
+        # tensors are incompressible bytes: store them out of line without trying pglz on each
+        self.plpy.execute(f"ALTER TABLE {table} ALTER COLUMN features SET STORAGE EXTERNAL")
+        plan = self.plpy.prepare(
+            f"INSERT INTO {table} SELECT a.row_id, s.features, s.label, (ARRAY['train', 'validation', 'test'])"
+            f"[a.code + 1] FROM pg_temp.dbdl_stage s JOIN unnest($1::bigint[], $2::smallint[]) WITH ORDINALITY "
+            "AS a(row_id, code, ord) ON s.pos = a.ord - 1 ORDER BY a.row_id", ["text", "text"])
+        self.plpy.execute(plan, ["{" + ",".join(map(str, row_ids.tolist())) + "}",
+                                 "{" + ",".join(map(str, codes.tolist())) + "}"])
+        self.plpy.execute("DROP TABLE pg_temp.dbdl_stage")
+        self._insert = None
+        self.plpy.execute(f"ANALYZE {table}")
+        self.share(table)
+
+    def ddl(self, sql: str) -> None:
+        self.plpy.execute(sql)
+
+    def share(self, relation: str) -> None:
+        self.plpy.execute(f"GRANT SELECT ON {relation} TO dbdl_user")
+
+
+def train_export(plpy, query, name, label, features, shape, dtype, train_fraction, validation_fraction,
+                 seed) -> None:
+    """The body of CALL train_export(...)."""
+    from . import datasets
+
+    try:
+        spec = datasets.check_spec(
+            query, name, "label" if label is None else label, features, shape, dtype or "float32",
+            0.8 if train_fraction is None else train_fraction,
+            0.1 if validation_fraction is None else validation_fraction, 0 if seed is None else seed)
+        datasets.export(_PlpySink(plpy), spec)
     except Error as exc:
         raise_for_sql(plpy, exc)

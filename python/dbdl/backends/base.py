@@ -49,6 +49,9 @@ class Backend(ABC):
     has_python_udfs: ClassVar[bool] = True
     #: connect() may apply pending migrations to an existing database (embedded files only)
     auto_upgrade: ClassVar[bool] = False
+    #: the database has stored procedures of dbdl's (CALL train_export runs in the server);
+    #: without them, db.sql carries out such CALLs in the client
+    has_procedures: ClassVar[bool] = False
     #: how the driver spells bound parameters: "qmark" (?) or "format" (%s)
     paramstyle: ClassVar[str] = "qmark"
 

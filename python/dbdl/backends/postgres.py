@@ -58,6 +58,7 @@ class PostgresBackend(Backend):
     schemes = ("postgresql", "postgres")
     dialect = DbdlPostgres
     paramstyle = "format"
+    has_procedures = True
     #: DL-centric execution keys predictions of one-table queries by this column
     row_identity = "ctid"
 
@@ -185,7 +186,7 @@ class PostgresBackend(Backend):
 
         The source returns (dbdl_f) — the key is then the features themselves — or, ``keyed``,
         (dbdl_k, dbdl_f) with a row identity as the key."""
-        from dbdl_udf.postgres import decode_array_send
+        from dbdl_udf.postgres import _decode_float32_bytea, decode_array_send
 
         from ..strategies.dl import BATCH_ROWS
 
@@ -195,9 +196,11 @@ class PostgresBackend(Backend):
             with self.transaction():
                 self.con.execute(f"CREATE TEMP TABLE {table} AS SELECT s.{key}, NULL::{out_type} AS dbdl_prediction "
                                  f"FROM ({source_sql}) AS s WITH NO DATA")
+                described = self.con.execute(f"SELECT s.dbdl_f FROM ({source_sql}) AS s LIMIT 0").description
+                as_bytea = described[0].type_code == 17  # float32 bytea (e.g. a train_export dataset)
                 with self.con.cursor().copy(f"COPY ({source_sql}) TO STDOUT (FORMAT BINARY)") as out:
                     payload = b"".join(bytes(chunk) for chunk in out)
-                fixed = _fixed_float4_rows(payload, key_len=6 if keyed else None)
+                fixed = None if as_bytea else _fixed_float4_rows(payload, key_len=6 if keyed else None)
                 if fixed is not None:  # every row a real[] of one length without NULLs: all numpy
                     keys, matrix = fixed
                     chunks = [_prediction_rows_fixed(keys[i:i + BATCH_ROWS], score(matrix[i:i + BATCH_ROWS]), kind)
@@ -208,8 +211,12 @@ class PostgresBackend(Backend):
                     for start in range(0, len(rows), BATCH_ROWS):
                         batch = rows[start:start + BATCH_ROWS]
                         blobs = [r[-1] for r in batch]
-                        width = _array_width(next((b for b in blobs if b), None))
-                        matrix, valid = decode_array_send(blobs, width)
+                        if as_bytea:
+                            first = next((b for b in blobs if b is not None), b"")
+                            matrix, valid = _decode_float32_bytea(blobs, len(first) // 4, "the model")
+                        else:
+                            width = _array_width(next((b for b in blobs if b), None))
+                            matrix, valid = decode_array_send(blobs, width)
                         y = score(matrix[valid] if not valid.all() else matrix)
                         chunks.append(_prediction_fields([r[0] for r in batch], valid, y, kind))
                 with self.con.cursor().copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as sink:

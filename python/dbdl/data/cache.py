@@ -1,0 +1,182 @@
+"""The local LMDB cache of a dataset's blocks.
+
+A block is ``block_rows`` consecutive row ids (the last one of the table may be shorter), stored as
+one value: the features' bytes, then the labels' bytes. The cache's folder names the dataset's
+version and export uid, so a re-exported dataset never meets an old cache (and the old folder is
+removed when the new version is opened). The environment is opened lazily in the process that uses
+it — never before a DataLoader forks its workers (py-lmdb #346) — and grows its map when full.
+Several workers may write at once: LMDB serialises writers with its lock, and each block is one
+short write transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import ConfigurationError
+
+_BLOCK_KEY = b"b"
+# this process's open environments by folder: LMDB forbids opening the same files twice in one
+# process, so every BlockCache of one folder shares one environment
+_ENVS: dict[str, Any] = {}
+_ENVS_PID = [os.getpid()]
+_LOCK = threading.Lock()
+
+
+def _close_before_fork() -> None:
+    # LMDB environments must not cross a fork (py-lmdb #346, and py-lmdb refuses to open a second
+    # one on the same files in the child): close ours now; each process reopens its own lazily
+    with _LOCK:
+        for env in _ENVS.values():
+            env.close()
+        _ENVS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_close_before_fork)
+
+
+def default_root() -> Path:
+    """$DBDL_CACHE_DIR, else ~/.cache/dbdl/datasets."""
+    env = os.environ.get("DBDL_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "dbdl" / "datasets"
+
+
+def database_key(url: str) -> str:
+    """A short stable key of the database (the URL without its password; DuckDB: the absolute path)."""
+    parts = urlsplit(url)
+    if parts.scheme.startswith("duckdb") or "://" not in url:
+        from ..backends.duckdb import _path_from_url
+
+        path = _path_from_url(url if "://" in url else f"duckdb:///{url}")
+        text = "duckdb:" + (path if path == ":memory:" else os.path.abspath(path))
+    else:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0] + "@" if len(netloc) == 2 else ""
+        text = urlunsplit((parts.scheme, user + netloc[-1], parts.path, "", ""))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_path(root: Path, url: str, name: str, version: int, uid: str, block_rows: int) -> Path:
+    return root / database_key(url) / f"{name}-v{version}-{uid}-r{block_rows}"
+
+
+def remove_stale(path: Path, name: str, uid: str) -> list[Path]:
+    """Remove the caches of this dataset's other exports (older versions, a dropped namesake)."""
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for entry in path.parent.iterdir():
+        if entry.name.startswith(f"{name}-v") and f"-{uid}-" not in entry.name:
+            rest = entry.name[len(name) + 2:].split("-", 1)[0]
+            if rest.isdigit():
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
+def remove_all(root: Path, url: str, name: str) -> None:
+    folder = root / database_key(url)
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.name.startswith(f"{name}-v") and entry.name[len(name) + 2:].split("-", 1)[0].isdigit():
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+class BlockCache:
+    """One dataset version's blocks in an LMDB environment (opened lazily, once per process)."""
+
+    def __init__(self, path: Path, map_size: int) -> None:
+        self.path = Path(path)
+        self.map_size = int(map_size)
+        self.writes = 0
+        self.hits = 0
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "map_size": self.map_size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["map_size"])
+
+    @property
+    def env(self):
+        with _LOCK:
+            if _ENVS_PID[0] != os.getpid():  # forked without the hook: never touch the parent's
+                _ENVS.clear()
+                _ENVS_PID[0] = os.getpid()
+            env = _ENVS.get(str(self.path))
+            if env is None:
+                try:
+                    import lmdb
+                except ImportError as exc:
+                    raise ConfigurationError("the dataset cache needs the lmdb package: pip install lmdb — or "
+                                             "pass cache=False") from exc
+                self.path.mkdir(parents=True, exist_ok=True)
+                env = lmdb.open(str(self.path), map_size=self.map_size, subdir=True, readahead=False,
+                                meminit=False, max_readers=512, lock=True,
+                                # a cache, not a record: no fsync per block (a crash costs a refill)
+                                sync=False, metasync=False)
+                _ENVS[str(self.path)] = env
+            return env
+
+    @staticmethod
+    def key(block: int) -> bytes:
+        return _BLOCK_KEY + block.to_bytes(8, "big")
+
+    def get(self, block: int) -> bytes | None:
+        import lmdb
+
+        for _ in range(2):
+            try:
+                with self.env.begin(buffers=True) as txn:
+                    value = txn.get(self.key(block))
+                    if value is None:
+                        return None
+                    self.hits += 1
+                    return bytes(value)
+            except lmdb.MapResizedError:
+                self._adopt_size()
+        return None
+
+    def has(self, block: int) -> bool:
+        with self.env.begin() as txn:
+            return txn.get(self.key(block)) is not None
+
+    def put(self, items: list[tuple[int, bytes]]) -> None:
+        import lmdb
+
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for block, value in items:
+                        txn.put(self.key(block), value, overwrite=False)
+                self.writes += len(items)
+                return
+            except lmdb.MapFullError:
+                self.env.set_mapsize(max(self.env.info()["map_size"] * 2, 1 << 20))
+            except lmdb.MapResizedError:
+                self._adopt_size()
+
+    def _adopt_size(self) -> None:
+        # another process grew the map: take its size (LMDB's mdb_env_set_mapsize(0))
+        self.env.set_mapsize(0)
+
+    def count(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat()["entries"])
+
+    def map_bytes(self) -> int:
+        return int(self.env.info()["map_size"])
+
+    def close(self) -> None:
+        with _LOCK:
+            env = _ENVS.pop(str(self.path), None) if _ENVS_PID[0] == os.getpid() else None
+        if env is not None:
+            self.map_size = max(self.map_size, int(env.info()["map_size"]))
+            env.close()

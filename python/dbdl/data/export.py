@@ -1,0 +1,340 @@
+"""``db.train_export`` and ``CALL train_export(...)`` from the client.
+
+PostgreSQL runs the export inside the server (the procedure ``train_export``, whose body is
+``dbdl_udf.postgres.train_export``); the client calls it with bound parameters. DuckDB has no
+procedures, so the client runs the same rules (``dbdl_udf.datasets.export``) with the DuckDB sink
+below, and ``db.sql("CALL train_export(...)")`` is recognised and carried out here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlglot.expressions as exp
+
+from dbdl_udf import datasets
+from dbdl_udf.datasets import DatasetInfo, ragged_message
+
+from ..errors import DTypeMismatch, QueryError, ShapeMismatch
+from ..planner import parse
+
+if TYPE_CHECKING:
+    from ..database import Database
+
+#: the procedure's parameters, in order (as declared in migrations/postgres/0006_datasets.sql)
+PARAMETERS = ("source_query", "dataset_name", "label_column", "features", "shape", "dtype", "train_fraction",
+              "validation_fraction", "seed")
+_DUCKDB_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "uint8": "UTINYINT", "int8": "TINYINT",
+                 "int16": "SMALLINT", "int32": "INTEGER", "int64": "BIGINT"}
+_INTS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
+         "UHUGEINT", "BOOLEAN"}
+_FLOATS = {"FLOAT", "DOUBLE", "DECIMAL"}
+_EXPORT_ROWS = 4096
+_stages = itertools.count(1)
+
+
+def train_export(db: "Database", source_query: str, dataset_name: str, *, label_column: str = "label",
+                 features: Sequence[str] | str | None = None, shape: Sequence[int] | None = None,
+                 dtype: str = "float32", train_fraction: float = 0.8, validation_fraction: float = 0.1,
+                 seed: int = 0, progress: bool | None = None) -> DatasetInfo:
+    spec = datasets.check_spec(source_query, dataset_name, label_column, features, shape, dtype, train_fraction,
+                               validation_fraction, seed)
+    backend = db.backend
+    if getattr(backend, "has_procedures", False):
+        backend.execute(
+            "CALL train_export(?, ?, ?, CAST(? AS text[]), CAST(? AS integer[]), ?, ?, ?, ?)",
+            (spec.query, spec.name, spec.label, list(spec.features) if spec.features else None,
+             list(spec.shape) if spec.shape else None, spec.dtype, spec.train_fraction, spec.validation_fraction,
+             spec.seed))
+        return datasets.get(backend, spec.name)
+    trees = parse(spec.query, backend.dialect)
+    if trees is None or len(trees) != 1 or not isinstance(trees[0], exp.Query):
+        raise QueryError("train_export's source query must be one SELECT statement (it may use WITH, joins and "
+                         "UNION); check the SQL")
+    sink = DuckDBSink(backend)
+    with _progress(progress, f"exporting {spec.name}") as tick, backend.transaction():
+        try:
+            info = datasets.export(sink, spec, progress=tick)
+        finally:
+            sink.close()
+    return info
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(enabled: bool | None, label: str):
+    """A rich progress line (rows done) when on a terminal; nothing otherwise."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return _Null()
+    import contextlib
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def bar() -> Iterator[Any]:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}: {task.completed:,} rows"),
+                      TimeElapsedColumn(), transient=True) as p:
+            task = p.add_task(label, total=None)
+            yield lambda done: p.update(task, completed=done)
+
+    return bar()
+
+
+class DuckDBSink:
+    """dbdl_udf.datasets.export's DuckDB backend: the query read as Arrow batches, staged in a
+    temporary table, then written in row-id order (so that a range of row ids is a range of
+    storage, which DuckDB's zone maps skip to)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.con = backend.con
+        self.catalog = backend
+        self._stage: str | None = None
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.backend.execute(sql, params)
+
+    def describe(self, query: str) -> list[tuple[str, str, str]]:
+        import duckdb
+
+        try:
+            # the query streams from a cursor of its own while the backend's connection writes
+            self._reader = self.con.cursor()
+            self._relation = self._reader.sql(query)
+        except duckdb.Error as exc:
+            raise self.backend._translate(exc) from exc
+        out = []
+        for name, type_ in zip(self._relation.columns, self._relation.types):
+            text = str(type_)
+            base = text.split("[")[0].split("(")[0]
+            if "[" in text:
+                kind = "array" if base in _INTS | _FLOATS else "other"
+            else:
+                kind = "int" if base in _INTS else "float" if base in _FLOATS else "other"
+            out.append((name, kind, text))
+        return out
+
+    def batches(self, query, features, label, kinds):
+        import duckdb
+
+        relation = self._relation.select(*[duckdb.ColumnExpression(c) for c in [*features, label]])
+        try:
+            reader = relation.to_arrow_reader(_EXPORT_ROWS)
+            pos = 0
+            for batch in reader:
+                n = batch.num_rows
+                if kinds[features[0]] == "array":
+                    matrix, valid = _array_matrix(batch.column(0), pos)
+                else:
+                    cols = [_numbers(batch.column(i)) for i in range(len(features))]
+                    matrix = np.column_stack([c for c, _ in cols]) if cols else np.zeros((n, 0))
+                    valid = np.logical_and.reduce([v for _, v in cols])
+                labels, labels_valid = _numbers(batch.column(len(features)))
+                pos += n
+                yield matrix, valid, labels, labels_valid
+        except duckdb.Error as exc:
+            raise self.backend._translate(exc) from exc
+        finally:
+            self._relation = None
+
+    def stage(self, first_pos, features, labels, label_dtype):
+        if self._stage is None:
+            self._stage = f"dbdl_stage_{next(_stages)}"
+            element = _DUCKDB_TYPES[features.dtype.name]
+            label_sql = "BIGINT" if label_dtype == "int64" else "FLOAT"
+            self._features_type = f"{element}[{features.shape[1]}]"
+            self._run(f"CREATE TEMP TABLE {self._stage} (pos BIGINT, features {self._features_type}, "
+                      f"label {label_sql})")
+        n, width = features.shape
+        data = pa.table({"pos": np.arange(first_pos, first_pos + n, dtype=np.int64),
+                         "features": pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), width),
+                         "label": labels})
+        self._insert(f"INSERT INTO {self._stage} SELECT pos, CAST(features AS {self._features_type}), label FROM "
+                     "{view}", data)
+
+    def finish(self, table, row_ids, codes, width, dtype, label_dtype):
+        label_sql = "BIGINT" if label_dtype == "int64" else "FLOAT"
+        self._run(f"CREATE TABLE {table} (row_id BIGINT PRIMARY KEY, features {_DUCKDB_TYPES[dtype]}[{width}] "
+                  f"NOT NULL, label {label_sql} NOT NULL, split VARCHAR NOT NULL)")
+        split_names = np.array(datasets.SPLITS, dtype=object)[codes]
+        assignment = pa.table({"pos": np.arange(len(row_ids), dtype=np.int64), "row_id": row_ids,
+                               "split": pa.array(split_names, pa.string())})
+        self._insert(f"INSERT INTO {table} SELECT a.row_id, s.features, s.label, a.split FROM {self._stage} s "
+                     "JOIN {view} a ON a.pos = s.pos ORDER BY a.row_id", assignment)
+        self._run(f"DROP TABLE {self._stage}")
+        self._stage = None
+
+    def _insert(self, sql: str, data: pa.Table) -> None:
+        view = f"dbdl_arrow_{id(data):x}"
+        self.con.register(view, data)
+        try:
+            self._run(sql.replace("{view}", view))
+        finally:
+            self.con.unregister(view)
+
+    def ddl(self, sql: str) -> None:
+        self._run(sql)
+
+    def share(self, relation: str) -> None:
+        pass
+
+    def close(self) -> None:
+        self._relation = None
+        reader, self._reader = getattr(self, "_reader", None), None
+        if reader is not None:
+            reader.close()
+
+
+def _numbers(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A numeric Arrow column as numpy, and its not-NULL mask."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_boolean(column.type):
+        column = column.cast(pa.int8())
+    elif pa.types.is_decimal(column.type):
+        column = column.cast(pa.float64())
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(len(column), bool)
+    return column.fill_null(0).to_numpy(zero_copy_only=False), valid
+
+
+def _array_matrix(column: pa.Array | pa.ChunkedArray, first_pos: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x width) values of a list/array column (nested lists flattened), and a mask of rows
+    with neither a NULL list nor a NULL element; rows of another length are refused."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
+    per_row = np.ones(n, dtype=np.int64)
+    values = column
+    while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or \
+            pa.types.is_large_list(values.type):
+        lengths = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        # each row's element count at this level: the lengths of its items, summed per row
+        starts = np.concatenate([[0], np.cumsum(per_row)])
+        per_row = np.add.reduceat(np.append(lengths, 0), starts[:-1])
+        per_row[starts[:-1] == starts[1:]] = 0
+        values = pc.list_flatten(values)
+    if not valid.all():
+        per_row_valid = per_row[valid]
+    else:
+        per_row_valid = per_row
+    widths = np.unique(per_row_valid)
+    if len(widths) > 1:
+        first = int(per_row_valid[0])
+        bad = int(np.flatnonzero(per_row != first)[0])
+        raise ShapeMismatch(ragged_message(first_pos + bad, first, int(per_row[bad])))
+    width = int(widths[0]) if len(widths) else 0
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or
+            pa.types.is_decimal(values.type) or pa.types.is_boolean(values.type)):
+        raise DTypeMismatch(f"features must be arrays of numbers; got elements of type {values.type}")
+    flat, flat_valid = _numbers(values)
+    matrix = np.zeros((n, width), dtype=flat.dtype)
+    if width:
+        row_of = np.repeat(np.arange(n), per_row)
+        bad_rows = np.unique(row_of[~flat_valid]) if not flat_valid.all() else np.array([], dtype=np.int64)
+        valid[bad_rows] = False
+        matrix[per_row == width] = flat.reshape(-1, width) if (per_row == width).all() else \
+            flat[np.repeat(per_row == width, per_row)].reshape(-1, width)
+    return matrix, valid
+
+
+# -- CALL train_export(...) on backends without procedures --------------------------------------------
+
+
+def parse_call(query: str, dialect: Any, params: Sequence[Any] = ()) -> tuple[list, dict] | None:
+    """(positional, keyword) arguments of ``CALL train_export(...)``, or None when ``query`` is
+    something else. Arguments must be literals (text, numbers, arrays, NULL) or ``?``."""
+    trees = parse(query, dialect)
+    if not trees or len(trees) != 1:
+        return None
+    tree = trees[0]
+    if not (isinstance(tree, exp.Command) and str(tree.this).upper() == "CALL"):
+        return None
+    text = tree.expression.this if isinstance(tree.expression, exp.Literal) else str(tree.expression)
+    inner = parse(f"SELECT {text}", dialect)
+    if not inner or len(inner) != 1 or not isinstance(inner[0], exp.Select) or len(inner[0].expressions) != 1:
+        return None
+    call = inner[0].expressions[0]
+    qualifier = None
+    if isinstance(call, exp.Dot):
+        qualifier, call = call.this, call.expression
+    if not isinstance(call, exp.Anonymous) or str(call.this).lower() != "train_export":
+        return None
+    if qualifier is not None and str(qualifier.name).lower() not in ("dbdl", "public", "main"):
+        return None
+    bound = iter(params)
+    positional: list = []
+    named: dict = {}
+    for arg in call.expressions:
+        if isinstance(arg, (exp.Kwarg, exp.PropertyEQ, exp.EQ)):
+            key = arg.this.name.lower()
+            if key not in PARAMETERS:
+                raise QueryError(f"train_export has no parameter {key!r}; its parameters are {', '.join(PARAMETERS)}")
+            named[key] = _literal(arg.expression, bound)
+        else:
+            if named:
+                raise QueryError("train_export: positional arguments must come before named ones")
+            positional.append(_literal(arg, bound))
+    if len(positional) > len(PARAMETERS):
+        raise QueryError(f"train_export takes at most {len(PARAMETERS)} arguments ({', '.join(PARAMETERS)})")
+    return positional, named
+
+
+def _literal(node: exp.Expression, params: Iterator[Any]) -> Any:
+    if isinstance(node, exp.Placeholder):
+        try:
+            return next(params)
+        except StopIteration:
+            raise QueryError("CALL train_export has more ? placeholders than parameters") from None
+    if isinstance(node, exp.Null):
+        return None
+    if isinstance(node, exp.Neg):
+        return -_literal(node.this, params)
+    if isinstance(node, exp.Literal):
+        if node.is_string:
+            return node.this
+        text = node.this
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+    if isinstance(node, exp.Array):
+        return [_literal(e, params) for e in node.expressions]
+    if isinstance(node, exp.Cast):
+        return _literal(node.this, params)
+    if isinstance(node, exp.Boolean):
+        return bool(node.this)
+    raise QueryError(f"CALL train_export takes literal arguments (text, numbers, arrays); got {node.sql()!r}")
+
+
+def call_train_export(db: "Database", positional: list, named: dict) -> pa.Table:
+    """Carry out a parsed CALL: the dataset's summary as a one-row table."""
+    args = dict(zip(PARAMETERS, positional))
+    for key, value in named.items():
+        if key in args:
+            raise QueryError(f"train_export got {key!r} twice")
+        args[key] = value
+    if "source_query" not in args or "dataset_name" not in args:
+        raise QueryError("CALL train_export(source_query, dataset_name, ...) needs at least those two arguments")
+    options = {k: v for k, v in args.items() if v is not None and k not in ("source_query", "dataset_name")}
+    info = train_export(db, args["source_query"], args["dataset_name"], **options)
+    return summary([info])
+
+
+def summary(infos: Sequence[DatasetInfo]) -> pa.Table:
+    return pa.table({
+        "name": [i.name for i in infos], "version": [i.version for i in infos],
+        "table_name": [i.table for i in infos], "shape": [list(i.shape) for i in infos],
+        "dtype": [i.dtype for i in infos], "n_rows": [i.n_rows for i in infos],
+        "n_train": [i.n_train for i in infos], "n_validation": [i.n_validation for i in infos],
+        "n_test": [i.n_test for i in infos]})

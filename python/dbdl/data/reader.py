@@ -1,0 +1,605 @@
+"""PyTorch datasets over a dataset table: ``db.training_set(name, split=...)``.
+
+Reading is by *blocks*: ``block_rows`` consecutive row ids, fetched with one keyset range query
+(``WHERE row_id >= a AND row_id < b`` — never OFFSET, never a query per row) and decoded with one
+``np.frombuffer`` per block. A block read once is written to the local LMDB cache, so later
+epochs read no database at all. What crosses into a DataLoader worker is only the URL and the
+dataset's metadata: each process opens its own connection and its own LMDB environment, lazily.
+
+Three forms:
+
+* per sample (default): ``ds[i]`` is ``(features, label)``; ``__getitems__`` serves a whole
+  DataLoader batch at once and hands the collate step prebuilt batch tensors;
+* batches (``batch_size=B``): ``ds[k]`` is the k-th batch of B consecutive rows, one range read;
+  use it with ``DataLoader(ds, batch_size=None, ...)``;
+* shuffled stream (``shuffle=True``): an IterableDataset that deals whole blocks to the workers in
+  an order drawn from (seed, epoch), shuffles rows within a buffer of blocks, and yields batches;
+  ``set_epoch(e)`` moves to the next permutation. Optional read-ahead in a background thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from dbdl_udf.datasets import DatasetInfo
+
+from ..errors import ConfigurationError, DatasetNotFound, QueryError
+from . import cache as cache_mod
+
+if TYPE_CHECKING:
+    from ..database import Database
+
+try:
+    import torch
+    from torch.utils.data import Dataset, IterableDataset
+except ImportError:  # pragma: no cover - torch is a dependency
+    torch = None
+    Dataset = IterableDataset = object  # type: ignore[assignment,misc]
+
+#: target bytes of one block (one range query, one LMDB value)
+BLOCK_BYTES = 12 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a process needs to read a dataset version (picklable: no connection, no environment)."""
+
+    url: str
+    backend: str
+    info: DatasetInfo
+    block_rows: int
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.info.shape)
+
+    def block_range(self, block: int) -> tuple[int, int]:
+        start = block * self.block_rows
+        return start, min(start + self.block_rows, self.info.n_rows)
+
+
+class BlockStore:
+    """One process's reader: memory → LMDB → database, block by block."""
+
+    def __init__(self, source: Source, cache: cache_mod.BlockCache | None, db: "Database | None" = None,
+                 memory_blocks: int | None = None) -> None:
+        self.source = source
+        self.cache = cache
+        self._db = db
+        self._con: Any = None
+        self._lock = threading.Lock()
+        block_bytes = max(1, source.block_rows * source.info.row_bytes)
+        self._memory: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+        self._memory_blocks = memory_blocks or max(2, min(64, (64 << 20) // block_bytes))
+        self.queries = 0  # range queries this process sent to the database
+        self.rows_read = 0
+
+    # -- the database ---------------------------------------------------------------------------
+
+    def _connection(self):
+        if self._con is not None:
+            return self._con
+        src = self.source
+        if src.backend == "duckdb":
+            import duckdb
+
+            if self._db is not None:
+                try:
+                    self._con = self._db.backend.con.cursor()  # the training process's own database
+                    return self._con
+                except duckdb.Error:  # closed since: read the file like a worker does
+                    self._db = None
+            if self._con is None:
+                from ..backends.duckdb import _path_from_url
+
+                path = _path_from_url(src.url)
+                if path == ":memory:":
+                    raise ConfigurationError(
+                        "an in-memory DuckDB database cannot be read from DataLoader workers; use num_workers=0, "
+                        "fill the cache first (ds.fill_cache()), or export into a database file")
+                try:
+                    # DuckDB lets many processes read a file, or one process write it: workers read only
+                    self._con = duckdb.connect(path, read_only=True)
+                except duckdb.Error as exc:
+                    raise ConfigurationError(
+                        f"a DataLoader worker cannot open {path!r} read-only ({str(exc).splitlines()[0]}): DuckDB "
+                        "allows one writing process or many readers. Close the writable connection before "
+                        "iterating (db.close()), open it with dbdl.connect(url, read_only=True), fill the cache "
+                        "in this process first (ds.fill_cache()), or use num_workers=0") from exc
+        else:
+            import psycopg
+
+            self._con = psycopg.connect(src.url, autocommit=True)
+        return self._con
+
+    def read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) in row-id order: (rows x elements) features and the labels."""
+        info = self.source.info
+        with self._lock:
+            con = self._connection()
+            try:
+                if self.source.backend == "duckdb":
+                    features, labels = _read_duckdb(con, info, start, stop)
+                else:
+                    features, labels = _read_postgres(con, info, start, stop)
+            except Exception as exc:
+                if "does not exist" in str(exc) or "Catalog Error" in str(exc):
+                    raise DatasetNotFound(
+                        f"dataset {info.name!r} version {info.version} is gone (re-exported or dropped while it was "
+                        f"being read); open it again with db.training_set({info.name!r})") from exc
+                raise
+            self.queries += 1
+            self.rows_read += stop - start
+        if len(labels) != stop - start:
+            raise QueryError(f"dataset table {info.table} returned {len(labels)} rows for row ids [{start}, {stop}); "
+                             "it was changed outside dbdl — re-export the dataset")
+        return features, labels
+
+    # -- blocks -----------------------------------------------------------------------------------
+
+    def block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        self.ensure([block])
+        return self._memory[block]
+
+    def ensure(self, blocks: Sequence[int], read_ahead: int = 0) -> None:
+        """Make ``blocks`` available in memory: from LMDB where cached, else with one range query
+        per run of consecutive missing blocks (extended by ``read_ahead`` blocks)."""
+        missing = []
+        for b in blocks:
+            if b in self._memory:
+                self._memory.move_to_end(b)
+                continue
+            value = self.cache.get(b) if self.cache is not None else None
+            if value is not None:
+                self._remember(b, self._decode(b, value))
+            else:
+                missing.append(b)
+        if not missing:
+            return
+        last_block = (self.source.info.n_rows - 1) // self.source.block_rows
+        runs: list[list[int]] = []
+        for b in sorted(set(missing)):
+            if runs and b == runs[-1][-1] + 1:
+                runs[-1].append(b)
+            else:
+                runs.append([b])
+        for run in runs:
+            end = run[-1]
+            while read_ahead and end < last_block and end - run[-1] < read_ahead and \
+                    (self.cache is None or not self.cache.has(end + 1)):
+                end += 1
+            start_row = self.source.block_range(run[0])[0]
+            stop_row = self.source.block_range(end)[1]
+            features, labels = self.read_range(start_row, stop_row)
+            written = []
+            for b in range(run[0], end + 1):
+                lo, hi = (r - start_row for r in self.source.block_range(b))
+                part = (features[lo:hi], labels[lo:hi])
+                self._remember(b, part)
+                if self.cache is not None:
+                    written.append((b, part[0].tobytes() + part[1].tobytes()))
+            if written:
+                self.cache.put(written)
+
+    def _remember(self, block: int, value: tuple[np.ndarray, np.ndarray]) -> None:
+        self._memory[block] = value
+        self._memory.move_to_end(block)
+        while len(self._memory) > self._memory_blocks:
+            self._memory.popitem(last=False)
+
+    def _decode(self, block: int, value: bytes) -> tuple[np.ndarray, np.ndarray]:
+        info = self.source.info
+        lo, hi = self.source.block_range(block)
+        n = hi - lo
+        split = n * info.row_bytes
+        features = np.frombuffer(value, dtype=np.dtype(info.dtype).newbyteorder("<"), count=n * self.source.elements)
+        labels = np.frombuffer(value, dtype=np.dtype(info.label_dtype).newbyteorder("<"), offset=split, count=n)
+        return features.reshape(n, self.source.elements), labels
+
+    def rows(self, rows: np.ndarray, read_ahead: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Features (rows x elements) and labels of absolute row ids, in the order given."""
+        R = self.source.block_rows
+        k = len(rows)
+        if k == 0:
+            return np.zeros((0, self.source.elements), self.source.info.dtype), \
+                np.zeros(0, self.source.info.label_dtype)
+        first, last = int(rows[0]), int(rows[-1])
+        if last - first == k - 1 and (k == 1 or bool((np.diff(rows) == 1).all())):
+            blocks = list(range(first // R, last // R + 1))
+            self.ensure(blocks, read_ahead)
+            parts = [(self._memory[b], max(first, b * R) - b * R, min(last + 1, (b + 1) * R) - b * R) for b in blocks]
+            if len(parts) == 1:
+                (x, y), lo, hi = parts[0]
+                return x[lo:hi].copy(), y[lo:hi].copy()
+            return (np.concatenate([x[lo:hi] for (x, _), lo, hi in parts]),
+                    np.concatenate([y[lo:hi] for (_, y), lo, hi in parts]))
+        blocks_of = rows // R
+        unique = np.unique(blocks_of)
+        features = np.empty((k, self.source.elements), dtype=self.source.info.dtype)
+        labels = np.empty(k, dtype=self.source.info.label_dtype)
+        # keep every block of this request in memory while gathering
+        self._memory_blocks = max(self._memory_blocks, len(unique) + 2)
+        self.ensure(unique.tolist(), read_ahead)
+        order = np.argsort(blocks_of, kind="stable")
+        bounds = np.searchsorted(blocks_of[order], unique, side="left").tolist() + [k]
+        for j, b in enumerate(unique.tolist()):
+            at = order[bounds[j]:bounds[j + 1]]
+            x, y = self._memory[b]
+            local = rows[at] - b * R
+            features[at] = x[local]
+            labels[at] = y[local]
+        return features, labels
+
+    def close(self) -> None:
+        if self._con is not None and self._db is None:
+            try:
+                self._con.close()
+            except Exception:
+                pass
+        self._con = None
+
+
+def _read_duckdb(con, info: DatasetInfo, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    table = con.sql(f"SELECT row_id, features, label FROM {info.table} "
+                    f"WHERE row_id >= {int(start)} AND row_id < {int(stop)}").to_arrow_table()
+    ids = table.column(0).to_numpy()
+    features = table.column(1).combine_chunks()
+    values = features.flatten().to_numpy(zero_copy_only=False)
+    elements = math.prod(info.shape)
+    matrix = values.reshape(len(ids), elements)
+    labels = table.column(2).to_numpy()
+    if len(ids) > 1 and not bool((np.diff(ids) > 0).all()):
+        order = np.argsort(ids, kind="stable")
+        matrix, labels = matrix[order], labels[order]
+    return matrix, labels.astype(info.label_dtype, copy=False)
+
+
+_COPY_HEADER = 19  # signature (11), flags (4), header extension length (4, zero)
+
+
+def _read_postgres(con, info: DatasetInfo, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    sql = (f"COPY (SELECT features, label FROM {info.table} WHERE row_id >= {int(start)} AND row_id < {int(stop)} "
+           "ORDER BY row_id) TO STDOUT (FORMAT BINARY)")
+    payload = bytearray()
+    with con.cursor().copy(sql) as copy:
+        for chunk in copy:
+            payload += chunk
+    row_bytes = info.row_bytes
+    label_size = 8 if info.label_dtype == "int64" else 4
+    width = 2 + 4 + row_bytes + 4 + label_size
+    n = (len(payload) - _COPY_HEADER - 2) // width
+    raw = np.frombuffer(payload, dtype=np.uint8, count=n * width, offset=_COPY_HEADER).reshape(n, width)
+    if n and not (raw[:, 2:6].copy().view(">i4")[:, 0] == row_bytes).all():
+        raise QueryError(f"dataset table {info.table} holds a features value that is not {row_bytes} bytes; it was "
+                         "changed outside dbdl — re-export the dataset")
+    features = np.ascontiguousarray(raw[:, 6:6 + row_bytes]).view(np.dtype(info.dtype).newbyteorder("<"))
+    label_raw = np.ascontiguousarray(raw[:, 10 + row_bytes:])
+    labels = label_raw.view(">i8" if label_size == 8 else ">f4")[:, 0].astype(info.label_dtype)
+    return features.reshape(n, math.prod(info.shape)), labels
+
+
+# -- torch datasets --------------------------------------------------------------------------------
+
+
+class _Row(tuple):
+    """One (features, label) sample of a batch that __getitems__ already built."""
+
+    __slots__ = ()
+
+
+class _Rows(Sequence):
+    """What __getitems__ returns: a sequence of samples that also carries the whole batch, so that
+    DataLoader's default collate takes the batch tensors as they are instead of stacking samples."""
+
+    def __init__(self, features, labels) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return _Row((self.features[i], self.labels[i]))
+
+
+def _collate_rows(batch, *, collate_fn_map=None):
+    if isinstance(batch, _Rows):
+        return [batch.features, batch.labels]
+    from torch.utils.data import default_collate
+
+    return default_collate([tuple(row) for row in batch])
+
+
+if torch is not None:
+    from torch.utils.data._utils.collate import default_collate_fn_map
+
+    default_collate_fn_map[_Row] = _collate_rows
+
+
+class _Base:
+    """What every form shares: the source, the split's row range, the cache, a per-process store."""
+
+    def __init__(self, db: "Database", info: DatasetInfo, split: str | None, *, cache: bool | str | Path = True,
+                 block_rows: int | None = None, read_ahead: int = 0, cache_map_size: int | None = None) -> None:
+        self.info = info
+        self.split = split or "all"
+        self.start, self.stop = info.split_range(split)
+        rows = block_rows or max(1, BLOCK_BYTES // max(1, info.row_bytes))
+        self.source = Source(db.url, db.backend.name, info, int(rows))
+        self.read_ahead = int(read_ahead)
+        self.cache: cache_mod.BlockCache | None = None
+        if cache:
+            root = cache_mod.default_root() if cache is True else Path(cache)
+            path = cache_mod.cache_path(root, db.url, info.name, info.version, info.uid, self.source.block_rows)
+            cache_mod.remove_stale(path, info.name, info.uid)
+            block_bytes = rows * (info.row_bytes + 8)
+            size = cache_map_size or int(info.n_rows * (info.row_bytes + 8) * 1.25) + 4 * block_bytes + (16 << 20)
+            self.cache = cache_mod.BlockCache(path, size)
+        self._db_ref = weakref.ref(db)
+        self._owner_pid = os.getpid()
+        self._store: BlockStore | None = None
+        self._store_pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_db_ref"] = None
+        state["_store"] = None
+        state["_store_pid"] = None
+        state["_owner_pid"] = None
+        return state
+
+    @property
+    def store(self) -> BlockStore:
+        pid = os.getpid()
+        if self._store is None or self._store_pid != pid:
+            db = None
+            if self._db_ref is not None and pid == self._owner_pid:
+                db = self._db_ref()
+                if db is not None and getattr(db.backend, "con", None) is None:
+                    db = None
+            # PostgreSQL: always a connection of our own (the Database's may be inside a transaction)
+            self._store = BlockStore(self.source, self.cache, db if self.source.backend == "duckdb" else None)
+            self._store_pid = pid
+        return self._store
+
+    @property
+    def cache_path(self) -> Path | None:
+        return self.cache.path if self.cache is not None else None
+
+    def fill_cache(self, progress: bool | None = None) -> int:
+        """Read the whole split into the LMDB cache from this process; returns the blocks written.
+        Afterwards DataLoader workers read only the cache (useful where workers cannot open the
+        database, e.g. while this process holds a DuckDB file open for writing)."""
+        if self.cache is None:
+            raise ConfigurationError("this dataset was opened with cache=False; there is no cache to fill")
+        R = self.source.block_rows
+        blocks = list(range(self.start // R, (self.stop - 1) // R + 1)) if self.stop > self.start else []
+        before = self.cache.writes
+        for i in range(0, len(blocks), 16):
+            self.store.ensure(blocks[i:i + 16])
+        return self.cache.writes - before
+
+    def close(self) -> None:
+        if self._store is not None and self._store_pid == os.getpid():
+            self._store.close()
+        self._store = None
+        if self.cache is not None:
+            self.cache.close()
+
+    def _tensors(self, features: np.ndarray, labels: np.ndarray):
+        x = torch.from_numpy(features).view(len(labels), *self.info.shape)
+        return x, torch.from_numpy(labels)
+
+
+class TrainingSet(_Base, Dataset):
+    """Map-style: ``ds[i]`` is ``(features, label)`` of the split's i-th row (features shaped as
+    the dataset's tensor, e.g. (1, 8, 8)). DataLoader batches go through ``__getitems__``: one
+    gather from whole blocks, handed to the collate step as ready batch tensors."""
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def _absolute(self, indices) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"index out of range for a split of {n} rows")
+        return np.where(idx < 0, idx + n, idx) + self.start
+
+    def __getitem__(self, index: int):
+        features, labels = self.store.rows(self._absolute([int(index)]), self.read_ahead)
+        x, y = self._tensors(features, labels)
+        return x[0], y[0]
+
+    def __getitems__(self, indices):
+        features, labels = self.store.rows(self._absolute(indices), self.read_ahead)
+        return _Rows(*self._tensors(features, labels))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole split as numpy (features shaped (n, *shape), labels)."""
+        features, labels = self.store.rows(np.arange(self.start, self.stop), self.read_ahead)
+        return features.reshape(len(labels), *self.info.shape), labels
+
+
+class BatchSet(_Base, Dataset):
+    """Map-style over batches: ``ds[k]`` is ``(features [B, *shape], labels [B])`` of rows
+    k*B..(k+1)*B-1 of the split, one range read. Use ``DataLoader(ds, batch_size=None)``."""
+
+    def __init__(self, db, info, split, *, batch_size: int, drop_last: bool = False, **options) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        options.setdefault("block_rows", batch_size)
+        super().__init__(db, info, split, **options)
+        self.batch_size = int(batch_size)
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n = self.stop - self.start
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __getitem__(self, index: int):
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range ({len(self)} batches)")
+        lo = self.start + index * self.batch_size
+        hi = min(lo + self.batch_size, self.stop)
+        return self._tensors(*self.store.rows(np.arange(lo, hi), self.read_ahead))
+
+
+class ShuffledSet(_Base, IterableDataset):
+    """An epoch-seeded shuffled stream of batches (or samples with ``batch_size=None``).
+
+    Blocks of the split are permuted by ``(seed, epoch)`` and dealt to DataLoader workers
+    round-robin; each worker loads ``buffer_blocks`` of its blocks at a time (``prefetch`` more
+    are read by a background thread meanwhile), permutes their rows with a generator seeded by
+    ``(seed, epoch, group)``, and yields batches. The same (seed, epoch, num_workers) gives the
+    same stream, every row exactly once per epoch. Call ``set_epoch(e)`` before each epoch.
+    """
+
+    def __init__(self, db, info, split, *, batch_size: int | None = None, seed: int = 0, buffer_blocks: int = 4,
+                 prefetch: int = 0, drop_last: bool = False, **options) -> None:
+        super().__init__(db, info, split, **options)
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.epoch = 0
+        self.buffer_blocks = max(1, int(buffer_blocks))
+        self.prefetch = int(prefetch)
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = self.stop - self.start
+        if self.batch_size is None:
+            return n
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _blocks(self) -> list[int]:
+        if self.stop <= self.start:
+            return []
+        R = self.source.block_rows
+        return list(range(self.start // R, (self.stop - 1) // R + 1))
+
+    def plan(self, worker: int = 0, workers: int = 1) -> list[list[int]]:
+        """The groups of blocks worker ``worker`` of ``workers`` reads this epoch, in order."""
+        blocks = np.array(self._blocks(), dtype=np.int64)
+        order = np.random.Generator(np.random.PCG64([self.seed, self.epoch])).permutation(len(blocks))
+        mine = blocks[order][worker::workers].tolist()
+        return [mine[i:i + self.buffer_blocks] for i in range(0, len(mine), self.buffer_blocks)]
+
+    def order(self, worker: int = 0, workers: int = 1) -> np.ndarray:
+        """The absolute row ids worker ``worker`` yields this epoch, in order (what __iter__ follows)."""
+        parts = [self._group_rows(group) for group in self.plan(worker, workers)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def _group_rows(self, group: list[int]) -> np.ndarray:
+        R = self.source.block_rows
+        rows = np.concatenate([np.arange(max(b * R, self.start), min((b + 1) * R, self.stop)) for b in group])
+        rng = np.random.Generator(np.random.PCG64([self.seed, self.epoch, group[0]]))
+        return rows[rng.permutation(len(rows))]
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        store = self.store
+        groups = self.plan(worker, workers)
+
+        def load(group):
+            rows = self._group_rows(group)
+            store.ensure(sorted(group))
+            return rows, store.rows(rows)
+
+        pending_x: list[np.ndarray] = []
+        pending_y: list[np.ndarray] = []
+        pending = 0
+        B = self.batch_size
+        for rows, (features, labels) in _ahead(load, groups, self.prefetch):
+            if B is None:
+                x, y = self._tensors(features, labels)
+                for i in range(len(y)):
+                    yield x[i], y[i]
+                continue
+            pending_x.append(features)
+            pending_y.append(labels)
+            pending += len(labels)
+            if pending < B:
+                continue
+            xs = np.concatenate(pending_x) if len(pending_x) > 1 else pending_x[0]
+            ys = np.concatenate(pending_y) if len(pending_y) > 1 else pending_y[0]
+            full = (len(ys) // B) * B
+            for i in range(0, full, B):
+                yield self._tensors(np.ascontiguousarray(xs[i:i + B]), np.ascontiguousarray(ys[i:i + B]))
+            pending_x, pending_y = ([xs[full:]], [ys[full:]]) if full < len(ys) else ([], [])
+            pending = len(ys) - full
+        if B is not None and pending and not self.drop_last:
+            xs, ys = np.concatenate(pending_x), np.concatenate(pending_y)
+            yield self._tensors(xs, ys)
+
+
+def _ahead(load, items: list, depth: int) -> Iterator[Any]:
+    """``load(item)`` for each item in order; with ``depth`` > 0 a background thread runs up to
+    ``depth`` loads ahead of the consumer."""
+    if depth <= 0:
+        for item in items:
+            yield load(item)
+        return
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def worker():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                results.put(("ok", load(item)))
+            results.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            results.put(("error", exc))
+
+    thread = threading.Thread(target=worker, daemon=True, name="dbdl-prefetch")
+    thread.start()
+    try:
+        while True:
+            kind, value = results.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                results.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def training_set(db: "Database", name: str, split: str | None = "train", *, batch_size: int | None = None,
+                 shuffle: bool = False, seed: int = 0, cache: bool | str | Path = True, block_rows: int | None = None,
+                 prefetch: int = 0, drop_last: bool = False, buffer_blocks: int = 4,
+                 cache_map_size: int | None = None):
+    from dbdl_udf import datasets
+
+    info = datasets.get(db.backend, name)
+    options = dict(cache=cache, block_rows=block_rows, cache_map_size=cache_map_size)
+    if shuffle:
+        return ShuffledSet(db, info, split, batch_size=batch_size, seed=seed, buffer_blocks=buffer_blocks,
+                           prefetch=prefetch, drop_last=drop_last, **options)
+    if batch_size is not None:
+        return BatchSet(db, info, split, batch_size=batch_size, drop_last=drop_last, read_ahead=prefetch, **options)
+    return TrainingSet(db, info, split, read_ahead=prefetch, **options)

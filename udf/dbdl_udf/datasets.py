@@ -1,0 +1,414 @@
+"""Training datasets: the rules of ``train_export``, shared by the client and the database server.
+
+``CALL train_export(source_query, dataset_name, ...)`` runs in PostgreSQL's own Python (a
+PL/Python procedure) and in the client for DuckDB (which has no procedures); both call
+:func:`export` here with a *sink* that knows how to read the query and write tables on its
+backend. Everything else — which columns are features, NULLs, ragged rows, dtypes, the split
+assignment, row-id order, versions and the catalog row — is decided here, once.
+
+A dataset table holds ``row_id`` (dense 0..n-1, the primary key), ``features`` (one tensor per
+row: DuckDB a typed array such as ``FLOAT[64]``, PostgreSQL ``bytea`` of little-endian values),
+``label`` and ``split``. Row ids are assigned *after* splitting, so each split is one contiguous
+range — train 0..a-1, validation a..b-1, test b..n-1 — and within a split rows keep the order the
+source query returned them in. A reader then takes any part of a split with one keyset range
+query. Each export writes a new table ``dbdl.ds_<name>_v<version>`` and points the view
+``dbdl.ds_<name>`` at it in the same transaction, so a re-export replaces the dataset atomically
+and a failed one leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from .catalog import check_name
+from .errors import DatasetNotFound, DTypeMismatch, InvalidName, QueryError, ShapeMismatch
+
+__all__ = [
+    "DTYPES", "SPLITS", "DatasetInfo", "DatasetNotFound", "ExportSpec", "assign_splits", "check_dataset_name",
+    "check_spec", "choose_columns", "export", "get", "drop", "list_all",
+]
+
+#: dtypes a dataset's features may have (stored little-endian)
+DTYPES = ("float32", "float64", "uint8", "int8", "int16", "int32", "int64")
+SPLITS = ("train", "validation", "test")
+#: the longest dataset name: its table name ds_<name>_v<version> must fit PostgreSQL's 63 bytes
+MAX_NAME = 48
+
+
+def check_dataset_name(name: object) -> str:
+    """Dataset names follow model names, case-insensitively (folded to lower case like an unquoted
+    SQL identifier), and are at most 48 characters so that their tables' names fit everywhere."""
+    check_name(name, "dataset")
+    assert isinstance(name, str)
+    if len(name) > MAX_NAME:
+        raise InvalidName(f"dataset name {name!r} is {len(name)} characters long; use at most {MAX_NAME}")
+    return name.lower()
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    query: str
+    name: str
+    label: str
+    features: tuple[str, ...] | None
+    shape: tuple[int, ...] | None
+    dtype: str
+    train_fraction: float
+    validation_fraction: float
+    seed: int
+
+
+def check_spec(query: object, name: object, label: object = "label", features: object = None,
+               shape: object = None, dtype: object = "float32", train_fraction: object = 0.8,
+               validation_fraction: object = 0.1, seed: object = 0) -> ExportSpec:
+    """Every argument of train_export checked, with a message that names the fix."""
+    if not isinstance(query, str) or not query.strip():
+        raise QueryError("train_export needs a source query, e.g. 'SELECT feats, label FROM t'")
+    name = check_dataset_name(name)
+    if not isinstance(label, str) or not label:
+        raise InvalidName(f"label_column must be the name of a column of the query, got {label!r}")
+    if isinstance(features, str):
+        features = (features,)
+    if features is not None:
+        features = tuple(features)
+        if not features or not all(isinstance(f, str) and f for f in features):
+            raise InvalidName(f"features must name one or more columns of the query, got {features!r}")
+        if label in features:
+            raise InvalidName(f"column {label!r} cannot be both the label and a feature")
+    if isinstance(shape, str):
+        try:
+            shape = json.loads(shape)
+        except ValueError as exc:
+            raise ShapeMismatch(f"shape {shape!r} is not a list of sizes; write it like '[1, 8, 8]'") from exc
+    if shape is not None:
+        try:
+            shape = tuple(int(d) for d in shape)
+        except (TypeError, ValueError) as exc:
+            raise ShapeMismatch(f"shape must be a list of positive sizes such as (1, 8, 8), got {shape!r}") from exc
+        if not shape or any(d < 1 for d in shape):
+            raise ShapeMismatch(f"shape must be a list of positive sizes such as (1, 8, 8), got {list(shape)}")
+    if dtype not in DTYPES:
+        raise DTypeMismatch(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    try:
+        train, validation = float(train_fraction), float(validation_fraction)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ShapeMismatch("train_fraction and validation_fraction must be numbers between 0 and 1") from exc
+    if not (0 <= train <= 1 and 0 <= validation <= 1) or train + validation > 1 + 1e-9 or math.isnan(train + validation):
+        raise ShapeMismatch(
+            f"train_fraction ({train_fraction}) and validation_fraction ({validation_fraction}) must each lie in "
+            "[0, 1] and sum to at most 1 (the test split gets the rest)")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ShapeMismatch(f"seed must be a whole number ≥ 0, got {seed!r}")
+    return ExportSpec(query, name, label, features, shape, str(dtype), train, validation, int(seed))
+
+
+# -- columns -------------------------------------------------------------------------------------
+# A sink describes the query's columns as (name, kind, type name) with kind one of "int", "float",
+# "array" (a list/array of numbers), or "other".
+
+
+def choose_columns(columns: Sequence[tuple[str, str, str]], spec: ExportSpec) -> tuple[list[str], str]:
+    """(feature columns, label kind) by the documented rule: ``features`` names the columns, or else
+    every column but the label is a feature; either one array column, or several numeric columns
+    stacked in order."""
+    by_name = {c[0]: c for c in columns}
+    if spec.label not in by_name:
+        raise QueryError(f"the query has no label column {spec.label!r} (its columns: "
+                         f"{', '.join(by_name)}); alias one AS label, or pass label_column")
+    label_kind = by_name[spec.label][1]
+    if label_kind not in ("int", "float"):
+        raise DTypeMismatch(f"label column {spec.label!r} has type {by_name[spec.label][2]}; a label must be a "
+                            "number (integer class or float target) — cast it")
+    names = list(spec.features) if spec.features else [c[0] for c in columns if c[0] != spec.label]
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise QueryError(f"the query has no column {missing[0]!r} (its columns: {', '.join(by_name)})")
+    if not names:
+        raise QueryError("the query has no feature column besides the label; select the features too")
+    for n in names:
+        kind, type_name = by_name[n][1], by_name[n][2]
+        if kind not in ("int", "float", "array"):
+            raise DTypeMismatch(f"feature column {n!r} has type {type_name}; features must be numbers or arrays "
+                                "of numbers — cast it, or leave it out with features=[...]")
+    arrays = [n for n in names if by_name[n][1] == "array"]
+    if arrays and len(names) > 1:
+        raise DTypeMismatch(f"features are either one array column or several numeric columns; got the array "
+                            f"{arrays[0]!r} among {names} — pass features=[{arrays[0]!r}]")
+    return names, label_kind
+
+
+def check_batch(matrix: np.ndarray, valid: np.ndarray, labels: np.ndarray, labels_valid: np.ndarray, first_pos: int,
+                spec: ExportSpec, width: int | None) -> int:
+    """Refuse NULL features or labels and rows of another length; returns the row width."""
+    if not valid.all():
+        row = first_pos + int(np.flatnonzero(~valid)[0])
+        raise DTypeMismatch(f"row {row} of the query has NULL features (or a NULL element); filter such rows "
+                            "out (WHERE ... IS NOT NULL) or fill them (coalesce) before exporting")
+    if not labels_valid.all():
+        row = first_pos + int(np.flatnonzero(~labels_valid)[0])
+        raise DTypeMismatch(f"row {row} of the query has a NULL label in {spec.label!r}; filter such rows out "
+                            f"(WHERE {spec.label} IS NOT NULL) before exporting")
+    got = matrix.shape[1]
+    if width is not None and got != width:
+        raise ShapeMismatch(ragged_message(first_pos, width, got))
+    if matrix.dtype.kind == "f" and not np.isfinite(matrix).all():
+        row = first_pos + int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
+        raise DTypeMismatch(f"row {row} of the query has NaN or infinite features; clean them before exporting")
+    if spec.shape is not None and math.prod(spec.shape) != got:
+        raise ShapeMismatch(f"shape {list(spec.shape)} holds {math.prod(spec.shape)} values but each row has {got} "
+                            "features; pass a shape whose sizes multiply to the feature count")
+    return got
+
+
+def ragged_message(row: int, width: int, got: int) -> str:
+    return (f"feature rows must all have one length (the dataset's tensor shape is fixed); row {row} has {got} "
+            f"values where earlier rows have {width} — filter or pad the rows")
+
+
+def decode_array_send(blobs: Sequence[bytes | None], first_pos: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x width) float64 values of array_send() bytes of numeric arrays (any number of
+    dimensions, flattened), and a mask of rows without NULL (array or element)."""
+    n = len(blobs)
+    valid = np.array([b is not None for b in blobs], dtype=bool)
+    present = [bytes(b) for b in blobs if b is not None]
+    if not present:
+        return np.zeros((n, 0)), valid
+    head = np.frombuffer(present[0][:12], dtype=">i4")
+    ndim, oid = int(head[0]), int(head[2])
+    dtype = _ARRAY_ELEMENTS.get(oid)
+    if dtype is None:
+        raise DTypeMismatch(f"features must be arrays of numbers (real[], double precision[], integer[], ...); got an "
+                            f"array of type oid {oid} — cast the column, e.g. col::real[]")
+    lead = 12 + 8 * ndim
+    count = int(np.prod(np.frombuffer(present[0][12:lead], dtype=">i4")[0::2])) if ndim else 0
+    size = np.dtype(dtype).itemsize
+    row_bytes = lead + count * (4 + size)
+    flags = [b[4:8] != b"\0\0\0\0" for b in present]  # a NULL element somewhere in the array
+    idx = np.flatnonzero(valid)
+    for j, flagged in enumerate(flags):
+        if flagged:
+            valid[idx[j]] = False
+    for j, b in enumerate(present):
+        if len(b) != row_bytes and not flags[j]:
+            got_dims = np.frombuffer(b[12:12 + 8 * int.from_bytes(b[:4], "big")], dtype=">i4")[0::2]
+            raise ShapeMismatch(ragged_message(first_pos + int(idx[j]), count, int(np.prod(got_dims))))
+    matrix = np.zeros((n, count))
+    good = [b for b, f in zip(present, flags) if not f]
+    if good:
+        raw = np.frombuffer(b"".join(good), dtype=np.uint8).reshape(len(good), row_bytes)
+        items = raw[:, lead:].copy().view(np.dtype([("len", ">i4"), ("v", dtype)]))
+        matrix[valid] = items["v"]
+    return matrix, valid
+
+
+_ARRAY_ELEMENTS = {700: ">f4", 701: ">f8", 21: ">i2", 23: ">i4", 20: ">i8"}
+
+
+# -- splits --------------------------------------------------------------------------------------
+
+
+def split_counts(n: int, train_fraction: float, validation_fraction: float) -> tuple[int, int, int]:
+    n_train = int(round(n * train_fraction))
+    n_validation = min(int(round(n * validation_fraction)), n - n_train)
+    return n_train, n_validation, n - n_train - n_validation
+
+
+def assign_splits(n: int, train_fraction: float, validation_fraction: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """For each source position: its row id and its split code (0 train, 1 validation, 2 test).
+
+    A seeded permutation (numpy's PCG64, so the same on every machine and backend) picks which
+    positions go to which split; row ids then number the splits one after another, each in source
+    order, so that every split is one contiguous row-id range.
+    """
+    counts = split_counts(n, train_fraction, validation_fraction)
+    order = np.random.Generator(np.random.PCG64(seed)).permutation(n)
+    codes = np.empty(n, dtype=np.int8)
+    codes[order[:counts[0]]] = 0
+    codes[order[counts[0]:counts[0] + counts[1]]] = 1
+    codes[order[counts[0] + counts[1]:]] = 2
+    rank = np.lexsort((np.arange(n), codes))  # by split, then by position
+    row_ids = np.empty(n, dtype=np.int64)
+    row_ids[rank] = np.arange(n, dtype=np.int64)
+    return row_ids, codes, counts
+
+
+# -- the catalog -----------------------------------------------------------------------------------
+
+
+class SQLRunner(Protocol):
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset as the catalog (dbdl.datasets) records it."""
+
+    name: str
+    version: int
+    table: str  # schema-qualified, e.g. dbdl.ds_digits_v2
+    shape: tuple[int, ...]
+    dtype: str
+    label_dtype: str
+    n_rows: int
+    n_train: int
+    n_validation: int
+    n_test: int
+    train_fraction: float
+    validation_fraction: float
+    seed: int
+    features: tuple[str, ...]
+    label_column: str
+    source_query: str
+    uid: str
+    created_at: Any = None
+
+    @property
+    def view(self) -> str:
+        return f"dbdl.ds_{self.name}"
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}
+
+    def split_range(self, split: str | None) -> tuple[int, int]:
+        """[first, end) row ids of a split (None or "all": every row)."""
+        if split in (None, "all"):
+            return 0, self.n_rows
+        if split not in SPLITS:
+            raise InvalidName(f"split must be one of {', '.join(SPLITS)} (or 'all'), got {split!r}")
+        start = {"train": 0, "validation": self.n_train, "test": self.n_train + self.n_validation}[split]
+        return start, start + self.counts[split]
+
+
+COLUMNS = ("name, version, table_name, shape, dtype, label_dtype, n_rows, n_train, n_validation, n_test, "
+           "train_fraction, validation_fraction, seed, features, label_column, source_query, uid, created_at")
+
+
+def _info(row: tuple) -> DatasetInfo:
+    (name, version, table, shape, dtype, label_dtype, n_rows, n_train, n_val, n_test, trf, vf, seed, features,
+     label, query, uid, created) = row
+    return DatasetInfo(name, int(version), table, tuple(json.loads(shape)), dtype, label_dtype, int(n_rows),
+                       int(n_train), int(n_val), int(n_test), float(trf), float(vf), int(seed),
+                       tuple(json.loads(features)), label, query, uid, created)
+
+
+def get(db: SQLRunner, name: str) -> DatasetInfo:
+    name = check_dataset_name(name)
+    rows = db.fetchall(f"SELECT {COLUMNS} FROM dbdl.datasets WHERE name = ?", (name,))
+    if not rows:
+        known = ", ".join(repr(r[0]) for r in db.fetchall("SELECT name FROM dbdl.datasets ORDER BY name")) or "none"
+        raise DatasetNotFound(f"no dataset named {name!r} (datasets: {known}); create it with "
+                              f"CALL train_export('SELECT ...', '{name}') or db.train_export(...)")
+    return _info(rows[0])
+
+
+def list_all(db: SQLRunner) -> list[DatasetInfo]:
+    return [_info(r) for r in db.fetchall(f"SELECT {COLUMNS} FROM dbdl.datasets ORDER BY name")]
+
+
+def drop(db: SQLRunner, name: str, *, ddl=None) -> DatasetInfo:
+    """Remove a dataset: its view, its table and its catalog row (the caller owns the transaction)."""
+    info = get(db, name)
+    run = ddl or (lambda sql: db.execute(sql, ()))
+    run(f"DROP VIEW IF EXISTS {info.view}")
+    run(f"DROP TABLE IF EXISTS {info.table}")
+    db.execute("DELETE FROM dbdl.datasets WHERE name = ?", (info.name,))
+    return info
+
+
+# -- the export ------------------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """What export() needs from a backend (the DuckDB client, PostgreSQL's PL/Python)."""
+
+    catalog: SQLRunner
+
+    def describe(self, query: str) -> list[tuple[str, str, str]]: ...
+
+    def batches(self, query: str, features: list[str], label: str,
+                kinds: dict[str, str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]: ...
+
+    def stage(self, first_pos: int, features: np.ndarray, labels: np.ndarray, label_dtype: str) -> None: ...
+
+    def finish(self, table: str, row_ids: np.ndarray, codes: np.ndarray, width: int, dtype: str,
+               label_dtype: str) -> None: ...
+
+    def ddl(self, sql: str) -> None: ...
+
+    def share(self, relation: str) -> None: ...
+
+
+def export(sink: Sink, spec: ExportSpec, progress=None) -> DatasetInfo:
+    """Materialize ``spec.query`` as dataset ``spec.name``; the caller wraps this in a transaction.
+
+    ``progress(rows_done)`` is called after each batch when given."""
+    columns = sink.describe(spec.query)
+    names, label_kind = choose_columns(columns, spec)
+    kinds = {c[0]: c[1] for c in columns}
+    label_dtype = "int64" if label_kind == "int" else "float32"
+    width: int | None = None
+    n = 0
+    for matrix, valid, labels, labels_valid in sink.batches(spec.query, names, spec.label, kinds):
+        if len(valid) == 0:
+            continue
+        width = check_batch(matrix, valid, labels, labels_valid, n, spec, width)
+        sink.stage(n, _convert(matrix, spec.dtype, n), labels.astype(label_dtype), label_dtype)
+        n += len(valid)
+        if progress is not None:
+            progress(n)
+    if n == 0 or width is None:
+        raise QueryError("the source query returned no rows; a dataset needs at least one")
+    if width == 0:
+        raise ShapeMismatch("the feature arrays are empty; a dataset row needs at least one feature")
+    shape = spec.shape or (width,)
+    row_ids, codes, counts = assign_splits(n, spec.train_fraction, spec.validation_fraction, spec.seed)
+    previous = spec.name in {r[0] for r in sink.catalog.fetchall(
+        "SELECT name FROM dbdl.datasets WHERE name = ?", (spec.name,))}
+    old = get(sink.catalog, spec.name) if previous else None
+    version = (old.version + 1) if old else 1
+    table = f"dbdl.ds_{spec.name}_v{version}"
+    sink.finish(table, row_ids, codes, width, spec.dtype, label_dtype)
+    sink.ddl(f"CREATE OR REPLACE VIEW dbdl.ds_{spec.name} AS SELECT row_id, features, label, split FROM {table}")
+    sink.share(f"dbdl.ds_{spec.name}")
+    if old is not None and old.table != table:
+        sink.ddl(f"DROP TABLE IF EXISTS {old.table}")
+    uid = hashlib.sha256(f"{spec.name}:{version}:{time.time_ns()}:{os.getpid()}:{os.urandom(8).hex()}".encode()
+                         ).hexdigest()[:16]
+    values = (spec.name, version, table, json.dumps(list(shape)), spec.dtype, label_dtype, n, *counts,
+              spec.train_fraction, spec.validation_fraction, spec.seed, json.dumps(names), spec.label, spec.query, uid)
+    sink.catalog.execute("DELETE FROM dbdl.datasets WHERE name = ?", (spec.name,))
+    sink.catalog.execute(
+        "INSERT INTO dbdl.datasets (name, version, table_name, shape, dtype, label_dtype, n_rows, n_train, "
+        "n_validation, n_test, train_fraction, validation_fraction, seed, features, label_column, source_query, "
+        "uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+    return get(sink.catalog, spec.name)
+
+
+def _convert(matrix: np.ndarray, dtype: str, first_pos: int) -> np.ndarray:
+    target = np.dtype(dtype)
+    if target.kind in "iu" and matrix.dtype.kind == "f":
+        if not np.array_equal(matrix, np.round(matrix)):
+            raise DTypeMismatch(f"dtype {dtype} cannot hold the fractional features of the query (from row "
+                                f"{first_pos} on); export with dtype='float32'")
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if matrix.size and (matrix.min() < info.min or matrix.max() > info.max):
+            raise DTypeMismatch(f"features outside {dtype}'s range [{info.min}, {info.max}] (from row {first_pos} "
+                                "on); choose a wider dtype")
+    return np.ascontiguousarray(matrix, dtype=target.newbyteorder("<"))
