@@ -150,3 +150,18 @@ def test_hint_inside_a_string_is_data_and_dl_cleans_up_after_a_failed_plan(db, s
     temp = ("SELECT count(*) FROM duckdb_tables() WHERE temporary" if db.backend.name == "duckdb"
             else "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'dbdl_dl_%'")
     assert db.sql(temp).scalar() == 0
+
+
+def test_duckdb_udf_estimate_counts_the_cores_a_small_table_leaves_idle(db, scored):
+    """DuckDB scans a table on one thread per 122,880-row group: a 300-row table runs the UDF on
+    one core, so its compute term is the whole-machine one divided by that share."""
+    if db.backend.name != "duckdb":
+        pytest.skip("DuckDB's row-group parallelism")
+    import os
+
+    from dbdl.planner.cost import DEFAULTS
+
+    plan = db.explain("SELECT predict_class('m', feats) FROM t")[0]
+    udf = next(e for e in plan.candidates if e.strategy == "udf")
+    whole = plan.rows * plan.flops_per_row / DEFAULTS["duckdb"]["udf_flops_per_s"]
+    assert udf.terms["compute"] == pytest.approx(whole * (os.cpu_count() or 1))

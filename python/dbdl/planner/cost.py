@@ -30,6 +30,8 @@ DEFAULTS: dict[str, dict[str, float]] = {
         "udf_row_s": 1.5e-7,          # Arrow chunk conversion per row, both ways
         "udf_param_byte_s": 0.0,      # 2,048-row chunks: weights are read once per chunk
         "udf_flops_per_s": 8.0e10,    # onnxruntime, one thread per DuckDB thread, all threads
+        "udf_row_group_rows": 122880,  # DuckDB scans a table on one thread per row group: fewer
+                                       # rows than threads × this leave cores idle
         "dl_setup_s": 1.5e-2,         # planning the side query, loading the model
         "dl_byte_s": 8.5e-9,          # Arrow out and back, per feature byte
         "dl_flops_per_s": 8.0e10,     # onnxruntime / torch on all cores
@@ -139,8 +141,12 @@ def estimate(backend: "Backend", model: "ResolvedModel", graph, rows: int, budge
     elif too_big:
         out.append(Estimate("udf", None, f"model needs {params:,} bytes, over the memory budget of {budget:,}"))
     else:
+        share = 1.0  # of the cores the in-database function gets
+        if c.get("udf_row_group_rows"):
+            cores = os.cpu_count() or 1
+            share = min(1.0, max(1, -(-rows // int(c["udf_row_group_rows"]))) / cores)
         terms = {"setup": c.get("udf_setup_s", 0.0), "per-row": rows * c["udf_row_s"],
-                 "compute": rows * flops / c["udf_flops_per_s"],
+                 "compute": rows * flops / (c["udf_flops_per_s"] * share),
                  "weights": rows * params * c.get("udf_param_byte_s", 0.0)}
         out.append(Estimate("udf", sum(terms.values()), terms=terms))
 
