@@ -52,6 +52,7 @@ def calibrate(db: "Database", rows: int = 20000, progress: bool = True) -> dict[
     from rich.progress import Progress
 
     from ..ir import from_onnx
+    from .cost import constants, udf_core_share
     from ..ir.sql import layouts
 
     import onnx
@@ -92,7 +93,10 @@ def calibrate(db: "Database", rows: int = 20000, progress: bool = True) -> dict[
             small_row, _ = slope("udf", names[0], quarter, rows)
             large_row, _ = slope("udf", names[1], quarter, rows)
             measured["udf_row_s"] = small_row
-            measured["udf_flops_per_s"] = (flops_large - flops_small) / max(large_row - small_row, 1e-12)
+            # timed on `rows` rows, which may leave cores idle (DuckDB: a thread per row group):
+            # stored as the whole machine's rate, as the cost model divides by the share again
+            measured["udf_flops_per_s"] = ((flops_large - flops_small) / max(large_row - small_row, 1e-12)
+                                           / udf_core_share(constants(db.backend), rows))
             bar.advance(task)
 
             small_row, setup = slope("dl", names[0], quarter, rows)

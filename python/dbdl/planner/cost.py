@@ -141,10 +141,7 @@ def estimate(backend: "Backend", model: "ResolvedModel", graph, rows: int, budge
     elif too_big:
         out.append(Estimate("udf", None, f"model needs {params:,} bytes, over the memory budget of {budget:,}"))
     else:
-        share = 1.0  # of the cores the in-database function gets
-        if c.get("udf_row_group_rows"):
-            cores = os.cpu_count() or 1
-            share = min(1.0, max(1, -(-rows // int(c["udf_row_group_rows"]))) / cores)
+        share = udf_core_share(c, rows)
         terms = {"setup": c.get("udf_setup_s", 0.0), "per-row": rows * c["udf_row_s"],
                  "compute": rows * flops / (c["udf_flops_per_s"] * share),
                  "weights": rows * params * c.get("udf_param_byte_s", 0.0)}
@@ -177,6 +174,14 @@ def estimate(backend: "Backend", model: "ResolvedModel", graph, rows: int, budge
                  "compute": rows * flops / c["dl_flops_per_s"]}
         out.append(Estimate("dl", sum(terms.values()), terms=terms))
     return out
+
+
+def udf_core_share(c: dict[str, float], rows: int) -> float:
+    """The share of the machine's cores the in-database function runs on for ``rows`` rows: on
+    DuckDB one thread per row group (``udf_row_group_rows``), elsewhere all it is given."""
+    if not c.get("udf_row_group_rows"):
+        return 1.0
+    return min(1.0, max(1, -(-int(rows) // int(c["udf_row_group_rows"]))) / (os.cpu_count() or 1))
 
 
 def with_cache(backend: "Backend", estimates: list[Estimate], rows: int, computed: int) -> list[Estimate]:
