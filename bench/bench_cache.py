@@ -115,7 +115,7 @@ def main() -> None:
     previous = RESULTS / "cache.json"
     if previous.exists():  # keep the other backends' rows of an earlier run at the same size
         old = json.loads(previous.read_text())
-        if old.get("n_rows") == rows:
+        if old.get("n_rows", rows) == rows:
             results = [r for r in old["rows"] if r["backend"] not in backends] + results
     write(results, rows)
 
