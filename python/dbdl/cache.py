@@ -170,12 +170,12 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
                   on=exp.EQ(this=exp.column("dbdl_j", table="dbdl_mk"), expression=identity.copy()), copy=False)
         miss_source = rows.sql(dialect=dialect)
     else:
-        miss_source = f"SELECT dbdl_k, dbdl_f FROM {keys}"
+        miss_source = (f"SELECT k.dbdl_k, k.dbdl_f FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL AND NOT EXISTS "
+                       f"(SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)")
     missed = 0
     if miss_source is not None:
-        backend.execute(
-            f"CREATE TEMP TABLE {misses} AS SELECT DISTINCT ON (s.dbdl_k) s.dbdl_k, s.dbdl_f FROM ({miss_source}) AS s "
-            f"WHERE s.dbdl_k IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {results} AS r WHERE r.dbdl_k = s.dbdl_k)")
+        backend.execute(f"CREATE TEMP TABLE {misses} AS SELECT DISTINCT ON (s.dbdl_k) s.dbdl_k, s.dbdl_f "
+                        f"FROM ({miss_source}) AS s")
         missed = backend.fetchone(f"SELECT count(*) FROM {misses}")[0]
     inserted = 0
     if missed:
