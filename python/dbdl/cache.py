@@ -109,14 +109,14 @@ def expected_hit_rate(backend: "Backend", model: "ResolvedModel", options: dict[
 
 
 def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
-                features: exp.Expression, strategy: str, options: dict[str, Any], cleanup: list[str],
+                features: exp.Expression, strategy: str | None, options: dict[str, Any], cleanup: list[str],
                 compute) -> str:
     """Look up, compute the misses of, and fill the cache for the features of one predict call;
     joins the statement's own result table into the SELECT and returns its name (see
     output_expression for what replaces the call).
 
     ``compute(sql, strategy)`` plans and runs a statement holding a predict_array call with the
-    cache off (the planner's own entry point)."""
+    cache off (the planner's own entry point); ``strategy`` None lets it choose for the misses."""
     from .strategies.dl import row_identity
 
     select = enclosing_select(call)

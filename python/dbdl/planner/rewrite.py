@@ -172,12 +172,14 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             # one look-up per (model, features) in a SELECT, whichever kinds read it
             key = (id(select), resolved.ref, features.sql(), "cache")
             if key not in joined:
-                how = chosen
-                if chosen == "relation":
+                # a strategy the caller forced scores the misses too; otherwise the misses are planned
+                # on their own, now that their number is known rather than expected
+                how = chosen if strategy else None
+                if strategy == "relation":
                     how += ":" + (forced_layout or next(e.layout for e in candidates if e.strategy == "relation")
                                   or "element")
 
-                def compute(sql: str, how: str) -> None:
+                def compute(sql: str, how: str | None) -> None:
                     for inner in parse(sql, backend.dialect) or []:
                         step = plan_statement(backend, inner, how, memory_budget=memory_budget,
                                               cleanup=planned.cleanup, use_cache=False)
