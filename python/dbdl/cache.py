@@ -110,10 +110,10 @@ def expected_hit_rate(backend: "Backend", model: "ResolvedModel", options: dict[
 
 def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
                 features: exp.Expression, strategy: str | None, options: dict[str, Any], cleanup: list[str],
-                compute) -> str:
+                compute) -> tuple[str, ...]:
     """Look up, compute the misses of, and fill the cache for the features of one predict call;
-    joins the statement's own result table into the SELECT and returns its name (see
-    output_expression for what replaces the call).
+    joins the statement's own result tables (hits, scored misses) into the SELECT and returns their
+    names (see output_expression for what replaces the call).
 
     ``compute(sql, strategy)`` plans and runs a statement holding a predict_array call with the
     cache off (the planner's own entry point); ``strategy`` None lets it choose for the misses."""
@@ -149,6 +149,7 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
         f"c.gen AS dbdl_gen FROM dbdl.result_cache AS c WHERE c.cache_id = {cid:d} "
         f"AND c.key IN (SELECT dbdl_k FROM {keys})")
     hits = backend.fetchone(f"SELECT count(*) FROM {results}")[0]
+    backend.analyze(results)
 
     # 3. the misses, one per key, scored by the chosen strategy (their features are read only when
     # some key missed: a query that only hits does not touch the feature column again)
@@ -160,22 +161,22 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
     if not some_missed:
         miss_source = None
     elif identity is not None:
-        # the rows whose key missed, joined back to their features by row identity
+        # one row per missed key (the first row holding it: a narrow hash aggregate, not a sort of
+        # the features), joined back to its features by row identity
         missing = sqlglot.parse_one(
-            f"SELECT k.dbdl_j, k.dbdl_k FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL AND NOT EXISTS "
-            f"(SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)", read=dialect)
+            f"SELECT min(k.dbdl_j) AS dbdl_j, k.dbdl_k FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL AND NOT EXISTS "
+            f"(SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k) GROUP BY k.dbdl_k", read=dialect)
         rows = source_rows(select)
         rows.set("expressions", [exp.column("dbdl_k", table="dbdl_mk"), exp.alias_(features.copy(), "dbdl_f")])
         rows.join(exp.alias_(exp.Subquery(this=missing), "dbdl_mk", table=True),
                   on=exp.EQ(this=exp.column("dbdl_j", table="dbdl_mk"), expression=identity.copy()), copy=False)
         miss_source = rows.sql(dialect=dialect)
-    else:
-        miss_source = (f"SELECT k.dbdl_k, k.dbdl_f FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL AND NOT EXISTS "
-                       f"(SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)")
+    else:  # distinct vectors that are equal as float32 (DOUBLE[] input) share a key: one per key
+        miss_source = (f"SELECT DISTINCT ON (k.dbdl_k) k.dbdl_k, k.dbdl_f FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL "
+                       f"AND NOT EXISTS (SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)")
     missed = 0
     if miss_source is not None:
-        backend.execute(f"CREATE TEMP TABLE {misses} AS SELECT DISTINCT ON (s.dbdl_k) s.dbdl_k, s.dbdl_f "
-                        f"FROM ({miss_source}) AS s")
+        backend.execute(f"CREATE TEMP TABLE {misses} AS {miss_source}")
         missed = backend.fetchone(f"SELECT count(*) FROM {misses}")[0]
     inserted = 0
     if missed:
@@ -183,16 +184,17 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
         width = model.output_spec.per_row
         label = backend.argmax_sql("p.dbdl_out") if width != 1 else "NULL"
         ref = exp.Literal.string(model.ref).sql(dialect=dialect)
-        compute(f"CREATE TEMP TABLE {scored} AS SELECT p.dbdl_k, p.dbdl_out, CAST({label} AS BIGINT) AS dbdl_label "
+        # REAL[] (a list on DuckDB, not the UDF's fixed-size array): the type the cache holds
+        compute(f"CREATE TEMP TABLE {scored} AS SELECT p.dbdl_k, CAST(p.dbdl_out AS REAL[]) AS dbdl_out, "
+                f"CAST({label} AS BIGINT) AS dbdl_label "
                 f"FROM (SELECT m.dbdl_k, predict_array({ref}, m.dbdl_f) AS dbdl_out FROM {misses} AS m) AS p",
                 strategy)
-        backend.execute(f"INSERT INTO {results} SELECT dbdl_k, dbdl_out, dbdl_label, {gen:d} FROM {scored}")
+        backend.analyze(scored)
         inserted = backend.execute_count(
             f"INSERT INTO dbdl.result_cache (cache_id, key, output, label, gen) SELECT {cid:d}, dbdl_k, dbdl_out, "
             f"dbdl_label, {gen:d} FROM {scored} WHERE dbdl_out IS NOT NULL ON CONFLICT DO NOTHING")
         if inserted > 1000 and inserted * 10 > hits:
             backend.analyze("dbdl.result_cache")  # the next look-up plans on the grown table
-    backend.analyze(results)
 
     # 4. bookkeeping: refresh old hits, count, advance the generation, evict
     refreshed = 0
@@ -209,20 +211,30 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
         on = exp.EQ(this=exp.column("dbdl_f", table=keys), expression=features.copy())
     select.join(exp.to_table(keys), on=on, join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True
-    select.join(exp.to_table(results), on=exp.EQ(this=exp.column("dbdl_k", table=results),
-                                                 expression=exp.column("dbdl_k", table=keys)),
-                join_type="left", copy=False)
-    select.args["joins"][-1].meta["dbdl_added"] = True
-    return results
+    # the hits and the scored misses: two tables joined, rather than one more copy of either
+    tables = (results, scored) if missed else (results,)
+    for table in tables:
+        select.join(exp.to_table(table), on=exp.EQ(this=exp.column("dbdl_k", table=table),
+                                                   expression=exp.column("dbdl_k", table=keys)),
+                    join_type="left", copy=False)
+        select.args["joins"][-1].meta["dbdl_added"] = True
+    return tables
 
 
-def output_expression(backend: "Backend", kind: str, model: "ResolvedModel", results: str) -> exp.Expression:
-    """What predict / predict_array / predict_class return, read from a statement's result table."""
-    out = exp.column("dbdl_out", table=results)
+def output_expression(backend: "Backend", kind: str, model: "ResolvedModel", tables: tuple[str, ...]
+                      ) -> exp.Expression:
+    """What predict / predict_array / predict_class return, read from a statement's result tables."""
+    def column(name: str) -> exp.Expression:
+        cols = [exp.column(name, table=t) for t in tables]
+        return cols[0] if len(cols) == 1 else exp.Coalesce(this=cols[0], expressions=cols[1:])
+
+    out = column("dbdl_out")
     if kind == "class":
-        return exp.column("dbdl_label", table=results)
+        return column("dbdl_label")
     if kind == "scalar":
-        return exp.Bracket(this=out, expressions=[exp.Literal.number(1)], offset=1)
+        # PostgreSQL subscripts only a column or a parenthesized expression
+        return exp.Bracket(this=exp.Paren(this=out) if isinstance(out, exp.Coalesce) else out,
+                           expressions=[exp.Literal.number(1)], offset=1)
     width = model.output_spec.per_row
     if backend.name == "duckdb" and width is not None:
         return exp.Cast(this=out, to=exp.DataType.build(f"FLOAT[{width}]", dialect="duckdb"))
