@@ -151,16 +151,10 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
     hits = backend.fetchone(f"SELECT count(*) FROM {results}")[0]
     backend.analyze(results)
 
-    # 3. the misses, one per key, scored by the chosen strategy (their features are read only when
-    # some key missed: a query that only hits does not touch the feature column again)
-    # (no LIMIT 1 here: PostgreSQL would then plan a nested-loop anti-join, quadratic in the rows)
-    some_missed = backend.fetchone(
-        f"SELECT count(*) FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL AND NOT EXISTS "
-        f"(SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)")[0] if hits else 1
+    # 3. the misses, one per key, scored by the chosen strategy (the features are joined only to
+    # the keys that missed: with none, the hash join's build side is empty and the table is not read)
     cleanup.append(misses)
-    if not some_missed:
-        miss_source = None
-    elif identity is not None:
+    if identity is not None:
         # one row per missed key (the first row holding it: a narrow hash aggregate, not a sort of
         # the features), joined back to its features by row identity
         missing = sqlglot.parse_one(
@@ -174,10 +168,8 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
     else:  # distinct vectors that are equal as float32 (DOUBLE[] input) share a key: one per key
         miss_source = (f"SELECT DISTINCT ON (k.dbdl_k) k.dbdl_k, k.dbdl_f FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL "
                        f"AND NOT EXISTS (SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)")
-    missed = 0
-    if miss_source is not None:
-        backend.execute(f"CREATE TEMP TABLE {misses} AS {miss_source}")
-        missed = backend.fetchone(f"SELECT count(*) FROM {misses}")[0]
+    backend.execute(f"CREATE TEMP TABLE {misses} AS {miss_source}")
+    missed = backend.fetchone(f"SELECT count(*) FROM {misses}")[0]
     inserted = 0
     if missed:
         cleanup.append(scored)
