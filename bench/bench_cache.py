@@ -14,7 +14,6 @@ of model a cache is for) and the MLP 64-256-256-10 of the predict benchmarks (~0
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -25,30 +24,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import RESULTS, features, machine, mlp, rows_env  # noqa: E402
+from common import RESULTS, database_url, features, machine, mlp, rows_env  # noqa: E402
 
 import dbdl  # noqa: E402
 
 WIDTH = 64
 MODELS = {"MLP 64-2048-2048-2048-10": [WIDTH, 2048, 2048, 2048, 10], "MLP 64-256-256-10": [WIDTH, 256, 256, 10]}
-
-
-@contextlib.contextmanager
-def database(backend: str, folder: Path):
-    if backend == "duckdb":
-        yield f"duckdb:///{folder / 'bench_cache.duckdb'}"
-        return
-    url = os.environ.get("DBDL_BENCH_PG_URL")
-    if url:
-        yield url
-        return
-    import pgserver
-
-    ok, why = pgserver.available()
-    if not ok:
-        raise SystemExit(f"cannot start PostgreSQL for the benchmark: {why}")
-    with pgserver.PostgresServer(settings={"shared_buffers": "1GB", "work_mem": "256MB"}) as server:
-        yield server.create_database("dbdl_bench_cache")
 
 
 def timed(fn) -> float:
@@ -61,7 +42,7 @@ def run_backend(backend: str, rows: int, folder: Path) -> list[dict]:
     import torch
 
     out = []
-    with database(backend, folder) as url:
+    with database_url(backend, folder, "dbdl_bench_cache") as url:
         db = dbdl.connect(url)
         print(f"[{backend}] loading {rows:,} rows …", flush=True)
         db.create_table("t", {"id": np.arange(rows), "feats": features(rows, WIDTH)}, replace=True)

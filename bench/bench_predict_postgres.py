@@ -7,7 +7,6 @@ the tests) unless DBDL_BENCH_PG_URL names one. Writes docs/bench/predict_postgre
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -17,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import best_of, features, mlp, report, rows_env  # noqa: E402
+from common import best_of, database_url, features, mlp, report, rows_env  # noqa: E402
 
 import dbdl  # noqa: E402
 from dbdl_udf.runtime import make_session  # noqa: E402
@@ -25,21 +24,6 @@ from dbdl_udf.runtime import make_session  # noqa: E402
 WIDTH = 64
 ROW_AT_A_TIME_ROWS = 20_000
 NAIVE_ROWS = 50_000
-
-
-@contextlib.contextmanager
-def database():
-    url = os.environ.get("DBDL_BENCH_PG_URL")
-    if url:
-        yield url
-        return
-    import pgserver
-
-    ok, why = pgserver.available()
-    if not ok:
-        raise SystemExit(f"cannot start PostgreSQL for the benchmark: {why}")
-    with pgserver.PostgresServer(settings={"shared_buffers": "1GB", "work_mem": "256MB"}) as server:
-        yield server.create_database("dbdl_bench")
 
 
 def timed(fn) -> float:
@@ -53,7 +37,7 @@ def main() -> None:
     import torch
 
     rows = rows_env(1_000_000)
-    with database() as url:
+    with database_url("postgres", Path("."), "dbdl_bench") as url:
         db = dbdl.connect(url)
         model = mlp([WIDTH, 256, 256, 10])
         db.models.register("mlp", model, example=torch.randn(1, WIDTH))

@@ -15,7 +15,6 @@ Writes docs/bench/training.{md,json,png}. Usage: python bench/bench_training.py 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import pickle
@@ -29,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, database_url, machine  # noqa: E402
 
 import dbdl  # noqa: E402
 
@@ -110,32 +109,13 @@ def per_row_rate(url: str, backend: str, table: str, rows: int, sample: int) -> 
     return rate
 
 
-@contextlib.contextmanager
-def database(backend: str, folder: Path):
-    if backend == "duckdb":
-        yield f"duckdb:///{folder / 'bench_training.duckdb'}"
-        return
-    url = os.environ.get("DBDL_BENCH_PG_URL")
-    if url:
-        yield url
-        return
-    import pgserver
-
-    ok, why = pgserver.available()
-    if not ok:
-        raise SystemExit(f"cannot start PostgreSQL for the benchmark: {why}")
-    with pgserver.PostgresServer(settings={"shared_buffers": "1GB", "work_mem": "256MB",
-                                           "max_wal_size": "8GB"}) as server:
-        yield server.create_database("dbdl_bench_training")
-
-
 def run_backend(backend: str, rows: int, baseline_rows: int, workers_list: list[int], memory_x, memory_y) -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
     folder = Path(tempfile.mkdtemp(prefix=f"dbdl-bench-{backend}-"))
     results: list[dict] = []
     try:
-        with database(backend, folder) as url:
+        with database_url(backend, folder, "dbdl_bench_training", max_wal_size="8GB") as url:
             db = dbdl.connect(url)
             t0 = time.perf_counter()
             (load_duckdb if backend == "duckdb" else load_postgres)(db, rows)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import textwrap
 import os
 import platform
@@ -15,6 +17,27 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "bench"
+
+
+@contextlib.contextmanager
+def database_url(backend: str, folder: Path, name: str, **pg_settings):
+    """A database for one benchmark: a DuckDB file in ``folder``, or on PostgreSQL the server named
+    by DBDL_BENCH_PG_URL, else a throwaway server started here (as the tests do)."""
+    if backend == "duckdb":
+        yield f"duckdb:///{folder / (name + '.duckdb')}"
+        return
+    url = os.environ.get("DBDL_BENCH_PG_URL")
+    if url:
+        yield url
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    import pgserver
+
+    ok, why = pgserver.available()
+    if not ok:
+        raise SystemExit(f"cannot start PostgreSQL for the benchmark: {why}")
+    with pgserver.PostgresServer(settings={"shared_buffers": "1GB", "work_mem": "256MB", **pg_settings}) as server:
+        yield server.create_database(name)
 
 
 def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
