@@ -1,91 +1,152 @@
 """dbdl's own procedures for databases whose CALL takes only table functions (DuckDB).
 
-On DuckDB, ``db.sql("CALL dbdl.set_model_options('fraud', '{\\"cache\\": true}')")`` is carried out
-here; on PostgreSQL the same text reaches the server's procedure. The arguments are read with
-sqlglot: literals only (a procedure's arguments are values, not expressions over rows).
+On DuckDB, ``db.sql("CALL train_export('SELECT …', 'digits')")`` or
+``db.sql("CALL dbdl.set_model_options('fraud', '{\\"cache\\": true}')")`` is carried out here; on
+PostgreSQL the same text reaches the server's procedure. The statement is read with sqlglot;
+arguments are values — literals (text, numbers, arrays, NULL, booleans) or ``?`` — given by
+position and/or by name (``label_column => 'y'``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-import sqlglot
 import sqlglot.expressions as exp
 
 from .errors import QueryError
+from .planner import parse
 
 if TYPE_CHECKING:
     from .database import Database
 
-#: procedure name (lower case, with and without the schema) -> handler(db, *args)
-PROCEDURES: dict[str, Callable[..., Any]] = {}
+
+@dataclass(frozen=True)
+class Procedure:
+    run: Callable[..., Any]  # run(db, **arguments) -> a pyarrow table, or None
+    parameters: tuple[str, ...]
+    required: int  # how many leading parameters must be given
 
 
-def procedure(*names: str):
+#: procedure name (lower case, without schema) -> its handler and parameters
+PROCEDURES: dict[str, Procedure] = {}
+#: the schemas a CALL may name dbdl's procedures with
+SCHEMAS = ("dbdl", "public", "main")
+
+
+def procedure(name: str, parameters: Sequence[str], required: int | None = None):
     def register(fn):
-        for name in names:
-            PROCEDURES[name] = fn
+        PROCEDURES[name] = Procedure(fn, tuple(parameters), len(parameters) if required is None else required)
         return fn
     return register
 
 
-@procedure("dbdl.set_model_options", "set_model_options")
+@procedure("set_model_options", ("name", "options"))
 def _set_model_options(db: "Database", name: str, options: str) -> None:
     from dbdl_udf import catalog
 
     db.models.set_options(name, **catalog.parse_options(options))
 
 
-@procedure("dbdl.clear_cache", "clear_cache")
+@procedure("clear_cache", ("name",))
 def _clear_cache(db: "Database", name: str) -> None:
     db.models.clear_cache(name)
 
 
-def parse_call(query: str, dialect: str) -> tuple[str, list[Any]] | None:
-    """(procedure, literal arguments) when ``query`` is ``CALL <one of PROCEDURES>(…)``, else None."""
-    text = query.strip().rstrip(";").strip()
-    if not text[:4].upper() == "CALL" or not text[4:5].isspace():
-        return None
-    try:
-        call = sqlglot.parse_one(f"SELECT {text[4:].strip()}", read=dialect).expressions[0]
-    except (sqlglot.errors.SqlglotError, IndexError):
-        return None
-    if isinstance(call, exp.Dot) and isinstance(call.expression, (exp.Anonymous, exp.Func)):
-        name = f"{call.this.name}.{_func_name(call.expression)}".lower()
-        args = call.expression.expressions if isinstance(call.expression, exp.Anonymous) else None
-    elif isinstance(call, (exp.Anonymous, exp.Func)):
-        name, args = _func_name(call).lower(), call.expressions if isinstance(call, exp.Anonymous) else None
-    else:
-        return None
-    if name not in PROCEDURES:
-        return None
-    if args is None or not all(isinstance(a, (exp.Literal, exp.Boolean, exp.Null)) for a in args):
-        raise QueryError(f"CALL {name}(…) takes literal arguments (text in single quotes, numbers); got "
-                         f"{call.sql(dialect=dialect)}")
-    return name, [_value(a) for a in args]
+def _train_export(db: "Database", **args: Any):
+    from .data.export import train_export, summary
+
+    options = {k: v for k, v in args.items() if v is not None and k not in ("source_query", "dataset_name")}
+    return summary([train_export(db, args["source_query"], args["dataset_name"], **options)])
 
 
-def _func_name(node: exp.Expression) -> str:
-    return node.this if isinstance(node, exp.Anonymous) else node.sql_name()
+def _register_train_export() -> None:
+    from .data.export import PARAMETERS
+
+    PROCEDURES["train_export"] = Procedure(_train_export, PARAMETERS, 2)
 
 
-def _value(node: exp.Expression) -> Any:
+_register_train_export()
+
+
+def parse_call(query: str, dialect: Any, params: Sequence[Any] = ()) -> tuple[str, list, dict] | None:
+    """(procedure, positional, keyword arguments) when ``query`` is ``CALL <one of PROCEDURES>(…)``,
+    else None (the database then runs the text as it is)."""
+    head = query.lstrip()[:5]
+    if head[:4].upper() != "CALL" or not head[4:5].isspace():
+        return None
+    trees = parse(query, dialect)
+    if not trees or len(trees) != 1:
+        return None
+    tree = trees[0]
+    if not (isinstance(tree, exp.Command) and str(tree.this).upper() == "CALL"):
+        return None
+    text = tree.expression.this if isinstance(tree.expression, exp.Literal) else str(tree.expression)
+    inner = parse(f"SELECT {text}", dialect)
+    if not inner or len(inner) != 1 or not isinstance(inner[0], exp.Select) or len(inner[0].expressions) != 1:
+        return None
+    call = inner[0].expressions[0]
+    qualifier = None
+    if isinstance(call, exp.Dot):
+        qualifier, call = call.this, call.expression
+    if not isinstance(call, exp.Anonymous) or str(call.this).lower() not in PROCEDURES:
+        return None
+    if qualifier is not None and str(qualifier.name).lower() not in SCHEMAS:
+        return None
+    name = str(call.this).lower()
+    parameters = PROCEDURES[name].parameters
+    bound = iter(params)
+    positional: list = []
+    named: dict = {}
+    for arg in call.expressions:
+        if isinstance(arg, (exp.Kwarg, exp.PropertyEQ, exp.EQ)):
+            key = arg.this.name.lower()
+            if key not in parameters:
+                raise QueryError(f"{name} has no parameter {key!r}; its parameters are {', '.join(parameters)}")
+            named[key] = _literal(name, arg.expression, bound)
+        else:
+            if named:
+                raise QueryError(f"{name}: positional arguments must come before named ones")
+            positional.append(_literal(name, arg, bound))
+    if len(positional) > len(parameters):
+        raise QueryError(f"{name} takes at most {len(parameters)} arguments ({', '.join(parameters)})")
+    return name, positional, named
+
+
+def _literal(name: str, node: exp.Expression, params: Iterator[Any]) -> Any:
+    if isinstance(node, exp.Placeholder):
+        try:
+            return next(params)
+        except StopIteration:
+            raise QueryError(f"CALL {name} has more ? placeholders than parameters") from None
     if isinstance(node, exp.Null):
         return None
+    if isinstance(node, exp.Neg):
+        return -_literal(name, node.this, params)
+    if isinstance(node, exp.Literal):
+        if node.is_string:
+            return node.this
+        text = node.this
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+    if isinstance(node, exp.Array):
+        return [_literal(name, e, params) for e in node.expressions]
+    if isinstance(node, exp.Cast):
+        return _literal(name, node.this, params)
     if isinstance(node, exp.Boolean):
-        return node.this
-    if node.is_string:
-        return node.this
-    text = node.this
-    return float(text) if any(c in text for c in ".eE") else int(text)
+        return bool(node.this)
+    raise QueryError(f"CALL {name} takes literal arguments (text, numbers, arrays); got {node.sql()!r}")
 
 
-def run(db: "Database", name: str, args: list[Any]) -> Any:
-    import inspect
-
-    handler = PROCEDURES[name]
-    try:
-        inspect.signature(handler).bind(db, *args)
-    except TypeError as exc:
-        raise QueryError(f"CALL {name}(…) got {len(args)} argument(s): {exc}; see docs/reference.md") from exc
-    return handler(db, *args)
+def run(db: "Database", name: str, positional: list, named: dict) -> Any:
+    """Carry out a parsed CALL; what the procedure returns (a pyarrow table, or None)."""
+    proc = PROCEDURES[name]
+    args = dict(zip(proc.parameters, positional))
+    for key, value in named.items():
+        if key in args:
+            raise QueryError(f"{name} got {key!r} twice")
+        args[key] = value
+    missing = [p for p in proc.parameters[:proc.required] if p not in args]
+    if missing:
+        raise QueryError(f"CALL {name}({', '.join(proc.parameters[:proc.required])}, ...) needs at least those "
+                         f"argument(s); missing {', '.join(missing)}")
+    return proc.run(db, **args)

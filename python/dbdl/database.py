@@ -83,20 +83,13 @@ class Database:
         ``/*+ dbdl strategy=… */`` hint) the planner chooses per call by estimated cost.
         """
         params = tuple(params or ())
-        if "train_export" in query.lower() and not getattr(self.backend, "has_procedures", False):
-            # DuckDB's CALL takes only table functions: dbdl carries out CALL train_export(...) itself
-            from .data.export import call_train_export, parse_call
-
-            call = parse_call(query, self.backend.dialect, params)
-            if call is not None:
-                return Result(call_train_export(self, *call))
-        if not self.backend.has_procedures and not params:
+        if not self.backend.has_procedures:
+            # DuckDB's CALL takes only table functions: dbdl carries out its own procedures
             from . import calls
 
-            found = calls.parse_call(query, self.backend.dialect)
-            if found is not None:  # DuckDB's CALL takes table functions only: dbdl runs its own
-                calls.run(self, *found)
-                return Result(None)
+            found = calls.parse_call(query, self.backend.dialect, params)
+            if found is not None:
+                return Result(calls.run(self, *found))
         needs_rewrite = bool(params) and self.backend.paramstyle != "qmark"
         if "predict" not in query.lower() and not needs_rewrite and strategy is None:
             return Result(self.backend.run_query(query, params))
