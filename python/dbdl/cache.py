@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import sqlglot
 import sqlglot.expressions as exp
 
-from dbdl_udf import catalog
+from dbdl_udf.resultcache import GENERATIONS, KEY_BYTES, ROW_OVERHEAD, Entry, count_fill, find_entry as _find, options_from_json
+from dbdl_udf.resultcache import record
 
 from .strategies.common import distinct_features, enclosing_select, source_rows
 
@@ -40,70 +41,35 @@ if TYPE_CHECKING:
     from .backends.base import Backend
     from .registry import ResolvedModel
 
-#: bytes counted per cached row besides the key and the output values (label, generation, entry id,
-#: the database's row and index overhead, roughly)
-ROW_OVERHEAD = 48
-#: key bytes per backend (BLAKE2b-128 on DuckDB, SHA-256 on PostgreSQL)
-KEY_BYTES = {"duckdb": 16, "postgres": 32}
-#: generations per bound: the eviction granularity
-GENERATIONS = 8
+__all__ = ["GENERATIONS", "KEY_BYTES", "ROW_OVERHEAD", "Entry", "enabled", "cached_call", "output_expression",
+           "stats", "CacheStats"]
+
+#: missed rows per call of dbdl.cache_fill (PostgreSQL): each call is one transaction
+FILL_ROWS = 8192
 
 _tables = itertools.count()
-
-
-@dataclass
-class Entry:
-    cache_id: int
-    gen: int
-    row_bytes: int
-    hits: int
-    misses: int
-    max_bytes: int
-
-    @property
-    def max_rows(self) -> int:
-        return max(1, self.max_bytes // self.row_bytes)
-
-    @property
-    def hit_rate(self) -> float | None:
-        total = self.hits + self.misses
-        return self.hits / total if total else None
 
 
 def enabled(backend: "Backend", model: "ResolvedModel") -> dict[str, Any] | None:
     """The model's options when its cache is on, else None. Read through dbdl.model_catalog, which
     every role that may predict may read (on PostgreSQL dbdl_user cannot read dbdl.models)."""
-    import json
-
     if backend.name not in KEY_BYTES:
         return None
     row = backend.fetchone("SELECT options FROM dbdl.model_catalog WHERE name = ? AND version = ?",
                            (model.name, model.version))
-    stored = json.loads(row[0] or "{}") if row else {}
-    options = {key: stored.get(key, default) for key, (_, default, _) in catalog.OPTIONS.items()}
+    options = options_from_json(row[0] if row else None)
     return options if options["cache"] else None
 
 
-def find_entry(backend: "Backend", model: "ResolvedModel", options: dict[str, Any], create: bool = True
+def find_entry(backend: "Backend", model: "ResolvedModel", options: dict[str, Any], create: bool = False
                ) -> Entry | None:
-    key = (model.name, model.version, model.sha256, model.output_index)
-    sql = ("SELECT cache_id, gen, row_bytes, hits, misses FROM dbdl.cache_entries "
-           "WHERE name = ? AND version = ? AND sha256 = ? AND output = ?")
-    row = backend.fetchone(sql, key)
-    if row is None and create:
-        width = model.output_spec.per_row
-        row_bytes = KEY_BYTES.get(backend.name, 32) + 4 * (width or 1) + ROW_OVERHEAD
-        backend.execute("INSERT INTO dbdl.cache_entries (name, version, sha256, output, width, row_bytes) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (*key, width, row_bytes))
-        row = backend.fetchone(sql, key)
-    if row is None:
-        return None
-    return Entry(int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), int(options["cache_max_bytes"]))
+    return _find(backend, (model.name, model.version, model.sha256, model.output_index),
+                 int(options["cache_max_bytes"]), backend=backend.name, width=model.output_spec.per_row, create=create)
 
 
 def expected_hit_rate(backend: "Backend", model: "ResolvedModel", options: dict[str, Any]) -> float:
     """What the cost model assumes: the entry's hit rate so far (0 for a version not yet cached)."""
-    entry = find_entry(backend, model, options, create=False)
+    entry = find_entry(backend, model, options)
     rate = entry.hit_rate if entry is not None else None
     return 0.0 if rate is None else rate
 
@@ -116,7 +82,12 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
     names (see output_expression for what replaces the call).
 
     ``compute(sql, strategy)`` plans and runs a statement holding a predict_array call with the
-    cache off (the planner's own entry point); ``strategy`` None lets it choose for the misses."""
+    cache off (the planner's own entry point); ``strategy`` None lets it choose for the misses.
+
+    Where the backend's cache is shared by roles that do not trust each other (PostgreSQL:
+    ``backend.cache_filled_in_server``), only the server's own code writes the cache: the misses
+    go to ``dbdl.cache_fill``, which keys and scores them itself. A strategy forced to anything
+    else there scores its misses for this statement only and leaves the cache as it was."""
     from .strategies.dl import row_identity
 
     select = enclosing_select(call)
@@ -141,9 +112,9 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
     backend.execute(f"CREATE TEMP TABLE {keys} AS {source.sql(dialect=dialect)}")
     backend.analyze(keys)
 
-    # 2. the one join with the cache: the hits
+    # 2. the one join with the cache: the hits (an entry that does not exist yet has none)
     cleanup.append(results)
-    cid, gen = entry.cache_id, entry.gen
+    cid, gen = (entry.cache_id, entry.gen) if entry is not None else (-1, 0)
     backend.execute(
         f"CREATE TEMP TABLE {results} AS SELECT c.key AS dbdl_k, c.output AS dbdl_out, c.label AS dbdl_label, "
         f"c.gen AS dbdl_gen FROM dbdl.result_cache AS c WHERE c.cache_id = {cid:d} "
@@ -168,33 +139,51 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
     else:  # distinct vectors that are equal as float32 (DOUBLE[] input) share a key: one per key
         miss_source = (f"SELECT DISTINCT ON (k.dbdl_k) k.dbdl_k, k.dbdl_f FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL "
                        f"AND NOT EXISTS (SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)")
+    in_server = getattr(backend, "cache_filled_in_server", False)
+    fills = not in_server or strategy in (None, "udf")
+    if in_server and fills:  # numbered, so that dbdl.cache_fill takes them a block at a time
+        miss_source = (f"SELECT q.*, row_number() OVER () AS dbdl_n FROM ({miss_source}) AS q")
     backend.execute(f"CREATE TEMP TABLE {misses} AS {miss_source}")
     missed = backend.fetchone(f"SELECT count(*) FROM {misses}")[0]
-    inserted = 0
+    ref = exp.Literal.string(model.ref).sql(dialect=dialect)
     if missed:
         cleanup.append(scored)
-        width = model.output_spec.per_row
-        label = backend.argmax_sql("p.dbdl_out") if width != 1 else "NULL"
-        ref = exp.Literal.string(model.ref).sql(dialect=dialect)
-        # REAL[] (a list on DuckDB, not the UDF's fixed-size array): the type the cache holds
-        compute(f"CREATE TEMP TABLE {scored} AS SELECT p.dbdl_k, CAST(p.dbdl_out AS REAL[]) AS dbdl_out, "
-                f"CAST({label} AS BIGINT) AS dbdl_label "
-                f"FROM (SELECT m.dbdl_k, predict_array({ref}, m.dbdl_f) AS dbdl_out FROM {misses} AS m) AS p",
-                strategy)
+        if in_server and fills:
+            _fill_in_server(backend, ref, misses, scored, missed)
+        else:
+            width = model.output_spec.per_row
+            label = backend.argmax_sql("p.dbdl_out") if width != 1 else "NULL"
+            # REAL[] (a list on DuckDB, not the UDF's fixed-size array): the type the cache holds
+            compute(f"CREATE TEMP TABLE {scored} AS SELECT p.dbdl_k, CAST(p.dbdl_out AS REAL[]) AS dbdl_out, "
+                    f"CAST({label} AS BIGINT) AS dbdl_label "
+                    f"FROM (SELECT m.dbdl_k, predict_array({ref}, m.dbdl_f) AS dbdl_out FROM {misses} AS m) AS p",
+                    strategy)
         backend.analyze(scored)
-        inserted = backend.execute_count(
-            f"INSERT INTO dbdl.result_cache (cache_id, key, output, label, gen) SELECT {cid:d}, dbdl_k, dbdl_out, "
-            f"dbdl_label, {gen:d} FROM {scored} WHERE dbdl_out IS NOT NULL ON CONFLICT DO NOTHING")
+
+    # 4. the writes and the bookkeeping, each step in one transaction with its counters
+    if in_server:
+        unfilled = 0 if fills else missed
+        if hits or missed:  # also after a fill: the generation advances and the bound holds
+            backend.execute(f"SELECT dbdl.cache_record({ref}, ?, ?, ARRAY(SELECT dbdl_k FROM {results} "
+                            f"WHERE dbdl_gen < {gen - 1:d}))", (hits, unfilled))
+    elif missed or hits:
+        with backend.transaction():
+            entry = find_entry(backend, model, options, create=True)
+            cid, gen = entry.cache_id, entry.gen
+            inserted = 0
+            if missed:
+                inserted = backend.execute_count(
+                    f"INSERT INTO dbdl.result_cache (cache_id, key, output, label, gen) SELECT {cid:d}, dbdl_k, "
+                    f"dbdl_out, dbdl_label, {gen:d} FROM {scored} WHERE dbdl_out IS NOT NULL ON CONFLICT DO NOTHING")
+                count_fill(backend, entry, misses=missed, inserted=inserted)
+            refreshed = 0
+            if hits:
+                refreshed = backend.execute_count(
+                    f"UPDATE dbdl.result_cache SET gen = {gen:d} WHERE cache_id = {cid:d} AND gen < {gen - 1:d} "
+                    f"AND key IN (SELECT dbdl_k FROM {results} WHERE dbdl_gen < {gen - 1:d})")
+            record(backend, entry, hits=hits, refreshed=refreshed)
         if inserted > 1000 and inserted * 10 > hits:
             backend.analyze("dbdl.result_cache")  # the next look-up plans on the grown table
-
-    # 4. bookkeeping: refresh old hits, count, advance the generation, evict
-    refreshed = 0
-    if hits:
-        refreshed = backend.execute_count(
-            f"UPDATE dbdl.result_cache SET gen = {gen:d} WHERE cache_id = {cid:d} AND gen < {gen - 1:d} "
-            f"AND key IN (SELECT dbdl_k FROM {results} WHERE dbdl_gen < {gen - 1:d})")
-    _account(backend, entry, hits=hits, misses=missed, inserted=inserted, refreshed=refreshed)
 
     # the statement reads its own results: keys joined to the result table
     if identity is not None:
@@ -233,41 +222,15 @@ def output_expression(backend: "Backend", kind: str, model: "ResolvedModel", tab
     return out
 
 
-def _account(backend: "Backend", entry: Entry, *, hits: int, misses: int, inserted: int, refreshed: int) -> None:
-    """Counters, the generation, and eviction down to the bound."""
-    cid = entry.cache_id
-    backend.execute(
-        'UPDATE dbdl.cache_entries SET hits = hits + ?, misses = misses + ?, "rows" = "rows" + ?, '
-        "gen_rows = gen_rows + ?, used_at = current_timestamp WHERE cache_id = ?",
-        (hits, misses, inserted, inserted + refreshed, cid))
-    # one generation per eighth of the bound written or refreshed (several, after a big statement)
-    step = max(1, entry.max_rows // GENERATIONS)
-    backend.execute("UPDATE dbdl.cache_entries SET gen = gen + CAST(floor(gen_rows / ?) AS BIGINT), "
-                    "gen_rows = gen_rows % ? WHERE cache_id = ? AND gen_rows >= ?", (step, step, cid, step))
-    row = backend.fetchone('SELECT "rows" FROM dbdl.cache_entries WHERE cache_id = ?', (cid,))
-    if row is None or row[0] <= entry.max_rows:
-        return
-    evict(backend, cid, int(row[0]) - entry.max_rows)
-
-
-def evict(backend: "Backend", cache_id: int, count: int) -> int:
-    """Delete ``count`` rows of an entry, oldest generations first; returns how many went."""
-    deleted = 0
-    for gen, size in backend.fetchall("SELECT gen, count(*) FROM dbdl.result_cache WHERE cache_id = ? "
-                                      "GROUP BY gen ORDER BY gen", (cache_id,)):
-        if deleted >= count:
-            break
-        if size <= count - deleted:
-            deleted += backend.execute_count("DELETE FROM dbdl.result_cache WHERE cache_id = ? AND gen = ?",
-                                             (cache_id, gen))
-        else:  # part of a generation: any of its rows are as old as each other
-            deleted += backend.execute_count(
-                "DELETE FROM dbdl.result_cache WHERE cache_id = ? AND gen = ? AND key IN (SELECT key FROM "
-                "dbdl.result_cache WHERE cache_id = ? AND gen = ? ORDER BY key LIMIT ?)",
-                (cache_id, gen, cache_id, gen, count - deleted))
-    backend.execute('UPDATE dbdl.cache_entries SET "rows" = "rows" - ?, evicted = evicted + ? WHERE cache_id = ?',
-                    (deleted, deleted, cache_id))
-    return deleted
+def _fill_in_server(backend: "Backend", ref: str, misses: str, scored: str, missed: int) -> None:
+    """Score the misses with dbdl.cache_fill, a block of FILL_ROWS per call: the server keys each
+    input by the digest of its own bytes, scores it, adds it to the cache and counts it in one
+    transaction, and returns what it added for this statement's result table."""
+    for lo in range(0, missed, FILL_ROWS):
+        block = (f"SELECT f.key AS dbdl_k, CAST(f.output AS REAL[]) AS dbdl_out, f.label AS dbdl_label "
+                 f"FROM dbdl.cache_fill({ref}, ARRAY(SELECT dbdl.cache_input(m.dbdl_f) FROM {misses} AS m "
+                 f"WHERE m.dbdl_n > {lo:d} AND m.dbdl_n <= {lo + FILL_ROWS:d})) AS f")
+        backend.execute(f"CREATE TEMP TABLE {scored} AS {block}" if lo == 0 else f"INSERT INTO {scored} {block}")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 from typing import Sequence
 
 from . import catalog
-from .errors import DTypeMismatch, Error, InvalidModel, InvalidName, ModelNotFound, ShapeMismatch
+from .errors import ConfigurationError, DTypeMismatch, Error, InvalidModel, InvalidName, ModelNotFound, ShapeMismatch
 from .runtime import SESSIONS, Signature, check_features, run_batch, shape_outputs
 
 _SQLSTATE = {
@@ -586,5 +586,98 @@ def train_export(plpy, query, name, label, features, shape, dtype, train_fractio
             0.8 if train_fraction is None else train_fraction,
             0.1 if validation_fraction is None else validation_fraction, 0 if seed is None else seed)
         datasets.export(_PlpySink(plpy), spec)
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+# -- the result cache: on PostgreSQL only these two definer functions write it ---------------------
+# Every dbdl_user shares the cache, so no caller may write it: a caller hands dbdl.cache_fill the
+# inputs it missed; the server keys each by the SHA-256 of its own bytes (what dbdl.cache_key
+# computes for the look-up), scores it with its own session and adds it, counting it in the same
+# transaction. Nothing a caller computed, keyed or claimed ever becomes a cached output.
+
+_FILL_INSERT = (
+    "INSERT INTO dbdl.result_cache (cache_id, key, output, label, gen) "
+    "SELECT $1, u.k, u.o::real[], u.l, $2 FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.bytea[]), "
+    "pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::bigint[])) AS u(k, o, l) ORDER BY u.k USING OPERATOR(pg_catalog.<) ON CONFLICT DO NOTHING RETURNING 1")
+_F9 = "{:.9g}".format  # nine significant digits: every float32 reads back exactly
+
+
+def _decode_inputs(blobs: list, width: int, ref: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x width) features and the rows that can be scored, from array_send() bytes of real[]
+    rows (20 + 8 * width bytes each) or little-endian float32 bytea rows (4 * width bytes): the two
+    lengths never coincide, so a given byte string has one meaning, and its digest names one input."""
+    first = next((b for b in blobs if b is not None), None)
+    if first is not None and len(first) == 4 * width:
+        return _decode_float32_bytea(blobs, width, ref)
+    return decode_array_send(blobs, width, ref)
+
+
+def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, int | None]]:
+    """The body of dbdl.cache_fill(ref, inputs bytea[]): (key, output as a real[] literal, label)
+    for every input that could be scored, now in the cache."""
+    import hashlib
+
+    from . import resultcache
+
+    try:
+        name, version, sha, signature, output = resolve(plpy, ref)
+        model_ref = f"{name}@{version}"
+        runner = PlpyRunner(plpy)
+        options = catalog.model_options(runner, name)
+        if not options["cache"]:
+            raise ConfigurationError(f"model {name!r} does not keep a result cache; switch it on with "
+                                     f"CALL dbdl.set_model_options('{name}', '{{\"cache\": true}}')")
+        blobs = [None if b is None else bytes(b) for b in (inputs or [])]
+        present = [b for b in blobs if b is not None]
+        if not present:
+            return []
+        width = signature.n_features
+        matrix, valid = _decode_inputs(present, width, model_ref)
+        if not valid.any():
+            return []
+        session, signature = _session(plpy, sha)
+        x = matrix[valid]
+        y = np.concatenate([run_batch(session, signature, x[i:i + _ORT_ROWS], output)
+                            for i in range(0, len(x), _ORT_ROWS)])
+        out = shape_outputs(y, "array", model_ref, signature.outputs[output].name)
+        keys = [hashlib.sha256(b).digest() for b, ok in zip(present, valid.tolist()) if ok]
+        literals = ["{" + ",".join(map(_F9, row)) + "}" for row in out.tolist()]
+        labels = [None] * len(keys) if out.shape[1] == 1 else np.argmax(out, axis=1).tolist()
+        entry = resultcache.find_entry(runner, (name, version, sha, output), int(options["cache_max_bytes"]),
+                                       width=out.shape[1], create=True)
+        plan = _plan(plpy, "cache_fill", _FILL_INSERT,
+                     ["pg_catalog.int4", "pg_catalog.int8", "pg_catalog.bytea[]", "pg_catalog.text[]",
+                      "pg_catalog.int8[]"])
+        inserted = len(plpy.execute(plan, [entry.cache_id, entry.gen, keys, literals, labels]))
+        resultcache.count_fill(runner, entry, misses=len(present), inserted=inserted)
+        return list(zip(keys, literals, labels))
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+def cache_record(plpy, ref: str, hits: int | None, misses: int | None, refresh: list | None) -> None:
+    """The body of dbdl.cache_record(ref, hits, misses, refresh bytea[]): count a statement's hits
+    (and the misses it scored without dbdl.cache_fill), move the rows it hit to the current
+    generation, and evict down to the bound. A caller can only claim counts (they are statistics)
+    and refresh rows that exist; it cannot add or change a cached row."""
+    from . import resultcache
+
+    try:
+        name, version, sha, signature, output = resolve(plpy, ref)
+        runner = PlpyRunner(plpy)
+        options = catalog.model_options(runner, name)
+        entry = resultcache.find_entry(runner, (name, version, sha, output), int(options["cache_max_bytes"]))
+        if entry is None or not options["cache"]:
+            return
+        refreshed = 0
+        keys = [bytes(k) for k in (refresh or []) if k is not None]
+        if keys:
+            plan = _plan(plpy, "cache_refresh",
+                         "UPDATE dbdl.result_cache SET gen = $1 WHERE cache_id = $2 AND gen < $1 - 1 "
+                         "AND key = ANY ($3) RETURNING 1", ["pg_catalog.int8", "pg_catalog.int4", "pg_catalog.bytea[]"])
+            refreshed = len(plpy.execute(plan, [entry.gen, entry.cache_id, keys]))
+        resultcache.record(runner, entry, hits=max(0, int(hits or 0)), misses=max(0, int(misses or 0)),
+                           refreshed=refreshed)
     except Error as exc:
         raise_for_sql(plpy, exc)

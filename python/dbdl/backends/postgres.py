@@ -230,6 +230,9 @@ class PostgresBackend(Backend):
     # -- result cache hooks (see dbdl.cache) -------------------------------------------------
 
     cache_identity = "ctid"
+    #: roles that do not trust each other share the cache: only dbdl.cache_fill (the server's own
+    #: scoring, keyed by the server) writes it
+    cache_filled_in_server = True
 
     def cache_key(self, model: ResolvedModel, features: exp.Expression) -> exp.Expression:
         return exp.Dot.build([exp.to_identifier("dbdl"), exp.Anonymous(this="cache_key", expressions=[features])])
