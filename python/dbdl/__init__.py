@@ -8,6 +8,7 @@
 
 from .database import Database, connect
 from .errors import (
+    ConcurrentChange,
     ConfigurationError,
     ConnectionError,
     DatasetNotFound,
@@ -29,6 +30,7 @@ from .result import Result
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConcurrentChange",
     "ConfigurationError",
     "ConnectionError",
     "DTypeMismatch",

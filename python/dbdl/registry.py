@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ import numpy as np
 from dbdl_udf import catalog
 from dbdl_udf.runtime import SESSIONS, Signature, TensorSpec, check_features, run_batch
 
-from .errors import ModelNotFound
+from .errors import ConcurrentChange, ModelNotFound, QueryError
 from .modelio import load_torch_program, prepare
 from .names import ModelRef, check_name
 
@@ -121,6 +122,34 @@ def load_model_bytes(backend: "Backend", sha256: str) -> bytes:
     return bytes(row[0])
 
 
+_DUPLICATE_KEY = re.compile(r"duplicate key|violates (primary key|unique) constraint", re.I)
+#: attempts of a registry write that met a concurrent writer (DuckDB's optimistic transactions)
+WRITE_ATTEMPTS = 6
+
+
+def _write(backend: "Backend", change):
+    """Run ``change()`` in one transaction; run it again (with a short, growing, jittered pause)
+    when a concurrent writer of the same model made it fail as ConcurrentChange, and raise that
+    after WRITE_ATTEMPTS. PostgreSQL's writers wait on the model's row lock instead."""
+    import random
+    import time
+
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            with backend.transaction():
+                return change()
+        except (ConcurrentChange, QueryError) as exc:
+            # DuckDB does not see another connection's uncommitted rows: two first registrations of a
+            # name both insert it, and one fails on the key. The writes check for every row they add,
+            # so a duplicate key in them is always such a race.
+            if isinstance(exc, QueryError) and not _DUPLICATE_KEY.search(str(exc)):
+                raise
+            if attempt == WRITE_ATTEMPTS - 1:
+                raise ConcurrentChange(f"other sessions kept changing the same model at the same moment ({exc}); "
+                                       "run it again") from exc
+            time.sleep(random.uniform(0.005, 0.02) * 2 ** attempt)
+
+
 class ModelRegistry:
     """``db.models``: register, inspect, load, promote and drop model versions."""
 
@@ -168,25 +197,22 @@ class ModelRegistry:
             if description is None:
                 description = f"trained on dataset {info.name}@{info.version}"
         prepared = prepare(model, example, opset=opset)
-        with self._backend.transaction():
-            version = catalog.store_version(
-                self._backend, name, sha256=prepared.sha256, onnx_bytes=prepared.onnx_bytes, source=prepared.source,
-                signature=prepared.signature, n_params=prepared.n_params, flops_per_row=prepared.flops_per_row,
-                opset=prepared.opset, torch_program=prepared.torch_program, description=description, promote=promote,
-            )
+        version = _write(self._backend, lambda: catalog.store_version(
+            self._backend, name, sha256=prepared.sha256, onnx_bytes=prepared.onnx_bytes, source=prepared.source,
+            signature=prepared.signature, n_params=prepared.n_params, flops_per_row=prepared.flops_per_row,
+            opset=prepared.opset, torch_program=prepared.torch_program, description=description, promote=promote,
+        ))
         self._db._registry_changed()
         return version
 
     def promote(self, name: str, version: int) -> None:
         """Make ``version`` the one that ``predict('name', ...)`` serves (rollback() undoes it)."""
-        with self._backend.transaction():
-            catalog.promote(self._backend, name, version)
+        _write(self._backend, lambda: catalog.promote(self._backend, name, version))
         self._db._registry_changed()
 
     def rollback(self, name: str) -> int:
         """Serve the previously promoted version again; returns it."""
-        with self._backend.transaction():
-            version = catalog.rollback(self._backend, name)
+        version = _write(self._backend, lambda: catalog.rollback(self._backend, name))
         self._db._registry_changed()
         return version
 
@@ -198,8 +224,7 @@ class ModelRegistry:
         """
         b = self._backend
         before = {r[0] for r in b.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
-        with b.transaction():
-            count = catalog.drop(b, name, version)
+        count = _write(b, lambda: catalog.drop(b, name, version))
         gone = before - {r[0] for r in b.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
         for sha in gone:  # relation-centric weight tables of bytes no version uses any more
             for (table,) in b.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = 'dbdl' "

@@ -101,20 +101,18 @@ def store_version(db: SQLRunner, name: str, *, sha256: str, onnx_bytes: bytes, s
                   description: str | None = None, promote: bool = True) -> int:
     """Add ``onnx_bytes`` as the next version of ``name`` (or return the version that has them)."""
     check_name(name)
-    row = _one(db, "SELECT next_version, serving_version FROM dbdl.models WHERE name = ?", (name,))
-    if row is None:
-        db.execute("INSERT INTO dbdl.models (name, next_version) VALUES (?, 1)", (name,))
-        next_version, serving = 1, None
-    else:
-        next_version, serving = row
+    # concurrent registrations of one name: the models row exists (or waits for the session that is
+    # creating it), then its lock serializes them, so each reads the next_version the previous left
+    db.execute("INSERT INTO dbdl.models (name, next_version) VALUES (?, 1) ON CONFLICT DO NOTHING", (name,))
+    next_version, serving = lock_model(db, name)
     same = _one(db, "SELECT version FROM dbdl.model_versions WHERE name = ? AND sha256 = ?", (name, sha256))
     if same is not None:
         version = int(same[0])
     else:
         version = int(next_version)
-        if _one(db, "SELECT 1 FROM dbdl.blobs WHERE sha256 = ?", (sha256,)) is None:
-            db.execute("INSERT INTO dbdl.blobs (sha256, bytes, size_bytes) VALUES (?, ?, ?)",
-                       (sha256, onnx_bytes, len(onnx_bytes)))
+        # another model may be storing the same bytes at this moment
+        db.execute("INSERT INTO dbdl.blobs (sha256, bytes, size_bytes) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                   (sha256, onnx_bytes, len(onnx_bytes)))
         values = {"name": name, "version": version, "sha256": sha256, "source": source,
                   "signature": signature.to_json(), "n_features": signature.n_features, "n_params": int(n_params),
                   "flops_per_row": int(flops_per_row), "opset": int(opset), "torch_program": torch_program,
@@ -129,6 +127,15 @@ def store_version(db: SQLRunner, name: str, *, sha256: str, onnx_bytes: bytes, s
     return version
 
 
+def lock_model(db: SQLRunner, name: str) -> tuple[int, int | None] | None:
+    """Lock the model's row until the transaction ends (PostgreSQL: a row lock that makes a
+    concurrent writer of the same model wait; DuckDB: a write that makes a concurrent writer's
+    commit fail as a conflict, which the client retries); (next_version, serving_version), None
+    for an unknown model. Every writer of a model calls it first, so they cannot deadlock."""
+    db.execute("UPDATE dbdl.models SET next_version = next_version WHERE name = ?", (name,))
+    return _one(db, "SELECT next_version, serving_version FROM dbdl.models WHERE name = ?", (name,))
+
+
 def set_serving(db: SQLRunner, name: str, version: int) -> None:
     db.execute("UPDATE dbdl.models SET serving_version = ? WHERE name = ?", (version, name))
     seq = _one(db, "SELECT coalesce(max(seq), 0) + 1 FROM dbdl.alias_history WHERE name = ?", (name,))[0]
@@ -136,7 +143,8 @@ def set_serving(db: SQLRunner, name: str, version: int) -> None:
 
 
 def promote(db: SQLRunner, name: str, version: int) -> None:
-    pinned = resolve(db, check_name(name), int(version))
+    lock_model(db, check_name(name))
+    pinned = resolve(db, name, int(version))
     serving = _one(db, "SELECT serving_version FROM dbdl.models WHERE name = ?", (name,))[0]
     if serving != pinned.version:  # promoting what already serves changes nothing, history included
         set_serving(db, name, pinned.version)
@@ -144,7 +152,7 @@ def promote(db: SQLRunner, name: str, version: int) -> None:
 
 def rollback(db: SQLRunner, name: str) -> int:
     """Serve the previously promoted version again; returns it."""
-    check_name(name)
+    lock_model(db, check_name(name))
     history = db.fetchall(
         "SELECT h.seq, h.version FROM dbdl.alias_history h JOIN dbdl.model_versions v "
         "ON v.name = h.name AND v.version = h.version WHERE h.name = ? ORDER BY h.seq DESC",
@@ -169,7 +177,7 @@ def drop(db: SQLRunner, name: str, version: int | None = None) -> int:
     Dropping the serving version moves serving to the previously promoted version that still
     exists, else to the latest remaining one. Bytes no version uses any more are deleted.
     """
-    check_name(name)
+    lock_model(db, check_name(name))
     if version is None:
         if _one(db, "SELECT 1 FROM dbdl.models WHERE name = ?", (name,)) is None:
             raise not_found(db, name)

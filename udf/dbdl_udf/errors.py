@@ -21,6 +21,7 @@ __all__ = [
     "ConnectionError",
     "PermissionDenied",
     "ConfigurationError",
+    "ConcurrentChange",
     "error_class",
 ]
 
@@ -75,6 +76,11 @@ class PermissionDenied(Error, PermissionError):
 
 class ConfigurationError(Error):
     """dbdl is installed but cannot run: e.g. the server's Python cannot import dbdl_udf."""
+
+
+class ConcurrentChange(Error):
+    """Another session changed the same model at the same moment; the operation can be retried as is
+    (dbdl's own API retries a few times before raising it)."""
 
 
 def error_class(name: str) -> type[Error]:

@@ -24,7 +24,7 @@ import sqlglot.expressions as exp
 
 from dbdl_udf.runtime import SESSIONS, check_features, run_batch, shape_outputs
 
-from ..errors import ConnectionError, DTypeMismatch, Error, QueryError, ShapeMismatch, error_class
+from ..errors import ConcurrentChange, ConnectionError, DTypeMismatch, Error, QueryError, ShapeMismatch, error_class
 from ..names import ModelRef
 from ..planner.dialects import DbdlDuckDB
 from ..registry import ResolvedModel, load_model_bytes, resolve
@@ -118,7 +118,10 @@ class DuckDBBackend(Backend):
         self.con.begin()
 
     def commit(self) -> None:
-        self.con.commit()
+        try:
+            self.con.commit()
+        except duckdb.Error as exc:  # a write-write conflict surfaces here too
+            raise self._translate(exc) from exc
 
     def rollback(self) -> None:
         self.con.rollback()
@@ -408,6 +411,9 @@ class DuckDBBackend(Backend):
             return error_class(found[1])(found[2].strip())
         if isinstance(exc, duckdb.ParserException):
             return QueryError(f"the query does not parse: {message}")
+        if isinstance(exc, duckdb.TransactionException) or "write-write conflict" in first or "Conflict on" in first:
+            return ConcurrentChange(f"another connection changed the same rows at the same moment; run it again "
+                                    f"(DuckDB said: {first})")
         length = _CAST_LENGTH.search(first)
         if length:
             got, width = int(length[1]), int(length[2])
