@@ -3,6 +3,7 @@ strategy; versions, drops, the bound and its eviction, counters, concurrency, th
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -11,6 +12,8 @@ from conftest import export_onnx, make_mlp, run_onnx
 from test_behaviour import q
 
 import dbdl
+
+_attackers = itertools.count()
 
 QUERY = ("SELECT id, predict('score', feats) AS s, predict_array('m', feats) AS a, predict_class('m', feats) AS c "
          "FROM t ORDER BY id")
@@ -323,3 +326,89 @@ def test_bad_input_with_the_cache_on_fails_clearly_and_writes_nothing(db, cached
     # and the cache works afterwards
     assert len(db.sql("SELECT predict_class('m', feats) FROM t", strategy=filler(db, strategy)).fetchall()) == len(cached)
     assert cache_rows(db) == len(cached) - 3
+
+
+def test_no_role_can_forge_a_cached_output(url, mlp_onnx, features):
+    """PostgreSQL, where roles share the cache: a dbdl_user or dbdl_admin cannot write a row, and what
+    it can hand dbdl.cache_fill / dbdl.cache_record only ever caches the model's true output for the
+    bytes it sent; a temporary domain named like a type dbdl uses never runs as the owner."""
+    if not url.startswith("postgres"):
+        pytest.skip("DuckDB has no roles: whoever may write the file is trusted (docs/security.md)")
+    n = next(_attackers)
+    user, admin, victim = f"forger_{n}", f"forger_admin_{n}", f"victim_{n}"
+    x = features[:40]
+    expected = run_onnx(mlp_onnx, {"x": x})
+    with dbdl.connect(url) as db:
+        db.create_table("t", {"id": np.arange(len(x)), "feats": x})
+        db.models.register("m", mlp_onnx)
+        db.models.set_options("m", cache=True)
+        db.sql("SELECT count(predict_array('m', feats)) FROM t WHERE id < 20")  # 20 rows cached by the owner
+        db.sql("CREATE TABLE spy_log (who text, via text)")
+        db.sql("GRANT INSERT, SELECT ON spy_log TO PUBLIC")
+        for role in (user, admin, victim):
+            db.sql(f"CREATE ROLE {role} LOGIN")
+            db.sql(f"GRANT SELECT ON t TO {role}")
+        db.sql(f"GRANT dbdl_user TO {user}, {victim}")
+        db.sql(f"GRANT dbdl_admin TO {admin}")
+        before = db.sql("SELECT key, output FROM dbdl.result_cache ORDER BY key").fetchall()
+    try:
+        for attacker in (user, admin):
+            with dbdl.connect(url.replace("postgres@", f"{attacker}@", 1), migrate=False) as db:
+                for sql in ("UPDATE dbdl.result_cache SET output = ARRAY[9, 9, 9]::real[]",
+                            "INSERT INTO dbdl.result_cache SELECT cache_id, key, ARRAY[9, 9, 9]::real[], 0, gen "
+                            "FROM dbdl.result_cache ON CONFLICT DO NOTHING",
+                            'UPDATE dbdl.cache_entries SET "rows" = 0',
+                            "INSERT INTO dbdl.cache_entries (name, version, sha256, output, row_bytes) "
+                            "VALUES ('m', 1, 'x', 0, 1)"):
+                    with pytest.raises(dbdl.PermissionDenied):
+                        db.sql(sql)
+                if attacker == user:
+                    for sql in ("DELETE FROM dbdl.result_cache", "TRUNCATE dbdl.result_cache"):
+                        with pytest.raises(dbdl.PermissionDenied):
+                            db.sql(sql)
+                # what cache_fill is handed: bytes; the key is the digest of those very bytes and the
+                # output the model's for them — so a victim's input can only ever get its true output
+                target = "(SELECT pg_catalog.array_send(feats::real[]) FROM t WHERE id = 30)"
+                for forged in (f"ARRAY[{target} || '\\x00'::bytea]",  # trailing junk: refused
+                               "ARRAY[pg_catalog.array_send('[0:7]={1,2,3,4,5,6,7,8}'::real[])]",  # other bounds
+                               f"ARRAY[{target}]"):  # the victim's own bytes: its true output
+                    try:
+                        db.sql(f"SELECT count(*) FROM dbdl.cache_fill('m@1', {forged})")
+                    except dbdl.ShapeMismatch:
+                        pass
+                db.sql("SELECT dbdl.cache_record('m@1', 1000000000, 0, ARRAY(SELECT key FROM dbdl.result_cache))")
+                # a temporary domain named like the types dbdl's definer code prepares with
+                db.sql("CREATE FUNCTION pg_temp.spy(v anyelement) RETURNS boolean LANGUAGE sql AS "
+                       "$$ INSERT INTO public.spy_log VALUES (current_user, 'domain check'); SELECT true $$")
+                for type_name in ("bytea", "text", "int4", "int8"):
+                    db.sql(f"CREATE DOMAIN pg_temp.{type_name} AS pg_catalog.{type_name} CHECK (pg_temp.spy(VALUE))")
+                db.sql("SELECT count(*) FROM dbdl.cache_fill('m@1', ARRAY(SELECT pg_catalog.array_send(feats::real[]) "
+                       "FROM t WHERE id >= 35))")
+                db.sql("SELECT count(predict_array('m', feats)) FROM t")
+        with dbdl.connect(url.replace("postgres@", f"{victim}@", 1), migrate=False) as db:
+            got = np.array([r[0] for r in db.sql("SELECT predict_array('m', feats) FROM t ORDER BY id").fetchall()],
+                           dtype=np.float32)
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+        with dbdl.connect(url) as db:
+            # every cached row is the model's output for the input its key digests
+            rows = db.sql("SELECT t.id, c.output FROM dbdl.result_cache AS c JOIN t ON c.key = dbdl.cache_key(t.feats) "
+                          "ORDER BY t.id").fetchall()
+            assert [r[0] for r in rows] == list(range(len(x)))
+            np.testing.assert_allclose(np.array([r[1] for r in rows], dtype=np.float32), expected, atol=1e-5)
+            others = db.sql("SELECT c.output FROM dbdl.result_cache AS c WHERE NOT EXISTS "
+                            "(SELECT 1 FROM t WHERE c.key = dbdl.cache_key(t.feats))").fetchall()
+            want = run_onnx(mlp_onnx, {"x": np.arange(1, 9, dtype=np.float32)[None]})
+            for (out,) in others:  # the '[0:7]' array: other bytes, the same numbers, their true output
+                np.testing.assert_allclose(out, want[0], atol=1e-5)
+            assert [r[0] for r in db.sql("SELECT key, output FROM dbdl.result_cache ORDER BY key").fetchall()
+                    if r in before] == [r[0] for r in before]
+            spies = db.sql("SELECT DISTINCT who FROM spy_log").fetchall()
+            assert {r[0] for r in spies} <= {user, admin}, f"attacker code ran as {spies}"
+            (stats,) = db.models.cache_stats("m")
+            assert stats.rows == db.sql("SELECT count(*) FROM dbdl.result_cache").scalar()
+    finally:
+        with dbdl.connect(url) as db:
+            for role in (user, admin, victim):
+                db.sql(f"DROP OWNED BY {role}")
+                db.sql(f"DROP ROLE {role}")
+
