@@ -412,3 +412,12 @@ def test_no_role_can_forge_a_cached_output(url, mlp_onnx, features):
                 db.sql(f"DROP OWNED BY {role}")
                 db.sql(f"DROP ROLE {role}")
 
+
+
+def test_explain_says_who_scores_the_misses(db, cached):
+    db.models.set_options("m", cache=True)
+    plan = db.explain("SELECT predict_class('m', feats) FROM t")[0]
+    if db.backend.name == "postgres":
+        assert plan.choice == "udf" and "scored in the server by dbdl.cache_fill" in plan.describe()
+    else:
+        assert "dbdl.cache_fill" not in plan.describe()

@@ -158,6 +158,14 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                                           "the memory budget (DBDL_MEMORY_BUDGET, db.memory_budget) or use a model the "
                                           "IR supports")
             chosen = min(feasible, key=lambda e: e.seconds).strategy
+            in_server = options is not None and getattr(backend, "cache_filled_in_server", False)
+            if in_server and any(e.strategy == "udf" and e.feasible for e in candidates):
+                # only dbdl's own code writes a cache that roles share: its misses are scored in the
+                # server (dbdl.cache_fill), whichever strategy would have been cheaper
+                chosen = "udf"
+                cache_note += "; the misses are scored in the server by dbdl.cache_fill"
+            elif in_server:
+                cache_note += f"; the server cannot score this model, so {chosen} scores the misses, uncached"
         else:
             forced = next(e for e in candidates if e.strategy == chosen)
             if not forced.feasible:
@@ -174,7 +182,8 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             if key not in joined:
                 # a strategy the caller forced scores the misses too; otherwise the misses are planned
                 # on their own, now that their number is known rather than expected
-                how = chosen if strategy else None
+                how = chosen if strategy or chosen != "udf" and getattr(backend, "cache_filled_in_server", False) \
+                    else None
                 if strategy == "relation":
                     how += ":" + (forced_layout or next(e.layout for e in candidates if e.strategy == "relation")
                                   or "element")
