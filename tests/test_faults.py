@@ -57,6 +57,17 @@ def _gone(db: dbdl.Database, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def _fault(db: dbdl.Database, proc: subprocess.Popen, how: str, pattern: str = "%") -> None:
+    """Kill the client, or terminate its server sessions running ``pattern``; then wait for both."""
+    if how == "client SIGKILL":
+        proc.send_signal(signal.SIGKILL)
+    else:
+        for pid in _active(db, pattern):
+            db.sql("SELECT pg_terminate_backend(?)", [pid])
+    proc.wait(60)
+    _gone(db)
+
+
 def _cache_is_consistent(db: dbdl.Database) -> int:
     rows = db.sql('SELECT e.cache_id, e."rows", (SELECT count(*) FROM dbdl.result_cache AS c '
                   "WHERE c.cache_id = e.cache_id) FROM dbdl.cache_entries AS e").fetchall()
@@ -103,13 +114,7 @@ def test_a_kill_during_a_cached_predict_keeps_the_accounting(big, how):
         # in the middle: rows were already cached and the client is filling more
         _wait_for(lambda: db.sql("SELECT count(*) FROM dbdl.result_cache").scalar() > 0
                   and bool(_active(db, "%cache_fill%")), proc)
-        if how == "client SIGKILL":
-            proc.send_signal(signal.SIGKILL)
-        else:
-            for pid in _active(db, "%cache_fill%"):
-                db.sql("SELECT pg_terminate_backend(?)", [pid])
-        proc.wait(60)
-        _gone(db)
+        _fault(db, proc, how, "%cache_fill%")
         cached = _cache_is_consistent(db)
         assert 0 < cached < ROWS
         # and the cache goes on from there: a full run ends with every row cached, counted once
@@ -169,13 +174,7 @@ def test_a_kill_during_register_or_create_table_as_leaves_no_partial_rows(url, h
                 db.models.drop("big")
         """, url)
         _wait_for(lambda: bool(_active(db, "%dbdl.blobs%")) or bool(_active(db, "%register_model%")), proc)
-        if how == "client SIGKILL":
-            proc.send_signal(signal.SIGKILL)
-        else:
-            for pid in _active(db, "%"):
-                db.sql("SELECT pg_terminate_backend(?)", [pid])
-        proc.wait(60)
-        _gone(db)
+        _fault(db, proc, how)
         _registry_is_consistent(db)
         assert [m.name for m in db.models.list()] in (["small"], ["big", "small"])
 
@@ -184,13 +183,7 @@ def test_a_kill_during_register_or_create_table_as_leaves_no_partial_rows(url, h
         """, url)
         _wait_for(lambda: bool(_active(db, "%CREATE TABLE scores%")), proc)
         time.sleep(0.2)
-        if how == "client SIGKILL":
-            proc.send_signal(signal.SIGKILL)
-        else:
-            for pid in _active(db, "%"):
-                db.sql("SELECT pg_terminate_backend(?)", [pid])
-        proc.wait(60)
-        _gone(db)
+        _fault(db, proc, how)
         exists = db.sql("SELECT to_regclass('public.scores') IS NOT NULL").scalar()
         if exists:  # the statement had finished, and committed whole
             assert db.sql("SELECT count(*) FROM scores").scalar() == ROWS
