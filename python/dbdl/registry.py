@@ -168,25 +168,18 @@ class ModelRegistry:
             if description is None:
                 description = f"trained on dataset {info.name}@{info.version}"
         prepared = prepare(model, example, opset=opset)
-        with self._backend.transaction():
-            version = catalog.store_version(
-                self._backend, name, sha256=prepared.sha256, onnx_bytes=prepared.onnx_bytes, source=prepared.source,
-                signature=prepared.signature, n_params=prepared.n_params, flops_per_row=prepared.flops_per_row,
-                opset=prepared.opset, torch_program=prepared.torch_program, description=description, promote=promote,
-            )
+        version = self._backend.store_version(name, prepared, description=description, promote=promote)
         self._db._registry_changed()
         return version
 
     def promote(self, name: str, version: int) -> None:
         """Make ``version`` the one that ``predict('name', ...)`` serves (rollback() undoes it)."""
-        with self._backend.transaction():
-            catalog.promote(self._backend, name, version)
+        self._backend.promote_version(check_name(name), int(version))
         self._db._registry_changed()
 
     def rollback(self, name: str) -> int:
         """Serve the previously promoted version again; returns it."""
-        with self._backend.transaction():
-            version = catalog.rollback(self._backend, name)
+        version = self._backend.rollback_version(check_name(name))
         self._db._registry_changed()
         return version
 
@@ -198,13 +191,12 @@ class ModelRegistry:
         """
         b = self._backend
         before = {r[0] for r in b.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
-        with b.transaction():
-            count = catalog.drop(b, name, version)
+        count = b.drop_versions(check_name(name), None if version is None else int(version))
         gone = before - {r[0] for r in b.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
         for sha in gone:  # relation-centric weight tables of bytes no version uses any more
-            for (table,) in b.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = 'dbdl' "
-                                       "AND table_name LIKE ?", (f"rel_{sha[:16]}_%",)):
-                b.execute(f"DROP TABLE IF EXISTS dbdl.{table}")
+            for (table,) in b.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
+                                       "AND table_name LIKE ?", (b.data_schema, f"rel_{sha[:16]}_%")):
+                b.execute(f"DROP TABLE IF EXISTS {b.data_schema}.{table}")
         self._db._registry_changed()
         return count
 
@@ -214,8 +206,7 @@ class ModelRegistry:
         """Change a model's options (all versions); returns them all. ``cache=True`` keeps its
         predictions in the result cache; ``cache_max_bytes`` bounds it (default 512 MiB). Switching
         the cache off drops what it holds. See docs/cache.md."""
-        with self._backend.transaction():
-            result = catalog.set_options(self._backend, check_name(name), options)
+        result = self._backend.set_model_options(check_name(name), options)
         self._db._registry_changed()
         return result
 
@@ -232,8 +223,7 @@ class ModelRegistry:
     def clear_cache(self, name: str) -> None:
         """Empty a model's result cache (every version, counters too); the option stays on."""
         self.options(name)  # an unknown model is an error, not a silent no-op
-        with self._backend.transaction():
-            catalog.clear_cache(self._backend, name)
+        self._backend.clear_model_cache(name)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -264,7 +254,8 @@ class ModelRegistry:
     def load(self, name: str, version: int | None = None, *, threads: int = 0) -> LoadedModel:
         """An onnxruntime session for the version (and its torch module when it came from torch)."""
         info = self.get(name, version)
-        session, _ = SESSIONS.get(info.sha256, lambda: load_model_bytes(self._backend, info.sha256), threads)
+        session, _ = SESSIONS.get(info.sha256, lambda: load_model_bytes(self._backend, info.sha256), threads,
+                                  model=info.ref)
         module = None
         if info.source == "torch":
             row = self._backend.fetchone(

@@ -170,6 +170,69 @@ class Backend(ABC):
     def share_table(self, table: str) -> None:
         """Let every dbdl user read a table dbdl created (PostgreSQL grants SELECT to dbdl_user)."""
 
+    #: the schema of the tables the client creates (relation-centric weights, dataset tables):
+    #: PostgreSQL's dbdl_data, where dbdl_admin may create and dbdl's own functions never look
+    data_schema: ClassVar[str] = "dbdl"
+    #: the schema planned predict calls are qualified with (None: called unqualified)
+    function_schema: ClassVar[str | None] = None
+
+    # -- registry writes ------------------------------------------------------------------------
+    # Where the client may write the registry tables itself (DuckDB: whoever holds the file), these
+    # apply dbdl_udf.catalog's rules directly; PostgreSQL calls its SECURITY DEFINER functions, which
+    # apply the same rules as the owner and compute every fact about the bytes themselves.
+
+    def store_version(self, name: str, prepared: Any, *, description: str | None, promote: bool) -> int:
+        from dbdl_udf import catalog
+
+        with self.transaction():
+            return catalog.store_version(
+                self, name, sha256=prepared.sha256, onnx_bytes=prepared.onnx_bytes, source=prepared.source,
+                signature=prepared.signature, n_params=prepared.n_params, flops_per_row=prepared.flops_per_row,
+                opset=prepared.opset, torch_program=prepared.torch_program, description=description,
+                promote=promote)
+
+    def promote_version(self, name: str, version: int) -> None:
+        from dbdl_udf import catalog
+
+        with self.transaction():
+            catalog.promote(self, name, version)
+
+    def rollback_version(self, name: str) -> int:
+        from dbdl_udf import catalog
+
+        with self.transaction():
+            return catalog.rollback(self, name)
+
+    def drop_versions(self, name: str, version: int | None) -> int:
+        from dbdl_udf import catalog
+
+        with self.transaction():
+            return catalog.drop(self, name, version)
+
+    def set_model_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        from dbdl_udf import catalog
+
+        with self.transaction():
+            return catalog.set_options(self, name, options)
+
+    def clear_model_cache(self, name: str) -> None:
+        from dbdl_udf import catalog
+
+        with self.transaction():
+            catalog.clear_cache(self, name)
+
+    def set_calibration(self, values: dict[str, float]) -> None:
+        with self.transaction():
+            for key, value in values.items():
+                self.execute("DELETE FROM dbdl.calibration WHERE key = ?", (key,))
+                self.execute("INSERT INTO dbdl.calibration (key, value) VALUES (?, ?)", (key, float(value)))
+
+    def forget_dataset(self, name: str) -> None:
+        """Delete a dataset's catalog row (inside the caller's transaction)."""
+        from dbdl_udf import datasets
+
+        datasets.forget(self, name)
+
     def estimate_rows(self, sql: str) -> int:
         """Rows ``sql`` returns, cheaply (an exact count where counting is cheap)."""
         row = self.fetchone(f"SELECT count(*) FROM ({sql}) AS dbdl_count")

@@ -59,6 +59,10 @@ class PostgresBackend(Backend):
     dialect = DbdlPostgres
     paramstyle = "format"
     has_procedures = True
+    # dbdl_admin creates relation-centric weight tables and dataset tables in dbdl_data; schema
+    # dbdl, on every definer function's search_path, is the owner's alone (docs/security.md)
+    data_schema = "dbdl_data"
+    function_schema = "dbdl"
     #: DL-centric execution keys predictions of one-table queries by this column
     row_identity = "ctid"
 
@@ -141,6 +145,42 @@ class PostgresBackend(Backend):
         ref = name if version is None else f"{name}@{version}"
         row = self.fetchone("SELECT name, version, sha256, signature FROM dbdl.resolve_model(?)", (ref,))
         return Pinned(row[0], int(row[1]), row[2], Signature.from_json(row[3]))
+
+    # -- registry writes: dbdl's SECURITY DEFINER functions, never the tables ------------------
+    # dbdl_admin has no INSERT/UPDATE/DELETE on the registry (migration 0007): the functions run
+    # dbdl_udf.catalog's rules as the owner and compute sha256, signature and costs from the bytes.
+
+    def store_version(self, name: str, prepared: Any, *, description: str | None, promote: bool) -> int:
+        row = self.fetchone("SELECT dbdl.register_model(?, ?, ?, ?, ?, ?)",
+                            (name, prepared.onnx_bytes, description, bool(promote), prepared.source,
+                             prepared.torch_program))
+        return int(row[0])
+
+    def promote_version(self, name: str, version: int) -> None:
+        self.execute("SELECT dbdl.promote_model(?, ?)", (name, int(version)))
+
+    def rollback_version(self, name: str) -> int:
+        return int(self.fetchone("SELECT dbdl.rollback_model(?)", (name,))[0])
+
+    def drop_versions(self, name: str, version: int | None) -> int:
+        return int(self.fetchone("SELECT dbdl.drop_model(?, ?)", (name, version))[0])
+
+    def set_model_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        from dbdl_udf import catalog
+
+        self.execute("CALL dbdl.set_model_options(?, ?)", (name, json.dumps(options)))
+        return catalog.model_options(self, name)
+
+    def clear_model_cache(self, name: str) -> None:
+        self.execute("CALL dbdl.clear_cache(?)", (name,))
+
+    def set_calibration(self, values: dict[str, float]) -> None:
+        with self.transaction():
+            for key, value in values.items():
+                self.execute("SELECT dbdl.set_calibration(?, ?)", (key, float(value)))
+
+    def forget_dataset(self, name: str) -> None:
+        self.execute("SELECT dbdl.forget_dataset(?)", (name,))
 
     def recorded_python_path(self) -> list[str] | None:
         row = self.fetchone("SELECT value FROM dbdl.settings WHERE key = 'python_path'")
@@ -279,8 +319,11 @@ class PostgresBackend(Backend):
     # -- planning hooks --------------------------------------------------------------------
 
     def predict_call(self, kind: str, model: ResolvedModel, features: exp.Expression) -> exp.Expression:
-        # the functions live in the server; planning pins the version in the reference
-        return exp.Anonymous(this=_SQL_NAMES[kind], expressions=[exp.Literal.string(model.ref), features])
+        # the functions live in the server; planning pins the version in the reference. Always
+        # qualified: an unqualified name would be looked up on the caller's search_path, where a
+        # function of the same name in another schema could be a better match
+        call = exp.Anonymous(this=_SQL_NAMES[kind], expressions=[exp.Literal.string(model.ref), features])
+        return exp.Dot(this=exp.to_identifier(self.function_schema), expression=call)
 
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
         try:
@@ -306,7 +349,7 @@ class PostgresBackend(Backend):
         if isinstance(exc, psycopg.errors.SyntaxError):
             return QueryError(f"the query does not parse: {primary}")
         if isinstance(exc, (psycopg.errors.AmbiguousFunction, psycopg.errors.UndefinedFunction)) and re.match(
-                r"function predict(_array|_class)?\(", primary):
+                r"function (dbdl\.)?predict(_array|_class)?\(", primary):
             return DTypeMismatch(
                 f"{primary}: predict's features must be numbers, as a typed numeric array (real[], "
                 "double precision[], integer[]) or float32 bytea; add a cast, e.g. '{1,2,3}'::real[]")
