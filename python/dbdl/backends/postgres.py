@@ -298,6 +298,20 @@ class PostgresBackend(Backend):
         row = self.fetchone("SELECT relkind FROM pg_class WHERE oid = to_regclass(?)", (name,))
         return bool(row) and row[0] == "r"
 
+    def table_exists(self, schema: str, table: str) -> bool:
+        row = self.fetchone("SELECT c.relkind, c.relrowsecurity FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                            "ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE n.nspname OPERATOR(pg_catalog.=) ? "
+                            "AND c.relname OPERATOR(pg_catalog.=) ?", (schema, table))
+        if row is None:
+            return False
+        # dbdl_data's tables belong to whichever dbdl_admin made them, and every dbdl_user's plan
+        # reads them: a view or a row-security policy there would run its owner's expressions as
+        # the reader, so only a plain table without row security is used
+        if schema == self.data_schema and (row[0] != "r" or row[1]):
+            raise QueryError(f"{schema}.{table} is not a plain table without row security, so dbdl will not read it; "
+                             f"an administrator should DROP it (dbdl creates it again on the next query)")
+        return True
+
     def can_create_tables(self, schema: str) -> bool:
         row = self.fetchone("SELECT has_schema_privilege(current_user, ?, 'CREATE')", (schema,))
         return bool(row and row[0])
