@@ -433,3 +433,25 @@ def test_sources_qualify_every_type_in_prepare_lists_and_casts():
             assert not _CAST.search(code), f"{path.name}:{line_no}: unqualified cast: {line.strip()}"
             assert not re.search(r"(?<![.\w])(array_send|sha256|array_lower|array_upper|format|unnest)\(", code), (
                 f"{path.name}:{line_no}: unqualified built-in: {line.strip()}")
+
+
+# -- the qualified spelling, on every backend ------------------------------------------------------
+
+
+def test_qualified_predict_is_planned_like_the_unqualified_call(db, mlp_onnx, features, strategy):
+    """``dbdl.predict(...)`` is what PostgreSQL users write (docs/security.md); db.sql plans it as
+    it plans ``predict(...)``, on DuckDB too, and a model named by a column reaches dbdl's own
+    function. A ``predict`` of another schema is not dbdl's and is left alone."""
+    db.models.register("m", mlp_onnx)
+    db.create_table("t", {"id": np.arange(6), "feats": features[:6]})
+    want = run_onnx(mlp_onnx, {"x": features[:6]})
+    for sql in ("SELECT id, dbdl.predict_array('m', feats) FROM t ORDER BY id",
+                "SELECT id, DBDL.PREDICT_ARRAY('m', feats) AS p FROM t ORDER BY id"):
+        got = np.array([r[1] for r in db.sql(sql, strategy=strategy).fetchall()])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    classes = [r[0] for r in db.sql("SELECT dbdl.predict_class('m', feats) FROM t ORDER BY id",
+                                    strategy=strategy).fetchall()]
+    assert classes == want.argmax(axis=1).tolist()
+    by_column = db.sql("SELECT dbdl.predict_array(s.name, t.feats) FROM t, (SELECT 'm' AS name) AS s ORDER BY t.id")
+    np.testing.assert_allclose(np.array([r[0] for r in by_column.fetchall()]), want, atol=1e-5)
+    assert len(db.explain("SELECT dbdl.predict_array('m', feats) FROM t")) == 1  # planned, not passed through
