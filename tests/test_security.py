@@ -455,3 +455,21 @@ def test_qualified_predict_is_planned_like_the_unqualified_call(db, mlp_onnx, fe
     by_column = db.sql("SELECT dbdl.predict_array(s.name, t.feats) FROM t, (SELECT 'm' AS name) AS s ORDER BY t.id")
     np.testing.assert_allclose(np.array([r[0] for r in by_column.fetchall()]), want, atol=1e-5)
     assert len(db.explain("SELECT dbdl.predict_array('m', feats) FROM t")) == 1  # planned, not passed through
+
+
+def test_db_sql_sends_dbdl_qualified_calls_even_for_text_it_cannot_plan(world):
+    """Text sqlglot cannot parse, and CALL statements, go to PostgreSQL as written, but with dbdl's
+    schema before dbdl's unqualified names (so that the default search_path, which lacks dbdl,
+    finds them and nobody else's function answers); string literals are left alone."""
+    from dbdl.backends.postgres import qualify_dbdl_calls
+
+    assert qualify_dbdl_calls("SELECT predict('m', 'predict(x)'), x.predict(1), \"predict\"(2)") == (
+        "SELECT dbdl.predict('m', 'predict(x)'), x.predict(1), \"predict\"(2)")
+    assert qualify_dbdl_calls("CALL train_export('SELECT predict(1)', 'd')") == (
+        "CALL dbdl.train_export('SELECT predict(1)', 'd')")
+    analyst = world["server"].url(world["db"], world["roles"]["analyst"])
+    with dbdl.connect(analyst, migrate=False) as db:
+        rows = db.sql("SELECT id, predict_array('m', CAST(feats AS REAL[8])) FROM t ORDER BY id").fetchall()
+        assert len(rows) == 20
+        db.sql("CALL predict_into('m', 'SELECT id, feats FROM t', 'public.compat')")
+        assert db.sql("SELECT count(*) FROM public.compat").scalar() == 20

@@ -43,6 +43,39 @@ _PG_TYPES = {
 }
 
 
+_DBDL_ROUTINES = {"predict", "predict_array", "predict_class", "predict_into", "train_export"}
+_LEADING_CALL = re.compile(r"\s*CALL\s+(predict_into|train_export)\s*\(", re.I)
+_UNQUALIFIED_CALL = re.compile(r"(?<![.\w\"])(predict(_array|_class|_into)?|train_export)\s*\(", re.I)
+
+
+def qualify_dbdl_calls(sql: str) -> str:
+    """``dbdl.`` before each unqualified call of dbdl's functions and procedures, for statements
+    db.sql sends as written (text sqlglot cannot parse, ``CALL predict_into(...)``): since 0007
+    they live in schema dbdl, and the qualified name is the one no other schema can answer. Only
+    the fixed prefix is inserted, at token positions; string literals and quoted names are left."""
+    if not _UNQUALIFIED_CALL.search(sql):
+        return sql
+    # sqlglot's tokenizer keeps what follows CALL as one opaque token: the procedure name comes first
+    call = _LEADING_CALL.match(sql)
+    if call:
+        return sql[:call.start(1)] + "dbdl." + sql[call.start(1):]
+    from sqlglot.dialects.dialect import Dialect
+    from sqlglot.tokens import TokenType
+
+    try:
+        tokens = Dialect.get_or_raise(DbdlPostgres).tokenize(sql)
+    except Exception:  # noqa: BLE001 - text that does not even tokenize goes as written
+        return sql
+    out, last = [], 0
+    for i, token in enumerate(tokens):
+        if (token.token_type == TokenType.VAR and token.text.lower() in _DBDL_ROUTINES
+                and i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.L_PAREN
+                and (i == 0 or tokens[i - 1].token_type != TokenType.DOT)):
+            out += [sql[last:token.start], "dbdl."]
+            last = token.start
+    return "".join(out) + sql[last:]
+
+
 def default_python_path() -> list[str]:
     """What the server's Python needs: dbdl_udf, and numpy/onnxruntime from this environment."""
     paths = [str(udf_dir())]
@@ -340,6 +373,7 @@ class PostgresBackend(Backend):
         return exp.Dot(this=exp.to_identifier(self.function_schema), expression=call)
 
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
+        sql = qualify_dbdl_calls(sql)
         try:
             if params:
                 sql = qmark_to_format(sql)
