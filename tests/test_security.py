@@ -473,3 +473,45 @@ def test_db_sql_sends_dbdl_qualified_calls_even_for_text_it_cannot_plan(world):
         assert len(rows) == 20
         db.sql("CALL predict_into('m', 'SELECT id, feats FROM t', 'public.compat')")
         assert db.sql("SELECT count(*) FROM public.compat").scalar() == 20
+
+
+def test_upgrading_a_0006_database_moves_admin_tables_and_drops_the_public_functions(pg_server, mlp_onnx,
+                                                                                   monkeypatch):
+    import dbdl.migrate as migrate
+
+    url = pg_server.create_database("dbdl_sec_upgrade")
+    shipped = migrate.available
+    monkeypatch.setattr(migrate, "available", lambda name: shipped(name)[:6])
+    with psycopg.connect(url, autocommit=True) as con:
+        dbdl.connect(url).close()
+        assert con.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace "
+                           "AND proname ~ '^predict'").fetchone()[0] == 7
+        # what a 0006-era dbdl_admin left in schema dbdl
+        con.execute("CREATE TABLE dbdl.rel_0123456789abcdef_w1 (i int, j int, w real)")
+        con.execute("CREATE TABLE dbdl.ds_old_v1 (row_id bigint PRIMARY KEY, features bytea, label bigint, "
+                    "split text)")
+        con.execute("INSERT INTO dbdl.ds_old_v1 VALUES (0, '\\x0000803f', 1, 'train')")
+        con.execute("CREATE VIEW dbdl.ds_old AS SELECT * FROM dbdl.ds_old_v1")
+        con.execute("INSERT INTO dbdl.datasets VALUES ('old', 1, 'dbdl.ds_old_v1', '[1]', 'float32', 'int64', 1, "
+                    "1, 0, 0, 1.0, 0.0, 0, '[\"f\"]', 'label', 'SELECT 1', 'u')")
+        monkeypatch.setattr(migrate, "available", shipped)
+    from dbdl.backends.base import Backend
+
+    backend = Backend.open(url)  # connect() never upgrades PostgreSQL: `dbdl migrate` does this
+    try:
+        assert [m.id for m in migrate.migrate(backend)] == list(range(7, len(shipped("postgres")) + 1))
+    finally:
+        backend.close()
+    try:
+        with psycopg.connect(url, autocommit=True) as con:
+            moved = con.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                "WHERE c.relname ~ '^(rel_0123|ds_old)' AND c.relkind IN ('r', 'v') ORDER BY 2").fetchall()
+            assert moved == [("dbdl_data", "ds_old"), ("dbdl_data", "ds_old_v1"), ("dbdl_data", "rel_0123456789abcdef_w1")]
+            assert con.execute("SELECT table_name FROM dbdl.datasets").fetchall() == [("dbdl_data.ds_old_v1",)]
+            assert con.execute("SELECT count(*) FROM dbdl_data.ds_old").fetchone()[0] == 1
+            assert con.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace").fetchone()[0] == 0
+        with dbdl.connect(url) as db:
+            assert db.datasets.get("old").view == "dbdl_data.ds_old"
+            db.models.register("m", mlp_onnx)
+    finally:
+        pg_server.drop_database("dbdl_sec_upgrade")
