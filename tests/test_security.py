@@ -283,8 +283,16 @@ def test_registry_tables_are_written_only_by_dbdl_functions(world, attacker):
                 con.execute("SELECT dbdl.record_dataset(%s)", (forged.replace("(SELECT 1)", "dbdl_data.ds_d_v1"),))
 
 
-def test_the_python_api_works_for_dbdl_admin_through_the_functions(world, mlp2_onnx, features):
+def test_the_python_api_works_for_dbdl_admin_through_the_functions(world, mlp2_onnx, features, tmp_path):
+    import subprocess
+    import sys
+
     admin = world["server"].url(world["db"], world["roles"]["admin"])
+    path = tmp_path / "m3.onnx"
+    path.write_bytes(mlp2_onnx)
+    cli = subprocess.run([sys.executable, "-m", "dbdl.cli", "register", admin, "m3", str(path)],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
     with dbdl.connect(admin, migrate=False) as db:
         assert db.models.register("m", mlp2_onnx, description="v2", promote=False) == 2
         info = db.models.get("m", 2)

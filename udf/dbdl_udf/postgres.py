@@ -717,7 +717,7 @@ def _table_rows(plpy):
         if not rows or rows[0]["relkind"] != "r":
             return None
         # a plain table (no view): reading it runs nothing of its owner's, RLS does not bind the owner
-        return int(plpy.execute(f"SELECT pg_catalog.count(*) AS n FROM {table}")[0]["n"])
+        return int(plpy.execute(f"SELECT pg_catalog.count(*) AS n FROM ONLY {table}")[0]["n"])
     return count
 
 
