@@ -58,7 +58,7 @@ def main() -> None:
 
         def into(kind: str, table: str) -> float:
             db.sql("DROP TABLE IF EXISTS scores")
-            return rows / timed(lambda: db.sql(f"CALL predict_into('mlp', 'SELECT id, feats FROM {table}', 'scores', "
+            return rows / timed(lambda: db.sql(f"CALL dbdl.predict_into('mlp', 'SELECT id, feats FROM {table}', 'scores', "
                                                f"'{kind}')"))
 
         results.append({"name": "CALL predict_into, class, bytea features", "rows_per_s": into("class", "tb")})

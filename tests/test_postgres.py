@@ -50,8 +50,8 @@ COPY t FROM STDIN;
 \\.
 SELECT dbdl.register_model('fraud', decode('{mlp_onnx.hex()}', 'hex'), 'from psql');
 SELECT name, version, serving, source, n_features, description FROM dbdl.list_models();
-SELECT id, predict_array('fraud', feats), predict_class('fraud', feats) FROM t ORDER BY id;
-CALL predict_into('fraud', 'SELECT id, feats FROM t', 'fraud_scores');
+SELECT id, dbdl.predict_array('fraud', feats), dbdl.predict_class('fraud', feats) FROM t ORDER BY id;
+CALL dbdl.predict_into('fraud', 'SELECT id, feats FROM t', 'fraud_scores');
 SELECT count(*) FROM fraud_scores;
 SELECT id, prediction FROM fraud_scores ORDER BY id;
 """).stdout.splitlines()
@@ -92,16 +92,16 @@ def test_errors_from_psql_name_the_fix(pg, mlp_onnx):
     server, name, url = pg
     psql(server, name, f"SELECT dbdl.register_model('m', decode('{mlp_onnx.hex()}', 'hex'));")
     cases = {
-        "SELECT predict_array('ghost', ARRAY[1,2,3,4,5,6,7,8]::real[]);": ("dbdl.ModelNotFound", "42704"),
-        "SELECT predict_array('m', ARRAY[1,2,3]::real[]);": ("takes 8 features per row", "22023"),
-        "SELECT predict_array('m', ARRAY['a','b']);": ("dbdl.DTypeMismatch", "42804"),
-        "SELECT predict('m', ARRAY[1,2,3,4,5,6,7,8]::real[]);": ("predict_array()", "22023"),
+        "SELECT dbdl.predict_array('ghost', ARRAY[1,2,3,4,5,6,7,8]::real[]);": ("dbdl.ModelNotFound", "42704"),
+        "SELECT dbdl.predict_array('m', ARRAY[1,2,3]::real[]);": ("takes 8 features per row", "22023"),
+        "SELECT dbdl.predict_array('m', ARRAY['a','b']);": ("dbdl.DTypeMismatch", "42804"),
+        "SELECT dbdl.predict('m', ARRAY[1,2,3,4,5,6,7,8]::real[]);": ("predict_array()", "22023"),
     }
     for sql, (needle, state) in cases.items():
         result = psql(server, name, "\\set VERBOSITY verbose\n" + sql, check=False)
         assert result.returncode != 0 and needle in result.stderr and state in result.stderr, (sql, result.stderr)
-    ok = psql(server, name, "SELECT predict_array('m', NULL::real[]) IS NULL, "
-                            "predict_class('m', ARRAY[1.5,2,3,4,5,6,7,8]);").stdout.strip()
+    ok = psql(server, name, "SELECT dbdl.predict_array('m', NULL::real[]) IS NULL, "
+                            "dbdl.predict_class('m', ARRAY[1.5,2,3,4,5,6,7,8]);").stdout.strip()
     x = np.array([[1.5, 2, 3, 4, 5, 6, 7, 8]], dtype=np.float32)
     assert ok == f"t|{int(run_onnx(mlp_onnx, {'x': x}).argmax())}"
 
@@ -124,8 +124,8 @@ def test_predict_into_kinds_nulls_and_bad_input(pg, mlp_onnx, scorer_onnx, featu
         db.models.register("score", scorer_onnx)
         db.create_table("t", {"id": np.arange(40), "feats": features[:40]})
         db.sql("UPDATE t SET feats = NULL WHERE id % 10 = 3")
-        db.sql("CALL predict_into('clf', 'SELECT id, feats FROM t', 'classes', 'class', 16)")
-        db.sql("CALL predict_into('score', 'SELECT id, feats::float8[] FROM t WHERE id < 20', 'scores', 'scalar')")
+        db.sql("CALL dbdl.predict_into('clf', 'SELECT id, feats FROM t', 'classes', 'class', 16)")
+        db.sql("CALL dbdl.predict_into('score', 'SELECT id, feats::float8[] FROM t WHERE id < 20', 'scores', 'scalar')")
         classes = dict(db.sql("SELECT id, prediction FROM classes").fetchall())
         scores = dict(db.sql("SELECT id, prediction FROM scores").fetchall())
     expected_cls = run_onnx(mlp_onnx, {"x": features[:40]}).argmax(axis=1)
@@ -140,11 +140,11 @@ def test_predict_into_kinds_nulls_and_bad_input(pg, mlp_onnx, scorer_onnx, featu
             assert abs(scores[i] - expected_score[i]) < 1e-5
     with dbdl.connect(url) as db:
         with pytest.raises(dbdl.InvalidName, match="target table"):
-            db.sql("CALL predict_into('clf', 'SELECT id, feats FROM t', 'x; DROP TABLE t')")
+            db.sql("CALL dbdl.predict_into('clf', 'SELECT id, feats FROM t', 'x; DROP TABLE t')")
         with pytest.raises(dbdl.ShapeMismatch, match="two columns"):
-            db.sql("CALL predict_into('clf', 'SELECT id, id, feats FROM t', 'out3')")
+            db.sql("CALL dbdl.predict_into('clf', 'SELECT id, id, feats FROM t', 'out3')")
         with pytest.raises(dbdl.ModelNotFound):
-            db.sql("CALL predict_into('ghost', 'SELECT id, feats FROM t', 'out4')")
+            db.sql("CALL dbdl.predict_into('ghost', 'SELECT id, feats FROM t', 'out4')")
         assert db.sql("SELECT count(*) FROM t").scalar() == 40
         assert db.sql("SELECT to_regclass('out3') IS NULL AND to_regclass('out4') IS NULL").scalar()
 
@@ -163,7 +163,7 @@ def test_new_version_is_seen_by_other_sessions_and_sessions_are_cached(pg, mlp_o
         writer.models.register("m", mlp2_onnx)
         # the same reader connection, no reconnect: predicts with version 2 now
         second = np.array([r[1] for r in reader.sql(query, strategy="udf").fetchall()])
-        raw = reader.backend.con.execute("SELECT predict_array('m', feats) FROM t ORDER BY id").fetchall()
+        raw = reader.backend.con.execute("SELECT dbdl.predict_array('m', feats) FROM t ORDER BY id").fetchall()
         assert json.loads(reader.sql("SELECT dbdl.runtime_stats()").scalar())["builds"] == 2
     finally:
         writer.close()
@@ -200,7 +200,7 @@ def test_roles(pg, mlp_onnx, features):
             got = np.array([r[0] for r in db.sql("SELECT predict_array('m', feats) FROM t ORDER BY id").fetchall()])
             np.testing.assert_allclose(got, run_onnx(mlp_onnx, {"x": features[:5]}), atol=1e-5)
             assert db.sql("SELECT count(*) FROM dbdl.model_catalog").scalar() == 1
-            db.sql("CALL predict_into('m', 'SELECT id, feats FROM t', 'my_scores')")
+            db.sql("CALL dbdl.predict_into('m', 'SELECT id, feats FROM t', 'my_scores')")
             assert db.sql("SELECT count(*) FROM my_scores").scalar() == 5
             for forbidden in ("SELECT count(*) FROM dbdl.blobs", "SELECT dbdl.register_model('x', '\\x00'::bytea)",
                               "SELECT dbdl.drop_model('m')", "DELETE FROM dbdl.models",
@@ -211,15 +211,19 @@ def test_roles(pg, mlp_onnx, features):
                 db.models.drop("m")
             # predict_into runs as the caller: it cannot read what the caller cannot
             with pytest.raises(dbdl.PermissionDenied):
-                db.sql("CALL predict_into('m', 'SELECT 1::bigint, bytes FROM dbdl.blobs', 'stolen')")
+                db.sql("CALL dbdl.predict_into('m', 'SELECT 1::bigint, bytes FROM dbdl.blobs', 'stolen')")
         with dbdl.connect(server.url(name, admin), migrate=False) as db:
             assert db.sql("SELECT dbdl.register_model('m2', ?)", [mlp_onnx]).scalar() == 1
             assert db.sql("SELECT dbdl.drop_model('m2')").scalar() == 1
             assert db.models.register("m3", mlp_onnx) == 1  # the Python API works for admins too
             db.models.promote("m3", 1)
             assert db.models.drop("m3") == 1
-            with pytest.raises(dbdl.PermissionDenied):
-                db.sql("UPDATE dbdl.settings SET value = '[]'")
+            # ... through dbdl's functions only: the tables and schema dbdl are the owner's
+            for forbidden in ("UPDATE dbdl.settings SET value = '[]'", "DELETE FROM dbdl.models",
+                              "UPDATE dbdl.blobs SET bytes = ''", "CREATE TABLE dbdl.mine (a int)",
+                              "INSERT INTO dbdl.alias_history VALUES ('m', 99, 1)"):
+                with pytest.raises(dbdl.PermissionDenied):
+                    db.sql(forbidden)
     finally:
         with dbdl.connect(url) as db:
             for role in (plain, user, admin):
@@ -242,8 +246,9 @@ WHERE l.lanname = 'plpython3u' ORDER BY 1;""").stdout.splitlines()
             assert secdef == "t" and "search_path=pg_catalog, dbdl, pg_temp" in config, row
     owner_schema = psql(server, name, "SELECT string_agg(DISTINCT n.nspname, ',') FROM pg_proc p "
                                       "JOIN pg_namespace n ON n.oid = p.pronamespace "
-                                      "WHERE p.proname IN ('predict', 'predict_array', 'predict_class')").stdout.strip()
-    assert owner_schema == "public"  # found by the default search_path
+                                      "WHERE p.proname IN ('predict', 'predict_array', 'predict_class', "
+                                      "'predict_into', 'train_export')").stdout.strip()
+    assert owner_schema == "dbdl"  # where only the owner creates functions (docs/security.md)
 
 
 def test_python_path_is_stored_and_doctor_explains(pg, tmp_path):
@@ -292,7 +297,7 @@ def test_parallel_plans_and_target_names(pg, scorer_onnx):
         got = db.sql("SELECT count(*) FROM big WHERE predict('s', feats) > 0.5").scalar()
         x = np.array([r[0] for r in db.sql("SELECT feats FROM big ORDER BY id").fetchall()], dtype=np.float32)
         assert got == int((run_onnx(scorer_onnx, {"x": x})[:, 0] > 0.5).sum())
-        db.sql("CALL predict_into('s', 'SELECT id, feats FROM big WHERE id < 10', 'MyScores', 'scalar')")
+        db.sql("CALL dbdl.predict_into('s', 'SELECT id, feats FROM big WHERE id < 10', 'MyScores', 'scalar')")
         assert db.sql("SELECT count(*) FROM myscores").scalar() == 10  # folded like an unquoted name
 
 

@@ -34,8 +34,8 @@ def expected_split(digits, split, seed=0, train=0.8, validation=0.1):
 
 
 def dataset_tables(db) -> list[str]:
-    rows = db.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'dbdl' "
-                  "AND table_name LIKE 'ds%' ORDER BY 1").fetchall()
+    rows = db.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
+                  "AND table_name LIKE 'ds%' ORDER BY 1", [db.backend.data_schema]).fetchall()
     return [r[0] for r in rows]
 
 
@@ -49,11 +49,11 @@ def test_export_writes_dense_split_ordered_rows_and_metadata(db, digits, tmp_pat
     assert (info.name, info.version, info.shape, info.dtype, info.label_dtype) == ("digits", 1, (1, 8, 8),
                                                                                    "float32", "int64")
     assert (info.n_rows, info.n_train, info.n_validation, info.n_test) == (1797, 1438, 180, 179)
-    assert info.features == ("pixels",) and info.label_column == "label" and info.table == "dbdl.ds_digits_v1"
+    assert info.features == ("pixels",) and info.label_column == "label" and info.table == f"{db.backend.data_schema}.ds_digits_v1"
     assert db.datasets.get("digits") == info and db.datasets.names() == ["digits"]
-    assert db.sql("SELECT min(row_id), max(row_id), count(DISTINCT row_id) FROM dbdl.ds_digits").fetchall() == [
+    assert db.sql(f"SELECT min(row_id), max(row_id), count(DISTINCT row_id) FROM {info.view}").fetchall() == [
         (0, 1796, 1797)]
-    spans = db.sql("SELECT split, min(row_id), max(row_id), count(*) FROM dbdl.ds_digits GROUP BY split "
+    spans = db.sql(f"SELECT split, min(row_id), max(row_id), count(*) FROM {info.view} GROUP BY split "
                    "ORDER BY 2").fetchall()
     assert spans == [("train", 0, 1437, 1438), ("validation", 1438, 1617, 180), ("test", 1618, 1796, 179)]
     for split in ("train", "validation", "test"):
@@ -74,7 +74,7 @@ def test_call_train_export_from_sql_with_stacked_columns(db):
     target = rng.standard_normal(50)
     db.create_table("pts", {"id": np.arange(50), "a": a, "b": b, "c": c, "y": target, "note": ["x"] * 50})
     array = "ARRAY[2]" if db.backend.name == "postgres" else "[2]"
-    out = db.sql(f"CALL train_export('SELECT id, a, b, c, y FROM pts ORDER BY id', 'pts', label_column => 'y', "
+    out = db.sql(f"CALL dbdl.train_export('SELECT id, a, b, c, y FROM pts ORDER BY id', 'pts', label_column => 'y', "
                  f"features => {array.replace('2', chr(39) + 'a' + chr(39) + ', ' + chr(39) + 'c' + chr(39))}, "
                  f"dtype => 'float64', train_fraction => 0.5, validation_fraction => 0.5, seed => 7)")
     if db.backend.name == "duckdb":
@@ -100,7 +100,7 @@ def test_reexport_replaces_atomically_and_a_failed_export_leaves_nothing(db, dig
                          train_fraction=1.0, validation_fraction=0.0)
     assert (v2.version, v2.n_rows, v2.n_train) == (2, int((digits[1] < 5).sum()), int((digits[1] < 5).sum()))
     assert dataset_tables(db) == ["ds_d", "ds_d_v2"]  # the view and the new version's table only
-    assert db.sql("SELECT count(*) FROM dbdl.ds_d").fetchall() == [(v2.n_rows,)]
+    assert db.sql(f"SELECT count(*) FROM {v2.view}").fetchall() == [(v2.n_rows,)]
     # a reader of the old version fails loudly instead of mixing versions; its cache still serves it
     with pytest.raises(dbdl.DatasetNotFound, match="re-exported or dropped"):
         stale.arrays()
@@ -186,7 +186,7 @@ def test_lmdb_cache_serves_later_epochs_without_the_database(url, digits, tmp_pa
     assert ds.store.queries >= 1 and ds.cache.count() == 12  # ceil(1438 / 128) blocks
     assert ds.cache.map_bytes() > 64 << 10  # the map grew past its first size
     # the table disappears behind dbdl's back: epoch 2 must not notice
-    db.sql("ALTER TABLE dbdl.ds_digits_v1 RENAME TO hidden_v1")
+    db.sql(f"ALTER TABLE {db.backend.data_schema}.ds_digits_v1 RENAME TO hidden_v1")
     info = db.datasets.get("digits")
     if db.backend.name == "duckdb":
         db.close()  # workers open the file read-only: no writer may hold it
@@ -199,7 +199,7 @@ def test_lmdb_cache_serves_later_epochs_without_the_database(url, digits, tmp_pa
     assert ds.store.queries == queries
     # a re-export (new version and uid) gets a new cache; the old one is removed
     db = dbdl.connect(url)
-    db.sql("ALTER TABLE dbdl.hidden_v1 RENAME TO ds_digits_v1")
+    db.sql(f"ALTER TABLE {db.backend.data_schema}.hidden_v1 RENAME TO ds_digits_v1")
     db.train_export("SELECT pixels, label FROM digits ORDER BY id", "digits", shape=(1, 8, 8))
     new = db.training_set("digits", block_rows=128, cache=tmp_path)
     assert new.cache_path != ds.cache_path and not ds.cache_path.exists() and info.version == 1
@@ -287,7 +287,7 @@ def test_trained_model_goes_back_and_predicts_in_sql(db, digits, tmp_path):
     assert db.models.register("digits_cnn", scaled, dataset="digits") == 1
     assert db.models.get("digits_cnn").description == "trained on dataset digits@1"
     accuracy = db.sql("SELECT avg(CASE WHEN predict_class('digits_cnn', features) = label THEN 1.0 ELSE 0.0 END) "
-                      "FROM dbdl.ds_digits WHERE split = 'test'").fetchall()[0][0]
+                      f"FROM {db.backend.data_schema}.ds_digits WHERE split = 'test'").fetchall()[0][0]
     x, y = db.training_set("digits", "test", cache=False).arrays()
     with torch.no_grad():
         expected = (scaled(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
@@ -317,14 +317,14 @@ CREATE TABLE px (id int, pixels real[], digit int);
 COPY px FROM STDIN;
 {rows}
 \\.
-CALL train_export('SELECT pixels, digit FROM px ORDER BY id', 'px', label_column => 'digit',
+CALL dbdl.train_export('SELECT pixels, digit FROM px ORDER BY id', 'px', label_column => 'digit',
                   shape => ARRAY[1, 8, 8], seed => 2);
 SELECT name, version, shape, n_rows, n_train, n_validation, n_test FROM dbdl.datasets;
-SELECT split, count(*), min(row_id) FROM dbdl.ds_px GROUP BY split ORDER BY 3;
-SELECT length(features) FROM dbdl.ds_px LIMIT 1;
+SELECT split, count(*), min(row_id) FROM dbdl_data.ds_px GROUP BY split ORDER BY 3;
+SELECT length(features) FROM dbdl_data.ds_px LIMIT 1;
 """).stdout.splitlines()
         assert out == ["px|1|[1, 8, 8]|200|160|20|20", "train|160|0", "validation|20|160", "test|20|180", "256"]
-        bad = psql(pg_server, "dbdl_train_psql", "CALL train_export('SELECT pixels, digit FROM px', 'px');",
+        bad = psql(pg_server, "dbdl_train_psql", "CALL dbdl.train_export('SELECT pixels, digit FROM px', 'px');",
                    check=False)
         assert "dbdl.QueryError" in bad.stderr and "label" in bad.stderr
         db = dbdl.connect(url)

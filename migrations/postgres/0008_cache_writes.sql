@@ -1,5 +1,5 @@
 -- dbdl 0008 (PostgreSQL): only dbdl's own code writes the result cache (docs/security.md).
--- Until 0007 every dbdl_user could INSERT/UPDATE/DELETE dbdl.result_cache, so one user could
+-- Until now every dbdl_user could INSERT/UPDATE/DELETE dbdl.result_cache, so one user could
 -- change the predictions another role reads. Now callers only read it; the misses of a query go to
 -- dbdl.cache_fill, which keys each input by the SHA-256 of its own bytes, scores it with the
 -- server's session and inserts it, counting it in the same transaction; dbdl.cache_record counts
@@ -9,8 +9,7 @@
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON dbdl.cache_entries, dbdl.result_cache FROM dbdl_user;
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON dbdl.cache_entries, dbdl.result_cache FROM dbdl_admin;
 GRANT SELECT ON dbdl.cache_entries, dbdl.result_cache TO dbdl_user;
--- dbdl_admin may drop models and clear caches, which delete cached rows: deleting forges nothing
-GRANT DELETE ON dbdl.cache_entries, dbdl.result_cache TO dbdl_admin;
+-- dropping models and clearing caches delete cached rows through dbdl's definer functions (0007)
 
 -- What dbdl.cache_fill is handed for one input: the bytes dbdl.cache_key digests.
 CREATE OR REPLACE FUNCTION dbdl.cache_input(features anyarray) RETURNS bytea

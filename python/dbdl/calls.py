@@ -1,6 +1,6 @@
 """dbdl's own procedures for databases whose CALL takes only table functions (DuckDB).
 
-On DuckDB, ``db.sql("CALL train_export('SELECT …', 'digits')")`` or
+On DuckDB, ``db.sql("CALL dbdl.train_export('SELECT …', 'digits')")`` or
 ``db.sql("CALL dbdl.set_model_options('fraud', '{\\"cache\\": true}')")`` is carried out here; on
 PostgreSQL the same text reaches the server's procedure. The statement is read with sqlglot;
 arguments are values — literals (text, numbers, arrays, NULL, booleans) or ``?`` — given by

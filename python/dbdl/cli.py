@@ -203,7 +203,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print(json.dumps([_dataset_dict(i) for i in infos], indent=2, default=str))
             return 0
         if not infos:
-            console.print("no datasets; make one with CALL train_export('SELECT ...', 'name')")
+            console.print("no datasets; make one with CALL dbdl.train_export('SELECT ...', 'name')")
             return 0
         table = Table()
         for col in ("name", "version", "table", "shape", "dtype", "label", "train", "validation", "test", "created"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,7 @@ import numpy as np
 from dbdl_udf import catalog
 from dbdl_udf.runtime import SESSIONS, Signature, TensorSpec, check_features, run_batch
 
-from .errors import ConcurrentChange, ModelNotFound, QueryError
+from .errors import ModelNotFound
 from .modelio import load_torch_program, prepare
 from .names import ModelRef, check_name
 
@@ -122,34 +121,6 @@ def load_model_bytes(backend: "Backend", sha256: str) -> bytes:
     return bytes(row[0])
 
 
-_DUPLICATE_KEY = re.compile(r"duplicate key|violates (primary key|unique) constraint", re.I)
-#: attempts of a registry write that met a concurrent writer (DuckDB's optimistic transactions)
-WRITE_ATTEMPTS = 6
-
-
-def _write(backend: "Backend", change):
-    """Run ``change()`` in one transaction; run it again (with a short, growing, jittered pause)
-    when a concurrent writer of the same model made it fail as ConcurrentChange, and raise that
-    after WRITE_ATTEMPTS. PostgreSQL's writers wait on the model's row lock instead."""
-    import random
-    import time
-
-    for attempt in range(WRITE_ATTEMPTS):
-        try:
-            with backend.transaction():
-                return change()
-        except (ConcurrentChange, QueryError) as exc:
-            # DuckDB does not see another connection's uncommitted rows: two first registrations of a
-            # name both insert it, and one fails on the key. The writes check for every row they add,
-            # so a duplicate key in them is always such a race.
-            if isinstance(exc, QueryError) and not _DUPLICATE_KEY.search(str(exc)):
-                raise
-            if attempt == WRITE_ATTEMPTS - 1:
-                raise ConcurrentChange(f"other sessions kept changing the same model at the same moment ({exc}); "
-                                       "run it again") from exc
-            time.sleep(random.uniform(0.005, 0.02) * 2 ** attempt)
-
-
 class ModelRegistry:
     """``db.models``: register, inspect, load, promote and drop model versions."""
 
@@ -197,22 +168,18 @@ class ModelRegistry:
             if description is None:
                 description = f"trained on dataset {info.name}@{info.version}"
         prepared = prepare(model, example, opset=opset)
-        version = _write(self._backend, lambda: catalog.store_version(
-            self._backend, name, sha256=prepared.sha256, onnx_bytes=prepared.onnx_bytes, source=prepared.source,
-            signature=prepared.signature, n_params=prepared.n_params, flops_per_row=prepared.flops_per_row,
-            opset=prepared.opset, torch_program=prepared.torch_program, description=description, promote=promote,
-        ))
+        version = self._backend.store_version(name, prepared, description=description, promote=promote)
         self._db._registry_changed()
         return version
 
     def promote(self, name: str, version: int) -> None:
         """Make ``version`` the one that ``predict('name', ...)`` serves (rollback() undoes it)."""
-        _write(self._backend, lambda: catalog.promote(self._backend, name, version))
+        self._backend.promote_version(check_name(name), int(version))
         self._db._registry_changed()
 
     def rollback(self, name: str) -> int:
         """Serve the previously promoted version again; returns it."""
-        version = _write(self._backend, lambda: catalog.rollback(self._backend, name))
+        version = self._backend.rollback_version(check_name(name))
         self._db._registry_changed()
         return version
 
@@ -224,12 +191,12 @@ class ModelRegistry:
         """
         b = self._backend
         before = {r[0] for r in b.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
-        count = _write(b, lambda: catalog.drop(b, name, version))
+        count = b.drop_versions(check_name(name), None if version is None else int(version))
         gone = before - {r[0] for r in b.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
         for sha in gone:  # relation-centric weight tables of bytes no version uses any more
-            for (table,) in b.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = 'dbdl' "
-                                       "AND table_name LIKE ?", (f"rel_{sha[:16]}_%",)):
-                b.execute(f"DROP TABLE IF EXISTS dbdl.{table}")
+            for (table,) in b.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
+                                       "AND table_name LIKE ?", (b.data_schema, f"rel_{sha[:16]}_%")):
+                b.execute(f"DROP TABLE IF EXISTS {b.data_schema}.{table}")
         self._db._registry_changed()
         return count
 
@@ -239,8 +206,7 @@ class ModelRegistry:
         """Change a model's options (all versions); returns them all. ``cache=True`` keeps its
         predictions in the result cache; ``cache_max_bytes`` bounds it (default 512 MiB). Switching
         the cache off drops what it holds. See docs/cache.md."""
-        with self._backend.transaction():
-            result = catalog.set_options(self._backend, check_name(name), options)
+        result = self._backend.set_model_options(check_name(name), options)
         self._db._registry_changed()
         return result
 
@@ -257,8 +223,7 @@ class ModelRegistry:
     def clear_cache(self, name: str) -> None:
         """Empty a model's result cache (every version, counters too); the option stays on."""
         self.options(name)  # an unknown model is an error, not a silent no-op
-        with self._backend.transaction():
-            catalog.clear_cache(self._backend, name)
+        self._backend.clear_model_cache(name)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -289,7 +254,8 @@ class ModelRegistry:
     def load(self, name: str, version: int | None = None, *, threads: int = 0) -> LoadedModel:
         """An onnxruntime session for the version (and its torch module when it came from torch)."""
         info = self.get(name, version)
-        session, _ = SESSIONS.get(info.sha256, lambda: load_model_bytes(self._backend, info.sha256), threads)
+        session, _ = SESSIONS.get(info.sha256, lambda: load_model_bytes(self._backend, info.sha256), threads,
+                                  model=info.ref)
         module = None
         if info.source == "torch":
             row = self._backend.fetchone(

@@ -11,8 +11,9 @@ row: DuckDB a typed array such as ``FLOAT[64]``, PostgreSQL ``bytea`` of little-
 ``label`` and ``split``. Row ids are assigned *after* splitting, so each split is one contiguous
 range — train 0..a-1, validation a..b-1, test b..n-1 — and within a split rows keep the order the
 source query returned them in. A reader then takes any part of a split with one keyset range
-query. Each export writes a new table ``dbdl.ds_<name>_v<version>`` and points the view
-``dbdl.ds_<name>`` at it in the same transaction, so a re-export replaces the dataset atomically
+query. Each export writes a new table ``<schema>.ds_<name>_v<version>`` and points the view
+``<schema>.ds_<name>`` at it (schema ``dbdl`` on DuckDB, ``dbdl_data`` on PostgreSQL, where
+dbdl_admin may create tables but dbdl's own functions never look) in the same transaction, so a re-export replaces the dataset atomically
 and a failed one leaves nothing behind.
 """
 
@@ -22,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Sequence
@@ -256,7 +258,7 @@ class DatasetInfo:
 
     name: str
     version: int
-    table: str  # schema-qualified, e.g. dbdl.ds_digits_v2
+    table: str  # schema-qualified, e.g. dbdl_data.ds_digits_v2
     shape: tuple[int, ...]
     dtype: str
     label_dtype: str
@@ -275,7 +277,7 @@ class DatasetInfo:
 
     @property
     def view(self) -> str:
-        return f"dbdl.ds_{self.name}"
+        return f"{self.table.partition('.')[0]}.ds_{self.name}"
 
     @property
     def row_bytes(self) -> int:
@@ -299,9 +301,23 @@ COLUMNS = ("name, version, table_name, shape, dtype, label_dtype, n_rows, n_trai
            "train_fraction, validation_fraction, seed, features, label_column, source_query, uid, created_at")
 
 
+#: where dataset tables may live: DuckDB's dbdl, PostgreSQL's dbdl_data (dbdl_admin's schema)
+DATA_SCHEMAS = ("dbdl", "dbdl_data")
+_TABLE_RE = re.compile(r"(dbdl|dbdl_data)\.ds_[a-z_][a-z0-9_]{0,47}_v[1-9][0-9]{0,8}")
+
+
+def table_name(schema: str, name: str, version: int) -> str:
+    return f"{schema}.ds_{name}_v{int(version)}"
+
+
 def _info(row: tuple) -> DatasetInfo:
     (name, version, table, shape, dtype, label_dtype, n_rows, n_train, n_val, n_test, trf, vf, seed, features,
      label, query, uid, created) = row
+    # readers paste the table name into their SQL: a catalog row naming anything but a dataset
+    # table of its own dataset is refused rather than run
+    if not _TABLE_RE.fullmatch(table or "") or table.partition(".")[2] != f"ds_{name}_v{int(version)}":
+        raise DatasetNotFound(f"the catalog row of dataset {name!r} names table {table!r}, which is not the dataset's "
+                              f"table; export the dataset again (CALL dbdl.train_export(...))")
     return DatasetInfo(name, int(version), table, tuple(json.loads(shape)), dtype, label_dtype, int(n_rows),
                        int(n_train), int(n_val), int(n_test), float(trf), float(vf), int(seed),
                        tuple(json.loads(features)), label, query, uid, created)
@@ -321,14 +337,74 @@ def list_all(db: SQLRunner) -> list[DatasetInfo]:
     return [_info(r) for r in db.fetchall(f"SELECT {COLUMNS} FROM dbdl.datasets ORDER BY name")]
 
 
-def drop(db: SQLRunner, name: str, *, ddl=None) -> DatasetInfo:
-    """Remove a dataset: its view, its table and its catalog row (the caller owns the transaction)."""
+def drop(db: SQLRunner, name: str, *, ddl=None, forget_row=None) -> DatasetInfo:
+    """Remove a dataset: its view, its table and its catalog row (the caller owns the transaction).
+    ``forget_row(name)`` deletes the catalog row where the caller may not write the catalog itself
+    (PostgreSQL: dbdl.forget_dataset)."""
     info = get(db, name)
     run = ddl or (lambda sql: db.execute(sql, ()))
     run(f"DROP VIEW IF EXISTS {info.view}")
     run(f"DROP TABLE IF EXISTS {info.table}")
-    db.execute("DELETE FROM dbdl.datasets WHERE name = ?", (info.name,))
+    (forget_row or (lambda n: forget(db, n)))(info.name)
     return info
+
+
+def forget(db: SQLRunner, name: str) -> None:
+    """Delete a dataset's catalog row (its table is the caller's to drop)."""
+    get(db, name)  # an unknown dataset is an error, not a silent no-op
+    db.execute("DELETE FROM dbdl.datasets WHERE name = ?", (check_dataset_name(name),))
+
+
+_ROW_FIELDS = ("name", "version", "table_name", "shape", "dtype", "label_dtype", "n_rows", "n_train", "n_validation",
+               "n_test", "train_fraction", "validation_fraction", "seed", "features", "label_column", "source_query",
+               "uid")
+
+
+def record(db: SQLRunner, row: dict, table_rows=None) -> None:
+    """Write the catalog row of a finished export (replacing the dataset's previous one), after
+    checking it: the next version, its own table, consistent counts. ``table_rows(table)`` gives
+    the table's row count (None when there is no such plain table) where the row comes from
+    someone the catalog does not trust (PostgreSQL: dbdl.record_dataset)."""
+    if not isinstance(row, dict) or set(row) != set(_ROW_FIELDS):
+        raise InvalidName(f"a dataset catalog row has exactly the fields {', '.join(_ROW_FIELDS)}")
+    name = check_dataset_name(row["name"])
+    texts = ("table_name", "shape", "dtype", "label_dtype", "features", "label_column", "source_query", "uid")
+    if any(not isinstance(row[k], str) for k in texts) or any(
+            isinstance(row[k], bool) or not isinstance(row[k], (int, float)) for k in ("train_fraction",
+                                                                                      "validation_fraction")):
+        raise InvalidName(f"dataset {name!r}: {', '.join(texts)} are text and the fractions numbers")
+    previous = db.fetchall("SELECT version FROM dbdl.datasets WHERE name = ?", (name,))
+    version = (int(previous[0][0]) + 1) if previous else 1
+    ints = ("version", "n_rows", "n_train", "n_validation", "n_test", "seed")
+    if any(isinstance(row[k], bool) or not isinstance(row[k], int) for k in ints):
+        raise InvalidName(f"dataset {name!r}: {', '.join(ints)} must be whole numbers")
+    if row["version"] != version:
+        raise InvalidName(f"dataset {name!r} is at version {version - 1}; its next export is version {version}")
+    schema = row["table_name"].partition(".")[0] if isinstance(row["table_name"], str) else ""
+    if schema not in DATA_SCHEMAS or row["table_name"] != table_name(schema, name, version):
+        raise InvalidName(f"dataset {name!r} version {version} lives in table {table_name('dbdl_data', name, version)}")
+    counts = (row["n_train"], row["n_validation"], row["n_test"])
+    if min(counts) < 0 or sum(counts) != row["n_rows"] or row["n_rows"] < 1:
+        raise ShapeMismatch(f"dataset {name!r}: the split counts {counts} do not add up to its {row['n_rows']} rows")
+    shape = json.loads(row["shape"])
+    if (not isinstance(shape, list) or not shape or
+            not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise ShapeMismatch(f"dataset {name!r}: shape must be a JSON list of sizes above 0, got {row['shape']!r}")
+    if row["dtype"] not in DTYPES or row["label_dtype"] not in ("int64", "float32"):
+        raise DTypeMismatch(f"dataset {name!r}: dtype must be one of {', '.join(DTYPES)} and the label's int64 or "
+                            "float32")
+    features = json.loads(row["features"])
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise InvalidName(f"dataset {name!r}: features must be a JSON list of column names")
+    if table_rows is not None:
+        found = table_rows(row["table_name"])
+        if found != row["n_rows"]:
+            raise ShapeMismatch(f"dataset {name!r}: table {row['table_name']} "
+                                + ("does not exist as a table" if found is None else f"holds {found} rows, not "
+                                   f"{row['n_rows']}") + "; export the dataset with CALL dbdl.train_export(...)")
+    db.execute("DELETE FROM dbdl.datasets WHERE name = ?", (name,))
+    db.execute(f"INSERT INTO dbdl.datasets ({', '.join(_ROW_FIELDS)}) VALUES ({', '.join('?' * len(_ROW_FIELDS))})",
+               tuple(row[k] if k != "name" else name for k in _ROW_FIELDS))
 
 
 # -- the export ------------------------------------------------------------------------------------
@@ -337,7 +413,12 @@ def drop(db: SQLRunner, name: str, *, ddl=None) -> DatasetInfo:
 class Sink(Protocol):
     """What export() needs from a backend (the DuckDB client, PostgreSQL's PL/Python)."""
 
-    catalog: SQLRunner
+    #: the schema of the dataset tables and views
+    schema: str
+
+    def dataset(self, name: str) -> DatasetInfo | None: ...
+
+    def record(self, row: dict) -> None: ...
 
     def describe(self, query: str) -> list[tuple[str, str, str]]: ...
 
@@ -378,26 +459,21 @@ def export(sink: Sink, spec: ExportSpec, progress=None) -> DatasetInfo:
         raise ShapeMismatch("the feature arrays are empty; a dataset row needs at least one feature")
     shape = spec.shape or (width,)
     row_ids, codes, counts = assign_splits(n, spec.train_fraction, spec.validation_fraction, spec.seed)
-    previous = spec.name in {r[0] for r in sink.catalog.fetchall(
-        "SELECT name FROM dbdl.datasets WHERE name = ?", (spec.name,))}
-    old = get(sink.catalog, spec.name) if previous else None
+    old = sink.dataset(spec.name)
     version = (old.version + 1) if old else 1
-    table = f"dbdl.ds_{spec.name}_v{version}"
+    schema = sink.schema
+    table = table_name(schema, spec.name, version)
     sink.finish(table, row_ids, codes, width, spec.dtype, label_dtype)
-    sink.ddl(f"CREATE OR REPLACE VIEW dbdl.ds_{spec.name} AS SELECT row_id, features, label, split FROM {table}")
-    sink.share(f"dbdl.ds_{spec.name}")
+    sink.ddl(f"CREATE OR REPLACE VIEW {schema}.ds_{spec.name} AS SELECT row_id, features, label, split FROM {table}")
+    sink.share(f"{schema}.ds_{spec.name}")
     if old is not None and old.table != table:
         sink.ddl(f"DROP TABLE IF EXISTS {old.table}")
     uid = hashlib.sha256(f"{spec.name}:{version}:{time.time_ns()}:{os.getpid()}:{os.urandom(8).hex()}".encode()
                          ).hexdigest()[:16]
     values = (spec.name, version, table, json.dumps(list(shape)), spec.dtype, label_dtype, n, *counts,
               spec.train_fraction, spec.validation_fraction, spec.seed, json.dumps(names), spec.label, spec.query, uid)
-    sink.catalog.execute("DELETE FROM dbdl.datasets WHERE name = ?", (spec.name,))
-    sink.catalog.execute(
-        "INSERT INTO dbdl.datasets (name, version, table_name, shape, dtype, label_dtype, n_rows, n_train, "
-        "n_validation, n_test, train_fraction, validation_fraction, seed, features, label_column, source_query, "
-        "uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
-    return get(sink.catalog, spec.name)
+    sink.record(dict(zip(_ROW_FIELDS, values)))
+    return sink.dataset(spec.name)
 
 
 def _convert(matrix: np.ndarray, dtype: str, first_pos: int) -> np.ndarray:

@@ -11,11 +11,10 @@ lists, which is where PL/Python's time goes otherwise.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Sequence
 
 import numpy as np
-
-from typing import Sequence
 
 from . import catalog
 from .errors import ConfigurationError, DTypeMismatch, Error, InvalidModel, InvalidName, ModelNotFound, ShapeMismatch
@@ -31,14 +30,32 @@ _SQLSTATE = {
     "QueryError": "42601",  # syntax_error
 }
 _KINDS = ("scalar", "array", "class")
-_plans: dict[str, Any] = {}
 
 
-def _plan(plpy, key: str, sql: str, types: list[str]):
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _plans[key] = plpy.prepare(sql, types)
-    return plan
+class Plans:
+    """The prepared plans of one security context, kept for the session.
+
+    A plan is parsed, its names resolved, under the role and search_path of whoever prepared it;
+    one prepared by predict_into (the caller's rights, the caller's path) and reused by a definer
+    function would run the caller's choices as the owner. So definer and invoker code never share
+    one: each entry point names its context, and every type name given to prepare is qualified.
+    """
+
+    def __init__(self, context: str) -> None:
+        self.context = context
+        self._plans: dict[str, Any] = {}
+
+    def get(self, plpy, key: str, sql: str, types: list[str]):
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = plpy.prepare(sql, types)
+        return plan
+
+
+#: plans of the SECURITY DEFINER functions (run as the owner, search_path pinned)
+DEFINER = Plans("definer")
+#: plans of predict_into and train_export (run as the caller, through the caller's search_path)
+INVOKER = Plans("invoker")
 
 
 def raise_for_sql(plpy, exc: Error) -> None:
@@ -49,24 +66,24 @@ def raise_for_sql(plpy, exc: Error) -> None:
 
 # -- the registry ------------------------------------------------------------------------------
 
-_PG_TYPES = {str: "text", bool: "bool", int: "int8", float: "float8", bytes: "bytea"}
+# qualified: an unqualified type name is looked up in the caller's pg_temp first
+_PG_TYPES = {str: "pg_catalog.text", bool: "pg_catalog.bool", int: "pg_catalog.int8", float: "pg_catalog.float8",
+             bytes: "pg_catalog.bytea"}
 
 
 class PlpyRunner:
-    """dbdl_udf.catalog's SQL runner over plpy: ``?`` placeholders, plans prepared once per session."""
+    """dbdl_udf.catalog's SQL runner over plpy: ``?`` placeholders, plans prepared once per session
+    in the given security context (only definer code runs catalog SQL: its path is pinned)."""
 
-    def __init__(self, plpy) -> None:
+    def __init__(self, plpy, plans: Plans) -> None:
         self.plpy = plpy
+        self.plans = plans
 
     def _plan(self, sql: str, params: Sequence[Any]):
         types = [_PG_TYPES[type(p)] for p in params]
-        key = f"{sql}\x00{','.join(types)}"
-        plan = _plans.get(key)
-        if plan is None:
-            parts = sql.split("?")
-            text = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
-            plan = _plans[key] = self.plpy.prepare(text, types)
-        return plan
+        parts = sql.split("?")
+        text = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+        return self.plans.get(self.plpy, f"{sql}\x00{','.join(types)}", text, types)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         result = self.plpy.execute(self._plan(sql, params), list(params))
@@ -89,35 +106,39 @@ def resolve(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
 
     One prepared query per call (a version registered a moment ago in another session is seen
     at once); parsed references and signatures are cached, keyed by text and content hash.
+    Definer code only (the registry tables are the owner's).
     """
     parsed = _refs.get(ref)
     if parsed is None:
         parsed = _refs[ref] = catalog.parse_ref(ref)
     name, version, output = parsed
     if version is None:
-        rows = plpy.execute(_plan(plpy, "fast_serving", _FAST_SERVING, ["text"]), [name])
+        rows = plpy.execute(DEFINER.get(plpy, "fast_serving", _FAST_SERVING, ["pg_catalog.text"]), [name])
     else:
-        rows = plpy.execute(_plan(plpy, "fast_pinned", _FAST_PINNED, ["text", "int4"]), [name, version])
+        rows = plpy.execute(DEFINER.get(plpy, "fast_pinned", _FAST_PINNED, ["pg_catalog.text", "pg_catalog.int4"]),
+                            [name, version])
     if not rows:
-        raise catalog.not_found(PlpyRunner(plpy), name, version)
+        raise catalog.not_found(PlpyRunner(plpy, DEFINER), name, version)
     version, sha = rows[0]["version"], rows[0]["sha256"]
     signature = _signatures.get(sha)
     if signature is None:
-        signature = catalog.resolve(PlpyRunner(plpy), name, version).signature
+        signature = catalog.resolve(PlpyRunner(plpy, DEFINER), name, version).signature
         _signatures[sha] = signature
     return name, int(version), sha, signature, signature.output_index(output)
 
 
-def _session(plpy, sha256: str):
+def _session(plpy, sha256: str, plans: Plans, ref: str):
     """The process's session for a model's bytes, read through dbdl.model_bytes (SECURITY DEFINER),
-    so the same code serves the definer functions and predict_into, which runs as the caller."""
+    so the same code serves the definer functions and predict_into, which runs as the caller; the
+    bytes are checked against their sha256 before a session is built from them."""
     def load() -> bytes:
-        rows = plpy.execute(_plan(plpy, "bytes", "SELECT dbdl.model_bytes($1) AS b", ["text"]), [sha256])
+        rows = plpy.execute(plans.get(plpy, "bytes", "SELECT dbdl.model_bytes($1) AS b", ["pg_catalog.text"]),
+                            [sha256])
         if not rows or rows[0]["b"] is None:
             raise ModelNotFound(f"model bytes {sha256[:12]}… are missing; re-register the model")
         return bytes(rows[0]["b"])
 
-    return SESSIONS.get(sha256, load, threads=1)
+    return SESSIONS.get(sha256, load, threads=1, model=ref)
 
 
 # -- row at a time -----------------------------------------------------------------------------
@@ -144,7 +165,7 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
             x, valid = _decode_float32_bytea([data], width, ref)
         if not valid[0]:
             return None
-        session, signature = _session(plpy, sha)
+        session, signature = _session(plpy, sha, DEFINER, ref)
         y = shape_outputs(run_batch(session, signature, x, output), kind, ref, signature.outputs[output].name)
         return y[0].tolist()
     except Error as exc:
@@ -251,53 +272,61 @@ def _decode_numeric_arrays(blobs: list, width: int, ref: str) -> tuple[np.ndarra
 
 def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_rows: int) -> int:
     """Score every row of ``query`` (key, features) in batches and insert (key, prediction) into
-    ``target``, which is created when missing. Runs with the caller's privileges."""
+    ``target``, which is created when missing. Runs with the caller's privileges and through the
+    caller's search_path: the query is the caller's own SQL, but everything dbdl adds around it
+    names its functions, operators and types with their schema (an object the caller's path
+    finds first, a public.array_send(real[]) say, must not run in another role's call)."""
     try:
         if kind not in _KINDS:
             raise InvalidName(f"kind must be one of {', '.join(_KINDS)}; got {kind!r}")
         name, version, sha, signature, output = resolve_definer(plpy, model)
         ref = f"{name}@{version}"
         width = signature.n_features
-        session, signature = _session(plpy, sha)
-        out_sql = {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
+        session, signature = _session(plpy, sha, INVOKER, ref)
+        out_sql = _OUT_TYPES[kind]
         target_sql = _quote_target(plpy, target)
         described = plpy.execute(f"SELECT * FROM ({query}) AS q LIMIT 0")
         columns = described.colnames()
         if len(columns) != 2:
             raise ShapeMismatch(f"the query must return two columns, a key and the features; it returns {len(columns)} "
                                 f"({', '.join(columns)})")
-        key_type = described.coltypes()[0]
+        key_type = int(described.coltypes()[0])
         key_col, feat_col = (plpy.quote_ident(c) for c in columns)
         feat_types = described.coltypes()[1]
-        as_bytes = f"array_send(q.{feat_col})" if feat_types != 17 else f"q.{feat_col}"  # 17 = bytea
+        as_bytes = f"pg_catalog.array_send(q.{feat_col})" if feat_types != 17 else f"q.{feat_col}"  # 17 = bytea
         plpy.execute(f"CREATE TABLE IF NOT EXISTS {target_sql} AS SELECT q.{key_col} AS {key_col}, NULL::{out_sql} "
                      f"AS prediction FROM ({query}) AS q WITH NO DATA")
-        key_sql = plpy.execute(f"SELECT format_type({int(key_type)}, NULL) AS t")[0]["t"]
+        key_array = _array_type(plpy, key_type)
         width_out = signature.outputs[output].per_row
         columnar = kind == "array" and width_out is not None and width_out <= _COLUMNAR_MAX
         # integer keys and the predictions go as array literals (parsed by array_in in C) rather
         # than Python lists, which PL/Python converts one element at a time through text
-        key_text = key_sql in ("bigint", "integer", "smallint")
+        key_text = key_type in _INTEGER_KEYS
+        key_param = "pg_catalog.text" if key_text else key_array
         if columnar:
             # one array parameter per output value: PostgreSQL unnests them side by side and builds
             # each row's real[] in C, about 4x faster than slicing one long array per row
             cols = ", ".join(f"c{j}" for j in range(width_out))
             # PL/Python turns every float of a list into text and parses it back; one array literal
             # per column, written by str.join and parsed by array_in in C, is several times cheaper
+            unnests = ", ".join(f"pg_catalog.unnest(${j}::pg_catalog.float4[])" for j in range(3, width_out + 3))
             insert = plpy.prepare(
                 f"INSERT INTO {target_sql} SELECT k, CASE WHEN n THEN NULL ELSE ARRAY[{cols}] END "
-                f"FROM unnest($1::{key_sql}[], $2, {', '.join(f'${j}::real[]' for j in range(3, width_out + 3))}) "
+                f"FROM ROWS FROM (pg_catalog.unnest($1::{key_array}), pg_catalog.unnest($2), {unnests}) "
                 f"AS u(k, n, {cols})",
-                ["text" if key_text else f"{key_sql}[]", "boolean[]"] + ["text"] * width_out)
+                [key_param, "pg_catalog.bool[]"] + ["pg_catalog.text"] * width_out)
         elif kind == "array":
+            first = "(((i OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.*) $4) OPERATOR(pg_catalog.+) 1)"
             insert = plpy.prepare(
-                f"INSERT INTO {target_sql} SELECT k[i], CASE WHEN n[i] THEN NULL ELSE v[(i - 1) * $4 + 1 : i * $4] END "
-                f"FROM (SELECT $1 AS k, $2 AS v, $3 AS n) AS b, generate_subscripts($1, 1) AS i",
-                [f"{key_sql}[]", "real[]", "boolean[]", "int4"])
+                f"INSERT INTO {target_sql} SELECT k[i], CASE WHEN n[i] THEN NULL ELSE "
+                f"v[{first} : (i OPERATOR(pg_catalog.*) $4)] END "
+                f"FROM (SELECT $1 AS k, $2 AS v, $3 AS n) AS b, pg_catalog.generate_subscripts($1, 1) AS i",
+                [key_array, "pg_catalog.float4[]", "pg_catalog.bool[]", "pg_catalog.int4"])
         else:
             insert = plpy.prepare(
-                f"INSERT INTO {target_sql} SELECT * FROM unnest($1::{key_sql}[], $2::{out_sql}[])",
-                ["text" if key_text else f"{key_sql}[]", "text"])
+                f"INSERT INTO {target_sql} SELECT u.k, u.p FROM ROWS FROM (pg_catalog.unnest($1::{key_array}), "
+                f"pg_catalog.unnest($2::{out_sql}[])) AS u(k, p)",
+                [key_param, "pg_catalog.text"])
         cursor = plpy.cursor(f"SELECT q.{key_col} AS k, {as_bytes} AS f FROM ({query}) AS q")
         total = 0
         while True:
@@ -343,6 +372,24 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
         raise_for_sql(plpy, exc)
 
 
+_OUT_TYPES = {"scalar": "pg_catalog.float4", "array": "pg_catalog.float4[]", "class": "pg_catalog.int8"}
+_INTEGER_KEYS = {20, 21, 23}  # int8, int2, int4
+_ARRAY_TYPE = ("SELECT pg_catalog.format('%I.%I', n.nspname, a.typname) AS name FROM pg_catalog.pg_type t "
+               "JOIN pg_catalog.pg_type a ON a.oid OPERATOR(pg_catalog.=) t.typarray "
+               "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) a.typnamespace "
+               "WHERE t.oid OPERATOR(pg_catalog.=) $1")
+
+
+def _array_type(plpy, oid: int) -> str:
+    """The schema-qualified name of the array type of type ``oid``: the key column's type exactly,
+    never what its name means on the caller's path."""
+    rows = plpy.execute(INVOKER.get(plpy, "array_type", _ARRAY_TYPE, ["pg_catalog.oid"]), [oid])
+    if not rows:
+        raise DTypeMismatch(f"the key column's type (oid {oid}) has no array type; use a key of a plain type such "
+                            "as bigint or text")
+    return rows[0]["name"]
+
+
 def _keys_arg(keys: list, as_text: bool):
     """Integer keys as one array literal (NULL keys included); other key types as the list."""
     if not as_text:
@@ -386,7 +433,9 @@ def _quote_target(plpy, target: str) -> str:
 
 
 def resolve_definer(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
-    row = plpy.execute(_plan(plpy, "resolve_definer", "SELECT * FROM dbdl.resolve_model($1)", ["text"]), [ref])[0]
+    plan = INVOKER.get(plpy, "resolve_definer", "SELECT r.name, r.version, r.sha256, r.signature "
+                       "FROM dbdl.resolve_model($1) AS r", ["pg_catalog.text"])
+    row = plpy.execute(plan, [ref])[0]
     signature = Signature.from_json(row["signature"])
     output = catalog.parse_ref(ref)[2]
     return row["name"], int(row["version"]), row["sha256"], signature, signature.output_index(output)
@@ -404,8 +453,15 @@ def resolve_row(plpy, ref: str) -> dict:
 # -- registration from SQL ------------------------------------------------------------------
 
 
-def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, promote: bool) -> int:
-    """The body of dbdl.register_model: check the bytes with onnxruntime, then store a version."""
+_SOURCES = ("onnx", "torch")
+
+
+def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, promote: bool,
+                   source: str | None = "onnx", torch_program: bytes | None = None) -> int:
+    """The body of dbdl.register_model (both overloads; the Python client's db.models.register
+    uses the one with ``source`` and ``torch_program``). Every fact stored about the bytes —
+    sha256, signature, parameters, FLOPs, opset — is computed here from the bytes themselves,
+    never taken from the caller."""
     import hashlib
 
     from .runtime import make_session, signature_of
@@ -414,12 +470,19 @@ def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, 
         catalog.check_name(name)
         if onnx_bytes is None or not bytes(onnx_bytes):
             raise InvalidModel("the model bytes are empty; pass the contents of a .onnx file, e.g. pg_read_binary_file(...)")
+        source = source or "onnx"
+        if source not in _SOURCES:
+            raise InvalidName(f"source must be one of {', '.join(_SOURCES)}; got {source!r}")
+        if torch_program is not None and source != "torch":
+            raise InvalidModel("a torch program belongs to a model registered from torch; pass source => 'torch' or "
+                               "no torch_program")
         data = bytes(onnx_bytes)
-        signature = signature_of(make_session(data, threads=1))
         n_params, flops, opset = _facts(data)
+        signature = signature_of(make_session(data, threads=1))
         return catalog.store_version(
-            PlpyRunner(plpy), name, sha256=hashlib.sha256(data).hexdigest(), onnx_bytes=data, source="onnx",
-            signature=signature, n_params=n_params, flops_per_row=flops, opset=opset, description=description,
+            PlpyRunner(plpy, DEFINER), name, sha256=hashlib.sha256(data).hexdigest(), onnx_bytes=data, source=source,
+            signature=signature, n_params=n_params, flops_per_row=flops, opset=opset,
+            torch_program=None if torch_program is None else bytes(torch_program), description=description,
             promote=True if promote is None else bool(promote),
         )
     except Error as exc:
@@ -429,7 +492,7 @@ def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, 
 def admin(plpy, action: str, name: str, version: int | None) -> int:
     """drop / promote / rollback from SQL; returns the versions dropped or the version now serving."""
     try:
-        runner = PlpyRunner(plpy)
+        runner = PlpyRunner(plpy, DEFINER)
         if action == "drop":
             return catalog.drop(runner, name, version)
         if action == "promote":
@@ -464,7 +527,7 @@ def _facts(data: bytes) -> tuple[int, int, int]:
 def set_model_options(plpy, name: str, options: str) -> None:
     """The body of CALL dbdl.set_model_options(name, '{"cache": true}')."""
     try:
-        catalog.set_options(PlpyRunner(plpy), catalog.check_name(name), catalog.parse_options(options))
+        catalog.set_options(PlpyRunner(plpy, DEFINER), catalog.check_name(name), catalog.parse_options(options))
     except Error as exc:
         raise_for_sql(plpy, exc)
 
@@ -472,9 +535,25 @@ def set_model_options(plpy, name: str, options: str) -> None:
 def clear_cache(plpy, name: str) -> None:
     """The body of CALL dbdl.clear_cache(name)."""
     try:
-        runner = PlpyRunner(plpy)
+        runner = PlpyRunner(plpy, DEFINER)
         catalog.model_options(runner, name)  # an unknown model is an error, not a silent no-op
         catalog.clear_cache(runner, name)
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+def set_calibration(plpy, key: str, value: float) -> None:
+    """The body of dbdl.set_calibration: one constant of the planner's cost model."""
+    import math
+
+    try:
+        if not isinstance(key, str) or not catalog.NAME_RE.fullmatch(key):
+            raise InvalidName(f"calibration key {key!r} is not valid; keys are names like 'udf_row_s'")
+        if value is None or not math.isfinite(value):
+            raise InvalidName(f"calibration value for {key!r} must be a finite number, got {value!r}")
+        runner = PlpyRunner(plpy, DEFINER)
+        runner.execute("DELETE FROM dbdl.calibration WHERE key = ?", (key,))
+        runner.execute("INSERT INTO dbdl.calibration (key, value) VALUES (?, ?)", (key, float(value)))
     except Error as exc:
         raise_for_sql(plpy, exc)
 
@@ -491,11 +570,16 @@ _EXPORT_ROWS = 1024
 
 class _PlpySink:
     """dbdl_udf.datasets.export's backend: a cursor over the query, array_send() bytes decoded by
-    numpy, rows staged in a temporary table and written in row-id order with one INSERT."""
+    numpy, rows staged in a temporary table and written in row-id order with one INSERT.
+
+    It runs as the caller, through the caller's search_path: every function, operator and type in
+    the SQL it adds is qualified, and the catalog is read and written through definer functions."""
+
+    #: where the dataset tables go: dbdl_admin may create there, and no definer function looks there
+    schema = "dbdl_data"
 
     def __init__(self, plpy) -> None:
         self.plpy = plpy
-        self.catalog = PlpyRunner(plpy)
         self._insert = None
 
     def _q(self, name: str) -> str:
@@ -508,7 +592,7 @@ class _PlpySink:
         for name, oid in zip(result.colnames(), result.coltypes()):
             kind = ("int" if oid in _INT_OIDS else "float" if oid in _FLOAT_OIDS
                     else "array" if oid in _ARRAY_OIDS else "other")
-            type_name = self.plpy.execute(f"SELECT format_type({int(oid)}, NULL) AS t")[0]["t"]
+            type_name = self.plpy.execute(f"SELECT pg_catalog.format_type({int(oid)}, NULL) AS t")[0]["t"]
             out.append((name, kind, type_name))
         return out
 
@@ -516,9 +600,10 @@ class _PlpySink:
         from .datasets import decode_array_send
 
         if len(features) == 1 and kinds[features[0]] == "array":
-            expr = f"array_send(q.{self._q(features[0])})"
+            expr = f"pg_catalog.array_send(q.{self._q(features[0])})"
         else:
-            expr = "array_send(ARRAY[" + ", ".join(f"q.{self._q(c)}::float8" for c in features) + "])"
+            expr = ("pg_catalog.array_send(ARRAY[" + ", ".join(f"q.{self._q(c)}::pg_catalog.float8" for c in features)
+                    + "])")
         is_int = kinds[label] == "int"
         cursor = self.plpy.cursor(f"SELECT {expr} AS f, q.{self._q(label)} AS l FROM (\n{query}\n) AS q")
         pos = 0
@@ -536,13 +621,15 @@ class _PlpySink:
 
     def stage(self, first_pos, features, labels, label_dtype):
         if self._insert is None:
-            label_sql = "bigint" if label_dtype == "int64" else "real"
+            label_sql = _LABEL_TYPES[label_dtype]
             self.plpy.execute("DROP TABLE IF EXISTS pg_temp.dbdl_stage")
-            self.plpy.execute(f"CREATE TEMP TABLE dbdl_stage (pos bigint, features bytea, label {label_sql}) "
-                              "ON COMMIT DROP")
+            self.plpy.execute(f"CREATE TEMP TABLE pg_temp.dbdl_stage (pos pg_catalog.int8, features pg_catalog.bytea, "
+                              f"label {label_sql}) ON COMMIT DROP")
             self._insert = self.plpy.prepare(
-                f"INSERT INTO pg_temp.dbdl_stage SELECT * FROM unnest($1::bigint[], $2, $3::{label_sql}[])",
-                ["text", "bytea[]", "text"])
+                "INSERT INTO pg_temp.dbdl_stage SELECT u.pos, u.features, u.label FROM ROWS FROM "
+                f"(pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2), pg_catalog.unnest($3::{label_sql}[])) "
+                "AS u(pos, features, label)",
+                ["pg_catalog.text", "pg_catalog.bytea[]", "pg_catalog.text"])
         n = len(features)
         size = features.itemsize * (features.size // n)
         buf = features.tobytes()
@@ -552,15 +639,18 @@ class _PlpySink:
         self.plpy.execute(self._insert, [positions, blobs, "{" + ",".join(map(fmt, labels.tolist())) + "}"])
 
     def finish(self, table, row_ids, codes, width, dtype, label_dtype):
-        label_sql = "bigint" if label_dtype == "int64" else "real"
-        self.plpy.execute(f"CREATE TABLE {table} (row_id bigint PRIMARY KEY, features bytea NOT NULL, "
-                          f"label {label_sql} NOT NULL, split text NOT NULL)")
+        label_sql = _LABEL_TYPES[label_dtype]
+        self.plpy.execute(f"CREATE TABLE {table} (row_id pg_catalog.int8 PRIMARY KEY, features pg_catalog.bytea NOT NULL, "
+                          f"label {label_sql} NOT NULL, split pg_catalog.text NOT NULL)")
         # tensors are incompressible bytes: store them out of line without trying pglz on each
         self.plpy.execute(f"ALTER TABLE {table} ALTER COLUMN features SET STORAGE EXTERNAL")
         plan = self.plpy.prepare(
-            f"INSERT INTO {table} SELECT a.row_id, s.features, s.label, (ARRAY['train', 'validation', 'test'])"
-            f"[a.code + 1] FROM pg_temp.dbdl_stage s JOIN unnest($1::bigint[], $2::smallint[]) WITH ORDINALITY "
-            "AS a(row_id, code, ord) ON s.pos = a.ord - 1 ORDER BY a.row_id", ["text", "text"])
+            f"INSERT INTO {table} SELECT a.row_id, s.features, s.label, "
+            "(ARRAY['train', 'validation', 'test']::pg_catalog.text[])[a.code OPERATOR(pg_catalog.+) 1] "
+            "FROM pg_temp.dbdl_stage s JOIN ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), "
+            "pg_catalog.unnest($2::pg_catalog.int2[])) WITH ORDINALITY AS a(row_id, code, ord) "
+            "ON s.pos OPERATOR(pg_catalog.=) (a.ord OPERATOR(pg_catalog.-) 1) ORDER BY a.row_id",
+            ["pg_catalog.text", "pg_catalog.text"])
         self.plpy.execute(plan, ["{" + ",".join(map(str, row_ids.tolist())) + "}",
                                  "{" + ",".join(map(str, codes.tolist())) + "}"])
         self.plpy.execute("DROP TABLE pg_temp.dbdl_stage")
@@ -574,10 +664,26 @@ class _PlpySink:
     def share(self, relation: str) -> None:
         self.plpy.execute(f"GRANT SELECT ON {relation} TO dbdl_user")
 
+    # the catalog: dbdl.datasets is the owner's, read and written by definer functions
+    def dataset(self, name: str):
+        from .datasets import COLUMNS, _info
+
+        plan = INVOKER.get(self.plpy, "dataset_info", f"SELECT {COLUMNS} FROM dbdl.dataset_info($1)",
+                           ["pg_catalog.text"])
+        rows = self.plpy.execute(plan, [name])
+        return _info(tuple(rows[0][c.strip()] for c in COLUMNS.split(","))) if rows else None
+
+    def record(self, values: dict) -> None:
+        plan = INVOKER.get(self.plpy, "record_dataset", "SELECT dbdl.record_dataset($1)", ["pg_catalog.text"])
+        self.plpy.execute(plan, [json.dumps(values)])
+
+
+_LABEL_TYPES = {"int64": "pg_catalog.int8", "float32": "pg_catalog.float4"}
+
 
 def train_export(plpy, query, name, label, features, shape, dtype, train_fraction, validation_fraction,
                  seed) -> None:
-    """The body of CALL train_export(...)."""
+    """The body of CALL dbdl.train_export(...)."""
     from . import datasets
 
     try:
@@ -599,7 +705,8 @@ def train_export(plpy, query, name, label, features, shape, dtype, train_fractio
 _FILL_INSERT = (
     "INSERT INTO dbdl.result_cache (cache_id, key, output, label, gen) "
     "SELECT $1, u.k, u.o::real[], u.l, $2 FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.bytea[]), "
-    "pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::bigint[])) AS u(k, o, l) ORDER BY u.k USING OPERATOR(pg_catalog.<) ON CONFLICT DO NOTHING RETURNING 1")
+    "pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::bigint[])) AS u(k, o, l) "
+    "ORDER BY u.k USING OPERATOR(pg_catalog.<) ON CONFLICT DO NOTHING RETURNING 1")
 _F9 = "{:.9g}".format  # nine significant digits: every float32 reads back exactly
 
 
@@ -623,7 +730,7 @@ def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, in
     try:
         name, version, sha, signature, output = resolve(plpy, ref)
         model_ref = f"{name}@{version}"
-        runner = PlpyRunner(plpy)
+        runner = PlpyRunner(plpy, DEFINER)
         options = catalog.model_options(runner, name)
         if not options["cache"]:
             raise ConfigurationError(f"model {name!r} does not keep a result cache; switch it on with "
@@ -636,7 +743,7 @@ def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, in
         matrix, valid = _decode_inputs(present, width, model_ref)
         if not valid.any():
             return []
-        session, signature = _session(plpy, sha)
+        session, signature = _session(plpy, sha, DEFINER, model_ref)
         x = matrix[valid]
         y = np.concatenate([run_batch(session, signature, x[i:i + _ORT_ROWS], output)
                             for i in range(0, len(x), _ORT_ROWS)])
@@ -646,7 +753,7 @@ def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, in
         labels = [None] * len(keys) if out.shape[1] == 1 else np.argmax(out, axis=1).tolist()
         entry = resultcache.find_entry(runner, (name, version, sha, output), int(options["cache_max_bytes"]),
                                        width=out.shape[1], create=True)
-        plan = _plan(plpy, "cache_fill", _FILL_INSERT,
+        plan = DEFINER.get(plpy, "cache_fill", _FILL_INSERT,
                      ["pg_catalog.int4", "pg_catalog.int8", "pg_catalog.bytea[]", "pg_catalog.text[]",
                       "pg_catalog.int8[]"])
         inserted = len(plpy.execute(plan, [entry.cache_id, entry.gen, keys, literals, labels]))
@@ -665,7 +772,7 @@ def cache_record(plpy, ref: str, hits: int | None, misses: int | None, refresh: 
 
     try:
         name, version, sha, signature, output = resolve(plpy, ref)
-        runner = PlpyRunner(plpy)
+        runner = PlpyRunner(plpy, DEFINER)
         options = catalog.model_options(runner, name)
         entry = resultcache.find_entry(runner, (name, version, sha, output), int(options["cache_max_bytes"]))
         if entry is None or not options["cache"]:
@@ -673,11 +780,48 @@ def cache_record(plpy, ref: str, hits: int | None, misses: int | None, refresh: 
         refreshed = 0
         keys = [bytes(k) for k in (refresh or []) if k is not None]
         if keys:
-            plan = _plan(plpy, "cache_refresh",
-                         "UPDATE dbdl.result_cache SET gen = $1 WHERE cache_id = $2 AND gen < $1 - 1 "
-                         "AND key = ANY ($3) RETURNING 1", ["pg_catalog.int8", "pg_catalog.int4", "pg_catalog.bytea[]"])
+            plan = DEFINER.get(plpy, "cache_refresh",
+                               "UPDATE dbdl.result_cache SET gen = $1 WHERE cache_id OPERATOR(pg_catalog.=) $2 "
+                               "AND gen OPERATOR(pg_catalog.<) ($1 OPERATOR(pg_catalog.-) 1) "
+                               "AND key OPERATOR(pg_catalog.=) ANY ($3) RETURNING 1",
+                               ["pg_catalog.int8", "pg_catalog.int4", "pg_catalog.bytea[]"])
             refreshed = len(plpy.execute(plan, [entry.gen, entry.cache_id, keys]))
         resultcache.record(runner, entry, hits=max(0, int(hits or 0)), misses=max(0, int(misses or 0)),
                            refreshed=refreshed)
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+def record_dataset(plpy, row_json: str) -> None:
+    """The body of dbdl.record_dataset: the catalog row of a dataset train_export just wrote,
+    checked against the table it names (which must be the next version's, in dbdl_data)."""
+    from . import datasets
+
+    try:
+        datasets.record(PlpyRunner(plpy, DEFINER), json.loads(row_json), _table_rows(plpy))
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise_for_sql(plpy, InvalidName(f"dbdl.record_dataset takes the JSON train_export writes: {exc}"))
+
+
+def _table_rows(plpy):
+    def count(table: str) -> int | None:
+        rows = plpy.execute(DEFINER.get(
+            plpy, "dataset_table", "SELECT c.relkind FROM pg_catalog.pg_class c "
+            "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)", ["pg_catalog.text"]), [table])
+        if not rows or rows[0]["relkind"] != "r":
+            return None
+        # a plain table (no view): reading it runs nothing of its owner's, RLS does not bind the owner
+        return int(plpy.execute(f"SELECT pg_catalog.count(*) AS n FROM ONLY {table}")[0]["n"])
+    return count
+
+
+def forget_dataset(plpy, name: str) -> None:
+    """The body of dbdl.forget_dataset: db.datasets.drop's catalog row (the caller drops the table)."""
+    from . import datasets
+
+    try:
+        datasets.forget(PlpyRunner(plpy, DEFINER), name)
     except Error as exc:
         raise_for_sql(plpy, exc)

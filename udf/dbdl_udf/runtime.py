@@ -7,6 +7,7 @@ back as one matrix of outputs. Sessions are built once per model (by content has
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -151,14 +152,21 @@ class SessionCache:
         self._lock = threading.Lock()
         self.builds = 0
 
-    def get(self, sha256: str, load_bytes: Callable[[], bytes], threads: int = 0):
+    def get(self, sha256: str, load_bytes: Callable[[], bytes], threads: int = 0, model: str | None = None):
         key = (sha256, threads)
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
                 return hit
-        session = make_session(load_bytes(), threads)
+        data = load_bytes()
+        # the registry's key is a promise about the bytes: stored bytes changed behind the
+        # registry's back (a direct write to the blobs table) are never served
+        if hashlib.sha256(data).hexdigest() != sha256:
+            what = f"model {model!r}" if model else f"the model with sha256 {sha256[:12]}…"
+            raise InvalidModel(f"the stored bytes of {what} do not match their sha256 {sha256[:12]}… (they were changed "
+                               "outside dbdl's registry); register the model again from its file, or drop this version")
+        session = make_session(data, threads)
         entry = (session, signature_of(session))
         with self._lock:
             self._items[key] = entry

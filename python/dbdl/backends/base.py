@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 from urllib.parse import urlsplit
 
-from ..errors import ConnectionError
+from ..errors import ConcurrentChange, ConnectionError, QueryError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -34,6 +35,8 @@ BACKEND_MODULES = {
 }
 
 DEFAULT_URL = "duckdb:///dbdl_data.duckdb"
+
+_DUPLICATE_KEY = re.compile(r"duplicate key|violates (primary key|unique) constraint", re.I)
 
 
 class Backend(ABC):
@@ -135,6 +138,31 @@ class Backend(ABC):
         else:
             self.commit()
 
+    #: attempts of a registry write that met a concurrent writer (DuckDB's optimistic transactions)
+    WRITE_ATTEMPTS = 6
+
+    def write(self, change: Callable[[], Any]) -> Any:
+        """Run ``change()`` in one transaction; run it again (after a short, growing, jittered
+        pause) when a concurrent writer of the same model made it fail, and raise ConcurrentChange
+        after WRITE_ATTEMPTS. (PostgreSQL's writers wait on the model's row lock instead.)"""
+        import random
+        import time
+
+        for attempt in range(self.WRITE_ATTEMPTS):
+            try:
+                with self.transaction():
+                    return change()
+            except (ConcurrentChange, QueryError) as exc:
+                # DuckDB does not see another connection's uncommitted rows: two first registrations
+                # of a name both insert it, and one fails on the key. The registry's writes check for
+                # every row they add, so a duplicate key in them is always such a race.
+                if isinstance(exc, QueryError) and not _DUPLICATE_KEY.search(str(exc)):
+                    raise
+                if attempt == self.WRITE_ATTEMPTS - 1:
+                    raise ConcurrentChange(f"other sessions kept changing the same model at the same moment "
+                                           f"({exc}); run it again") from exc
+                time.sleep(random.uniform(0.005, 0.02) * 2 ** attempt)
+
     @contextlib.contextmanager
     def migration_lock(self) -> Iterator[None]:
         """Held while migrations run, against two concurrent `dbdl migrate` (default: nothing)."""
@@ -169,6 +197,65 @@ class Backend(ABC):
 
     def share_table(self, table: str) -> None:
         """Let every dbdl user read a table dbdl created (PostgreSQL grants SELECT to dbdl_user)."""
+
+    #: the schema of the tables the client creates (relation-centric weights, dataset tables):
+    #: PostgreSQL's dbdl_data, where dbdl_admin may create and dbdl's own functions never look
+    data_schema: ClassVar[str] = "dbdl"
+    #: the schema planned predict calls are qualified with (None: called unqualified)
+    function_schema: ClassVar[str | None] = None
+
+    # -- registry writes ------------------------------------------------------------------------
+    # Where the client may write the registry tables itself (DuckDB: whoever holds the file), these
+    # apply dbdl_udf.catalog's rules directly; PostgreSQL calls its SECURITY DEFINER functions, which
+    # apply the same rules as the owner and compute every fact about the bytes themselves.
+
+    def store_version(self, name: str, prepared: Any, *, description: str | None, promote: bool) -> int:
+        from dbdl_udf import catalog
+
+        return self.write(lambda: catalog.store_version(
+            self, name, sha256=prepared.sha256, onnx_bytes=prepared.onnx_bytes, source=prepared.source,
+            signature=prepared.signature, n_params=prepared.n_params, flops_per_row=prepared.flops_per_row,
+            opset=prepared.opset, torch_program=prepared.torch_program, description=description,
+            promote=promote))
+
+    def promote_version(self, name: str, version: int) -> None:
+        from dbdl_udf import catalog
+
+        self.write(lambda: catalog.promote(self, name, version))
+
+    def rollback_version(self, name: str) -> int:
+        from dbdl_udf import catalog
+
+        return self.write(lambda: catalog.rollback(self, name))
+
+    def drop_versions(self, name: str, version: int | None) -> int:
+        from dbdl_udf import catalog
+
+        return self.write(lambda: catalog.drop(self, name, version))
+
+    def set_model_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        from dbdl_udf import catalog
+
+        with self.transaction():
+            return catalog.set_options(self, name, options)
+
+    def clear_model_cache(self, name: str) -> None:
+        from dbdl_udf import catalog
+
+        with self.transaction():
+            catalog.clear_cache(self, name)
+
+    def set_calibration(self, values: dict[str, float]) -> None:
+        with self.transaction():
+            for key, value in values.items():
+                self.execute("DELETE FROM dbdl.calibration WHERE key = ?", (key,))
+                self.execute("INSERT INTO dbdl.calibration (key, value) VALUES (?, ?)", (key, float(value)))
+
+    def forget_dataset(self, name: str) -> None:
+        """Delete a dataset's catalog row (inside the caller's transaction)."""
+        from dbdl_udf import datasets
+
+        datasets.forget(self, name)
 
     def estimate_rows(self, sql: str) -> int:
         """Rows ``sql`` returns, cheaply (an exact count where counting is cheap)."""

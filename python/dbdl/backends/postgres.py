@@ -43,6 +43,39 @@ _PG_TYPES = {
 }
 
 
+_DBDL_ROUTINES = {"predict", "predict_array", "predict_class", "predict_into", "train_export"}
+_LEADING_CALL = re.compile(r"\s*CALL\s+(predict_into|train_export)\s*\(", re.I)
+_UNQUALIFIED_CALL = re.compile(r"(?<![.\w\"])(predict(_array|_class|_into)?|train_export)\s*\(", re.I)
+
+
+def qualify_dbdl_calls(sql: str) -> str:
+    """``dbdl.`` before each unqualified call of dbdl's functions and procedures, for statements
+    db.sql sends as written (text sqlglot cannot parse, ``CALL predict_into(...)``): since 0007
+    they live in schema dbdl, and the qualified name is the one no other schema can answer. Only
+    the fixed prefix is inserted, at token positions; string literals and quoted names are left."""
+    if not _UNQUALIFIED_CALL.search(sql):
+        return sql
+    # sqlglot's tokenizer keeps what follows CALL as one opaque token: the procedure name comes first
+    call = _LEADING_CALL.match(sql)
+    if call:
+        return sql[:call.start(1)] + "dbdl." + sql[call.start(1):]
+    from sqlglot.dialects.dialect import Dialect
+    from sqlglot.tokens import TokenType
+
+    try:
+        tokens = Dialect.get_or_raise(DbdlPostgres).tokenize(sql)
+    except Exception:  # noqa: BLE001 - text that does not even tokenize goes as written
+        return sql
+    out, last = [], 0
+    for i, token in enumerate(tokens):
+        if (token.token_type == TokenType.VAR and token.text.lower() in _DBDL_ROUTINES
+                and i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.L_PAREN
+                and (i == 0 or tokens[i - 1].token_type != TokenType.DOT)):
+            out += [sql[last:token.start], "dbdl."]
+            last = token.start
+    return "".join(out) + sql[last:]
+
+
 def default_python_path() -> list[str]:
     """What the server's Python needs: dbdl_udf, and numpy/onnxruntime from this environment."""
     paths = [str(udf_dir())]
@@ -59,6 +92,10 @@ class PostgresBackend(Backend):
     dialect = DbdlPostgres
     paramstyle = "format"
     has_procedures = True
+    # dbdl_admin creates relation-centric weight tables and dataset tables in dbdl_data; schema
+    # dbdl, on every definer function's search_path, is the owner's alone (docs/security.md)
+    data_schema = "dbdl_data"
+    function_schema = "dbdl"
     #: DL-centric execution keys predictions of one-table queries by this column
     row_identity = "ctid"
 
@@ -141,6 +178,42 @@ class PostgresBackend(Backend):
         ref = name if version is None else f"{name}@{version}"
         row = self.fetchone("SELECT name, version, sha256, signature FROM dbdl.resolve_model(?)", (ref,))
         return Pinned(row[0], int(row[1]), row[2], Signature.from_json(row[3]))
+
+    # -- registry writes: dbdl's SECURITY DEFINER functions, never the tables ------------------
+    # dbdl_admin has no INSERT/UPDATE/DELETE on the registry (migration 0007): the functions run
+    # dbdl_udf.catalog's rules as the owner and compute sha256, signature and costs from the bytes.
+
+    def store_version(self, name: str, prepared: Any, *, description: str | None, promote: bool) -> int:
+        row = self.fetchone("SELECT dbdl.register_model(?, ?, ?, ?, ?, ?)",
+                            (name, prepared.onnx_bytes, description, bool(promote), prepared.source,
+                             prepared.torch_program))
+        return int(row[0])
+
+    def promote_version(self, name: str, version: int) -> None:
+        self.execute("SELECT dbdl.promote_model(?, ?)", (name, int(version)))
+
+    def rollback_version(self, name: str) -> int:
+        return int(self.fetchone("SELECT dbdl.rollback_model(?)", (name,))[0])
+
+    def drop_versions(self, name: str, version: int | None) -> int:
+        return int(self.fetchone("SELECT dbdl.drop_model(?, ?)", (name, version))[0])
+
+    def set_model_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        from dbdl_udf import catalog
+
+        self.execute("CALL dbdl.set_model_options(?, ?)", (name, json.dumps(options)))
+        return catalog.model_options(self, name)
+
+    def clear_model_cache(self, name: str) -> None:
+        self.execute("CALL dbdl.clear_cache(?)", (name,))
+
+    def set_calibration(self, values: dict[str, float]) -> None:
+        with self.transaction():
+            for key, value in values.items():
+                self.execute("SELECT dbdl.set_calibration(?, ?)", (key, float(value)))
+
+    def forget_dataset(self, name: str) -> None:
+        self.execute("SELECT dbdl.forget_dataset(?)", (name,))
 
     def recorded_python_path(self) -> list[str] | None:
         row = self.fetchone("SELECT value FROM dbdl.settings WHERE key = 'python_path'")
@@ -261,6 +334,20 @@ class PostgresBackend(Backend):
         row = self.fetchone("SELECT relkind FROM pg_class WHERE oid = to_regclass(?)", (name,))
         return bool(row) and row[0] == "r"
 
+    def table_exists(self, schema: str, table: str) -> bool:
+        row = self.fetchone("SELECT c.relkind, c.relrowsecurity FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                            "ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE n.nspname OPERATOR(pg_catalog.=) ? "
+                            "AND c.relname OPERATOR(pg_catalog.=) ?", (schema, table))
+        if row is None:
+            return False
+        # dbdl_data's tables belong to whichever dbdl_admin made them, and every dbdl_user's plan
+        # reads them: a view or a row-security policy there would run its owner's expressions as
+        # the reader, so only a plain table without row security is used
+        if schema == self.data_schema and (row[0] != "r" or row[1]):
+            raise QueryError(f"{schema}.{table} is not a plain table without row security, so dbdl will not read it; "
+                             f"an administrator should DROP it (dbdl creates it again on the next query)")
+        return True
+
     def can_create_tables(self, schema: str) -> bool:
         row = self.fetchone("SELECT has_schema_privilege(current_user, ?, 'CREATE')", (schema,))
         return bool(row and row[0])
@@ -282,10 +369,14 @@ class PostgresBackend(Backend):
     # -- planning hooks --------------------------------------------------------------------
 
     def predict_call(self, kind: str, model: ResolvedModel, features: exp.Expression) -> exp.Expression:
-        # the functions live in the server; planning pins the version in the reference
-        return exp.Anonymous(this=_SQL_NAMES[kind], expressions=[exp.Literal.string(model.ref), features])
+        # the functions live in the server; planning pins the version in the reference. Always
+        # qualified: an unqualified name would be looked up on the caller's search_path, where a
+        # function of the same name in another schema could be a better match
+        call = exp.Anonymous(this=_SQL_NAMES[kind], expressions=[exp.Literal.string(model.ref), features])
+        return exp.Dot(this=exp.to_identifier(self.function_schema), expression=call)
 
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
+        sql = qualify_dbdl_calls(sql)
         try:
             if params:
                 sql = qmark_to_format(sql)
@@ -309,7 +400,7 @@ class PostgresBackend(Backend):
         if isinstance(exc, psycopg.errors.SyntaxError):
             return QueryError(f"the query does not parse: {primary}")
         if isinstance(exc, (psycopg.errors.AmbiguousFunction, psycopg.errors.UndefinedFunction)) and re.match(
-                r"function predict(_array|_class)?\(", primary):
+                r"function (dbdl\.)?predict(_array|_class)?\(", primary):
             return DTypeMismatch(
                 f"{primary}: predict's features must be numbers, as a typed numeric array (real[], "
                 "double precision[], integer[]) or float32 bytea; add a cast, e.g. '{1,2,3}'::real[]")

@@ -36,7 +36,7 @@ class DatasetRegistry:
         cache folder); returns what was dropped."""
         backend = self._db.backend
         with backend.transaction():
-            info = _rules.drop(backend, name)
+            info = _rules.drop(backend, name, forget_row=backend.forget_dataset)
         if cache:
             from . import cache as cache_mod
 

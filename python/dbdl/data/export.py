@@ -1,9 +1,9 @@
-"""``db.train_export`` and ``CALL train_export(...)`` from the client.
+"""``db.train_export`` and ``CALL dbdl.train_export(...)`` from the client.
 
 PostgreSQL runs the export inside the server (the procedure ``train_export``, whose body is
 ``dbdl_udf.postgres.train_export``); the client calls it with bound parameters. DuckDB has no
 procedures, so the client runs the same rules (``dbdl_udf.datasets.export``) with the DuckDB sink
-below, and ``db.sql("CALL train_export(...)")`` is recognised and carried out here.
+below, and ``db.sql("CALL dbdl.train_export(...)")`` is recognised and carried out here.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def train_export(db: "Database", source_query: str, dataset_name: str, *, label_
     backend = db.backend
     if getattr(backend, "has_procedures", False):
         backend.execute(
-            "CALL train_export(?, ?, ?, CAST(? AS text[]), CAST(? AS integer[]), ?, ?, ?, ?)",
+            "CALL dbdl.train_export(?, ?, ?, CAST(? AS pg_catalog.text[]), CAST(? AS pg_catalog.int4[]), ?, ?, ?, ?)",
             (spec.query, spec.name, spec.label, list(spec.features) if spec.features else None,
              list(spec.shape) if spec.shape else None, spec.dtype, spec.train_fraction, spec.validation_fraction,
              spec.seed))
@@ -98,11 +98,20 @@ class DuckDBSink:
     temporary table, then written in row-id order (so that a range of row ids is a range of
     storage, which DuckDB's zone maps skip to)."""
 
+    schema = "dbdl"
+
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self.con = backend.con
         self.catalog = backend
         self._stage: str | None = None
+
+    def dataset(self, name: str) -> DatasetInfo | None:
+        found = self.catalog.fetchall("SELECT name FROM dbdl.datasets WHERE name = ?", (name,))
+        return datasets.get(self.catalog, name) if found else None
+
+    def record(self, row: dict) -> None:
+        datasets.record(self.catalog, row)
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.backend.execute(sql, params)
@@ -251,7 +260,7 @@ def _array_matrix(column: pa.Array | pa.ChunkedArray, first_pos: int) -> tuple[n
     return matrix, valid
 
 
-# -- CALL train_export(...) on backends without procedures --------------------------------------------
+# -- CALL dbdl.train_export(...) on backends without procedures --------------------------------------------
 
 
 def summary(infos: Sequence[DatasetInfo]) -> pa.Table:

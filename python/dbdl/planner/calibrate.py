@@ -120,8 +120,5 @@ def calibrate(db: "Database", rows: int = 20000, progress: bool = True) -> dict[
             for name in names:
                 db.models.drop(name)
             db.sql(f"DROP TABLE IF EXISTS {table}")
-    with db.backend.transaction():
-        for key, value in measured.items():
-            db.backend.execute("DELETE FROM dbdl.calibration WHERE key = ?", (key,))
-            db.backend.execute("INSERT INTO dbdl.calibration (key, value) VALUES (?, ?)", (key, float(value)))
+    db.backend.set_calibration(measured)
     return measured

@@ -36,12 +36,42 @@ class PlannedStatement:
     plans: list = field(default_factory=list)
 
 
+#: the schema dbdl's functions live in: ``dbdl.predict(...)`` is planned like ``predict(...)``
+FUNCTION_SCHEMA = "dbdl"
+
+
 def find_predict_calls(tree: exp.Expression) -> list[exp.Anonymous]:
-    return [
-        node
-        for node in tree.find_all(exp.Anonymous)
-        if isinstance(node.this, str) and node.this.lower() in PREDICT_FUNCTIONS
-    ]
+    """Every ``predict(...)``, ``predict_array(...)``, ``predict_class(...)``, unqualified or
+    qualified with dbdl's schema; a function of that name in another schema is someone else's."""
+    calls = []
+    for node in tree.find_all(exp.Anonymous):
+        if not (isinstance(node.this, str) and node.this.lower() in PREDICT_FUNCTIONS):
+            continue
+        qualifier = _qualifier(node)
+        if qualifier is None or qualifier.lower() == FUNCTION_SCHEMA:
+            calls.append(node)
+    return calls
+
+
+def _qualifier(call: exp.Anonymous) -> str | None:
+    parent = call.parent
+    if isinstance(parent, exp.Dot) and parent.expression is call:
+        return parent.this.name if isinstance(parent.this, exp.Identifier) else parent.this.sql()
+    return None
+
+
+def call_node(call: exp.Anonymous) -> exp.Expression:
+    """The node a call's rewrite replaces: the call, or the ``dbdl.`` qualified name around it."""
+    return call.parent if _qualifier(call) is not None else call
+
+
+def unpinned_call(backend: "Backend", call: exp.Anonymous) -> exp.Expression:
+    """A call whose model is a column, spelled as the backend's in-database function (PostgreSQL:
+    ``dbdl.predict``, which no function of someone else's in another schema can shadow)."""
+    bare = exp.Anonymous(this=call.this.lower(), expressions=[a.copy() for a in call.expressions])
+    if backend.function_schema is None:
+        return bare
+    return exp.Dot(this=exp.to_identifier(backend.function_schema), expression=bare)
 
 
 HINT_RE = re.compile(r"/\*\+\s*dbdl\s+strategy\s*=\s*(\w+)\s*\*/", re.I)
@@ -111,7 +141,9 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                 raise StrategyUnavailable(
                     f"strategy {strategy!r} plans one known model; a model named by a column runs with "
                     "strategy='udf'")
-            continue  # a model named by a column: resolved row by row inside the database
+            # a model named by a column: resolved row by row inside the database
+            call_node(call).replace(unpinned_call(backend, call))
+            continue
         resolved = resolve(backend, model_arg.this)
         check_output_kind(kind, resolved)
         planned.models.append(resolved)
@@ -143,12 +175,13 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                 e.seconds, e.reason = None, "predict is not inside a SELECT … FROM …"
             if e.strategy != "udf" and e.feasible and parameters:
                 e.seconds, e.reason = None, "the features hold bound parameters, which only the in-database form takes"
-            if e.strategy == "relation" and e.feasible and not backend.can_create_tables("dbdl"):
+            if e.strategy == "relation" and e.feasible and not backend.can_create_tables(backend.data_schema):
                 from ..strategies.relation import missing_weight_tables
 
                 if missing_weight_tables(backend, resolved, e.layout or "element"):
                     e.seconds, e.reason = None, ("its weight tables do not exist yet and this role may not create "
-                                                 "them in schema dbdl: run the query once as dbdl_admin")
+                                                 f"them in schema {backend.data_schema}: run the query once as "
+                                                 "dbdl_admin")
         chosen = strategy
         if chosen is None:
             feasible = [e for e in candidates if e.feasible]
@@ -210,10 +243,11 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             replacement = joined[key].copy()
         else:
             replacement = backend.predict_call(kind, resolved, features.copy())
-        if isinstance(call.parent, exp.Select) and call.arg_key == "expressions":
+        node = call_node(call)
+        if isinstance(node.parent, exp.Select) and node.arg_key == "expressions":
             # an unaliased select-list call keeps the name users expect (as PostgreSQL names it)
             replacement = exp.alias_(replacement, call.this.lower())
-        call.replace(replacement)
+        node.replace(replacement)
     if ctes:
         # CREATE TABLE … AS / INSERT … SELECT: the CTEs belong to the query inside
         query = tree if isinstance(tree, exp.Query) else tree.find(exp.Query)

@@ -83,7 +83,7 @@ def missing_weight_tables(backend: "Backend", model: ResolvedModel, layout: str)
     builder = SQLBuilder(backend.name, lambda kind_, cols: names.append(f"rel_{model.sha256[:16]}_{kind_}") or "x",
                          layout=layout)
     compile_graph(model_graph(backend, model), builder, "src")
-    return [n for n in names if not backend.table_exists("dbdl", n)]
+    return [n for n in names if not backend.table_exists(backend.data_schema, n)]
 
 
 def _length_checked(backend: "Backend", model: ResolvedModel, features: exp.Expression) -> exp.Expression:
@@ -104,9 +104,9 @@ def _length_checked(backend: "Backend", model: ResolvedModel, features: exp.Expr
 
 
 def _weights_table(backend: "Backend", model: ResolvedModel, kind: str, columns: dict[str, np.ndarray]) -> str:
-    name = f"rel_{model.sha256[:16]}_{kind}"
-    if not backend.table_exists("dbdl", name):
-        backend.write_arrow(f"dbdl.{name}", pa.table(
+    schema, name = backend.data_schema, f"rel_{model.sha256[:16]}_{kind}"
+    if not backend.table_exists(schema, name):
+        backend.write_arrow(f"{schema}.{name}", pa.table(
             {c: v if isinstance(v, pa.Array) else pa.array(v) for c, v in columns.items()}))
-        backend.share_table(f"dbdl.{name}")
-    return f"dbdl.{name}"
+        backend.share_table(f"{schema}.{name}")
+    return f"{schema}.{name}"
