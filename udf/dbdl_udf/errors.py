@@ -15,6 +15,7 @@ __all__ = [
     "InvalidModel",
     "ShapeMismatch",
     "DTypeMismatch",
+    "ModelRuntimeError",
     "MigrationError",
     "QueryError",
     "StrategyUnavailable",
@@ -51,6 +52,11 @@ class ShapeMismatch(Error, ValueError):
 
 class DTypeMismatch(Error, TypeError):
     """Features of a type that cannot be fed to a model (text, nested values, ...)."""
+
+
+class ModelRuntimeError(Error, RuntimeError):
+    """A registered model that fails while it runs: onnxruntime refused a batch (a shape error inside
+    the graph, memory), or the model returned outputs of another shape than it declares."""
 
 
 class MigrationError(Error):

@@ -145,7 +145,7 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
         if not valid[0]:
             return None
         session, signature = _session(plpy, sha)
-        y = shape_outputs(run_batch(session, signature, x, output), kind, ref, signature.outputs[output].name)
+        y = shape_outputs(run_batch(session, signature, x, output, ref), kind, ref, signature.outputs[output].name)
         return y[0].tolist()
     except Error as exc:
         raise_for_sql(plpy, exc)
@@ -315,7 +315,7 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
             if valid.any():
                 x = matrix if valid.all() else matrix[valid]
                 # onnxruntime is fastest on a few thousand rows at a time (they stay in cache)
-                y = np.concatenate([run_batch(session, signature, x[i:i + _ORT_ROWS], output)
+                y = np.concatenate([run_batch(session, signature, x[i:i + _ORT_ROWS], output, ref)
                                     for i in range(0, len(x), _ORT_ROWS)])
                 out = shape_outputs(y, kind, ref, signature.outputs[output].name)
             if kind == "array":

@@ -330,7 +330,7 @@ class DuckDBBackend(Backend):
                 if not valid.any():
                     return pa.nulls(n, out_type)
                 x = matrix if valid.all() else matrix[valid]
-                y = shape_outputs(run_batch(session, signature, x, output), kind, ref, output_name)
+                y = shape_outputs(run_batch(session, signature, x, output, ref), kind, ref, output_name)
                 if fixed:
                     return _fixed_size(n, valid, y)
                 return _assemble(kind, n, [(valid, y)], out_type)
@@ -382,7 +382,7 @@ class DuckDBBackend(Backend):
                 continue
             check_features(signature, matrix.shape[1], model.ref)
             x = matrix if rows.all() else matrix[rows]
-            y = run_batch(session, signature, x, model.output_index)
+            y = run_batch(session, signature, x, model.output_index, model.ref)
             results.append((rows, shape_outputs(y, kind, model.ref, model.output_spec.name)))
         return _assemble(kind, n, results, out_type)
 

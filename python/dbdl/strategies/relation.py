@@ -33,7 +33,11 @@ def model_graph(backend: "Backend", model: ResolvedModel):
     if graph is None:
         import onnx
 
-        graph = _graphs[model.sha256] = from_onnx(onnx.load_from_string(load_model_bytes(backend, model.sha256)))
+        from dbdl_udf.modelcheck import check_model_bytes
+
+        data = load_model_bytes(backend, model.sha256)
+        check_model_bytes(data, f"model {model.ref!r}")  # from_onnx decodes tensors: never from a file
+        graph = _graphs[model.sha256] = from_onnx(onnx.load_from_string(data))
     return graph
 
 
