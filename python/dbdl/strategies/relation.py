@@ -59,7 +59,7 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     numbered = (
         exp.select(exp.alias_(_length_checked(backend, model, exp.column("dbdl_f")), "dbdl_f"),
                    exp.alias_(exp.Window(this=exp.RowNumber()), "rid"))
-        .from_(exp.alias_(exp.Subquery(this=distinct_features(select, features)), "dbdl_d", table=True))
+        .from_(exp.alias_(exp.Subquery(this=distinct_features(select, features, backend.name)), "dbdl_d", table=True))
     )
     builder = SQLBuilder(dialect, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
                          prefix=f"dbdl_{k}_r", layout=layout)
