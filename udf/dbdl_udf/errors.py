@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "Error",
     "InvalidName",
+    "InvalidArgument",
     "ModelNotFound",
     "DatasetNotFound",
     "InvalidModel",
@@ -32,6 +33,10 @@ class Error(Exception):
 
 class InvalidName(Error, ValueError):
     """A model, dataset or table name that dbdl will not accept."""
+
+
+class InvalidArgument(Error, ValueError):
+    """An argument out of range or of the wrong kind (a batch size of 0, an unknown predict kind)."""
 
 
 class ModelNotFound(Error, LookupError):

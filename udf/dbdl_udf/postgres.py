@@ -18,7 +18,7 @@ import numpy as np
 from typing import Sequence
 
 from . import catalog
-from .errors import DTypeMismatch, Error, InvalidModel, InvalidName, ModelNotFound, ShapeMismatch
+from .errors import DTypeMismatch, Error, InvalidArgument, InvalidModel, InvalidName, ModelNotFound, ShapeMismatch
 from .runtime import SESSIONS, Signature, check_features, run_batch, shape_outputs
 
 _SQLSTATE = {
@@ -29,6 +29,8 @@ _SQLSTATE = {
     "InvalidModel": "22023",
     "DatasetNotFound": "42704",
     "QueryError": "42601",  # syntax_error
+    "ModelRuntimeError": "38000",  # external_routine_exception: the model failed while it ran
+    "InvalidArgument": "22023",
 }
 _KINDS = ("scalar", "array", "class")
 _plans: dict[str, Any] = {}
@@ -187,7 +189,9 @@ def decode_array_send(blobs: list[bytes | None], width: int, ref: str = "the mod
         return _decode_numeric_arrays(blobs, width, ref)
     if dtype is None:
         raise DTypeMismatch(f"model {ref!r} takes numeric features (real[], double precision[], integer[] or "
-                            f"float32 bytea); got an array of type oid {elem_oid} — cast the column, e.g. col::real[]")
+                            f"float32 bytea); got "
+                            + ("boolean[] — booleans are not features: cast them, e.g. col::int[]::real[]"
+                               if elem_oid == 16 else f"an array of type oid {elem_oid} — cast the column, e.g. col::real[]"))
     if ndim != 1:
         got = 0 if ndim == 0 else "a multi-dimensional array"
         raise ShapeMismatch(f"model {ref!r} takes {width} features per row as a one-dimensional array; got {got}")
@@ -249,12 +253,22 @@ def _decode_numeric_arrays(blobs: list, width: int, ref: str) -> tuple[np.ndarra
     return matrix, valid
 
 
+_MAX_BATCH_ROWS = 1 << 20  # a batch is held in memory as Python rows: a million is already plenty
+
+
 def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_rows: int) -> int:
     """Score every row of ``query`` (key, features) in batches and insert (key, prediction) into
     ``target``, which is created when missing. Runs with the caller's privileges."""
     try:
         if kind not in _KINDS:
-            raise InvalidName(f"kind must be one of {', '.join(_KINDS)}; got {kind!r}")
+            raise InvalidArgument(f"predict_into's kind must be one of {', '.join(map(repr, _KINDS))}; got {kind!r} — "
+                                  "e.g. CALL predict_into('m', 'SELECT id, feats FROM t', 'scores', kind => 'class')")
+        if batch_rows is None or not 1 <= batch_rows <= _MAX_BATCH_ROWS:
+            raise InvalidArgument(f"predict_into's batch_rows must be a number of rows from 1 to {_MAX_BATCH_ROWS}; got "
+                                  f"{batch_rows!r} — leave it out for the default (8192)")
+        if not isinstance(query, str) or not isinstance(target, str):
+            raise InvalidArgument("predict_into needs a query (text returning a key and the features) and a target "
+                                  "table name; got NULL")
         name, version, sha, signature, output = resolve_definer(plpy, model)
         ref = f"{name}@{version}"
         width = signature.n_features

@@ -33,6 +33,7 @@ _ORT_TO_NUMPY = {
 }
 
 OUTPUT_KINDS = ("scalar", "array", "class")
+MAX_VALUES_PER_ROW = 1 << 24  # 64 MiB of float32 per row: far past any feature or output vector
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,12 @@ def _spec_from_ort(arg, *, is_input: bool) -> TensorSpec:
             "rows (e.g. ReduceMean over axis 0, Reshape to [-1]); keep axis 0 as the batch axis and re-export"
         )
     dims: list[int | None] = [d if isinstance(d, int) and d > 0 else None for d in rest]
+    known = [d for d in dims if d is not None]
+    if known and prod(known) > MAX_VALUES_PER_ROW:
+        raise InvalidModel(
+            f"{'input' if is_input else 'output'} {arg.name!r} has shape {shape}: {prod(known)} values per row, more "
+            f"than the {MAX_VALUES_PER_ROW} dbdl takes or returns per row — check the model's shapes"
+        )
     if is_input and any(d is None for d in dims):
         raise InvalidModel(
             f"input {arg.name!r} has shape {shape}: only the batch axis may be dynamic, because each row's "

@@ -155,6 +155,7 @@ class DuckDBBackend(Backend):
         """DL-centric: Arrow record batches out, ``score`` on each, an Arrow table back in."""
         from ..strategies.dl import BATCH_ROWS
 
+        reader = None
         try:
             reader = self.con.sql(source_sql).to_arrow_reader(BATCH_ROWS)
             keys, outputs = [], []
@@ -171,6 +172,9 @@ class DuckDBBackend(Backend):
                                pa.array(_scatter(len(feats), valid, y), mask=~valid))
         except duckdb.Error as exc:
             raise self._translate(exc) from exc
+        finally:
+            if reader is not None:  # a failed batch must not leave the connection's result open
+                reader.close()
         data = pa.table({"dbdl_f": pa.concat_arrays(keys) if keys else pa.array([], pa.list_(pa.float32())),
                          "dbdl_prediction": pa.concat_arrays(outputs) if outputs else pa.array([], pa.float32())})
         view = f"{table}_arrow"
@@ -199,7 +203,7 @@ class DuckDBBackend(Backend):
     def on_connect(self, db: Any) -> None:
         self.con.execute(
             "CREATE OR REPLACE TEMP MACRO dbdl_numeric_features(x, message) AS "
-            "CASE WHEN regexp_matches(typeof(x), 'VARCHAR|BLOB|JSON|BIT') "
+            "CASE WHEN regexp_matches(typeof(x), 'VARCHAR|BLOB|JSON|BIT|BOOL') "
             "THEN error('dbdl.DTypeMismatch: ' || message || typeof(x)) ELSE x END"
         )
         # Generic forms, for SQL that names the model with a column: any numeric list, the model

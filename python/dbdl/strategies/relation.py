@@ -103,8 +103,16 @@ def _length_checked(backend: "Backend", model: ResolvedModel, features: exp.Expr
         expression=exp.Cast(this=length.copy(), to=exp.DataType.build("TEXT")))
     fail = (exp.Anonymous(this="error", expressions=[message]) if backend.name == "duckdb"
             else exp.Anonymous(this="dbdl.fail", expressions=[message, features.copy()]))
-    return exp.Case(ifs=[exp.If(this=exp.NEQ(this=length, expression=exp.Literal.number(width)), true=fail)],
-                    default=features)
+    checked = exp.Case(ifs=[exp.If(this=exp.NEQ(this=length, expression=exp.Literal.number(width)), true=fail)],
+                       default=features)
+    if backend.name == "duckdb":
+        # the same refusal of text and booleans as the UDF path (dbdl_numeric_features is DuckDB's
+        # macro, folded away when the types are numeric); PostgreSQL cannot cast them at all
+        message = exp.Literal.string(
+            f"model {model.ref!r} takes numeric features (FLOAT[{width}], DOUBLE[{width}] or a list of numbers); "
+            f"convert the column, e.g. CAST(col AS FLOAT[{width}]) — got ")
+        checked = exp.Anonymous(this="dbdl_numeric_features", expressions=[checked, message])
+    return checked
 
 
 def _weights_table(backend: "Backend", model: ResolvedModel, kind: str, columns: dict[str, np.ndarray]) -> str:
