@@ -100,12 +100,13 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
         # de-duplication of feature arrays, and a join on a 6-byte key instead of on the arrays
         source = source_rows(select)
         source.set("expressions", [exp.alias_(identity.copy(), "dbdl_k"), exp.alias_(features.copy(), "dbdl_f")])
-        source.where(scorable(features, backend.name), copy=False)
+        # NULL elements are the decoders' to spot (features may be bytea on PostgreSQL)
+        source.where(scorable(features), copy=False)
         backend.score_into_temp_table(source.sql(dialect=backend.dialect), scorer(backend, model, kind), kind, table,
                                       keyed=True)
         on = exp.EQ(this=exp.column("dbdl_k", table=table), expression=identity.copy())
     else:
-        source = distinct_features(select, features, backend.name).sql(dialect=backend.dialect)
+        source = distinct_features(select, features).sql(dialect=backend.dialect)
         backend.score_into_temp_table(source, scorer(backend, model, kind), kind, table)
         on = exp.EQ(this=exp.column("dbdl_f", table=table), expression=features.copy())
     select.join(exp.to_table(table), on=on, join_type="left", copy=False)
