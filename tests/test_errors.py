@@ -208,8 +208,9 @@ def test_bad_references_reach_the_server_functions_as_invalid_name(db, table, ml
 
 def test_non_text_references(db, table, mlp_onnx):
     db.models.register("m", mlp_onnx)
-    with pytest.raises((dbdl.InvalidName, dbdl.DTypeMismatch, dbdl.QueryError)):
-        db.sql("SELECT predict_array(42, feats) FROM t")
+    for literal in ("42", "1.5", "TRUE"):
+        with pytest.raises(dbdl.InvalidName, match="model reference as text"):
+            db.sql(f"SELECT predict_array({literal}, feats) FROM t")
     from dbdl_udf.catalog import parse_ref
 
     for bad in (None, 42, b"m", ["m"]):
