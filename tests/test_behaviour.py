@@ -397,3 +397,55 @@ def test_relation_strategy_needs_a_known_model_and_supported_operators(db, table
         db.sql("SELECT predict_array('multi', feats) FROM t", strategy="relation")
     with pytest.raises(dbdl.StrategyUnavailable, match="unknown strategy"):
         db.sql("SELECT predict_array('m', feats) FROM t", strategy="gpu")
+
+
+# -- NULL semantics and empty inputs: one rule for every strategy and backend ---------------------
+
+
+def _with_holes(db, features: np.ndarray) -> None:
+    """Table h: row i has its features, except i % 5 == 1 (a NULL array) and i % 5 == 2 (an array
+    whose element i % 8 is NULL)."""
+    rows = []
+    for i, f in enumerate(features[:40]):
+        if i % 5 == 1:
+            rows.append(None)
+        elif i % 5 == 2:
+            values = f.tolist()
+            values[i % 8] = None
+            rows.append(values)
+        else:
+            rows.append(f.tolist())
+    import pyarrow as pa
+
+    db.create_table("h", {"id": np.arange(len(rows)), "feats": pa.array(rows, pa.list_(pa.float32()))})
+
+
+@pytest.mark.parametrize("fn", ["predict_array", "predict", "predict_class"])
+def test_null_array_and_null_element_give_null(db, features, mlp_onnx, scorer_onnx, strategy, fn):
+    db.models.register("m", scorer_onnx if fn == "predict" else mlp_onnx)
+    _with_holes(db, features)
+    rows = sorted(db.sql(f"SELECT id, {fn}('m', feats) FROM h", strategy=strategy).fetchall())
+    expected = run_onnx(scorer_onnx if fn == "predict" else mlp_onnx, {"x": features[:40]})
+    assert [i for i, _ in rows] == list(range(40))
+    for i, value in rows:
+        if i % 5 in (1, 2):
+            assert value is None, (i, value)
+        elif fn == "predict_array":
+            np.testing.assert_allclose(value, expected[i], atol=ATOL)
+        elif fn == "predict":
+            np.testing.assert_allclose(value, expected[i, 0], atol=ATOL)
+        else:
+            assert value == int(expected[i].argmax())
+
+
+def test_all_null_and_empty_inputs(db, features, mlp_onnx, strategy):
+    db.models.register("m", mlp_onnx)
+    _with_holes(db, features)
+    holes = sorted(db.sql("SELECT id, predict_array('m', feats) FROM h WHERE id % 5 IN (1, 2)",
+                          strategy=strategy).fetchall())
+    assert holes == [(i, None) for i in range(40) if i % 5 in (1, 2)]
+    assert db.sql("SELECT id, predict_array('m', feats) FROM h WHERE id < 0", strategy=strategy).fetchall() == []
+    db.create_table("empty", {"id": np.arange(0), "feats": np.zeros((0, 8), np.float32)})
+    assert db.sql("SELECT id, predict_class('m', feats) FROM empty", strategy=strategy).fetchall() == []
+    assert db.sql("SELECT count(*), max(predict_class('m@1:y', feats)) FROM empty",
+                  strategy=strategy).fetchall() == [(0, None)]

@@ -12,6 +12,7 @@ from typing import Any
 
 
 from dbdl_udf.cost import estimate_cost
+from dbdl_udf.modelcheck import check_model_bytes
 from dbdl_udf.runtime import Signature, make_session, signature_of
 
 from .errors import InvalidModel
@@ -50,6 +51,11 @@ def prepare(model: Any, example: Any = None, *, opset: int | None = None) -> Pre
             f"cannot register a {type(model).__name__}; pass a torch.nn.Module (with example=...), "
             "an onnx.ModelProto, ONNX bytes or the path of a .onnx file"
         )
+    if not onnx_bytes:
+        raise InvalidModel("the model bytes are empty; pass the contents of a .onnx file")
+    # before onnx's checker, the cost estimate (which decodes tensors) or onnxruntime see the model:
+    # none of them may be led to open a file the model names
+    check_model_bytes(onnx_bytes)
     proto = _check_onnx(onnx_bytes)
     session = make_session(onnx_bytes, threads=1)
     signature = signature_of(session)

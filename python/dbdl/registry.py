@@ -95,7 +95,8 @@ class LoadedModel:
             x = x[None, :]
         x = x.reshape(len(x), -1)
         check_features(self.info.signature, x.shape[1], self.info.ref)
-        return run_batch(self.session, self.info.signature, x, self.info.signature.output_index(output))
+        return run_batch(self.session, self.info.signature, x, self.info.signature.output_index(output),
+                         self.info.ref)
 
 
 # read through the dbdl.model_catalog view, which PostgreSQL's dbdl_user role may read

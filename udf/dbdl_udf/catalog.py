@@ -16,7 +16,9 @@ from .errors import ConfigurationError, InvalidName, ModelNotFound
 from .runtime import Signature
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_REF_RE = re.compile(r"(?P<name>[^@:]*)(?:@(?P<version>[^:]*))?(?::(?P<output>.+))?", re.S)
+_REF_RE = re.compile(r"(?P<name>[^@:]*)(?:@(?P<version>[^:]*))?(?::(?P<output>.*))?", re.S)
+MAX_REF_CHARS = 512  # a name (63) + a version + an ONNX output name; longer text is not a reference
+MAX_VERSION = 2**31 - 1  # versions are stored as integer
 
 
 class SQLRunner(Protocol):
@@ -38,19 +40,27 @@ def parse_ref(text: object) -> tuple[str, int | None, str | None]:
     """'name', 'name@3' or 'name@3:output' -> (name, version, output)."""
     if not isinstance(text, str):
         raise InvalidName(f"a model reference must be text like 'fraud' or 'fraud@3', got {text!r}")
+    if len(text) > MAX_REF_CHARS:
+        raise InvalidName(f"model reference {text[:40]!r}… is {len(text)} characters long; a reference is "
+                          f"'name', 'name@version' or 'name@version:output', at most {MAX_REF_CHARS} characters")
     m = _REF_RE.fullmatch(text.strip())
-    assert m is not None  # the pattern matches any string
+    if m is None:  # several ':' or '@' in odd places
+        raise InvalidName(f"model reference {text!r} is not valid; write 'name', 'name@3' or 'name@3:output'")
     name = check_name(m["name"])
     version = None
     if m["version"] is not None:
-        if not m["version"].isdigit() or int(m["version"]) < 1:
+        digits = m["version"]
+        if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= MAX_VERSION:
             raise InvalidName(
                 f"model reference {text!r} has version {m['version']!r}; a version is a whole number from 1, "
                 f"as in '{name}@1'"
             )
-        version = int(m["version"])
-    return name, version, m["output"]
-
+        version = int(digits)
+    output = m["output"]
+    if output is not None and not output.strip():
+        raise InvalidName(f"model reference {text!r} names an empty output after ':'; name one of the model's "
+                          f"outputs, as in '{name}:probabilities', or leave out the ':' for the first output")
+    return name, version, output
 
 def _one(db: SQLRunner, sql: str, params: Sequence[Any] = ()) -> tuple | None:
     rows = db.fetchall(sql, params)
@@ -235,9 +245,9 @@ def set_options(db: SQLRunner, name: str, changes: dict[str, Any]) -> dict[str, 
         kind = OPTIONS[key][0]
         if kind is bool and not isinstance(value, bool):
             raise ConfigurationError(f"model option {key!r} takes true or false, got {value!r}")
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise ConfigurationError(f"model option {key!r} takes a whole number of bytes above 0 (e.g. {1 << 30} "
-                                     f"for 1 GiB), got {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_BYTES):
+            raise ConfigurationError(f"model option {key!r} takes a whole number of bytes from 1 to {MAX_BYTES} "
+                                     f"(1 PiB; e.g. {1 << 30} for 1 GiB), got {value!r}")
         current[key] = value
     stored = {k: v for k, v in current.items() if v != OPTIONS[k][1]}
     db.execute("UPDATE dbdl.models SET options = ? WHERE name = ?", (json.dumps(stored, sort_keys=True), name))
@@ -246,10 +256,21 @@ def set_options(db: SQLRunner, name: str, changes: dict[str, Any]) -> dict[str, 
     return current
 
 
+#: bound of byte-valued options: sums of them stay far inside a bigint (dbdl.cache_stats adds them up)
+MAX_BYTES = 1 << 50
+MAX_OPTIONS_CHARS = 4096
+
+
 def parse_options(text: object) -> dict[str, Any]:
     """Options given as JSON text (the SQL form), e.g. '{"cache": true}'."""
+    if isinstance(text, str) and len(text) > MAX_OPTIONS_CHARS:
+        raise ConfigurationError(f"model options are {len(text)} characters of JSON; options are a small object "
+                                 f"such as '{{\"cache\": true}}' (at most {MAX_OPTIONS_CHARS} characters)")
     try:
         value = json.loads(text) if isinstance(text, str) else None
+    except RecursionError as exc:
+        raise ConfigurationError("model options nest too deeply; pass a flat JSON object such as "
+                                 "'{\"cache\": true}'") from exc
     except ValueError as exc:
         raise ConfigurationError(f"model options must be a JSON object such as '{{\"cache\": true}}': {exc}") from exc
     if not isinstance(value, dict):

@@ -10,11 +10,13 @@ from __future__ import annotations
 __all__ = [
     "Error",
     "InvalidName",
+    "InvalidArgument",
     "ModelNotFound",
     "DatasetNotFound",
     "InvalidModel",
     "ShapeMismatch",
     "DTypeMismatch",
+    "ModelRuntimeError",
     "MigrationError",
     "QueryError",
     "StrategyUnavailable",
@@ -32,6 +34,10 @@ class Error(Exception):
 
 class InvalidName(Error, ValueError):
     """A model, dataset or table name that dbdl will not accept."""
+
+
+class InvalidArgument(Error, ValueError):
+    """An argument out of range or of the wrong kind (a batch size of 0, an unknown predict kind)."""
 
 
 class ModelNotFound(Error, LookupError):
@@ -52,6 +58,11 @@ class ShapeMismatch(Error, ValueError):
 
 class DTypeMismatch(Error, TypeError):
     """Features of a type that cannot be fed to a model (text, nested values, ...)."""
+
+
+class ModelRuntimeError(Error, RuntimeError):
+    """A registered model that fails while it runs: onnxruntime refused a batch (a shape error inside
+    the graph, memory), or the model returned outputs of another shape than it declares."""
 
 
 class MigrationError(Error):

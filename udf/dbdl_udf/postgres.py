@@ -17,7 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import catalog
-from .errors import ConfigurationError, DTypeMismatch, Error, InvalidModel, InvalidName, ModelNotFound, ShapeMismatch
+from .errors import (ConfigurationError, DTypeMismatch, Error, InvalidArgument, InvalidModel, InvalidName,
+                     ModelNotFound, ShapeMismatch)
+from .modelcheck import check_model_bytes
 from .runtime import SESSIONS, Signature, check_features, run_batch, shape_outputs
 
 _SQLSTATE = {
@@ -28,6 +30,8 @@ _SQLSTATE = {
     "InvalidModel": "22023",
     "DatasetNotFound": "42704",
     "QueryError": "42601",  # syntax_error
+    "ModelRuntimeError": "38000",  # external_routine_exception: the model failed while it ran
+    "InvalidArgument": "22023",
 }
 _KINDS = ("scalar", "array", "class")
 
@@ -166,7 +170,7 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
         if not valid[0]:
             return None
         session, signature = _session(plpy, sha, DEFINER, ref)
-        y = shape_outputs(run_batch(session, signature, x, output), kind, ref, signature.outputs[output].name)
+        y = shape_outputs(run_batch(session, signature, x, output, ref), kind, ref, signature.outputs[output].name)
         return y[0].tolist()
     except Error as exc:
         raise_for_sql(plpy, exc)
@@ -208,7 +212,9 @@ def decode_array_send(blobs: list[bytes | None], width: int, ref: str = "the mod
         return _decode_numeric_arrays(blobs, width, ref)
     if dtype is None:
         raise DTypeMismatch(f"model {ref!r} takes numeric features (real[], double precision[], integer[] or "
-                            f"float32 bytea); got an array of type oid {elem_oid} — cast the column, e.g. col::real[]")
+                            f"float32 bytea); got "
+                            + ("boolean[] — booleans are not features: cast them, e.g. col::int[]::real[]"
+                               if elem_oid == 16 else f"an array of type oid {elem_oid} — cast the column, e.g. col::real[]"))
     if ndim != 1:
         got = 0 if ndim == 0 else "a multi-dimensional array"
         raise ShapeMismatch(f"model {ref!r} takes {width} features per row as a one-dimensional array; got {got}")
@@ -270,6 +276,9 @@ def _decode_numeric_arrays(blobs: list, width: int, ref: str) -> tuple[np.ndarra
     return matrix, valid
 
 
+_MAX_BATCH_ROWS = 1 << 20  # a batch is held in memory as Python rows: a million is already plenty
+
+
 def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_rows: int) -> int:
     """Score every row of ``query`` (key, features) in batches and insert (key, prediction) into
     ``target``, which is created when missing. Runs with the caller's privileges and through the
@@ -278,7 +287,14 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
     finds first, a public.array_send(real[]) say, must not run in another role's call)."""
     try:
         if kind not in _KINDS:
-            raise InvalidName(f"kind must be one of {', '.join(_KINDS)}; got {kind!r}")
+            raise InvalidArgument(f"predict_into's kind must be one of {', '.join(map(repr, _KINDS))}; got {kind!r} — "
+                                  "e.g. CALL predict_into('m', 'SELECT id, feats FROM t', 'scores', kind => 'class')")
+        if batch_rows is None or not 1 <= batch_rows <= _MAX_BATCH_ROWS:
+            raise InvalidArgument(f"predict_into's batch_rows must be a number of rows from 1 to {_MAX_BATCH_ROWS}; got "
+                                  f"{batch_rows!r} — leave it out for the default (8192)")
+        if not isinstance(query, str) or not isinstance(target, str):
+            raise InvalidArgument("predict_into needs a query (text returning a key and the features) and a target "
+                                  "table name; got NULL")
         name, version, sha, signature, output = resolve_definer(plpy, model)
         ref = f"{name}@{version}"
         width = signature.n_features
@@ -344,7 +360,7 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
             if valid.any():
                 x = matrix if valid.all() else matrix[valid]
                 # onnxruntime is fastest on a few thousand rows at a time (they stay in cache)
-                y = np.concatenate([run_batch(session, signature, x[i:i + _ORT_ROWS], output)
+                y = np.concatenate([run_batch(session, signature, x[i:i + _ORT_ROWS], output, ref)
                                     for i in range(0, len(x), _ORT_ROWS)])
                 out = shape_outputs(y, kind, ref, signature.outputs[output].name)
             if kind == "array":
@@ -477,6 +493,8 @@ def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, 
             raise InvalidModel("a torch program belongs to a model registered from torch; pass source => 'torch' or "
                                "no torch_program")
         data = bytes(onnx_bytes)
+        # before onnx's checker or onnxruntime look at the bytes: nothing in them may open a file
+        check_model_bytes(data)
         n_params, flops, opset = _facts(data)
         signature = signature_of(make_session(data, threads=1))
         return catalog.store_version(
@@ -745,7 +763,7 @@ def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, in
             return []
         session, signature = _session(plpy, sha, DEFINER, model_ref)
         x = matrix[valid]
-        y = np.concatenate([run_batch(session, signature, x[i:i + _ORT_ROWS], output)
+        y = np.concatenate([run_batch(session, signature, x[i:i + _ORT_ROWS], output, model_ref)
                             for i in range(0, len(x), _ORT_ROWS)])
         out = shape_outputs(y, "array", model_ref, signature.outputs[output].name)
         keys = [hashlib.sha256(b).digest() for b, ok in zip(present, valid.tolist()) if ok]

@@ -17,7 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DTypeMismatch, InvalidModel, ShapeMismatch
+from .errors import DTypeMismatch, Error, InvalidModel, ModelRuntimeError, ShapeMismatch
+from .modelcheck import check_model_bytes
 
 # onnxruntime element types -> numpy dtypes that dbdl can feed from float features.
 _ORT_TO_NUMPY = {
@@ -33,6 +34,7 @@ _ORT_TO_NUMPY = {
 }
 
 OUTPUT_KINDS = ("scalar", "array", "class")
+MAX_VALUES_PER_ROW = 1 << 24  # 64 MiB of float32 per row: far past any feature or output vector
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,21 @@ def _spec_from_ort(arg, *, is_input: bool) -> TensorSpec:
             "re-export with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}) "
             "or dynamic_shapes)"
         )
+    if not is_input and isinstance(batch, int) and batch > 0:
+        # the inputs' batch axis is dynamic, so a fixed one here means the output does not follow
+        # the rows (a reduction or reshape across rows): each row would get another row's values
+        raise InvalidModel(
+            f"output {arg.name!r} has shape {shape}, a fixed batch size of {batch}, while the inputs take any "
+            "number of rows; dbdl needs one output row per input row — the model reduces or reshapes across "
+            "rows (e.g. ReduceMean over axis 0, Reshape to [-1]); keep axis 0 as the batch axis and re-export"
+        )
     dims: list[int | None] = [d if isinstance(d, int) and d > 0 else None for d in rest]
+    known = [d for d in dims if d is not None]
+    if known and prod(known) > MAX_VALUES_PER_ROW:
+        raise InvalidModel(
+            f"{'input' if is_input else 'output'} {arg.name!r} has shape {shape}: {prod(known)} values per row, more "
+            f"than the {MAX_VALUES_PER_ROW} dbdl takes or returns per row — check the model's shapes"
+        )
     if is_input and any(d is None for d in dims):
         raise InvalidModel(
             f"input {arg.name!r} has shape {shape}: only the batch axis may be dynamic, because each row's "
@@ -123,7 +139,11 @@ def signature_of(session) -> Signature:
 
 
 def make_session(model_bytes: bytes, threads: int = 0):
-    """An onnxruntime CPU session for ``model_bytes`` (``threads=0``: onnxruntime's default)."""
+    """An onnxruntime CPU session for ``model_bytes`` (``threads=0``: onnxruntime's default).
+
+    The bytes are checked first (no external data, no custom-operator domains): they may have
+    been stored before dbdl checked them at registration, or written behind dbdl's back."""
+    check_model_bytes(model_bytes)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -208,9 +228,16 @@ def as_float_matrix(values, n_rows: int, n_features: int) -> np.ndarray:
     return arr.reshape(n_rows, n_features)
 
 
-def run_batch(session, signature: Signature, features: np.ndarray, output: int = 0) -> np.ndarray:
-    """Run ``session`` on a (rows x features) matrix; the chosen output as a (rows x values) matrix."""
+def run_batch(session, signature: Signature, features: np.ndarray, output: int = 0,
+              model_ref: str = "the model") -> np.ndarray:
+    """Run ``session`` on a (rows x features) matrix; the chosen output as a (rows x values) matrix.
+
+    The output must have one row per input row and the width the model declares: a model that
+    ignores the batch axis would otherwise hand each row values computed from other rows."""
     n = features.shape[0]
+    spec_out = signature.outputs[output]
+    if n == 0:
+        return np.zeros((0, spec_out.per_row or 0), dtype=np.float32)
     feeds = {}
     start = 0
     for spec in signature.inputs:
@@ -221,14 +248,47 @@ def run_batch(session, signature: Signature, features: np.ndarray, output: int =
         if part.dtype != np.dtype(spec.dtype):
             part = part.astype(spec.dtype)
         feeds[spec.name] = np.ascontiguousarray(part)
-    result = session.run([signature.outputs[output].name], feeds)[0]
-    return np.asarray(result).reshape(n, -1)
+    try:
+        result = np.asarray(session.run([spec_out.name], feeds)[0])
+    except Error:
+        raise
+    except Exception as exc:  # onnxruntime's Fail / InvalidArgument / RuntimeException, MemoryError
+        text = " ".join(str(exc).split())[:400]
+        raise ModelRuntimeError(
+            f"model {model_ref!r} failed in onnxruntime on a batch of {n} rows ({exc.__class__.__name__}: {text}); "
+            "the model cannot run on these features — check it with onnxruntime on a batch of the same shape, "
+            "or register a version that accepts any number of rows"
+        ) from exc
+    return checked_output(result, n, spec_out, model_ref)
+
+
+def checked_output(result: np.ndarray, n: int, spec: TensorSpec, model_ref: str) -> np.ndarray:
+    """A model's output for ``n`` rows as (rows x values), or ModelRuntimeError when it has another
+    row count or another width than ``spec`` declares (the same rule for onnxruntime and torch)."""
+    result = np.asarray(result)
+    if result.ndim == 0 or result.shape[0] != n:
+        raise ModelRuntimeError(
+            f"model {model_ref!r} returned output {spec.name!r} of shape {list(result.shape)} for a batch of "
+            f"{n} rows; dbdl needs exactly one output row per input row — the model mixes rows (e.g. a Concat, "
+            "Tile, Reshape or reduction over axis 0): keep axis 0 as the batch axis and register a fixed version"
+        )
+    width = int(prod(result.shape[1:]))
+    declared = spec.per_row
+    if declared is not None and width != declared:
+        raise ModelRuntimeError(
+            f"model {model_ref!r} returned {width} values per row for output {spec.name!r} (shape "
+            f"{list(result.shape)} for {n} rows) but declares {declared} (shape {list(spec.shape)}); fix the "
+            "model's declared output shape or its graph, then register it again"
+        )
+    return result.reshape(n, width)
 
 
 def shape_outputs(values: np.ndarray, kind: str, model_ref: str, output_name: str) -> np.ndarray:
     """Turn a (rows x values) output into what predict (scalar), predict_array or predict_class returns."""
     if kind == "array":
         return values.astype(np.float32, copy=False)
+    if len(values) == 0:  # an empty batch: nothing to check the width of
+        return np.zeros(0, dtype=np.int64 if kind == "class" else np.float32)
     if kind == "class":
         if values.shape[1] < 2:
             raise ShapeMismatch(

@@ -158,6 +158,7 @@ class DuckDBBackend(Backend):
         """DL-centric: Arrow record batches out, ``score`` on each, an Arrow table back in."""
         from ..strategies.dl import BATCH_ROWS
 
+        reader = None
         try:
             reader = self.con.sql(source_sql).to_arrow_reader(BATCH_ROWS)
             keys, outputs = [], []
@@ -174,6 +175,9 @@ class DuckDBBackend(Backend):
                                pa.array(_scatter(len(feats), valid, y), mask=~valid))
         except duckdb.Error as exc:
             raise self._translate(exc) from exc
+        finally:
+            if reader is not None:  # a failed batch must not leave the connection's result open
+                reader.close()
         data = pa.table({"dbdl_f": pa.concat_arrays(keys) if keys else pa.array([], pa.list_(pa.float32())),
                          "dbdl_prediction": pa.concat_arrays(outputs) if outputs else pa.array([], pa.float32())})
         view = f"{table}_arrow"
@@ -202,7 +206,7 @@ class DuckDBBackend(Backend):
     def on_connect(self, db: Any) -> None:
         self.con.execute(
             "CREATE OR REPLACE TEMP MACRO dbdl_numeric_features(x, message) AS "
-            "CASE WHEN regexp_matches(typeof(x), 'VARCHAR|BLOB|JSON|BIT') "
+            "CASE WHEN regexp_matches(typeof(x), 'VARCHAR|BLOB|JSON|BIT|BOOL') "
             "THEN error('dbdl.DTypeMismatch: ' || message || typeof(x)) ELSE x END"
         )
         # Generic forms, for SQL that names the model with a column: any numeric list, the model
@@ -333,7 +337,7 @@ class DuckDBBackend(Backend):
                 if not valid.any():
                     return pa.nulls(n, out_type)
                 x = matrix if valid.all() else matrix[valid]
-                y = shape_outputs(run_batch(session, signature, x, output), kind, ref, output_name)
+                y = shape_outputs(run_batch(session, signature, x, output, ref), kind, ref, output_name)
                 if fixed:
                     return _fixed_size(n, valid, y)
                 return _assemble(kind, n, [(valid, y)], out_type)
@@ -385,7 +389,7 @@ class DuckDBBackend(Backend):
                 continue
             check_features(signature, matrix.shape[1], model.ref)
             x = matrix if rows.all() else matrix[rows]
-            y = run_batch(session, signature, x, model.output_index)
+            y = run_batch(session, signature, x, model.output_index, model.ref)
             results.append((rows, shape_outputs(y, kind, model.ref, model.output_spec.name)))
         return _assemble(kind, n, results, out_type)
 

@@ -397,6 +397,11 @@ class PostgresBackend(Backend):
             return PermissionDenied(
                 f"{primary}; ask an administrator for GRANT dbdl_user TO <role> (predict, read the catalog) or "
                 "GRANT dbdl_admin TO <role> (also register and drop models)")
+        if isinstance(exc, psycopg.errors.CannotCoerce) and "boolean" in primary:
+            # relation-centric SQL casts the features to numbers: booleans are refused as the
+            # server's predict functions refuse them
+            return DTypeMismatch(
+                f"{primary}: predict's features must be numbers, not booleans; cast them, e.g. col::int[]::real[]")
         if isinstance(exc, psycopg.errors.SyntaxError):
             return QueryError(f"the query does not parse: {primary}")
         if isinstance(exc, (psycopg.errors.AmbiguousFunction, psycopg.errors.UndefinedFunction)) and re.match(

@@ -53,7 +53,12 @@ def train_export(db: "Database", source_query: str, dataset_name: str, *, label_
              spec.seed))
         return datasets.get(backend, spec.name)
     trees = parse(spec.query, backend.dialect)
-    if trees is None or len(trees) != 1 or not isinstance(trees[0], exp.Query):
+    # DuckDB's own parser has the last word on how many statements it would run
+    try:
+        statements = len(backend.con.extract_statements(spec.query))
+    except Exception:  # noqa: BLE001 - DuckDB's parse errors: sqlglot's verdict stands
+        statements = None
+    if trees is None or len(trees) != 1 or statements not in (None, 1) or not isinstance(trees[0], exp.Query):
         raise QueryError("train_export's source query must be one SELECT statement (it may use WITH, joins and "
                          "UNION); check the SQL")
     sink = DuckDBSink(backend)

@@ -39,6 +39,19 @@ DIALECT_SQL = {
 }
 
 
+def no_null_elements(dialect: str, features):
+    """A sqlglot condition: the array ``features`` holds no NULL element. Joins and dot products
+    would otherwise skip the NULL (PostgreSQL's SUM) or fail (DuckDB's list_dot_product)."""
+    import sqlglot.expressions as exp
+
+    if dialect == "duckdb":  # list_count counts the non-NULL elements
+        return exp.EQ(this=exp.Anonymous(this="list_count", expressions=[features.copy()]),
+                      expression=exp.Anonymous(this="len", expressions=[features.copy()]))
+    # array_position finds NULL with IS NOT DISTINCT FROM
+    return exp.Is(this=exp.Anonymous(this="array_position", expressions=[features.copy(), exp.Null()]),
+                  expression=exp.Null())
+
+
 @dataclass(frozen=True)
 class Relation:
     name: str  # CTE holding (rid, i, v)

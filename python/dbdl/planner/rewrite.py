@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import sqlglot
 import sqlglot.expressions as exp
 
-from ..errors import QueryError, ShapeMismatch, StrategyUnavailable
+from ..errors import InvalidName, QueryError, ShapeMismatch, StrategyUnavailable
 from ..registry import ResolvedModel, resolve
 
 if TYPE_CHECKING:
@@ -136,6 +136,9 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                 f"{call.this}('fraud', feats); got {len(args)}"
             )
         model_arg, features = args
+        if isinstance(model_arg, (exp.Literal, exp.Boolean)) and not getattr(model_arg, "is_string", False):
+            raise InvalidName(f"{call.this}() takes the model reference as text, as in {call.this}('fraud', feats) "
+                              f"or {call.this}('fraud@3', feats); got {model_arg.sql()}")
         if not (isinstance(model_arg, exp.Literal) and model_arg.is_string):
             if strategy in ("relation", "dl"):
                 raise StrategyUnavailable(

@@ -46,13 +46,23 @@ def _add_enclosing_ctes(select: exp.Expression, query: exp.Select) -> None:
         node = node.parent
 
 
-def distinct_features(select: exp.Select, features: exp.Expression) -> exp.Select:
+def distinct_features(select: exp.Select, features: exp.Expression, dialect: str | None = None) -> exp.Select:
     """SELECT DISTINCT <features> AS dbdl_f over source_rows(select), NULL features left out (they
-    give NULL): each feature vector the SELECT needs scored, once."""
+    give NULL): each feature vector the SELECT needs scored, once. With ``dialect``, arrays holding
+    a NULL element are left out too (they give NULL as well, under every strategy)."""
     rows = source_rows(select)
     rows.set("expressions", [exp.alias_(features.copy(), "dbdl_f")])
     rows.set("distinct", exp.Distinct())
-    return rows.where(exp.Not(this=exp.Is(this=features.copy(), expression=exp.Null())), copy=False)
+    return rows.where(scorable(features, dialect), copy=False)
+
+
+def scorable(features: exp.Expression, dialect: str | None = None) -> exp.Expression:
+    """The condition for a row to be scored: features not NULL and (with ``dialect``) no NULL
+    element — otherwise its prediction is NULL, as the in-database functions return."""
+    from ..ir.sql import no_null_elements
+
+    present = exp.Not(this=exp.Is(this=features.copy(), expression=exp.Null()))
+    return present if dialect is None else exp.and_(present, no_null_elements(dialect, features.copy()))
 
 
 def _has_prediction_or_parameter(node: exp.Expression) -> bool:

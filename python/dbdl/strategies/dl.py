@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import sqlglot.expressions as exp
 
-from dbdl_udf.runtime import SESSIONS, check_features, run_batch, shape_outputs
+from dbdl_udf.runtime import SESSIONS, check_features, checked_output, run_batch, shape_outputs
 
 from ..registry import ResolvedModel, load_model_bytes
-from .common import distinct_features, enclosing_select, source_rows
+from .common import distinct_features, enclosing_select, scorable, source_rows
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -45,12 +45,12 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[[np.
                 batch = np.array(x, dtype=np.float32).reshape((len(x), *model.signature.inputs[0].shape))
                 y = module(torch.from_numpy(batch).to(device))  # a writable copy: Arrow buffers are read-only
             y = y[output] if isinstance(y, (tuple, list)) else y
-            return y.float().cpu().numpy().reshape(len(x), -1)
+            return checked_output(y.float().cpu().numpy(), len(x), spec, model.ref)
     else:
         session, signature = SESSIONS.get(model.sha256, lambda: load_model_bytes(backend, model.sha256), 0)
 
         def run(x: np.ndarray) -> np.ndarray:
-            return run_batch(session, signature, x, output)
+            return run_batch(session, signature, x, output, model.ref)
 
     def score(x: np.ndarray) -> np.ndarray:
         check_features(model.signature, x.shape[1], model.ref)
@@ -100,7 +100,8 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
         # de-duplication of feature arrays, and a join on a 6-byte key instead of on the arrays
         source = source_rows(select)
         source.set("expressions", [exp.alias_(identity.copy(), "dbdl_k"), exp.alias_(features.copy(), "dbdl_f")])
-        source.where(exp.Not(this=exp.Is(this=features.copy(), expression=exp.Null())), copy=False)
+        # NULL elements are the decoders' to spot (features may be bytea on PostgreSQL)
+        source.where(scorable(features), copy=False)
         backend.score_into_temp_table(source.sql(dialect=backend.dialect), scorer(backend, model, kind), kind, table,
                                       keyed=True)
         on = exp.EQ(this=exp.column("dbdl_k", table=table), expression=identity.copy())

@@ -33,7 +33,11 @@ def model_graph(backend: "Backend", model: ResolvedModel):
     if graph is None:
         import onnx
 
-        graph = _graphs[model.sha256] = from_onnx(onnx.load_from_string(load_model_bytes(backend, model.sha256)))
+        from dbdl_udf.modelcheck import check_model_bytes
+
+        data = load_model_bytes(backend, model.sha256)
+        check_model_bytes(data, f"model {model.ref!r}")  # from_onnx decodes tensors: never from a file
+        graph = _graphs[model.sha256] = from_onnx(onnx.load_from_string(data))
     return graph
 
 
@@ -55,7 +59,7 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     numbered = (
         exp.select(exp.alias_(_length_checked(backend, model, exp.column("dbdl_f")), "dbdl_f"),
                    exp.alias_(exp.Window(this=exp.RowNumber()), "rid"))
-        .from_(exp.alias_(exp.Subquery(this=distinct_features(select, features)), "dbdl_d", table=True))
+        .from_(exp.alias_(exp.Subquery(this=distinct_features(select, features, backend.name)), "dbdl_d", table=True))
     )
     builder = SQLBuilder(dialect, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
                          prefix=f"dbdl_{k}_r", layout=layout)
@@ -99,8 +103,16 @@ def _length_checked(backend: "Backend", model: ResolvedModel, features: exp.Expr
         expression=exp.Cast(this=length.copy(), to=exp.DataType.build("TEXT")))
     fail = (exp.Anonymous(this="error", expressions=[message]) if backend.name == "duckdb"
             else exp.Anonymous(this="dbdl.fail", expressions=[message, features.copy()]))
-    return exp.Case(ifs=[exp.If(this=exp.NEQ(this=length, expression=exp.Literal.number(width)), true=fail)],
-                    default=features)
+    checked = exp.Case(ifs=[exp.If(this=exp.NEQ(this=length, expression=exp.Literal.number(width)), true=fail)],
+                       default=features)
+    if backend.name == "duckdb":
+        # the same refusal of text and booleans as the UDF path (dbdl_numeric_features is DuckDB's
+        # macro, folded away when the types are numeric); PostgreSQL cannot cast them at all
+        message = exp.Literal.string(
+            f"model {model.ref!r} takes numeric features (FLOAT[{width}], DOUBLE[{width}] or a list of numbers); "
+            f"convert the column, e.g. CAST(col AS FLOAT[{width}]) — got ")
+        checked = exp.Anonymous(this="dbdl_numeric_features", expressions=[checked, message])
+    return checked
 
 
 def _weights_table(backend: "Backend", model: ResolvedModel, kind: str, columns: dict[str, np.ndarray]) -> str:
