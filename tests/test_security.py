@@ -523,3 +523,77 @@ def test_upgrading_a_0006_database_moves_admin_tables_and_drops_the_public_funct
             db.models.register("m", mlp_onnx)
     finally:
         pg_server.drop_database("dbdl_sec_upgrade")
+
+
+# -- the SQL the Python client generates --------------------------------------------------------
+
+def _deep_model() -> torch.nn.Module:
+    torch.manual_seed(11)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8), torch.nn.Sigmoid(),
+                               torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1))
+
+
+@pytest.mark.parametrize("attacker", ["user", "admin"])
+def test_the_sql_dbdl_generates_never_runs_a_planted_overload(world, attacker, features):
+    """db.sql turns predict calls into SQL that runs with the victim's rights and path: the
+    relation-centric layers, the DL-centric and cached joins, the cache's look-up and fill. Exact
+    and better-matching overloads of every built-in that SQL uses, planted in public and in a
+    schema the victim searches before pg_catalog, never run in it, and the predictions are right."""
+    role = world["roles"][attacker]
+    with dbdl.connect(world["url"]) as db:
+        db.models.register("deep", _deep_model(), example=torch.randn(1, 8))
+        db.models.register("cached", _deep_model(), example=torch.randn(1, 8), description="cache on")
+        db.models.set_options("cached", cache=True)
+        for name in ("deep", "cached"):  # the weight tables, made by the owner
+            db.sql(f"SELECT count(predict_array('{name}', feats)) FROM t", strategy="relation")
+        db.models.clear_cache("cached")
+        con = db.backend.con
+        con.execute(f"CREATE SCHEMA planted AUTHORIZATION {role}")
+        con.execute("GRANT USAGE ON SCHEMA planted TO PUBLIC")
+        expected = db.models.load("deep")(features[:20])
+    with connect(world, attacker) as con:
+        for schema in ("public", "planted"):
+            for fn, args, returns in (
+                    ("cardinality", "real[]", "integer"), ("array_position", "real[], real", "integer"),
+                    ("unnest", "real[]", "SETOF real"), ("array_send", "real[]", "bytea"),
+                    ("sha256", "bytea", "bytea"), ("exp", "double precision", "double precision"),
+                    ("exp", "numeric", "numeric")):
+                ret = "" if returns.startswith("SETOF") else "NULL"
+                con.execute(f"CREATE FUNCTION {schema}.{fn}({args}) RETURNS {returns} LANGUAGE plpgsql AS "
+                            f"$${evil_body(f'{schema}.{fn}')}RETURN {ret}; END$$")
+            for agg, arg, state in (("sum", "double precision", "double precision"), ("max", "double precision",
+                                    "double precision"), ("array_agg", "bigint", "bigint[]"),
+                                    ("array_agg", "double precision", "double precision[]"), ("min", "tid", "tid"),
+                                    ("count", "bigint", "bigint")):
+                step = f"step_{agg}_{abs(hash((schema, arg)))}"
+                con.execute(f"CREATE FUNCTION {schema}.{step}({state}, {arg}) RETURNS {state} LANGUAGE plpgsql AS "
+                            f"$${evil_body(f'{schema}.{agg}({arg})')}RETURN $1; END$$")
+                con.execute(f"CREATE AGGREGATE {schema}.{agg}({arg}) (SFUNC = {schema}.{step}, STYPE = {state})")
+            for op, left, right in (("=", "real[]", "real[]"), ("=", "bytea", "bytea"), ("=", "bigint", "bigint"),
+                                    ("=", "tid", "tid"), ("<>", "integer", "integer"), ("||", "text", "text"),
+                                    ("/", "numeric", "double precision"), ("*", "numeric", "double precision"),
+                                    ("-", "numeric", "double precision"), ("+", "numeric", "double precision"),
+                                    ("*", "double precision", "real"), ("+", "double precision", "real"),
+                                    ("-", "bigint", "integer"), ("-", "double precision", "double precision"),
+                                    ("/", "double precision", "double precision"), (">", "bigint", "integer"),
+                                    ("<=", "bigint", "integer"), ("<", "bigint", "integer")):
+                fn = f"op_{abs(hash((schema, op, left, right)))}"
+                result = "boolean" if op in ("=", "<>", ">", "<", "<=") else ("text" if op == "||" else right)
+                con.execute(f"CREATE FUNCTION {schema}.{fn}({left}, {right}) RETURNS {result} LANGUAGE plpgsql AS "
+                            f"$${evil_body(f'{schema} {op}')}RETURN NULL; END$$")
+                con.execute(f"CREATE OPERATOR {schema}.{op} (LEFTARG = {left}, RIGHTARG = {right}, "
+                            f"FUNCTION = {schema}.{fn})")
+    for victim in (None, "analyst"):
+        url = world["url"] if victim is None else world["server"].url(world["db"], world["roles"][victim])
+        with dbdl.connect(url, migrate=False) as db:
+            db.backend.execute("SET search_path = planted, public, pg_catalog")
+            for strategy in ("relation", "dl", "udf", None):
+                for model in ("deep", "cached"):
+                    got = np.array([r[1] for r in db.sql(
+                        f"SELECT id, predict_array('{model}', feats) AS p FROM t ORDER BY id", strategy=strategy
+                    ).fetchall()], dtype=np.float32)
+                    np.testing.assert_allclose(got, expected, atol=1e-5)
+                labels = [r[0] for r in db.sql("SELECT predict_class('deep', f) FROM (SELECT feats AS f FROM t "
+                                               "ORDER BY id) AS s", strategy=strategy).fetchall()]
+                assert sorted(labels) == sorted(expected.argmax(axis=1).tolist())
+    assert_nothing_ran_as_another_role(world, attacker)

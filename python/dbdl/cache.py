@@ -115,11 +115,11 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
     # 2. the one join with the cache: the hits (an entry that does not exist yet has none)
     cleanup.append(results)
     cid, gen = (entry.cache_id, entry.gen) if entry is not None else (-1, 0)
-    backend.execute(
+    backend.execute(backend.own_sql(
         f"CREATE TEMP TABLE {results} AS SELECT c.key AS dbdl_k, c.output AS dbdl_out, c.label AS dbdl_label, "
         f"c.gen AS dbdl_gen FROM dbdl.result_cache AS c WHERE c.cache_id = {cid:d} "
-        f"AND c.key IN (SELECT dbdl_k FROM {keys})")
-    hits = backend.fetchone(f"SELECT count(*) FROM {results}")[0]
+        f"AND c.key IN (SELECT dbdl_k FROM {keys})"))
+    hits = backend.fetchone(backend.own_sql(f"SELECT count(*) FROM {results}"))[0]
     backend.analyze(results)
 
     # 3. the misses, one per key, scored by the chosen strategy (the features are joined only to
@@ -128,23 +128,24 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
     if identity is not None:
         # one row per missed key (the first row holding it: a narrow hash aggregate, not a sort of
         # the features), joined back to its features by row identity
-        missing = sqlglot.parse_one(
+        missing = backend.own_sql(sqlglot.parse_one(
             f"SELECT min(k.dbdl_j) AS dbdl_j, k.dbdl_k FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL AND NOT EXISTS "
-            f"(SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k) GROUP BY k.dbdl_k", read=dialect)
+            f"(SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k) GROUP BY k.dbdl_k", read=dialect))
         rows = source_rows(select)
         rows.set("expressions", [exp.column("dbdl_k", table="dbdl_mk"), exp.alias_(features.copy(), "dbdl_f")])
         rows.join(exp.alias_(exp.Subquery(this=missing), "dbdl_mk", table=True),
-                  on=exp.EQ(this=exp.column("dbdl_j", table="dbdl_mk"), expression=identity.copy()), copy=False)
+                  on=backend.equals(exp.column("dbdl_j", table="dbdl_mk"), identity.copy()), copy=False)
         miss_source = rows.sql(dialect=dialect)
     else:  # distinct vectors that are equal as float32 (DOUBLE[] input) share a key: one per key
-        miss_source = (f"SELECT DISTINCT ON (k.dbdl_k) k.dbdl_k, k.dbdl_f FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL "
-                       f"AND NOT EXISTS (SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)")
+        miss_source = backend.own_sql(
+            f"SELECT DISTINCT ON (k.dbdl_k) k.dbdl_k, k.dbdl_f FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)")
     in_server = getattr(backend, "cache_filled_in_server", False)
     fills = not in_server or strategy in (None, "udf")
     if in_server and fills:  # numbered, so that dbdl.cache_fill takes them a block at a time
-        miss_source = (f"SELECT q.*, row_number() OVER () AS dbdl_n FROM ({miss_source}) AS q")
+        miss_source = f"SELECT q.*, pg_catalog.row_number() OVER () AS dbdl_n FROM ({miss_source}) AS q"
     backend.execute(f"CREATE TEMP TABLE {misses} AS {miss_source}")
-    missed = backend.fetchone(f"SELECT count(*) FROM {misses}")[0]
+    missed = backend.fetchone(backend.own_sql(f"SELECT count(*) FROM {misses}"))[0]
     ref = exp.Literal.string(model.ref).sql(dialect=dialect)
     if missed:
         cleanup.append(scored)
@@ -165,7 +166,7 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
         unfilled = 0 if fills else missed
         if hits or missed:  # also after a fill: the generation advances and the bound holds
             backend.execute(f"SELECT dbdl.cache_record({ref}, ?, ?, ARRAY(SELECT dbdl_k FROM {results} "
-                            f"WHERE dbdl_gen < {gen - 1:d}))", (hits, unfilled))
+                            f"WHERE dbdl_gen OPERATOR(pg_catalog.<) {gen - 1:d}))", (hits, unfilled))
     elif missed or hits:
         with backend.transaction():
             entry = find_entry(backend, model, options, create=True)
@@ -187,16 +188,16 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
 
     # the statement reads its own results: keys joined to the result table
     if identity is not None:
-        on = exp.EQ(this=exp.column("dbdl_j", table=keys), expression=identity.copy())
+        on = backend.equals(exp.column("dbdl_j", table=keys), identity.copy())
     else:
-        on = exp.EQ(this=exp.column("dbdl_f", table=keys), expression=features.copy())
+        on = backend.equals(exp.column("dbdl_f", table=keys), features.copy())
     select.join(exp.to_table(keys), on=on, join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True
     # the hits and the scored misses: two tables joined, rather than one more copy of either
     tables = (results, scored) if missed else (results,)
     for table in tables:
-        select.join(exp.to_table(table), on=exp.EQ(this=exp.column("dbdl_k", table=table),
-                                                   expression=exp.column("dbdl_k", table=keys)),
+        select.join(exp.to_table(table), on=backend.equals(exp.column("dbdl_k", table=table),
+                                                           exp.column("dbdl_k", table=keys)),
                     join_type="left", copy=False)
         select.args["joins"][-1].meta["dbdl_added"] = True
     return tables
@@ -229,7 +230,8 @@ def _fill_in_server(backend: "Backend", ref: str, misses: str, scored: str, miss
     for lo in range(0, missed, FILL_ROWS):
         block = (f"SELECT f.key AS dbdl_k, CAST(f.output AS REAL[]) AS dbdl_out, f.label AS dbdl_label "
                  f"FROM dbdl.cache_fill({ref}, ARRAY(SELECT dbdl.cache_input(m.dbdl_f) FROM {misses} AS m "
-                 f"WHERE m.dbdl_n > {lo:d} AND m.dbdl_n <= {lo + FILL_ROWS:d})) AS f")
+                 f"WHERE m.dbdl_n OPERATOR(pg_catalog.>) {lo:d} AND m.dbdl_n OPERATOR(pg_catalog.<=) "
+                 f"{lo + FILL_ROWS:d})) AS f")
         backend.execute(f"CREATE TEMP TABLE {scored} AS {block}" if lo == 0 else f"INSERT INTO {scored} {block}")
 
 

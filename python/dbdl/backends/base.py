@@ -298,6 +298,19 @@ class Backend(ABC):
     def analyze(self, table: str) -> None:
         """Give the query planner statistics of a table just filled (where it needs them)."""
 
+    def own_sql(self, sql: Any) -> Any:
+        """SQL that dbdl wrote (text, or a sqlglot tree, returned in the same form), ready to be
+        run with the caller's rights: PostgreSQL names every built-in function and operator in it
+        with its schema. Parts of a tree marked ``meta["dbdl_user"]`` (the user's own query) are
+        left as they are. Elsewhere: unchanged."""
+        return sql
+
+    def equals(self, left: "exp.Expression", right: "exp.Expression") -> "exp.Expression":
+        """``left = right`` for the joins dbdl adds to a statement (PostgreSQL names its operator)."""
+        import sqlglot.expressions as exp
+
+        return exp.EQ(this=left, expression=right)
+
     @abstractmethod
     def predict_call(self, kind: str, model: "ResolvedModel", features: "exp.Expression") -> "exp.Expression":
         """The SQL expression that computes predict/predict_array/predict_class for a resolved model."""

@@ -368,6 +368,21 @@ class PostgresBackend(Backend):
 
     # -- planning hooks --------------------------------------------------------------------
 
+    def own_sql(self, sql: Any) -> Any:
+        # the SQL dbdl adds runs with the caller's rights and through the caller's search_path, on
+        # which anyone with CREATE on a schema may have put a better-matching public.exp(real) or
+        # a public.=(real[], real[]): every built-in it names carries its schema
+        import sqlglot
+
+        if isinstance(sql, str):
+            return qualify_builtins(sqlglot.parse_one(sql, read=self.dialect)).sql(dialect=self.dialect)
+        return qualify_builtins(sql)
+
+    def equals(self, left: exp.Expression, right: exp.Expression) -> exp.Expression:
+        # array = array resolves to the polymorphic pg_catalog.array_eq, which an exact
+        # public.=(real[], real[]) would beat even with pg_catalog first: name the operator
+        return exp.Operator(this=left, operator="pg_catalog.=", expression=right)
+
     def predict_call(self, kind: str, model: ResolvedModel, features: exp.Expression) -> exp.Expression:
         # the functions live in the server; planning pins the version in the reference. Always
         # qualified: an unqualified name would be looked up on the caller's search_path, where a
@@ -410,6 +425,59 @@ class PostgresBackend(Backend):
                 f"{primary}: predict's features must be numbers, as a typed numeric array (real[], "
                 "double precision[], integer[]) or float32 bytea; add a cast, e.g. '{1,2,3}'::real[]")
         return QueryError(str(exc).strip())
+
+
+# -- built-ins named with their schema (PostgreSQL's own rule for code run as someone else) ----------
+
+_OPERATORS = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%", exp.EQ: "=", exp.NEQ: "<>",
+              exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">=", exp.DPipe: "||"}
+#: functions rendered as a plain call, safe to prefix with pg_catalog.
+_CALLS = (exp.Sum, exp.Max, exp.Min, exp.Count, exp.Avg, exp.Exp, exp.Ln, exp.Sqrt, exp.Abs, exp.Pow, exp.RowNumber,
+          exp.ArrayAgg, exp.Floor, exp.Ceil)
+#: built-ins dbdl's SQL calls by name (sqlglot keeps them as anonymous calls)
+_NAMED = frozenset({"cardinality", "array_position", "array_send", "sha256", "unnest", "generate_subscripts",
+                    "array_length", "format_type", "to_regclass"})
+_DOUBLE = "DOUBLE PRECISION"
+
+
+def _operand(e: exp.Expression) -> exp.Expression:
+    return e if isinstance(e, (exp.Column, exp.Literal, exp.Paren, exp.Cast, exp.Dot, exp.Null)) else exp.Paren(this=e)
+
+
+def _minus_one() -> exp.Expression:
+    return exp.Cast(this=exp.Literal.string("-1"), to=exp.DataType.build(_DOUBLE))
+
+
+def qualify_builtins(tree: exp.Expression) -> exp.Expression:
+    """Name every built-in function, operator and non-keyword type of ``tree`` with pg_catalog,
+    in place: ``a * b`` becomes ``a OPERATOR(pg_catalog.*) b``, ``sum(x)`` ``pg_catalog.sum(x)``,
+    ``x IN (SELECT …)`` ``x OPERATOR(pg_catalog.=) ANY (SELECT …)``. Subtrees marked
+    ``meta["dbdl_user"]`` (the user's own query, to be resolved as the user wrote it) are skipped."""
+    nodes = list(tree.walk(bfs=False, prune=lambda n: bool(n.meta.get("dbdl_user"))))
+    for node in reversed(nodes):  # children first: a replaced child is already in its parent
+        if node.meta.get("dbdl_user"):
+            continue
+        operator = _OPERATORS.get(type(node))
+        if operator is not None:
+            node.replace(exp.Paren(this=exp.Operator(this=_operand(node.this), operator=f"pg_catalog.{operator}",
+                                                     expression=_operand(node.expression))))
+        elif isinstance(node, exp.Neg):
+            if isinstance(node.this, exp.Literal) and not node.this.is_string:
+                node.replace(exp.Cast(this=exp.Literal.string("-" + node.this.this), to=exp.DataType.build(_DOUBLE)))
+            else:
+                node.replace(exp.Paren(this=exp.Operator(this=_operand(node.this), operator="pg_catalog.*",
+                                                         expression=_minus_one())))
+        elif isinstance(node, exp.In) and node.args.get("query") is not None:
+            node.replace(exp.Operator(this=_operand(node.this), operator="pg_catalog.=",
+                                      expression=exp.Any(this=node.args["query"])))
+        elif isinstance(node, _CALLS) and not isinstance(node.parent, exp.Dot):
+            node.replace(exp.Dot(this=exp.to_identifier("pg_catalog"), expression=node.copy()))
+        elif isinstance(node, exp.Anonymous) and isinstance(node.this, str) and node.this.lower() in _NAMED:
+            node.set("this", f"pg_catalog.{node.this}")
+        elif isinstance(node, exp.DataType) and node.this in (exp.DataType.Type.TEXT, exp.DataType.Type.VARBINARY):
+            node.replace(exp.DataType.build(f"pg_catalog.{'text' if node.this == exp.DataType.Type.TEXT else 'bytea'}",
+                                            udt=True))
+    return tree
 
 
 def qmark_to_format(sql: str) -> str:

@@ -28,13 +28,15 @@ DIALECT_SQL = {
         "dot": "list_dot_product({a}, {b})",
         "length": "len",
     },
+    # PostgreSQL: the polymorphic built-ins carry their schema, because an exact overload a user
+    # created (public.unnest(real[])) would beat them wherever it sits on the caller's path
     "postgres": {
         "unnest": "SELECT s.rid, u.i - 1 AS i, CAST(u.v AS DOUBLE PRECISION) AS v "
-                  "FROM {src} AS s, unnest(s.dbdl_f) WITH ORDINALITY AS u(v, i)",
-        "collect": "CAST(array_agg(v ORDER BY i) AS REAL[])",  # PostgreSQL arrays have no fixed length
-        "argmax": "(array_agg(i ORDER BY v DESC, i))[1]",
+                  "FROM {src} AS s, pg_catalog.unnest(s.dbdl_f) WITH ORDINALITY AS u(v, i)",
+        "collect": "CAST(pg_catalog.array_agg(v ORDER BY i) AS REAL[])",  # PostgreSQL arrays have no fixed length
+        "argmax": "(pg_catalog.array_agg(i ORDER BY v DESC, i))[1]",
         "real": "REAL",
-        "length": "cardinality",
+        "length": "pg_catalog.cardinality",
     },
 }
 
@@ -48,8 +50,22 @@ def no_null_elements(dialect: str, features):
         return exp.EQ(this=exp.Anonymous(this="list_count", expressions=[features.copy()]),
                       expression=exp.Anonymous(this="len", expressions=[features.copy()]))
     # array_position finds NULL with IS NOT DISTINCT FROM
-    return exp.Is(this=exp.Anonymous(this="array_position", expressions=[features.copy(), exp.Null()]),
+    return exp.Is(this=exp.Anonymous(this="pg_catalog.array_position", expressions=[features.copy(), exp.Null()]),
                   expression=exp.Null())
+
+
+def exact_constants(dialect: str, tree):
+    """PostgreSQL: decimal constants (numeric) typed as double precision, so that arithmetic with the
+    double precision activations finds pg_catalog's exact float8 operators rather than an implicit
+    cast that a user's numeric-by-double operator would beat. Other dialects: unchanged."""
+    import sqlglot.expressions as exp
+
+    if dialect != "postgres":
+        return tree
+    for literal in list(tree.find_all(exp.Literal)):
+        if not literal.is_string and any(c in literal.this for c in ".eE"):
+            literal.replace(exp.Cast(this=literal.copy(), to=exp.DataType.build("DOUBLE PRECISION")))
+    return tree
 
 
 @dataclass(frozen=True)

@@ -104,11 +104,11 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
         source.where(scorable(features), copy=False)
         backend.score_into_temp_table(source.sql(dialect=backend.dialect), scorer(backend, model, kind), kind, table,
                                       keyed=True)
-        on = exp.EQ(this=exp.column("dbdl_k", table=table), expression=identity.copy())
+        on = backend.equals(exp.column("dbdl_k", table=table), identity.copy())
     else:
         source = distinct_features(select, features).sql(dialect=backend.dialect)
         backend.score_into_temp_table(source, scorer(backend, model, kind), kind, table)
-        on = exp.EQ(this=exp.column("dbdl_f", table=table), expression=features.copy())
+        on = backend.equals(exp.column("dbdl_f", table=table), features.copy())
     select.join(exp.to_table(table), on=on, join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
     return exp.column("dbdl_prediction", table=table)

@@ -19,7 +19,7 @@ import sqlglot.expressions as exp
 from ..errors import StrategyUnavailable
 from ..ir import from_onnx
 from .common import distinct_features, enclosing_select
-from ..ir.sql import SQLBuilder, compile_graph
+from ..ir.sql import SQLBuilder, compile_graph, exact_constants
 from ..registry import ResolvedModel, load_model_bytes
 
 if TYPE_CHECKING:
@@ -56,21 +56,25 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     k = next(counter)
     src, pred = f"dbdl_src{k}", f"dbdl_pred{k}"
     dialect = backend.name
+    rows = distinct_features(select, features, backend.name)
+    rows.meta["dbdl_user"] = True  # the user's FROM/WHERE: resolved as the user wrote it
     numbered = (
         exp.select(exp.alias_(_length_checked(backend, model, exp.column("dbdl_f")), "dbdl_f"),
                    exp.alias_(exp.Window(this=exp.RowNumber()), "rid"))
-        .from_(exp.alias_(exp.Subquery(this=distinct_features(select, features, backend.name)), "dbdl_d", table=True))
+        .from_(exp.alias_(exp.Subquery(this=rows), "dbdl_d", table=True))
     )
     builder = SQLBuilder(dialect, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
                          prefix=f"dbdl_{k}_r", layout=layout)
-    builder.ctes.append((src, numbered.sql(dialect=backend.dialect)))
+    builder.ctes.append((src, ""))  # the expression itself below (the user's part keeps its mark)
     out = compile_graph(graph, builder, src)
     builder.ctes.append((f"{pred}_out", builder.output(out, kind)))
     builder.ctes.append((pred, f"SELECT s.dbdl_f, p.prediction AS dbdl_prediction FROM {src} AS s "
                                f"JOIN {pred}_out AS p ON p.rid = s.rid"))
-    ctes = [exp.CTE(this=sqlglot.parse_one(sql, read=backend.dialect), alias=exp.TableAlias(this=exp.to_identifier(name)))
+    ctes = [exp.CTE(this=backend.own_sql(exact_constants(backend.name, numbered if name == src else
+                                                          sqlglot.parse_one(sql, read=backend.dialect))),
+                    alias=exp.TableAlias(this=exp.to_identifier(name)))
             for name, sql in builder.ctes]
-    select.join(exp.to_table(pred), on=exp.EQ(this=exp.column("dbdl_f", table=pred), expression=features.copy()),
+    select.join(exp.to_table(pred), on=backend.equals(exp.column("dbdl_f", table=pred), features.copy()),
                 join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
     column = exp.column("dbdl_prediction", table=pred)
