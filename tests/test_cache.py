@@ -421,3 +421,39 @@ def test_explain_says_who_scores_the_misses(db, cached):
         assert plan.choice == "udf" and "scored in the server by dbdl.cache_fill" in plan.describe()
     else:
         assert "dbdl.cache_fill" not in plan.describe()
+
+
+def test_upgrading_clamps_a_stored_bound_that_broke_cache_stats(pg_server, mlp_onnx, monkeypatch):
+    """Before options were range-checked, cache_max_bytes = 10^23 could be stored, and the view
+    dbdl.cache_stats then failed for everyone; migration 0008 brings such a value into range and
+    takes away dbdl_user's writes on the cache."""
+    import psycopg
+
+    import dbdl.migrate as migrate
+    from dbdl.backends.base import Backend
+
+    url = pg_server.create_database("dbdl_cache_upgrade")
+    shipped = migrate.available
+    try:
+        monkeypatch.setattr(migrate, "available", lambda name: shipped(name)[:7])
+        with psycopg.connect(url, autocommit=True) as con:
+            dbdl.connect(url).close()
+            con.execute("INSERT INTO dbdl.models (name, next_version, options) VALUES "
+                        "('m', 1, '{\"cache\": true, \"cache_max_bytes\": 100000000000000000000000}')")
+            con.execute("INSERT INTO dbdl.cache_entries (name, version, sha256, output, row_bytes) "
+                        "VALUES ('m', 1, 'x', 0, 92)")
+            with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+                con.execute("SELECT * FROM dbdl.cache_stats").fetchall()
+        monkeypatch.setattr(migrate, "available", shipped)
+        backend = Backend.open(url)
+        try:
+            assert [m.id for m in migrate.migrate(backend)] == list(range(8, len(shipped("postgres")) + 1))
+        finally:
+            backend.close()
+        with psycopg.connect(url, autocommit=True) as con:
+            assert con.execute("SELECT max_bytes FROM dbdl.cache_stats").fetchall() == [(1 << 50,)]
+            grants = con.execute("SELECT privilege_type FROM information_schema.role_table_grants WHERE grantee = "
+                                 "'dbdl_user' AND table_name IN ('result_cache', 'cache_entries')").fetchall()
+            assert {g[0] for g in grants} == {"SELECT"}
+    finally:
+        pg_server.drop_database("dbdl_cache_upgrade")

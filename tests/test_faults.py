@@ -204,3 +204,29 @@ def test_python_exceptions_in_pl_python_never_take_the_server_down(url, features
                 db.sql(sql)
         assert db.sql("SELECT pg_postmaster_start_time()").scalar() == started
         assert db.sql("SELECT count(*) FROM dbdl.model_catalog").scalar() == 1
+
+
+@pytest.mark.parametrize("how", ["client SIGKILL", "pg_terminate_backend"])
+def test_a_kill_during_predict_into_or_train_export_leaves_no_partial_rows(url, how):
+    if not url.startswith("postgres"):
+        pytest.skip("CALL predict_into and CALL train_export are PostgreSQL's procedures")
+    x = np.random.default_rng(1).standard_normal((ROWS, 8)).astype(np.float32)
+    with dbdl.connect(url) as db:
+        db.create_table("t", {"id": np.arange(ROWS), "feats": x, "label": np.arange(ROWS) % 3})
+        db.models.register("m", export_onnx(make_mlp((8, 64, 64, 3), seed=2), 8))
+        for call, pattern in (
+                ("CALL dbdl.predict_into('m', 'SELECT id, feats FROM t', 'scores', 'array', 1000)", "%predict_into%"),
+                ("CALL dbdl.train_export('SELECT feats, label FROM t', 'ds', shape => ARRAY[8])", "%train_export%")):
+            proc = _start(f"db.sql({call!r})", url)
+            _wait_for(lambda: bool(_active(db, pattern)), proc)
+            time.sleep(0.5)  # inside the procedure, rows already written in its transaction
+            _fault(db, proc, how, pattern)
+            # a procedure is one transaction: everything it wrote, or nothing
+            if db.sql("SELECT to_regclass('public.scores') IS NOT NULL").scalar():
+                assert db.sql("SELECT count(*) FROM scores").scalar() == ROWS
+            datasets = db.sql("SELECT name, table_name, n_rows FROM dbdl.datasets").fetchall()
+            for _, table, n_rows in datasets:
+                assert db.sql(f"SELECT count(*) FROM {table}").scalar() == n_rows == ROWS
+            leftover = db.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'dbdl_data' AND tablename LIKE 'ds_%'"
+                              ).scalar()
+            assert leftover == len(datasets)

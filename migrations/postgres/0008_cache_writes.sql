@@ -34,3 +34,11 @@ REVOKE ALL ON FUNCTION dbdl.cache_input(anyarray), dbdl.cache_input(bytea), dbdl
     dbdl.cache_record(text, bigint, bigint, bytea[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dbdl.cache_input(anyarray), dbdl.cache_input(bytea), dbdl.cache_fill(text, bytea[]),
     dbdl.cache_record(text, bigint, bigint, bytea[]) TO dbdl_user;
+
+-- A bound stored before options were range-checked (cache_max_bytes above 1 PiB, e.g. 10^23) made
+-- the view's bigint cast fail for everyone: bring such values into range.
+UPDATE dbdl.models
+SET options = pg_catalog.jsonb_set(options::pg_catalog.jsonb, '{cache_max_bytes}', '1125899906842624'::pg_catalog.jsonb)::pg_catalog.text
+WHERE pg_catalog.jsonb_typeof(options::pg_catalog.jsonb OPERATOR(pg_catalog.->) 'cache_max_bytes') OPERATOR(pg_catalog.=) 'number'
+  AND (options::pg_catalog.jsonb OPERATOR(pg_catalog.->>) 'cache_max_bytes')::pg_catalog.numeric
+      OPERATOR(pg_catalog.>) 1125899906842624;
