@@ -133,7 +133,7 @@ def plot(results: list[dict], title: str) -> None:
     groups = list(dict.fromkeys((r["backend"], r["model"]) for r in results))
     cases = ["no cache", "cache, 0% hits", "cache, 90% hits", "cache, 100% hits"]
     colors = ["#999999", "#dd8452", "#4c72b0", "#55a868"]
-    fig, ax = plt.subplots(figsize=(9, 0.9 * len(groups) + 1.6))
+    fig, ax = plt.subplots(figsize=(10.5, 0.9 * len(groups) + 1.6))
     height = 0.8 / len(cases)
     for i, case in enumerate(cases):
         values = [next((r["ratio"] for r in results if (r["backend"], r["model"]) == g and r["case"] == case), 0)
@@ -148,7 +148,7 @@ def plot(results: list[dict], title: str) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("time ÷ the same query without the cache (lower is faster; dotted: targets 0.2× and 1.1×)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     fig.savefig(RESULTS / "cache.png", dpi=110)
     plt.close(fig)

@@ -597,3 +597,29 @@ def test_the_sql_dbdl_generates_never_runs_a_planted_overload(world, attacker, f
                                                "ORDER BY id) AS s", strategy=strategy).fetchall()]
                 assert sorted(labels) == sorted(expected.argmax(axis=1).tolist())
     assert_nothing_ran_as_another_role(world, attacker)
+
+
+@pytest.mark.parametrize("attacker", ["user", "admin"])
+def test_a_model_that_reads_the_servers_files_is_refused_for_every_role(world, attacker):
+    """External data pointing at pg_authid (global/1260, relative to the server's data directory),
+    registered by a dbdl_admin login through SQL and through the Python API: refused before any
+    session, nothing stored, no file content in the error. A dbdl_user may not register at all."""
+    from test_model_safety import leaky_model
+
+    data = leaky_model("initializer_as_input", "global/1260").SerializeToString()
+    url = world["server"].url(world["db"], world["roles"][attacker])
+    expected = dbdl.InvalidModel if attacker == "admin" else dbdl.PermissionDenied
+    with dbdl.connect(url, migrate=False) as db:
+        with pytest.raises(expected) as sql_error:
+            db.sql("SELECT dbdl.register_model('leak', ?)", [data])
+        # the client checks the bytes before it asks the server: a dbdl_user hears that first
+        with pytest.raises((dbdl.InvalidModel, expected)) as api_error:
+            db.models.register("leak", data)
+    for caught in (sql_error, api_error):
+        assert "SCRAM" not in str(caught.value) and "md5" not in str(caught.value)
+        if attacker == "admin":
+            assert "save_as_external_data=False" in str(caught.value)
+    with connect(world) as con:
+        assert con.execute("SELECT count(*) FROM dbdl.models WHERE name = 'leak'").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM dbdl.blobs").fetchone()[0] == 2  # m and m2 only
+    assert_nothing_ran_as_another_role(world, attacker)
