@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import sqlglot
 import sqlglot.expressions as exp
 
-from dbdl_udf.resultcache import GENERATIONS, KEY_BYTES, ROW_OVERHEAD, Entry, count_fill, find_entry as _find, options_from_json
-from dbdl_udf.resultcache import record
+from dbdl_udf.resultcache import GENERATIONS, KEY_BYTES, ROW_OVERHEAD, Entry, count_fill, options_from_json, record
+from dbdl_udf.resultcache import find_entry as _find
 
 from .strategies.common import distinct_features, enclosing_select, source_rows
 
