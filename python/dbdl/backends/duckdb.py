@@ -249,7 +249,7 @@ class DuckDBBackend(Backend):
         with self._lock:
             if udf not in self._udfs:
                 session, signature = SESSIONS.get(
-                    model.sha256, lambda: load_model_bytes(self, model.sha256), self.udf_threads
+                    model.sha256, lambda: load_model_bytes(self, model.sha256), self.udf_threads, model=model.ref
                 )
                 outputs = model.output_spec.per_row
                 return_type = _RETURN_TYPES[kind]
@@ -383,7 +383,8 @@ class DuckDBBackend(Backend):
             rows = valid if len(distinct) == 1 else valid & pc.equal(refs, ref).fill_null(False).to_numpy(zero_copy_only=False)
             model = self._model_for(ref)
             session, signature = SESSIONS.get(
-                model.sha256, lambda m=model: load_model_bytes(self.cursor_view(), m.sha256), self.udf_threads
+                model.sha256, lambda m=model: load_model_bytes(self.cursor_view(), m.sha256), self.udf_threads,
+                model=model.ref,
             )
             if not rows.any():
                 continue

@@ -47,7 +47,8 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[[np.
             y = y[output] if isinstance(y, (tuple, list)) else y
             return checked_output(y.float().cpu().numpy(), len(x), spec, model.ref)
     else:
-        session, signature = SESSIONS.get(model.sha256, lambda: load_model_bytes(backend, model.sha256), 0)
+        session, signature = SESSIONS.get(model.sha256, lambda: load_model_bytes(backend, model.sha256), 0,
+                                          model=model.ref)
 
         def run(x: np.ndarray) -> np.ndarray:
             return run_batch(session, signature, x, output, model.ref)
