@@ -236,14 +236,12 @@ class Backend(ABC):
     def set_model_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
         from dbdl_udf import catalog
 
-        with self.transaction():
-            return catalog.set_options(self, name, options)
+        return self.write(lambda: catalog.set_options(self, name, options))
 
     def clear_model_cache(self, name: str) -> None:
         from dbdl_udf import catalog
 
-        with self.transaction():
-            catalog.clear_cache(self, name)
+        self.write(lambda: catalog.clear_cache(self, name))
 
     def set_calibration(self, values: dict[str, float]) -> None:
         with self.transaction():
