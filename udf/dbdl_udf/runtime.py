@@ -228,16 +228,25 @@ def as_float_matrix(values, n_rows: int, n_features: int) -> np.ndarray:
     return arr.reshape(n_rows, n_features)
 
 
-def run_batch(session, signature: Signature, features: np.ndarray, output: int = 0,
+def run_batch(session, signature: Signature, features, output: int = 0,
               model_ref: str = "the model") -> np.ndarray:
-    """Run ``session`` on a (rows x features) matrix; the chosen output as a (rows x values) matrix.
+    """Run ``session`` on a batch of rows; the chosen output as a (rows x values) matrix.
 
-    The output must have one row per input row and the width the model declares: a model that
-    ignores the batch axis would otherwise hand each row values computed from other rows."""
+    ``features`` is what a backend decoded for the batch (today one (rows x features) matrix,
+    split over the model's inputs in order). ``build_feeds`` turns it into onnxruntime's feed
+    dict; ``run_feeds`` runs the session and checks the output. The output must have one row per
+    input row and the width the model declares: a model that ignores the batch axis would
+    otherwise hand each row values computed from other rows."""
     n = features.shape[0]
     spec_out = signature.outputs[output]
     if n == 0:
         return np.zeros((0, spec_out.per_row or 0), dtype=np.float32)
+    return run_feeds(session, signature, build_feeds(signature, features), n, output, model_ref)
+
+
+def build_feeds(signature: Signature, features) -> dict[str, np.ndarray]:
+    """onnxruntime's feed dict for one batch: each input in its own dtype and per-row shape."""
+    n = features.shape[0]
     feeds = {}
     start = 0
     for spec in signature.inputs:
@@ -248,6 +257,13 @@ def run_batch(session, signature: Signature, features: np.ndarray, output: int =
         if part.dtype != np.dtype(spec.dtype):
             part = part.astype(spec.dtype)
         feeds[spec.name] = np.ascontiguousarray(part)
+    return feeds
+
+
+def run_feeds(session, signature: Signature, feeds: dict[str, np.ndarray], n: int, output: int = 0,
+              model_ref: str = "the model") -> np.ndarray:
+    """The one place a session runs: ``feeds`` for ``n`` rows in, output ``output`` as (rows x values)."""
+    spec_out = signature.outputs[output]
     try:
         result = np.asarray(session.run([spec_out.name], feeds)[0])
     except Error:
