@@ -195,7 +195,7 @@ def signature_of(session) -> Signature:
             # does not follow the rows (a reduction or reshape across rows)
             rows = "any number of rows" if batch is None else f"{batch} rows"
             raise InvalidModel(
-                f"output {spec.name!r} has shape {list(spec.dims)}, a fixed first axis of {first}, while the inputs "
+                f"output {spec.name!r} has shape {list(spec.dims)}, a fixed batch size of {first}, while the inputs "
                 f"take {rows}; dbdl needs one output row per input row — the model reduces or reshapes across "
                 "rows (e.g. ReduceMean over axis 0, Reshape to [-1]); keep axis 0 as the batch axis and " + _REEXPORT)
     return Signature(inputs, outputs, batch)
