@@ -87,7 +87,9 @@ def test_a_plain_torch_export_with_batch_1_is_made_symbolic_and_scores_like_torc
     assert info.batch is None and info.batch_mode == "symbolic"
     assert "batch_symbolic" in kinds(info) and "Reshape" in info.rewrites[-1].note
     # torch writes the weights to m.onnx.data beside it: the original kept is the model with them embedded
-    assert kinds(info)[0] == "external_data" and "m.onnx.data" in info.rewrites[0].note
+    # (by the client; PostgreSQL's server records only the rewrites it makes itself)
+    if db.backend.name == "duckdb":
+        assert kinds(info)[0] == "external_data" and "m.onnx.data" in info.rewrites[0].note
     assert db.models.model_bytes("cnn", original=True) == onnx.load(str(plain_export)).SerializeToString()
     assert db.models.model_bytes("cnn") != original
     x = RNG.standard_normal((37, 3, 8, 8)).astype(np.float32)
@@ -373,9 +375,9 @@ def test_predict_text_resists_planted_functions_and_needs_dbdl_user(world, iris_
         victim.execute("SET search_path = public, dbdl, pg_catalog")
         rows = victim.execute("SELECT dbdl.predict_text('clf', f) FROM u ORDER BY id").fetchall()
         assert [r[0] for r in rows] == clf.predict(X[:5]).tolist()
-        with pytest.raises(psycopg.errors.RaiseException, match="predict_text"):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"dbdl.predict_text\('clf', features\)"):
             victim.execute("SELECT dbdl.predict('clf', f) FROM u").fetchall()
-    assert_nothing_ran_as_another_role(world, world["roles"]["user"])
+    assert_nothing_ran_as_another_role(world, "user")
     with connect(world) as owner:
         owner.execute(f"CREATE ROLE nobody_{world['db']} LOGIN")
     try:
