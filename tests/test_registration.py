@@ -393,3 +393,20 @@ def test_predict_text_resists_planted_functions_and_needs_dbdl_user(world, iris_
 
 import psycopg  # noqa: E402 - after the fixtures that need no PostgreSQL driver
 from test_security import world  # noqa: E402,F401 - the fixture
+
+
+def test_dbdl_models_show_says_how_the_batch_is_scored_and_what_was_rewritten(tmp_path):
+    import subprocess
+    import sys
+
+    url = f"duckdb:///{tmp_path / 'cli.duckdb'}"
+    with dbdl.connect(url) as db:
+        db.models.register("sm", str(ONNX_DATA / "pytorch-converted" / "test_Softmax" / "model.onnx"))
+        db.models.register("fixed4", _fixed_model(4, mixing=False))
+    show = subprocess.run([sys.executable, "-m", "dbdl.cli", "models", "show", url, "sm"], capture_output=True,
+                          text=True, check=True, env={**__import__("os").environ, "COLUMNS": "200"}).stdout
+    assert "made symbolic at registration" in show and "opset 6 upgraded to 13" in show
+    out = subprocess.run([sys.executable, "-m", "dbdl.cli", "models", "show", url, "fixed4", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)
+    assert data["batch"] == 4 and data["batch_mode"] == "slices" and data["rewrites"][0]["kind"] == "batch_slices"
