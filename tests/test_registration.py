@@ -420,3 +420,16 @@ def test_dbdl_models_show_says_how_the_batch_is_scored_and_what_was_rewritten(tm
                          capture_output=True, text=True, check=True).stdout
     data = json.loads(out)
     assert data["batch"] == 4 and data["batch_mode"] == "slices" and data["rewrites"][0]["kind"] == "batch_slices"
+
+
+def test_only_the_data_file_torch_writes_beside_the_model_is_embedded(db, plain_export, tmp_path):
+    """A model naming another file beside it (a secret, say) is refused: embedded, it would land in
+    the database for every reader of the model's bytes."""
+    import shutil
+
+    copy = tmp_path / "other.onnx"
+    shutil.copy(plain_export, copy)  # still names m.onnx.data, which is not other.onnx.data
+    shutil.copy(str(plain_export) + ".data", tmp_path / "m.onnx.data")
+    with pytest.raises(dbdl.InvalidModel, match="external file"):
+        db.models.register("other", str(copy))
+    assert db.models.names() == []

@@ -87,9 +87,11 @@ def prepare(model: Any, example: Any = None, *, opset: int | None = None) -> Pre
 
 
 def _embed_external_data(path: Path) -> tuple[bytes, list]:
-    """The file's bytes; a model whose weights live in files beside it (torch.onnx.export writes
-    ``m.onnx.data`` by default) gets them embedded here, in the client — the database never opens
-    a file a model names. Only files inside the model's own folder are read."""
+    """The file's bytes; a model whose weights live in the file torch.onnx.export writes beside it
+    (``m.onnx`` → ``m.onnx.data``, its default) gets them embedded here, in the client — the
+    database never opens a file a model names. No other file is read: a model that names any other
+    (a hostile one naming a secret beside it) is refused as before, since the embedded bytes would
+    land in the database for every dbdl_user to read."""
     data = path.read_bytes()
     try:
         check_model_bytes(data)
@@ -97,6 +99,7 @@ def _embed_external_data(path: Path) -> tuple[bytes, list]:
     except InvalidModel as exc:
         if "external file" not in str(exc):
             raise
+        exc_original = exc
     import onnx
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
@@ -107,11 +110,8 @@ def _embed_external_data(path: Path) -> tuple[bytes, list]:
         if uses_external_data(tensor):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
             target = (folder / location).resolve()
-            if not location or folder not in target.parents or not target.is_file():
-                raise InvalidModel(
-                    f"tensor {tensor.name!r} of {str(path)!r} keeps its data in {location!r}, which is not a file in "
-                    f"the model's folder; put the data file beside the model, or embed it: onnx.save(onnx.load(path), "
-                    "'embedded.onnx', save_as_external_data=False) (torch: torch.onnx.export(..., external_data=False))")
+            if location != path.name + ".data" or target.parent != folder or not target.is_file():
+                raise exc_original
             files.add(location)
     onnx.load_external_data_for_model(proto, str(folder))
     embedded = proto.SerializeToString()
