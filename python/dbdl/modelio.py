@@ -192,7 +192,9 @@ def _check_onnx(onnx_bytes: bytes):
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
-        raise InvalidModel(f"the ONNX checker rejects the model: {str(exc).strip()[:400]}") from exc
+        raise InvalidModel(f"the ONNX checker rejects the model: {str(exc).strip()[:400]}; fix what it names and "
+                           "re-export (onnx.checker.check_model(onnx.load(path), full_check=True) shows the same), "
+                           "e.g. torch.onnx.export(model, example, path) or skl2onnx.to_onnx(model, X[:1])") from exc
     return proto
 
 
@@ -206,7 +208,8 @@ def _export_torch(module, example, opset: int | None) -> tuple[bytes, bytes | No
         )
     args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
     if not all(isinstance(a, torch.Tensor) and a.dim() >= 1 for a in args):
-        raise InvalidModel("example must be a tensor (or tuple of tensors) with a leading batch axis")
+        raise InvalidModel("example must be a tensor (or tuple of tensors) with a leading batch axis, e.g. "
+                           "example=torch.randn(1, n_features)")
     # torch.export specialises a batch axis of size 1, so export with two rows
     args = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
     names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]

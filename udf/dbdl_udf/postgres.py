@@ -562,7 +562,8 @@ def _facts(data: bytes) -> tuple[int, int, int]:
         proto = onnx.load_from_string(data)
         onnx.checker.check_model(proto)
     except Exception as exc:
-        raise InvalidModel(f"the ONNX checker rejects the model: {str(exc).strip()[:300]}") from exc
+        raise InvalidModel(f"the ONNX checker rejects the model: {str(exc).strip()[:300]}; fix what it names and "
+                           "re-export (onnx.checker.check_model(onnx.load(path), full_check=True) shows the same)") from exc
     n_params, flops = estimate_cost(proto)
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return n_params, flops, opset
