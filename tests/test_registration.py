@@ -433,3 +433,33 @@ def test_only_the_data_file_torch_writes_beside_the_model_is_embedded(db, plain_
     with pytest.raises(dbdl.InvalidModel, match="external file"):
         db.models.register("other", str(copy))
     assert db.models.names() == []
+
+
+class LastStep(torch.nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = cell(6, 8, batch_first=True)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1])
+
+
+@pytest.mark.parametrize("cell", [torch.nn.LSTM, torch.nn.GRU])
+def test_a_plain_recurrent_export_with_batch_1_scores_like_torch(db, cell, tmp_path):
+    """torch's exporter bakes batch 1 into the initial hidden state: dbdl keeps the original and
+    scores one row at a time."""
+    module = LastStep(cell).eval()
+    path = tmp_path / "rnn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(1, 4, 6),), str(path))
+    db.models.register("rnn", str(path))
+    info = db.models.get("rnn")
+    assert info.batch_mode in ("symbolic", "slices")
+    x = RNG.standard_normal((9, 4, 6)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.array(scored(db, "rnn", x)), expected, rtol=1e-4, atol=1e-5)
