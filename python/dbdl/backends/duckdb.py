@@ -389,7 +389,8 @@ class DuckDBBackend(Backend):
                 return_type = _RETURN_TYPES[kind]
                 if kind == "array" and outputs is not None:
                     return_type = duckdb.array_type(duckdb.sqltype("FLOAT"), outputs)
-                self.con.create_function(udf, self._make_native_udf(kind, model, session, signature, outputs, udf),
+                self.con.create_function(udf, _with_arity(self._make_native_udf(kind, model, session, signature,
+                                                                                 outputs, udf), len(typed)),
                                          typed, return_type, type="arrow", null_handling="special",
                                          side_effects=False)
                 self._udfs.add(udf)
@@ -412,8 +413,8 @@ class DuckDBBackend(Backend):
                              "arguments' types when the query is planned; write the model name as a literal, or "
                              "avoid bound parameters in the arguments")
         forms = [_form(str(t)) for t in types]
-        if len(args) == 1 and forms[0] in ("flat", "other"):
-            return None  # the classic macro (it also refuses text and booleans)
+        if len(args) == 1 and forms[0] == "other":
+            return None  # the classic macro: it refuses text and booleans, and passes NULL
         for i, (t, form) in enumerate(zip(types, forms)):
             if form == "other":
                 raise DTypeMismatch(f"{call.this}() argument {i + 2} has type {t}; predict takes numbers, lists or "
@@ -433,7 +434,8 @@ class DuckDBBackend(Backend):
                         backend._udf_error = exc
                         raise
 
-                self.con.create_function(udf, generic, [duckdb.sqltype("VARCHAR"), *types], _RETURN_TYPES[kind],
+                self.con.create_function(udf, _with_arity(generic, 1 + len(types)), [duckdb.sqltype("VARCHAR"), *types],
+                                         _RETURN_TYPES[kind],
                                          type="arrow", null_handling="special", side_effects=False)
                 self._udfs.add(udf)
         return exp.Anonymous(this=udf, expressions=[a.copy() for a in call.expressions])
@@ -649,10 +651,15 @@ class DuckDBBackend(Backend):
         length = _CAST_LENGTH.search(first)
         if length:
             got, width = int(length[1]), int(length[2])
-            names = [m.ref for m in models if m.signature.n_features == width] or ["the model"]
+            matching = [m for m in models if m.signature.n_features == width]
+            names = [m.ref for m in matching] or ["the model"]
+            shaped = ""
+            if matching and len(matching[0].signature.inputs) == 1 and len(matching[0].signature.inputs[0].shape) > 1:
+                spec = matching[0].signature.inputs[0]
+                shaped = f" (input {spec.name!r} of shape {list(spec.shape)}, reshaped from a flat row)"
             return ShapeMismatch(
-                f"model {names[0]!r} takes {width} features per row; pass a vector of exactly {width} numbers — "
-                f"got a row with {got}"
+                f"model {names[0]!r} takes {width} features per row{shaped}; pass a vector of exactly {width} "
+                f"numbers — got a row with {got}"
             )
         if "FLOAT[" in first and ("cast" in first.lower() or "convert" in first.lower()) or "Could not convert" in first:
             names = ", ".join(repr(m.ref) for m in models) or "the model"
@@ -945,3 +952,11 @@ def _feed_options(backend: Any, name: str) -> dict:
     """The model options the feeding layer reads (pad_id, feed)."""
     row = backend.fetchone("SELECT options FROM dbdl.model_catalog WHERE name = ? LIMIT 1", (name,))
     return feed_options(row[0] if row else None)
+
+
+def _with_arity(fn: Any, n: int) -> Any:
+    """``fn(*args)`` as a function of exactly ``n`` named parameters (DuckDB checks a UDF's arity)."""
+    names = ", ".join(f"a{i}" for i in range(n))
+    scope = {"fn": fn}
+    exec(f"def udf({names}):\n    return fn({names})", scope)  # noqa: S102 - generated from a count only
+    return scope["udf"]

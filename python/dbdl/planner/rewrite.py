@@ -182,7 +182,7 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         for e in candidates:
             if e.strategy != "udf" and e.feasible and not joinable:
                 e.seconds, e.reason = None, "predict is not inside a SELECT … FROM …"
-            if e.strategy == "relation" and e.feasible and relation_problem:
+            if e.strategy == "relation" and relation_problem:
                 e.seconds, e.reason = None, relation_problem
             if e.strategy != "udf" and e.feasible and parameters:
                 e.seconds, e.reason = None, "the features hold bound parameters, which only the in-database form takes"
