@@ -261,7 +261,7 @@ def test_several_arguments_map_to_inputs_in_order(db, strategy, two_model):
     expected = ort_run(two_model, {"a": a, "ids": np.array(ids, np.int64)})
     check(db, "SELECT id, predict_array('two', a, ids) FROM t", strategy, list(expected))
     check(db, "SELECT id, predict_class('two', a, ids) FROM t", strategy, list(expected.argmax(axis=1)))
-    with pytest.raises(dbdl.ShapeMismatch, match=r"a: float32\[3\], ids: int64\[2\]"):
+    with pytest.raises(dbdl.ShapeMismatch, match=r"a\W+float32\[3\]\W+ids\W+int64\[2\]"):
         db.sql(q(db, "SELECT predict_array('two', a, ids, ids) FROM t"), strategy=strategy if strategy == "udf" else None)
 
 
@@ -325,8 +325,11 @@ def test_variable_length_tokens_padded_with_pad_id(db, strategy, seq_model):
     db.models.register("seq", seq_model)
     make_table(db, "t", {"tokens": ("INTEGER[]", "int[]", TOKENS)})
     forced = None if strategy == "relation" else strategy
-    with pytest.raises(dbdl.ShapeMismatch, match="pad_id"):
-        db.sql("SELECT id, predict_array('seq', tokens) FROM t", strategy=forced).fetchall()
+    if not (db.backend.name == "postgres" and forced == "udf"):
+        # rows of different lengths in one batch need a pad id (PostgreSQL's in-server function
+        # scores one row per call, so it never pads)
+        with pytest.raises(dbdl.ShapeMismatch, match="pad_id"):
+            db.sql("SELECT id, predict_array('seq', tokens) FROM t", strategy=forced).fetchall()
     db.models.set_options("seq", pad_id=0)
     expected = [None if r is None or None in r else ort_run(seq_model, {"ids": np.array([r], np.int64)})[0]
                 for r in TOKENS]
