@@ -417,3 +417,23 @@ def test_pad_id_and_feed_options_are_checked(db, seq_model):
     assert db.models.set_options("seq", pad_id=0)["pad_id"] == 0
     assert db.models.options("seq")["pad_id"] == 0
     assert db.models.set_options("seq", pad_id=None)["pad_id"] is None
+
+
+def test_result_cache_falls_back_to_uncached_for_other_forms(db, strategy, two_model, cnn_model):
+    """The cache keys one float32 vector: other forms run uncached, with the reason in EXPLAIN."""
+    db.models.register("two", two_model)
+    db.models.register("cnn", cnn_model)
+    for name in ("two", "cnn"):
+        db.models.set_options(name, cache=True)
+    a = RNG.standard_normal((4, 3)).astype(np.float32)
+    ids = [[1, 2], [3, 4], [5, 6], [7, 8]]
+    make_table(db, "t", {"a": ("FLOAT[3]", "real[]", a.tolist()), "ids": ("BIGINT[2]", "bigint[]", ids),
+                         "raw": ("BLOB", "bytea", [bytes(r) for r in IMAGES.reshape(6, -1)[:4]])})
+    sql = "SELECT id, predict_array('two', a, ids) FROM t"
+    assert "result cache not used: the call passes 2 feature arguments" in str(db.explain(q(db, sql)))
+    check(db, sql, strategy, list(ort_run(two_model, {"a": a, "ids": np.array(ids, np.int64)})))
+    if db.backend.name == "duckdb":
+        sql = "SELECT id, predict_array('cnn', raw) FROM t"
+        assert "result cache not used: the features are BLOB bytes" in str(db.explain(sql))
+        check(db, sql, strategy, list(ort_run(cnn_model, {"x": IMAGES[:4].astype(np.float32)})))
+    assert all(s.rows == 0 for s in db.models.cache_stats())

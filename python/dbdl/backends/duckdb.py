@@ -337,9 +337,8 @@ class DuckDBBackend(Backend):
         types = self.argument_types(args)
         form = _form(str(types[0])) if types else "unknown"
         if form in ("nested", "blob", "scalar"):
-            return (f"relation-centric SQL takes a flat list of numbers; this argument is "
-                    f"{ {'nested': 'a nested array', 'blob': 'BLOB bytes', 'scalar': 'one number per row'}[form]} "
-                    f"({types[0]})")
+            what = {"nested": "a nested array", "blob": "BLOB bytes", "scalar": "one number per row"}[form]
+            return f"the features are {what} ({types[0]}), not a flat list of numbers"
         return None
 
     def predict_call_args(self, kind: str, model: ResolvedModel, args: Sequence[exp.Expression]) -> exp.Expression:
