@@ -20,7 +20,7 @@ from . import catalog
 from .errors import (ConfigurationError, DTypeMismatch, Error, InvalidArgument, InvalidModel, InvalidName,
                      ModelNotFound, ShapeMismatch)
 from .modelcheck import check_model_bytes
-from .runtime import SESSIONS, Signature, check_features, run_batch, shape_outputs
+from .runtime import SESSIONS, Column, Signature, run_batch, shape_outputs, valid_rows
 
 _SQLSTATE = {
     "ModelNotFound": "42704",  # undefined_object
@@ -98,15 +98,16 @@ class PlpyRunner:
         self.plpy.execute(self._plan(sql, params), list(params))
 
 
-_FAST_SERVING = ("SELECT v.version, v.sha256 FROM dbdl.models m JOIN dbdl.model_versions v "
+_FAST_SERVING = ("SELECT v.version, v.sha256, m.options FROM dbdl.models m JOIN dbdl.model_versions v "
                  "ON v.name = m.name AND v.version = m.serving_version WHERE m.name = $1")
-_FAST_PINNED = "SELECT version, sha256 FROM dbdl.model_versions WHERE name = $1 AND version = $2"
+_FAST_PINNED = ("SELECT v.version, v.sha256, m.options FROM dbdl.model_versions v JOIN dbdl.models m "
+                "ON m.name = v.name WHERE v.name = $1 AND v.version = $2")
 _refs: dict[str, tuple[str, int | None, str | None]] = {}
 _signatures: dict[str, Signature] = {}
 
 
-def resolve(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
-    """(name, version, sha256, signature, output index) of a model reference.
+def resolve_options(plpy, ref: str) -> tuple[str, int, str, Signature, int, dict]:
+    """(name, version, sha256, signature, output index, the model's stored options) of a model reference.
 
     One prepared query per call (a version registered a moment ago in another session is seen
     at once); parsed references and signatures are cached, keyed by text and content hash.
@@ -128,7 +129,23 @@ def resolve(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
     if signature is None:
         signature = catalog.resolve(PlpyRunner(plpy, DEFINER), name, version).signature
         _signatures[sha] = signature
-    return name, int(version), sha, signature, signature.output_index(output)
+    return name, int(version), sha, signature, signature.output_index(output), _parse_options(rows[0]["options"])
+
+
+def _parse_options(text: str | None) -> dict:
+    """The stored options (pad_id, feed, …: what build_feeds reads); the defaults are the runtime's."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def resolve(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
+    """(name, version, sha256, signature, output index) of a model reference (definer code only)."""
+    return resolve_options(plpy, ref)[:5]
+
+
 
 
 def _session(plpy, sha256: str, plans: Plans, ref: str):
@@ -154,19 +171,6 @@ def _session(plpy, sha256: str, plans: Plans, ref: str):
 #     (uint8: image pixels); the length tells which, as the model's input has a fixed size;
 #   - record_send() bytes of ROW(a, b, …), the form of predict('m', a, b): one field per model
 #     input, each field one of the above or a scalar number.
-
-try:
-    from .runtime import Column
-except ImportError:  # the runtime's feeding layer predates Column
-    from dataclasses import dataclass as _dataclass
-
-    @_dataclass
-    class Column:  # type: ignore[no-redef]
-        values: np.ndarray
-        valid: np.ndarray
-        width: int | None = None
-        offsets: np.ndarray | None = None
-        shape: tuple[int, ...] | None = None
 
 import struct as _struct
 
@@ -431,55 +435,27 @@ def decode_inputs(blobs: Sequence[bytes | None], signature: Signature, ref: str 
 
 
 def score_columns(session, signature: Signature, columns: list[Column], output: int, ref: str,
-                  kind: str | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+                  kind: str | None = None, options: dict | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """(outputs of the rows that can be scored, which rows those are): a row is scored when every
-    column has it (no NULL array, element or field). onnxruntime runs a few thousand rows at a time."""
-    valid = columns[0].valid.copy()
-    for column in columns[1:]:
-        valid &= column.valid
+    column has it (no NULL array, element or field). onnxruntime runs a few thousand rows at a time
+    (they stay in cache); sequences are padded per slice, to its longest row."""
+    valid = valid_rows(columns)
     if not valid.any():
         return None, valid
-    rows = np.flatnonzero(valid)
-    parts = []
-    for start in range(0, len(rows), _ORT_ROWS):
-        chunk = rows[start:start + _ORT_ROWS]
-        parts.append(_run_columns(session, signature, [_take(c, chunk) for c in columns], output, ref))
-    y = np.concatenate(parts)
+    n = len(valid)
+    if n <= _ORT_ROWS:
+        y = run_batch(session, signature, columns, output, ref, options)
+    else:
+        parts = []
+        for start in range(0, n, _ORT_ROWS):
+            rows = np.zeros(n, dtype=bool)
+            rows[start:start + _ORT_ROWS] = True
+            if (rows & valid).any():
+                parts.append(run_batch(session, signature, [c.take(rows) for c in columns], output, ref, options))
+        y = np.concatenate(parts)
     if kind is not None:
         y = shape_outputs(y, kind, ref, signature.outputs[output].name)
     return y, valid
-
-
-def _take(column: Column, rows: np.ndarray) -> Column:
-    """The given rows of a column (all of them valid)."""
-    valid = np.ones(len(rows), dtype=bool)
-    if column.offsets is not None:
-        starts, ends = column.offsets[rows], column.offsets[rows + 1]
-        lengths = ends - starts
-        index = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else np.zeros(0, int)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        return Column(column.values[index.astype(np.int64)], valid, None, offsets, None)
-    width = column.width or 0
-    values = column.values.reshape(-1, width)[rows].reshape(-1) if width else column.values[:0]
-    return Column(values, valid, column.width, None, column.shape)
-
-
-def _run_columns(session, signature: Signature, columns: list[Column], output: int, ref: str) -> np.ndarray:
-    from . import runtime
-
-    n = len(columns[0].valid)
-    if hasattr(runtime, "Column") and runtime.Column is Column:
-        return run_batch(session, signature, columns, output, ref)
-    # the runtime still takes one float32 matrix: fixed-width columns side by side
-    if any(c.offsets is not None for c in columns):
-        raise ShapeMismatch(f"model {ref!r}: rows of different lengths need a model with a variable-length input")
-    for c in columns:
-        if c.values.dtype == np.bool_ and not any(s.dtype == "bool" for s in signature.inputs):
-            raise DTypeMismatch(f"model {ref!r} takes numeric features; got booleans — cast them, e.g. "
-                                "col::int[]::real[]")
-    matrix = np.concatenate([c.values.reshape(n, -1).astype(np.float32) for c in columns], axis=1)
-    check_features(signature, matrix.shape[1], ref)
-    return run_batch(session, signature, matrix, output, ref)
 
 
 # -- row at a time ---------------------------------------------------------------------------------
@@ -492,7 +468,7 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
     if model is None or data is None:
         return None
     try:
-        name, version, sha, signature, output = resolve(plpy, model)
+        name, version, sha, signature, output, options = resolve_options(plpy, model)
         ref = f"{name}@{version}"
         if packed:
             x = _one_float4_row(data, signature.n_features)
@@ -503,7 +479,7 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
         if not column.valid[0]:
             return None
         session, signature = _session(plpy, sha, DEFINER, ref)
-        y, valid = score_columns(session, signature, [column], output, ref, kind)
+        y, valid = score_columns(session, signature, [column], output, ref, kind, options)
         return None if y is None else y[0].tolist()
     except Error as exc:
         raise_for_sql(plpy, exc)
@@ -515,13 +491,13 @@ def predict_fields(plpy, model: str | None, data: bytes | None, kind: str) -> An
     if model is None or data is None:
         return None
     try:
-        name, version, sha, signature, output = resolve(plpy, model)
+        name, version, sha, signature, output, options = resolve_options(plpy, model)
         ref = f"{name}@{version}"
         columns = decode_record([bytes(data)], signature, ref)
         if not all(c.valid[0] for c in columns):
             return None
         session, signature = _session(plpy, sha, DEFINER, ref)
-        y, valid = score_columns(session, signature, columns, output, ref, kind)
+        y, valid = score_columns(session, signature, columns, output, ref, kind, options)
         return None if y is None else y[0].tolist()
     except Error as exc:
         raise_for_sql(plpy, exc)
@@ -587,6 +563,7 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
         name, version, sha, signature, output = resolve_definer(plpy, model)
         ref = f"{name}@{version}"
         session, signature = _session(plpy, sha, INVOKER, ref)
+        options = _catalog_options(plpy, name)
         out_sql = _OUT_TYPES[kind]
         target_sql = _quote_target(plpy, target)
         described = plpy.execute(f"SELECT * FROM ({query}) AS q LIMIT 0")
@@ -649,7 +626,7 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
                                       signature.n_features if len(sent) == 1 else signature.inputs[j].per_row, ref,
                                       "features" if len(sent) == 1 else f"input {signature.inputs[j].name!r}")
                         for j, (_, oid) in enumerate(sent)]
-            out, valid = score_columns(session, signature, cols, output, ref, kind)
+            out, valid = score_columns(session, signature, cols, output, ref, kind, options)
             if kind == "array":
                 k = out.shape[1] if out is not None else (width_out or 0)
                 full = np.zeros((len(rows), k), dtype=np.float32)
@@ -673,6 +650,13 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
         return total
     except Error as exc:
         raise_for_sql(plpy, exc)
+
+
+def _catalog_options(plpy, name: str) -> dict:
+    """A model's stored options, read by invoker code through the view dbdl_user may read."""
+    rows = plpy.execute(INVOKER.get(plpy, "catalog_options", "SELECT c.options FROM dbdl.model_catalog AS c "
+                                    "WHERE c.name OPERATOR(pg_catalog.=) $1 LIMIT 1", ["pg_catalog.text"]), [name])
+    return _parse_options(rows[0]["options"]) if rows else {}
 
 
 _TYPE_CATEGORY = "SELECT t.typcategory AS c FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.=) $1"
@@ -1037,7 +1021,7 @@ def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, in
     from . import resultcache
 
     try:
-        name, version, sha, signature, output = resolve(plpy, ref)
+        name, version, sha, signature, output, stored = resolve_options(plpy, ref)
         model_ref = f"{name}@{version}"
         runner = PlpyRunner(plpy, DEFINER)
         options = catalog.model_options(runner, name)
@@ -1050,7 +1034,7 @@ def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, in
             return []
         columns = decode_inputs(present, signature, model_ref)
         session, signature = _session(plpy, sha, DEFINER, model_ref)
-        out, valid = score_columns(session, signature, columns, output, model_ref, "array")
+        out, valid = score_columns(session, signature, columns, output, model_ref, "array", stored)
         if out is None:
             return []
         keys = [hashlib.sha256(b).digest() for b, ok in zip(present, valid.tolist()) if ok]
