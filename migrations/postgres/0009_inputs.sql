@@ -100,6 +100,16 @@ BEGIN
     END LOOP;
 END
 $$;
+-- real[] and numeric[] keep 0007/0008's keys, now as exact overloads: beside the new ones the
+-- polymorphic anyarray and an implicit cast to double precision[] would tie
+CREATE OR REPLACE FUNCTION dbdl.cache_input(features pg_catalog.float4[]) RETURNS pg_catalog.bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN pg_catalog.array_send(features);
+CREATE OR REPLACE FUNCTION dbdl.cache_key(features pg_catalog.float4[]) RETURNS pg_catalog.bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN pg_catalog.sha256(pg_catalog.array_send(features));
+CREATE OR REPLACE FUNCTION dbdl.cache_input(features pg_catalog.numeric[]) RETURNS pg_catalog.bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN pg_catalog.array_send(features::pg_catalog.float4[]);
+CREATE OR REPLACE FUNCTION dbdl.cache_key(features pg_catalog.numeric[]) RETURNS pg_catalog.bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN pg_catalog.sha256(pg_catalog.array_send(features::pg_catalog.float4[]));
 CREATE OR REPLACE FUNCTION dbdl.cache_input(features record) RETURNS bytea
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$ BEGIN RETURN pg_catalog.record_send(features); END $$;
 CREATE OR REPLACE FUNCTION dbdl.cache_key(features record) RETURNS bytea
@@ -120,8 +130,8 @@ BEGIN
             EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION dbdl.%I(%s) TO dbdl_user', f, sig);
         END LOOP;
     END LOOP;
-    FOREACH sig IN ARRAY ARRAY['pg_catalog.float8[]', 'pg_catalog.int4[]', 'pg_catalog.int8[]', 'pg_catalog.int2[]',
-                               'pg_catalog.bool[]', 'record'] LOOP
+    FOREACH sig IN ARRAY ARRAY['pg_catalog.float4[]', 'pg_catalog.numeric[]', 'pg_catalog.float8[]', 'pg_catalog.int4[]',
+                               'pg_catalog.int8[]', 'pg_catalog.int2[]', 'pg_catalog.bool[]', 'record'] LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION dbdl.cache_input(%1$s), dbdl.cache_key(%1$s) FROM PUBLIC', sig);
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION dbdl.cache_input(%1$s), dbdl.cache_key(%1$s) TO dbdl_user',
                                   sig);

@@ -306,7 +306,7 @@ def _decode_numeric(blobs, valid, ref: str, what: str) -> Column:
 
 
 def decode_bytea(blobs: Sequence[bytes | None], width: int | None, ref: str = "the model",
-                 what: str = "features") -> Column:
+                 what: str = "features", legacy: bool = False) -> Column:
     """One input of a batch from bytea values of ``width`` values each: 4 * width bytes are
     little-endian float32 (dbdl's meaning of a bytea since the first release), width bytes are
     uint8 (compact images). A model input has one fixed size, so the two never meet."""
@@ -314,6 +314,8 @@ def decode_bytea(blobs: Sequence[bytes | None], width: int | None, ref: str = "t
     valid = np.array([b is not None for b in blobs], dtype=bool)
     if not valid.any():
         return _no_rows(n)
+    if not width and legacy:  # no model at hand: dbdl's first meaning, little-endian float32
+        width = len(next(b for b in blobs if b is not None)) // 4 or None
     if not width:
         raise DTypeMismatch(f"model {ref!r} takes {what} of variable length, which a bytea cannot carry; pass an "
                             "integer array (e.g. col::bigint[])")
@@ -356,11 +358,11 @@ def decode_scalars(blobs: Sequence[bytes | None], oid: int, ref: str = "the mode
 
 
 def decode_column(oid: int, blobs: Sequence[bytes | None], width: int | None, ref: str = "the model",
-                  what: str = "features") -> Column:
+                  what: str = "features", legacy_bytea: bool = False) -> Column:
     """One input from values of SQL type ``oid``: an array's array_send() bytes, a bytea, or the
     binary form of a scalar."""
     if oid == _BYTEA_OID:
-        return decode_bytea(blobs, width, ref, what)
+        return decode_bytea(blobs, width, ref, what, legacy_bytea)
     if oid in _ARRAY_ELEMENTS or oid not in _ELEMENTS and oid != _NUMERIC_OID and _looks_like_array(blobs):
         return decode_arrays(blobs, ref, what)
     return decode_scalars(blobs, oid, ref, what)
@@ -569,17 +571,18 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
         described = plpy.execute(f"SELECT * FROM ({query}) AS q LIMIT 0")
         columns = described.colnames()
         if len(columns) < 2:
-            raise ShapeMismatch(f"the query must return a key and the features (one column, or one per model input); "
-                                f"it returns {len(columns)} ({', '.join(columns)})")
+            raise ShapeMismatch(f"the query must return two columns, a key and the features (or a key and one column "
+                                f"per model input); it returns {len(columns)} ({', '.join(columns)})")
         key_type = int(described.coltypes()[0])
         key_col = plpy.quote_ident(columns[0])
         feat_types = [int(t) for t in described.coltypes()[1:]]
         feats = [plpy.quote_ident(c) for c in columns[1:]]
         if len(feats) > 1 and len(feats) != len(signature.inputs):
-            raise ShapeMismatch(f"model {ref!r} takes {len(signature.inputs)} inputs "
+            raise ShapeMismatch(f"the query must return two columns, a key and the features, or a key and one column "
+                                f"per model input: model {ref!r} takes {len(signature.inputs)} input"
+                                f"{'s' if len(signature.inputs) != 1 else ''} "
                                 f"({', '.join(s.name for s in signature.inputs)}); the query returns a key and "
-                                f"{len(feats)} feature columns — return one column per input, in input order, or one "
-                                "column of all features")
+                                f"{len(feats)} feature columns")
         sent = [_sent_form(plpy, f"q.{c}", t) for c, t in zip(feats, feat_types)]
         as_bytes = ", ".join(f"{expr} AS f{j}" for j, (expr, _) in enumerate(sent))
         plpy.execute(f"CREATE TABLE IF NOT EXISTS {target_sql} AS SELECT q.{key_col} AS {key_col}, NULL::{out_sql} "
