@@ -207,7 +207,7 @@ def decode_arrays(blobs: Sequence[bytes | None], ref: str = "the model", what: s
         if blob is None:
             continue
         if len(blob) < 12:
-            raise InvalidArgument(f"{what} for model {ref!r}: {len(blob)} bytes are not an array_send() value")
+            raise ShapeMismatch(f"{what} for model {ref!r}: {len(blob)} bytes are not an array_send() value")
         ndim, flags, oid = _struct.unpack_from(">iii", blob, 0)
         if elem is None:
             elem = oid
@@ -237,7 +237,7 @@ def decode_arrays(blobs: Sequence[bytes | None], ref: str = "the model", what: s
             dims = tuple(int(d) for d in np.frombuffer(present[0], dtype=">i4", count=2 * ndim, offset=12)[::2])
             count = int(np.prod(dims)) if ndim else 0
             if length != head + count * item.itemsize:
-                raise InvalidArgument(f"{what} for model {ref!r}: malformed array_send() value")
+                raise ShapeMismatch(f"{what} for model {ref!r}: malformed array_send() value (its length does not match its header)")
             values = np.zeros((n, count), dtype=native)
             values[rows] = raw[:, head:].copy().view(item)["v"].reshape(len(present), count)
             return Column(values.reshape(-1), valid, count, None, dims if ndim else (0,))
@@ -249,7 +249,7 @@ def decode_arrays(blobs: Sequence[bytes | None], ref: str = "the model", what: s
         count = int(np.prod(dims))
         start = 12 + 8 * nd
         if len(blob) != start + count * item.itemsize:
-            raise InvalidArgument(f"{what} for model {ref!r}: malformed array_send() value")
+            raise ShapeMismatch(f"{what} for model {ref!r}: malformed array_send() value (its length does not match its header)")
         parts.append(np.frombuffer(blob, dtype=item, count=count, offset=start)["v"].astype(native))
         shapes.append(dims)
     if len(set(shapes)) == 1:
