@@ -291,7 +291,7 @@ class PostgresBackend(Backend):
                     chunks = []
                     for i in range(0, len(keys_raw), BATCH_ROWS):
                         part = matrix[i:i + BATCH_ROWS]
-                        y = _score(score, [Column.from_matrix(part)])
+                        y = score([Column.from_matrix(part)])
                         chunks.append(_prediction_rows_fixed(keys_raw[i:i + BATCH_ROWS], y, kind))
                 else:
                     rows = _split_binary_copy(payload, len(names))
@@ -309,7 +309,7 @@ class PostgresBackend(Backend):
                                                          what="features" if n_features == 1 else f"argument {k + 1}",
                                                          legacy_bytea=signature is None))
                         valid = valid_rows(columns)
-                        y = _score(score, columns) if valid.any() else None
+                        y = score(columns) if valid.any() else None
                         chunks.append(_prediction_fields([r[:1] if keyed else r for r in batch], valid, y, kind))
                 with self.con.cursor().copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as sink:
                     sink.write(_HEADER)
@@ -734,19 +734,6 @@ def _prediction_fields(keys: list[tuple[bytes | None, ...]], valid: np.ndarray, 
 
 
 _REAL_ARRAY = 1021
-
-
-def _score(score: Any, columns: list) -> np.ndarray:
-    """``score(columns)``; a scorer of the float-matrix era gets the valid rows as one float32 matrix."""
-    try:
-        return score(columns)
-    except AttributeError as exc:
-        if "'list' object" not in str(exc):
-            raise
-    from dbdl_udf.runtime import valid_rows
-
-    valid = valid_rows(columns)
-    return score(np.concatenate([c.take(valid).matrix().astype(np.float32) for c in columns], axis=1))
 
 
 def _score_signature(score: Any):

@@ -70,6 +70,7 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[...,
         check_features(model.signature, x.shape[1], model.ref)
         return shape_outputs(run(np.ascontiguousarray(x, dtype=np.float32), len(x)), kind, model.ref, spec.name)
 
+    score.model = model  # the backend's decoders read the inputs' widths (a PostgreSQL bytea: float32 or uint8)
     return score
 
 
