@@ -375,3 +375,82 @@ def test_wrong_types_get_dbdl_errors_naming_the_fix(pg):
     with pytest.raises(dbdl.ShapeMismatch):
         db.sql("CALL dbdl.predict_into('ids', 'SELECT 1::bigint, ''{1,2}''::bigint[]', 'z')")
     assert values(con, "SELECT pg_catalog.to_regclass('z')::text") == [None]  # nothing half-written
+
+
+# -- 5. hostile callers ----------------------------------------------------------------------------
+
+from test_security import assert_nothing_ran_as_another_role, connect, evil_body, world  # noqa: E402,F401
+
+
+@pytest.mark.parametrize("attacker", ["user", "admin"])
+def test_nothing_a_caller_plants_runs_in_the_new_input_forms(world, attacker):
+    """Better-matching record_send / array_send / sha256 overloads, operators on the new array types,
+    shadowing predict overloads of the new arities, in public and in an attacker's schema searched
+    first; victims (the owner and another dbdl_user) then use every new form. None of the planted
+    code runs as anyone but the attacker, and the victims' results are the model's."""
+    role = world["roles"][attacker]
+    with dbdl.connect(world["url"]) as db:
+        db.models.register("two", multi_model())
+        db.models.register("ids", ids_model())
+        db.models.set_options("two", cache=True)
+        db.sql("CREATE TABLE mt (id bigint, ids bigint[], x real[], img bytea)")
+        rows = ids_rows()[:4]
+        for i, r in enumerate(rows):
+            db.sql("INSERT INTO mt VALUES (?, ?, ?, ?)", [i, r.tolist(), [0.5, float(i), -1.0], bytes(range(12))])
+        db.sql("GRANT SELECT ON mt TO PUBLIC")
+        db.sql(f"CREATE SCHEMA planted AUTHORIZATION {role}")
+        db.sql("GRANT USAGE ON SCHEMA planted TO PUBLIC")
+    expected = np.concatenate([(rows - BIG).astype(np.float32),
+                               np.array([[0.5, i, -1.0] for i in range(4)], np.float32)], axis=1)
+    with connect(world, attacker) as con:
+        con.execute("CREATE FUNCTION public.c(bigint[]) RETURNS real[] LANGUAGE sql RETURN NULL::real[]")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # casts between built-in types: owners only
+            con.execute("CREATE CAST (bigint[] AS real[]) WITH FUNCTION public.c(bigint[]) AS IMPLICIT")
+        for schema in ("public", "planted"):
+            for fn, args, returns in (("record_send", "record", "bytea"), ("array_send", "bigint[]", "bytea"),
+                                      ("array_send", "boolean[]", "bytea"), ("array_send", "integer[]", "bytea"),
+                                      ("array_send", "anyarray", "bytea"), ("sha256", "bytea", "bytea")):
+                body = evil_body(f"{schema}.{fn}") + "RETURN NULL; END"
+                con.execute(f"CREATE FUNCTION {schema}.{fn}({args}) RETURNS {returns} LANGUAGE plpgsql AS $${body}$$")
+            for fn in ("predict", "predict_array", "predict_class"):
+                for args in ("text, record", "text, anyelement, anycompatible", "text, bigint[], real[]",
+                             "text, bigint[]", "text, boolean[]", "text, anyelement, anyelement, anyelement"):
+                    con.execute(f"CREATE FUNCTION {schema}.{fn}({args}) RETURNS bigint LANGUAGE plpgsql AS "
+                                f"$${evil_body(f'{schema}.{fn}')}RETURN 0; END$$")
+            for fn in ("cache_key", "cache_input"):
+                con.execute(f"CREATE FUNCTION {schema}.{fn}(bigint[]) RETURNS bytea LANGUAGE plpgsql AS "
+                            f"$${evil_body(f'{schema}.{fn}')}RETURN NULL; END$$")
+            for op, left, right in (("=", "bigint[]", "bigint[]"), ("=", "record", "record"), ("-", "bigint", "bigint")):
+                fn = f"op_{abs(hash((schema, op, left)))}"
+                con.execute(f"CREATE FUNCTION {schema}.{fn}({left}, {right}) RETURNS boolean LANGUAGE plpgsql AS "
+                            f"$${evil_body(f'{schema} {op}')}RETURN false; END$$")
+                con.execute(f"CREATE OPERATOR {schema}.{op} (LEFTARG = {left}, RIGHTARG = {right}, FUNCTION = {schema}.{fn})")
+    for who in (None, "analyst"):
+        for path in ('"$user", public', "planted, public, pg_catalog", '"$user", dbdl, planted, public'):
+            with connect(world, who) as con:
+                con.execute(f"SET search_path = {path}")
+                for call in ("dbdl.predict_array('two', ids, x)", "dbdl.predict_array('two', ROW(ids, x))"):
+                    got = [r[0] for r in con.execute(f"SELECT {call} FROM public.mt ORDER BY id").fetchall()]
+                    np.testing.assert_allclose(got, expected, rtol=1e-6)
+                got = [r[0] for r in con.execute("SELECT dbdl.predict_array('ids', ids) FROM public.mt ORDER BY id")]
+                np.testing.assert_array_equal(got, (rows - BIG).astype(np.float32))
+                con.execute("SELECT dbdl.predict_class('two', ids, x), dbdl.predict_array('ids', ids::integer[]), "
+                            "dbdl.cache_key(ids), dbdl.cache_input(ids), dbdl.cache_key(ROW(ids, x)), "
+                            "dbdl.cache_input(ROW(ids, x)) FROM public.mt").fetchall()
+                con.execute("SELECT count(*) FROM dbdl.cache_fill('two', ARRAY(SELECT dbdl.cache_input(ROW(ids, x)) "
+                            "FROM public.mt))").fetchall()
+                target = f"public.victim_{next(_victims)}"
+                con.execute(f"CALL dbdl.predict_into('two', 'SELECT id, ids, x FROM public.mt', '{target}')")
+                got = [r[0] for r in con.execute(f"SELECT prediction FROM {target} ORDER BY id")]
+                np.testing.assert_allclose(got, expected, rtol=1e-6)
+        url = world["server"].url(world["db"], world["roles"][who]) if who else world["url"]
+        with dbdl.connect(url, migrate=False) as db:
+            db.sql("SET search_path = planted, public, pg_catalog")
+            for strategy in ("udf", "dl"):
+                got = [r[0] for r in db.sql("SELECT predict_array('two', ids, x) FROM public.mt ORDER BY id",
+                                            strategy=strategy).fetchall()]
+                np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert_nothing_ran_as_another_role(world, attacker)
+
+
+_victims = iter(range(1_000_000))
