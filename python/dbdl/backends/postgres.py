@@ -43,9 +43,9 @@ _PG_TYPES = {
 }
 
 
-_DBDL_ROUTINES = {"predict", "predict_array", "predict_class", "predict_into", "train_export"}
+_DBDL_ROUTINES = {"predict", "predict_array", "predict_class", "predict_text", "predict_into", "train_export"}
 _LEADING_CALL = re.compile(r"\s*CALL\s+(predict_into|train_export)\s*\(", re.I)
-_UNQUALIFIED_CALL = re.compile(r"(?<![.\w\"])(predict(_array|_class|_into)?|train_export)\s*\(", re.I)
+_UNQUALIFIED_CALL = re.compile(r"(?<![.\w\"])(predict(_array|_class|_text|_into)?|train_export)\s*\(", re.I)
 
 
 def qualify_dbdl_calls(sql: str) -> str:
@@ -185,8 +185,8 @@ class PostgresBackend(Backend):
 
     def store_version(self, name: str, prepared: Any, *, description: str | None, promote: bool) -> int:
         row = self.fetchone("SELECT dbdl.register_model(?, ?, ?, ?, ?, ?)",
-                            (name, prepared.onnx_bytes, description, bool(promote), prepared.source,
-                             prepared.torch_program))
+                            (name, getattr(prepared, "original_bytes", None) or prepared.onnx_bytes, description,
+                             bool(promote), prepared.source, prepared.torch_program))
         return int(row[0])
 
     def promote_version(self, name: str, version: int) -> None:
@@ -267,7 +267,8 @@ class PostgresBackend(Backend):
 
         from ..strategies.dl import BATCH_ROWS
 
-        out_type = {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
+        text = bool(getattr(score, "text", False))  # predict() of class names (strategies.dl.scorer)
+        out_type = "text" if text else {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
         signature = _score_signature(score)
         try:
             with self.transaction():
@@ -292,7 +293,11 @@ class PostgresBackend(Backend):
                     for i in range(0, len(keys_raw), BATCH_ROWS):
                         part = matrix[i:i + BATCH_ROWS]
                         y = score([Column.from_matrix(part)])
-                        chunks.append(_prediction_rows_fixed(keys_raw[i:i + BATCH_ROWS], y, kind))
+                        if text:
+                            chunks.append(_prediction_fields([(bytes(k),) for k in keys_raw[i:i + BATCH_ROWS]],
+                                                             np.ones(len(part), dtype=bool), y, "text"))
+                        else:
+                            chunks.append(_prediction_rows_fixed(keys_raw[i:i + BATCH_ROWS], y, kind))
                 else:
                     rows = _split_binary_copy(payload, len(names))
                     chunks = []
@@ -310,7 +315,8 @@ class PostgresBackend(Backend):
                                                          legacy_bytea=signature is None))
                         valid = valid_rows(columns)
                         y = score(columns) if valid.any() else None
-                        chunks.append(_prediction_fields([r[:1] if keyed else r for r in batch], valid, y, kind))
+                        chunks.append(_prediction_fields([r[:1] if keyed else r for r in batch], valid, y,
+                                                      "text" if text else kind))
                 with self.con.cursor().copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as sink:
                     sink.write(_HEADER)
                     for chunk in chunks:
@@ -406,7 +412,10 @@ class PostgresBackend(Backend):
         # the functions live in the server; planning pins the version in the reference. Always
         # qualified: an unqualified name would be looked up on the caller's search_path, where a
         # function of the same name in another schema could be a better match
-        call = exp.Anonymous(this=_SQL_NAMES[kind], expressions=[exp.Literal.string(model.ref), features])
+        name = _SQL_NAMES[kind]
+        if kind == "scalar" and model.output_spec.is_text:
+            name = "predict_text"  # class names: dbdl.predict returns real, dbdl.predict_text text
+        call = exp.Anonymous(this=name, expressions=[exp.Literal.string(model.ref), features])
         return exp.Dot(this=exp.to_identifier(self.function_schema), expression=call)
 
     def predict_call_args(self, kind: str, model: ResolvedModel, args: Sequence[exp.Expression]) -> exp.Expression:
@@ -414,7 +423,7 @@ class PostgresBackend(Backend):
         (the bytes of any array or a bytea go to the definer function). Several (``predict('m', a,
         b)``, one per model input in input order): ``dbdl.predict('m@1', ROW(a, b))``, whose
         record_send() bytes carry each argument in its own type — PostgreSQL's polymorphic
-        families cannot type more than two different arguments of one function (migration 0009)."""
+        families cannot type more than two different arguments of one function (migration 0010_inputs)."""
         if len(args) == 1:
             return self.predict_call(kind, model, args[0].copy())
         row = exp.Anonymous(this="ROW", expressions=[a.copy() for a in args])
@@ -727,6 +736,8 @@ def _prediction_fields(keys: list[tuple[bytes | None, ...]], valid: np.ndarray, 
             body = struct.pack(">iiiii", 1, 0, 700, len(value), 1) + items.tobytes()
         elif kind == "class":
             body = struct.pack(">q", int(value))
+        elif kind == "text":
+            body = str(value).encode()
         else:
             body = struct.pack(">f", float(value))
         parts.append(struct.pack(">i", len(body)) + body)

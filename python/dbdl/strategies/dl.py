@@ -65,12 +65,15 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[...,
             x = take_rows(x, rows)
             n = int(rows.sum())
             if n == 0:
-                return shape_outputs(np.zeros((0, spec.per_row or 0), np.float32), kind, model.ref, spec.name)
-            return shape_outputs(run(x, n), kind, model.ref, spec.name)
+                return shape_outputs(np.zeros((0, spec.per_row or 0), np.float32), kind, model.ref, spec.name,
+                                     model.signature)
+            return shape_outputs(run(x, n), kind, model.ref, spec.name, model.signature)
         check_features(model.signature, x.shape[1], model.ref)
-        return shape_outputs(run(np.ascontiguousarray(x, dtype=np.float32), len(x)), kind, model.ref, spec.name)
+        return shape_outputs(run(np.ascontiguousarray(x, dtype=np.float32), len(x)), kind, model.ref, spec.name,
+                             model.signature)
 
     score.model = model  # the backend's decoders read the inputs' widths (a PostgreSQL bytea: float32 or uint8)
+    score.text = kind == "scalar" and spec.is_text  # class names: the backend's table holds text
     return score
 
 

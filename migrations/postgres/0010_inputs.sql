@@ -1,11 +1,11 @@
--- dbdl 0009 (PostgreSQL): every input a table holds (issue 11, "Input types").
+-- dbdl 0010 (PostgreSQL): every input a table holds (issue 11, "Input types").
 --
 -- The single-column functions of 0007 stay as they are: their bytes (array_send() of any array,
 -- or a bytea) are now decoded in the array's own element type, so bigint[] token ids reach an int64
 -- input exactly, double precision[] a float64 input, boolean[] a bool input, multi-dimensional
 -- arrays keep their dimensions, and a bytea holds 4 bytes per value (little-endian float32, as
 -- before) or 1 byte per value (uint8 pixels). What is new here:
---   (1) exact boolean[] overloads beside the other common array types;
+--   (1) exact boolean[] overloads beside the other common array types (predict_text, 0009, too);
 --   (2) several columns in one call, one per model input, in the model's input order:
 --       dbdl.predict('m', ROW(a, b, …)) for any number and mix of types, and the shorthands
 --       dbdl.predict('m', a, b) (any two types) and dbdl.predict('m', a, b, c[, d]) (one type);
@@ -22,7 +22,8 @@ DECLARE
 BEGIN
     FOR f IN SELECT * FROM (VALUES ('predict', 'pg_catalog.float4', 'predict_scalar'),
                                    ('predict_array', 'pg_catalog.float4[]', 'predict_vector'),
-                                   ('predict_class', 'pg_catalog.int8', 'predict_argmax')) AS v(name, returns, impl) LOOP
+                                   ('predict_class', 'pg_catalog.int8', 'predict_argmax'),
+                                   ('predict_text', 'pg_catalog.text', 'predict_label')) AS v(name, returns, impl) LOOP
         EXECUTE pg_catalog.format(
             'CREATE OR REPLACE FUNCTION dbdl.%I(model pg_catalog.text, features pg_catalog.bool[]) RETURNS %s '
             'LANGUAGE sql STABLE PARALLEL UNSAFE RETURN dbdl.%I(model, pg_catalog.array_send(features), true)',
@@ -51,13 +52,20 @@ if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
 return GD["dbdl"].predict_fields(plpy, model, fields, "class")
 $$;
 
+CREATE OR REPLACE FUNCTION dbdl.predict_label_fields(model text, fields bytea) RETURNS text
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, dbdl, pg_temp AS $$
+if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
+return GD["dbdl"].predict_fields(plpy, model, fields, "text")
+$$;
+
 DO $$
 DECLARE
     f record;
 BEGIN
     FOR f IN SELECT * FROM (VALUES ('predict', 'pg_catalog.float4', 'predict_scalar_fields'),
                                    ('predict_array', 'pg_catalog.float4[]', 'predict_vector_fields'),
-                                   ('predict_class', 'pg_catalog.int8', 'predict_argmax_fields')) AS v(name, returns, impl) LOOP
+                                   ('predict_class', 'pg_catalog.int8', 'predict_argmax_fields'),
+                                   ('predict_text', 'pg_catalog.text', 'predict_label_fields')) AS v(name, returns, impl) LOOP
         -- ROW(a, b, …), or a table's row: SQL functions cannot take a record, plpgsql can (not
         -- inlined; its one expression is fully qualified, so the caller's path finds nothing in it)
         EXECUTE pg_catalog.format(
@@ -121,7 +129,7 @@ DECLARE
     f text;
     sig text;
 BEGIN
-    FOREACH f IN ARRAY ARRAY['predict', 'predict_array', 'predict_class'] LOOP
+    FOREACH f IN ARRAY ARRAY['predict', 'predict_array', 'predict_class', 'predict_text'] LOOP
         FOREACH sig IN ARRAY ARRAY['pg_catalog.text, pg_catalog.bool[]', 'pg_catalog.text, record',
                                    'pg_catalog.text, anyelement, anycompatible',
                                    'pg_catalog.text, anyelement, anyelement, anyelement',
@@ -139,6 +147,6 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION dbdl.predict_scalar_fields(text, bytea), dbdl.predict_vector_fields(text, bytea),
-    dbdl.predict_argmax_fields(text, bytea) FROM PUBLIC;
+    dbdl.predict_argmax_fields(text, bytea), dbdl.predict_label_fields(text, bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dbdl.predict_scalar_fields(text, bytea), dbdl.predict_vector_fields(text, bytea),
-    dbdl.predict_argmax_fields(text, bytea) TO dbdl_user;
+    dbdl.predict_argmax_fields(text, bytea), dbdl.predict_label_fields(text, bytea) TO dbdl_user;
