@@ -314,7 +314,7 @@ def test_token_lists_padded_per_batch_with_the_models_pad_id(pg):
     url, con, db = pg
     db.models.register("seq", sequence_model())
     db.models.set_options("seq", pad_id=1000)
-    rows = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [BIG + 1, 2], None, [1, None]]
+    rows = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [94_000, 2], None, [1, None]]
     con.execute("CREATE TABLE t (id bigint, ids bigint[])")
     for i, r in enumerate(rows):
         con.execute("INSERT INTO t VALUES (%s, %s)", (i, r))
@@ -365,15 +365,15 @@ def test_wrong_types_get_dbdl_errors_naming_the_fix(pg):
     url, con, db = pg
     db.models.register("ids", ids_model())
     with pytest.raises(psycopg.errors.DatatypeMismatch, match=r"dbdl.DTypeMismatch: .*whole numbers"):
-        con.execute("SELECT dbdl.predict('ids', '{1.5,2,3,4}'::real[])")
+        con.execute("SELECT dbdl.predict_array('ids', '{1.5,2,3,4}'::real[])")
     with pytest.raises(psycopg.errors.DatatypeMismatch, match=r"dbdl.DTypeMismatch: .*text.*cast"):
-        con.execute("SELECT dbdl.predict('ids', '{a,b,c,d}'::text[])")
+        con.execute("SELECT dbdl.predict_array('ids', '{a,b,c,d}'::text[])")
     with pytest.raises(psycopg.errors.DatatypeMismatch, match=r"dbdl.DTypeMismatch: .*int64.*booleans"):
         con.execute("SELECT dbdl.predict_array('ids', '{t,f,t,f}'::boolean[])")
     with pytest.raises(dbdl.DTypeMismatch, match="cast"):
-        db.sql("SELECT predict('ids', '{a,b,c,d}'::text[])", strategy="udf")
+        db.sql("SELECT predict_array('ids', '{a,b,c,d}'::text[])", strategy="udf")
     with pytest.raises(dbdl.ShapeMismatch):
-        db.sql("CALL dbdl.predict_into('ids', 'SELECT 1::bigint, ''{1,2}''::bigint[]', 'z')")
+        db.sql("CALL dbdl.predict_into('ids', 'SELECT 1::bigint AS id, ''{1,2}''::bigint[] AS ids', 'z')")
     assert values(con, "SELECT pg_catalog.to_regclass('z')::text") == [None]  # nothing half-written
 
 

@@ -519,8 +519,6 @@ def _one_result(session, signature: Signature, columns: list[Column], output: in
         value = y[0]
         return value if isinstance(value, str) else _number_text(value)
     return y[0].tolist()
-    except Error as exc:
-        raise_for_sql(plpy, exc)
 
 
 def _number_text(value) -> str:
