@@ -219,6 +219,11 @@ def test_bytea_image_bytes_feed_uint8_and_float_models(pg):
             got = [r[0] for r in db.sql(f"SELECT predict_array('{model}', img) FROM t ORDER BY id",
                                         strategy=strategy).fetchall()]
             np.testing.assert_allclose(got[:5], expected, rtol=1e-6, err_msg=f"{model} {strategy}")
+    # the planner's own choice scores them too; relation-centric SQL cannot read bytes and says so
+    got = [r[0] for r in db.sql("SELECT predict_array('f32', img) FROM t ORDER BY id").fetchall()]
+    np.testing.assert_allclose(got[:5], expected, rtol=1e-6)
+    with pytest.raises(dbdl.StrategyUnavailable, match="bytea"):
+        db.sql("SELECT predict_array('f32', img) FROM t", strategy="relation")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"12 features per row as a bytea of 48 bytes.*"
                                                                     r"or of 12 bytes \(uint8\); got a row of 5 bytes"):
         con.execute("SELECT dbdl.predict_array('u8', '\\x0102030405'::bytea)")

@@ -418,6 +418,39 @@ class PostgresBackend(Backend):
         call = exp.Anonymous(this=name, expressions=[exp.Literal.string(model.ref), features])
         return exp.Dot(this=exp.to_identifier(self.function_schema), expression=call)
 
+    def argument_types(self, args: Sequence[exp.Expression]) -> list[int] | None:
+        """The type oids of a predict call's feature arguments (planned, not run: LIMIT 0), or
+        None where they cannot be known before the statement runs (bound parameters)."""
+        if any(a.find(exp.Placeholder, exp.Parameter) is not None for a in args):
+            return None
+        from ..strategies.common import source_rows
+
+        select = args[0].find_ancestor(exp.Select)
+        has_from = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
+        probe = source_rows(select) if has_from else exp.select(exp.Literal.number(1))
+        probe.set("expressions", [exp.alias_(a.copy(), f"a{i}") for i, a in enumerate(args)])
+        probe.set("limit", exp.Limit(expression=exp.Literal.number(0)))
+        try:
+            with self.con.transaction():  # a savepoint inside the caller's transaction
+                cur = self.con.execute(probe.sql(dialect=self.dialect))
+                return [d.type_code for d in cur.description]
+        except psycopg.Error:
+            return None
+
+    def relation_feature_problem(self, model: ResolvedModel, args: Sequence[exp.Expression]) -> str | None:
+        # relation-centric SQL unnests a numeric array; a bytea (float32 or uint8 bytes) or a
+        # scalar column is not one (booleans are left to the SQL's own DTypeMismatch)
+        if len(args) != 1:
+            return None
+        types = self.argument_types(args)
+        if not types:
+            return None
+        if types[0] == 17:
+            return "relation-centric SQL takes a numeric array; this argument is bytea bytes"
+        if types[0] in (20, 21, 23, 700, 701, 1700):
+            return "relation-centric SQL takes a numeric array; this argument is one number per row"
+        return None
+
     def predict_call_args(self, kind: str, model: ResolvedModel, args: Sequence[exp.Expression]) -> exp.Expression:
         """One feature argument: ``dbdl.predict('m@1', feats)``, an exact overload per array type
         (the bytes of any array or a bytea go to the definer function). Several (``predict('m', a,
