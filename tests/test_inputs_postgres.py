@@ -301,6 +301,18 @@ def test_several_columns_of_mixed_types_in_one_call(pg):
     # three arguments of different types have no native form (it would coerce them): ROW(...) takes them
     with pytest.raises(psycopg.errors.UndefinedFunction):
         con.execute("SELECT dbdl.predict_array('three', ids, x, mask) FROM t")
+    with pytest.raises(dbdl.DTypeMismatch, match=r"ROW\(a, b, c\)"):  # what the Python client says of it
+        db.backend.run_query("SELECT dbdl.predict_array('three', ids, x, mask) FROM t")
+    # db.sql plans it into the ROW form, with the model literal or named by a column
+    for model_ref in ("'three'", "m.name"):
+        got = [r[0] for r in db.sql(f"SELECT predict_array({model_ref}, ids, x, mask) FROM t, "
+                                    "(SELECT 'three' AS name) AS m ORDER BY id", strategy="udf").fetchall()]
+        np.testing.assert_allclose(got[:5], expected3, rtol=1e-6, err_msg=model_ref)
+    # no row identity (a CTE): the DL-centric side table is keyed by the arguments themselves
+    got = [r[0] for r in db.sql("WITH s AS (SELECT * FROM t) SELECT predict_array('two', ids, x) FROM s ORDER BY id",
+                                strategy="dl").fetchall()]
+    np.testing.assert_allclose(got[:5], expected2, rtol=1e-6)
+    assert got[5:] == [None, None]
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"takes 2 inputs .*got 3 columns"):
         con.execute("SELECT dbdl.predict_array('two', ROW(ids, x, mask)) FROM t")
     db.models.register("img", image_model())

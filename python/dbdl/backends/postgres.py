@@ -462,6 +462,17 @@ class PostgresBackend(Backend):
         row = exp.Anonymous(this="ROW", expressions=[a.copy() for a in args])
         return self.predict_call(kind, model, row)
 
+    def unpinned_call_args(self, kind: str, call: exp.Anonymous) -> exp.Expression | None:
+        """A call whose model is a column: the server resolves it row by row; several feature
+        arguments go as one ROW(a, b, …), as for a pinned model."""
+        model_arg, *args = call.expressions
+        if len(args) < 2:
+            return None
+        name = _SQL_NAMES[kind]
+        row = exp.Anonymous(this="ROW", expressions=[a.copy() for a in args])
+        return exp.Dot(this=exp.to_identifier(self.function_schema),
+                       expression=exp.Anonymous(this=name, expressions=[model_arg.copy(), row]))
+
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
         sql = qualify_dbdl_calls(sql)
         try:
@@ -493,9 +504,16 @@ class PostgresBackend(Backend):
             return QueryError(f"the query does not parse: {primary}")
         if isinstance(exc, (psycopg.errors.AmbiguousFunction, psycopg.errors.UndefinedFunction)) and re.match(
                 r"function (dbdl\.)?predict(_array|_class)?\(", primary):
+            args = primary.split("(", 1)[1].rsplit(")", 1)[0].count(",") if "(" in primary else 1
+            if args >= 3:  # three or more feature arguments of different types
+                return DTypeMismatch(
+                    f"{primary}: several feature columns of different types go in one ROW, one field per model "
+                    "input in input order: dbdl.predict('m', ROW(a, b, c)); dbdl.predict('m', a, b) takes any two, "
+                    "and three or four of one type")
             return DTypeMismatch(
                 f"{primary}: predict's features must be numbers, as a typed numeric array (real[], "
-                "double precision[], integer[]) or float32 bytea; add a cast, e.g. '{1,2,3}'::real[]")
+                "double precision[], integer[], bigint[], boolean[]) or bytea (float32 or uint8); add a cast, "
+                "e.g. '{1,2,3}'::real[]")
         return QueryError(str(exc).strip())
 
 
