@@ -612,6 +612,11 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
                                   "table name; got NULL")
         name, version, sha, signature, output = resolve_definer(plpy, model)
         ref = f"{name}@{version}"
+        if signature.outputs[output].is_text:
+            raise ShapeMismatch(f"model {ref!r} output {signature.outputs[output].name!r} holds text (class names) and "
+                                "predict_into writes numbers; score it with INSERT INTO target SELECT key, "
+                                f"dbdl.predict_text({model!r}, features) FROM …, or name a numeric output, e.g. "
+                                f"'{name}:probabilities'")
         session, signature = _session(plpy, sha, INVOKER, ref)
         options = _catalog_options(plpy, name)
         out_sql = _OUT_TYPES[kind]
