@@ -435,18 +435,19 @@ def report(rows: list[dict], note: str) -> None:
         if not part:
             continue
         label = {"duckdb": "DuckDB", "postgres": "PostgreSQL"}[backend]
-        lines += [f"## {label}", "", "| workload | method | rows | rows/s | ÷ raw onnxruntime | agrees |",
-                  "| --- | --- | ---: | ---: | ---: | --- |"]
+        lines += [f"## {label}", "", "| workload | method | rows | rows/s | ÷ raw onnxruntime | µs/row over raw | agrees |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
         table = Table(title=f"{label}: input forms ÷ raw onnxruntime, same model and rows")
-        for col in ("workload", "method", "rows", "rows/s", "÷ raw", "agrees"):
+        for col in ("workload", "method", "rows", "rows/s", "÷ raw", "µs/row over raw", "agrees"):
             table.add_column(col, justify="left" if col in ("workload", "method", "agrees") else "right")
         for r in part:
             ref = next(x for x in part if x["workload"] == r["workload"] and x["reference"])["rows_per_s"]
             ratio = r["rows_per_s"] / ref
             agrees = "" if r["agrees"] is None else ("yes" if r["agrees"] else "NO")
             method = r["method"] + (f" ({r['note']})" if r["note"] else "")
-            table.add_row(r["workload"], method, f"{r['rows']:,}", f"{r['rows_per_s']:,.0f}", f"{ratio:.3f}", agrees)
-            lines.append(f"| {r['workload']} | {method} | {r['rows']:,} | {r['rows_per_s']:,.0f} | {ratio:.3f} | {agrees} |")
+            extra = "" if r["reference"] else f"{1e6 / r['rows_per_s'] - 1e6 / ref:.1f}"
+            table.add_row(r["workload"], method, f"{r['rows']:,}", f"{r['rows_per_s']:,.0f}", f"{ratio:.3f}", extra, agrees)
+            lines.append(f"| {r['workload']} | {method} | {r['rows']:,} | {r['rows_per_s']:,.0f} | {ratio:.3f} | {extra} | {agrees} |")
         console.print(table)
         lines.append("")
     titles = {r["workload"]: r["title"] for r in rows}
