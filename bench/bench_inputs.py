@@ -177,6 +177,10 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def best_of_2(fn) -> float:
+    return min(timed(fn), timed(fn))
+
+
 def interleaved(methods: dict, rounds: int) -> dict[str, float]:
     """Best seconds of each method over ``rounds`` rounds that run every method once in turn."""
     best = {k: float("inf") for k in methods}
@@ -255,7 +259,7 @@ def run_duckdb(scale: float, folder: Path) -> list[dict]:
         forms = {"FLOAT[3072]": "f", "FLOAT[32][32][3] (nested)": "nested", "UTINYINT[3072]": "u8",
                  "BLOB (uint8 bytes)": "blob"}
         for label, col in forms.items():
-            methods[f"SELECT sum(predict_class(…)), {label}"] = sql_class_sum("cnn", col, "img")
+            methods[f"sum(predict_class(…)), {label}"] = sql_class_sum("cnn", col, "img")
         _finish_duckdb(w, methods, n, ref, lambda label: results[("cnn", forms[label.split(", ", 1)[1]])])
         out += w.rows
         session = None
@@ -278,7 +282,7 @@ def run_duckdb(scale: float, folder: Path) -> list[dict]:
             ref = raw_classes(session, batches)
             w = Workload(key, title)
             methods = {"raw onnxruntime, pre-collated batches of 2048": raw_runner(session, batches),
-                       "SELECT sum(predict_class(…)), INTEGER[] (ragged)": sql_class_sum(model, "tokens", "docs")}
+                       "sum(predict_class(…)), INTEGER[] (ragged)": sql_class_sum(model, "tokens", "docs")}
             _finish_duckdb(w, methods, n, ref, lambda label: results[(model, "tokens")])
             out += w.rows
             session = None
@@ -299,7 +303,7 @@ def run_duckdb(scale: float, folder: Path) -> list[dict]:
         methods = {f"raw onnxruntime, batch {b}": raw_runner(session, dense_batches("ids", ids, b)) for b in (CHUNK, 16384)}
         forms = {f"BIGINT[{IDS}]": "b", f"INTEGER[{IDS}]": "i", f"FLOAT[{IDS}] (whole numbers)": "f"}
         for label, col in forms.items():
-            methods[f"SELECT sum(predict_class(…)), {label}"] = sql_class_sum("ids", col, "idt")
+            methods[f"sum(predict_class(…)), {label}"] = sql_class_sum("ids", col, "idt")
         _finish_duckdb(w, methods, n, ref, lambda label: results[("ids", forms[label.split(", ", 1)[1]])])
         out += w.rows
         db.close()
@@ -347,16 +351,16 @@ def run_postgres(scale: float, folder: Path) -> list[dict]:
                 total = db.sql(f"SELECT sum(prediction) FROM {targets[label]}").fetchall()[0][0]
                 w.add("postgres", label, n, seconds, agrees=check(total, ref, n))
             for label, col in forms.items():
-                db.sql("DROP TABLE IF EXISTS rs")
-                s = timed(lambda: db.sql(f"CREATE TABLE rs AS SELECT id, predict_class('{model}', {col}) AS c FROM {table} "
-                                         f"WHERE id < {n_row}", strategy="udf"))
-                w.add("postgres", f"db.sql udf: row-at-a-time predict_class, {label}", n_row, s,
+                s = best_of_2(lambda: (db.sql("DROP TABLE IF EXISTS rs"), db.sql(
+                    f"CREATE TABLE rs AS SELECT id, predict_class('{model}', {col}) AS c FROM {table} WHERE id < {n_row}",
+                    strategy="udf")))
+                w.add("postgres", f"db.sql udf (row-at-a-time), {label}", n_row, s,
                       agrees=check(class_sum("rs"), ref, n_row))
             for label, col in dl.items():
-                db.sql("DROP TABLE IF EXISTS ds")
-                s = timed(lambda: db.sql(f"CREATE TABLE ds AS SELECT id, predict_class('{model}', {col}) AS c FROM {table}",
-                                         strategy="dl"))
-                w.add("postgres", f"db.sql dl: binary COPY → client onnxruntime → COPY, {label}", n, s,
+                # best of 2: the first DL call in a process also loads the model into the client
+                s = best_of_2(lambda: (db.sql("DROP TABLE IF EXISTS ds"), db.sql(
+                    f"CREATE TABLE ds AS SELECT id, predict_class('{model}', {col}) AS c FROM {table}", strategy="dl")))
+                w.add("postgres", f"db.sql dl (binary COPY, client onnxruntime), {label}", n, s,
                       agrees=check(class_sum("ds"), ref, n))
 
         # images
@@ -463,10 +467,11 @@ def plot(rows: list[dict]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     backends = [b for b in ("duckdb", "postgres") if any(r["backend"] == b for r in rows)]
     heights = [sum(1 for r in rows if r["backend"] == b) for b in backends]
-    fig, axes = plt.subplots(len(backends), 1, figsize=(10, 0.32 * sum(heights) + 1.6 * len(backends)),
+    fig, axes = plt.subplots(len(backends), 1, figsize=(11, 0.32 * sum(heights) + 1.6 * len(backends)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     colors = {"images": "#4c72b0", "text_offsets": "#55a868", "text_padded": "#c44e52", "ids": "#8172b2"}
     for ax, backend in zip(axes[:, 0], backends):
@@ -482,6 +487,9 @@ def plot(rows: list[dict]) -> None:
         ax.axvline(1.0, color="#999999", lw=1, ls="--")
         ax.set_xscale("log")
         ax.set_xlim(min(ratios) / 2, 4)
+        ticks = [t for t in (0.01, 0.03, 0.1, 0.3, 1, 3) if min(ratios) / 2 <= t <= 4]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("rows/s ÷ raw onnxruntime on the same rows (log scale; 1 = the limit)", fontsize=8)
         ax.set_title({"duckdb": "DuckDB (onnxruntime reference on all cores)",
                       "postgres": "PostgreSQL (reference: onnxruntime, 1 thread)"}[backend], fontsize=9)
