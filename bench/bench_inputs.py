@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import RESULTS, database_url, machine  # noqa: E402
+from common import RESULTS, database_url, machine, rows_env  # noqa: E402
 
 import dbdl  # noqa: E402
 from dbdl_udf.runtime import make_session  # noqa: E402
@@ -471,7 +471,7 @@ def plot(rows: list[dict]) -> None:
 
     backends = [b for b in ("duckdb", "postgres") if any(r["backend"] == b for r in rows)]
     heights = [sum(1 for r in rows if r["backend"] == b) for b in backends]
-    fig, axes = plt.subplots(len(backends), 1, figsize=(11, 0.32 * sum(heights) + 1.6 * len(backends)),
+    fig, axes = plt.subplots(len(backends), 1, figsize=(12, 0.32 * sum(heights) + 1.6 * len(backends)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     colors = {"images": "#4c72b0", "text_offsets": "#55a868", "text_padded": "#c44e52", "ids": "#8172b2"}
     for ax, backend in zip(axes[:, 0], backends):
@@ -481,6 +481,7 @@ def plot(rows: list[dict]) -> None:
         names = [f"{r['workload']}: {r['method']}" for r in part]
         bars = ax.barh(range(len(part)), ratios, color=[colors.get(r["workload"], "#999999") for r in part])
         ax.set_yticks(range(len(part)), names, fontsize=7)
+        ax.margins(y=0.01)
         for bar, r, v in zip(bars, part, ratios):
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.2f}× ({r['rows_per_s']:,.0f}/s)",
                     va="center", fontsize=7)
@@ -499,7 +500,7 @@ def plot(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    scale = int(os.environ.get("DBDL_BENCH_ROWS", 0)) / 20_000 or 1.0  # DBDL_BENCH_ROWS = number of images
+    scale = rows_env(20_000) / 20_000  # DBDL_BENCH_ROWS: the number of DuckDB images; the rest scale with it
     backends = os.environ.get("DBDL_BENCH_BACKENDS", "duckdb,postgres").split(",")
     rows: list[dict] = []
     previous = RESULTS / "inputs.json"
