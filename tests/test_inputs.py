@@ -463,3 +463,24 @@ def test_one_number_per_row_feeds_1d_inputs(db, strategy):
                 ort_run(model, {"user": np.array([u], np.int64), "item": np.array([i], np.int64)})[0, 0]
                 for u, i in zip(users, items)]
     check(db, "SELECT id, predict('rec', u, i) FROM t", strategy, expected)
+
+
+def test_dl_runs_a_large_batch_in_slices_each_padded_to_its_own_rows(db, seq_model):
+    """More rows than one DL run takes (strategies/dl.py RUN_ROWS): each run is padded to its own
+    longest row and the outputs come back in row order, equal to row-by-row onnxruntime."""
+    from dbdl.strategies.dl import RUN_ROWS
+
+    n = 2 * RUN_ROWS + 123
+    if db.backend.name == "duckdb":
+        db.sql(f"CREATE TABLE t AS SELECT i::INTEGER AS id, list_transform(range(1 + i % 17), "
+               f"lambda x: ((x * 7 + i) % {VOCAB} + 1)::INTEGER) AS tokens FROM range({n}) r(i)")
+    else:
+        db.sql(f"CREATE TABLE t AS SELECT i AS id, ARRAY(SELECT ((x * 7 + i) % {VOCAB} + 1)::int "
+               f"FROM generate_series(0, i % 17) x) AS tokens FROM generate_series(0, {n - 1}) i")
+        db.backend.analyze("t")
+    db.models.register("seq", seq_model)
+    db.models.set_options("seq", pad_id=0)
+    got = rows_of(db, "SELECT id, predict_class('seq', tokens) FROM t", "dl")
+    expected = [int(np.argmax(ort_run(seq_model, {"ids": np.array([[(x * 7 + i) % VOCAB + 1 for x in range(1 + i % 17)]],
+                                                                  np.int64)})[0])) for i in range(n)]
+    assert got == expected

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from ..backends.base import Backend
 
 BATCH_ROWS = 65536
+#: rows per model run inside a transfer batch: bounds the model's intermediates (a CNN's activations,
+#: a padded batch) while keeping onnxruntime's per-run overhead negligible
+RUN_ROWS = 4096
 _tables = itertools.count()
 
 
@@ -67,10 +70,21 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[...,
             if n == 0:
                 return shape_outputs(np.zeros((0, spec.per_row or 0), np.float32), kind, model.ref, spec.name,
                                      model.signature)
-            return shape_outputs(run(x, n), kind, model.ref, spec.name, model.signature)
+            if n <= RUN_ROWS:
+                y = run(x, n)
+            else:  # one transfer batch, several runs: a model's intermediates grow with the rows it is fed
+                parts = []
+                for start in range(0, n, RUN_ROWS):
+                    part = np.zeros(n, dtype=bool)
+                    part[start:start + RUN_ROWS] = True
+                    parts.append(run(take_rows(x, part), int(part.sum())))
+                y = np.concatenate(parts)
+            return shape_outputs(y, kind, model.ref, spec.name, model.signature)
         check_features(model.signature, x.shape[1], model.ref)
-        return shape_outputs(run(np.ascontiguousarray(x, dtype=np.float32), len(x)), kind, model.ref, spec.name,
-                             model.signature)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = np.concatenate([run(x[i:i + RUN_ROWS], len(x[i:i + RUN_ROWS])) for i in range(0, len(x), RUN_ROWS)]) \
+            if len(x) > RUN_ROWS else run(x, len(x))
+        return shape_outputs(y, kind, model.ref, spec.name, model.signature)
 
     score.model = model  # the backend's decoders read the inputs' widths (a PostgreSQL bytea: float32 or uint8)
     score.text = kind == "scalar" and spec.is_text  # class names: the backend's table holds text
