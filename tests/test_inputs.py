@@ -484,3 +484,25 @@ def test_dl_runs_a_large_batch_in_slices_each_padded_to_its_own_rows(db, seq_mod
     expected = [int(np.argmax(ort_run(seq_model, {"ids": np.array([[(x * 7 + i) % VOCAB + 1 for x in range(1 + i % 17)]],
                                                                   np.int64)})[0])) for i in range(n)]
     assert got == expected
+
+
+class WideCNN(torch.nn.Module):
+    """An ImageNet-sized input (3x224x224 = 150,528 values a row): wider than a DuckDB ARRAY holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 7, stride=8)
+        self.fc = torch.nn.Linear(4 * 28 * 28, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_rows_wider_than_a_duckdb_array_run_under_udf_and_dl(db, strategy):
+    torch.manual_seed(8)
+    model = export(WideCNN().eval(), (torch.randn(1, 3, 224, 224),), ["x"], {})  # batch fixed at 1, as users export
+    db.models.register("wide", model)
+    x = np.random.default_rng(8).random((3, 3, 224, 224), dtype=np.float32)
+    make_table(db, "t", {"f": ("FLOAT[]", "real[]", [row.tolist() for row in x.reshape(3, -1)])})
+    expected = list(ort_run(db.models.model_bytes("wide"), {"x": x}))
+    check(db, "SELECT id, predict_array('wide', f) FROM t", strategy, expected)

@@ -332,6 +332,9 @@ class DuckDBBackend(Backend):
             return None
 
     def relation_feature_problem(self, model: ResolvedModel, args: Sequence[exp.Expression]) -> str | None:
+        if model.signature.n_features > ARRAY_MAX and len(args) == 1:
+            return (f"the model takes {model.signature.n_features} values per row, more than the {ARRAY_MAX} a DuckDB "
+                    "array holds")
         if not _classic_model(model.signature) or len(args) != 1:
             return None  # the planner names these reasons itself
         types = self.argument_types(args)
@@ -921,9 +924,14 @@ def _form(type_text: str) -> str:
     return "other"
 
 
+#: DuckDB's fixed-size ARRAY holds at most this many values: wider rows (an ImageNet-sized 3x224x224
+#: image) are FLOAT[] lists, and go through the typed UDF path instead of FLOAT[n]
+ARRAY_MAX = 100_000
+
+
 def _classic_model(signature: Signature) -> bool:
     """Fixed-width float32 inputs: one flat FLOAT[n] vector feeds them (the fast path)."""
-    return all(s.dtype == "float32" and s.per_row is not None and s.per_row > 0 and len(s.shape) >= 1
+    return 0 < signature.n_features <= ARRAY_MAX and all(s.dtype == "float32" and s.per_row is not None and s.per_row > 0 and len(s.shape) >= 1
                for s in signature.inputs) and not (len(signature.inputs) == 2 and all(
                    s.shape == () for s in signature.inputs))
 
