@@ -151,6 +151,10 @@ def test_token_lists_are_stored_and_read_back_exactly(db):
         assert np.array_equal(got_labels, want_labels)
         assert len(got_rows) == len(want_rows) and all(
             g.dtype == np.int32 and np.array_equal(g, w) for g, w in zip(got_rows, want_rows))
+    # a ragged dataset's shape gives no example input: register asks for one, naming both forms
+    with pytest.raises(dbdl.InvalidModel, match="EmbeddingBag.*padded sequence"):
+        db.models.register("bag", torch.nn.EmbeddingBag(10, 2), dataset="news")
+    assert db.models.names() == []
     tokens, label = db.training_set("news", "train", cache=False)[5]
     want_rows, want_labels = in_split_order(rows, labels, "train")
     assert tokens.dtype == torch.int64 and torch.equal(tokens, torch.from_numpy(want_rows[5]))

@@ -13,7 +13,7 @@ from dbdl_udf import catalog
 from dbdl_udf.adapt import Rewrite
 from dbdl_udf.runtime import SESSIONS, Signature, TensorSpec, feed_options, run_batch
 
-from .errors import InvalidArgument, ModelNotFound
+from .errors import InvalidArgument, InvalidModel, ModelNotFound
 from .modelio import load_torch_program, prepare
 from .names import ModelRef, check_name
 
@@ -208,6 +208,12 @@ class ModelRegistry:
             from dbdl_udf.datasets import get as get_dataset
 
             info = get_dataset(self._backend, dataset)
+            if example is None and info.ragged:
+                raise InvalidModel(
+                    f"dataset {info.name!r} holds token lists of different lengths, so its shape gives no example "
+                    "input; pass example= as the model takes it: (torch.tensor([1, 2, 3]), torch.tensor([0])) for "
+                    "an EmbeddingBag model's (text, offsets), torch.ones(1, 8, dtype=torch.long) for a padded "
+                    "sequence model")
             if example is None:
                 import torch
 
