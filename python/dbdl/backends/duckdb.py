@@ -457,12 +457,7 @@ class DuckDBBackend(Backend):
                 if not valid.any():
                     return pa.nulls(n, out_type)
                 y = run_batch(session, signature, columns, output, ref, backend._feed_options.get(udf_name))
-                y = shape_outputs(y, "scalar" if kind == "text" else kind, ref, output_name, signature)
-                if kind == "text":
-                    y = _as_text(y)
-                if fixed:
-                    return _fixed_size(n, valid, y)
-                return _assemble(kind, n, [(valid, y)], out_type)
+                return _udf_result(kind, n, valid, y, fixed, out_type, ref, output_name, signature)
             except BaseException as exc:
                 backend._udf_error = exc
                 raise
@@ -557,13 +552,8 @@ class DuckDBBackend(Backend):
                 if not valid.any():
                     return pa.nulls(n, out_type)
                 x = matrix if valid.all() else matrix[valid]
-                y = shape_outputs(run_batch(session, signature, x, output, ref), "scalar" if kind == "text" else kind,
-                                  ref, output_name, signature)
-                if kind == "text":
-                    y = _as_text(y)
-                if fixed:
-                    return _fixed_size(n, valid, y)
-                return _assemble(kind, n, [(valid, y)], out_type)
+                y = run_batch(session, signature, x, output, ref)
+                return _udf_result(kind, n, valid, y, fixed, out_type, ref, output_name, signature)
             except BaseException as exc:
                 backend._udf_error = exc
                 raise
@@ -677,6 +667,18 @@ def _as_text(values: np.ndarray) -> np.ndarray:
     if values.dtype == object:
         return values
     return np.array([str(int(v)) if float(v).is_integer() else repr(float(v)) for v in values.tolist()], dtype=object)
+
+
+def _udf_result(kind: str, n: int, valid: np.ndarray, y: np.ndarray, fixed: bool, out_type: pa.DataType, ref: str,
+                output_name: str, signature: Any) -> pa.Array:
+    """A model UDF's answer for a chunk of ``n`` rows: the scored rows' (``valid``) outputs ``y``
+    shaped for the kind (text for class names), NULL for the others."""
+    y = shape_outputs(y, "scalar" if kind == "text" else kind, ref, output_name, signature)
+    if kind == "text":
+        y = _as_text(y)
+    if fixed:
+        return _fixed_size(n, valid, y)
+    return _assemble(kind, n, [(valid, y)], out_type)
 
 
 def _combined(arr: Any) -> pa.Array:
