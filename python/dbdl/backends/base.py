@@ -343,3 +343,20 @@ class Backend(ABC):
         """Run a user's statement; dbdl errors raised inside the database come back as themselves.
 
         ``models`` are the versions the statement was planned with, so that errors can name them."""
+
+
+def argument_probe(args: "Sequence[exp.Expression]") -> "exp.Select | None":
+    """A SELECT of a predict call's feature arguments over the rows they are computed from (the
+    call's own FROM/WHERE), for a backend to bind and read their types from; None where the types
+    cannot be known before the statement runs (bound parameters)."""
+    import sqlglot.expressions as exp
+
+    from ..strategies.common import source_rows
+
+    if any(a.find(exp.Placeholder, exp.Parameter) is not None for a in args):
+        return None
+    select = args[0].find_ancestor(exp.Select)
+    has_from = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
+    probe = source_rows(select) if has_from else exp.select(exp.Literal.number(1))
+    probe.set("expressions", [exp.alias_(a.copy(), f"a{i}") for i, a in enumerate(args)])
+    return probe

@@ -28,7 +28,7 @@ from ..errors import ConcurrentChange, ConnectionError, DTypeMismatch, Error, Qu
 from ..names import ModelRef
 from ..planner.dialects import DbdlDuckDB
 from ..registry import ResolvedModel, load_model_bytes, resolve
-from .base import Backend
+from .base import Backend, argument_probe
 
 _RETURN_TYPES = {
     "scalar": duckdb.sqltype("FLOAT"),
@@ -317,14 +317,9 @@ class DuckDBBackend(Backend):
     def argument_types(self, args: Sequence[exp.Expression]) -> list | None:
         """The DuckDB types of a predict call's feature arguments (bound, not run), or None where
         they cannot be known before the statement runs (bound parameters, outer references)."""
-        if any(a.find(exp.Placeholder, exp.Parameter) is not None for a in args):
+        probe = argument_probe(args)
+        if probe is None:
             return None
-        from ..strategies.common import source_rows
-
-        select = args[0].find_ancestor(exp.Select)
-        has_from = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
-        probe = source_rows(select) if has_from else exp.select(exp.Literal.number(1))
-        probe.set("expressions", [exp.alias_(a.copy(), f"a{i}") for i, a in enumerate(args)])
         probe.set("limit", None)
         try:
             return list(self.con.sql(probe.sql(dialect=self.dialect)).types)

@@ -23,7 +23,7 @@ from ..errors import ConnectionError, DTypeMismatch, Error, PermissionDenied, Qu
 from ..planner.dialects import DbdlPostgres
 from ..registry import ResolvedModel
 from ..resources import udf_dir
-from .base import Backend
+from .base import Backend, argument_probe
 
 try:
     import psycopg
@@ -421,14 +421,9 @@ class PostgresBackend(Backend):
     def argument_types(self, args: Sequence[exp.Expression]) -> list[int] | None:
         """The type oids of a predict call's feature arguments (planned, not run: LIMIT 0), or
         None where they cannot be known before the statement runs (bound parameters)."""
-        if any(a.find(exp.Placeholder, exp.Parameter) is not None for a in args):
+        probe = argument_probe(args)
+        if probe is None:
             return None
-        from ..strategies.common import source_rows
-
-        select = args[0].find_ancestor(exp.Select)
-        has_from = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
-        probe = source_rows(select) if has_from else exp.select(exp.Literal.number(1))
-        probe.set("expressions", [exp.alias_(a.copy(), f"a{i}") for i, a in enumerate(args)])
         probe.set("limit", exp.Limit(expression=exp.Literal.number(0)))
         try:
             with self.con.transaction():  # a savepoint inside the caller's transaction
