@@ -131,7 +131,8 @@ def _classifier(key, what, estimator, X, y, rows, zipmap: bool, needs=(), direct
         Check("class", "probabilities", np.argmax(proba, axis=1)),
     ]
     needs = tuple(needs) + (("zipmap",) if zipmap else ())
-    return ZooModel(key, "sklearn", what, estimator if direct else onnx_bytes, {"x": x}, checks, needs=needs)
+    return ZooModel(key, "sklearn", what, estimator if direct else onnx_bytes, {"x": x}, checks, needs=needs,
+                    example=X[:1] if direct else None)
 
 
 def _iris():
