@@ -331,9 +331,11 @@ def test_checker_failure_and_fixed_batch_leave_nothing(db, mlp_onnx, tmp_path):
     model.graph.node[0].input[0] = "does_not_exist"
     with pytest.raises(dbdl.InvalidModel, match="checker"):
         db.models.register("m", model)
+    # a fixed batch size is accepted now (tests/test_registration.py); an output whose first axis
+    # does not follow the rows is not
     fixed = onnx.load_from_string(mlp_onnx)
-    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
-    with pytest.raises(dbdl.InvalidModel, match="fixed batch size of 1.*dynamic batch axis"):
+    fixed.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    with pytest.raises(dbdl.InvalidModel, match="fixed batch size of 1.*one output row per input row"):
         db.models.register("m", fixed)
     with pytest.raises(dbdl.InvalidModel, match="no ONNX file"):
         db.models.register("m", str(tmp_path / "missing.onnx"))

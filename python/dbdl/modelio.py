@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 
+from dbdl_udf.adapt import Rewrite, adapt
 from dbdl_udf.cost import estimate_cost
 from dbdl_udf.modelcheck import check_model_bytes
 from dbdl_udf.runtime import Signature, make_session, signature_of
@@ -22,12 +23,14 @@ from .errors import InvalidModel
 class PreparedModel:
     onnx_bytes: bytes
     sha256: str
-    source: str  # "torch" or "onnx"
+    source: str  # "torch", "sklearn" or "onnx"
     signature: Signature
     n_params: int
     flops_per_row: int
     opset: int
     torch_program: bytes | None = None  # torch.export program (.pt2) when registered from torch
+    original_bytes: bytes | None = None  # the ONNX bytes as given, when registration rewrote them
+    rewrites: tuple[Rewrite, ...] = ()  # what registration changed (dbdl_udf.adapt)
 
 
 def prepare(model: Any, example: Any = None, *, opset: int | None = None) -> PreparedModel:
@@ -37,6 +40,9 @@ def prepare(model: Any, example: Any = None, *, opset: int | None = None) -> Pre
     if _is_torch_module(model):
         onnx_bytes, torch_program = _export_torch(model, example, opset)
         source = "torch"
+    elif _is_sklearn(model):
+        onnx_bytes = _convert_sklearn(model, example)
+        source = "sklearn"
     elif _is_model_proto(model):
         onnx_bytes = model.SerializeToString()
     elif isinstance(model, (bytes, bytearray, memoryview)):
@@ -48,29 +54,74 @@ def prepare(model: Any, example: Any = None, *, opset: int | None = None) -> Pre
         onnx_bytes = path.read_bytes()
     else:
         raise InvalidModel(
-            f"cannot register a {type(model).__name__}; pass a torch.nn.Module (with example=...), "
-            "an onnx.ModelProto, ONNX bytes or the path of a .onnx file"
+            f"cannot register a {type(model).__name__}; pass a torch.nn.Module (with example=...), a fitted "
+            "scikit-learn estimator or Pipeline (with example=X[:1]), an onnx.ModelProto, ONNX bytes or the path "
+            "of a .onnx file"
         )
     if not onnx_bytes:
         raise InvalidModel("the model bytes are empty; pass the contents of a .onnx file")
     # before onnx's checker, the cost estimate (which decodes tensors) or onnxruntime see the model:
     # none of them may be led to open a file the model names
     check_model_bytes(onnx_bytes)
-    proto = _check_onnx(onnx_bytes)
-    session = make_session(onnx_bytes, threads=1)
+    _check_onnx(onnx_bytes)
+    adapted = adapt(onnx_bytes, lambda data: make_session(data, threads=1))
+    final = adapted.onnx_bytes
+    proto = _check_onnx(final) if adapted.original is not None else _check_onnx(onnx_bytes)
+    session = make_session(final, threads=1)
     signature = signature_of(session)
     n_params, flops = estimate_cost(proto)
     model_opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return PreparedModel(
-        onnx_bytes=onnx_bytes,
-        sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+        onnx_bytes=final,
+        sha256=hashlib.sha256(final).hexdigest(),
         source=source,
         signature=signature,
         n_params=n_params,
         flops_per_row=flops,
         opset=model_opset,
         torch_program=torch_program,
+        original_bytes=adapted.original,
+        rewrites=adapted.rewrites,
     )
+
+
+def _is_sklearn(obj: Any) -> bool:
+    """A fitted scikit-learn estimator (or Pipeline), told by duck typing: sklearn need not be imported."""
+    import sys
+
+    return "sklearn" in sys.modules and hasattr(obj, "get_params") and (hasattr(obj, "predict") or
+                                                                         hasattr(obj, "transform"))
+
+
+def _convert_sklearn(estimator: Any, example: Any) -> bytes:
+    """skl2onnx's conversion of a fitted estimator: classifiers without ZipMap (outputs ``label``
+    and ``probabilities``, both tensors), float inputs shaped like ``example``."""
+    try:
+        from skl2onnx import to_onnx
+    except ImportError as exc:
+        raise InvalidModel("registering a scikit-learn estimator needs skl2onnx (pip install skl2onnx), which converts "
+                           "it to ONNX; or convert it yourself, skl2onnx.to_onnx(model, X[:1]), and register the "
+                           "ONNX model") from exc
+    import numpy as np
+
+    if example is None:
+        raise InvalidModel("a scikit-learn model needs an example input to be converted; pass example=X[:1] (one row "
+                           "of the training features, as a numpy array)")
+    x = np.asarray(example)
+    if x.dtype.kind not in "fiub":
+        raise InvalidModel(f"example has dtype {x.dtype}; pass numeric features (e.g. X[:1].astype('float32'))")
+    x = x.astype(np.float64 if x.dtype == np.float64 else np.float32).reshape(len(x) if x.ndim > 1 else 1, -1)
+    options = {"zipmap": False} if hasattr(estimator, "predict_proba") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = to_onnx(estimator, x[:1], options=options, target_opset={"": 17, "ai.onnx.ml": 3})
+    except Exception as exc:
+        raise InvalidModel(f"skl2onnx cannot convert the {type(estimator).__name__} ({exc.__class__.__name__}: "
+                           f"{str(exc).strip()[:300]}); check that it is fitted and that skl2onnx supports it "
+                           "(https://onnx.ai/sklearn-onnx/supported.html), or convert it yourself and register the "
+                           "ONNX model") from exc
+    return model.SerializeToString()
 
 
 def _is_torch_module(obj: Any) -> bool:

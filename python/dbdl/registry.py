@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dbdl_udf import catalog
+from dbdl_udf.adapt import Rewrite
 from dbdl_udf.runtime import SESSIONS, Signature, TensorSpec, check_features, run_batch
 
 from .errors import ModelNotFound
@@ -62,6 +63,25 @@ class ModelInfo:
     serving: bool
     description: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: the sha256 of the bytes as given, when registration rewrote them (model_bytes(original=True))
+    original_sha256: str | None = None
+    #: what registration rewrote (dbdl_udf.adapt.Rewrite: kind and note), in order
+    rewrites: tuple[Rewrite, ...] = ()
+
+    @property
+    def batch(self) -> int | None:
+        """The fixed batch size this version is scored in slices of, None for any number of rows."""
+        return self.signature.batch
+
+    @property
+    def batch_mode(self) -> str:
+        """How rows reach the model: ``dynamic`` (any number per run, as exported), ``symbolic``
+        (the export fixed the batch size and registration made it symbolic), ``slices`` (the
+        batch size stays fixed: rows go ``batch`` at a time, the last slice padded)."""
+        kinds = {r.kind for r in self.rewrites}
+        if self.signature.batch is not None:
+            return "slices"
+        return "symbolic" if "batch_symbolic" in kinds else "dynamic"
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -102,7 +122,7 @@ class LoadedModel:
 # read through the dbdl.model_catalog view, which PostgreSQL's dbdl_user role may read
 _VERSION_COLUMNS = (
     "name, version, sha256, source, signature, n_params, flops_per_row, opset, size_bytes, created_at, serving, "
-    "description, options"
+    "description, options, original_sha256, rewrites"
 )
 
 
@@ -266,16 +286,22 @@ class ModelRegistry:
                 module = load_torch_program(bytes(row[0]))
         return LoadedModel(info, session, module)
 
-    def model_bytes(self, name: str, version: int | None = None) -> bytes:
-        """The stored ONNX bytes of a version."""
-        return load_model_bytes(self._backend, self.get(name, version).sha256)
+    def model_bytes(self, name: str, version: int | None = None, *, original: bool = False) -> bytes:
+        """The stored ONNX bytes of a version: what runs, or with ``original=True`` the bytes as
+        they were registered (the same bytes when registration rewrote nothing)."""
+        info = self.get(name, version)
+        return load_model_bytes(self._backend, info.original_sha256 if original and info.original_sha256
+                                else info.sha256)
 
     @staticmethod
     def _info(row: tuple) -> ModelInfo:
-        (name, version, sha, source, signature, n_params, flops, opset, size, created, serving, desc, options) = row
+        (name, version, sha, source, signature, n_params, flops, opset, size, created, serving, desc, options,
+         original_sha, rewrites) = row
         return ModelInfo(
             name=name, version=int(version), sha256=sha, source=source, signature=Signature.from_json(signature),
             n_params=int(n_params), flops_per_row=int(flops), opset=int(opset or 0), size_bytes=int(size),
             created_at=created, serving=bool(serving), description=desc,
             options=json.loads(options) if isinstance(options, str) else (options or {}),
+            original_sha256=original_sha,
+            rewrites=tuple(Rewrite(r["kind"], r["note"]) for r in json.loads(rewrites)) if rewrites else (),
         )

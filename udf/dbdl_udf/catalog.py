@@ -7,6 +7,7 @@ and ``execute(sql, params)`` taking ``?`` placeholders. Callers own the transact
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -108,8 +109,12 @@ def not_found(db: SQLRunner, name: str, version: int | None = None) -> ModelNotF
 
 def store_version(db: SQLRunner, name: str, *, sha256: str, onnx_bytes: bytes, source: str, signature: Signature,
                   n_params: int, flops_per_row: int, opset: int, torch_program: bytes | None = None,
-                  description: str | None = None, promote: bool = True) -> int:
-    """Add ``onnx_bytes`` as the next version of ``name`` (or return the version that has them)."""
+                  description: str | None = None, promote: bool = True, original_bytes: bytes | None = None,
+                  rewrites: Sequence[Any] = ()) -> int:
+    """Add ``onnx_bytes`` as the next version of ``name`` (or return the version that has them).
+
+    ``original_bytes`` are the bytes as given when registration rewrote them (dbdl_udf.adapt),
+    kept in dbdl.blobs too; ``rewrites`` what was rewritten (``adapt.Rewrite``s)."""
     check_name(name)
     # concurrent registrations of one name: the models row exists (or waits for the session that is
     # creating it), then its lock serializes them, so each reads the next_version the previous left
@@ -123,10 +128,17 @@ def store_version(db: SQLRunner, name: str, *, sha256: str, onnx_bytes: bytes, s
         # another model may be storing the same bytes at this moment
         db.execute("INSERT INTO dbdl.blobs (sha256, bytes, size_bytes) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                    (sha256, onnx_bytes, len(onnx_bytes)))
+        original_sha = None
+        if original_bytes is not None:
+            original_sha = hashlib.sha256(original_bytes).hexdigest()
+            db.execute("INSERT INTO dbdl.blobs (sha256, bytes, size_bytes) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                       (original_sha, original_bytes, len(original_bytes)))
         values = {"name": name, "version": version, "sha256": sha256, "source": source,
                   "signature": signature.to_json(), "n_features": signature.n_features, "n_params": int(n_params),
                   "flops_per_row": int(flops_per_row), "opset": int(opset), "torch_program": torch_program,
-                  "description": description}
+                  "description": description, "original_sha256": original_sha,
+                  "rewrites": json.dumps([r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in rewrites])
+                  if rewrites else None}
         # columns without a value are left to their default (NULL): no typed NULL parameters needed
         columns = [c for c, v in values.items() if v is not None]
         db.execute(f"INSERT INTO dbdl.model_versions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
@@ -206,7 +218,8 @@ def drop(db: SQLRunner, name: str, version: int | None = None) -> int:
             prior = _one(db, "SELECT version FROM dbdl.alias_history WHERE name = ? ORDER BY seq DESC LIMIT 1", (name,))
             db.execute("UPDATE dbdl.models SET serving_version = ? WHERE name = ?",
                        (prior[0] if prior else remaining, name))
-    db.execute("DELETE FROM dbdl.blobs WHERE sha256 NOT IN (SELECT sha256 FROM dbdl.model_versions)")
+    db.execute("DELETE FROM dbdl.blobs WHERE sha256 NOT IN (SELECT sha256 FROM dbdl.model_versions) AND sha256 NOT IN "
+               "(SELECT original_sha256 FROM dbdl.model_versions WHERE original_sha256 IS NOT NULL)")
     return int(count)
 
 

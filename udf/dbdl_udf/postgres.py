@@ -170,10 +170,26 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
         if not valid[0]:
             return None
         session, signature = _session(plpy, sha, DEFINER, ref)
-        y = shape_outputs(run_batch(session, signature, x, output, ref), kind, ref, signature.outputs[output].name)
+        spec = signature.outputs[output]
+        if kind == "scalar" and spec.is_text:
+            raise ShapeMismatch(
+                f"model {ref!r} output {spec.name!r} holds text (class names) and dbdl.predict returns real; call "
+                f"dbdl.predict_text({model!r}, features) for the class name (db.sql() plans predict({model!r}, ...) "
+                "into that form itself)")
+        y = shape_outputs(run_batch(session, signature, x, output, ref), "scalar" if kind == "text" else kind, ref,
+                          spec.name, signature)
+        if kind == "text":
+            value = y[0]
+            return value if isinstance(value, str) else _number_text(value)
         return y[0].tolist()
     except Error as exc:
         raise_for_sql(plpy, exc)
+
+
+def _number_text(value) -> str:
+    """A numeric output as text for predict_text: whole numbers without '.0' (class ids)."""
+    v = float(value)
+    return str(int(v)) if v.is_integer() else repr(v)
 
 
 # -- batched ----------------------------------------------------------------------------------
@@ -469,7 +485,7 @@ def resolve_row(plpy, ref: str) -> dict:
 # -- registration from SQL ------------------------------------------------------------------
 
 
-_SOURCES = ("onnx", "torch")
+_SOURCES = ("onnx", "torch", "sklearn")
 
 
 def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, promote: bool,
@@ -477,9 +493,12 @@ def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, 
     """The body of dbdl.register_model (both overloads; the Python client's db.models.register
     uses the one with ``source`` and ``torch_program``). Every fact stored about the bytes —
     sha256, signature, parameters, FLOPs, opset — is computed here from the bytes themselves,
-    never taken from the caller."""
+    never taken from the caller. The bytes are the model as the user gave it: the server makes the
+    registration rewrites itself (dbdl_udf.adapt: opset upgrade, ZipMap, batch axis), stores the
+    rewritten bytes that run and keeps the given ones as the original."""
     import hashlib
 
+    from .adapt import adapt
     from .runtime import make_session, signature_of
 
     try:
@@ -492,8 +511,12 @@ def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, 
         if torch_program is not None and source != "torch":
             raise InvalidModel("a torch program belongs to a model registered from torch; pass source => 'torch' or "
                                "no torch_program")
-        data = bytes(onnx_bytes)
+        given = bytes(onnx_bytes)
         # before onnx's checker or onnxruntime look at the bytes: nothing in them may open a file
+        check_model_bytes(given)
+        _facts(given)  # the checker's verdict on the bytes as given
+        adapted = adapt(given, lambda b: make_session(b, threads=1))
+        data = adapted.onnx_bytes
         check_model_bytes(data)
         n_params, flops, opset = _facts(data)
         signature = signature_of(make_session(data, threads=1))
@@ -501,7 +524,8 @@ def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, 
             PlpyRunner(plpy, DEFINER), name, sha256=hashlib.sha256(data).hexdigest(), onnx_bytes=data, source=source,
             signature=signature, n_params=n_params, flops_per_row=flops, opset=opset,
             torch_program=None if torch_program is None else bytes(torch_program), description=description,
-            promote=True if promote is None else bool(promote),
+            promote=True if promote is None else bool(promote), original_bytes=adapted.original,
+            rewrites=adapted.rewrites,
         )
     except Error as exc:
         raise_for_sql(plpy, exc)

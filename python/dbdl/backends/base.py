@@ -216,7 +216,8 @@ class Backend(ABC):
             self, name, sha256=prepared.sha256, onnx_bytes=prepared.onnx_bytes, source=prepared.source,
             signature=prepared.signature, n_params=prepared.n_params, flops_per_row=prepared.flops_per_row,
             opset=prepared.opset, torch_program=prepared.torch_program, description=description,
-            promote=promote))
+            promote=promote, original_bytes=getattr(prepared, "original_bytes", None),
+            rewrites=getattr(prepared, "rewrites", ())))
 
     def promote_version(self, name: str, version: int) -> None:
         from dbdl_udf import catalog

@@ -34,9 +34,12 @@ _RETURN_TYPES = {
     "scalar": duckdb.sqltype("FLOAT"),
     "array": duckdb.list_type(duckdb.sqltype("FLOAT")),
     "class": duckdb.sqltype("BIGINT"),
+    "text": duckdb.sqltype("VARCHAR"),
 }
-_OUT_TYPES = {"scalar": pa.float32(), "array": pa.list_(pa.float32()), "class": pa.int64()}
-_SQL_NAMES = {"scalar": "predict", "array": "predict_array", "class": "predict_class"}
+_OUT_TYPES = {"scalar": pa.float32(), "array": pa.list_(pa.float32()), "class": pa.int64(), "text": pa.string()}
+# "text": predict() of an output that holds text (class names); the planner picks it for a pinned
+# predict() on such an output, and predict_text(model, feats) is the generic form
+_SQL_NAMES = {"scalar": "predict", "array": "predict_array", "class": "predict_class", "text": "predict_text"}
 _CAST_LENGTH = re.compile(
     r"Cannot cast (?:list with length|array of size) (\d+) to array (?:with length|of size) (\d+)")
 _TOKENS = itertools.count(1)
@@ -245,6 +248,8 @@ class DuckDBBackend(Backend):
         # one UDF per (kind, model version, output): the model is bound in the closure, so a chunk
         # carries only its features and the UDF does no lookups; the content hash in the name keeps a
         # dropped-and-re-registered 'm@1' from ever reaching a stale closure
+        if kind == "scalar" and model.output_spec.is_text:
+            kind = "text"  # predict() of class names: VARCHAR
         udf = f"dbdl_{kind}_{model.name}_{model.version}_{model.output_index}_{model.sha256[:12]}_{self._token}"
         with self._lock:
             if udf not in self._udfs:
@@ -252,6 +257,8 @@ class DuckDBBackend(Backend):
                     model.sha256, lambda: load_model_bytes(self, model.sha256), self.udf_threads, model=model.ref
                 )
                 outputs = model.output_spec.per_row
+                if kind == "scalar" and model.output_spec.is_text:
+                    kind = "text"  # predict() of class names: VARCHAR
                 return_type = _RETURN_TYPES[kind]
                 if kind == "array" and outputs is not None:
                     # the output width is known: FLOAT[k] moves as one flat buffer, no offsets
@@ -337,7 +344,10 @@ class DuckDBBackend(Backend):
                 if not valid.any():
                     return pa.nulls(n, out_type)
                 x = matrix if valid.all() else matrix[valid]
-                y = shape_outputs(run_batch(session, signature, x, output, ref), kind, ref, output_name)
+                y = shape_outputs(run_batch(session, signature, x, output, ref), "scalar" if kind == "text" else kind,
+                                  ref, output_name, signature)
+                if kind == "text":
+                    y = _as_text(y)
                 if fixed:
                     return _fixed_size(n, valid, y)
                 return _assemble(kind, n, [(valid, y)], out_type)
@@ -390,8 +400,15 @@ class DuckDBBackend(Backend):
                 continue
             check_features(signature, matrix.shape[1], model.ref)
             x = matrix if rows.all() else matrix[rows]
+            spec = model.output_spec
+            if kind == "scalar" and spec.is_text:
+                raise DTypeMismatch(f"model {model.ref!r} output {spec.name!r} holds text (class names) and this "
+                                    f"predict() returns FLOAT; call predict_text(model, feats) for the class name "
+                                    f"(a literal model name, predict({model.name!r}, feats), is planned into that "
+                                    "form itself)")
             y = run_batch(session, signature, x, model.output_index, model.ref)
-            results.append((rows, shape_outputs(y, kind, model.ref, model.output_spec.name)))
+            y = shape_outputs(y, "scalar" if kind == "text" else kind, model.ref, spec.name, signature)
+            results.append((rows, _as_text(y) if kind == "text" else y))
         return _assemble(kind, n, results, out_type)
 
     # -- user statements -------------------------------------------------------------------
@@ -434,6 +451,13 @@ class DuckDBBackend(Backend):
                 f"features, e.g. CAST(col AS FLOAT[]) — DuckDB said: {first}"
             )
         return QueryError(message)
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    """predict_text of any one-value output: text as it is, numbers as text (whole ones without '.0')."""
+    if values.dtype == object:
+        return values
+    return np.array([str(int(v)) if float(v).is_integer() else repr(float(v)) for v in values.tolist()], dtype=object)
 
 
 def _combined(arr: Any) -> pa.Array:
@@ -504,7 +528,7 @@ def _feature_matrix(feats: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _scatter(n: int, valid: np.ndarray, values: np.ndarray) -> np.ndarray:
     if valid.all():
         return values
-    full = np.zeros(n, dtype=values.dtype)
+    full = np.full(n, "", dtype=object) if values.dtype == object else np.zeros(n, dtype=values.dtype)
     full[valid] = values
     return full
 
@@ -523,6 +547,11 @@ def _assemble(kind: str, n: int, results: list[tuple[np.ndarray, np.ndarray]], o
     covered = np.zeros(n, dtype=bool)
     for rows, _ in results:
         covered |= rows
+    if kind == "text":
+        full = np.full(n, None, dtype=object)
+        for rows, values in results:
+            full[rows] = values
+        return pa.array(full.tolist(), type=out_type)
     if kind != "array":
         full = np.zeros(n, dtype=np.int64 if kind == "class" else np.float32)
         for rows, values in results:

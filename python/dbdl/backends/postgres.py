@@ -43,9 +43,9 @@ _PG_TYPES = {
 }
 
 
-_DBDL_ROUTINES = {"predict", "predict_array", "predict_class", "predict_into", "train_export"}
+_DBDL_ROUTINES = {"predict", "predict_array", "predict_class", "predict_text", "predict_into", "train_export"}
 _LEADING_CALL = re.compile(r"\s*CALL\s+(predict_into|train_export)\s*\(", re.I)
-_UNQUALIFIED_CALL = re.compile(r"(?<![.\w\"])(predict(_array|_class|_into)?|train_export)\s*\(", re.I)
+_UNQUALIFIED_CALL = re.compile(r"(?<![.\w\"])(predict(_array|_class|_text|_into)?|train_export)\s*\(", re.I)
 
 
 def qualify_dbdl_calls(sql: str) -> str:
@@ -185,8 +185,8 @@ class PostgresBackend(Backend):
 
     def store_version(self, name: str, prepared: Any, *, description: str | None, promote: bool) -> int:
         row = self.fetchone("SELECT dbdl.register_model(?, ?, ?, ?, ?, ?)",
-                            (name, prepared.onnx_bytes, description, bool(promote), prepared.source,
-                             prepared.torch_program))
+                            (name, getattr(prepared, "original_bytes", None) or prepared.onnx_bytes, description,
+                             bool(promote), prepared.source, prepared.torch_program))
         return int(row[0])
 
     def promote_version(self, name: str, version: int) -> None:
@@ -263,7 +263,8 @@ class PostgresBackend(Backend):
 
         from ..strategies.dl import BATCH_ROWS
 
-        out_type = {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
+        text = bool(getattr(score, "text", False))  # predict() of class names (strategies.dl.scorer)
+        out_type = "text" if text else {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
         key = "dbdl_k" if keyed else "dbdl_f"
         try:
             with self.transaction():
@@ -274,7 +275,13 @@ class PostgresBackend(Backend):
                 with self.con.cursor().copy(f"COPY ({source_sql}) TO STDOUT (FORMAT BINARY)") as out:
                     payload = b"".join(bytes(chunk) for chunk in out)
                 fixed = None if as_bytea else _fixed_float4_rows(payload, key_len=6 if keyed else None)
-                if fixed is not None:  # every row a real[] of one length without NULLs: all numpy
+                if fixed is not None and text:
+                    keys, matrix = fixed
+                    chunks = [_prediction_fields([bytes(k) for k in keys[i:i + BATCH_ROWS]],
+                                                 np.ones(len(keys[i:i + BATCH_ROWS]), dtype=bool),
+                                                 score(matrix[i:i + BATCH_ROWS]), "text")
+                              for i in range(0, len(keys), BATCH_ROWS)]
+                elif fixed is not None:  # every row a real[] of one length without NULLs: all numpy
                     keys, matrix = fixed
                     chunks = [_prediction_rows_fixed(keys[i:i + BATCH_ROWS], score(matrix[i:i + BATCH_ROWS]), kind)
                               for i in range(0, len(keys), BATCH_ROWS)]
@@ -291,7 +298,7 @@ class PostgresBackend(Backend):
                             width = _array_width(next((b for b in blobs if b), None))
                             matrix, valid = decode_array_send(blobs, width)
                         y = score(matrix[valid] if not valid.all() else matrix)
-                        chunks.append(_prediction_fields([r[0] for r in batch], valid, y, kind))
+                        chunks.append(_prediction_fields([r[0] for r in batch], valid, y, "text" if text else kind))
                 with self.con.cursor().copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as sink:
                     sink.write(_HEADER)
                     for chunk in chunks:
@@ -387,7 +394,10 @@ class PostgresBackend(Backend):
         # the functions live in the server; planning pins the version in the reference. Always
         # qualified: an unqualified name would be looked up on the caller's search_path, where a
         # function of the same name in another schema could be a better match
-        call = exp.Anonymous(this=_SQL_NAMES[kind], expressions=[exp.Literal.string(model.ref), features])
+        name = _SQL_NAMES[kind]
+        if kind == "scalar" and model.output_spec.is_text:
+            name = "predict_text"  # class names: dbdl.predict returns real, dbdl.predict_text text
+        call = exp.Anonymous(this=name, expressions=[exp.Literal.string(model.ref), features])
         return exp.Dot(this=exp.to_identifier(self.function_schema), expression=call)
 
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
@@ -696,6 +706,8 @@ def _prediction_fields(keys: list[bytes | None], valid: np.ndarray, y: np.ndarra
             body = struct.pack(">iiiii", 1, 0, 700, len(value), 1) + items.tobytes()
         elif kind == "class":
             body = struct.pack(">q", int(value))
+        elif kind == "text":
+            body = str(value).encode()
         else:
             body = struct.pack(">f", float(value))
         parts.append(struct.pack(">i", len(body)) + body)

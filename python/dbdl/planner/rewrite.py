@@ -269,19 +269,22 @@ def _estimate_rows(backend: "Backend", select: exp.Select, features: exp.Express
 
 
 def check_output_kind(kind: str, model: ResolvedModel) -> None:
-    width = model.output_spec.per_row
+    from dbdl_udf.runtime import label_class_error, text_output_error
+
+    spec = model.output_spec
+    if spec.is_text and kind != "scalar":
+        raise text_output_error(model.ref, spec.name, kind)
+    width = spec.per_row
     if width is None:
         return  # symbolic trailing axes: checked on the first batch
     if kind == "scalar" and width != 1:
         raise ShapeMismatch(
-            f"model {model.ref!r} output {model.output_spec.name!r} has {width} values per row but predict() "
+            f"model {model.ref!r} output {spec.name!r} has {width} values per row but predict() "
             f"returns one; use predict_array() for the whole vector or predict_class() for the arg-max"
         )
     if kind == "class" and width < 2:
-        raise ShapeMismatch(
-            f"model {model.ref!r} output {model.output_spec.name!r} has one value per row, so it has no arg-max; "
-            "compare predict(...) with a threshold instead of calling predict_class()"
-        )
+        scores = model.signature.scores_output()
+        raise label_class_error(model.ref, spec.name, scores.name if scores is not None else None)
 
 
 def parse(sql: str, dialect: str) -> list[exp.Expression] | None:

@@ -55,8 +55,10 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[[np.
 
     def score(x: np.ndarray) -> np.ndarray:
         check_features(model.signature, x.shape[1], model.ref)
-        return shape_outputs(run(np.ascontiguousarray(x, dtype=np.float32)), kind, model.ref, spec.name)
+        return shape_outputs(run(np.ascontiguousarray(x, dtype=np.float32)), kind, model.ref, spec.name,
+                             model.signature)
 
+    score.text = kind == "scalar" and spec.is_text  # class names: the backend's table holds text
     return score
 
 
