@@ -1,8 +1,11 @@
 """Scoring a batch of feature rows with onnxruntime.
 
-Every backend's predict body ends here: the features of a batch arrive as one float32 matrix
-(rows x features), are split over the model's inputs, run in one ``InferenceSession.run`` and come
-back as one matrix of outputs. Sessions are built once per model (by content hash) per process.
+Every backend's predict body ends here: each SQL argument of a batch arrives as a ``Column``
+(flat values in their native dtype, a validity mask, a width or row offsets, a nested shape;
+see "the feeding layer" below), ``build_feeds`` maps the Columns onto the model's inputs (dtype,
+reshape, padding, offsets), one ``InferenceSession.run`` scores the batch and the output comes
+back as one matrix. The older form, one float32 matrix (rows x features) split over the inputs,
+still works. Sessions are built once per model (by content hash) per process.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import DTypeMismatch, Error, InvalidModel, ModelRuntimeError, ShapeMismatch
+from .errors import DTypeMismatch, Error, InvalidArgument, InvalidModel, ModelRuntimeError, ShapeMismatch
 from .modelcheck import check_model_bytes
 
 # onnxruntime element types -> numpy dtypes that dbdl can feed from float features.
@@ -300,35 +303,27 @@ def as_float_matrix(values, n_rows: int, n_features: int) -> np.ndarray:
 
 
 def run_batch(session, signature: Signature, features, output: int = 0,
-              model_ref: str = "the model") -> np.ndarray:
+              model_ref: str = "the model", options: dict | None = None) -> np.ndarray:
     """Run ``session`` on a batch of rows; the chosen output as a (rows x values) matrix.
 
-    ``features`` is what a backend decoded for the batch (today one (rows x features) matrix,
-    split over the model's inputs in order). ``build_feeds`` turns it into onnxruntime's feed
-    dict; ``run_feeds`` runs the session and checks the output. The output must have one row per
-    input row and the width the model declares: a model that ignores the batch axis would
+    ``features`` is what a backend decoded for the batch: a list of ``Column`` (one per SQL
+    argument; only the rows valid in every Column are fed, and the result has one row per such
+    row, in order — ``valid_rows(columns)`` says which), or, as before, one (rows x features)
+    matrix split over the model's inputs in order. ``build_feeds`` turns it into onnxruntime's
+    feed dict; ``run_feeds`` runs the session and checks the output. The output must have one row
+    per input row and the width the model declares: a model that ignores the batch axis would
     otherwise hand each row values computed from other rows."""
-    n = features.shape[0]
+    if isinstance(features, (list, tuple)):
+        rows = valid_rows(features)
+        features = take_rows(features, rows)
+        n = int(rows.sum())
+    else:
+        n = features.shape[0]
     spec_out = signature.outputs[output]
     if n == 0:
         return np.zeros((0, spec_out.per_row or 0), dtype=np.float32)
-    return run_feeds(session, signature, build_feeds(signature, features), n, output, model_ref)
-
-
-def build_feeds(signature: Signature, features) -> dict[str, np.ndarray]:
-    """onnxruntime's feed dict for one batch: each input in its own dtype and per-row shape."""
-    n = features.shape[0]
-    feeds = {}
-    start = 0
-    for spec in signature.inputs:
-        width = spec.per_row or 0
-        part = features[:, start : start + width] if len(signature.inputs) > 1 else features
-        start += width
-        part = part.reshape((n, *spec.shape))
-        if part.dtype != np.dtype(spec.dtype):
-            part = part.astype(spec.dtype)
-        feeds[spec.name] = np.ascontiguousarray(part)
-    return feeds
+    feeds = build_feeds(signature, features, options, model_ref)
+    return run_feeds(session, signature, feeds, n, output, model_ref)
 
 
 def run_feeds(session, signature: Signature, feeds: dict[str, np.ndarray], n: int, output: int = 0,
@@ -441,3 +436,402 @@ def shape_outputs(values: np.ndarray, kind: str, model_ref: str, output_name: st
     if text:
         return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values[:, 0]], dtype=object)
     return values[:, 0].astype(np.float32, copy=False)
+
+
+# -- the feeding layer -------------------------------------------------------------------------
+#
+# A backend decodes each SQL argument of a predict call, for one batch of rows, into a Column;
+# build_feeds maps the Columns onto the model's inputs:
+#
+# * one Column per model input, in the model's input order (``predict('m', a, b)``);
+# * one Column for a model with several fixed-width inputs: the one-vector form, each row's values
+#   concatenated over the inputs in order (as dbdl always took them);
+# * one Column of token lists for an EmbeddingBag-style model with inputs (tokens[T], offsets[B]):
+#   the flat tokens of the batch plus each row's start offset (``feed_mode``).
+#
+# Each input gets its own dtype (integers are never routed through float32: ids above 2**24 stay
+# exact) and its per-row shape: a flat row of the right size is reshaped to the input's axes, a
+# nested row must have the input's shape (axes of length 1 aside), and rows of different lengths
+# are padded to the batch's longest row with the model option ``pad_id`` where the input has a
+# symbolic axis. Rows whose ``valid`` is False (a NULL row or a NULL element) are not fed; the
+# caller puts NULL in their place (``valid_rows`` / ``take_rows``).
+
+FEED_MODES = ("auto", "columns", "concat", "offsets")
+
+
+@dataclass
+class Column:
+    """One SQL argument's values for a batch of rows, as a backend decoded them.
+
+    ``values`` holds every row's elements one after another, in their native dtype (float*,
+    int*, uint8, bool). Rows have either one length, ``width`` (then ``offsets`` is None), or
+    each its own: ``offsets`` (int64, n + 1 entries) gives row i as ``values[offsets[i]:offsets[i+1]]``.
+    ``valid`` is False for a row that must give NULL (a NULL value, or a NULL element in it).
+    ``shape`` is the per-row nested shape of the SQL value where the type says it (DuckDB
+    ``FLOAT[3][32][32]`` -> (3, 32, 32)); None for a flat value.
+    """
+
+    values: np.ndarray
+    valid: np.ndarray
+    width: int | None = None
+    offsets: np.ndarray | None = None
+    shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values).reshape(-1)
+        self.valid = np.asarray(self.valid, dtype=bool).reshape(-1)
+        if self.offsets is not None:
+            self.offsets = np.asarray(self.offsets, dtype=np.int64).reshape(-1)
+            if len(self.offsets) != len(self.valid) + 1:
+                raise InvalidArgument(f"a Column of {len(self.valid)} rows needs {len(self.valid) + 1} offsets, "
+                                      f"got {len(self.offsets)}")
+        elif self.width is None:
+            n = len(self.valid)
+            if n and len(self.values) % n:
+                raise InvalidArgument(f"{len(self.values)} values do not split into {n} rows of one width")
+            self.width = len(self.values) // n if n else 0
+        if self.shape is not None:
+            self.shape = tuple(int(d) for d in self.shape)
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    @classmethod
+    def from_matrix(cls, matrix, valid=None) -> "Column":
+        """A Column from a (rows x ...) array: rows of one length, the trailing axes as ``shape``."""
+        arr = np.asarray(matrix)
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        n = arr.shape[0]
+        valid = np.ones(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+        shape = tuple(arr.shape[1:]) if arr.ndim > 2 else None
+        return cls(arr.reshape(-1), valid, width=int(prod(arr.shape[1:])), shape=shape)
+
+    @classmethod
+    def from_rows(cls, rows, dtype=None) -> "Column":
+        """A Column from Python values, one per row: a list / array of numbers, bytes (uint8 values),
+        a nested list (its shape becomes ``shape``) or None (a NULL row). A None element makes its row NULL."""
+        n = len(rows)
+        valid = np.ones(n, dtype=bool)
+        parts: list[np.ndarray] = []
+        shapes: set[tuple[int, ...]] = set()
+        for i, row in enumerate(rows):
+            if row is None:
+                valid[i] = False
+                parts.append(np.zeros(0, dtype=dtype or np.float32))
+                continue
+            if isinstance(row, (bytes, bytearray, memoryview)):
+                arr = np.frombuffer(bytes(row), dtype=np.uint8)
+            else:
+                try:
+                    arr = np.asarray(row, dtype=dtype)
+                except (ValueError, TypeError):  # a None inside, or ragged nesting
+                    arr = np.asarray(row, dtype=object)
+                if arr.dtype == object:
+                    flat = list(_flatten(row))
+                    if any(v is None for v in flat):
+                        valid[i] = False
+                        parts.append(np.zeros(0, dtype=dtype or np.float32))
+                        continue
+                    raise DTypeMismatch(f"row {i} is not a list of numbers of one nesting shape "
+                                        f"({str(row)[:60]}); pass flat lists of numbers or arrays of one shape")
+            shapes.add(tuple(arr.shape))
+            parts.append(arr.reshape(-1))
+        live = [p for p, ok in zip(parts, valid) if ok]
+        kind = np.result_type(*live) if live else np.dtype(dtype or np.float32)
+        values = np.concatenate([p.astype(kind, copy=False) for p in parts]) if parts else np.zeros(0, kind)
+        lengths = np.array([len(p) for p in parts], dtype=np.int64)
+        live_lengths = set(lengths[valid].tolist())
+        shape = None
+        if len(shapes) == 1:
+            only = shapes.pop()
+            shape = only if len(only) > 1 else None
+        if len(live_lengths) <= 1 and valid.all():
+            return cls(values, valid, width=int(lengths[0]) if n else 0, shape=shape)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return cls(values, valid, offsets=offsets, shape=shape)
+
+    def lengths(self) -> np.ndarray:
+        """Values per row (int64)."""
+        if self.offsets is None:
+            return np.full(len(self), self.width or 0, dtype=np.int64)
+        return np.diff(self.offsets)
+
+    def fixed_width(self) -> int | None:
+        """The one length of the valid rows, or None where they differ."""
+        if self.offsets is None:
+            return self.width
+        lengths = self.lengths()[self.valid]
+        if len(lengths) == 0:
+            return 0
+        return int(lengths[0]) if (lengths == lengths[0]).all() else None
+
+    def take(self, rows: np.ndarray) -> "Column":
+        """The Column restricted to the rows where the bool mask ``rows`` is True."""
+        rows = np.asarray(rows, dtype=bool)
+        if rows.all():
+            return self
+        if self.offsets is None:
+            w = self.width or 0
+            values = self.values.reshape(len(self), w)[rows].reshape(-1) if w else self.values[:0]
+            return Column(values, self.valid[rows], width=w, shape=self.shape)
+        lengths = self.lengths()[rows]
+        starts = self.offsets[:-1][rows]
+        index = _ranges(starts, lengths)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return Column(self.values[index], self.valid[rows], offsets=offsets, shape=self.shape)
+
+    def matrix(self) -> np.ndarray:
+        """(rows x width) of a Column whose valid rows have one length (others must not be valid)."""
+        w = self.fixed_width()
+        if self.offsets is None:
+            return self.values.reshape(len(self), w or 0)
+        if self.valid.all():
+            return self.values.reshape(len(self), w or 0)
+        out = np.zeros((len(self), w or 0), dtype=self.values.dtype)
+        if w:
+            out[self.valid] = self.values[_ranges(self.offsets[:-1][self.valid], self.lengths()[self.valid])
+                                          ].reshape(-1, w)
+        return out
+
+
+def _flatten(value):
+    if isinstance(value, (list, tuple, np.ndarray)):
+        for v in value:
+            yield from _flatten(v)
+    else:
+        yield value
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated aranges start..start+length (vectorised)."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    index = np.arange(total, dtype=np.int64)
+    index += np.repeat(starts - (ends - lengths), lengths)
+    return index
+
+
+def valid_rows(columns: "list[Column]") -> np.ndarray:
+    """Rows every Column can feed: the others give NULL."""
+    valid = np.ones(len(columns[0]), dtype=bool)
+    for c in columns:
+        if len(c) != len(valid):
+            raise InvalidArgument(f"predict's arguments have {len(valid)} and {len(c)} rows in one batch")
+        valid &= c.valid
+    return valid
+
+
+def take_rows(columns: "list[Column]", rows: np.ndarray) -> "list[Column]":
+    return [c.take(rows) for c in columns]
+
+
+def _is_offsets_input(spec: TensorSpec) -> bool:
+    return spec.shape == () and "offset" in spec.name.lower() and np.dtype(spec.dtype).kind in "iu"
+
+
+def feed_mode(signature: Signature, n_columns: int, options: dict | None = None) -> str:
+    """How ``n_columns`` SQL arguments map onto the model's inputs: 'columns' (one per input),
+    'concat' (one vector split over the inputs) or 'offsets' (token lists -> tokens + offsets).
+    The model option ``feed`` ('offsets', 'columns', 'concat', default 'auto') can force it."""
+    inputs = signature.inputs
+    forced = (options or {}).get("feed", "auto") or "auto"
+    if forced not in FEED_MODES:
+        raise InvalidArgument(f"model option feed={forced!r} is not one of {', '.join(FEED_MODES)}")
+    offsets_like = (len(inputs) == 2 and inputs[0].shape == () and inputs[1].shape == ()
+                    and all(np.dtype(s.dtype).kind in "iu" for s in inputs))
+    if forced == "offsets" or (forced == "auto" and n_columns == 1 and offsets_like and _is_offsets_input(inputs[1])):
+        if not offsets_like:
+            raise InvalidArgument(
+                "model option feed='offsets' needs a model with two 1-D integer inputs (tokens[T], offsets[B]), "
+                f"this one takes {_describe_inputs(signature)}; set feed='auto'")
+        if n_columns != 1:
+            raise ShapeMismatch(f"an offsets model takes one argument (each row's token list), got {n_columns}")
+        return "offsets"
+    if forced == "columns" or (forced == "auto" and n_columns == len(inputs) and n_columns > 1):
+        if n_columns != len(inputs):
+            raise ShapeMismatch(f"the model takes {len(inputs)} inputs ({_describe_inputs(signature)}); pass "
+                                f"{len(inputs)} arguments in that order, got {n_columns}")
+        return "columns"
+    if n_columns == len(inputs):
+        return "columns"
+    if n_columns == 1:
+        return "concat"
+    raise ShapeMismatch(
+        f"the model takes {len(inputs)} input{'s' if len(inputs) > 1 else ''} ({_describe_inputs(signature)}); "
+        f"pass one argument per input in that order, or one vector of all their values concatenated — got "
+        f"{n_columns} arguments")
+
+
+def _describe_inputs(signature: Signature) -> str:
+    return ", ".join(f"{s.name}: {s.dtype}[{', '.join('?' if d is None else str(d) for d in s.shape)}]"
+                     for s in signature.inputs)
+
+
+def _cast(values: np.ndarray, dtype: str, spec: TensorSpec, model_ref: str) -> np.ndarray:
+    """``values`` as ``dtype`` without silent loss: integers stay exact, floats fed to an integer or
+    bool input must be whole numbers in range."""
+    target = np.dtype(dtype)
+    src = values.dtype
+    if src == target:
+        return values
+    if src.kind not in "fiub":
+        raise DTypeMismatch(f"model {model_ref!r} input {spec.name!r} takes {target} values; got values of type "
+                            f"{src} — cast the column to numbers first")
+    if target.kind == "b":
+        if src.kind != "b" and values.size and not np.isin(values, (0, 1)).all():
+            raise DTypeMismatch(f"model {model_ref!r} input {spec.name!r} takes booleans; got numbers other than 0 "
+                                "and 1 — pass a BOOLEAN[] column or 0/1 values")
+        return values.astype(bool)
+    if src.kind == "b" and target.kind != "b":
+        raise DTypeMismatch(f"model {model_ref!r} input {spec.name!r} takes {target} values, got booleans; cast the "
+                            f"column to numbers, e.g. CAST(col AS FLOAT[])")
+    if target.kind in "iu":
+        if src.kind == "f":
+            if values.size and not np.isfinite(values).all() or (values != np.round(values)).any():
+                raise DTypeMismatch(f"model {model_ref!r} input {spec.name!r} takes whole numbers ({target}); got "
+                                    "fractional, NaN or infinite values — pass an integer column (BIGINT[] / INTEGER[])")
+        if values.size:
+            info = np.iinfo(target)
+            lo, hi = values.min(), values.max()
+            if lo < info.min or hi > info.max:
+                raise DTypeMismatch(f"model {model_ref!r} input {spec.name!r} takes {target} values "
+                                    f"({info.min}..{info.max}); got values from {lo} to {hi}")
+        return values.astype(target)
+    return values.astype(target)  # to a float type
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _fixed_rows(col: Column, spec: TensorSpec, model_ref: str, options: dict) -> np.ndarray:
+    """(rows, *spec.shape) for an input whose per-row shape has at most one symbolic axis."""
+    n = len(col)
+    shape = spec.shape
+    unknown = [i for i, d in enumerate(shape) if d is None]
+    if len(unknown) > 1:
+        raise ShapeMismatch(f"model {model_ref!r} input {spec.name!r} has per-row shape {_shape_text(shape)} with "
+                            "more than one symbolic axis; dbdl feeds inputs with at most one (a sequence length) — "
+                            "export with fixed sizes for the other axes")
+    if not unknown:
+        need = int(prod(shape))
+        width = col.fixed_width()
+        if width is None:
+            lengths = np.unique(col.lengths()[col.valid])
+            raise ShapeMismatch(
+                f"model {model_ref!r} input {spec.name!r} takes {need} values per row (shape {_shape_text(shape)}), "
+                f"got rows of different lengths {lengths.tolist()[:5]}; pass rows of exactly {need} values — "
+                "filter or pad them in SQL")
+        if width != need:
+            got = _shape_text(col.shape) if col.shape else f"[{width}]"
+            raise ShapeMismatch(
+                f"model {model_ref!r} input {spec.name!r} takes {need} values per row (shape {_shape_text(shape)}), "
+                f"got rows of shape {got}; pass a vector of exactly {need} numbers (e.g. a FLOAT[{need}] column) "
+                f"or an array of shape {_shape_text(shape)}")
+        _check_nesting(col, shape, spec, model_ref)
+        return col.matrix().reshape((n, *shape))
+    # one symbolic axis: a sequence. Each row's length must be a multiple of the known axes.
+    axis = unknown[0]
+    inner = int(prod(d for d in shape if d is not None))
+    lengths = col.lengths()
+    bad = col.valid & (lengths % inner != 0) if inner > 1 else np.zeros(n, dtype=bool)
+    if bad.any():
+        raise ShapeMismatch(
+            f"model {model_ref!r} input {spec.name!r} has per-row shape {_shape_text(shape)}: each row needs a multiple "
+            f"of {inner} values, got a row of {int(lengths[bad][0])}")
+    steps = np.where(col.valid, lengths // max(inner, 1), 0)
+    longest = int(steps.max()) if n else 0
+    if (steps[col.valid] == longest).all() if col.valid.any() else True:
+        full = col.matrix() if col.offsets is not None or col.width else col.values.reshape(n, 0)
+        if axis == 0:
+            return full.reshape((n, longest, *shape[1:]))
+        return full.reshape((n, *[longest if d is None else d for d in shape]))
+    pad = options.get("pad_id") if options else None
+    if pad is None:
+        raise ShapeMismatch(
+            f"model {model_ref!r} input {spec.name!r} takes sequences (shape {_shape_text(shape)}) and the rows of this "
+            f"batch have different lengths ({int(steps[col.valid].min())} to {longest}); set the id to pad them with: "
+            f"db.models.set_options(name, pad_id=0) (or CALL dbdl.set_model_options(name, pad_id => 0))")
+    if axis != 0:
+        raise ShapeMismatch(
+            f"model {model_ref!r} input {spec.name!r} has its symbolic axis at position {axis + 1} of "
+            f"{_shape_text(shape)}; dbdl pads only the first per-row axis — pass rows of one length")
+    flat = np.full((n, longest * inner), pad, dtype=col.values.dtype if col.values.dtype.kind != "b" else np.int64)
+    if col.values.dtype.kind == "f" or np.dtype(spec.dtype).kind == "f":
+        flat = flat.astype(np.result_type(col.values.dtype, np.float32))
+    rows = np.flatnonzero(col.valid)
+    lens = lengths[rows]
+    src = _ranges(col.offsets[:-1][rows], lens) if col.offsets is not None else _ranges(rows * (col.width or 0), lens)
+    dst = _ranges(rows * longest * inner, lens)
+    flat.reshape(-1)[dst] = col.values[src]
+    return flat.reshape((n, longest, *shape[1:]))
+
+
+def _check_nesting(col: Column, shape: tuple, spec: TensorSpec, model_ref: str) -> None:
+    """A nested value must have the input's shape (axes of length 1 aside); a flat one any shape."""
+    if not col.shape or len(col.shape) < 2:
+        return
+    if tuple(d for d in col.shape if d != 1) != tuple(d for d in shape if d != 1):
+        raise ShapeMismatch(
+            f"model {model_ref!r} input {spec.name!r} takes rows of shape {_shape_text(shape)}, got nested rows of "
+            f"shape {_shape_text(col.shape)} ({int(prod(col.shape))} values either way, in another layout); "
+            "rearrange the data to the model's layout (e.g. channels first), or pass it flat if it already is")
+
+
+def build_feeds(signature: Signature, columns, options: dict | None = None,
+                model_ref: str = "the model") -> dict[str, np.ndarray]:
+    """onnxruntime's feed dict for one batch: each input in its own dtype and per-row shape.
+
+    ``columns`` is a list of Columns (every row valid: see ``take_rows``) or, as before, one
+    (rows x features) matrix. ``options`` are the model's options (``pad_id``, ``feed``)."""
+    options = options or {}
+    if not isinstance(columns, (list, tuple)):
+        columns = [Column.from_matrix(columns)]
+    mode = feed_mode(signature, len(columns), options)
+    inputs = signature.inputs
+    feeds: dict[str, np.ndarray] = {}
+    if mode == "offsets":
+        col = columns[0]
+        lengths = col.lengths()
+        tokens = col.values if col.offsets is None else col.values[col.offsets[0]:col.offsets[-1]]
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(col) else np.zeros(0, np.int64)
+        feeds[inputs[0].name] = np.ascontiguousarray(_cast(tokens, inputs[0].dtype, inputs[0], model_ref))
+        feeds[inputs[1].name] = _cast(offsets, inputs[1].dtype, inputs[1], model_ref)
+        return feeds
+    if mode == "concat" and len(inputs) > 1:
+        col = columns[0]
+        widths = [s.per_row for s in inputs]
+        if any(w is None for w in widths):
+            raise ShapeMismatch(
+                f"model {model_ref!r} takes {len(inputs)} inputs ({_describe_inputs(signature)}), some of variable "
+                f"length, so they cannot be passed as one concatenated vector; pass one argument per input: "
+                f"predict('{model_ref}', {', '.join(s.name for s in inputs)})")
+        total = sum(widths)
+        width = col.fixed_width()
+        if width != total:
+            parts = " + ".join(f"{s.name}:{s.per_row}" for s in inputs)
+            got = "rows of different lengths" if width is None else str(width)
+            raise ShapeMismatch(
+                f"model {model_ref!r} takes {total} features per row ({parts}, concatenated in input order), got "
+                f"{got}; pass a vector of exactly {total} numbers (e.g. a FLOAT[{total}] column), or one argument "
+                "per input")
+        matrix = col.matrix()
+        start = 0
+        for spec, w in zip(inputs, widths):
+            part = np.ascontiguousarray(matrix[:, start:start + w]).reshape((len(col), *spec.shape))
+            start += w
+            feeds[spec.name] = np.ascontiguousarray(_cast(part, spec.dtype, spec, model_ref))
+        return feeds
+    for spec, col in zip(inputs, columns):
+        part = _fixed_rows(col, spec, model_ref, options)
+        feeds[spec.name] = np.ascontiguousarray(_cast(part, spec.dtype, spec, model_ref))
+    return feeds
+
+
+def batch_rows(columns) -> int:
+    if not isinstance(columns, (list, tuple)):
+        return int(np.asarray(columns).shape[0])
+    return len(columns[0]) if columns else 0
