@@ -151,14 +151,16 @@ class Database:
 
     def train_export(self, source_query: str, dataset_name: str, *, label_column: str = "label",
                      features: "Sequence[str] | str | None" = None, shape: "Sequence[int] | None" = None,
-                     dtype: str = "float32", train_fraction: float = 0.8, validation_fraction: float = 0.1,
-                     seed: int = 0, progress: bool | None = None) -> "DatasetInfo":
+                     dtype: str | None = None, train_fraction: float = 0.8, validation_fraction: float = 0.1,
+                     seed: int = 0, ragged: bool = False, progress: bool | None = None) -> "DatasetInfo":
         """Materialize ``source_query`` as a training dataset (``CALL train_export`` from Python).
 
         Features are the column(s) ``features`` names — one numeric array column, or several
         numeric columns stacked in order — or, by default, every column except ``label_column``.
-        ``shape`` gives the per-row tensor shape (e.g. ``(1, 8, 8)``; default: flat), ``dtype``
-        their stored type. Rows are split train/validation/test by a permutation seeded with
+        ``shape`` gives the per-row tensor shape (e.g. ``(1, 8, 8)``; default: a nested array's own
+        dimensions, else flat), ``dtype`` their stored type (default: uint8 for uint8/bytes
+        columns, the integer type of ragged token lists, else float32). ``ragged=True`` stores
+        rows of different lengths (token lists) exactly, for the padded/offsets readers. Rows are split train/validation/test by a permutation seeded with
         ``seed`` (test gets ``1 - train_fraction - validation_fraction``); row ids number the
         splits one after another, so each split is one contiguous row-id range. Re-exporting a
         name replaces the dataset atomically (version + 1); a failed export leaves nothing.
@@ -167,12 +169,13 @@ class Database:
 
         return train_export(self, source_query, dataset_name, label_column=label_column, features=features,
                             shape=shape, dtype=dtype, train_fraction=train_fraction,
-                            validation_fraction=validation_fraction, seed=seed, progress=progress)
+                            validation_fraction=validation_fraction, seed=seed, ragged=ragged, progress=progress)
 
     def training_set(self, name: str, split: str | None = "train", *, batch_size: int | None = None,
                      shuffle: bool = False, seed: int = 0, cache: "bool | str | os.PathLike" = True,
                      block_rows: int | None = None, prefetch: int = 0, drop_last: bool = False,
-                     buffer_blocks: int = 4, cache_map_size: int | None = None):
+                     buffer_blocks: int = 4, cache_map_size: int | None = None, dtype: str | None = None,
+                     collate: str | None = None, pad_id: int = 0):
         """A PyTorch dataset over one split of an exported dataset (see docs/training.md).
 
         * default: map-style, ``ds[i] -> (features, label)``; DataLoader batches are gathered
@@ -186,12 +189,18 @@ class Database:
         rows read in a local LMDB so later epochs never query the database; ``cache=False`` reads
         the database every time. ``prefetch``: blocks read ahead (in one range query for the
         map-style forms, by a background thread for the shuffled stream).
+
+        ``dtype`` converts the features as they come out (e.g. uint8 images as ``"float32"``;
+        only lossless conversions). A ragged dataset (token lists) needs ``collate`` for its
+        batches: ``"padded"`` gives ``(labels [B], tokens [B, L], lengths [B])`` padded with
+        ``pad_id``; ``"offsets"`` gives the AG News tutorial's ``(labels, text, offsets)``.
         """
         from .data.reader import training_set
 
         return training_set(self, name, split, batch_size=batch_size, shuffle=shuffle, seed=seed, cache=cache,
                             block_rows=block_rows, prefetch=prefetch, drop_last=drop_last,
-                            buffer_blocks=buffer_blocks, cache_map_size=cache_map_size)
+                            buffer_blocks=buffer_blocks, cache_map_size=cache_map_size, dtype=dtype,
+                            collate=collate, pad_id=pad_id)
 
     def close(self) -> None:
         self.backend.close()

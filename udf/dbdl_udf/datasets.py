@@ -34,13 +34,15 @@ from .catalog import check_name
 from .errors import DatasetNotFound, DTypeMismatch, InvalidName, QueryError, ShapeMismatch
 
 __all__ = [
-    "DTYPES", "SPLITS", "DatasetInfo", "DatasetNotFound", "ExportSpec", "assign_splits", "check_dataset_name",
+    "DTYPES", "SPLITS", "DatasetInfo", "DatasetNotFound", "ExportSpec", "Ragged", "assign_splits", "check_dataset_name",
     "check_spec", "choose_columns", "export", "get", "drop", "list_all",
 ]
 
 #: dtypes a dataset's features may have (stored little-endian)
 DTYPES = ("float32", "float64", "uint8", "int8", "int16", "int32", "int64")
 SPLITS = ("train", "validation", "test")
+#: what a ragged dataset's row is assumed to hold when sizing blocks and caches (token lists)
+RAGGED_ROW_VALUES = 128
 #: the longest dataset name: its table name ds_<name>_v<version> must fit PostgreSQL's 63 bytes
 MAX_NAME = 48
 
@@ -62,15 +64,16 @@ class ExportSpec:
     label: str
     features: tuple[str, ...] | None
     shape: tuple[int, ...] | None
-    dtype: str
+    dtype: str | None  # None: chosen from the source column (see default_dtype)
     train_fraction: float
     validation_fraction: float
     seed: int
+    ragged: bool = False
 
 
 def check_spec(query: object, name: object, label: object = "label", features: object = None,
-               shape: object = None, dtype: object = "float32", train_fraction: object = 0.8,
-               validation_fraction: object = 0.1, seed: object = 0) -> ExportSpec:
+               shape: object = None, dtype: object = None, train_fraction: object = 0.8,
+               validation_fraction: object = 0.1, seed: object = 0, ragged: object = False) -> ExportSpec:
     """Every argument of train_export checked, with a message that names the fix."""
     if not isinstance(query, str) or not query.strip():
         raise QueryError("train_export needs a source query, e.g. 'SELECT feats, label FROM t'")
@@ -95,9 +98,20 @@ def check_spec(query: object, name: object, label: object = "label", features: o
             shape = tuple(int(d) for d in shape)
         except (TypeError, ValueError) as exc:
             raise ShapeMismatch(f"shape must be a list of positive sizes such as (1, 8, 8), got {shape!r}") from exc
-        if not shape or any(d < 1 for d in shape):
+        if not shape or (any(d < 1 for d in shape) and shape != (-1,)):
             raise ShapeMismatch(f"shape must be a list of positive sizes such as (1, 8, 8), got {list(shape)}")
-    if dtype not in DTYPES:
+    if ragged is None:
+        ragged = False
+    if not isinstance(ragged, (bool, np.bool_)):
+        raise ShapeMismatch(f"ragged must be true or false, got {ragged!r}")
+    if ragged and shape is not None and tuple(shape) != (-1,):
+        raise ShapeMismatch(f"ragged => true stores rows of different lengths, which have no fixed shape; drop "
+                            f"shape => {list(shape)} (or drop ragged to export rows of one length)")
+    if ragged:
+        shape = None
+    elif shape is not None and tuple(shape) == (-1,):
+        raise ShapeMismatch("shape [-1] means variable-length rows: pass ragged => true instead")
+    if dtype is not None and dtype not in DTYPES:
         raise DTypeMismatch(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     try:
         train, validation = float(train_fraction), float(validation_fraction)  # type: ignore[arg-type]
@@ -109,7 +123,8 @@ def check_spec(query: object, name: object, label: object = "label", features: o
             "[0, 1] and sum to at most 1 (the test split gets the rest)")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ShapeMismatch(f"seed must be a whole number ≥ 0, got {seed!r}")
-    return ExportSpec(query, name, label, features, shape, str(dtype), train, validation, int(seed))
+    return ExportSpec(query, name, label, features, shape, None if dtype is None else str(dtype), train, validation,
+                      int(seed), bool(ragged))
 
 
 # -- columns -------------------------------------------------------------------------------------
@@ -137,13 +152,16 @@ def choose_columns(columns: Sequence[tuple[str, str, str]], spec: ExportSpec) ->
         raise QueryError("the query has no feature column besides the label; select the features too")
     for n in names:
         kind, type_name = by_name[n][1], by_name[n][2]
-        if kind not in ("int", "float", "array"):
-            raise DTypeMismatch(f"feature column {n!r} has type {type_name}; features must be numbers or arrays "
-                                "of numbers — cast it, or leave it out with features=[...]")
-    arrays = [n for n in names if by_name[n][1] == "array"]
+        if kind not in ("int", "float", "array", "bytes"):
+            raise DTypeMismatch(f"feature column {n!r} has type {type_name}; features must be numbers, arrays "
+                                "of numbers or bytes (uint8 images) — cast it, or leave it out with features=[...]")
+    arrays = [n for n in names if by_name[n][1] in ("array", "bytes")]
     if arrays and len(names) > 1:
-        raise DTypeMismatch(f"features are either one array column or several numeric columns; got the array "
+        raise DTypeMismatch(f"features are either one array (or bytes) column or several numeric columns; got "
                             f"{arrays[0]!r} among {names} — pass features=[{arrays[0]!r}]")
+    if spec.ragged and not arrays:
+        raise DTypeMismatch(f"ragged => true takes one list column (token ids such as INTEGER[] / int[], or bytes); "
+                            f"the features {names} are plain numbers — select the list column")
     return names, label_kind
 
 
@@ -172,25 +190,95 @@ def check_batch(matrix: np.ndarray, valid: np.ndarray, labels: np.ndarray, label
 
 def ragged_message(row: int, width: int, got: int) -> str:
     return (f"feature rows must all have one length (the dataset's tensor shape is fixed); row {row} has {got} "
-            f"values where earlier rows have {width} — filter or pad the rows")
+            f"values where earlier rows have {width} — for variable-length rows (token lists) export with "
+            "ragged => true, else filter or pad the rows")
 
 
-def decode_array_send(blobs: Sequence[bytes | None], first_pos: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows x width) float64 values of array_send() bytes of numeric arrays (any number of
-    dimensions, flattened), and a mask of rows without NULL (array or element)."""
+class Ragged:
+    """Variable-length rows: the values of every row one after another and ``offsets`` (n + 1
+    int64, starting at 0): row i is ``values[offsets[i]:offsets[i + 1]]``."""
+
+    __slots__ = ("values", "offsets")
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray) -> None:
+        self.values = values
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+
+    @classmethod
+    def from_lengths(cls, values: np.ndarray, lengths: np.ndarray) -> "Ragged":
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(values, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+    def row(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i]:self.offsets[i + 1]]
+
+    def slice(self, lo: int, hi: int) -> "Ragged":
+        return Ragged(self.values[self.offsets[lo]:self.offsets[hi]], self.offsets[lo:hi + 1] - self.offsets[lo])
+
+    def take(self, rows: np.ndarray) -> "Ragged":
+        """The rows given (any order, repeats allowed), as a new Ragged."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        out = Ragged.from_lengths(self.values[:0], lengths)
+        total = int(out.offsets[-1])
+        if total:
+            index = np.repeat(starts - out.offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
+            out.values = self.values[index]
+        return out
+
+    @staticmethod
+    def concat(parts: Sequence["Ragged"]) -> "Ragged":
+        if len(parts) == 1:
+            return parts[0]
+        values = np.concatenate([p.values for p in parts])
+        return Ragged.from_lengths(values, np.concatenate([p.lengths for p in parts]))
+
+    def astype(self, dtype) -> "Ragged":
+        return Ragged(np.ascontiguousarray(self.values, dtype=dtype), self.offsets)
+
+
+def default_dtype(values_dtype: np.dtype, ragged: bool) -> str:
+    """The stored dtype when train_export is given none: uint8 stays uint8 (UTINYINT[], BLOB,
+    bytea: images stay one byte per value); variable-length integer rows (token ids) keep their
+    integer type (int32, or int64 for wider ones); everything else is float32."""
+    dt = np.dtype(values_dtype)
+    if dt == np.uint8:
+        return "uint8"
+    if ragged and dt.kind in "iub":
+        return "int32" if dt.itemsize <= 4 and (dt.kind != "u" or dt.itemsize < 4) else "int64"
+    return "float32"
+
+
+def decode_array_send(blobs: Sequence[bytes | None], first_pos: int
+                      ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...] | None]:
+    """(rows x width) values of array_send() bytes of numeric arrays (any number of dimensions,
+    flattened; in the elements' own type: int4 stays int32, real float32 …), a mask of rows
+    without NULL (array or element), and the arrays' dimensions where they have more than one
+    (a real[3][32][32] column: (3, 32, 32); else None)."""
     n = len(blobs)
     valid = np.array([b is not None for b in blobs], dtype=bool)
     present = [bytes(b) for b in blobs if b is not None]
     if not present:
-        return np.zeros((n, 0)), valid
+        return np.zeros((n, 0)), valid, None
     head = np.frombuffer(present[0][:12], dtype=">i4")
     ndim, oid = int(head[0]), int(head[2])
-    dtype = _ARRAY_ELEMENTS.get(oid)
-    if dtype is None:
-        raise DTypeMismatch(f"features must be arrays of numbers (real[], double precision[], integer[], ...); got an "
-                            f"array of type oid {oid} — cast the column, e.g. col::real[]")
+    dtype = _element_dtype(oid)
     lead = 12 + 8 * ndim
-    count = int(np.prod(np.frombuffer(present[0][12:lead], dtype=">i4")[0::2])) if ndim else 0
+    dims = tuple(int(d) for d in np.frombuffer(present[0][12:lead], dtype=">i4")[0::2])
+    count = int(np.prod(dims)) if ndim else 0
     size = np.dtype(dtype).itemsize
     row_bytes = lead + count * (4 + size)
     flags = [b[4:8] != b"\0\0\0\0" for b in present]  # a NULL element somewhere in the array
@@ -202,13 +290,76 @@ def decode_array_send(blobs: Sequence[bytes | None], first_pos: int) -> tuple[np
         if len(b) != row_bytes and not flags[j]:
             got_dims = np.frombuffer(b[12:12 + 8 * int.from_bytes(b[:4], "big")], dtype=">i4")[0::2]
             raise ShapeMismatch(ragged_message(first_pos + int(idx[j]), count, int(np.prod(got_dims))))
-    matrix = np.zeros((n, count))
+    matrix = np.zeros((n, count), dtype=np.dtype(dtype).newbyteorder("="))
     good = [b for b, f in zip(present, flags) if not f]
     if good:
         raw = np.frombuffer(b"".join(good), dtype=np.uint8).reshape(len(good), row_bytes)
+        if ndim > 1 and not (raw[:, 12:lead] == raw[0, 12:lead]).all():
+            dims = None  # same number of values, other dimensions: only the flat rows are common
         items = raw[:, lead:].copy().view(np.dtype([("len", ">i4"), ("v", dtype)]))
         matrix[valid] = items["v"]
-    return matrix, valid
+    return matrix, valid, (dims if ndim > 1 else None)
+
+
+def decode_array_send_ragged(blobs: Sequence[bytes | None], first_pos: int) -> tuple[Ragged, np.ndarray]:
+    """Variable-length rows of array_send() bytes of one-dimensional numeric arrays (token
+    lists), in the elements' own type, and a mask of rows without NULL (array or element)."""
+    n = len(blobs)
+    valid = np.array([b is not None for b in blobs], dtype=bool)
+    lengths = np.zeros(n, dtype=np.int64)
+    parts: list[bytes] = []
+    dtype = None
+    for i, b in enumerate(blobs):
+        if b is None:
+            continue
+        b = bytes(b)
+        ndim, has_null, oid = int.from_bytes(b[0:4], "big"), b[4:8] != b"\0\0\0\0", int.from_bytes(b[8:12], "big")
+        if dtype is None:
+            dtype = _element_dtype(oid)
+        if ndim > 1:
+            raise ShapeMismatch(f"ragged => true takes one-dimensional lists; row {first_pos + i} is a "
+                                f"{ndim}-dimensional array — select a flat list (e.g. token ids as int[])")
+        if has_null:
+            valid[i] = False
+            continue
+        if ndim == 1:
+            lengths[i] = int.from_bytes(b[12:16], "big")
+            parts.append(b[20:])
+    if dtype is None:
+        return Ragged(np.zeros(0, np.int32), np.zeros(n + 1, np.int64)), valid
+    items = np.frombuffer(b"".join(parts), dtype=np.dtype([("len", ">i4"), ("v", dtype)]))
+    values = items["v"].astype(np.dtype(dtype).newbyteorder("="))
+    return Ragged.from_lengths(values, lengths), valid
+
+
+def decode_bytes(blobs: Sequence[bytes | None]) -> tuple[Ragged, np.ndarray]:
+    """bytea / BLOB rows as uint8 values (one per byte) and the not-NULL mask."""
+    valid = np.array([b is not None for b in blobs], dtype=bool)
+    present = [bytes(b) if b is not None else b"" for b in blobs]
+    lengths = np.array([len(b) for b in present], dtype=np.int64)
+    return Ragged.from_lengths(np.frombuffer(b"".join(present), dtype=np.uint8), lengths), valid
+
+
+def dense_rows(rows: Ragged, valid: np.ndarray, first_pos: int) -> np.ndarray:
+    """(rows x width) matrix of variable-length rows that must all have one length."""
+    lengths = rows.lengths
+    good = lengths[valid]
+    if len(good) and (good != good[0]).any():
+        bad = int(np.flatnonzero(valid & (lengths != good[0]))[0])
+        raise ShapeMismatch(ragged_message(first_pos + bad, int(good[0]), int(lengths[bad])))
+    width = int(good[0]) if len(good) else 0
+    matrix = np.zeros((len(rows), width), dtype=rows.values.dtype)
+    if width and valid.any():
+        matrix[valid] = rows.take(np.flatnonzero(valid)).values.reshape(-1, width)
+    return matrix
+
+
+def _element_dtype(oid: int) -> str:
+    dtype = _ARRAY_ELEMENTS.get(oid)
+    if dtype is None:
+        raise DTypeMismatch(f"features must be arrays of numbers (real[], double precision[], integer[], ...); got an "
+                            f"array of type oid {oid} — cast the column, e.g. col::real[]")
+    return dtype
 
 
 _ARRAY_ELEMENTS = {700: ">f4", 701: ">f8", 21: ">i2", 23: ">i4", 20: ">i8"}
@@ -280,8 +431,15 @@ class DatasetInfo:
         return f"{self.table.partition('.')[0]}.ds_{self.name}"
 
     @property
+    def ragged(self) -> bool:
+        """Rows of different lengths (token lists; ``train_export(..., ragged=True)``): shape [-1]."""
+        return self.shape == (-1,)
+
+    @property
     def row_bytes(self) -> int:
-        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        """Bytes of one row's features (a ragged dataset's: an estimate, for sizing blocks)."""
+        values = RAGGED_ROW_VALUES if self.ragged else math.prod(self.shape)
+        return values * np.dtype(self.dtype).itemsize
 
     @property
     def counts(self) -> dict[str, int]:
@@ -388,8 +546,9 @@ def record(db: SQLRunner, row: dict, table_rows=None) -> None:
         raise ShapeMismatch(f"dataset {name!r}: the split counts {counts} do not add up to its {row['n_rows']} rows")
     shape = json.loads(row["shape"])
     if (not isinstance(shape, list) or not shape or
-            not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-        raise ShapeMismatch(f"dataset {name!r}: shape must be a JSON list of sizes above 0, got {row['shape']!r}")
+            not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)) and shape != [-1]:
+        raise ShapeMismatch(f"dataset {name!r}: shape must be a JSON list of sizes above 0 (or [-1]: variable-length "
+                            f"rows), got {row['shape']!r}")
     if row["dtype"] not in DTYPES or row["label_dtype"] not in ("int64", "float32"):
         raise DTypeMismatch(f"dataset {name!r}: dtype must be one of {', '.join(DTYPES)} and the label's int64 or "
                             "float32")
@@ -422,12 +581,14 @@ class Sink(Protocol):
 
     def describe(self, query: str) -> list[tuple[str, str, str]]: ...
 
-    def batches(self, query: str, features: list[str], label: str,
-                kinds: dict[str, str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]: ...
+    def batches(self, query: str, features: list[str], label: str, kinds: dict[str, str], ragged: bool
+                ) -> Iterator[tuple["np.ndarray | Ragged", np.ndarray, np.ndarray, np.ndarray]]:
+        """(features, valid, labels, labels_valid) per batch of rows: a (rows x width) matrix, or a
+        Ragged when ``ragged``; the sink's ``dims`` then holds a nested array's dimensions."""
 
-    def stage(self, first_pos: int, features: np.ndarray, labels: np.ndarray, label_dtype: str) -> None: ...
+    def stage(self, first_pos: int, features: "np.ndarray | Ragged", labels: np.ndarray, label_dtype: str) -> None: ...
 
-    def finish(self, table: str, row_ids: np.ndarray, codes: np.ndarray, width: int, dtype: str,
+    def finish(self, table: str, row_ids: np.ndarray, codes: np.ndarray, width: int | None, dtype: str,
                label_dtype: str) -> None: ...
 
     def ddl(self, sql: str) -> None: ...
@@ -444,36 +605,70 @@ def export(sink: Sink, spec: ExportSpec, progress=None) -> DatasetInfo:
     kinds = {c[0]: c[1] for c in columns}
     label_dtype = "int64" if label_kind == "int" else "float32"
     width: int | None = None
+    dtype = spec.dtype
     n = 0
-    for matrix, valid, labels, labels_valid in sink.batches(spec.query, names, spec.label, kinds):
+    for features, valid, labels, labels_valid in sink.batches(spec.query, names, spec.label, kinds, spec.ragged):
         if len(valid) == 0:
             continue
-        width = check_batch(matrix, valid, labels, labels_valid, n, spec, width)
-        sink.stage(n, _convert(matrix, spec.dtype, n), labels.astype(label_dtype), label_dtype)
+        if dtype is None:
+            dtype = default_dtype(features.dtype, spec.ragged)
+        if spec.ragged:
+            check_ragged_batch(features, valid, labels, labels_valid, n, spec)
+            staged = Ragged(_convert(features.values, dtype, n), features.offsets)
+            width = 1
+        else:
+            width = check_batch(features, valid, labels, labels_valid, n, spec, width)
+            staged = _convert(features, dtype, n)
+        sink.stage(n, staged, labels.astype(label_dtype), label_dtype)
         n += len(valid)
         if progress is not None:
             progress(n)
-    if n == 0 or width is None:
+    if n == 0 or width is None or dtype is None:
         raise QueryError("the source query returned no rows; a dataset needs at least one")
     if width == 0:
         raise ShapeMismatch("the feature arrays are empty; a dataset row needs at least one feature")
-    shape = spec.shape or (width,)
+    dims = getattr(sink, "dims", None)
+    if spec.ragged:
+        shape: tuple[int, ...] = (-1,)
+    elif spec.shape:
+        shape = spec.shape
+    elif dims and math.prod(dims) == width:
+        shape = tuple(dims)  # a nested array column keeps its dimensions
+    else:
+        shape = (width,)
     row_ids, codes, counts = assign_splits(n, spec.train_fraction, spec.validation_fraction, spec.seed)
     old = sink.dataset(spec.name)
     version = (old.version + 1) if old else 1
     schema = sink.schema
     table = table_name(schema, spec.name, version)
-    sink.finish(table, row_ids, codes, width, spec.dtype, label_dtype)
+    sink.finish(table, row_ids, codes, None if spec.ragged else width, dtype, label_dtype)
     sink.ddl(f"CREATE OR REPLACE VIEW {schema}.ds_{spec.name} AS SELECT row_id, features, label, split FROM {table}")
     sink.share(f"{schema}.ds_{spec.name}")
     if old is not None and old.table != table:
         sink.ddl(f"DROP TABLE IF EXISTS {old.table}")
     uid = hashlib.sha256(f"{spec.name}:{version}:{time.time_ns()}:{os.getpid()}:{os.urandom(8).hex()}".encode()
                          ).hexdigest()[:16]
-    values = (spec.name, version, table, json.dumps(list(shape)), spec.dtype, label_dtype, n, *counts,
+    values = (spec.name, version, table, json.dumps(list(shape)), dtype, label_dtype, n, *counts,
               spec.train_fraction, spec.validation_fraction, spec.seed, json.dumps(names), spec.label, spec.query, uid)
     sink.record(dict(zip(_ROW_FIELDS, values)))
     return sink.dataset(spec.name)
+
+
+def check_ragged_batch(rows: Ragged, valid: np.ndarray, labels: np.ndarray, labels_valid: np.ndarray,
+                       first_pos: int, spec: ExportSpec) -> None:
+    """Refuse NULL lists, NULL elements, NULL labels and NaN/infinite values of ragged rows."""
+    if not valid.all():
+        row = first_pos + int(np.flatnonzero(~valid)[0])
+        raise DTypeMismatch(f"row {row} of the query has a NULL list (or a NULL element in it); filter such rows "
+                            "out (WHERE ... IS NOT NULL) or replace them (an empty list is allowed) before exporting")
+    if not labels_valid.all():
+        row = first_pos + int(np.flatnonzero(~labels_valid)[0])
+        raise DTypeMismatch(f"row {row} of the query has a NULL label in {spec.label!r}; filter such rows out "
+                            f"(WHERE {spec.label} IS NOT NULL) before exporting")
+    if rows.values.dtype.kind == "f" and not np.isfinite(rows.values).all():
+        bad = int(np.searchsorted(rows.offsets, int(np.flatnonzero(~np.isfinite(rows.values))[0]), side="right")) - 1
+        raise DTypeMismatch(f"row {first_pos + bad} of the query has NaN or infinite values; clean them before "
+                            "exporting")
 
 
 def _convert(matrix: np.ndarray, dtype: str, first_pos: int) -> np.ndarray:

@@ -601,12 +601,13 @@ def set_calibration(plpy, key: str, value: float) -> None:
 
 
 # -- training export -----------------------------------------------------------------------------
-# CALL train_export(...) (migrations/postgres/0006_datasets.sql) runs as the caller: the source
+# CALL train_export(...) (migrations/postgres/0011_train_export_inputs.sql) runs as the caller: the source
 # query is the caller's own SQL, run with the caller's rights; the rules live in dbdl_udf.datasets.
 
 _INT_OIDS = {16, 20, 21, 23}  # bool, int8, int2, int4
 _FLOAT_OIDS = {700, 701, 1700}  # real, double precision, numeric
 _ARRAY_OIDS = {1005, 1007, 1016, 1021, 1022, 1231}  # int2[] int4[] int8[] real[] float8[] numeric[]
+_BYTEA_OID = 17
 _EXPORT_ROWS = 1024
 
 
@@ -623,6 +624,8 @@ class _PlpySink:
     def __init__(self, plpy) -> None:
         self.plpy = plpy
         self._insert = None
+        #: a multi-dimensional array column's dimensions (real[3][32][32] -> (3, 32, 32)), else None
+        self.dims = None
 
     def _q(self, name: str) -> str:
         return self.plpy.quote_ident(name)
@@ -633,15 +636,18 @@ class _PlpySink:
         out = []
         for name, oid in zip(result.colnames(), result.coltypes()):
             kind = ("int" if oid in _INT_OIDS else "float" if oid in _FLOAT_OIDS
-                    else "array" if oid in _ARRAY_OIDS else "other")
+                    else "array" if oid in _ARRAY_OIDS else "bytes" if oid == _BYTEA_OID else "other")
             type_name = self.plpy.execute(f"SELECT pg_catalog.format_type({int(oid)}, NULL) AS t")[0]["t"]
             out.append((name, kind, type_name))
         return out
 
-    def batches(self, query, features, label, kinds):
-        from .datasets import decode_array_send
+    def batches(self, query, features, label, kinds, ragged=False):
+        from .datasets import decode_array_send, decode_array_send_ragged, decode_bytes, dense_rows
 
-        if len(features) == 1 and kinds[features[0]] == "array":
+        kind = kinds[features[0]]
+        if len(features) == 1 and kind == "bytes":
+            expr = f"q.{self._q(features[0])}"  # uint8 values, one per byte, as they are
+        elif len(features) == 1 and kind == "array":
             expr = f"pg_catalog.array_send(q.{self._q(features[0])})"
         else:
             expr = ("pg_catalog.array_send(ARRAY[" + ", ".join(f"q.{self._q(c)}::pg_catalog.float8" for c in features)
@@ -653,7 +659,15 @@ class _PlpySink:
             rows = cursor.fetch(_EXPORT_ROWS)
             if not rows:
                 return
-            matrix, valid = decode_array_send([r["f"] for r in rows], pos)
+            blobs = [r["f"] for r in rows]
+            if kind == "bytes":
+                matrix, valid = decode_bytes(blobs)
+                if not ragged:
+                    matrix = dense_rows(matrix, valid, pos)
+            elif ragged:
+                matrix, valid = decode_array_send_ragged(blobs, pos)
+            else:
+                matrix, valid, self.dims = decode_array_send(blobs, pos)
             raw = [r["l"] for r in rows]
             labels_valid = np.array([v is not None for v in raw], dtype=bool)
             labels = np.array([0 if v is None else (int(v) if is_int else float(v)) for v in raw],
@@ -672,10 +686,18 @@ class _PlpySink:
                 f"(pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2), pg_catalog.unnest($3::{label_sql}[])) "
                 "AS u(pos, features, label)",
                 ["pg_catalog.text", "pg_catalog.bytea[]", "pg_catalog.text"])
+        from .datasets import Ragged
+
         n = len(features)
-        size = features.itemsize * (features.size // n)
-        buf = features.tobytes()
-        blobs = [buf[i * size:(i + 1) * size] for i in range(n)]
+        if isinstance(features, Ragged):  # variable-length rows: each its own little-endian bytes
+            item = features.values.itemsize
+            buf = features.values.tobytes()
+            bounds = (features.offsets * item).tolist()
+            blobs = [buf[bounds[i]:bounds[i + 1]] for i in range(n)]
+        else:
+            size = features.itemsize * (features.size // n)
+            buf = features.tobytes()
+            blobs = [buf[i * size:(i + 1) * size] for i in range(n)]
         positions = "{" + ",".join(map(str, range(first_pos, first_pos + n))) + "}"
         fmt = str if label_dtype == "int64" else "{:.9g}".format
         self.plpy.execute(self._insert, [positions, blobs, "{" + ",".join(map(fmt, labels.tolist())) + "}"])
@@ -724,15 +746,16 @@ _LABEL_TYPES = {"int64": "pg_catalog.int8", "float32": "pg_catalog.float4"}
 
 
 def train_export(plpy, query, name, label, features, shape, dtype, train_fraction, validation_fraction,
-                 seed) -> None:
+                 seed, ragged=False) -> None:
     """The body of CALL dbdl.train_export(...)."""
     from . import datasets
 
     try:
         spec = datasets.check_spec(
-            query, name, "label" if label is None else label, features, shape, dtype or "float32",
+            query, name, "label" if label is None else label, features, shape, dtype,
             0.8 if train_fraction is None else train_fraction,
-            0.1 if validation_fraction is None else validation_fraction, 0 if seed is None else seed)
+            0.1 if validation_fraction is None else validation_fraction, 0 if seed is None else seed,
+            bool(ragged))
         datasets.export(_PlpySink(plpy), spec)
     except Error as exc:
         raise_for_sql(plpy, exc)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import sqlglot.expressions as exp
 
 from dbdl_udf import datasets
-from dbdl_udf.datasets import DatasetInfo, ragged_message
+from dbdl_udf.datasets import DatasetInfo, Ragged, dense_rows, ragged_message
 
 from ..errors import DTypeMismatch, QueryError, ShapeMismatch
 from ..planner import parse
@@ -26,9 +26,9 @@ from ..planner import parse
 if TYPE_CHECKING:
     from ..database import Database
 
-#: the procedure's parameters, in order (as declared in migrations/postgres/0006_datasets.sql)
+#: the procedure's parameters, in order (as declared in migrations/postgres/0011_train_export_inputs.sql)
 PARAMETERS = ("source_query", "dataset_name", "label_column", "features", "shape", "dtype", "train_fraction",
-              "validation_fraction", "seed")
+              "validation_fraction", "seed", "ragged")
 _DUCKDB_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "uint8": "UTINYINT", "int8": "TINYINT",
                  "int16": "SMALLINT", "int32": "INTEGER", "int64": "BIGINT"}
 _INTS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
@@ -40,17 +40,18 @@ _stages = itertools.count(1)
 
 def train_export(db: "Database", source_query: str, dataset_name: str, *, label_column: str = "label",
                  features: Sequence[str] | str | None = None, shape: Sequence[int] | None = None,
-                 dtype: str = "float32", train_fraction: float = 0.8, validation_fraction: float = 0.1,
-                 seed: int = 0, progress: bool | None = None) -> DatasetInfo:
+                 dtype: str | None = None, train_fraction: float = 0.8, validation_fraction: float = 0.1,
+                 seed: int = 0, ragged: bool = False, progress: bool | None = None) -> DatasetInfo:
     spec = datasets.check_spec(source_query, dataset_name, label_column, features, shape, dtype, train_fraction,
-                               validation_fraction, seed)
+                               validation_fraction, seed, ragged)
     backend = db.backend
     if getattr(backend, "has_procedures", False):
         backend.execute(
-            "CALL dbdl.train_export(?, ?, ?, CAST(? AS pg_catalog.text[]), CAST(? AS pg_catalog.int4[]), ?, ?, ?, ?)",
+            "CALL dbdl.train_export(?, ?, ?, CAST(? AS pg_catalog.text[]), CAST(? AS pg_catalog.int4[]), "
+            "CAST(? AS pg_catalog.text), ?, ?, ?, ?)",
             (spec.query, spec.name, spec.label, list(spec.features) if spec.features else None,
              list(spec.shape) if spec.shape else None, spec.dtype, spec.train_fraction, spec.validation_fraction,
-             spec.seed))
+             spec.seed, spec.ragged))
         return datasets.get(backend, spec.name)
     trees = parse(spec.query, backend.dialect)
     # DuckDB's own parser has the last word on how many statements it would run
@@ -110,6 +111,8 @@ class DuckDBSink:
         self.con = backend.con
         self.catalog = backend
         self._stage: str | None = None
+        #: a nested array column's dimensions (FLOAT[32][32][3] -> (3, 32, 32)), else None
+        self.dims: tuple[int, ...] | None = None
 
     def dataset(self, name: str) -> DatasetInfo | None:
         found = self.catalog.fetchall("SELECT name FROM dbdl.datasets WHERE name = ?", (name,))
@@ -136,12 +139,14 @@ class DuckDBSink:
             base = text.split("[")[0].split("(")[0]
             if "[" in text:
                 kind = "array" if base in _INTS | _FLOATS else "other"
+            elif base == "BLOB":
+                kind = "bytes"
             else:
                 kind = "int" if base in _INTS else "float" if base in _FLOATS else "other"
             out.append((name, kind, text))
         return out
 
-    def batches(self, query, features, label, kinds):
+    def batches(self, query, features, label, kinds, ragged=False):
         import duckdb
 
         relation = self._relation.select(*[duckdb.ColumnExpression(c) for c in [*features, label]])
@@ -150,8 +155,15 @@ class DuckDBSink:
             pos = 0
             for batch in reader:
                 n = batch.num_rows
-                if kinds[features[0]] == "array":
+                kind = kinds[features[0]]
+                if kind == "bytes":
+                    rows, valid = _binary(batch.column(0))
+                    matrix = rows if ragged else dense_rows(rows, valid, pos)
+                elif kind == "array" and ragged:
+                    matrix, valid = _list_ragged(batch.column(0), pos)
+                elif kind == "array":
                     matrix, valid = _array_matrix(batch.column(0), pos)
+                    self.dims = _fixed_dims(batch.schema.field(0).type)
                 else:
                     cols = [_numbers(batch.column(i)) for i in range(len(features))]
                     matrix = np.column_stack([c for c, _ in cols]) if cols else np.zeros((n, 0))
@@ -169,19 +181,24 @@ class DuckDBSink:
             self._stage = f"dbdl_stage_{next(_stages)}"
             element = _DUCKDB_TYPES[features.dtype.name]
             label_sql = "BIGINT" if label_dtype == "int64" else "FLOAT"
-            self._features_type = f"{element}[{features.shape[1]}]"
+            self._features_type = f"{element}[]" if isinstance(features, Ragged) else f"{element}[{features.shape[1]}]"
             self._run(f"CREATE TEMP TABLE {self._stage} (pos BIGINT, features {self._features_type}, "
                       f"label {label_sql})")
-        n, width = features.shape
-        data = pa.table({"pos": np.arange(first_pos, first_pos + n, dtype=np.int64),
-                         "features": pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), width),
+        if isinstance(features, Ragged):
+            n = len(features)
+            column = pa.LargeListArray.from_arrays(pa.array(features.offsets), pa.array(features.values))
+        else:
+            n, width = features.shape
+            column = pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), width)
+        data = pa.table({"pos": np.arange(first_pos, first_pos + n, dtype=np.int64), "features": column,
                          "label": labels})
         self._insert(f"INSERT INTO {self._stage} SELECT pos, CAST(features AS {self._features_type}), label FROM "
                      "{view}", data)
 
     def finish(self, table, row_ids, codes, width, dtype, label_dtype):
         label_sql = "BIGINT" if label_dtype == "int64" else "FLOAT"
-        self._run(f"CREATE TABLE {table} (row_id BIGINT PRIMARY KEY, features {_DUCKDB_TYPES[dtype]}[{width}] "
+        size = "" if width is None else str(int(width))  # None: variable-length rows (a LIST column)
+        self._run(f"CREATE TABLE {table} (row_id BIGINT PRIMARY KEY, features {_DUCKDB_TYPES[dtype]}[{size}] "
                   f"NOT NULL, label {label_sql} NOT NULL, split VARCHAR NOT NULL)")
         split_names = np.array(datasets.SPLITS, dtype=object)[codes]
         assignment = pa.table({"pos": np.arange(len(row_ids), dtype=np.int64), "row_id": row_ids,
@@ -263,6 +280,50 @@ def _array_matrix(column: pa.Array | pa.ChunkedArray, first_pos: int) -> tuple[n
         matrix[per_row == width] = flat.reshape(-1, width) if (per_row == width).all() else \
             flat[np.repeat(per_row == width, per_row)].reshape(-1, width)
     return matrix, valid
+
+
+def _fixed_dims(type_: pa.DataType) -> tuple[int, ...] | None:
+    """The dimensions of a nested fixed-size array type, outermost first (DuckDB writes them
+    innermost first: FLOAT[32][32][3] is (3, 32, 32)); None for a flat or variable-size one."""
+    dims = []
+    while pa.types.is_fixed_size_list(type_):
+        dims.append(type_.list_size)
+        type_ = type_.value_type
+    nested = pa.types.is_list(type_) or pa.types.is_large_list(type_)
+    return tuple(dims) if len(dims) > 1 and not nested else None
+
+
+def _binary(column: pa.Array | pa.ChunkedArray) -> tuple[Ragged, np.ndarray]:
+    """A BLOB column as uint8 values (one per byte) per row, and its not-NULL mask."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    column = column.cast(pa.large_binary())
+    n = len(column)
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset:column.offset + n + 1]
+    data = column.buffers()[2]
+    values = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
+    return Ragged(values, offsets - offsets[0]), valid
+
+
+def _list_ragged(column: pa.Array | pa.ChunkedArray, first_pos: int) -> tuple[Ragged, np.ndarray]:
+    """A one-dimensional list column (token lists of any lengths) as Ragged rows, and the mask of
+    rows with neither a NULL list nor a NULL element."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    value_type = column.type.value_type
+    if pa.types.is_list(value_type) or pa.types.is_large_list(value_type) or pa.types.is_fixed_size_list(value_type):
+        raise ShapeMismatch(f"ragged => true takes one-dimensional lists; the feature column is {column.type} "
+                            "(nested) — select a flat list such as INTEGER[] of token ids")
+    n = len(column)
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values, values_valid = _numbers(pc.list_flatten(column))
+    rows = Ragged.from_lengths(values, lengths)
+    if not values_valid.all():
+        row_of = np.repeat(np.arange(n), lengths)
+        valid[np.unique(row_of[~values_valid])] = False
+    return rows, valid
 
 
 # -- CALL dbdl.train_export(...) on backends without procedures --------------------------------------------

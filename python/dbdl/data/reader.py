@@ -28,13 +28,13 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import numpy as np
 
-from dbdl_udf.datasets import DatasetInfo
+from dbdl_udf.datasets import DTYPES, DatasetInfo, Ragged
 
-from ..errors import ConfigurationError, DatasetNotFound, QueryError
+from ..errors import ConfigurationError, DatasetNotFound, DTypeMismatch, QueryError
 from . import cache as cache_mod
 
 if TYPE_CHECKING:
@@ -185,10 +185,10 @@ class BlockStore:
             written = []
             for b in range(run[0], end + 1):
                 lo, hi = (r - start_row for r in self.source.block_range(b))
-                part = (features[lo:hi], labels[lo:hi])
+                part = (_slice(features, lo, hi), labels[lo:hi])
                 self._remember(b, part)
                 if self.cache is not None:
-                    written.append((b, part[0].tobytes() + part[1].tobytes()))
+                    written.append((b, _encode(part[0]) + part[1].tobytes()))
             if written:
                 self.cache.put(written)
 
@@ -198,22 +198,31 @@ class BlockStore:
         while len(self._memory) > self._memory_blocks:
             self._memory.popitem(last=False)
 
-    def _decode(self, block: int, value: bytes) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(self, block: int, value: bytes) -> tuple["np.ndarray | Ragged", np.ndarray]:
         info = self.source.info
         lo, hi = self.source.block_range(block)
         n = hi - lo
+        if info.ragged:  # row lengths (int64), the values, the labels
+            lengths = np.frombuffer(value, dtype="<i8", count=n)
+            total = int(lengths.sum())
+            values = np.frombuffer(value, dtype=np.dtype(info.dtype).newbyteorder("<"), offset=8 * n, count=total)
+            labels = np.frombuffer(value, dtype=np.dtype(info.label_dtype).newbyteorder("<"),
+                                   offset=8 * n + values.nbytes, count=n)
+            return Ragged.from_lengths(values, lengths), labels
         split = n * info.row_bytes
         features = np.frombuffer(value, dtype=np.dtype(info.dtype).newbyteorder("<"), count=n * self.source.elements)
         labels = np.frombuffer(value, dtype=np.dtype(info.label_dtype).newbyteorder("<"), offset=split, count=n)
         return features.reshape(n, self.source.elements), labels
 
-    def rows(self, rows: np.ndarray, read_ahead: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Features (rows x elements) and labels of absolute row ids, in the order given."""
+    def rows(self, rows: np.ndarray, read_ahead: int = 0) -> tuple["np.ndarray | Ragged", np.ndarray]:
+        """Features (rows x elements, or Ragged rows) and labels of absolute row ids, in the order given."""
         R = self.source.block_rows
         k = len(rows)
+        info = self.source.info
         if k == 0:
-            return np.zeros((0, self.source.elements), self.source.info.dtype), \
-                np.zeros(0, self.source.info.label_dtype)
+            empty = Ragged(np.zeros(0, info.dtype), np.zeros(1, np.int64)) if info.ragged else \
+                np.zeros((0, self.source.elements), info.dtype)
+            return empty, np.zeros(0, info.label_dtype)
         first, last = int(rows[0]), int(rows[-1])
         if last - first == k - 1 and (k == 1 or bool((np.diff(rows) == 1).all())):
             blocks = list(range(first // R, last // R + 1))
@@ -221,11 +230,22 @@ class BlockStore:
             parts = [(self._memory[b], max(first, b * R) - b * R, min(last + 1, (b + 1) * R) - b * R) for b in blocks]
             if len(parts) == 1:
                 (x, y), lo, hi = parts[0]
-                return x[lo:hi].copy(), y[lo:hi].copy()
-            return (np.concatenate([x[lo:hi] for (x, _), lo, hi in parts]),
+                return _copy(_slice(x, lo, hi)), y[lo:hi].copy()
+            return (_cat([_slice(x, lo, hi) for (x, _), lo, hi in parts]),
                     np.concatenate([y[lo:hi] for (_, y), lo, hi in parts]))
         blocks_of = rows // R
         unique = np.unique(blocks_of)
+        if info.ragged:
+            self._memory_blocks = max(self._memory_blocks, len(unique) + 2)
+            self.ensure(unique.tolist(), read_ahead)
+            # the blocks one after another, then the rows picked from them
+            joined = Ragged.concat([self._memory[b][0] for b in unique.tolist()])
+            labels_joined = np.concatenate([self._memory[b][1] for b in unique.tolist()])
+            starts = np.array([b * R for b in unique.tolist()], dtype=np.int64)
+            base = np.concatenate([[0], np.cumsum([len(self._memory[b][1]) for b in unique.tolist()])[:-1]])
+            at = np.searchsorted(unique, blocks_of)
+            position = base[at] + (rows - starts[at])
+            return joined.take(position), labels_joined[position]
         features = np.empty((k, self.source.elements), dtype=self.source.info.dtype)
         labels = np.empty(k, dtype=self.source.info.label_dtype)
         # keep every block of this request in memory while gathering
@@ -255,6 +275,17 @@ def _read_duckdb(con, info: DatasetInfo, start: int, stop: int) -> tuple[np.ndar
                     f"WHERE row_id >= {int(start)} AND row_id < {int(stop)}").to_arrow_table()
     ids = table.column(0).to_numpy()
     features = table.column(1).combine_chunks()
+    if info.ragged:
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(features).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = pc.list_flatten(features).to_numpy(zero_copy_only=False)
+        rows = Ragged.from_lengths(values.astype(info.dtype, copy=False), lengths)
+        labels = table.column(2).to_numpy()
+        if len(ids) > 1 and not bool((np.diff(ids) > 0).all()):
+            order = np.argsort(ids, kind="stable")
+            rows, labels = rows.take(order), labels[order]
+        return rows, labels.astype(info.label_dtype, copy=False)
     values = features.flatten().to_numpy(zero_copy_only=False)
     elements = math.prod(info.shape)
     matrix = values.reshape(len(ids), elements)
@@ -275,6 +306,8 @@ def _read_postgres(con, info: DatasetInfo, start: int, stop: int) -> tuple[np.nd
     with con.cursor().copy(sql) as copy:
         for chunk in copy:
             payload += chunk
+    if info.ragged:
+        return _ragged_copy_rows(payload, info)
     row_bytes = info.row_bytes
     label_size = 8 if info.label_dtype == "int64" else 4
     width = 2 + 4 + row_bytes + 4 + label_size
@@ -289,7 +322,80 @@ def _read_postgres(con, info: DatasetInfo, start: int, stop: int) -> tuple[np.nd
     return features.reshape(n, math.prod(info.shape)), labels
 
 
+def _ragged_copy_rows(payload: bytearray, info: DatasetInfo) -> tuple[Ragged, np.ndarray]:
+    """Binary COPY rows (features bytea of any length, label) of a ragged dataset."""
+    item = np.dtype(info.dtype).itemsize
+    label_size = 8 if info.label_dtype == "int64" else 4
+    pos, end = _COPY_HEADER, len(payload) - 2
+    starts, lengths, label_at = [], [], []
+    view = memoryview(payload)
+    while pos < end:
+        length = int.from_bytes(view[pos + 2:pos + 6], "big", signed=True)
+        if length < 0 or length % item:
+            raise QueryError(f"dataset table {info.table} holds a features value that is not a whole number of "
+                             f"{info.dtype} values; it was changed outside dbdl — re-export the dataset")
+        starts.append(pos + 6)
+        lengths.append(length)
+        pos += 6 + length
+        label_at.append(pos + 4)
+        pos += 4 + label_size
+    raw = np.frombuffer(payload, dtype=np.uint8)
+    values = np.frombuffer(b"".join(view[a:a + n] for a, n in zip(starts, lengths)),
+                           dtype=np.dtype(info.dtype).newbyteorder("<"))
+    if label_at:
+        label_raw = raw[np.array(label_at)[:, None] + np.arange(label_size)]
+        labels = np.ascontiguousarray(label_raw).view(">i8" if label_size == 8 else ">f4")[:, 0]
+    else:
+        labels = np.zeros(0, ">i8")
+    return Ragged.from_lengths(values, np.array(lengths, dtype=np.int64) // item), labels.astype(info.label_dtype)
+
+
+def _slice(x: "np.ndarray | Ragged", lo: int, hi: int):
+    return x.slice(lo, hi) if isinstance(x, Ragged) else x[lo:hi]
+
+
+def _copy(x: "np.ndarray | Ragged"):
+    return Ragged(x.values.copy(), x.offsets.copy()) if isinstance(x, Ragged) else x.copy()
+
+
+def _cat(parts: list):
+    if isinstance(parts[0], Ragged):
+        return Ragged.concat(parts)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _encode(x: "np.ndarray | Ragged") -> bytes:
+    """A block's features as its LMDB value starts: the bytes (a ragged block: row lengths first)."""
+    if isinstance(x, Ragged):
+        return x.lengths.astype("<i8").tobytes() + np.ascontiguousarray(x.values).tobytes()
+    return x.tobytes()
+
+
 # -- torch datasets --------------------------------------------------------------------------------
+
+#: how a ragged dataset's batches are made (``collate=``)
+COLLATES = ("padded", "offsets")
+
+
+class OffsetsBatch(NamedTuple):
+    """A batch as the ``collate_batch`` of PyTorch's AG News tutorial makes it, for
+    ``nn.EmbeddingBag``: ``labels`` [B]; ``text`` = every row's tokens one after another;
+    ``offsets`` [B] = where each row starts (cumsum of the lengths, from 0). ``model(text, offsets)``."""
+
+    labels: Any
+    text: Any
+    offsets: Any
+
+
+class PaddedBatch(NamedTuple):
+    """A batch padded to its longest row (``pad_sequence(..., batch_first=True,
+    padding_value=pad_id)``): ``labels`` [B]; ``text`` [B, L]; ``lengths`` [B] (int64, as
+    ``pack_padded_sequence`` takes them)."""
+
+    labels: Any
+    text: Any
+    lengths: Any
+
 
 
 class _Row(tuple):
@@ -314,7 +420,23 @@ class _Rows(Sequence):
         return _Row((self.features[i], self.labels[i]))
 
 
+class _RaggedRows(_Rows):
+    """__getitems__ of a ragged dataset with a collate mode: the finished batch, and its samples
+    (tokens, label) for a custom collate_fn."""
+
+    def __init__(self, batch, samples) -> None:
+        self.batch, self.samples = batch, samples
+        self.labels = batch.labels
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return _Row(self.samples[i])
+
+
 def _collate_rows(batch, *, collate_fn_map=None):
+    if isinstance(batch, _RaggedRows):
+        return batch.batch
     if isinstance(batch, _Rows):
         return [batch.features, batch.labels]
     from torch.utils.data import default_collate
@@ -332,8 +454,10 @@ class _Base:
     """What every form shares: the source, the split's row range, the cache, a per-process store."""
 
     def __init__(self, db: "Database", info: DatasetInfo, split: str | None, *, cache: bool | str | Path = True,
-                 block_rows: int | None = None, read_ahead: int = 0, cache_map_size: int | None = None) -> None:
+                 block_rows: int | None = None, read_ahead: int = 0, cache_map_size: int | None = None,
+                 dtype: str | None = None, collate: str | None = None, pad_id: int | float = 0) -> None:
         self.info = info
+        self.dtype, self.collate, self.pad_id = _output_options(info, dtype, collate, pad_id)
         self.split = split or "all"
         self.start, self.stop = info.split_range(split)
         rows = block_rows or max(1, BLOCK_BYTES // max(1, info.row_bytes))
@@ -400,7 +524,35 @@ class _Base:
 
     def _tensors(self, features: np.ndarray, labels: np.ndarray):
         x = torch.from_numpy(features).view(len(labels), *self.info.shape)
+        if self.dtype != self.info.dtype:
+            x = x.to(_TORCH_DTYPES[self.dtype])
         return x, torch.from_numpy(labels)
+
+    def _batch(self, features: "np.ndarray | Ragged", labels: np.ndarray):
+        """One batch in this dataset's form: (features, labels); a ragged one as collate says."""
+        if not isinstance(features, Ragged):
+            return self._tensors(features, labels)
+        if self.collate is None:
+            raise ConfigurationError(_NO_COLLATE.format(name=self.info.name))
+        values = np.ascontiguousarray(features.values, dtype=self.dtype)
+        y = torch.from_numpy(np.ascontiguousarray(labels))
+        if self.collate == "offsets":
+            return OffsetsBatch(y, torch.from_numpy(values), torch.from_numpy(features.offsets[:-1].copy()))
+        lengths = features.lengths
+        width = int(lengths.max()) if len(lengths) else 0
+        padded = np.full((len(lengths), width), self.pad_id, dtype=self.dtype)
+        padded[np.arange(width) < lengths[:, None]] = values
+        return PaddedBatch(y, torch.from_numpy(padded), torch.from_numpy(lengths.astype(np.int64)))
+
+    def _samples(self, features: "np.ndarray | Ragged", labels: np.ndarray) -> list:
+        """(features, label) per row: a ragged row's features are its tokens [length]."""
+        if isinstance(features, Ragged):
+            values = torch.from_numpy(np.ascontiguousarray(features.values, dtype=self.dtype))
+            offsets = features.offsets.tolist()
+            y = torch.from_numpy(np.ascontiguousarray(labels))
+            return [(values[offsets[i]:offsets[i + 1]], y[i]) for i in range(len(labels))]
+        x, y = self._tensors(features, labels)
+        return [(x[i], y[i]) for i in range(len(y))]
 
 
 class TrainingSet(_Base, Dataset):
@@ -420,16 +572,22 @@ class TrainingSet(_Base, Dataset):
 
     def __getitem__(self, index: int):
         features, labels = self.store.rows(self._absolute([int(index)]), self.read_ahead)
-        x, y = self._tensors(features, labels)
-        return x[0], y[0]
+        return self._samples(features, labels)[0]
 
     def __getitems__(self, indices):
         features, labels = self.store.rows(self._absolute(indices), self.read_ahead)
+        if isinstance(features, Ragged):
+            if self.collate is None:  # samples, for the caller's own collate_fn
+                return self._samples(features, labels)
+            return _RaggedRows(self._batch(features, labels), self._samples(features, labels))
         return _Rows(*self._tensors(features, labels))
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """The whole split as numpy (features shaped (n, *shape), labels)."""
+    def arrays(self) -> tuple["np.ndarray | list[np.ndarray]", np.ndarray]:
+        """The whole split as numpy: (features shaped (n, *shape), labels); a ragged dataset's
+        features are a list of n one-dimensional arrays (as stored)."""
         features, labels = self.store.rows(np.arange(self.start, self.stop), self.read_ahead)
+        if isinstance(features, Ragged):
+            return [features.row(i) for i in range(len(labels))], labels
         return features.reshape(len(labels), *self.info.shape), labels
 
 
@@ -456,7 +614,7 @@ class BatchSet(_Base, Dataset):
             raise IndexError(f"batch {index} out of range ({len(self)} batches)")
         lo = self.start + index * self.batch_size
         hi = min(lo + self.batch_size, self.stop)
-        return self._tensors(*self.store.rows(np.arange(lo, hi), self.read_ahead))
+        return self._batch(*self.store.rows(np.arange(lo, hi), self.read_ahead))
 
 
 class ShuffledSet(_Base, IterableDataset):
@@ -529,25 +687,70 @@ class ShuffledSet(_Base, IterableDataset):
         B = self.batch_size
         for rows, (features, labels) in _ahead(load, groups, self.prefetch):
             if B is None:
-                x, y = self._tensors(features, labels)
-                for i in range(len(y)):
-                    yield x[i], y[i]
+                yield from self._samples(features, labels)
                 continue
             pending_x.append(features)
             pending_y.append(labels)
             pending += len(labels)
             if pending < B:
                 continue
-            xs = np.concatenate(pending_x) if len(pending_x) > 1 else pending_x[0]
+            xs = _cat(pending_x)
             ys = np.concatenate(pending_y) if len(pending_y) > 1 else pending_y[0]
             full = (len(ys) // B) * B
             for i in range(0, full, B):
-                yield self._tensors(np.ascontiguousarray(xs[i:i + B]), np.ascontiguousarray(ys[i:i + B]))
-            pending_x, pending_y = ([xs[full:]], [ys[full:]]) if full < len(ys) else ([], [])
+                part = xs.slice(i, i + B) if isinstance(xs, Ragged) else np.ascontiguousarray(xs[i:i + B])
+                yield self._batch(part, np.ascontiguousarray(ys[i:i + B]))
+            pending_x, pending_y = ([_slice(xs, full, len(ys))], [ys[full:]]) if full < len(ys) else ([], [])
             pending = len(ys) - full
         if B is not None and pending and not self.drop_last:
-            xs, ys = np.concatenate(pending_x), np.concatenate(pending_y)
-            yield self._tensors(xs, ys)
+            xs, ys = _cat(pending_x), np.concatenate(pending_y)
+            yield self._batch(xs, ys)
+
+
+_NO_COLLATE = ("dataset {name!r} holds rows of different lengths (token lists); say how a batch is made: "
+               "collate='padded' (tokens [B, L] padded with pad_id, plus lengths) or collate='offsets' (the "
+               "AG News tutorial's flat text plus offsets, for nn.EmbeddingBag) — or pass your own collate_fn "
+               "to a DataLoader over the per-sample form")
+
+_TORCH_DTYPES: dict[str, Any] = {}
+if torch is not None:
+    _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "uint8": torch.uint8, "int8": torch.int8,
+                     "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
+
+
+def _output_options(info: DatasetInfo, dtype: str | None, collate: str | None,
+                    pad_id: int | float) -> tuple[str, str | None, int | float]:
+    """(output dtype, collate mode, pad id) checked against the dataset: conversions must be
+    lossless; collate applies to ragged datasets, offsets to integer tokens."""
+    stored = np.dtype(info.dtype)
+    if collate is not None and collate not in COLLATES:
+        raise ConfigurationError(f"collate must be one of {', '.join(COLLATES)}, got {collate!r}")
+    if collate is not None and not info.ragged:
+        raise ConfigurationError(f"dataset {info.name!r} has one shape {list(info.shape)} for every row, so its "
+                                 "batches need no collate mode; drop collate=... (it is for ragged datasets, "
+                                 "exported with ragged=True)")
+    if dtype is None:
+        dtype = "int64" if info.ragged and stored.kind in "iu" else info.dtype
+    if dtype not in DTYPES:
+        raise DTypeMismatch(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    if not np.can_cast(stored, np.dtype(dtype), "safe"):
+        raise DTypeMismatch(f"dataset {info.name!r} stores {info.dtype}, which {dtype} cannot hold exactly; ask for a "
+                            f"wider dtype (e.g. 'float32' for uint8 images, 'float64' for int32), or export with "
+                            f"dtype='{dtype}'")
+    if collate == "offsets" and (stored.kind not in "iu" or np.dtype(dtype).kind not in "iu"):
+        raise DTypeMismatch(f"collate='offsets' gives token ids for nn.EmbeddingBag, but dataset {info.name!r} "
+                            f"stores {info.dtype} values" + ("" if stored.kind in "iu" else
+                            " — export the token column as integers (e.g. CAST(tokens AS INTEGER[]))")
+                            + (f"; and dtype must be int64 or int32, not {dtype}" if np.dtype(dtype).kind not in "iu"
+                               else ""))
+    if collate == "padded":
+        if isinstance(pad_id, bool) or not isinstance(pad_id, (int, float, np.integer, np.floating)):
+            raise ConfigurationError(f"pad_id must be a number (the token id that pads short rows), got {pad_id!r}")
+        if np.dtype(dtype).kind in "iu":
+            limits = np.iinfo(np.dtype(dtype))
+            if float(pad_id) != int(pad_id) or not limits.min <= int(pad_id) <= limits.max:
+                raise ConfigurationError(f"pad_id {pad_id!r} is not a {dtype} value; pick a token id such as 0")
+    return dtype, collate, pad_id
 
 
 def _ahead(load, items: list, depth: int) -> Iterator[Any]:
@@ -592,11 +795,15 @@ def _ahead(load, items: list, depth: int) -> Iterator[Any]:
 def training_set(db: "Database", name: str, split: str | None = "train", *, batch_size: int | None = None,
                  shuffle: bool = False, seed: int = 0, cache: bool | str | Path = True, block_rows: int | None = None,
                  prefetch: int = 0, drop_last: bool = False, buffer_blocks: int = 4,
-                 cache_map_size: int | None = None):
+                 cache_map_size: int | None = None, dtype: str | None = None, collate: str | None = None,
+                 pad_id: int | float = 0):
     from dbdl_udf import datasets
 
     info = datasets.get(db.backend, name)
-    options = dict(cache=cache, block_rows=block_rows, cache_map_size=cache_map_size)
+    if info.ragged and batch_size is not None and collate is None:
+        raise ConfigurationError(_NO_COLLATE.format(name=info.name))
+    options = dict(cache=cache, block_rows=block_rows, cache_map_size=cache_map_size, dtype=dtype, collate=collate,
+                   pad_id=pad_id)
     if shuffle:
         return ShuffledSet(db, info, split, batch_size=batch_size, seed=seed, buffer_blocks=buffer_blocks,
                            prefetch=prefetch, drop_last=drop_last, **options)
