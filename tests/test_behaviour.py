@@ -333,8 +333,12 @@ def test_checker_failure_and_fixed_batch_leave_nothing(db, mlp_onnx, tmp_path):
         db.models.register("m", model)
     # a fixed batch size is accepted now (tests/test_registration.py); an output whose first axis
     # does not follow the rows is not
-    fixed = onnx.load_from_string(mlp_onnx)
-    fixed.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 8])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8])
+    fixed = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("ReduceMean", ["x"], ["y"], axes=[0], keepdims=1)], "mean", [x], [y]),
+        opset_imports=[onnx.helper.make_opsetid("", 13)])
+    fixed.ir_version = 8
     with pytest.raises(dbdl.InvalidModel, match="fixed batch size of 1.*one output row per input row"):
         db.models.register("m", fixed)
     with pytest.raises(dbdl.InvalidModel, match="no ONNX file"):

@@ -129,6 +129,12 @@ def cmd_models(args: argparse.Namespace) -> int:
                 print(json.dumps(_info_dict(info), indent=2, default=str))
             else:
                 console.print(_models_table([info]))
+                console.print(f"batch: {_batch_text(info)}")
+                if info.rewrites:
+                    console.print("rewritten at registration (the original bytes are kept: "
+                                  f"db.models.model_bytes({info.name!r}, {info.version}, original=True)):")
+                    for r in info.rewrites:
+                        console.print(f"  - {r.kind}: {r.note}", soft_wrap=True)
         elif args.action == "drop":
             n = db.models.drop(args.name, args.version)
             console.print(f"dropped {n} version(s) of {args.name!r}")
@@ -185,8 +191,15 @@ def _info_dict(m) -> dict:
         "name": m.name, "version": m.version, "serving": m.serving, "source": m.source, "sha256": m.sha256,
         "inputs": [vars(s) for s in m.inputs], "outputs": [vars(s) for s in m.outputs], "n_features": m.n_features,
         "n_params": m.n_params, "flops_per_row": m.flops_per_row, "size_bytes": m.size_bytes,
-        "created_at": m.created_at, "description": m.description,
+        "created_at": m.created_at, "description": m.description, "batch": m.batch, "batch_mode": m.batch_mode,
+        "original_sha256": m.original_sha256, "rewrites": [r.to_dict() for r in m.rewrites],
     }
+
+
+def _batch_text(m) -> str:
+    return {"dynamic": "any number of rows per run", "symbolic": "any number of rows per run (made symbolic at "
+            "registration)", "slices": f"fixed at {m.batch}: scored {m.batch} rows at a time, the last slice padded"
+            }[m.batch_mode]
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:

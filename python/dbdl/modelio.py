@@ -37,6 +37,7 @@ def prepare(model: Any, example: Any = None, *, opset: int | None = None) -> Pre
     """Check ``model`` and return its ONNX bytes and metadata, or raise InvalidModel naming the fix."""
     torch_program = None
     source = "onnx"
+    embedded: list = []
     if _is_torch_module(model):
         onnx_bytes, torch_program = _export_torch(model, example, opset)
         source = "torch"
@@ -51,7 +52,7 @@ def prepare(model: Any, example: Any = None, *, opset: int | None = None) -> Pre
         path = Path(model)
         if not path.is_file():
             raise InvalidModel(f"no ONNX file at {str(path)!r}; pass the path of an existing .onnx file")
-        onnx_bytes = path.read_bytes()
+        onnx_bytes, embedded = _embed_external_data(path)
     else:
         raise InvalidModel(
             f"cannot register a {type(model).__name__}; pass a torch.nn.Module (with example=...), a fitted "
@@ -80,9 +81,44 @@ def prepare(model: Any, example: Any = None, *, opset: int | None = None) -> Pre
         flops_per_row=flops,
         opset=model_opset,
         torch_program=torch_program,
-        original_bytes=adapted.original,
-        rewrites=adapted.rewrites,
+        original_bytes=adapted.original if adapted.original is not None or not embedded else onnx_bytes,
+        rewrites=tuple(embedded) + adapted.rewrites,
     )
+
+
+def _embed_external_data(path: Path) -> tuple[bytes, list]:
+    """The file's bytes; a model whose weights live in files beside it (torch.onnx.export writes
+    ``m.onnx.data`` by default) gets them embedded here, in the client — the database never opens
+    a file a model names. Only files inside the model's own folder are read."""
+    data = path.read_bytes()
+    try:
+        check_model_bytes(data)
+        return data, []
+    except InvalidModel as exc:
+        if "external file" not in str(exc):
+            raise
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    proto = onnx.load(str(path), load_external_data=False)
+    folder = path.resolve().parent
+    files = set()
+    for tensor in _get_all_tensors(proto):
+        if uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            target = (folder / location).resolve()
+            if not location or folder not in target.parents or not target.is_file():
+                raise InvalidModel(
+                    f"tensor {tensor.name!r} of {str(path)!r} keeps its data in {location!r}, which is not a file in "
+                    f"the model's folder; put the data file beside the model, or embed it: onnx.save(onnx.load(path), "
+                    "'embedded.onnx', save_as_external_data=False) (torch: torch.onnx.export(..., external_data=False))")
+            files.add(location)
+    onnx.load_external_data_for_model(proto, str(folder))
+    embedded = proto.SerializeToString()
+    from dbdl_udf.adapt import Rewrite
+
+    return embedded, [Rewrite("external_data", f"weights read from {', '.join(sorted(files))} beside the model and "
+                                               "embedded (dbdl stores one self-contained model)")]
 
 
 def _is_sklearn(obj: Any) -> bool:

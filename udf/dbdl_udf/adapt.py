@@ -45,7 +45,7 @@ _BATCH_NAME = "batch"
 @dataclass(frozen=True)
 class Rewrite:
     """One change made at registration: ``kind`` is ``opset``, ``zipmap``, ``dropped_output``,
-    ``batch_symbolic`` or ``batch_slices``; ``note`` says what was done, in words."""
+    ``output_batch``, ``batch_symbolic`` or ``batch_slices``; ``note`` says what was done, in words."""
 
     kind: str
     note: str
@@ -89,6 +89,14 @@ def adapt(data: bytes, session_factory) -> Adapted:
     if changed:
         session_factory(current)  # what onnxruntime says about the rewritten model, before anything else
     batch = _fixed_batch(proto)
+    if batch is None:
+        fixed = _output_batch(proto, current, session_factory)
+        if fixed:
+            current = proto.SerializeToString()
+            rewrites.append(Rewrite("output_batch", f"output(s) {', '.join(map(repr, fixed))} declared a fixed first axis "
+                                                    "although the inputs take any number of rows; they return one row "
+                                                    "per input row (checked on 1 and 3 rows), so axis 0 is declared "
+                                                    "symbolic (onnxmltools declares a classifier's label as [1])"))
     if batch is not None:
         symbolic, how = _symbolic_batch(proto, batch)
         done = None
@@ -195,12 +203,18 @@ def _tensor_outputs(proto) -> list:
             labels = next((len(a.strings) or len(a.ints) for a in node.attribute
                            if a.name in ("classlabels_strings", "classlabels_int64s")), None)
             first = _first_dim(graph)
-            tensor = helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, [first, labels])
             if any(o.name == node.input[0] for o in graph.output):
                 continue  # already an output of its own
-            keep.append(tensor)
+            # the tensor is called 'probabilities' (what skl2onnx names it without ZipMap) where that name is free
+            used = {v for n in graph.node if n is not node for v in list(n.input) + list(n.output)}
+            used |= {i.name for i in graph.input} | {t.name for t in graph.initializer}
+            name = "probabilities" if "probabilities" not in used else node.input[0]
+            graph.node.remove(node)
+            if name != node.input[0]:
+                graph.node.append(helper.make_node("Identity", [node.input[0]], [name], name="dbdl_unzipmap"))
+            keep.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [first, labels]))
             rewrites.append(Rewrite("zipmap", f"output {out.name!r} (a ZipMap: a sequence of maps of class to "
-                                              f"probability) replaced by the tensor it wrapped, {node.input[0]!r} "
+                                              f"probability) replaced by the tensor it wrapped, as output {name!r} "
                                               f"(one probability per class, in the model's class order)"))
         else:
             rewrites.append(Rewrite("dropped_output", f"output {out.name!r} dropped: it is not a tensor "
@@ -267,6 +281,38 @@ def _fixed_batch(proto) -> int | None:
             return None
         firsts.append(dims[0].dim_value)
     return firsts[0] if firsts and len(set(firsts)) == 1 else None
+
+
+def _output_batch(proto, data: bytes, session_factory) -> list[str]:
+    """Outputs whose declared first axis is fixed while every input's is symbolic, and which in
+    fact give one row per input row: their declaration is made symbolic (in ``proto``); their names."""
+    suspects = []
+    for out in proto.graph.output:
+        dims = out.type.tensor_type.shape.dim if out.type.HasField("tensor_type") else []
+        if dims and dims[0].HasField("dim_value"):
+            suspects.append(out)
+    if not suspects:
+        return []
+    try:
+        session = session_factory(data)
+    except InvalidModel:
+        return []
+    names = [o.name for o in suspects]
+    for rows in (1, 3):
+        feeds = _random_feeds(session, rows=rows)
+        if feeds is None:
+            return []
+        try:
+            got = session.run(names, feeds)
+        except Exception:  # noqa: BLE001 - signature_of then explains the declared shape
+            return []
+        if any(np.asarray(g).shape[:1] != (rows,) for g in got):
+            return []
+    for out in suspects:
+        dim = out.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_param = _BATCH_NAME
+    return names
 
 
 def _symbolic_batch(proto, batch: int):

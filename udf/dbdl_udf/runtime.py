@@ -390,15 +390,16 @@ def checked_output(result: np.ndarray, n: int, spec: TensorSpec, model_ref: str)
 
 def text_output_error(model_ref: str, output_name: str, kind: str) -> ShapeMismatch:
     """predict_array / predict_class on an output that holds text (a classifier's class names)."""
+    base = model_ref.split(":")[0].split("@")[0]
     return ShapeMismatch(
         f"model {model_ref!r} output {output_name!r} holds text (class names), so {_SQL_KINDS[kind]}() cannot return "
-        f"it; call predict({model_ref.split(':')[0]!r}, ...) for the class name, or name the numeric output, e.g. "
-        f"predict_array('{model_ref.split(':')[0]}:probabilities', ...)")
+        f"it; call predict({base!r}, ...) for the class name, or name a numeric output, e.g. "
+        f"predict_array('{base}:probabilities', ...)")
 
 
 def label_class_error(model_ref: str, output_name: str, scores: str | None) -> ShapeMismatch:
     """predict_class on an output with one value per row."""
-    base = model_ref.split(":")[0]
+    base = model_ref.split(":")[0].split("@")[0]
     if scores is not None:
         return ShapeMismatch(
             f"model {model_ref!r} output {output_name!r} has one value per row (it is already the class), so it has "
@@ -417,6 +418,9 @@ def shape_outputs(values: np.ndarray, kind: str, model_ref: str, output_name: st
     """Turn a (rows x values) output into what predict (scalar), predict_array or predict_class
     returns: float32 values, int64 classes, or (predict on a text output) an object array of str."""
     text = values.dtype.kind in "OUS"
+    if text and kind == "class" and values.shape[1:] == (1,):
+        scores = signature.scores_output() if signature is not None else None
+        raise label_class_error(model_ref, output_name, scores.name if scores is not None else None)
     if text and kind != "scalar":
         raise text_output_error(model_ref, output_name, kind)
     if kind == "array":

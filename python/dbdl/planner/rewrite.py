@@ -272,7 +272,7 @@ def check_output_kind(kind: str, model: ResolvedModel) -> None:
     from dbdl_udf.runtime import label_class_error, text_output_error
 
     spec = model.output_spec
-    if spec.is_text and kind != "scalar":
+    if spec.is_text and kind == "array" or spec.is_text and kind == "class" and spec.per_row != 1:
         raise text_output_error(model.ref, spec.name, kind)
     width = spec.per_row
     if width is None:
