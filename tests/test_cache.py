@@ -179,7 +179,7 @@ def test_the_bound_evicts_the_least_recently_hit_rows(db, features, mlp_onnx):
 def test_counters_and_options_from_sql(db, cached):
     # the same text on every backend: a procedure on PostgreSQL, carried out by dbdl on DuckDB
     db.sql("CALL dbdl.set_model_options('m', '{\"cache\": true, \"cache_max_bytes\": 1000000}')")
-    assert db.models.options("m") == {"cache": True, "cache_max_bytes": 1_000_000}
+    assert db.models.options("m") == {"cache": True, "cache_max_bytes": 1_000_000, "pad_id": None, "feed": "auto"}
     db.sql("SELECT predict_class('m', feats) FROM t")
     db.sql("SELECT predict_class('m', feats) FROM t WHERE id < 10")
     row = db.sql("SELECT name, version, hits, misses, hit_rate, rows, bytes, max_bytes, evicted FROM dbdl.cache_stats"
@@ -206,7 +206,7 @@ def test_bad_options_are_refused_with_the_fix(db, cached):
         db.models.set_options("m; DROP TABLE t", cache=True)
     with pytest.raises(dbdl.Error, match="JSON object"):
         db.sql("CALL dbdl.set_model_options('m', 'cache=true')")
-    assert db.models.options("m") == {"cache": False, "cache_max_bytes": 512 << 20}
+    assert db.models.options("m") == {"cache": False, "cache_max_bytes": 512 << 20, "pad_id": None, "feed": "auto"}
     assert db.sql("SELECT count(*) FROM t").scalar() == len(cached)
 
 

@@ -254,7 +254,7 @@ def test_options_json_that_is_too_deep_long_or_not_an_object(db, mlp_onnx, text)
     db.models.register("m", mlp_onnx)
     with pytest.raises(dbdl.ConfigurationError, match="model options"):
         call(db, "CALL dbdl.set_model_options('m', ?)", [text])
-    assert db.models.options("m") == {"cache": False, "cache_max_bytes": 512 << 20}
+    assert db.models.options("m") == {"cache": False, "cache_max_bytes": 512 << 20, "pad_id": None, "feed": "auto"}
 
 
 def test_boolean_features_are_refused_everywhere(db, table, mlp_onnx, strategy):

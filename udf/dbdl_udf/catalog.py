@@ -235,6 +235,10 @@ def _forget_model(db: SQLRunner, name: str) -> None:
 OPTIONS: dict[str, tuple[type, Any, str]] = {
     "cache": (bool, False, "keep predictions in the result cache (dbdl.result_cache) and reuse them"),
     "cache_max_bytes": (int, 512 << 20, "the cache's bound for this model; least recently hit rows go first"),
+    # the feeding layer (runtime.build_feeds, docs/reference.md "Input forms")
+    "pad_id": (int, None, "the value that pads variable-length rows (token lists) to a batch's longest row"),
+    "feed": (str, "auto", "how one argument feeds a model of two 1-D integer inputs: 'offsets' (tokens + offsets), "
+                          "'columns', 'concat' or 'auto'"),
 }
 
 
@@ -258,7 +262,16 @@ def set_options(db: SQLRunner, name: str, changes: dict[str, Any]) -> dict[str, 
         kind = OPTIONS[key][0]
         if kind is bool and not isinstance(value, bool):
             raise ConfigurationError(f"model option {key!r} takes true or false, got {value!r}")
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_BYTES):
+        if key == "pad_id":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not -(1 << 63) <= value < (1 << 63)):
+                raise ConfigurationError(f"model option 'pad_id' takes a whole number (the id that pads token lists, "
+                                         f"e.g. 0), or null to unset it; got {value!r}")
+        elif key == "feed":
+            if value not in ("auto", "offsets", "columns", "concat"):
+                raise ConfigurationError(f"model option 'feed' takes 'auto', 'offsets', 'columns' or 'concat'; got "
+                                         f"{value!r}")
+        elif kind is int and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_BYTES):
             raise ConfigurationError(f"model option {key!r} takes a whole number of bytes from 1 to {MAX_BYTES} "
                                      f"(1 PiB; e.g. {1 << 30} for 1 GiB), got {value!r}")
         current[key] = value

@@ -509,6 +509,8 @@ class Column:
         n = arr.shape[0]
         valid = np.ones(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
         shape = tuple(arr.shape[1:]) if arr.ndim > 2 else None
+        if np.ndim(matrix) == 1:
+            shape = ()  # one number per row
         return cls(arr.reshape(-1), valid, width=int(prod(arr.shape[1:])), shape=shape)
 
     @classmethod
@@ -549,7 +551,7 @@ class Column:
         shape = None
         if len(shapes) == 1:
             only = shapes.pop()
-            shape = only if len(only) > 1 else None
+            shape = only if len(only) != 1 else None  # () for numbers, None for flat lists
         if len(live_lengths) <= 1 and valid.all():
             return cls(values, valid, width=int(lengths[0]) if n else 0, shape=shape)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -632,6 +634,24 @@ def take_rows(columns: "list[Column]", rows: np.ndarray) -> "list[Column]":
     return [c.take(rows) for c in columns]
 
 
+FEED_OPTIONS = ("pad_id", "feed")
+
+
+def feed_options(options) -> dict:
+    """The model options build_feeds reads (``pad_id``, ``feed``) from the model's options (a dict,
+    or the JSON text dbdl.models / dbdl.model_catalog stores)."""
+    if options is None:
+        return {}
+    if isinstance(options, (str, bytes)):
+        try:
+            options = json.loads(options or "{}")
+        except ValueError:
+            return {}
+    if not isinstance(options, dict):
+        return {}
+    return {k: options[k] for k in FEED_OPTIONS if options.get(k) is not None}
+
+
 def _is_offsets_input(spec: TensorSpec) -> bool:
     return spec.shape == () and "offset" in spec.name.lower() and np.dtype(spec.dtype).kind in "iu"
 
@@ -663,10 +683,14 @@ def feed_mode(signature: Signature, n_columns: int, options: dict | None = None)
         return "columns"
     if n_columns == 1:
         return "concat"
+    if len(inputs) == 1:
+        raise ShapeMismatch(
+            f"the model takes one input ({_describe_inputs(signature)}), so predict takes one features argument after "
+            f"the model; got {n_columns} — build one vector of them instead (DuckDB [a, b, c], PostgreSQL "
+            "ARRAY[a, b, c])")
     raise ShapeMismatch(
-        f"the model takes {len(inputs)} input{'s' if len(inputs) > 1 else ''} ({_describe_inputs(signature)}); "
-        f"pass one argument per input in that order, or one vector of all their values concatenated — got "
-        f"{n_columns} arguments")
+        f"the model takes {len(inputs)} inputs ({_describe_inputs(signature)}); pass one argument per input in that "
+        f"order, or one vector of all their values concatenated — got {n_columns} arguments")
 
 
 def _describe_inputs(signature: Signature) -> str:
@@ -707,6 +731,10 @@ def _cast(values: np.ndarray, dtype: str, spec: TensorSpec, model_ref: str) -> n
     return values.astype(target)  # to a float type
 
 
+def _values_text(shape) -> str:
+    return "a sequence of values" if None in shape else f"{int(prod(shape))} numeric values"
+
+
 def _shape_text(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
@@ -720,6 +748,11 @@ def _fixed_rows(col: Column, spec: TensorSpec, model_ref: str, options: dict) ->
         raise ShapeMismatch(f"model {model_ref!r} input {spec.name!r} has per-row shape {_shape_text(shape)} with "
                             "more than one symbolic axis; dbdl feeds inputs with at most one (a sequence length) — "
                             "export with fixed sizes for the other axes")
+    if col.shape == () and (None in shape or prod(shape) != 1):
+        raise DTypeMismatch(
+            f"model {model_ref!r} input {spec.name!r} takes {_values_text(shape)} per row (shape {_shape_text(shape)}), "
+            "got one number per row; pass a list or array of numbers (e.g. a FLOAT[n] column, [a, b, c] in DuckDB, "
+            "ARRAY[a, b, c] in PostgreSQL)")
     if not unknown:
         need = int(prod(shape))
         width = col.fixed_width()
@@ -730,11 +763,11 @@ def _fixed_rows(col: Column, spec: TensorSpec, model_ref: str, options: dict) ->
                 f"got rows of different lengths {lengths.tolist()[:5]}; pass rows of exactly {need} values — "
                 "filter or pad them in SQL")
         if width != need:
-            got = _shape_text(col.shape) if col.shape else f"[{width}]"
+            got = f"rows of shape {_shape_text(col.shape)}" if col.shape else f"{width} values per row"
             raise ShapeMismatch(
-                f"model {model_ref!r} input {spec.name!r} takes {need} values per row (shape {_shape_text(shape)}), "
-                f"got rows of shape {got}; pass a vector of exactly {need} numbers (e.g. a FLOAT[{need}] column) "
-                f"or an array of shape {_shape_text(shape)}")
+                f"model {model_ref!r} takes {need} features per row for input {spec.name!r} (shape "
+                f"{_shape_text(shape)}), got {got}; pass a vector of exactly {need} numbers (e.g. a FLOAT[{need}] "
+                f"column) or an array of shape {_shape_text(shape)}")
         _check_nesting(col, shape, spec, model_ref)
         return col.matrix().reshape((n, *shape))
     # one symbolic axis: a sequence. Each row's length must be a multiple of the known axes.

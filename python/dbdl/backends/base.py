@@ -314,6 +314,28 @@ class Backend(ABC):
     def predict_call(self, kind: str, model: "ResolvedModel", features: "exp.Expression") -> "exp.Expression":
         """The SQL expression that computes predict/predict_array/predict_class for a resolved model."""
 
+    def predict_call_args(self, kind: str, model: "ResolvedModel", args: "Sequence[exp.Expression]"
+                          ) -> "exp.Expression":
+        """The UDF-centric expression for a call with one or more feature arguments (``predict('m',
+        a, b)``: one per model input, or one vector of them all). ``args`` are the call's own nodes
+        (still in the statement, so a backend may read their types); copy what goes into the result.
+        The default takes one argument, through ``predict_call``."""
+        if len(args) != 1:
+            from ..errors import QueryError
+
+            raise QueryError(f"the {self.name} backend takes one features argument per predict call; pass one "
+                             "vector of all the model's inputs, concatenated in input order")
+        return self.predict_call(kind, model, args[0].copy())
+
+    def unpinned_call_args(self, kind: str, call: "exp.Anonymous") -> "exp.Expression | None":
+        """The rewrite of a call whose model is named by a column, or None to spell it as the
+        backend's in-database function (planner.rewrite.unpinned_call)."""
+        return None
+
+    def relation_feature_problem(self, model: "ResolvedModel", args: "Sequence[exp.Expression]") -> str | None:
+        """Why relation-centric SQL cannot take these feature arguments (a nested array, bytes), or None."""
+        return None
+
     @abstractmethod
     def run_query(
         self, sql: str, params: Sequence[Any] = (), models: Sequence["ResolvedModel"] = ()

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlglot.expressions as exp
 
-from dbdl_udf.runtime import SESSIONS, check_features, run_batch, shape_outputs
+from dbdl_udf.runtime import SESSIONS, Column, Signature, check_features, feed_mode, feed_options, run_batch, shape_outputs, valid_rows
 
 from ..errors import ConcurrentChange, ConnectionError, DTypeMismatch, Error, QueryError, ShapeMismatch, error_class
 from ..names import ModelRef
@@ -91,6 +91,8 @@ class DuckDBBackend(Backend):
         self._token = f"{next(_TOKENS):x}"
         self._udfs: set[str] = set()
         self._statement_models: dict[str, ResolvedModel] = {}
+        self._statement_options: dict[str, dict] = {}
+        self._feed_options: dict[str, dict] = {}  # native UDF name -> the model's feeding options
         self._udf_error: BaseException | None = None
         self._lock = threading.Lock()
 
@@ -158,31 +160,54 @@ class DuckDBBackend(Backend):
             self.con.unregister(view)
 
     def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str, keyed: bool = False) -> None:
-        """DL-centric: Arrow record batches out, ``score`` on each, an Arrow table back in."""
+        """DL-centric: Arrow record batches out, ``score`` on each, an Arrow table back in.
+
+        The source's columns are the features (``dbdl_f``, then ``dbdl_f1``, ``dbdl_f2`` … for a
+        call with several feature arguments), in their own SQL types; each batch is decoded into
+        ``Column``s and ``score(columns)`` returns the predictions of the rows valid in all of them."""
         from ..strategies.dl import BATCH_ROWS
 
         reader = None
+        names: list[str] = []
+        types: list[pa.DataType] = []
         try:
             reader = self.con.sql(source_sql).to_arrow_reader(BATCH_ROWS)
-            keys, outputs = [], []
+            names = [f.name for f in reader.schema]
+            types = [f.type for f in reader.schema]
+            keys: list[list[pa.Array]] = [[] for _ in names]
+            outputs = []
             for batch in reader:
-                feats = _combined(batch.column(0))
-                if not (pa.types.is_fixed_size_list(feats.type) or pa.types.is_list(feats.type)) or not (
-                        pa.types.is_floating(feats.type.value_type) or pa.types.is_integer(feats.type.value_type)):
-                    raise DTypeMismatch(f"predict's features must be a list or array of numbers, got {feats.type}; "
-                                        "cast the column, e.g. CAST(col AS FLOAT[])")
-                matrix, valid = _feature_matrix(feats)
-                y = score(matrix[valid] if not valid.all() else matrix)
-                keys.append(feats)
-                outputs.append(_fixed_size(len(feats), valid, y) if kind == "array" else
-                               pa.array(_scatter(len(feats), valid, y), mask=~valid))
+                arrays = [_combined(batch.column(i)) for i in range(len(names))]
+                columns = [arrow_column(a) for a in arrays]
+                n = len(arrays[0])
+                valid = valid_rows(columns)
+                y = score(columns) if valid.any() else None
+                for i, a in enumerate(arrays):
+                    keys[i].append(a)
+                if y is None:
+                    outputs.append(pa.nulls(n, _OUT_TYPES[kind]))
+                    continue
+                outputs.append(_fixed_size(n, valid, y) if kind == "array" else
+                               pa.array(_scatter(n, valid, y), mask=~valid))
         except duckdb.Error as exc:
             raise self._translate(exc) from exc
         finally:
             if reader is not None:  # a failed batch must not leave the connection's result open
                 reader.close()
-        data = pa.table({"dbdl_f": pa.concat_arrays(keys) if keys else pa.array([], pa.list_(pa.float32())),
-                         "dbdl_prediction": pa.concat_arrays(outputs) if outputs else pa.array([], pa.float32())})
+        if outputs and kind == "array":
+            widths = {o.type.list_size for o in outputs if pa.types.is_fixed_size_list(o.type)}
+            if len(widths) == 1:  # batches of NULLs only match the others' width
+                w = widths.pop()
+                outputs = [o if pa.types.is_fixed_size_list(o.type) else pa.nulls(len(o), pa.list_(pa.float32(), w))
+                           for o in outputs]
+            else:
+                outputs = [o.cast(pa.list_(pa.float32())) for o in outputs]
+        if reader is None or not names:
+            names, types, keys = ["dbdl_f"], [pa.list_(pa.float32())], [[]]
+        data = {name: pa.concat_arrays(parts) if parts else pa.array([], type)
+                for name, type, parts in zip(names, types, keys)}
+        data["dbdl_prediction"] = pa.concat_arrays(outputs) if outputs else pa.array([], pa.float32())
+        data = pa.table(data)
         view = f"{table}_arrow"
         self.con.register(view, data)
         try:
@@ -227,6 +252,7 @@ class DuckDBBackend(Backend):
 
     def invalidate(self) -> None:
         self._statement_models.clear()
+        self._statement_options.clear()
 
     def _register_udf(self, udf: str, kind: str) -> None:
         with self._lock:
@@ -285,6 +311,189 @@ class DuckDBBackend(Backend):
         checked = exp.Anonymous(this="dbdl_numeric_features", expressions=[features, message])
         cast = exp.Cast(this=checked, to=exp.DataType.build(f"FLOAT[{width}]", dialect="duckdb"))
         return exp.Anonymous(this=udf, expressions=[cast])
+
+    # -- the feeding layer: calls in any input form ------------------------------------------
+
+    def argument_types(self, args: Sequence[exp.Expression]) -> list | None:
+        """The DuckDB types of a predict call's feature arguments (bound, not run), or None where
+        they cannot be known before the statement runs (bound parameters, outer references)."""
+        if any(a.find(exp.Placeholder, exp.Parameter) is not None for a in args):
+            return None
+        from ..strategies.common import source_rows
+
+        select = args[0].find_ancestor(exp.Select)
+        has_from = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
+        probe = source_rows(select) if has_from else exp.select(exp.Literal.number(1))
+        probe.set("expressions", [exp.alias_(a.copy(), f"a{i}") for i, a in enumerate(args)])
+        probe.set("limit", None)
+        try:
+            return list(self.con.sql(probe.sql(dialect=self.dialect)).types)
+        except (duckdb.Error, Error, ValueError):
+            return None
+
+    def relation_feature_problem(self, model: ResolvedModel, args: Sequence[exp.Expression]) -> str | None:
+        if not _classic_model(model.signature) or len(args) != 1:
+            return None  # the planner names these reasons itself
+        types = self.argument_types(args)
+        form = _form(str(types[0])) if types else "unknown"
+        if form in ("nested", "blob", "scalar"):
+            return (f"relation-centric SQL takes a flat list of numbers; this argument is "
+                    f"{ {'nested': 'a nested array', 'blob': 'BLOB bytes', 'scalar': 'one number per row'}[form]} "
+                    f"({types[0]})")
+        return None
+
+    def predict_call_args(self, kind: str, model: ResolvedModel, args: Sequence[exp.Expression]) -> exp.Expression:
+        """The UDF-centric expression for a call with any number of feature arguments in any form.
+
+        The classic form — one flat numeric vector for a model of fixed-width float32 inputs — is
+        cast to FLOAT[n] (DuckDB hands it over as one flat buffer); every other one gets a UDF
+        typed with the arguments' own types (read when the statement is bound), decoded into
+        ``Column``s and fed by ``dbdl_udf.runtime.build_feeds``."""
+        types = self.argument_types(args)
+        if len(args) == 1 and _classic_model(model.signature) and (
+                types is None or _form(str(types[0])) in ("flat", "other")):
+            return self.predict_call(kind, model, args[0].copy())
+        signature = model.signature
+        if kind == "scalar" and model.output_spec.is_text:
+            kind = "text"  # predict() of class names: VARCHAR
+        options = _feed_options(self, model.name)
+        mode = feed_mode(signature, len(args), options)
+        typed, cast_to = [], []
+        for i, a in enumerate(args):
+            t = types[i] if types is not None else None
+            form = _form(str(t)) if t is not None else "unknown"
+            if form == "other" and str(t) != '"NULL"':
+                raise DTypeMismatch(
+                    f"model {model.ref!r} argument {i + 1} ({a.sql(dialect=self.dialect)[:60]}) has type {t}; predict "
+                    f"takes numbers, lists or arrays of numbers, or BLOB bytes — "
+                    f"the model takes {_inputs_text(signature)}")
+            if form in ("unknown", "other"):
+                sql_type = _fallback_type(signature, mode, i)
+                typed.append(duckdb.sqltype(sql_type))
+                cast_to.append(sql_type)
+            else:
+                typed.append(t)
+                cast_to.append(None)
+        udf_types = "_".join(str(t) for t in typed)
+        import hashlib
+
+        digest = hashlib.blake2b(udf_types.encode(), digest_size=6).hexdigest()
+        udf = (f"dbdl_{kind}_{model.name}_{model.version}_{model.output_index}_{model.sha256[:12]}_n{digest}_"
+               f"{self._token}")
+        self._feed_options[udf] = options
+        with self._lock:
+            if udf not in self._udfs:
+                session, _sig = SESSIONS.get(
+                    model.sha256, lambda: load_model_bytes(self, model.sha256), self.udf_threads, model=model.ref)
+                outputs = model.output_spec.per_row
+                return_type = _RETURN_TYPES[kind]
+                if kind == "array" and outputs is not None:
+                    return_type = duckdb.array_type(duckdb.sqltype("FLOAT"), outputs)
+                self.con.create_function(udf, self._make_native_udf(kind, model, session, signature, outputs, udf),
+                                         typed, return_type, type="arrow", null_handling="special",
+                                         side_effects=False)
+                self._udfs.add(udf)
+        call_args = []
+        for a, to in zip(args, cast_to):
+            a = a.copy()
+            call_args.append(exp.Cast(this=a, to=exp.DataType.build(to, dialect="duckdb")) if to else a)
+        return exp.Anonymous(this=udf, expressions=call_args)
+
+    def unpinned_call_args(self, kind: str, call: exp.Anonymous) -> exp.Expression | None:
+        """A call whose model is a column, with feature arguments in any form: a generic UDF typed
+        with the arguments' types (the model resolved per statement). None: the backend's macros
+        (one FLOAT[] argument) take it."""
+        model_arg, *args = call.expressions
+        types = self.argument_types(args)
+        if types is None:
+            if len(args) == 1:
+                return None
+            raise QueryError(f"{call.this}() with a model named by a column and several feature arguments needs the "
+                             "arguments' types when the query is planned; write the model name as a literal, or "
+                             "avoid bound parameters in the arguments")
+        forms = [_form(str(t)) for t in types]
+        if len(args) == 1 and forms[0] in ("flat", "other"):
+            return None  # the classic macro (it also refuses text and booleans)
+        for i, (t, form) in enumerate(zip(types, forms)):
+            if form == "other":
+                raise DTypeMismatch(f"{call.this}() argument {i + 2} has type {t}; predict takes numbers, lists or "
+                                    "arrays of numbers, or BLOB bytes")
+        import hashlib
+
+        digest = hashlib.blake2b("_".join(map(str, types)).encode(), digest_size=6).hexdigest()
+        udf = f"dbdl_{_SQL_NAMES[kind]}_g{digest}_{self._token}"
+        with self._lock:
+            if udf not in self._udfs:
+                backend = weakref.proxy(self)
+
+                def generic(refs, *feats):
+                    try:
+                        return backend._score_chunk_columns(kind, refs, feats)
+                    except BaseException as exc:
+                        backend._udf_error = exc
+                        raise
+
+                self.con.create_function(udf, generic, [duckdb.sqltype("VARCHAR"), *types], _RETURN_TYPES[kind],
+                                         type="arrow", null_handling="special", side_effects=False)
+                self._udfs.add(udf)
+        return exp.Anonymous(this=udf, expressions=[a.copy() for a in call.expressions])
+
+    def _make_native_udf(self, kind: str, model: ResolvedModel, session: Any, signature: Any, outputs: int | None,
+                         udf_name: str):
+        fixed = kind == "array" and outputs is not None
+        out_type = pa.list_(pa.float32(), outputs) if fixed else _OUT_TYPES[kind]
+        output, ref, output_name = model.output_index, model.ref, model.output_spec.name
+        backend = weakref.proxy(self)
+
+        def udf(*arrays):
+            try:
+                columns = [arrow_column(a, f"model {ref!r} features") for a in arrays]
+                n = len(columns[0])
+                valid = valid_rows(columns)
+                if not valid.any():
+                    return pa.nulls(n, out_type)
+                y = run_batch(session, signature, columns, output, ref, backend._feed_options.get(udf_name))
+                y = shape_outputs(y, "scalar" if kind == "text" else kind, ref, output_name, signature)
+                if kind == "text":
+                    y = _as_text(y)
+                if fixed:
+                    return _fixed_size(n, valid, y)
+                return _assemble(kind, n, [(valid, y)], out_type)
+            except BaseException as exc:
+                backend._udf_error = exc
+                raise
+
+        return udf
+
+    def _score_chunk_columns(self, kind: str, refs: Any, feats: Sequence[Any]) -> pa.Array:
+        refs = _combined(refs)
+        columns = [arrow_column(f) for f in feats]
+        n = len(refs)
+        out_type = _OUT_TYPES[kind]
+        if refs.null_count == n:
+            return pa.nulls(n, out_type)
+        valid = valid_rows(columns) & refs.is_valid().to_numpy(zero_copy_only=False)
+        distinct = refs.unique().drop_null().to_pylist()
+        results: list[tuple[np.ndarray, np.ndarray]] = []
+        for ref in distinct:
+            rows = valid & pc.equal(refs, ref).fill_null(False).to_numpy(zero_copy_only=False)
+            model = self._model_for(ref)
+            session, signature = SESSIONS.get(
+                model.sha256, lambda m=model: load_model_bytes(self.cursor_view(), m.sha256), self.udf_threads,
+                model=model.ref)
+            if not rows.any():
+                continue
+            options = self._statement_options.get(model.name)
+            if options is None:
+                options = self._statement_options[model.name] = _feed_options(self.cursor_view(), model.name)
+            spec = model.output_spec
+            if kind == "scalar" and spec.is_text:
+                raise DTypeMismatch(f"model {model.ref!r} output {spec.name!r} holds text (class names) and this "
+                                    f"predict() returns FLOAT; call predict_text(model, ...) for the class name")
+            y = run_batch(session, signature, [c.take(rows) for c in columns], model.output_index, model.ref, options)
+            y = shape_outputs(y, "scalar" if kind == "text" else kind, model.ref, spec.name, signature)
+            results.append((rows, _as_text(y) if kind == "text" else y))
+        return _assemble(kind, n, results, out_type)
 
     # -- result cache hooks (see dbdl.cache) -------------------------------------------------
 
@@ -416,6 +625,7 @@ class DuckDBBackend(Backend):
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
         self._udf_error = None
         self._statement_models.clear()
+        self._statement_options.clear()
         try:
             relation = self.con.sql(sql, params=list(params) if params else None)
             return None if relation is None else relation.to_arrow_table()
@@ -576,3 +786,162 @@ def _assemble(kind: str, n: int, results: list[tuple[np.ndarray, np.ndarray]], o
     counts = np.where(covered, k, 0)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(full[covered].ravel()), mask=pa.array(~covered))
+
+
+# -- Arrow values -> dbdl_udf.runtime.Column (the feeding layer) -------------------------------
+
+def _is_listlike(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _row_of(offsets: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The row each element index belongs to, for rows spanning offsets[i]..offsets[i+1]."""
+    return np.searchsorted(offsets, index, side="right") - 1
+
+
+def arrow_column(arr: Any, what: str = "predict's features") -> Column:
+    """One SQL argument of a batch, as DuckDB hands it to a UDF, decoded into a Column.
+
+    Numbers (one per row), lists and arrays of numbers (FLOAT[n], BIGINT[], UTINYINT[]),
+    nested ones (FLOAT[3][32][32], DOUBLE[][]) and BLOB (each byte a uint8 value). A NULL row, a
+    NULL element or a NULL inner list makes its row not valid (its prediction is NULL)."""
+    arr = _combined(arr)
+    n = len(arr)
+    valid = np.ones(n, dtype=bool) if arr.null_count == 0 else arr.is_valid().to_numpy(zero_copy_only=False)
+    t = arr.type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        bufs = arr.buffers()
+        off_type = np.int64 if pa.types.is_large_binary(t) else np.int32
+        offsets = np.frombuffer(bufs[1], dtype=off_type)[arr.offset:arr.offset + n + 1].astype(np.int64)
+        data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+        values = data[offsets[0]:offsets[-1]]
+        return Column(values, valid, offsets=offsets - offsets[0])
+    if not _is_listlike(t):
+        _check_leaf(t, what)
+        values = (pc.fill_null(arr, False if pa.types.is_boolean(t) else 0) if arr.null_count else arr)
+        return Column(values.to_numpy(zero_copy_only=False), valid, width=1, shape=())
+    offsets: np.ndarray | None = None  # row offsets into the current level's elements (None: 1:1)
+    width: int | None = None  # while every level so far is fixed-size: values per row
+    shape: list[int] | None = []
+    cur = arr
+    top = True
+    while _is_listlike(cur.type):
+        m = len(cur)
+        if not top and cur.null_count:  # a NULL inner list: its row gives NULL
+            holes = np.flatnonzero(~cur.is_valid().to_numpy(zero_copy_only=False))
+            valid[holes // (width or 1) if offsets is None else _row_of(offsets, holes)] = False
+        if pa.types.is_fixed_size_list(cur.type):
+            k = cur.type.list_size
+            child = cur.values.slice(cur.offset * k, m * k)
+            if offsets is None:
+                width = k if width is None else width * k
+            else:
+                offsets = offsets * k
+            if shape is not None:
+                shape.append(k)
+        else:
+            level = cur.offsets.to_numpy(zero_copy_only=False).astype(np.int64)  # m + 1, into cur.values
+            child = cur.values
+            lengths = np.diff(level)
+            if offsets is None:
+                if width is not None:  # a variable list inside fixed-size levels: map rows through them
+                    offsets = level[np.arange(n + 1, dtype=np.int64) * width]
+                else:
+                    offsets = level
+                rows_lengths = np.diff(offsets)[valid]
+                if shape is not None:
+                    if len(rows_lengths) and (rows_lengths == rows_lengths[0]).all():
+                        shape.append(int(rows_lengths[0]) if width is None else int(lengths[0]) if len(lengths) else 0)
+                    else:
+                        shape = None
+                width = None
+            else:
+                inner = lengths
+                owners = _row_of(offsets, np.arange(m)) if m else np.zeros(0, np.int64)
+                live = inner[valid[owners]] if m else inner
+                if len(live) and not (live == live[0]).all():
+                    raise ShapeMismatch(
+                        f"{what} hold nested lists of different inner lengths ({sorted(set(live.tolist()))[:5]}); "
+                        "a tensor needs every inner list of one length — pass rows of one nested shape")
+                if shape is not None:
+                    shape.append(int(live[0]) if len(live) else 0)
+                offsets = level[offsets]
+        cur = child
+        top = False
+    _check_leaf(cur.type, what)
+    if offsets is None:
+        leaf = cur
+        if leaf.null_count:
+            holes = np.flatnonzero(~leaf.is_valid().to_numpy(zero_copy_only=False))
+            valid[holes // max(width or 1, 1)] = False
+    else:
+        leaf = cur.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+        if leaf.null_count:
+            holes = np.flatnonzero(~leaf.is_valid().to_numpy(zero_copy_only=False))
+            valid[_row_of(offsets - offsets[0], holes)] = False
+        offsets = offsets - offsets[0]
+    if leaf.null_count:
+        leaf = pc.fill_null(leaf, False if pa.types.is_boolean(leaf.type) else 0)
+    values = leaf.to_numpy(zero_copy_only=False)
+    nested = tuple(shape) if shape is not None and len(shape) > 1 else None
+    if offsets is None:
+        return Column(values, valid, width=width or 0, shape=nested)
+    return Column(values, valid, offsets=offsets, shape=nested)
+
+
+def _check_leaf(t: pa.DataType, what: str) -> None:
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
+        raise DTypeMismatch(f"{what} must be numbers, lists or arrays of numbers, or BLOB bytes; got values of type "
+                            f"{t} — cast the column, e.g. CAST(col AS FLOAT[])")
+
+
+_NUMERIC = r"(?:FLOAT|DOUBLE|REAL|DECIMAL\(\d+,\d+\)|U?(?:TINY|SMALL|BIG|HUGE)?INT(?:EGER)?|U?HUGEINT|BOOLEAN)"
+_FLAT = re.compile(rf"^{_NUMERIC}\[\d*\]$")
+_NESTED = re.compile(rf"^{_NUMERIC}(?:\[\d*\]){{2,}}$")
+_SCALAR = re.compile(rf"^{_NUMERIC}$")
+
+
+def _form(type_text: str) -> str:
+    """What a DuckDB type is to the feeding layer: flat, nested, blob, scalar or other."""
+    t = type_text.upper()
+    if _FLAT.match(t):
+        return "flat"
+    if _NESTED.match(t):
+        return "nested"
+    if t == "BLOB":
+        return "blob"
+    if _SCALAR.match(t):
+        return "scalar"
+    return "other"
+
+
+def _classic_model(signature: Signature) -> bool:
+    """Fixed-width float32 inputs: one flat FLOAT[n] vector feeds them (the fast path)."""
+    return all(s.dtype == "float32" and s.per_row is not None and s.per_row > 0 and len(s.shape) >= 1
+               for s in signature.inputs) and not (len(signature.inputs) == 2 and all(
+                   s.shape == () for s in signature.inputs))
+
+
+_SQL_OF_DTYPE = {"float32": "FLOAT", "float64": "DOUBLE", "float16": "FLOAT", "int64": "BIGINT", "int32": "INTEGER",
+                 "int16": "SMALLINT", "int8": "TINYINT", "uint8": "UTINYINT", "bool": "BOOLEAN"}
+
+
+def _fallback_type(signature: Signature, mode: str, i: int) -> str:
+    """The type a feature argument is cast to where its own is not known when planning."""
+    if mode == "offsets":
+        return "BIGINT[]"
+    if mode == "concat" and len(signature.inputs) > 1:
+        kinds = {s.dtype for s in signature.inputs}
+        return f"{_SQL_OF_DTYPE[kinds.pop()]}[]" if len(kinds) == 1 else "DOUBLE[]"
+    return f"{_SQL_OF_DTYPE.get(signature.inputs[i].dtype, 'DOUBLE')}[]"
+
+
+def _inputs_text(signature: Signature) -> str:
+    return ", ".join(f"{s.name}: {s.dtype}[{', '.join('?' if d is None else str(d) for d in s.shape)}]"
+                     for s in signature.inputs)
+
+
+def _feed_options(backend: Any, name: str) -> dict:
+    """The model options the feeding layer reads (pad_id, feed)."""
+    row = backend.fetchone("SELECT options FROM dbdl.model_catalog WHERE name = ? LIMIT 1", (name,))
+    return feed_options(row[0] if row else None)

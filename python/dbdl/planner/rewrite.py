@@ -130,12 +130,14 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
     for call in find_predict_calls(tree):
         kind = PREDICT_FUNCTIONS[call.this.lower()]
         args = call.expressions
-        if len(args) != 2:
+        if len(args) < 2:
             raise QueryError(
                 f"{call.this}() takes two arguments, a model reference and the features, as in "
-                f"{call.this}('fraud', feats); got {len(args)}"
+                f"{call.this}('fraud', feats) — or one features argument per model input, "
+                f"{call.this}('m', a, b); got {len(args)}"
             )
-        model_arg, features = args
+        model_arg, *feature_args = args
+        features = feature_args[0]
         if isinstance(model_arg, (exp.Literal, exp.Boolean)) and not getattr(model_arg, "is_string", False):
             raise InvalidName(f"{call.this}() takes the model reference as text, as in {call.this}('fraud', feats) "
                               f"or {call.this}('fraud@3', feats); got {model_arg.sql()}")
@@ -145,7 +147,7 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                     f"strategy {strategy!r} plans one known model; a model named by a column runs with "
                     "strategy='udf'")
             # a model named by a column: resolved row by row inside the database
-            call_node(call).replace(unpinned_call(backend, call))
+            call_node(call).replace(backend.unpinned_call_args(kind, call) or unpinned_call(backend, call))
             continue
         resolved = resolve(backend, model_arg.this)
         check_output_kind(kind, resolved)
@@ -155,11 +157,15 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         select = call.find_ancestor(exp.Select)
         joinable = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
         rows = _estimate_rows(backend, select, features) if joinable else 1
-        parameters = features.find(exp.Placeholder, exp.Parameter) is not None
+        parameters = any(f.find(exp.Placeholder, exp.Parameter) is not None for f in feature_args)
         options = result_cache.enabled(backend, resolved) if use_cache else None
         cache_note, hit_rate = "", None
+        plain = plain_features(resolved, feature_args)
+        relation_problem = plain or (backend.relation_feature_problem(resolved, feature_args) if joinable else None)
         if options is not None:
-            if not joinable:
+            if plain:
+                cache_note, options = f"result cache not used: {plain} (the cache keys one float32 vector)", None
+            elif not joinable:
                 cache_note, options = "result cache not used: predict is not inside a SELECT … FROM …", None
             elif tree.find(exp.Placeholder, exp.Parameter) is not None:
                 cache_note, options = "result cache not used: the statement has bound parameters", None
@@ -176,6 +182,8 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         for e in candidates:
             if e.strategy != "udf" and e.feasible and not joinable:
                 e.seconds, e.reason = None, "predict is not inside a SELECT … FROM …"
+            if e.strategy == "relation" and e.feasible and relation_problem:
+                e.seconds, e.reason = None, relation_problem
             if e.strategy != "udf" and e.feasible and parameters:
                 e.seconds, e.reason = None, "the features hold bound parameters, which only the in-database form takes"
             if e.strategy == "relation" and e.feasible and not backend.can_create_tables(backend.data_schema):
@@ -235,17 +243,18 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             replacement = result_cache.output_expression(backend, kind, resolved, joined[key])
         elif chosen in ("relation", "dl"):
             # the same call twice in one SELECT (select list and GROUP BY) must be the same column
-            key = (id(select), resolved.ref, kind, features.sql())
+            key = (id(select), resolved.ref, kind, tuple(f.sql() for f in feature_args))
             if key not in joined:
                 if chosen == "relation":
                     layout = forced_layout or next(e.layout for e in candidates if e.strategy == "relation") or "element"
                     joined[key], new_ctes = relation_call(backend, kind, resolved, call, features, counter, layout)
                     ctes.extend(new_ctes)
                 else:
-                    joined[key] = dl_call(backend, kind, resolved, call, features, planned.cleanup)
+                    joined[key] = dl_call(backend, kind, resolved, call,
+                                          features if len(feature_args) == 1 else feature_args, planned.cleanup)
             replacement = joined[key].copy()
         else:
-            replacement = backend.predict_call(kind, resolved, features.copy())
+            replacement = backend.predict_call_args(kind, resolved, feature_args)
         node = call_node(call)
         if isinstance(node.parent, exp.Select) and node.arg_key == "expressions":
             # an unaliased select-list call keeps the name users expect (as PostgreSQL names it)
@@ -258,6 +267,19 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             query.with_(cte.alias, as_=cte.this, copy=False)
     planned.sql = tree.sql(dialect=backend.dialect)
     return planned
+
+
+def plain_features(model: ResolvedModel, feature_args: list[exp.Expression]) -> str:
+    """Why a call is not the plain form — one vector of float32 values for a model of fixed-width
+    float32 inputs — which relation-centric SQL and the result cache take; "" when it is."""
+    if len(feature_args) > 1:
+        return f"the call passes {len(feature_args)} feature arguments"
+    for spec in model.signature.inputs:
+        if spec.dtype != "float32":
+            return f"input {spec.name!r} takes {spec.dtype} values, not float32"
+        if spec.per_row is None or not spec.shape:
+            return f"input {spec.name!r} has no fixed width per row (shape {list(spec.shape)})"
+    return ""
 
 
 def _estimate_rows(backend: "Backend", select: exp.Select, features: exp.Expression) -> int:

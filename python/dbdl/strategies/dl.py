@@ -26,13 +26,18 @@ BATCH_ROWS = 65536
 _tables = itertools.count()
 
 
-def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[[np.ndarray], np.ndarray]:
-    """features (rows x width, float32) -> what predict/predict_array/predict_class return."""
+def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[..., np.ndarray]:
+    """What predict/predict_array/predict_class return, for a batch: ``score(columns)`` takes a list
+    of ``dbdl_udf.runtime.Column`` (one per feature argument; the rows valid in all of them are
+    scored, in order) and ``score(matrix)`` a (rows x width) float32 matrix, as before."""
+    from dbdl_udf.runtime import build_feeds, take_rows, valid_rows
+
     # torch where it has a GPU to run on; on CPU onnxruntime over all cores is the faster runtime
     # (a 17 MFLOP/row MLP: ~25% faster here than torch's CPU kernels)
-    module = _torch_module(backend, model) if len(model.signature.inputs) == 1 and _has_gpu() else None
+    module = _torch_module(backend, model) if _has_gpu() else None
     output = model.output_index
     spec = model.output_spec
+    options = feed_options_of(backend, model)
 
     if module is not None:
         import torch
@@ -40,26 +45,44 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[[np.
         device = "cuda" if torch.cuda.is_available() else "cpu"
         module = module.to(device)
 
-        def run(x: np.ndarray) -> np.ndarray:
+        def run(x, n: int) -> np.ndarray:
+            feeds = build_feeds(model.signature, x, options, model.ref)
             with torch.no_grad():
-                batch = np.array(x, dtype=np.float32).reshape((len(x), *model.signature.inputs[0].shape))
-                y = module(torch.from_numpy(batch).to(device))  # a writable copy: Arrow buffers are read-only
+                # writable copies: Arrow buffers are read-only
+                y = module(*[torch.from_numpy(np.array(feeds[s.name])).to(device) for s in model.signature.inputs])
             y = y[output] if isinstance(y, (tuple, list)) else y
-            return checked_output(y.float().cpu().numpy(), len(x), spec, model.ref)
+            return checked_output(y.float().cpu().numpy(), n, spec, model.ref)
     else:
         session, signature = SESSIONS.get(model.sha256, lambda: load_model_bytes(backend, model.sha256), 0,
                                           model=model.ref)
 
-        def run(x: np.ndarray) -> np.ndarray:
-            return run_batch(session, signature, x, output, model.ref)
+        def run(x, n: int) -> np.ndarray:
+            return run_batch(session, signature, x, output, model.ref, options)
 
-    def score(x: np.ndarray) -> np.ndarray:
+    def score(x) -> np.ndarray:
+        if isinstance(x, (list, tuple)):
+            rows = valid_rows(x)
+            x = take_rows(x, rows)
+            n = int(rows.sum())
+            if n == 0:
+                return shape_outputs(np.zeros((0, spec.per_row or 0), np.float32), kind, model.ref, spec.name,
+                                     model.signature)
+            return shape_outputs(run(x, n), kind, model.ref, spec.name, model.signature)
         check_features(model.signature, x.shape[1], model.ref)
-        return shape_outputs(run(np.ascontiguousarray(x, dtype=np.float32)), kind, model.ref, spec.name,
+        return shape_outputs(run(np.ascontiguousarray(x, dtype=np.float32), len(x)), kind, model.ref, spec.name,
                              model.signature)
 
     score.text = kind == "scalar" and spec.is_text  # class names: the backend's table holds text
     return score
+
+
+def feed_options_of(backend: "Backend", model: ResolvedModel) -> dict:
+    """The model's feeding options (pad_id, feed), read through dbdl.model_catalog."""
+    from dbdl_udf.runtime import feed_options
+
+    row = backend.fetchone("SELECT options FROM dbdl.model_catalog WHERE name = ? AND version = ?",
+                           (model.name, model.version))
+    return feed_options(row[0] if row else None)
 
 
 def _has_gpu() -> bool:
@@ -91,9 +114,19 @@ def _read_torch_module(backend: "Backend", model: ResolvedModel):
     return load_torch_program(bytes(program[0]))
 
 
-def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anonymous, features: exp.Expression,
-            cleanup: list[str]) -> exp.Expression:
-    """Score the SELECT's feature vectors outside the database now; the column that replaces ``call``."""
+def feature_names(n: int) -> list[str]:
+    """The columns a DL-centric source query gives the feature arguments: dbdl_f, dbdl_f1, dbdl_f2 …"""
+    return ["dbdl_f"] + [f"dbdl_f{i}" for i in range(1, n)]
+
+
+def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anonymous,
+            features: exp.Expression | list[exp.Expression], cleanup: list[str]) -> exp.Expression:
+    """Score the SELECT's feature vectors outside the database now; the column that replaces ``call``.
+
+    ``features`` is the call's one features argument, or the list of them (``predict('m', a, b)``):
+    the source query then has one column per argument (``feature_names``)."""
+    args = list(features) if isinstance(features, (list, tuple)) else [features]
+    names = feature_names(len(args))
     select = enclosing_select(call)
     table = f"dbdl_dl_{next(_tables)}"
     cleanup.append(table)
@@ -102,16 +135,20 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
         # one base table: key the predictions by its row identity (PostgreSQL's ctid) — no
         # de-duplication of feature arrays, and a join on a 6-byte key instead of on the arrays
         source = source_rows(select)
-        source.set("expressions", [exp.alias_(identity.copy(), "dbdl_k"), exp.alias_(features.copy(), "dbdl_f")])
+        source.set("expressions", [exp.alias_(identity.copy(), "dbdl_k")]
+                   + [exp.alias_(a.copy(), name) for a, name in zip(args, names)])
         # NULL elements are the decoders' to spot (features may be bytea on PostgreSQL)
-        source.where(scorable(features), copy=False)
+        source.where(exp.and_(*[scorable(a) for a in args]), copy=False)
         backend.score_into_temp_table(source.sql(dialect=backend.dialect), scorer(backend, model, kind), kind, table,
                                       keyed=True)
         on = backend.equals(exp.column("dbdl_k", table=table), identity.copy())
     else:
-        source = distinct_features(select, features).sql(dialect=backend.dialect)
-        backend.score_into_temp_table(source, scorer(backend, model, kind), kind, table)
-        on = backend.equals(exp.column("dbdl_f", table=table), features.copy())
+        rows = distinct_features(select, args[0])
+        if len(args) > 1:
+            rows.set("expressions", [exp.alias_(a.copy(), name) for a, name in zip(args, names)])
+            rows.where(exp.and_(*[scorable(a) for a in args[1:]]), copy=False)
+        backend.score_into_temp_table(rows.sql(dialect=backend.dialect), scorer(backend, model, kind), kind, table)
+        on = exp.and_(*[backend.equals(exp.column(name, table=table), a.copy()) for a, name in zip(args, names)])
     select.join(exp.to_table(table), on=on, join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
     return exp.column("dbdl_prediction", table=table)
