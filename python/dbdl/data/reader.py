@@ -424,14 +424,16 @@ class _RaggedRows(_Rows):
     """__getitems__ of a ragged dataset with a collate mode: the finished batch, and its samples
     (tokens, label) for a custom collate_fn."""
 
-    def __init__(self, batch, samples) -> None:
-        self.batch, self.samples = batch, samples
+    def __init__(self, batch, sample) -> None:
+        self.batch, self._sample = batch, sample
         self.labels = batch.labels
 
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        return _Row(self.samples[i])
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return _Row(self._sample(i % len(self)))  # built when asked: default collate looks at one
 
 
 def _collate_rows(batch, *, collate_fn_map=None):
@@ -579,7 +581,8 @@ class TrainingSet(_Base, Dataset):
         if isinstance(features, Ragged):
             if self.collate is None:  # samples, for the caller's own collate_fn
                 return self._samples(features, labels)
-            return _RaggedRows(self._batch(features, labels), self._samples(features, labels))
+            return _RaggedRows(self._batch(features, labels),
+                               lambda i: self._samples(features.slice(i, i + 1), labels[i:i + 1])[0])
         return _Rows(*self._tensors(features, labels))
 
     def arrays(self) -> tuple["np.ndarray | list[np.ndarray]", np.ndarray]:
