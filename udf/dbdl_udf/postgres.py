@@ -20,7 +20,7 @@ from . import catalog
 from .errors import (ConfigurationError, DTypeMismatch, Error, InvalidArgument, InvalidModel, InvalidName,
                      ModelNotFound, ShapeMismatch)
 from .modelcheck import check_model_bytes
-from .runtime import SESSIONS, Signature, check_features, run_batch, shape_outputs
+from .runtime import SESSIONS, Column, Signature, run_batch, shape_outputs, valid_rows
 
 _SQLSTATE = {
     "ModelNotFound": "42704",  # undefined_object
@@ -98,15 +98,16 @@ class PlpyRunner:
         self.plpy.execute(self._plan(sql, params), list(params))
 
 
-_FAST_SERVING = ("SELECT v.version, v.sha256 FROM dbdl.models m JOIN dbdl.model_versions v "
+_FAST_SERVING = ("SELECT v.version, v.sha256, m.options FROM dbdl.models m JOIN dbdl.model_versions v "
                  "ON v.name = m.name AND v.version = m.serving_version WHERE m.name = $1")
-_FAST_PINNED = "SELECT version, sha256 FROM dbdl.model_versions WHERE name = $1 AND version = $2"
+_FAST_PINNED = ("SELECT v.version, v.sha256, m.options FROM dbdl.model_versions v JOIN dbdl.models m "
+                "ON m.name = v.name WHERE v.name = $1 AND v.version = $2")
 _refs: dict[str, tuple[str, int | None, str | None]] = {}
 _signatures: dict[str, Signature] = {}
 
 
-def resolve(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
-    """(name, version, sha256, signature, output index) of a model reference.
+def resolve_options(plpy, ref: str) -> tuple[str, int, str, Signature, int, dict]:
+    """(name, version, sha256, signature, output index, the model's stored options) of a model reference.
 
     One prepared query per call (a version registered a moment ago in another session is seen
     at once); parsed references and signatures are cached, keyed by text and content hash.
@@ -128,7 +129,23 @@ def resolve(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
     if signature is None:
         signature = catalog.resolve(PlpyRunner(plpy, DEFINER), name, version).signature
         _signatures[sha] = signature
-    return name, int(version), sha, signature, signature.output_index(output)
+    return name, int(version), sha, signature, signature.output_index(output), _parse_options(rows[0]["options"])
+
+
+def _parse_options(text: str | None) -> dict:
+    """The stored options (pad_id, feed, …: what build_feeds reads); the defaults are the runtime's."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def resolve(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
+    """(name, version, sha256, signature, output index) of a model reference (definer code only)."""
+    return resolve_options(plpy, ref)[:5]
+
+
 
 
 def _session(plpy, sha256: str, plans: Plans, ref: str):
@@ -145,45 +162,363 @@ def _session(plpy, sha256: str, plans: Plans, ref: str):
     return SESSIONS.get(sha256, load, threads=1, model=ref)
 
 
-# -- row at a time -----------------------------------------------------------------------------
+# -- decoding inputs -------------------------------------------------------------------------------
+# What PostgreSQL hands dbdl for one input of a batch becomes one runtime Column (values in their
+# own dtype, which build_feeds casts to the model's input dtype):
+#   - array_send() bytes of a numeric or boolean array: 1-D, multi-dimensional (the dimensions
+#     travel in array_send's header), or 1-D of different lengths across rows (ragged: offsets);
+#   - bytea: 4 bytes per value (little-endian float32, dbdl's meaning since 0002) or 1 byte per value
+#     (uint8: image pixels); the length tells which, as the model's input has a fixed size;
+#   - record_send() bytes of ROW(a, b, …), the form of predict('m', a, b): one field per model
+#     input, each field one of the above or a scalar number.
+
+import struct as _struct
+
+# element type oid -> (SQL name, big-endian dtype of array_send's / the type's binary form)
+_ELEMENTS = {700: ("real", ">f4"), 701: ("double precision", ">f8"), 23: ("integer", ">i4"), 20: ("bigint", ">i8"),
+             21: ("smallint", ">i2"), 16: ("boolean", "?")}
+_ARRAY_ELEMENTS = {1021: 700, 1022: 701, 1007: 23, 1016: 20, 1005: 21, 1000: 16, 1231: 1700}
+_BYTEA_OID = 17
+_NUMERIC_OID = 1700
+_TYPE_NAMES = {17: "bytea", 25: "text", 1043: "varchar", 1700: "numeric", 1009: "text[]", 1015: "varchar[]",
+               **{oid: name for oid, (name, _) in _ELEMENTS.items()},
+               **{a: _ELEMENTS[e][0] + "[]" for a, e in _ARRAY_ELEMENTS.items() if e in _ELEMENTS}, 1231: "numeric[]"}
+_CAST_HINT = ("cast the column to a numeric array, e.g. col::real[] (float models), col::bigint[] (token ids) or "
+              "col::boolean[] (boolean inputs)")
+
+
+def _type_name(oid: int) -> str:
+    return _TYPE_NAMES.get(oid, f"the type with oid {oid}")
+
+
+def _no_rows(n: int) -> Column:
+    return Column(np.zeros(0, dtype=np.float32), np.zeros(n, dtype=bool), None, None, None)
+
+
+def decode_arrays(blobs: Sequence[bytes | None], ref: str = "the model", what: str = "features") -> Column:
+    """One input of a batch from array_send() bytes: a NULL array or a NULL element makes the row
+    NULL (valid False). Rows of one shape give a fixed-width Column (``shape`` the array's
+    dimensions); 1-D rows of different lengths a ragged one (flat values of the valid rows and
+    ``offsets``)."""
+    n = len(blobs)
+    valid = np.array([b is not None for b in blobs], dtype=bool)
+    elem = None
+    for i, blob in enumerate(blobs):
+        if blob is None:
+            continue
+        if len(blob) < 12:
+            raise ShapeMismatch(f"{what} for model {ref!r}: {len(blob)} bytes are not an array_send() value")
+        ndim, flags, oid = _struct.unpack_from(">iii", blob, 0)
+        if elem is None:
+            elem = oid
+        elif oid != elem:
+            raise DTypeMismatch(f"{what} for model {ref!r} mix arrays of {_type_name(elem)} and {_type_name(oid)} in "
+                                f"one column; {_CAST_HINT}")
+        if flags:
+            valid[i] = False  # a NULL element: the row's prediction is NULL
+    if elem is None or not valid.any():
+        return _no_rows(n)
+    if elem == _NUMERIC_OID:
+        return _decode_numeric(blobs, valid, ref, what)
+    if elem not in _ELEMENTS:
+        raise DTypeMismatch(f"model {ref!r} takes numbers or booleans; its {what} are an array of {_type_name(elem)} "
+                            f"— {_CAST_HINT}")
+    dtype = np.dtype(_ELEMENTS[elem][1])
+    item = np.dtype([("len", ">i4"), ("v", dtype)])
+    native = dtype.newbyteorder("=")
+    rows = np.flatnonzero(valid)
+    present = [blobs[i] for i in rows]
+    length = len(present[0])
+    ndim = _struct.unpack_from(">i", present[0], 0)[0]
+    head = 12 + 8 * ndim
+    if all(len(b) == length for b in present) and length >= head:
+        raw = np.frombuffer(b"".join(present), dtype=np.uint8).reshape(len(present), length)
+        if (raw[:, :head] == raw[0, :head]).all():  # one shape for every row: all numpy
+            dims = tuple(int(d) for d in np.frombuffer(present[0], dtype=">i4", count=2 * ndim, offset=12)[::2])
+            count = int(np.prod(dims)) if ndim else 0
+            if length != head + count * item.itemsize:
+                raise ShapeMismatch(f"{what} for model {ref!r}: malformed array_send() value (its length does not match its header)")
+            values = np.zeros((n, count), dtype=native)
+            values[rows] = raw[:, head:].copy().view(item)["v"].reshape(len(present), count)
+            return Column(values.reshape(-1), valid, count, None, dims if ndim else (0,))
+    # rows of different shapes: one at a time
+    parts, shapes = [], []
+    for blob in present:
+        nd = _struct.unpack_from(">i", blob, 0)[0]
+        dims = tuple(_struct.unpack_from(f">{2 * nd}i", blob, 12)[::2]) if nd else (0,)
+        count = int(np.prod(dims))
+        start = 12 + 8 * nd
+        if len(blob) != start + count * item.itemsize:
+            raise ShapeMismatch(f"{what} for model {ref!r}: malformed array_send() value (its length does not match its header)")
+        parts.append(np.frombuffer(blob, dtype=item, count=count, offset=start)["v"].astype(native))
+        shapes.append(dims)
+    if len(set(shapes)) == 1:
+        values = np.zeros((n, len(parts[0])), dtype=native)
+        values[rows] = np.stack(parts)
+        return Column(values.reshape(-1), valid, values.shape[1], None, shapes[0])
+    if any(len(s) > 1 for s in shapes):
+        first, other = shapes[0], next(s for s in shapes if s != shapes[0])
+        raise ShapeMismatch(f"the {what} for model {ref!r} are arrays of different shapes in one batch ({list(first)} "
+                            f"and {list(other)}); only one-dimensional rows may differ in length — store every row "
+                            "with the model's input shape")
+    lengths = np.zeros(n, dtype=np.int64)
+    lengths[rows] = [len(p) for p in parts]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return Column(np.concatenate(parts) if parts else np.zeros(0, dtype=native), valid, None, offsets, None)
+
+
+def _numeric_value(blob: bytes, pos: int) -> tuple[float, int]:
+    length = _struct.unpack_from(">i", blob, pos)[0]
+    ndigits, weight, sign, _ = _struct.unpack_from(">hhHh", blob, pos + 4)
+    digits = _struct.unpack_from(f">{ndigits}h", blob, pos + 12)
+    value = sum(d * 10000.0 ** (weight - k) for k, d in enumerate(digits))
+    special = {0xC000: float("nan"), 0xD000: float("inf"), 0xF000: float("-inf")}
+    if sign in special:
+        value = special[sign]
+    return (-value if sign == 0x4000 else value), pos + 4 + length
+
+
+def _decode_numeric(blobs, valid, ref: str, what: str) -> Column:
+    """numeric[] (what ARRAY[1.5, 2] is): variable-width base-10000 elements, decoded one by one
+    into float64. Rare in practice (columns are real[]), so clarity beats speed here."""
+    n = len(blobs)
+    rows, parts, shapes = np.flatnonzero(valid), [], []
+    for i in rows:
+        blob = blobs[i]
+        nd = _struct.unpack_from(">i", blob, 0)[0]
+        dims = tuple(_struct.unpack_from(f">{2 * nd}i", blob, 12)[::2]) if nd else (0,)
+        pos, values = 12 + 8 * nd, []
+        for _ in range(int(np.prod(dims))):
+            value, pos = _numeric_value(blob, pos)
+            values.append(value)
+        parts.append(np.array(values, dtype=np.float64))
+        shapes.append(dims)
+    if len(set(shapes)) == 1:
+        values = np.zeros((n, len(parts[0])), dtype=np.float64)
+        values[rows] = np.stack(parts)
+        return Column(values.reshape(-1), valid, values.shape[1], None, shapes[0])
+    if any(len(s) > 1 for s in shapes):
+        raise ShapeMismatch(f"the {what} for model {ref!r} are arrays of different shapes in one batch; store every "
+                            "row with the model's input shape")
+    lengths = np.zeros(n, dtype=np.int64)
+    lengths[rows] = [len(p) for p in parts]
+    return Column(np.concatenate(parts), valid, None, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), None)
+
+
+def decode_bytea(blobs: Sequence[bytes | None], width: int | None, ref: str = "the model",
+                 what: str = "features", legacy: bool = False) -> Column:
+    """One input of a batch from bytea values of ``width`` values each: 4 * width bytes are
+    little-endian float32 (dbdl's meaning of a bytea since the first release), width bytes are
+    uint8 (compact images). A model input has one fixed size, so the two never meet."""
+    n = len(blobs)
+    valid = np.array([b is not None for b in blobs], dtype=bool)
+    if not valid.any():
+        return _no_rows(n)
+    if not width and legacy:  # no model at hand: dbdl's first meaning, little-endian float32
+        width = len(next(b for b in blobs if b is not None)) // 4 or None
+    if not width:
+        raise DTypeMismatch(f"model {ref!r} takes {what} of variable length, which a bytea cannot carry; pass an "
+                            "integer array (e.g. col::bigint[])")
+    rows = np.flatnonzero(valid)
+    lengths = {len(blobs[i]) for i in rows}
+    bad = lengths - {width, 4 * width}
+    if bad:
+        raise ShapeMismatch(f"model {ref!r} takes {width} {what} per row as a bytea of {4 * width} bytes (little-endian "
+                            f"float32) or of {width} bytes (uint8); got a row of {min(bad)} bytes")
+    joined = b"".join(blobs[i] for i in rows)
+    if lengths == {width}:
+        values = np.zeros((n, width), dtype=np.uint8)
+        values[rows] = np.frombuffer(joined, dtype=np.uint8).reshape(-1, width)
+    else:
+        values = np.zeros((n, width), dtype=np.float32)
+        for i in rows:
+            blob = blobs[i]
+            values[i] = np.frombuffer(blob, dtype="<f4" if len(blob) == 4 * width else np.uint8)
+    return Column(values.reshape(-1), valid, width, None, (width,))
+
+
+def decode_scalars(blobs: Sequence[bytes | None], oid: int, ref: str = "the model", what: str = "features") -> Column:
+    """One input of one value per row from the binary form of a scalar column (a field of a ROW)."""
+    n = len(blobs)
+    valid = np.array([b is not None for b in blobs], dtype=bool)
+    rows = np.flatnonzero(valid)
+    if oid == _NUMERIC_OID:
+        values = np.zeros(n, dtype=np.float64)
+        for i in rows:
+            values[i] = _numeric_value(_struct.pack(">i", len(blobs[i])) + blobs[i], 0)[0]
+        return Column(values, valid, 1, None, (1,))
+    if oid not in _ELEMENTS:
+        raise DTypeMismatch(f"model {ref!r} takes numbers or booleans; its {what} are of type {_type_name(oid)} — "
+                            f"{_CAST_HINT}")
+    dtype = np.dtype(_ELEMENTS[oid][1])
+    values = np.zeros(n, dtype=dtype.newbyteorder("="))
+    if len(rows):
+        values[rows] = np.frombuffer(b"".join(blobs[i] for i in rows), dtype=dtype)
+    return Column(values, valid, 1, None, (1,))
+
+
+def decode_column(oid: int, blobs: Sequence[bytes | None], width: int | None, ref: str = "the model",
+                  what: str = "features", legacy_bytea: bool = False) -> Column:
+    """One input from values of SQL type ``oid``: an array's array_send() bytes, a bytea, or the
+    binary form of a scalar."""
+    if oid == _BYTEA_OID:
+        return decode_bytea(blobs, width, ref, what, legacy_bytea)
+    if oid in _ARRAY_ELEMENTS or oid not in _ELEMENTS and oid != _NUMERIC_OID and _looks_like_array(blobs):
+        return decode_arrays(blobs, ref, what)
+    return decode_scalars(blobs, oid, ref, what)
+
+
+def _looks_like_array(blobs) -> bool:
+    # an array type dbdl has no table entry for (text[], …): decode_arrays names its element type
+    first = next((b for b in blobs if b is not None), None)
+    return first is not None and len(first) >= 12 and _struct.unpack_from(">i", first, 4)[0] in (0, 1)
+
+
+def decode_record(blobs: Sequence[bytes | None], signature: Signature, ref: str = "the model") -> list[Column]:
+    """The inputs of a batch from record_send() bytes of ROW(a, b, …): field k feeds the model's
+    input k. A NULL field makes the row's prediction NULL."""
+    n = len(blobs)
+    first = next((b for b in blobs if b is not None), None)
+    if first is None:
+        return [_no_rows(n) for _ in signature.inputs]
+    count = _struct.unpack_from(">i", first, 0)[0]
+    oids: list[int] | None = None
+    fields: list[list[bytes | None]] = [[None] * n for _ in range(count)]
+    for i, blob in enumerate(blobs):
+        if blob is None:
+            continue
+        if _struct.unpack_from(">i", blob, 0)[0] != count:
+            raise InvalidArgument(f"inputs for model {ref!r}: rows of one batch have different numbers of columns")
+        pos, row_oids = 4, []
+        for k in range(count):
+            oid, length = _struct.unpack_from(">Ii", blob, pos)
+            pos += 8
+            row_oids.append(oid)
+            if length >= 0:
+                fields[k][i] = blob[pos:pos + length]
+                pos += length
+        if oids is None:
+            oids = row_oids
+        elif row_oids != oids:
+            raise DTypeMismatch(f"inputs for model {ref!r}: rows of one batch have columns of different types")
+    inputs = signature.inputs
+    if count != len(inputs):
+        listed = ", ".join(f"{s.name} ({s.dtype}{list(s.shape)})" for s in inputs)
+        raise ShapeMismatch(f"model {ref!r} takes {len(inputs)} input{'s' if len(inputs) != 1 else ''} ({listed}); got "
+                            f"{count} columns — pass one column per input, in the model's input order: "
+                            f"dbdl.predict('{ref}', {', '.join(f'<{s.name}>' for s in inputs)})")
+    columns = []
+    for k, (spec, values) in enumerate(zip(inputs, fields)):
+        column = decode_column(oids[k], values, spec.per_row, ref, f"input {spec.name!r} (column {k + 1})")
+        columns.append(column)
+    return columns
+
+
+def is_record(blob: bytes) -> bool:
+    """record_send() bytes rather than array_send() bytes: the second word is the first field's
+    type oid (>= 16) in a record, the NULL flag (0 or 1) in an array."""
+    return len(blob) >= 8 and _struct.unpack_from(">i", blob, 0)[0] >= 1 and _struct.unpack_from(">I", blob, 4)[0] >= 16
+
+
+def decode_inputs(blobs: Sequence[bytes | None], signature: Signature, ref: str = "the model") -> list[Column]:
+    """The Columns of a batch from the bytes dbdl.cache_fill is handed (what dbdl.cache_input
+    gives): record_send() bytes of several columns, array_send() bytes, or a bytea of float32 or
+    uint8 values. Each byte string has one meaning for a given model (the lengths of the bytea
+    forms never equal those of the self-describing forms with the same values)."""
+    first = next((b for b in blobs if b is not None), None)
+    if first is None:
+        return [_no_rows(len(blobs))]
+    width = signature.n_features
+    if width and all(b is None or len(b) in (width, 4 * width) for b in blobs):
+        return [decode_bytea(blobs, width, ref)]
+    if is_record(first):
+        return decode_record(blobs, signature, ref)
+    return [decode_arrays(blobs, ref)]
+
+
+def score_columns(session, signature: Signature, columns: list[Column], output: int, ref: str,
+                  kind: str | None = None, options: dict | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """(outputs of the rows that can be scored, which rows those are): a row is scored when every
+    column has it (no NULL array, element or field). onnxruntime runs a few thousand rows at a time
+    (they stay in cache); sequences are padded per slice, to its longest row."""
+    valid = valid_rows(columns)
+    if not valid.any():
+        return None, valid
+    n = len(valid)
+    if n <= _ORT_ROWS:
+        y = run_batch(session, signature, columns, output, ref, options)
+    else:
+        parts = []
+        for start in range(0, n, _ORT_ROWS):
+            rows = np.zeros(n, dtype=bool)
+            rows[start:start + _ORT_ROWS] = True
+            if (rows & valid).any():
+                parts.append(run_batch(session, signature, [c.take(rows) for c in columns], output, ref, options))
+        y = np.concatenate(parts)
+    if kind is not None:
+        y = shape_outputs(y, kind, ref, signature.outputs[output].name, signature)
+    return y, valid
+
+
+# -- row at a time ---------------------------------------------------------------------------------
 
 
 def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str) -> Any:
     """predict / predict_array / predict_class for one row.
 
-    ``data`` is ``array_send(features)`` when ``packed``, else little-endian float32 bytes.
-    """
+    ``data`` is ``array_send(features)`` when ``packed``, else a bytea (float32 or uint8)."""
     if model is None or data is None:
         return None
     try:
-        name, version, sha, signature, output = resolve(plpy, model)
+        name, version, sha, signature, output, options = resolve_options(plpy, model)
         ref = f"{name}@{version}"
-        width = signature.n_features
         if packed:
-            x = _one_float4_row(data, width)
-            if x is not None:
-                valid = _TRUE
-            else:
-                x, valid = decode_array_send([bytes(data)], width, ref)
+            x = _one_float4_row(data, signature.n_features)
+            column = (Column(x.reshape(-1), _TRUE, x.shape[1], None, (x.shape[1],)) if x is not None
+                      else decode_arrays([bytes(data)], ref))
         else:
-            x, valid = _decode_float32_bytea([data], width, ref)
-        if not valid[0]:
+            column = decode_bytea([bytes(data)], signature.n_features, ref)
+        if not column.valid[0]:
             return None
         session, signature = _session(plpy, sha, DEFINER, ref)
-        spec = signature.outputs[output]
-        if kind == "scalar" and spec.is_text:
-            raise ShapeMismatch(
-                f"model {ref!r} output {spec.name!r} holds text (class names) and dbdl.predict returns real; call "
-                f"dbdl.predict_text({model!r}, features) for the class name (db.sql() plans predict({model!r}, ...) "
-                "into that form itself)")
-        y = shape_outputs(run_batch(session, signature, x, output, ref), "scalar" if kind == "text" else kind, ref,
-                          spec.name, signature)
-        if kind == "text":
-            value = y[0]
-            return value if isinstance(value, str) else _number_text(value)
-        return y[0].tolist()
+        return _one_result(session, signature, [column], output, ref, kind, options, model)
     except Error as exc:
         raise_for_sql(plpy, exc)
+
+
+def predict_fields(plpy, model: str | None, data: bytes | None, kind: str) -> Any:
+    """predict('m', a, b) / predict('m', ROW(a, b)) for one row: ``data`` is record_send() of the
+    row of inputs, one field per model input."""
+    if model is None or data is None:
+        return None
+    try:
+        name, version, sha, signature, output, options = resolve_options(plpy, model)
+        ref = f"{name}@{version}"
+        columns = decode_record([bytes(data)], signature, ref)
+        if not all(c.valid[0] for c in columns):
+            return None
+        session, signature = _session(plpy, sha, DEFINER, ref)
+        return _one_result(session, signature, columns, output, ref, kind, options, model)
+    except Error as exc:
+        raise_for_sql(plpy, exc)
+
+
+def _one_result(session, signature: Signature, columns: list[Column], output: int, ref: str, kind: str,
+                options: dict, model: str) -> Any:
+    """The value predict / predict_array / predict_class / predict_text return for one row."""
+    spec = signature.outputs[output]
+    if kind == "scalar" and spec.is_text:
+        raise ShapeMismatch(
+            f"model {ref!r} output {spec.name!r} holds text (class names) and dbdl.predict returns real; call "
+            f"dbdl.predict_text({model!r}, features) for the class name (db.sql() plans predict({model!r}, ...) "
+            "into that form itself)")
+    y, valid = score_columns(session, signature, columns, output, ref, "scalar" if kind == "text" else kind, options)
+    if y is None:
+        return None
+    if kind == "text":
+        value = y[0]
+        return value if isinstance(value, str) else _number_text(value)
+    return y[0].tolist()
 
 
 def _number_text(value) -> str:
@@ -201,95 +536,33 @@ _F4_ITEMS = np.dtype([("len", ">i4"), ("v", ">f4")])
 def _one_float4_row(data: bytes, width: int) -> np.ndarray | None:
     """The common case, decoded in one step: array_send() of a 1-D real[] of the right length
     without NULLs. None for anything else (the general decoder then explains what is wrong)."""
-    if len(data) != 20 + 8 * width or data[:12] != _F4_HEADER:
+    if not width or len(data) != 20 + 8 * width or data[:12] != _F4_HEADER:
         return None
     return np.frombuffer(data, dtype=_F4_ITEMS, offset=20)["v"].astype(np.float32).reshape(1, width)
 
 
 _F4_HEADER = (1).to_bytes(4, "big") + (0).to_bytes(4, "big") + (700).to_bytes(4, "big")
 
-# array_send() element type oids -> big-endian numpy dtypes
-_ELEMENT_TYPES = {700: ">f4", 701: ">f8", 23: ">i4", 20: ">i8", 21: ">i2"}
-
 
 def decode_array_send(blobs: list[bytes | None], width: int, ref: str = "the model") -> tuple[np.ndarray, np.ndarray]:
     """(rows x width) float32 features from array_send() bytes of 1-D numeric arrays, and a
-    mask of rows that can be scored (not NULL, no NULL element, right length)."""
+    mask of rows that can be scored (the form of dbdl's first releases; new code decodes Columns)."""
+    column = decode_arrays(blobs, ref)
+    if column.values.dtype == np.bool_:
+        raise DTypeMismatch(f"model {ref!r} takes numeric features; got boolean[] — booleans are not features: cast "
+                            "them, e.g. col::int[]::real[]")
     n = len(blobs)
-    valid = np.array([b is not None for b in blobs], dtype=bool)
-    matrix = np.zeros((n, width), dtype=np.float32)
-    if not valid.any():
-        return matrix, valid
-    first = next(b for b in blobs if b is not None)
-    header = np.frombuffer(first[:12].ljust(12, b"\0"), dtype=">i4")
-    ndim, elem_oid = int(header[0]), int(header[2])
-    dtype = _ELEMENT_TYPES.get(elem_oid)
-    if elem_oid == _NUMERIC_OID:
-        return _decode_numeric_arrays(blobs, width, ref)
-    if dtype is None:
-        raise DTypeMismatch(f"model {ref!r} takes numeric features (real[], double precision[], integer[] or "
-                            f"float32 bytea); got "
-                            + ("boolean[] — booleans are not features: cast them, e.g. col::int[]::real[]"
-                               if elem_oid == 16 else f"an array of type oid {elem_oid} — cast the column, e.g. col::real[]"))
-    if ndim != 1:
-        got = 0 if ndim == 0 else "a multi-dimensional array"
-        raise ShapeMismatch(f"model {ref!r} takes {width} features per row as a one-dimensional array; got {got}")
-    size = np.dtype(dtype).itemsize
-    row_bytes = 20 + width * (4 + size)
-    # a NULL element makes the row NULL (its flag sits in bytes 4..8 of the header)
-    for i, blob in enumerate(blobs):
-        if blob is not None and blob[4:8] != b"\0\0\0\0":
-            valid[i] = False
-    present = [blobs[i] for i in np.flatnonzero(valid)]
-    if not present:
-        return matrix, valid
-    bad = next((len(b) for b in present if len(b) != row_bytes), None)
-    if bad is not None:
-        got = (bad - 20) // (4 + size) if bad >= 20 else 0
+    if not column.valid.any():
+        return np.zeros((n, width), dtype=np.float32), column.valid
+    if column.offsets is not None or column.width != width:
+        got = column.width if column.offsets is None else int(np.diff(column.offsets).max())
         raise ShapeMismatch(f"model {ref!r} takes {width} features per row; pass a vector of exactly {width} numbers "
                             f"— got a row with {got}")
-    raw = np.frombuffer(b"".join(present), dtype=np.uint8).reshape(len(present), row_bytes)
-    body = raw[:, 20:].copy().view(np.dtype([("len", ">i4"), ("v", dtype)]))
-    matrix[valid] = body["v"].astype(np.float32)
-    return matrix, valid
+    return column.values.reshape(n, width).astype(np.float32), column.valid
 
 
-_NUMERIC_OID = 1700
 _ORT_ROWS = 2048
 _COLUMNAR_MAX = 256
-
-
-def _decode_numeric_arrays(blobs: list, width: int, ref: str) -> tuple[np.ndarray, np.ndarray]:
-    """numeric[] (what ARRAY[1.5, 2] is): variable-width base-10000 elements, decoded one by one.
-    Rare in practice (columns are real[]), so clarity beats speed here."""
-    import struct
-
-    n = len(blobs)
-    valid = np.array([b is not None for b in blobs], dtype=bool)
-    matrix = np.zeros((n, width), dtype=np.float32)
-    for i, blob in enumerate(blobs):
-        if blob is None:
-            continue
-        ndim, has_null, _ = struct.unpack_from(">iii", blob, 0)
-        count = struct.unpack_from(">i", blob, 12)[0] if ndim else 0
-        if count != width:
-            raise ShapeMismatch(f"model {ref!r} takes {width} features per row; pass a vector of exactly {width} "
-                                f"numbers — got a row with {count}")
-        if has_null:
-            valid[i] = False
-            continue
-        pos = 20
-        for j in range(count):
-            length = struct.unpack_from(">i", blob, pos)[0]
-            ndigits, weight, sign, _ = struct.unpack_from(">hhHh", blob, pos + 4)
-            digits = struct.unpack_from(f">{ndigits}h", blob, pos + 12)
-            value = sum(d * 10000.0 ** (weight - k) for k, d in enumerate(digits))
-            special = {0xC000: float("nan"), 0xD000: float("inf"), 0xF000: float("-inf")}
-            if sign in special:
-                value = special[sign]
-            matrix[i, j] = -value if sign == 0x4000 else value
-            pos += 4 + length
-    return matrix, valid
 
 
 _MAX_BATCH_ROWS = 1 << 20  # a batch is held in memory as Python rows: a million is already plenty
@@ -313,19 +586,27 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
                                   "table name; got NULL")
         name, version, sha, signature, output = resolve_definer(plpy, model)
         ref = f"{name}@{version}"
-        width = signature.n_features
         session, signature = _session(plpy, sha, INVOKER, ref)
+        options = _catalog_options(plpy, name)
         out_sql = _OUT_TYPES[kind]
         target_sql = _quote_target(plpy, target)
         described = plpy.execute(f"SELECT * FROM ({query}) AS q LIMIT 0")
         columns = described.colnames()
-        if len(columns) != 2:
-            raise ShapeMismatch(f"the query must return two columns, a key and the features; it returns {len(columns)} "
-                                f"({', '.join(columns)})")
+        if len(columns) < 2:
+            raise ShapeMismatch(f"the query must return two columns, a key and the features (or a key and one column "
+                                f"per model input); it returns {len(columns)} ({', '.join(columns)})")
         key_type = int(described.coltypes()[0])
-        key_col, feat_col = (plpy.quote_ident(c) for c in columns)
-        feat_types = described.coltypes()[1]
-        as_bytes = f"pg_catalog.array_send(q.{feat_col})" if feat_types != 17 else f"q.{feat_col}"  # 17 = bytea
+        key_col = plpy.quote_ident(columns[0])
+        feat_types = [int(t) for t in described.coltypes()[1:]]
+        feats = [plpy.quote_ident(c) for c in columns[1:]]
+        if len(feats) > 1 and len(feats) != len(signature.inputs):
+            raise ShapeMismatch(f"the query must return two columns, a key and the features, or a key and one column "
+                                f"per model input: model {ref!r} takes {len(signature.inputs)} input"
+                                f"{'s' if len(signature.inputs) != 1 else ''} "
+                                f"({', '.join(s.name for s in signature.inputs)}); the query returns a key and "
+                                f"{len(feats)} feature columns")
+        sent = [_sent_form(plpy, f"q.{c}", t) for c, t in zip(feats, feat_types)]
+        as_bytes = ", ".join(f"{expr} AS f{j}" for j, (expr, _) in enumerate(sent))
         plpy.execute(f"CREATE TABLE IF NOT EXISTS {target_sql} AS SELECT q.{key_col} AS {key_col}, NULL::{out_sql} "
                      f"AS prediction FROM ({query}) AS q WITH NO DATA")
         key_array = _array_type(plpy, key_type)
@@ -359,26 +640,18 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
                 f"INSERT INTO {target_sql} SELECT u.k, u.p FROM ROWS FROM (pg_catalog.unnest($1::{key_array}), "
                 f"pg_catalog.unnest($2::{out_sql}[])) AS u(k, p)",
                 [key_param, "pg_catalog.text"])
-        cursor = plpy.cursor(f"SELECT q.{key_col} AS k, {as_bytes} AS f FROM ({query}) AS q")
+        cursor = plpy.cursor(f"SELECT q.{key_col} AS k, {as_bytes} FROM ({query}) AS q")
         total = 0
         while True:
             rows = cursor.fetch(batch_rows)
             if not rows:
                 break
             keys = [r["k"] for r in rows]
-            blobs = [r["f"] for r in rows]
-            if feat_types == 17:
-                matrix, valid = _decode_float32_bytea(blobs, width, ref)
-            else:
-                matrix, valid = decode_array_send(blobs, width, ref)
-            check_features(signature, matrix.shape[1], ref)
-            out = None
-            if valid.any():
-                x = matrix if valid.all() else matrix[valid]
-                # onnxruntime is fastest on a few thousand rows at a time (they stay in cache)
-                y = np.concatenate([run_batch(session, signature, x[i:i + _ORT_ROWS], output, ref)
-                                    for i in range(0, len(x), _ORT_ROWS)])
-                out = shape_outputs(y, kind, ref, signature.outputs[output].name)
+            cols = [decode_column(oid, [r[f"f{j}"] for r in rows],
+                                      signature.n_features if len(sent) == 1 else signature.inputs[j].per_row, ref,
+                                      "features" if len(sent) == 1 else f"input {signature.inputs[j].name!r}")
+                        for j, (_, oid) in enumerate(sent)]
+            out, valid = score_columns(session, signature, cols, output, ref, kind, options)
             if kind == "array":
                 k = out.shape[1] if out is not None else (width_out or 0)
                 full = np.zeros((len(rows), k), dtype=np.float32)
@@ -402,6 +675,27 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
         return total
     except Error as exc:
         raise_for_sql(plpy, exc)
+
+
+def _catalog_options(plpy, name: str) -> dict:
+    """A model's stored options, read by invoker code through the view dbdl_user may read."""
+    rows = plpy.execute(INVOKER.get(plpy, "catalog_options", "SELECT c.options FROM dbdl.model_catalog AS c "
+                                    "WHERE c.name OPERATOR(pg_catalog.=) $1 LIMIT 1", ["pg_catalog.text"]), [name])
+    return _parse_options(rows[0]["options"]) if rows else {}
+
+
+_TYPE_CATEGORY = "SELECT t.typcategory AS c FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.=) $1"
+
+
+def _sent_form(plpy, expr: str, oid: int) -> tuple[str, int]:
+    """How predict_into reads one feature column: (SQL expression, the oid decode_column takes).
+    Arrays as array_send() bytes, bytea as it is, a scalar as a one-element array."""
+    if oid == _BYTEA_OID:
+        return expr, oid
+    rows = plpy.execute(INVOKER.get(plpy, "type_category", _TYPE_CATEGORY, ["pg_catalog.oid"]), [oid])
+    if rows and rows[0]["c"] == "A":
+        return f"pg_catalog.array_send({expr})", oid
+    return f"pg_catalog.array_send(ARRAY[{expr}])", 1000 if oid == 16 else 1021
 
 
 _OUT_TYPES = {"scalar": "pg_catalog.float4", "array": "pg_catalog.float4[]", "class": "pg_catalog.int8"}
@@ -775,16 +1069,6 @@ _FILL_INSERT = (
 _F9 = "{:.9g}".format  # nine significant digits: every float32 reads back exactly
 
 
-def _decode_inputs(blobs: list, width: int, ref: str) -> tuple[np.ndarray, np.ndarray]:
-    """(rows x width) features and the rows that can be scored, from array_send() bytes of real[]
-    rows (20 + 8 * width bytes each) or little-endian float32 bytea rows (4 * width bytes): the two
-    lengths never coincide, so a given byte string has one meaning, and its digest names one input."""
-    first = next((b for b in blobs if b is not None), None)
-    if first is not None and len(first) == 4 * width:
-        return _decode_float32_bytea(blobs, width, ref)
-    return decode_array_send(blobs, width, ref)
-
-
 def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, int | None]]:
     """The body of dbdl.cache_fill(ref, inputs bytea[]): (key, output as a real[] literal, label)
     for every input that could be scored, now in the cache."""
@@ -793,7 +1077,7 @@ def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, in
     from . import resultcache
 
     try:
-        name, version, sha, signature, output = resolve(plpy, ref)
+        name, version, sha, signature, output, stored = resolve_options(plpy, ref)
         model_ref = f"{name}@{version}"
         runner = PlpyRunner(plpy, DEFINER)
         options = catalog.model_options(runner, name)
@@ -804,15 +1088,11 @@ def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, in
         present = [b for b in blobs if b is not None]
         if not present:
             return []
-        width = signature.n_features
-        matrix, valid = _decode_inputs(present, width, model_ref)
-        if not valid.any():
-            return []
+        columns = decode_inputs(present, signature, model_ref)
         session, signature = _session(plpy, sha, DEFINER, model_ref)
-        x = matrix[valid]
-        y = np.concatenate([run_batch(session, signature, x[i:i + _ORT_ROWS], output, model_ref)
-                            for i in range(0, len(x), _ORT_ROWS)])
-        out = shape_outputs(y, "array", model_ref, signature.outputs[output].name)
+        out, valid = score_columns(session, signature, columns, output, model_ref, "array", stored)
+        if out is None:
+            return []
         keys = [hashlib.sha256(b).digest() for b, ok in zip(present, valid.tolist()) if ok]
         literals = ["{" + ",".join(map(_F9, row)) + "}" for row in out.tolist()]
         labels = [None] * len(keys) if out.shape[1] == 1 else np.argmax(out, axis=1).tolist()

@@ -257,48 +257,66 @@ class PostgresBackend(Backend):
     def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str, keyed: bool = False) -> None:
         """DL-centric: binary COPY out, ``score`` in batches, binary COPY of the predictions back in.
 
-        The source returns (dbdl_f) — the key is then the features themselves — or, ``keyed``,
-        (dbdl_k, dbdl_f) with a row identity as the key."""
-        from dbdl_udf.postgres import _decode_float32_bytea, decode_array_send
+        The source returns the features — ``dbdl_f``, then ``dbdl_f1``, ``dbdl_f2`` … for a call
+        with several feature arguments — and, ``keyed``, first a row identity ``dbdl_k``; without
+        one the features themselves are the key. Each batch is decoded into runtime ``Column``s
+        (in their own SQL types: bigint[] stays int64, bytea is float32 or uint8 by length) and
+        ``score(columns)`` returns the predictions of the rows valid in all of them."""
+        from dbdl_udf.postgres import decode_column
+        from dbdl_udf.runtime import Column, valid_rows
 
         from ..strategies.dl import BATCH_ROWS
 
         text = bool(getattr(score, "text", False))  # predict() of class names (strategies.dl.scorer)
         out_type = "text" if text else {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
-        key = "dbdl_k" if keyed else "dbdl_f"
+        signature = _score_signature(score)
         try:
             with self.transaction():
-                self.con.execute(f"CREATE TEMP TABLE {table} AS SELECT s.{key}, NULL::{out_type} AS dbdl_prediction "
+                described = self.con.execute(f"SELECT * FROM ({source_sql}) AS s LIMIT 0").description
+                names = [d.name for d in described]
+                oids = [d.type_code for d in described]
+                first = 1 if keyed else 0
+                keys = names[:1] if keyed else names
+                if not all(re.fullmatch(r"dbdl_\w+", k) for k in names):
+                    raise QueryError(f"DL-centric source columns must be dbdl_k / dbdl_f…, got {names}")
+                key_sql = ", ".join(f"s.{k}" for k in keys)
+                self.con.execute(f"CREATE TEMP TABLE {table} AS SELECT {key_sql}, NULL::{out_type} AS dbdl_prediction "
                                  f"FROM ({source_sql}) AS s WITH NO DATA")
-                described = self.con.execute(f"SELECT s.dbdl_f FROM ({source_sql}) AS s LIMIT 0").description
-                as_bytea = described[0].type_code == 17  # float32 bytea (e.g. a train_export dataset)
                 with self.con.cursor().copy(f"COPY ({source_sql}) TO STDOUT (FORMAT BINARY)") as out:
                     payload = b"".join(bytes(chunk) for chunk in out)
-                fixed = None if as_bytea else _fixed_float4_rows(payload, key_len=6 if keyed else None)
-                if fixed is not None and text:
-                    keys, matrix = fixed
-                    chunks = [_prediction_fields([bytes(k) for k in keys[i:i + BATCH_ROWS]],
-                                                 np.ones(len(keys[i:i + BATCH_ROWS]), dtype=bool),
-                                                 score(matrix[i:i + BATCH_ROWS]), "text")
-                              for i in range(0, len(keys), BATCH_ROWS)]
-                elif fixed is not None:  # every row a real[] of one length without NULLs: all numpy
-                    keys, matrix = fixed
-                    chunks = [_prediction_rows_fixed(keys[i:i + BATCH_ROWS], score(matrix[i:i + BATCH_ROWS]), kind)
-                              for i in range(0, len(keys), BATCH_ROWS)]
+                n_features = len(names) - first
+                fixed = (_fixed_float4_rows(payload, key_len=6 if keyed else None)
+                         if n_features == 1 and oids[first] == _REAL_ARRAY else None)
+                if fixed is not None:  # every row a real[] of one length without NULLs: all numpy
+                    keys_raw, matrix = fixed
+                    chunks = []
+                    for i in range(0, len(keys_raw), BATCH_ROWS):
+                        part = matrix[i:i + BATCH_ROWS]
+                        y = score([Column.from_matrix(part)])
+                        if text:
+                            chunks.append(_prediction_fields([(bytes(k),) for k in keys_raw[i:i + BATCH_ROWS]],
+                                                             np.ones(len(part), dtype=bool), y, "text"))
+                        else:
+                            chunks.append(_prediction_rows_fixed(keys_raw[i:i + BATCH_ROWS], y, kind))
                 else:
-                    rows = _split_binary_copy(payload, 2 if keyed else 1)
+                    rows = _split_binary_copy(payload, len(names))
                     chunks = []
                     for start in range(0, len(rows), BATCH_ROWS):
                         batch = rows[start:start + BATCH_ROWS]
-                        blobs = [r[-1] for r in batch]
-                        if as_bytea:
-                            first = next((b for b in blobs if b is not None), b"")
-                            matrix, valid = _decode_float32_bytea(blobs, len(first) // 4, "the model")
-                        else:
-                            width = _array_width(next((b for b in blobs if b), None))
-                            matrix, valid = decode_array_send(blobs, width)
-                        y = score(matrix[valid] if not valid.all() else matrix)
-                        chunks.append(_prediction_fields([r[0] for r in batch], valid, y, "text" if text else kind))
+                        columns = []
+                        for j in range(first, len(names)):
+                            k = j - first
+                            width = None
+                            if signature is not None:
+                                width = (signature.n_features if n_features == 1 or k >= len(signature.inputs)
+                                         else signature.inputs[k].per_row)
+                            columns.append(decode_column(oids[j], [r[j] for r in batch], width,
+                                                         what="features" if n_features == 1 else f"argument {k + 1}",
+                                                         legacy_bytea=signature is None))
+                        valid = valid_rows(columns)
+                        y = score(columns) if valid.any() else None
+                        chunks.append(_prediction_fields([r[:1] if keyed else r for r in batch], valid, y,
+                                                      "text" if text else kind))
                 with self.con.cursor().copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as sink:
                     sink.write(_HEADER)
                     for chunk in chunks:
@@ -399,6 +417,17 @@ class PostgresBackend(Backend):
             name = "predict_text"  # class names: dbdl.predict returns real, dbdl.predict_text text
         call = exp.Anonymous(this=name, expressions=[exp.Literal.string(model.ref), features])
         return exp.Dot(this=exp.to_identifier(self.function_schema), expression=call)
+
+    def predict_call_args(self, kind: str, model: ResolvedModel, args: Sequence[exp.Expression]) -> exp.Expression:
+        """One feature argument: ``dbdl.predict('m@1', feats)``, an exact overload per array type
+        (the bytes of any array or a bytea go to the definer function). Several (``predict('m', a,
+        b)``, one per model input in input order): ``dbdl.predict('m@1', ROW(a, b))``, whose
+        record_send() bytes carry each argument in its own type — PostgreSQL's polymorphic
+        families cannot type more than two different arguments of one function (migration 0010_inputs)."""
+        if len(args) == 1:
+            return self.predict_call(kind, model, args[0].copy())
+        row = exp.Anonymous(this="ROW", expressions=[a.copy() for a in args])
+        return self.predict_call(kind, model, row)
 
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
         sql = qualify_dbdl_calls(sql)
@@ -689,13 +718,14 @@ def _array_width(blob: bytes | None) -> int:
     return struct.unpack_from(">i", blob, 12)[0]
 
 
-def _prediction_fields(keys: list[bytes | None], valid: np.ndarray, y: np.ndarray, kind: str) -> bytes:
-    """Binary COPY rows (key, prediction), the key sent back exactly as it came out."""
+def _prediction_fields(keys: list[tuple[bytes | None, ...]], valid: np.ndarray, y: np.ndarray | None, kind: str) -> bytes:
+    """Binary COPY rows (key fields…, prediction), the key fields sent back exactly as they came out."""
     parts = []
-    rows = iter(y)
+    rows = iter(y if y is not None else ())
     for key, ok in zip(keys, valid):
-        parts.append(b"\x00\x02")
-        parts.append(b"\xff\xff\xff\xff" if key is None else struct.pack(">i", len(key)) + key)
+        parts.append(struct.pack(">h", len(key) + 1))
+        for field in key:
+            parts.append(b"\xff\xff\xff\xff" if field is None else struct.pack(">i", len(field)) + field)
         if not ok:
             parts.append(b"\xff\xff\xff\xff")
             continue
@@ -712,6 +742,16 @@ def _prediction_fields(keys: list[bytes | None], valid: np.ndarray, y: np.ndarra
             body = struct.pack(">f", float(value))
         parts.append(struct.pack(">i", len(body)) + body)
     return b"".join(parts)
+
+
+_REAL_ARRAY = 1021
+
+
+def _score_signature(score: Any):
+    """The model signature a DL-centric scorer feeds (strategies.dl sets ``score.model``): the
+    widths that tell a float32 bytea from a uint8 one. None for a scorer without it."""
+    model = getattr(score, "model", None)
+    return getattr(model, "signature", None) if model is not None else getattr(score, "signature", None)
 
 
 def _encode_column(col: pa.Array, arrow_type: pa.DataType) -> tuple[list[bytes], np.ndarray]:

@@ -72,6 +72,7 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[...,
         return shape_outputs(run(np.ascontiguousarray(x, dtype=np.float32), len(x)), kind, model.ref, spec.name,
                              model.signature)
 
+    score.model = model  # the backend's decoders read the inputs' widths (a PostgreSQL bytea: float32 or uint8)
     score.text = kind == "scalar" and spec.is_text  # class names: the backend's table holds text
     return score
 
