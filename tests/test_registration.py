@@ -99,15 +99,20 @@ def test_a_plain_torch_export_with_batch_1_is_made_symbolic_and_scores_like_torc
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def _fixed_model(batch: int, mixing: bool) -> bytes:
-    """x[batch, 3] + C[batch, 3] (a per-position constant: the batch size cannot become symbolic,
-    rows stay independent), or x - mean(x, axis 0) (rows mixed)."""
+def _fixed_model(batch: int, mixing: bool | str) -> bytes:
+    """x[batch, 3] + Expand(c, [batch, 3]) (the batch size is baked into the Expand: it cannot
+    become symbolic, rows stay independent); mixing=True: x - mean(x, axis 0) (rows mixed);
+    mixing="position": x + C[batch, 3], a constant per position in the batch."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])
-    if mixing:
+    if mixing is True:
         nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1),
                  helper.make_node("Sub", ["x", "m"], ["y"])]
         inits = []
+    elif not mixing:
+        nodes = [helper.make_node("Expand", ["c", "shape"], ["e"]), helper.make_node("Add", ["x", "e"], ["y"])]
+        inits = [numpy_helper.from_array(np.array([[1.0, -2.0, 0.5]], dtype=np.float32), "c"),
+                 numpy_helper.from_array(np.array([batch, 3], dtype=np.int64), "shape")]
     else:
         nodes = [helper.make_node("Add", ["x", "C"], ["y"])]
         inits = [numpy_helper.from_array(np.arange(batch * 3, dtype=np.float32).reshape(batch, 3), "C")]
@@ -125,8 +130,11 @@ def test_a_batch_size_the_graph_bakes_in_is_scored_in_padded_slices(db):
     assert info.original_sha256 is None  # nothing rewritten in the bytes
     assert db.models.model_bytes("fixed4", original=True) == model
     x = RNG.standard_normal((10, 3)).astype(np.float32)  # 4 + 4 + 2 (padded)
-    got = np.array(scored(db, "fixed4", x))
-    np.testing.assert_allclose(got, in_slices(model, x, 4), rtol=1e-6)
+    for strategy in ("udf", "dl", None):
+        got = np.array(scored(db, "fixed4", x, strategy=strategy, table=f"r_{strategy}"))
+        np.testing.assert_allclose(got, in_slices(model, x, 4), rtol=1e-6)
+    with pytest.raises(dbdl.StrategyUnavailable, match="fixed batch size of 4"):
+        db.sql("SELECT predict_array('fixed4', f) FROM r_udf", strategy="relation")
     # and the signature says so, also to a stored-JSON reader
     assert Signature.from_json(Signature.to_json(info.signature)).batch == 4
     # loaded in Python, the same slices
@@ -136,6 +144,8 @@ def test_a_batch_size_the_graph_bakes_in_is_scored_in_padded_slices(db):
 def test_a_fixed_batch_model_that_mixes_rows_is_refused_and_nothing_is_stored(db):
     with pytest.raises(dbdl.InvalidModel, match="mixes rows.*dynamic_axes"):
         db.models.register("mix", _fixed_model(4, mixing=True))
+    with pytest.raises(dbdl.InvalidModel, match="position in the batch.*dynamic_axes"):
+        db.models.register("pos", _fixed_model(4, mixing="position"))
     assert db.models.names() == []
 
 
@@ -393,3 +403,63 @@ def test_predict_text_resists_planted_functions_and_needs_dbdl_user(world, iris_
 
 import psycopg  # noqa: E402 - after the fixtures that need no PostgreSQL driver
 from test_security import world  # noqa: E402,F401 - the fixture
+
+
+def test_dbdl_models_show_says_how_the_batch_is_scored_and_what_was_rewritten(tmp_path):
+    import subprocess
+    import sys
+
+    url = f"duckdb:///{tmp_path / 'cli.duckdb'}"
+    with dbdl.connect(url) as db:
+        db.models.register("sm", str(ONNX_DATA / "pytorch-converted" / "test_Softmax" / "model.onnx"))
+        db.models.register("fixed4", _fixed_model(4, mixing=False))
+    show = subprocess.run([sys.executable, "-m", "dbdl.cli", "models", "show", url, "sm"], capture_output=True,
+                          text=True, check=True, env={**__import__("os").environ, "COLUMNS": "200"}).stdout
+    assert "made symbolic at registration" in show and "opset 6 upgraded to 13" in show
+    out = subprocess.run([sys.executable, "-m", "dbdl.cli", "models", "show", url, "fixed4", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)
+    assert data["batch"] == 4 and data["batch_mode"] == "slices" and data["rewrites"][0]["kind"] == "batch_slices"
+
+
+def test_only_the_data_file_torch_writes_beside_the_model_is_embedded(db, plain_export, tmp_path):
+    """A model naming another file beside it (a secret, say) is refused: embedded, it would land in
+    the database for every reader of the model's bytes."""
+    import shutil
+
+    copy = tmp_path / "other.onnx"
+    shutil.copy(plain_export, copy)  # still names m.onnx.data, which is not other.onnx.data
+    shutil.copy(str(plain_export) + ".data", tmp_path / "m.onnx.data")
+    with pytest.raises(dbdl.InvalidModel, match="external file"):
+        db.models.register("other", str(copy))
+    assert db.models.names() == []
+
+
+class LastStep(torch.nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = cell(6, 8, batch_first=True)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1])
+
+
+@pytest.mark.parametrize("cell", [torch.nn.LSTM, torch.nn.GRU])
+def test_a_plain_recurrent_export_with_batch_1_scores_like_torch(db, cell, tmp_path):
+    """torch's exporter bakes batch 1 into the initial hidden state: dbdl keeps the original and
+    scores one row at a time."""
+    module = LastStep(cell).eval()
+    path = tmp_path / "rnn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(1, 4, 6),), str(path))
+    db.models.register("rnn", str(path))
+    info = db.models.get("rnn")
+    assert info.batch_mode in ("symbolic", "slices")
+    x = RNG.standard_normal((9, 4, 6)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.array(scored(db, "rnn", x)), expected, rtol=1e-4, atol=1e-5)

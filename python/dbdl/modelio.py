@@ -87,9 +87,11 @@ def prepare(model: Any, example: Any = None, *, opset: int | None = None) -> Pre
 
 
 def _embed_external_data(path: Path) -> tuple[bytes, list]:
-    """The file's bytes; a model whose weights live in files beside it (torch.onnx.export writes
-    ``m.onnx.data`` by default) gets them embedded here, in the client — the database never opens
-    a file a model names. Only files inside the model's own folder are read."""
+    """The file's bytes; a model whose weights live in the file torch.onnx.export writes beside it
+    (``m.onnx`` → ``m.onnx.data``, its default) gets them embedded here, in the client — the
+    database never opens a file a model names. No other file is read: a model that names any other
+    (a hostile one naming a secret beside it) is refused as before, since the embedded bytes would
+    land in the database for every dbdl_user to read."""
     data = path.read_bytes()
     try:
         check_model_bytes(data)
@@ -97,6 +99,7 @@ def _embed_external_data(path: Path) -> tuple[bytes, list]:
     except InvalidModel as exc:
         if "external file" not in str(exc):
             raise
+        exc_original = exc
     import onnx
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
@@ -107,11 +110,8 @@ def _embed_external_data(path: Path) -> tuple[bytes, list]:
         if uses_external_data(tensor):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
             target = (folder / location).resolve()
-            if not location or folder not in target.parents or not target.is_file():
-                raise InvalidModel(
-                    f"tensor {tensor.name!r} of {str(path)!r} keeps its data in {location!r}, which is not a file in "
-                    f"the model's folder; put the data file beside the model, or embed it: onnx.save(onnx.load(path), "
-                    "'embedded.onnx', save_as_external_data=False) (torch: torch.onnx.export(..., external_data=False))")
+            if location != path.name + ".data" or target.parent != folder or not target.is_file():
+                raise exc_original
             files.add(location)
     onnx.load_external_data_for_model(proto, str(folder))
     embedded = proto.SerializeToString()
@@ -192,7 +192,9 @@ def _check_onnx(onnx_bytes: bytes):
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
-        raise InvalidModel(f"the ONNX checker rejects the model: {str(exc).strip()[:400]}") from exc
+        raise InvalidModel(f"the ONNX checker rejects the model: {str(exc).strip()[:400]}; fix what it names and "
+                           "re-export (onnx.checker.check_model(onnx.load(path), full_check=True) shows the same), "
+                           "e.g. torch.onnx.export(model, example, path) or skl2onnx.to_onnx(model, X[:1])") from exc
     return proto
 
 
@@ -206,7 +208,8 @@ def _export_torch(module, example, opset: int | None) -> tuple[bytes, bytes | No
         )
     args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
     if not all(isinstance(a, torch.Tensor) and a.dim() >= 1 for a in args):
-        raise InvalidModel("example must be a tensor (or tuple of tensors) with a leading batch axis")
+        raise InvalidModel("example must be a tensor (or tuple of tensors) with a leading batch axis, e.g. "
+                           "example=torch.randn(1, n_features)")
     # torch.export specialises a batch axis of size 1, so export with two rows
     args = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
     names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]

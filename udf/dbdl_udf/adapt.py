@@ -422,6 +422,19 @@ def _rows_independent(data: bytes, batch: int, session_factory) -> None:
         b = session.run(names, changed)
     except Exception:  # noqa: BLE001 - it fails on random input: the first real query says why
         return
+    rolled = {k: np.roll(v, 1, axis=0) for k, v in feeds.items()}
+    try:
+        c = session.run(names, rolled)
+    except Exception:  # noqa: BLE001
+        return
+    for name, x, z in zip(names, a, c):
+        x, z = np.asarray(x), np.asarray(z)
+        if x.shape[:1] == (batch,) and not _close(np.roll(x, 1, axis=0), z):
+            raise InvalidModel(
+                f"the model's inputs fix the batch size at {batch}, and its output {name!r} for a row changes with the "
+                "row's position in the batch (e.g. a constant of shape [batch, ...] added to the rows), so dbdl cannot "
+                "score rows in slices; re-export it with a batch axis: torch.onnx.export(model.eval(), example, path, "
+                "dynamic_axes={'input': {0: 'batch'}, 'output': {0: 'batch'}})")
     for name, x, y in zip(names, a, b):
         x, y = np.asarray(x), np.asarray(y)
         if x.shape[:1] == (batch,) and not _close(x[:-1], y[:-1]):

@@ -586,6 +586,11 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
                                   "table name; got NULL")
         name, version, sha, signature, output = resolve_definer(plpy, model)
         ref = f"{name}@{version}"
+        if signature.outputs[output].is_text:
+            raise ShapeMismatch(f"model {ref!r} output {signature.outputs[output].name!r} holds text (class names) and "
+                                "predict_into writes numbers; score it with INSERT INTO target SELECT key, "
+                                f"dbdl.predict_text({model!r}, features) FROM …, or name a numeric output, e.g. "
+                                f"'{name}:probabilities'")
         session, signature = _session(plpy, sha, INVOKER, ref)
         options = _catalog_options(plpy, name)
         out_sql = _OUT_TYPES[kind]
@@ -851,7 +856,8 @@ def _facts(data: bytes) -> tuple[int, int, int]:
         proto = onnx.load_from_string(data)
         onnx.checker.check_model(proto)
     except Exception as exc:
-        raise InvalidModel(f"the ONNX checker rejects the model: {str(exc).strip()[:300]}") from exc
+        raise InvalidModel(f"the ONNX checker rejects the model: {str(exc).strip()[:300]}; fix what it names and "
+                           "re-export (onnx.checker.check_model(onnx.load(path), full_check=True) shows the same)") from exc
     n_params, flops = estimate_cost(proto)
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return n_params, flops, opset

@@ -148,6 +148,10 @@ def estimate(backend: "Backend", model: "ResolvedModel", graph, rows: int, budge
         out.append(Estimate("udf", sum(terms.values()), terms=terms))
 
     ok, why = graph.relational
+    if ok and getattr(model.signature, "batch", None) is not None:
+        # a fixed batch size dbdl could not make symbolic: the graph's shapes hold it, per-row SQL would not
+        ok, why = False, (f"the model has a fixed batch size of {model.signature.batch} (scored in slices of that many "
+                          "rows), and the SQL compiler takes models that run on each row alone")
     if ok:
         from ..ir.sql import layouts
 

@@ -47,6 +47,8 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     """The expression replacing ``call`` and the CTEs it needs (added to the statement)."""
     graph = model_graph(backend, model)
     ok, why = graph.relational
+    if ok and getattr(model.signature, "batch", None) is not None:
+        ok, why = False, f"the model has a fixed batch size of {model.signature.batch} (scored in slices)"
     if not ok:
         raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {why}; "
                                   "use strategy='udf'")
