@@ -11,9 +11,9 @@ import numpy as np
 
 from dbdl_udf import catalog
 from dbdl_udf.adapt import Rewrite
-from dbdl_udf.runtime import SESSIONS, Signature, TensorSpec, check_features, run_batch
+from dbdl_udf.runtime import SESSIONS, Signature, TensorSpec, feed_options, run_batch
 
-from .errors import ModelNotFound
+from .errors import InvalidArgument, ModelNotFound
 from .modelio import load_torch_program, prepare
 from .names import ModelRef, check_name
 
@@ -108,15 +108,41 @@ class LoadedModel:
     session: Any  # onnxruntime.InferenceSession
     torch: Any = None  # the torch module, when the version was registered from torch
 
-    def __call__(self, features: np.ndarray, output: str | None = None) -> np.ndarray:
-        """Score a (rows x features) array exactly as SQL predict_array does."""
-        x = np.asarray(features, dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None, :]
-        x = x.reshape(len(x), -1)
-        check_features(self.info.signature, x.shape[1], self.info.ref)
-        return run_batch(self.session, self.info.signature, x, self.info.signature.output_index(output),
-                         self.info.ref)
+    def __call__(self, *features: Any, output: str | None = None) -> np.ndarray:
+        """Score rows exactly as SQL predict_array does, in the same input forms.
+
+        Each positional argument is one SQL argument's values for all rows: a numpy array (rows
+        first: (rows x features), (rows, 3, 32, 32), a 1-D array of one number per row) or a list
+        of per-row values (lists of different lengths, bytes, None for a NULL row). One argument
+        per model input, or one vector of all of them; a single 1-D array of the model's width is
+        one row. The model's options (``pad_id``, ``feed``) apply. Rows that would give NULL in
+        SQL (a None row or element) give a row of NaN."""
+        from dbdl_udf.runtime import Column, valid_rows
+
+        if not features:
+            raise InvalidArgument("pass the features: model(x), or one argument per model input: model(a, b)")
+        signature = self.info.signature
+        columns = []
+        for f in features:
+            if isinstance(f, np.ndarray) or (not isinstance(f, (list, tuple)) and hasattr(f, "__array__")):
+                x = np.asarray(f)
+                if x.ndim == 1 and len(features) == 1 and signature.n_features and len(x) == signature.n_features \
+                        and any(s.shape for s in signature.inputs):
+                    x = x[None, :]  # one row
+                if x.dtype.kind not in "fiub":
+                    raise InvalidArgument(f"features must be numbers, got an array of {x.dtype}")
+                columns.append(Column.from_matrix(x))
+            else:
+                columns.append(Column.from_rows(list(f)))
+        valid = valid_rows(columns)
+        output_index = signature.output_index(output)
+        y = run_batch(self.session, signature, columns, output_index, self.info.ref,
+                      feed_options(self.info.options))
+        if valid.all():
+            return y
+        full = np.full((len(valid), y.shape[1]), np.nan, dtype=np.float32 if y.dtype.kind == "f" else object)
+        full[valid] = y
+        return full
 
 
 # read through the dbdl.model_catalog view, which PostgreSQL's dbdl_user role may read

@@ -763,7 +763,8 @@ def _fixed_rows(col: Column, spec: TensorSpec, model_ref: str, options: dict) ->
                 f"got rows of different lengths {lengths.tolist()[:5]}; pass rows of exactly {need} values — "
                 "filter or pad them in SQL")
         if width != need:
-            got = f"rows of shape {_shape_text(col.shape)}" if col.shape else f"{width} values per row"
+            got = f"rows of shape {_shape_text(col.shape)}" if col.shape and len(col.shape) > 1 else \
+                f"{width} values per row"
             raise ShapeMismatch(
                 f"model {model_ref!r} takes {need} features per row for input {spec.name!r} (shape "
                 f"{_shape_text(shape)}), got {got}; pass a vector of exactly {need} numbers (e.g. a FLOAT[{need}] "
@@ -808,14 +809,17 @@ def _fixed_rows(col: Column, spec: TensorSpec, model_ref: str, options: dict) ->
 
 
 def _check_nesting(col: Column, shape: tuple, spec: TensorSpec, model_ref: str) -> None:
-    """A nested value must have the input's shape (axes of length 1 aside); a flat one any shape."""
-    if not col.shape or len(col.shape) < 2:
-        return
+    """A nested value fed to an input of several axes must have the input's shape (axes of length 1
+    aside); a flat value is reshaped to any shape of its size, and a flat input takes any nesting."""
+    if not col.shape or len(col.shape) < 2 or len([d for d in shape if d != 1]) < 2:
+        return  # a flat value, or a flat input: nested rows are flattened in row-major order
     if tuple(d for d in col.shape if d != 1) != tuple(d for d in shape if d != 1):
         raise ShapeMismatch(
             f"model {model_ref!r} input {spec.name!r} takes rows of shape {_shape_text(shape)}, got nested rows of "
             f"shape {_shape_text(col.shape)} ({int(prod(col.shape))} values either way, in another layout); "
-            "rearrange the data to the model's layout (e.g. channels first), or pass it flat if it already is")
+            "rearrange the data to the model's layout (e.g. channels first), or pass it flat if it already is "
+            f"(DuckDB's array type lists the sizes innermost first: rows of shape {_shape_text(shape)} are "
+            f"FLOAT{''.join(f'[{d}]' for d in reversed(shape))})")
 
 
 def build_feeds(signature: Signature, columns, options: dict | None = None,

@@ -337,9 +337,8 @@ class DuckDBBackend(Backend):
         types = self.argument_types(args)
         form = _form(str(types[0])) if types else "unknown"
         if form in ("nested", "blob", "scalar"):
-            return (f"relation-centric SQL takes a flat list of numbers; this argument is "
-                    f"{ {'nested': 'a nested array', 'blob': 'BLOB bytes', 'scalar': 'one number per row'}[form]} "
-                    f"({types[0]})")
+            what = {"nested": "a nested array", "blob": "BLOB bytes", "scalar": "one number per row"}[form]
+            return f"the features are {what} ({types[0]}), not a flat list of numbers"
         return None
 
     def predict_call_args(self, kind: str, model: ResolvedModel, args: Sequence[exp.Expression]) -> exp.Expression:
@@ -389,7 +388,8 @@ class DuckDBBackend(Backend):
                 return_type = _RETURN_TYPES[kind]
                 if kind == "array" and outputs is not None:
                     return_type = duckdb.array_type(duckdb.sqltype("FLOAT"), outputs)
-                self.con.create_function(udf, self._make_native_udf(kind, model, session, signature, outputs, udf),
+                self.con.create_function(udf, _with_arity(self._make_native_udf(kind, model, session, signature,
+                                                                                 outputs, udf), len(typed)),
                                          typed, return_type, type="arrow", null_handling="special",
                                          side_effects=False)
                 self._udfs.add(udf)
@@ -412,8 +412,8 @@ class DuckDBBackend(Backend):
                              "arguments' types when the query is planned; write the model name as a literal, or "
                              "avoid bound parameters in the arguments")
         forms = [_form(str(t)) for t in types]
-        if len(args) == 1 and forms[0] in ("flat", "other"):
-            return None  # the classic macro (it also refuses text and booleans)
+        if len(args) == 1 and forms[0] == "other":
+            return None  # the classic macro: it refuses text and booleans, and passes NULL
         for i, (t, form) in enumerate(zip(types, forms)):
             if form == "other":
                 raise DTypeMismatch(f"{call.this}() argument {i + 2} has type {t}; predict takes numbers, lists or "
@@ -433,7 +433,8 @@ class DuckDBBackend(Backend):
                         backend._udf_error = exc
                         raise
 
-                self.con.create_function(udf, generic, [duckdb.sqltype("VARCHAR"), *types], _RETURN_TYPES[kind],
+                self.con.create_function(udf, _with_arity(generic, 1 + len(types)), [duckdb.sqltype("VARCHAR"), *types],
+                                         _RETURN_TYPES[kind],
                                          type="arrow", null_handling="special", side_effects=False)
                 self._udfs.add(udf)
         return exp.Anonymous(this=udf, expressions=[a.copy() for a in call.expressions])
@@ -649,10 +650,15 @@ class DuckDBBackend(Backend):
         length = _CAST_LENGTH.search(first)
         if length:
             got, width = int(length[1]), int(length[2])
-            names = [m.ref for m in models if m.signature.n_features == width] or ["the model"]
+            matching = [m for m in models if m.signature.n_features == width]
+            names = [m.ref for m in matching] or ["the model"]
+            shaped = ""
+            if matching and len(matching[0].signature.inputs) == 1 and len(matching[0].signature.inputs[0].shape) > 1:
+                spec = matching[0].signature.inputs[0]
+                shaped = f" (input {spec.name!r} of shape {list(spec.shape)}, reshaped from a flat row)"
             return ShapeMismatch(
-                f"model {names[0]!r} takes {width} features per row; pass a vector of exactly {width} numbers — "
-                f"got a row with {got}"
+                f"model {names[0]!r} takes {width} features per row{shaped}; pass a vector of exactly {width} "
+                f"numbers — got a row with {got}"
             )
         if "FLOAT[" in first and ("cast" in first.lower() or "convert" in first.lower()) or "Could not convert" in first:
             names = ", ".join(repr(m.ref) for m in models) or "the model"
@@ -945,3 +951,11 @@ def _feed_options(backend: Any, name: str) -> dict:
     """The model options the feeding layer reads (pad_id, feed)."""
     row = backend.fetchone("SELECT options FROM dbdl.model_catalog WHERE name = ? LIMIT 1", (name,))
     return feed_options(row[0] if row else None)
+
+
+def _with_arity(fn: Any, n: int) -> Any:
+    """``fn(*args)`` as a function of exactly ``n`` named parameters (DuckDB checks a UDF's arity)."""
+    names = ", ".join(f"a{i}" for i in range(n))
+    scope = {"fn": fn}
+    exec(f"def udf({names}):\n    return fn({names})", scope)  # noqa: S102 - generated from a count only
+    return scope["udf"]

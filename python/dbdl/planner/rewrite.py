@@ -160,11 +160,13 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         parameters = any(f.find(exp.Placeholder, exp.Parameter) is not None for f in feature_args)
         options = result_cache.enabled(backend, resolved) if use_cache else None
         cache_note, hit_rate = "", None
-        plain = plain_features(resolved, feature_args)
-        relation_problem = plain or (backend.relation_feature_problem(resolved, feature_args) if joinable else None)
+        # relation-centric SQL and the result cache take one flat float32 vector per row
+        relation_problem = plain_features(resolved, feature_args) or (
+            backend.relation_feature_problem(resolved, feature_args) if joinable else None)
         if options is not None:
-            if plain:
-                cache_note, options = f"result cache not used: {plain} (the cache keys one float32 vector)", None
+            if relation_problem:
+                cache_note = f"result cache not used: {relation_problem} (the cache keys one float32 vector)"
+                options = None
             elif not joinable:
                 cache_note, options = "result cache not used: predict is not inside a SELECT … FROM …", None
             elif tree.find(exp.Placeholder, exp.Parameter) is not None:
@@ -182,7 +184,7 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         for e in candidates:
             if e.strategy != "udf" and e.feasible and not joinable:
                 e.seconds, e.reason = None, "predict is not inside a SELECT … FROM …"
-            if e.strategy == "relation" and e.feasible and relation_problem:
+            if e.strategy == "relation" and relation_problem:
                 e.seconds, e.reason = None, relation_problem
             if e.strategy != "udf" and e.feasible and parameters:
                 e.seconds, e.reason = None, "the features hold bound parameters, which only the in-database form takes"
