@@ -406,6 +406,10 @@ def test_bad_inputs_are_refused_with_the_fix_and_leave_nothing(db):
         ("SELECT tokens, label FROM news", {"ragged": True, "dtype": "uint8"}, dbdl.DTypeMismatch, "range"),
         ("SELECT tokens, label FROM floats", {"ragged": True, "dtype": "int32"}, dbdl.DTypeMismatch, "fractional"),
         ("SELECT tokens, label FROM news", {"ragged": "yes"}, dbdl.ShapeMismatch, "true or false"),
+        ("SELECT tokens, label FROM news", {"ragged": True, "label_column": 'label"; DROP TABLE news; --'},
+         dbdl.QueryError, "no label column"),
+        ("SELECT tokens, label FROM news", {"ragged": True, "features": ['tokens") FROM news; DROP TABLE news; --']},
+         dbdl.QueryError, "no column"),
     ]
     for query, options, error, message in cases:
         with pytest.raises(error, match=message):
@@ -415,6 +419,13 @@ def test_bad_inputs_are_refused_with_the_fix_and_leave_nothing(db):
         with pytest.raises(dbdl.InvalidName):
             db.train_export("SELECT tokens, label FROM news", hostile, ragged=True)
     assert dataset_tables(db) == [] and db.datasets.list() == []
+    assert db.sql("SELECT count(*) FROM news").fetchall() == [(12,)]
+    # bytes of different lengths are ragged rows of uint8
+    pics = db.train_export("SELECT img, label FROM pics ORDER BY id", "pics", ragged=True, train_fraction=1.0,
+                           validation_fraction=0.0)
+    assert pics.dtype == "uint8" and [r.tolist() for r in db.training_set("pics", cache=False).arrays()[0]] == [
+        [1, 2], [1, 2, 3], [4, 5]]
+    db.datasets.drop("pics")
     # readers: what the dataset cannot give
     db.train_export("SELECT tokens, label FROM news ORDER BY id", "news", ragged=True)
     db.train_export("SELECT tokens, label FROM floats ORDER BY id", "floats", ragged=True)
