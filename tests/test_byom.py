@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import BACKENDS
-from zoo import ZOO, Form, ZooModel, build
+from zoo import ZOO, Form, SQLColumn, ZooModel, build
 
 import dbdl
 
@@ -52,7 +52,10 @@ class Zoo:
             for col in dict.fromkeys(form.args):
                 data[col] = model.columns[col]
             try:
-                self.db.create_table(name, data)
+                if any(isinstance(v, SQLColumn) for v in data.values()):
+                    self._sql_table(name, data)
+                else:
+                    self.db.create_table(name, data)
                 self.tables[key] = name
             except BaseException as exc:  # noqa: BLE001
                 self.tables[key] = exc
@@ -60,6 +63,14 @@ class Zoo:
         if isinstance(value, BaseException):
             raise value
         return value
+
+    def _sql_table(self, name: str, data: dict) -> None:
+        types = {c: (v.types[self.backend] if isinstance(v, SQLColumn) else "BIGINT") for c, v in data.items()}
+        self.db.sql(f"CREATE TABLE {name} ({', '.join(f'{c} {t}' for c, t in types.items())})")
+        insert = f"INSERT INTO {name} VALUES ({', '.join('?' for _ in data)})"
+        columns = [v.rows if isinstance(v, SQLColumn) else v.to_pylist() for v in data.values()]
+        for row in zip(*columns):
+            self.db.sql(insert, list(row))
 
 
 @pytest.fixture(scope="module", params=sorted(BACKENDS))

@@ -54,6 +54,18 @@ class Form:
 
 
 @dataclass
+class SQLColumn:
+    """A column written with SQL (``CREATE TABLE`` + ``INSERT`` with bound parameters) rather than
+    ``db.create_table``: a type such as a nested fixed-size array, spelled per backend."""
+
+    types: dict[str, str]  # backend name -> column type
+    rows: list
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
 class ZooModel:
     key: str
     family: str  # sklearn | lightgbm | torch | onnx-test
@@ -338,7 +350,8 @@ def torch_cnn() -> ZooModel:
     onnx_bytes = torch_export(m, (torch.randn(1, 3, 32, 32),))  # default exporter, batch 1
     y = _torch_reference(m, x)
     flat = x.reshape(len(x), -1)
-    nested = pa.array(x.tolist(), type=pa.list_(pa.list_(pa.list_(pa.float32(), 32), 32), 3))
+    # DuckDB lists array sizes innermost first: FLOAT[32][32][3] is 3 x 32 x 32
+    nested = SQLColumn({"duckdb": "FLOAT[32][32][3]", "postgres": "real[]"}, x.tolist())
     pixels = pa.array([row.tobytes() for row in images.reshape(len(images), -1)], type=pa.binary())
     forms = [Form(("x",), "flat FLOAT[3072] column reshaped to [N,3,32,32]", needs="reshape"),
              Form(("nested",), "nested FLOAT[3][32][32] column", needs="nested_arrays"),
