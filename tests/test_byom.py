@@ -137,6 +137,22 @@ def test_zoo_model_registers(zoo_db, key):
     import onnxruntime as ort
 
     ort.InferenceSession(zoo_db.db.models.model_bytes(key), providers=["CPUExecutionProvider"])
+    # what registration did is recorded, and the bytes as given are kept
+    kinds = {r.kind for r in info.rewrites}
+    if "fixed_batch" in model.needs:
+        assert info.batch_mode in ("symbolic", "slices") and kinds & {"batch_symbolic", "batch_slices"}, info.rewrites
+    else:
+        assert info.batch_mode == "dynamic", info.rewrites
+    if "old_opset" in model.needs:
+        assert "opset" in kinds and info.opset >= 7, info.rewrites
+    if "zipmap" in model.needs:
+        assert "zipmap" in kinds, info.rewrites
+        assert [o.name for o in info.outputs][1] == "probabilities"
+    if kinds - {"batch_slices"} and isinstance(model.model, bytes):  # the bytes were rewritten
+        assert zoo_db.db.models.model_bytes(key, original=True) == model.model
+        assert info.original_sha256 is not None
+    elif not kinds - {"batch_slices"}:  # slices: the model runs as given
+        assert info.original_sha256 is None
 
 
 @pytest.mark.parametrize("strategy", ["udf", "relation", "dl"])

@@ -142,7 +142,7 @@ def _classifier(key, what, estimator, X, y, rows, zipmap: bool, needs=(), direct
         Check("array", "probabilities", proba),
         Check("class", "probabilities", np.argmax(proba, axis=1)),
     ]
-    needs = tuple(needs) + (("zipmap",) if zipmap else ())
+    needs = tuple(needs) + (("zipmap",) if zipmap and not direct else ())  # dbdl converts without ZipMap
     return ZooModel(key, "sklearn", what, estimator if direct else onnx_bytes, {"x": x}, checks, needs=needs,
                     example=X[:1] if direct else None)
 
