@@ -493,10 +493,11 @@ def _onnx_test(key, folder, what, rows=None, needs=("fixed_batch", "old_opset"),
     """A model of onnx/backend/test/data with a fixed batch size. Rows are scored against onnxruntime run
     directly on the original file, batch by batch (the last batch padded); where onnxruntime cannot
     load the original (old-opset kernels it no longer has), against the outputs shipped with the data."""
-    path = ONNX_TEST_DATA / folder / "model.onnx"
+    path = ONNX_TEST_DATA / folder if folder.endswith(".onnx") else ONNX_TEST_DATA / folder / "model.onnx"
     data = path.read_bytes()
     proto = onnx.load_from_string(data)
-    inp = proto.graph.input[0]
+    weights = {t.name for t in proto.graph.initializer}  # IR 3 lists initializers among the inputs
+    inp = next(i for i in proto.graph.input if i.name not in weights)
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
     batch, per_row = shape[0], shape[1:]
     try:
@@ -523,8 +524,12 @@ def _onnx_test(key, folder, what, rows=None, needs=("fixed_batch", "old_opset"),
         y = numpy_helper.to_array(onnx.load_tensor(str(sample / "output_0.pb")))
         reference = "the outputs shipped with the ONNX test data (onnxruntime cannot load the original)"
     flat = x.reshape(len(x), -1)
-    columns = {"x": flat.astype(np.float32)} if input_dtype == np.float32 else {
-        "x": pa.array(flat.tolist(), type=pa.list_(pa.int64()))}
+    if input_dtype != np.float32:
+        columns = {"x": pa.array(flat.tolist(), type=pa.list_(pa.int64()))}
+    elif flat.shape[1] > 100_000:  # DuckDB's fixed-size ARRAY stops at 100,000 values: a LIST (FLOAT[])
+        columns = {"x": pa.array(list(flat.astype(np.float32)), type=pa.list_(pa.float32()))}
+    else:
+        columns = {"x": flat.astype(np.float32)}
     y2 = y.reshape(len(y), -1).astype(np.float32)
     checks = [Check("array", None, y2, 1e-4, 1e-4)]
     opset = proto.opset_import[0].version
@@ -566,13 +571,22 @@ def onnx_single_relu() -> ZooModel:
     return _onnx_test("onnx_single_relu", "simple/test_single_relu_model", "Relu", rows=11, needs=("fixed_batch",))
 
 
+def onnx_light_squeezenet() -> ZooModel:
+    """A published architecture at full size: SqueezeNet 1.0 on 3x224x224 (weights made by
+    ConstantOfShape, so the file is small), fixed batch 1, opset 9, output [1, 1000, 1, 1]."""
+    model = _onnx_test("onnx_light_squeezenet", "light/light_squeezenet.onnx", "SqueezeNet", rows=3,
+                       needs=("fixed_batch",), relation=False)
+    model.checks.append(Check("class", None, np.argmax(model.checks[0].expected, axis=1)))
+    return model
+
+
 ZOO: dict[str, Callable[[], ZooModel]] = {f.__name__: f for f in (
     skl_linear_regression, skl_logistic_zipmap, skl_logistic_no_zipmap, skl_logistic_string_labels, skl_mlp,
     skl_random_forest, skl_gradient_boosting, skl_pipeline, skl_fitted_estimator, lightgbm_classifier,
     torch_mlp_default_export, torch_mlp_fixed_batch, torch_two_inputs, torch_cnn, torch_lstm, torch_gru,
     torch_transformer, torch_embedding_bag, torch_padded_tokens,
     onnx_conv2d, onnx_linear_no_bias, onnx_linear, onnx_batchnorm2d, onnx_softmax, onnx_maxpool2d, onnx_embedding,
-    onnx_single_relu,
+    onnx_single_relu, onnx_light_squeezenet,
 )}
 
 
