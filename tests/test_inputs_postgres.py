@@ -219,6 +219,11 @@ def test_bytea_image_bytes_feed_uint8_and_float_models(pg):
             got = [r[0] for r in db.sql(f"SELECT predict_array('{model}', img) FROM t ORDER BY id",
                                         strategy=strategy).fetchall()]
             np.testing.assert_allclose(got[:5], expected, rtol=1e-6, err_msg=f"{model} {strategy}")
+    # the planner's own choice scores them too; relation-centric SQL cannot read bytes and says so
+    got = [r[0] for r in db.sql("SELECT predict_array('f32', img) FROM t ORDER BY id").fetchall()]
+    np.testing.assert_allclose(got[:5], expected, rtol=1e-6)
+    with pytest.raises(dbdl.StrategyUnavailable, match="bytea"):
+        db.sql("SELECT predict_array('f32', img) FROM t", strategy="relation")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"12 features per row as a bytea of 48 bytes.*"
                                                                     r"or of 12 bytes \(uint8\); got a row of 5 bytes"):
         con.execute("SELECT dbdl.predict_array('u8', '\\x0102030405'::bytea)")
@@ -245,7 +250,7 @@ def test_multi_dimensional_arrays_and_flat_rows_reshaped(pg):
     # the same 12 values in another layout, and a size that does not fit: errors naming both shapes
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"\[3, 2, 2\].*\[2, 3, 2\]"):
         con.execute("SELECT dbdl.predict_array('f32', %s::real[])", (np.zeros((2, 3, 2)).tolist(),))
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"\[3, 2, 2\].*\[10\]"):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"\[3, 2, 2\].*got 10 values"):
         con.execute("SELECT dbdl.predict_array('f32', %s::real[])", (list(range(10)),))
     with pytest.raises(dbdl.ShapeMismatch, match=r"\[3, 2, 2\]"):
         db.sql("SELECT predict_array('f32', ARRAY[1, 2, 3]::real[])", strategy="udf")
@@ -296,6 +301,18 @@ def test_several_columns_of_mixed_types_in_one_call(pg):
     # three arguments of different types have no native form (it would coerce them): ROW(...) takes them
     with pytest.raises(psycopg.errors.UndefinedFunction):
         con.execute("SELECT dbdl.predict_array('three', ids, x, mask) FROM t")
+    with pytest.raises(dbdl.DTypeMismatch, match=r"ROW\(a, b, c\)"):  # what the Python client says of it
+        db.backend.run_query("SELECT dbdl.predict_array('three', ids, x, mask) FROM t")
+    # db.sql plans it into the ROW form, with the model literal or named by a column
+    for model_ref in ("'three'", "m.name"):
+        got = [r[0] for r in db.sql(f"SELECT predict_array({model_ref}, ids, x, mask) FROM t, "
+                                    "(SELECT 'three' AS name) AS m ORDER BY id", strategy="udf").fetchall()]
+        np.testing.assert_allclose(got[:5], expected3, rtol=1e-6, err_msg=model_ref)
+    # no row identity (a CTE): the DL-centric side table is keyed by the arguments themselves
+    got = [r[0] for r in db.sql("WITH s AS (SELECT * FROM t) SELECT predict_array('two', ids, x) FROM s ORDER BY id",
+                                strategy="dl").fetchall()]
+    np.testing.assert_allclose(got[:5], expected2, rtol=1e-6)
+    assert got[5:] == [None, None]
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"takes 2 inputs .*got 3 columns"):
         con.execute("SELECT dbdl.predict_array('two', ROW(ids, x, mask)) FROM t")
     db.models.register("img", image_model())

@@ -418,6 +418,39 @@ class PostgresBackend(Backend):
         call = exp.Anonymous(this=name, expressions=[exp.Literal.string(model.ref), features])
         return exp.Dot(this=exp.to_identifier(self.function_schema), expression=call)
 
+    def argument_types(self, args: Sequence[exp.Expression]) -> list[int] | None:
+        """The type oids of a predict call's feature arguments (planned, not run: LIMIT 0), or
+        None where they cannot be known before the statement runs (bound parameters)."""
+        if any(a.find(exp.Placeholder, exp.Parameter) is not None for a in args):
+            return None
+        from ..strategies.common import source_rows
+
+        select = args[0].find_ancestor(exp.Select)
+        has_from = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
+        probe = source_rows(select) if has_from else exp.select(exp.Literal.number(1))
+        probe.set("expressions", [exp.alias_(a.copy(), f"a{i}") for i, a in enumerate(args)])
+        probe.set("limit", exp.Limit(expression=exp.Literal.number(0)))
+        try:
+            with self.con.transaction():  # a savepoint inside the caller's transaction
+                cur = self.con.execute(probe.sql(dialect=self.dialect))
+                return [d.type_code for d in cur.description]
+        except psycopg.Error:
+            return None
+
+    def relation_feature_problem(self, model: ResolvedModel, args: Sequence[exp.Expression]) -> str | None:
+        # relation-centric SQL unnests a numeric array; a bytea (float32 or uint8 bytes) or a
+        # scalar column is not one (booleans are left to the SQL's own DTypeMismatch)
+        if len(args) != 1:
+            return None
+        types = self.argument_types(args)
+        if not types:
+            return None
+        if types[0] == 17:
+            return "relation-centric SQL takes a numeric array; this argument is bytea bytes"
+        if types[0] in (20, 21, 23, 700, 701, 1700):
+            return "relation-centric SQL takes a numeric array; this argument is one number per row"
+        return None
+
     def predict_call_args(self, kind: str, model: ResolvedModel, args: Sequence[exp.Expression]) -> exp.Expression:
         """One feature argument: ``dbdl.predict('m@1', feats)``, an exact overload per array type
         (the bytes of any array or a bytea go to the definer function). Several (``predict('m', a,
@@ -428,6 +461,17 @@ class PostgresBackend(Backend):
             return self.predict_call(kind, model, args[0].copy())
         row = exp.Anonymous(this="ROW", expressions=[a.copy() for a in args])
         return self.predict_call(kind, model, row)
+
+    def unpinned_call_args(self, kind: str, call: exp.Anonymous) -> exp.Expression | None:
+        """A call whose model is a column: the server resolves it row by row; several feature
+        arguments go as one ROW(a, b, …), as for a pinned model."""
+        model_arg, *args = call.expressions
+        if len(args) < 2:
+            return None
+        name = _SQL_NAMES[kind]
+        row = exp.Anonymous(this="ROW", expressions=[a.copy() for a in args])
+        return exp.Dot(this=exp.to_identifier(self.function_schema),
+                       expression=exp.Anonymous(this=name, expressions=[model_arg.copy(), row]))
 
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
         sql = qualify_dbdl_calls(sql)
@@ -460,9 +504,16 @@ class PostgresBackend(Backend):
             return QueryError(f"the query does not parse: {primary}")
         if isinstance(exc, (psycopg.errors.AmbiguousFunction, psycopg.errors.UndefinedFunction)) and re.match(
                 r"function (dbdl\.)?predict(_array|_class)?\(", primary):
+            args = primary.split("(", 1)[1].rsplit(")", 1)[0].count(",") if "(" in primary else 1
+            if args >= 3:  # three or more feature arguments of different types
+                return DTypeMismatch(
+                    f"{primary}: several feature columns of different types go in one ROW, one field per model "
+                    "input in input order: dbdl.predict('m', ROW(a, b, c)); dbdl.predict('m', a, b) takes any two, "
+                    "and three or four of one type")
             return DTypeMismatch(
                 f"{primary}: predict's features must be numbers, as a typed numeric array (real[], "
-                "double precision[], integer[]) or float32 bytea; add a cast, e.g. '{1,2,3}'::real[]")
+                "double precision[], integer[], bigint[], boolean[]) or bytea (float32 or uint8); add a cast, "
+                "e.g. '{1,2,3}'::real[]")
         return QueryError(str(exc).strip())
 
 
