@@ -437,3 +437,29 @@ def test_result_cache_falls_back_to_uncached_for_other_forms(db, strategy, two_m
         assert "result cache not used: the features are BLOB bytes" in str(db.explain(sql))
         check(db, sql, strategy, list(ort_run(cnn_model, {"x": IMAGES[:4].astype(np.float32)})))
     assert all(s.rows == 0 for s in db.models.cache_stats())
+
+
+class UserItem(torch.nn.Module):
+    """Two 1-D id inputs, one number per row each (a recommender's user and item)."""
+
+    def __init__(self):
+        super().__init__()
+        self.users = torch.nn.Embedding(1000, 4)
+        self.items = torch.nn.Embedding(VOCAB, 4)
+
+    def forward(self, user, item):
+        return (self.users(user) * self.items(item)).sum(dim=1, keepdim=True)
+
+
+def test_one_number_per_row_feeds_1d_inputs(db, strategy):
+    torch.manual_seed(8)
+    model = export(UserItem(), (torch.tensor([1, 2]), torch.tensor([3, 4])), ["user", "item"],
+                   {"user": {0: "n"}, "item": {0: "n"}, "y": {0: "n"}})
+    db.models.register("rec", model)
+    assert [s.shape for s in db.models.get("rec").inputs] == [(), ()]
+    users, items = [3, 999, 0, None, 7], [94_999, 1, 2, 5, None]
+    make_table(db, "t", {"u": ("BIGINT", "bigint", users), "i": ("INTEGER", "integer", items)})
+    expected = [None if u is None or i is None else
+                ort_run(model, {"user": np.array([u], np.int64), "item": np.array([i], np.int64)})[0, 0]
+                for u, i in zip(users, items)]
+    check(db, "SELECT id, predict('rec', u, i) FROM t", strategy, expected)
