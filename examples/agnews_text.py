@@ -171,11 +171,13 @@ def main(url: str = "duckdb:///:memory:", rows: int = 4000, epochs: int = 2, bat
                f"AS correct, avg(CASE WHEN predict_class('{model_name}', tokens) = label THEN 1.0 ELSE 0.0 END) "
                "AS accuracy FROM news WHERE part = 'test'")
         n, correct_sql, accuracy_sql = db.sql(sql).fetchall()[0]
+        # the planner chose how predict_class ran; each strategy that can run this model gives the same count
+        by_strategy = {s: int(db.sql(sql, strategy=s).fetchall()[0][1]) for s in ("udf", "dl")}
 
         result = {
             "backend": db.backend.name, "rows": rows, "train_rows": info.n_train, "test_rows": int(n),
             "steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1],
-            "correct_sql": int(correct_sql), "correct_torch": correct_torch,
+            "correct_sql": int(correct_sql), "correct_torch": correct_torch, "correct_by_strategy": by_strategy,
             "accuracy_sql": float(accuracy_sql), "accuracy_torch": correct_torch / len(test), "chance": 1 / CLASSES,
         }
         if progress:

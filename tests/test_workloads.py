@@ -28,6 +28,7 @@ def _local_cache(tmp_path, monkeypatch):
 def check(result: dict) -> None:
     assert result["test_rows"] > 0
     assert result["correct_sql"] == result["correct_torch"], result
+    assert result["correct_by_strategy"] == {"udf": result["correct_torch"], "dl": result["correct_torch"]}, result
     assert result["accuracy_sql"] == result["accuracy_torch"], result
     assert result["last_loss"] < result["first_loss"], result
     assert result["accuracy_sql"] >= 2 * result["chance"], result
