@@ -181,6 +181,23 @@ def skl_linear_regression() -> ZooModel:
                     onnx_bytes, {"x": x}, [Check("scalar", None, expected)])
 
 
+def skl_ridge_float64() -> ZooModel:
+    """skl2onnx converts with the dtype of the sample it is given: float64 rows make a double model."""
+    from sklearn.linear_model import Ridge
+
+    rng = _rng(12)
+    X = rng.standard_normal((200, 6))
+    y = X @ rng.standard_normal(6) + 3.0
+    est = Ridge(alpha=0.5).fit(X, y)
+    x = X[:30]
+    onnx_bytes = _to_onnx(est, X)  # input tensor(double)
+    expected = est.predict(x)
+    np.testing.assert_allclose(run_ort(onnx_bytes, {"X": x})[0][:, 0], expected, rtol=1e-12)
+    return ZooModel("skl_ridge_float64", "sklearn", "skl2onnx.to_onnx(Ridge, X_float64[:1]) — a float64 model "
+                    "(double input and output)", onnx_bytes, {"x": pa.array(list(x), type=pa.list_(pa.float64()))},
+                    [Check("scalar", None, expected.astype(np.float32), 1e-5, 1e-5)], needs=("float64",))
+
+
 def skl_logistic_zipmap() -> ZooModel:
     from sklearn.linear_model import LogisticRegression
 
@@ -273,6 +290,26 @@ def lightgbm_classifier() -> ZooModel:
               Check("class", "probabilities", np.argmax(proba, axis=1))]
     return ZooModel("lightgbm_classifier", "lightgbm", "onnxmltools.convert_lightgbm(LGBMClassifier(20 trees)) on "
                     "breast_cancer (ZipMap; label output shaped [1])", onnx_bytes, {"x": x}, checks, needs=("zipmap",))
+
+
+def lightgbm_regressor() -> ZooModel:
+    import lightgbm
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    rng = _rng(13)
+    X = rng.standard_normal((300, 8)).astype(np.float32)
+    y = X[:, 0] * 2 - X[:, 1] + np.sin(X[:, 2])
+    est = lightgbm.LGBMRegressor(n_estimators=30, num_leaves=8, verbose=-1, random_state=0).fit(X, y)
+    x = X[:35]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = onnxmltools.convert_lightgbm(est, initial_types=[("input", FloatTensorType([None, 8]))])
+    onnx_bytes = proto.SerializeToString()
+    expected = est.predict(x).astype(np.float32)
+    np.testing.assert_allclose(run_ort(onnx_bytes, {"input": x})[0][:, 0], expected, atol=1e-4)
+    return ZooModel("lightgbm_regressor", "lightgbm", "onnxmltools.convert_lightgbm(LGBMRegressor(30 trees)) on 8 "
+                    "synthetic features", onnx_bytes, {"x": x}, [Check("scalar", None, expected)])
 
 
 # -- torch, exported the way users export ---------------------------------------------------------
@@ -581,8 +618,8 @@ def onnx_light_squeezenet() -> ZooModel:
 
 
 ZOO: dict[str, Callable[[], ZooModel]] = {f.__name__: f for f in (
-    skl_linear_regression, skl_logistic_zipmap, skl_logistic_no_zipmap, skl_logistic_string_labels, skl_mlp,
-    skl_random_forest, skl_gradient_boosting, skl_pipeline, skl_fitted_estimator, lightgbm_classifier,
+    skl_linear_regression, skl_ridge_float64, skl_logistic_zipmap, skl_logistic_no_zipmap, skl_logistic_string_labels, skl_mlp,
+    skl_random_forest, skl_gradient_boosting, skl_pipeline, skl_fitted_estimator, lightgbm_classifier, lightgbm_regressor,
     torch_mlp_default_export, torch_mlp_fixed_batch, torch_two_inputs, torch_cnn, torch_lstm, torch_gru,
     torch_transformer, torch_embedding_bag, torch_padded_tokens,
     onnx_conv2d, onnx_linear_no_bias, onnx_linear, onnx_batchnorm2d, onnx_softmax, onnx_maxpool2d, onnx_embedding,
