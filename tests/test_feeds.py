@@ -79,7 +79,7 @@ def test_flat_rows_are_reshaped_and_nested_ones_must_match():
     np.testing.assert_array_equal(build_feeds(s, [Column.from_matrix(nested)])["img"], nested)
     with pytest.raises(ShapeMismatch, match=r"\[4, 4, 3\].*|.*\[3, 4, 4\].*\[4, 4, 3\]"):
         build_feeds(s, [Column.from_matrix(flat.reshape(2, 4, 4, 3))])
-    with pytest.raises(ShapeMismatch, match=r"takes 48 features per row for input 'img' \(shape \[3, 4, 4\]\), got rows of shape \[47\], 47 values each"):
+    with pytest.raises(ShapeMismatch, match=r"takes 48 features per row for input 'img' \(shape \[3, 4, 4\]\), got 47 values per row \(rows of shape \[47\]\)"):
         build_feeds(s, [Column.from_matrix(flat[:, :47])])
     # axes of length 1 aside, a nested shape is the model's: [28, 28] feeds [1, 28, 28]
     s1 = sig(("img", "float32", (1, 5, 5)))

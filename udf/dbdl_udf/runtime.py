@@ -763,7 +763,7 @@ def _fixed_rows(col: Column, spec: TensorSpec, model_ref: str, options: dict) ->
                 f"got rows of different lengths {lengths.tolist()[:5]}; pass rows of exactly {need} values — "
                 "filter or pad them in SQL")
         if width != need:
-            got = f"rows of shape {_shape_text(col.shape if col.shape else (width,))}, {width} values each"
+            got = f"{width} values per row (rows of shape {_shape_text(col.shape if col.shape else (width,))})"
             raise ShapeMismatch(
                 f"model {model_ref!r} takes {need} features per row for input {spec.name!r} (shape "
                 f"{_shape_text(shape)}), got {got}; pass a vector of exactly {need} numbers (e.g. a FLOAT[{need}] "
