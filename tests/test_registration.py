@@ -467,3 +467,19 @@ def test_a_plain_recurrent_export_with_batch_1_scores_like_torch(db, cell, tmp_p
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(np.array(scored(db, "rnn", x)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_predict_text_as_written_by_hand_and_with_a_model_named_by_a_column(db, iris_like):
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = iris_like
+    clf = LogisticRegression(max_iter=500).fit(X, y)
+    db.models.register("clf", to_onnx(clf, X[:1]))
+    db.create_table("r", {"id": np.arange(6), "f": X[:6], "m": np.array(["clf"] * 6)})
+    expected = clf.predict(X[:6]).tolist()
+    assert [r[0] for r in db.sql("SELECT predict_text('clf', f) FROM r ORDER BY id").fetchall()] == expected
+    assert [r[0] for r in db.sql("SELECT predict_text(m, f) FROM r ORDER BY id").fetchall()] == expected
+    # a model named by a column through predict(): not planned, so the text needs predict_text
+    with pytest.raises(dbdl.Error, match="predict_text"):
+        db.sql("SELECT predict(m, f) FROM r").fetchall()
