@@ -56,7 +56,7 @@ def test_models_options_and_cache(url, mlp_onnx, features):
         db.models.register("m", mlp_onnx)
         db.create_table("t", {"id": list(range(len(features))), "feats": features})
     options = json.loads(dbdl_cli("models", "options", url, "m", "cache=on", "cache_max_bytes=64MiB").stdout)
-    assert options == {"cache": True, "cache_max_bytes": 64 << 20}
+    assert options == {"cache": True, "cache_max_bytes": 64 << 20, "pad_id": None, "feed": "auto"}
     with dbdl.connect(url) as db:
         db.sql("SELECT predict_class('m', feats) FROM t")
     (stats,) = json.loads(dbdl_cli("models", "cache", url, "m", "--json").stdout)

@@ -409,7 +409,7 @@ def test_nothing_a_caller_plants_runs_in_the_new_input_forms(world, attacker):
     with dbdl.connect(world["url"]) as db:
         db.models.register("two", multi_model())
         db.models.register("ids", ids_model())
-        db.models.set_options("two", cache=True)
+        db.models.set_options("ids", cache=True)
         db.sql("CREATE TABLE mt (id bigint, ids bigint[], x real[], img bytea)")
         rows = ids_rows()[:4]
         for i, r in enumerate(rows):
@@ -452,9 +452,8 @@ def test_nothing_a_caller_plants_runs_in_the_new_input_forms(world, attacker):
                 got = [r[0] for r in con.execute("SELECT dbdl.predict_array('ids', ids) FROM public.mt ORDER BY id")]
                 np.testing.assert_array_equal(got, (rows - BIG).astype(np.float32))
                 con.execute("SELECT dbdl.predict_class('two', ids, x), dbdl.predict_array('ids', ids::integer[]), "
-                            "dbdl.cache_key(ids), dbdl.cache_input(ids), dbdl.cache_key(ROW(ids, x)), "
-                            "dbdl.cache_input(ROW(ids, x)) FROM public.mt").fetchall()
-                con.execute("SELECT count(*) FROM dbdl.cache_fill('two', ARRAY(SELECT dbdl.cache_input(ROW(ids, x)) "
+                            "dbdl.cache_key(ids), dbdl.cache_input(ids) FROM public.mt").fetchall()
+                con.execute("SELECT count(*) FROM dbdl.cache_fill('ids', ARRAY(SELECT dbdl.cache_input(ids) "
                             "FROM public.mt))").fetchall()
                 target = f"public.victim_{next(_victims)}"
                 con.execute(f"CALL dbdl.predict_into('two', 'SELECT id, ids, x FROM public.mt', '{target}')")
@@ -471,3 +470,22 @@ def test_nothing_a_caller_plants_runs_in_the_new_input_forms(world, attacker):
 
 
 _victims = iter(range(1_000_000))
+
+
+def test_cache_fill_bytes_have_one_meaning():
+    """dbdl.cache_fill keys each input by the SHA-256 of its bytes, so a byte string must decode one
+    way only: a bytea row (4w or w bytes) that is also a well-formed array_send() is refused."""
+    import struct
+
+    from dbdl_udf.postgres import decode_inputs
+    from dbdl_udf.runtime import Signature, TensorSpec
+
+    sig = Signature((TensorSpec("x", "float32", (10,)),), (TensorSpec("y", "float32", (2,)),))
+    bool4 = struct.pack(">iiiii", 1, 0, 16, 4, 1) + b"".join(struct.pack(">i", 1) + b"\x01" for _ in range(4))
+    assert len(bool4) == 40  # the length of a float32 row of 10 values
+    with pytest.raises(dbdl.ShapeMismatch, match="no single meaning"):
+        decode_inputs([bool4], sig)
+    np.testing.assert_array_equal(decode_inputs([np.arange(10, dtype="<f4").tobytes()], sig)[0].values, np.arange(10))
+    assert decode_inputs([bytes(range(10))], sig)[0].values.dtype == np.uint8
+    real10 = struct.pack(">iiiii", 1, 0, 700, 10, 1) + b"".join(struct.pack(">if", 4, v) for v in range(10))
+    np.testing.assert_array_equal(decode_inputs([real10], sig)[0].values, np.arange(10))

@@ -11,7 +11,9 @@
 --       dbdl.predict('m', a, b) (any two types) and dbdl.predict('m', a, b, c[, d]) (one type);
 --       all of them hand record_send() bytes to the definer functions predict_*_fields;
 --   (3) result-cache keys in each array's own element type (a key through real[] would give two
---       token lists that differ above 2^24 one key), and for a ROW of several inputs.
+--       token lists that differ above 2^24 one key). The cache keys one argument (db.sql runs a
+--       call of several arguments uncached), so there is no key for a ROW: a record's bytes could
+--       have the length of a bytea input and so two meanings.
 -- Every name in a body is schema-qualified: SQL bodies are inlined, and plpgsql parses its
 -- expressions, in the caller's query, through the caller's search_path (docs/security.md).
 
@@ -118,10 +120,6 @@ CREATE OR REPLACE FUNCTION dbdl.cache_input(features pg_catalog.numeric[]) RETUR
 LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN pg_catalog.array_send(features::pg_catalog.float4[]);
 CREATE OR REPLACE FUNCTION dbdl.cache_key(features pg_catalog.numeric[]) RETURNS pg_catalog.bytea
 LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN pg_catalog.sha256(pg_catalog.array_send(features::pg_catalog.float4[]));
-CREATE OR REPLACE FUNCTION dbdl.cache_input(features record) RETURNS bytea
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$ BEGIN RETURN pg_catalog.record_send(features); END $$;
-CREATE OR REPLACE FUNCTION dbdl.cache_key(features record) RETURNS bytea
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$ BEGIN RETURN pg_catalog.sha256(pg_catalog.record_send(features)); END $$;
 
 -- Who may call what: new functions start executable by PUBLIC
 DO $$
@@ -139,7 +137,7 @@ BEGIN
         END LOOP;
     END LOOP;
     FOREACH sig IN ARRAY ARRAY['pg_catalog.float4[]', 'pg_catalog.numeric[]', 'pg_catalog.float8[]', 'pg_catalog.int4[]',
-                               'pg_catalog.int8[]', 'pg_catalog.int2[]', 'pg_catalog.bool[]', 'record'] LOOP
+                               'pg_catalog.int8[]', 'pg_catalog.int2[]', 'pg_catalog.bool[]'] LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION dbdl.cache_input(%1$s), dbdl.cache_key(%1$s) FROM PUBLIC', sig);
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION dbdl.cache_input(%1$s), dbdl.cache_key(%1$s) TO dbdl_user',
                                   sig);

@@ -424,26 +424,37 @@ def decode_record(blobs: Sequence[bytes | None], signature: Signature, ref: str 
     return columns
 
 
-def is_record(blob: bytes) -> bool:
-    """record_send() bytes rather than array_send() bytes: the second word is the first field's
-    type oid (>= 16) in a record, the NULL flag (0 or 1) in an array."""
-    return len(blob) >= 8 and _struct.unpack_from(">i", blob, 0)[0] >= 1 and _struct.unpack_from(">I", blob, 4)[0] >= 16
-
-
 def decode_inputs(blobs: Sequence[bytes | None], signature: Signature, ref: str = "the model") -> list[Column]:
     """The Columns of a batch from the bytes dbdl.cache_fill is handed (what dbdl.cache_input
-    gives): record_send() bytes of several columns, array_send() bytes, or a bytea of float32 or
-    uint8 values. Each byte string has one meaning for a given model (the lengths of the bytea
-    forms never equal those of the self-describing forms with the same values)."""
+    gives for one argument): array_send() bytes, or a bytea of float32 or uint8 values. A byte
+    string must have one meaning, since its digest is its cache key: bytes of a bytea's length
+    (4w or w for a model of w features) that also read as a well-formed array_send() are refused."""
     first = next((b for b in blobs if b is not None), None)
     if first is None:
         return [_no_rows(len(blobs))]
     width = signature.n_features
     if width and all(b is None or len(b) in (width, 4 * width) for b in blobs):
+        if any(b is not None and _well_formed_array(b) for b in blobs):
+            raise ShapeMismatch(f"an input for model {ref!r} has the length of a bytea row ({4 * width} or {width} "
+                                "bytes) and is also a well-formed array_send() value; it has no single meaning, so "
+                                "it is not cached — score it without the cache")
         return [decode_bytea(blobs, width, ref)]
-    if is_record(first):
-        return decode_record(blobs, signature, ref)
     return [decode_arrays(blobs, ref)]
+
+
+def _well_formed_array(blob: bytes) -> bool:
+    """Bytes that read as an array_send() value of a type dbdl decodes, length included."""
+    if len(blob) < 12:
+        return False
+    ndim, flags, oid = _struct.unpack_from(">iII", blob, 0)
+    if not 0 <= ndim <= 6 or flags > 1 or (oid not in _ELEMENTS and oid != _NUMERIC_OID):
+        return False
+    if len(blob) < 12 + 8 * ndim:
+        return False
+    count = int(np.prod(_struct.unpack_from(f">{2 * ndim}i", blob, 12)[::2])) if ndim else 0
+    if oid == _NUMERIC_OID or flags:
+        return True  # variable-width elements: close enough to refuse
+    return len(blob) == 12 + 8 * ndim + count * (4 + np.dtype(_ELEMENTS[oid][1]).itemsize)
 
 
 def score_columns(session, signature: Signature, columns: list[Column], output: int, ref: str,
