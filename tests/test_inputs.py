@@ -506,3 +506,22 @@ def test_rows_wider_than_a_duckdb_array_run_under_udf_and_dl(db, strategy):
     make_table(db, "t", {"f": ("FLOAT[]", "real[]", [row.tolist() for row in x.reshape(3, -1)])})
     expected = list(ort_run(db.models.model_bytes("wide"), {"x": x}))
     check(db, "SELECT id, predict_array('wide', f) FROM t", strategy, expected)
+
+
+def test_create_table_writes_nested_and_wide_arrays_that_predict_reads(db, strategy, cnn_model):
+    """db.create_table of an Arrow column of nested fixed-size lists (images [3, 8, 8]) makes a
+    nested array column (DuckDB FLOAT[8][8][3], PostgreSQL real[][][]) that predict feeds as is;
+    rows wider than a DuckDB ARRAY holds are stored as lists."""
+    import pyarrow as pa
+
+    images = IMAGES.astype(np.float32)
+    nested = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(
+        pa.FixedSizeListArray.from_arrays(pa.array(images.ravel()), 8), 8), 3)
+    db.create_table("t", pa.table({"id": pa.array(range(len(images)), pa.int32()), "img": nested}))
+    assert np.allclose(np.array(db.sql("SELECT img FROM t ORDER BY id").fetchall()[2][0], dtype=np.float32),
+                       images[2])
+    db.models.register("cnn", cnn_model)
+    check(db, "SELECT id, predict_array('cnn', img) FROM t", strategy, list(ort_run(cnn_model, {"x": images})))
+    wide = np.random.default_rng(3).random((2, 100_001), dtype=np.float32)
+    db.create_table("w", {"id": np.arange(2), "f": wide})
+    assert np.array_equal(np.array(db.sql("SELECT f FROM w ORDER BY id").fetchall()[1][0], dtype=np.float32), wide[1])

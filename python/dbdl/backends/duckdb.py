@@ -145,8 +145,17 @@ class DuckDBBackend(Backend):
             col = exp.column(field.name, quoted=True)
             if pa.types.is_fixed_size_list(field.type):
                 # Arrow's fixed-size list arrives as DuckDB's ARRAY type; store FLOAT[n] explicitly
-                columns.append(exp.alias_(exp.Cast(this=col, to=exp.DataType.build(
-                    f"FLOAT[{field.type.list_size}]", dialect="duckdb")), field.name, quoted=True))
+                # (nested: FLOAT[c][b][a] for rows of shape [a, b, c] — DuckDB writes the innermost
+                # size first; a row wider than a DuckDB ARRAY holds is stored as a FLOAT[] list)
+                dims, inner = [], field.type
+                while pa.types.is_fixed_size_list(inner):
+                    dims.append(inner.list_size)
+                    inner = inner.value_type
+                sql_type = "FLOAT" + "".join(f"[{d}]" for d in reversed(dims))
+                if len(dims) == 1 and dims[0] > ARRAY_MAX:
+                    sql_type = "FLOAT[]"
+                columns.append(exp.alias_(exp.Cast(this=col, to=exp.DataType.build(sql_type, dialect="duckdb")),
+                                          field.name, quoted=True))
             else:
                 columns.append(col)
         select = exp.select(*columns).from_(exp.to_identifier(view))

@@ -231,7 +231,7 @@ class PostgresBackend(Backend):
         columns = []
         for field in data.schema:
             if pa.types.is_fixed_size_list(field.type) or pa.types.is_list(field.type):
-                value = field.type.value_type
+                value = _innermost(field.type)[0]
                 element = "double precision" if value == pa.float64() else ("integer" if pa.types.is_integer(value)
                                                                             else "real")
                 pg_type = f"{element}[]"
@@ -800,9 +800,43 @@ def _score_signature(score: Any):
     return getattr(model, "signature", None) if model is not None else getattr(score, "signature", None)
 
 
+def _innermost(arrow_type: pa.DataType) -> tuple[pa.DataType, list[int]]:
+    """The element type under nested lists, and the sizes of the fixed-size levels (outer first)."""
+    dims = []
+    while pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type):
+        if pa.types.is_fixed_size_list(arrow_type):
+            dims.append(arrow_type.list_size)
+        arrow_type = arrow_type.value_type
+    return arrow_type, dims
+
+
+def _encode_nested(col: pa.Array, arrow_type: pa.DataType) -> list[bytes]:
+    """Nested fixed-size lists (an image [3, 32, 32] per row) as multi-dimensional arrays
+    (array_send's layout: ndim, NULL flag, element oid, (size, lower bound) per axis, elements)."""
+    value_type, dims = _innermost(arrow_type)
+    dtype = ">f8" if value_type == pa.float64() else (">i4" if pa.types.is_integer(value_type) else ">f4")
+    width = int(np.prod(dims))
+    values = col
+    for _ in dims:
+        values = values.flatten()
+    if values.null_count:
+        raise DTypeMismatch("a nested array column holds NULL elements; PostgreSQL stores them, but dbdl writes "
+                            "nested arrays without NULLs — fill or drop those rows first")
+    flat = values.to_numpy(zero_copy_only=False).reshape(len(col), width)
+    header = struct.pack(f">iii{2 * len(dims)}i", len(dims), 0, _ELEMENT_OIDS[dtype],
+                         *[x for d in dims for x in (d, 1)])
+    items = np.empty((len(col), width), dtype=[("len", ">i4"), ("v", dtype)])
+    items["len"] = np.dtype(dtype).itemsize
+    items["v"] = flat
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    return [header + items[i].tobytes() if valid[i] else b"" for i in range(len(col))]
+
+
 def _encode_column(col: pa.Array, arrow_type: pa.DataType) -> tuple[list[bytes], np.ndarray]:
     n = len(col)
     nulls = ~col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else np.zeros(n, dtype=bool)
+    if pa.types.is_fixed_size_list(arrow_type) and pa.types.is_fixed_size_list(arrow_type.value_type):
+        return _encode_nested(col, arrow_type), nulls
     if pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type):
         value_type = arrow_type.value_type
         dtype = ">f8" if value_type == pa.float64() else (">i4" if pa.types.is_integer(value_type) else ">f4")
