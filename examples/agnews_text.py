@@ -24,6 +24,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import sqlglot
 import pyarrow as pa
 import torch
 from torch import nn
@@ -127,7 +128,7 @@ def main(url: str = "duckdb:///:memory:", rows: int = 4000, epochs: int = 2, bat
         # 1. the news as a table; its training part -> a ragged dataset table (every row in 'train')
         load_table(db, rows, seed)
         db.sql(f"CALL dbdl.train_export('SELECT tokens, label FROM news WHERE part = ''train'' ORDER BY id', "
-               f"'{dataset}', ragged => true, train_fraction => 1.0, validation_fraction => 0.0, seed => {seed})")
+               "?, ragged => true, train_fraction => 1.0, validation_fraction => 0.0, seed => ?)", [dataset, seed])
         info = db.datasets.get(dataset)
 
         # 2. dataset -> DataLoader: batches as the tutorial's collate_batch makes them
@@ -167,8 +168,9 @@ def main(url: str = "duckdb:///:memory:", rows: int = 4000, epochs: int = 2, bat
             predicted = model(text, offsets).argmax(1).numpy()
         correct_torch = int((predicted == np.array([r[1] for r in test])).sum())
         # ... and the same computed in SQL, predict_class over the table itself
-        sql = (f"SELECT count(*) AS n, sum(CASE WHEN predict_class('{model_name}', tokens) = label THEN 1 ELSE 0 END) "
-               f"AS correct, avg(CASE WHEN predict_class('{model_name}', tokens) = label THEN 1.0 ELSE 0.0 END) "
+        ref = sqlglot.exp.Literal.string(model_name).sql()  # the name as a SQL string literal, quoted by sqlglot
+        sql = (f"SELECT count(*) AS n, sum(CASE WHEN predict_class({ref}, tokens) = label THEN 1 ELSE 0 END) "
+               f"AS correct, avg(CASE WHEN predict_class({ref}, tokens) = label THEN 1.0 ELSE 0.0 END) "
                "AS accuracy FROM news WHERE part = 'test'")
         n, correct_sql, accuracy_sql = db.sql(sql).fetchall()[0]
         # the planner chose how predict_class ran; each strategy that can run this model gives the same count

@@ -19,6 +19,7 @@ import argparse
 from typing import Any
 
 import numpy as np
+import sqlglot
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -149,8 +150,8 @@ def main(url: str = "duckdb:///:memory:", rows: int = 2000, epochs: int = 2, bat
         # 1. the images as a table, then SQL -> dataset table (80/10/10 split, seeded)
         load_table(db, rows, seed)
         shape = "ARRAY[3, 32, 32]" if postgres else "[3, 32, 32]"
-        db.sql(f"CALL dbdl.train_export('SELECT pixels, label FROM cifar ORDER BY id', '{dataset}', "
-               f"shape => {shape}, seed => {seed})")
+        db.sql(f"CALL dbdl.train_export('SELECT pixels, label FROM cifar ORDER BY id', ?, shape => {shape}, seed => ?)",
+               [dataset, seed])
         info = db.datasets.get(dataset)
 
         # 2. dataset -> DataLoader: uint8 rows as float32 tensors [B, 3, 32, 32]
@@ -179,8 +180,9 @@ def main(url: str = "duckdb:///:memory:", rows: int = 2000, epochs: int = 2, bat
         db.models.register(model_name, model, dataset=dataset)
 
         # 5. test accuracy in SQL, over the dataset table's test split
-        sql = (f"SELECT count(*) AS n, sum(CASE WHEN predict_class('{model_name}', features) = label THEN 1 ELSE 0 END) "
-               f"AS correct, avg(CASE WHEN predict_class('{model_name}', features) = label THEN 1.0 ELSE 0.0 END) "
+        ref = sqlglot.exp.Literal.string(model_name).sql()  # the name as a SQL string literal, quoted by sqlglot
+        sql = (f"SELECT count(*) AS n, sum(CASE WHEN predict_class({ref}, features) = label THEN 1 ELSE 0 END) "
+               f"AS correct, avg(CASE WHEN predict_class({ref}, features) = label THEN 1.0 ELSE 0.0 END) "
                f"AS accuracy FROM {info.view} WHERE split = 'test'")
         n, correct_sql, accuracy_sql = db.sql(sql).fetchall()[0]
         # the planner chose how predict_class ran; each strategy that can run this model gives the same count

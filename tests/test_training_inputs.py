@@ -518,3 +518,17 @@ def _split_positions(n: int) -> list[int]:
     return np.lexsort((np.arange(n), codes)).tolist()
 
 
+
+
+def test_call_binds_question_marks_and_leaves_those_in_strings(db):
+    """CALL train_export with ? parameters: each ? binds (PostgreSQL's CALL is a command sqlglot
+    keeps as raw text, so its arguments must still become %s), a ? inside a string stays text."""
+    rows, labels = make_tokens(40, seed=4)
+    token_table(db, "news", rows, labels)
+    db.sql("CALL dbdl.train_export('SELECT tokens, label FROM news WHERE ''?'' = ''?'' ORDER BY id', ?, "
+           "ragged => true, seed => ?)", ["news_q", 5])
+    info = db.datasets.get("news_q")
+    assert (info.n_rows, info.seed) == (40, 5)
+    got_rows, got_labels = db.training_set("news_q", "train", cache=False).arrays()
+    want_rows, want_labels = in_split_order(rows, labels, "train", seed=5)
+    assert np.array_equal(got_labels, want_labels) and all(np.array_equal(g, w) for g, w in zip(got_rows, want_rows))

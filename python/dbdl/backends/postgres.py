@@ -574,6 +574,11 @@ def qmark_to_format(sql: str) -> str:
     for token in DbdlPostgres().tokenize(sql):
         out.append(sql[position:token.start].replace("%", "%%"))
         text = sql[token.start:token.end + 1]
+        if token.token_type == TokenType.COMMAND:
+            # sqlglot keeps what follows a command (CALL) as one raw string: its arguments are
+            # tokens like any others, so convert them the same way
+            rest = qmark_to_format("SELECT " + sql[token.end + 1:])
+            return "".join(out) + text + rest[len("SELECT "):]
         out.append("%s" if token.token_type == TokenType.PLACEHOLDER and text == "?" else text.replace("%", "%%"))
         position = token.end + 1
     out.append(sql[position:].replace("%", "%%"))
