@@ -8,10 +8,18 @@ from typing import TYPE_CHECKING
 from dbdl_udf import datasets as _rules
 from dbdl_udf.datasets import DatasetInfo
 
-from .reader import BatchSet, ShuffledSet, TrainingSet
-
 if TYPE_CHECKING:
     from ..database import Database
+    from .reader import BatchSet, ShuffledSet, TrainingSet
+
+
+def __getattr__(name: str):
+    # the readers are torch datasets: torch is imported when one is asked for, not by ``import dbdl``
+    if name in ("BatchSet", "ShuffledSet", "TrainingSet"):
+        from . import reader
+
+        return getattr(reader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["BatchSet", "DatasetInfo", "DatasetRegistry", "ShuffledSet", "TrainingSet"]
 

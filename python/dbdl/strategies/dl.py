@@ -8,7 +8,9 @@ DuckDB moves Arrow record batches both ways; PostgreSQL moves binary COPY both w
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -100,7 +102,14 @@ def feed_options_of(backend: "Backend", model: ResolvedModel) -> dict:
     return feed_options(row[0] if row else None)
 
 
+@functools.lru_cache(maxsize=1)
 def _has_gpu() -> bool:
+    """A CUDA device torch can use. Without an NVIDIA driver (no /dev/nvidiactl) torch is not even
+    imported: importing it costs a second or two, and DL-centric scoring on CPU is onnxruntime's."""
+    import sys
+
+    if "torch" not in sys.modules and not os.path.exists("/dev/nvidiactl"):
+        return False
     import torch
 
     return torch.cuda.is_available()
