@@ -120,6 +120,18 @@ def images(rows: int) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
+def text_workloads(db, lists) -> tuple:
+    """Registers the two text models in ``db`` (the padded one with pad_id 0); their workloads as
+    (key, model name, the raw reference's pre-collated batches, title)."""
+    db.models.register("news", text_model())
+    db.models.register("seq", sequence_model())
+    db.models.set_options("seq", pad_id=0)
+    return (("text_offsets", "news", offsets_batches(lists),
+             "Token lists 5–120 ids, EmbeddingBag(95k, 64) + Linear (flat tokens + offsets)"),
+            ("text_padded", "seq", padded_batches(lists),
+             "Token lists 5–120 ids, Embedding(95k, 64) + masked mean + Linear (padded, pad_id 0)"))
+
+
 def token_lists(rows: int) -> list[np.ndarray]:
     rng = np.random.default_rng(2)
     lengths = rng.integers(5, 121, size=rows)
@@ -270,14 +282,7 @@ def run_duckdb(scale: float, folder: Path) -> list[dict]:
         lists = token_lists(n)
         print(f"DuckDB: {n:,} token lists ({sum(len(r) for r in lists) / n:.0f} ids a row on average) …", flush=True)
         load("docs", {"id": np.arange(n), "tokens": ragged_arrow(lists)})
-        db.models.register("news", text_model())
-        db.models.register("seq", sequence_model())
-        db.models.set_options("seq", pad_id=0)
-        for key, model, batches, title in (
-                ("text_offsets", "news", offsets_batches(lists),
-                 "Token lists 5–120 ids, EmbeddingBag(95k, 64) + Linear (flat tokens + offsets)"),
-                ("text_padded", "seq", padded_batches(lists),
-                 "Token lists 5–120 ids, Embedding(95k, 64) + masked mean + Linear (padded, pad_id 0)")):
+        for key, model, batches, title in text_workloads(db, lists):
             session = make_session(db.models.model_bytes(model), threads=threads)
             ref = raw_classes(session, batches)
             w = Workload(key, title)
@@ -390,14 +395,7 @@ def run_postgres(scale: float, folder: Path) -> list[dict]:
         print(f"PostgreSQL: {n:,} token lists …", flush=True)
         db.create_table("docs", {"id": np.arange(n), "tokens": ragged_arrow(lists)}, replace=True)
         db.sql("VACUUM ANALYZE docs")
-        db.models.register("news", text_model())
-        db.models.register("seq", sequence_model())
-        db.models.set_options("seq", pad_id=0)
-        for key, model, batches, title in (
-                ("text_offsets", "news", offsets_batches(lists),
-                 "Token lists 5–120 ids, EmbeddingBag(95k, 64) + Linear (flat tokens + offsets)"),
-                ("text_padded", "seq", padded_batches(lists),
-                 "Token lists 5–120 ids, Embedding(95k, 64) + masked mean + Linear (padded, pad_id 0)")):
+        for key, model, batches, title in text_workloads(db, lists):
             session = make_session(db.models.model_bytes(model), threads=1)
             ref = raw_classes(session, batches)
             w = Workload(key, title)
