@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import RESULTS, machine  # noqa: E402
 
 import dbdl  # noqa: E402
-from dbdl.planner.calibrate import mlp_onnx as onnx_mlp  # noqa: E402
+from dbdl.calibrate import mlp_onnx as onnx_mlp  # noqa: E402
 
 CAP_S = float(os.environ.get("DBDL_BENCH_CAP_S", 60))
 MAX_BYTES = float(os.environ.get("DBDL_BENCH_MAX_BYTES", 600e6))

@@ -61,7 +61,7 @@ def load_duckdb(db, rows: int) -> None:
 def load_postgres(db, rows: int) -> None:
     import pyarrow as pa
 
-    from dbdl.backends.postgres import _binary_copy
+    from dbdl.backends.postgres.copy import binary_copy as _binary_copy
 
     db.backend.execute("CREATE TABLE src (id bigint, x real[], label bigint)")
     db.backend.execute("ALTER TABLE src ALTER COLUMN x SET STORAGE EXTERNAL")
@@ -87,7 +87,7 @@ def per_row_rate(url: str, backend: str, table: str, rows: int, sample: int) -> 
     if backend == "duckdb":
         import duckdb
 
-        from dbdl.backends.duckdb import _path_from_url
+        from dbdl.backends.duckdb import path_from_url as _path_from_url
 
         con = duckdb.connect(_path_from_url(url), read_only=True)
         start = time.perf_counter()

@@ -12,7 +12,7 @@ import torch
 from conftest import make_mlp, run_onnx
 
 import dbdl
-from dbdl.planner import DbdlDuckDB
+from dbdl.backends.duckdb.dialect import DbdlDuckDB
 from dbdl_udf.runtime import SESSIONS
 
 ATOL = 1e-5

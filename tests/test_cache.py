@@ -86,9 +86,9 @@ def test_rows_are_identical_with_and_without_the_cache(db, cached, strategy, mlp
     assert cache_rows(db, "m") == distinct and cache_rows(db, "score") == distinct
     stats = {s.name: s for s in db.models.cache_stats()}
     assert (stats["m"].misses, stats["m"].hits, stats["m"].rows) == (distinct, distinct, distinct)
-    from dbdl.cache import KEY_BYTES, ROW_OVERHEAD
+    from dbdl.cachestore import ROW_OVERHEAD
 
-    assert stats["m"].bytes == distinct * (KEY_BYTES[db.backend.name] + 4 * 3 + ROW_OVERHEAD)
+    assert stats["m"].bytes == distinct * (db.backend.cache_key_bytes + 4 * 3 + ROW_OVERHEAD)
     assert stats["m"].hit_rate == 0.5
 
 

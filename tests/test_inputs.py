@@ -18,7 +18,7 @@ import sqlglot
 import torch
 
 import dbdl
-from dbdl.planner.dialects import DbdlDuckDB
+from dbdl.backends.duckdb.dialect import DbdlDuckDB
 
 ATOL = 1e-5
 VOCAB = 95_000

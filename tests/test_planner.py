@@ -95,7 +95,7 @@ def test_calibrate_stores_constants_the_planner_reads(db):
     assert all(v >= 0 for v in measured.values()) and measured["udf_flops_per_s"] > 0
     stored = dict(db.sql("SELECT key, value FROM dbdl.calibration").fetchall())
     assert stored == pytest.approx(measured)
-    from dbdl.planner.cost import constants
+    from dbdl.strategies.base import constants
 
     assert constants(db.backend)["udf_row_s"] == pytest.approx(measured["udf_row_s"])
     assert db.models.list() == []  # the calibration models are gone
@@ -159,9 +159,7 @@ def test_duckdb_udf_estimate_counts_the_cores_a_small_table_leaves_idle(db, scor
         pytest.skip("DuckDB's row-group parallelism")
     import os
 
-    from dbdl.planner.cost import DEFAULTS
-
     plan = db.explain("SELECT predict_class('m', feats) FROM t")[0]
     udf = next(e for e in plan.candidates if e.strategy == "udf")
-    whole = plan.rows * plan.flops_per_row / DEFAULTS["duckdb"]["udf_flops_per_s"]
+    whole = plan.rows * plan.flops_per_row / db.backend.cost_defaults["udf_flops_per_s"]
     assert udf.terms["compute"] == pytest.approx(whole * (os.cpu_count() or 1))

@@ -319,13 +319,13 @@ def test_dl_centric_keys_one_table_queries_by_ctid(pg, mlp_onnx, features):
                     assert value is None
                 else:
                     np.testing.assert_allclose(value, expected[i], atol=1e-5)
-        from dbdl.strategies.dl import row_identity
-        from dbdl.planner import parse
+        from dbdl.query import parse, row_identity
 
+        b = db.backend
         tree = parse("SELECT predict_array('m', feats) FROM t", db.backend.dialect)[0]
-        assert row_identity(db.backend, tree).sql() == "t.ctid"
+        assert row_identity(tree, b.row_identity, b.is_base_table, b.dialect).sql() == "t.ctid"
         with_cte = parse("WITH t AS (SELECT * FROM t) SELECT predict_array('m', feats) FROM t", db.backend.dialect)[0]
-        assert row_identity(db.backend, with_cte.find(exp.Select, bfs=False)) is None
+        assert row_identity(with_cte.find(exp.Select, bfs=False), b.row_identity, b.is_base_table, b.dialect) is None
 
 
 def test_roles_and_the_result_cache(pg, mlp_onnx, features):

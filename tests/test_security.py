@@ -469,7 +469,7 @@ def test_db_sql_sends_dbdl_qualified_calls_even_for_text_it_cannot_plan(world):
     """Text sqlglot cannot parse, and CALL statements, go to PostgreSQL as written, but with dbdl's
     schema before dbdl's unqualified names (so that the default search_path, which lacks dbdl,
     finds them and nobody else's function answers); string literals are left alone."""
-    from dbdl.backends.postgres import qualify_dbdl_calls
+    from dbdl.backends.postgres.dialect import qualify_dbdl_calls
 
     assert qualify_dbdl_calls("SELECT predict('m', 'predict(x)'), x.predict(1), \"predict\"(2)") == (
         "SELECT dbdl.predict('m', 'predict(x)'), x.predict(1), \"predict\"(2)")

@@ -14,16 +14,20 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import sqlglot.expressions as exp
 
+from dbdl_udf import catalog
+
+from .data.export import PARAMETERS, summary, train_export
 from .errors import QueryError
-from .planner import parse
+from .query import parse
 
 if TYPE_CHECKING:
-    from .database import Database
+    from .backends.base import Backend
+    from .registry import ModelRegistry
 
 
 @dataclass(frozen=True)
 class Procedure:
-    run: Callable[..., Any]  # run(db, **arguments) -> a pyarrow table, or None
+    run: Callable[..., Any]  # run(backend, models, **arguments) -> a pyarrow table, or None
     parameters: tuple[str, ...]
     required: int  # how many leading parameters must be given
 
@@ -42,31 +46,19 @@ def procedure(name: str, parameters: Sequence[str], required: int | None = None)
 
 
 @procedure("set_model_options", ("name", "options"))
-def _set_model_options(db: "Database", name: str, options: str) -> None:
-    from dbdl_udf import catalog
-
-    db.models.set_options(name, **catalog.parse_options(options))
+def _set_model_options(backend: "Backend", models: "ModelRegistry", name: str, options: str) -> None:
+    models.set_options(name, **catalog.parse_options(options))
 
 
 @procedure("clear_cache", ("name",))
-def _clear_cache(db: "Database", name: str) -> None:
-    db.models.clear_cache(name)
+def _clear_cache(backend: "Backend", models: "ModelRegistry", name: str) -> None:
+    models.clear_cache(name)
 
 
-def _train_export(db: "Database", **args: Any):
-    from .data.export import train_export, summary
-
+@procedure("train_export", PARAMETERS, required=2)
+def _train_export(backend: "Backend", models: "ModelRegistry", **args: Any):
     options = {k: v for k, v in args.items() if v is not None and k not in ("source_query", "dataset_name")}
-    return summary([train_export(db, args["source_query"], args["dataset_name"], **options)])
-
-
-def _register_train_export() -> None:
-    from .data.export import PARAMETERS
-
-    PROCEDURES["train_export"] = Procedure(_train_export, PARAMETERS, 2)
-
-
-_register_train_export()
+    return summary([train_export(backend, args["source_query"], args["dataset_name"], **options)])
 
 
 def parse_call(query: str, dialect: Any, params: Sequence[Any] = ()) -> tuple[str, list, dict] | None:
@@ -137,7 +129,7 @@ def _literal(name: str, node: exp.Expression, params: Iterator[Any]) -> Any:
     raise QueryError(f"CALL {name} takes literal arguments (text, numbers, arrays); got {node.sql()!r}")
 
 
-def run(db: "Database", name: str, positional: list, named: dict) -> Any:
+def run(backend: "Backend", models: "ModelRegistry", name: str, positional: list, named: dict) -> Any:
     """Carry out a parsed CALL; what the procedure returns (a pyarrow table, or None)."""
     proc = PROCEDURES[name]
     args = dict(zip(proc.parameters, positional))
@@ -149,4 +141,4 @@ def run(db: "Database", name: str, positional: list, named: dict) -> Any:
     if missing:
         raise QueryError(f"CALL {name}({', '.join(proc.parameters[:proc.required])}, ...) needs at least those "
                          f"argument(s); missing {', '.join(missing)}")
-    return proc.run(db, **args)
+    return proc.run(backend, models, **args)

@@ -34,7 +34,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         done = migrations.applied(backend)
         state = f"schema at migration {max(done):04d}" if done else "no migrations"
         console.print(f"{'up to date' if not applied else f'{len(applied)} migration(s) applied'}; {state}")
-        python_path = getattr(backend, "recorded_python_path", lambda: None)()
+        python_path = backend.recorded_python_path()
         if python_path:
             console.print(f"the server's Python imports dbdl from: {', '.join(python_path)}")
     finally:

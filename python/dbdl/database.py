@@ -1,21 +1,25 @@
-"""``dbdl.connect()``: one database, its registry, and SQL with predict."""
+"""``dbdl.connect()``: one database, its registry, and SQL with predict.
+
+``Database`` is a thin facade: each of its parts takes the backend (and what else it needs), not
+the facade — ``ModelRegistry`` and ``DatasetRegistry``, the planner (``planner.run_sql``,
+``planner.explain``), the client-side procedures (``calls``), the training readers.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from typing import TYPE_CHECKING, Any, Sequence
 
+from . import calls
 from . import migrate as migrations
 from .backends.base import Backend
-from .errors import MigrationError, QueryError
+from .data import DatasetRegistry
 from .names import check_name
-from .planner import parse, plan_statement
-from .planner.cost import memory_budget
-from .planner.rewrite import strategy_hint
+from .planner import Explain, explain, run_sql
 from .registry import ModelRegistry
 from .result import Result
+from .strategies.base import memory_budget
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -32,41 +36,19 @@ class Database:
 
     def __init__(self, backend: Backend, *, migrate: bool | None = None) -> None:
         self.backend = backend
-        self.models = ModelRegistry(self)
-        from .data import DatasetRegistry
-
+        #: the model registry
+        self.models = ModelRegistry(backend)
         #: the training datasets made by train_export
-        self.datasets = DatasetRegistry(self)
+        self.datasets = DatasetRegistry(backend)
         #: bytes a strategy that loads the whole model may use (DBDL_MEMORY_BUDGET, else half the RAM);
         #: models over it run relation-centric
         self.memory_budget = memory_budget()
         try:
-            self._ensure_schema(migrate)
-            backend.on_connect(self)
+            migrations.ensure(backend, migrate)
+            backend.on_connect()
         except BaseException:
             backend.close()
             raise
-
-    def _ensure_schema(self, migrate: bool | None) -> None:
-        if getattr(self.backend, "read_only", False):
-            known, done = migrations.status(self.backend)
-            migrations.check(self.backend, known, done)
-            if len(done) < len(known):
-                raise MigrationError(
-                    f"the database opened read-only has {len(done)} of {len(known)} dbdl migrations; "
-                    f"run: dbdl migrate {self.backend.url}")
-            return
-        todo = migrations.pending(self.backend)  # refuses a newer or edited schema
-        if not todo:
-            return
-        new = not migrations.applied(self.backend)
-        if migrate or (migrate is None and (new or getattr(self.backend, "auto_upgrade", False))):
-            migrations.migrate(self.backend)
-        else:
-            raise MigrationError(
-                f"the database needs {len(todo)} dbdl migration(s) ({todo[0].id:04d}_{todo[0].name} …); "
-                f"run: dbdl migrate {self.backend.url}"
-            )
 
     @property
     def url(self) -> str:
@@ -85,57 +67,21 @@ class Database:
         params = tuple(params or ())
         if not self.backend.has_procedures:
             # DuckDB's CALL takes only table functions: dbdl carries out its own procedures
-            from . import calls
-
             found = calls.parse_call(query, self.backend.dialect, params)
             if found is not None:
-                return Result(calls.run(self, *found))
-        needs_rewrite = bool(params) and self.backend.paramstyle != "qmark"
-        if "predict" not in query.lower() and not needs_rewrite and strategy is None:
-            return Result(self.backend.run_query(query, params))
-        trees = parse(query, self.backend.dialect)
-        if trees is not None:
-            # a trailing comment parses as a statement of its own: it has nothing to run
-            trees = [t for t in trees if t.sql(dialect=self.backend.dialect).strip()] or trees
-        if trees is None:
-            if needs_rewrite:
-                raise QueryError("the query does not parse, so its ? placeholders cannot be bound; check the SQL")
-            return Result(self.backend.run_query(query, params))
-        if params and len(trees) > 1:
-            raise QueryError(
-                f"parameters bind to one statement, and this text has {len(trees)}; run the statements one by one")
-        table = None
-        strategy = strategy or strategy_hint(query, self.backend.dialect)
-        for tree in trees:
-            cleanup: list[str] = []  # DL-centric temp tables, created while planning
-            try:
-                planned = plan_statement(self.backend, tree, strategy, memory_budget=self.memory_budget,
-                                         cleanup=cleanup)
-                table = self.backend.run_query(planned.sql, params, planned.models)
-            finally:
-                for temp in cleanup:
-                    with contextlib.suppress(Exception):  # never hide the statement's own error
-                        self.backend.drop_temp_table(temp)
-        return Result(table)
+                return Result(calls.run(self.backend, self.models, *found))
+        return Result(run_sql(self.backend, query, params, strategy=strategy, memory_budget=self.memory_budget))
 
     execute = sql
 
     def explain(self, query: str, *, strategy: str | None = None) -> "Explain":
         """Every predict call's candidates (estimated time, or why ruled out) and the choice,
         without running the query. ``print(db.explain(sql))`` shows them as a table."""
-        trees = parse(query, self.backend.dialect)
-        if trees is None:
-            raise QueryError("the query does not parse; EXPLAIN needs SQL that sqlglot reads")
-        plans = []
-        for tree in trees:
-            plans.extend(plan_statement(self.backend, tree, strategy or strategy_hint(query, self.backend.dialect),
-                                        execute=False,
-                                        memory_budget=self.memory_budget).plans)
-        return Explain(plans)
+        return explain(self.backend, query, strategy=strategy, memory_budget=self.memory_budget)
 
     def calibrate(self, rows: int = 20000, progress: bool = True) -> dict[str, float]:
         """Measure the cost model's constants on this machine and store them (dbdl.calibration)."""
-        from .planner.calibrate import calibrate
+        from .calibrate import calibrate
 
         return calibrate(self, rows=rows, progress=progress)
 
@@ -167,7 +113,7 @@ class Database:
         """
         from .data.export import train_export
 
-        return train_export(self, source_query, dataset_name, label_column=label_column, features=features,
+        return train_export(self.backend, source_query, dataset_name, label_column=label_column, features=features,
                             shape=shape, dtype=dtype, train_fraction=train_fraction,
                             validation_fraction=validation_fraction, seed=seed, ragged=ragged, progress=progress)
 
@@ -197,7 +143,7 @@ class Database:
         """
         from .data.reader import training_set
 
-        return training_set(self, name, split, batch_size=batch_size, shuffle=shuffle, seed=seed, cache=cache,
+        return training_set(self.backend, name, split, batch_size=batch_size, shuffle=shuffle, seed=seed, cache=cache,
                             block_rows=block_rows, prefetch=prefetch, drop_last=drop_last,
                             buffer_blocks=buffer_blocks, cache_map_size=cache_map_size, dtype=dtype,
                             collate=collate, pad_id=pad_id)
@@ -213,22 +159,6 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<dbdl.Database {self.backend.url}>"
-
-    def _registry_changed(self) -> None:
-        self.backend.invalidate()
-
-
-class Explain(list):
-    """The per-call plans of one query; prints as text."""
-
-    def __str__(self) -> str:
-        if not self:
-            return "no predict calls with a literal model reference: nothing for dbdl to plan"
-        return "\n\n".join(plan.describe() for plan in self)
-
-    def choices(self) -> list[str]:
-        return [plan.choice for plan in self]
-
 
 def connect(url: str | None = None, *, migrate: bool | None = None, **options: Any) -> Database:
     """Open a database and make sure dbdl's schema is installed.

@@ -40,11 +40,8 @@ def run_demo(url: str = "duckdb:///:memory:", epochs: int = 60, seed: int = 0) -
         "id": np.arange(len(y)), "pixels": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 64),
         "label": y, "split": split,
     })
-    db.backend.con.register("digits_arrow", images)
     db.sql("DROP TABLE IF EXISTS digit_scores")
-    db.sql("CREATE OR REPLACE TABLE digits AS "
-           "SELECT id, CAST(pixels AS FLOAT[64]) AS pixels, label, split FROM digits_arrow")
-    db.backend.con.unregister("digits_arrow")
+    db.create_table("digits", images, replace=True)  # a fixed-size list column: FLOAT[64]
     counts = dict(db.sql("SELECT split, count(*) FROM digits GROUP BY split").fetchall())
     console.print(f"2. loaded scikit-learn's digits into table [bold]digits[/]: {counts.get('train', 0)} train, "
                   f"{counts.get('test', 0)} test rows of FLOAT[64] pixels")

@@ -112,3 +112,28 @@ def migrate(backend: "Backend", on_apply=None) -> list[Migration]:
                 on_apply(mig)
         backend.after_migrate()
         return todo
+
+
+def ensure(backend: "Backend", migrate_: bool | None = None) -> None:
+    """Make sure the schema is current when a database is opened: a new database gets dbdl's
+    migrations; pending ones are applied when ``migrate_`` is True, or None and the backend
+    ``auto_upgrade``s (an embedded file); otherwise MigrationError names `dbdl migrate`."""
+    if backend.read_only:
+        known, done = status(backend)
+        check(backend, known, done)
+        if len(done) < len(known):
+            raise MigrationError(
+                f"the database opened read-only has {len(done)} of {len(known)} dbdl migrations; "
+                f"run: dbdl migrate {backend.url}")
+        return
+    todo = pending(backend)  # refuses a newer or edited schema
+    if not todo:
+        return
+    new = not applied(backend)
+    if migrate_ or (migrate_ is None and (new or backend.auto_upgrade)):
+        migrate(backend)
+    else:
+        raise MigrationError(
+            f"the database needs {len(todo)} dbdl migration(s) ({todo[0].id:04d}_{todo[0].name} …); "
+            f"run: dbdl migrate {backend.url}"
+        )

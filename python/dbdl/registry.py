@@ -8,42 +8,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import sqlglot.expressions as exp
 
 from dbdl_udf import catalog
 from dbdl_udf.adapt import Rewrite
 from dbdl_udf.runtime import SESSIONS, Signature, TensorSpec, feed_options, run_batch
 
-from .errors import InvalidArgument, InvalidModel, ModelNotFound
+from .cachestore import CacheStats, stats
+from .errors import InvalidArgument, InvalidModel
 from .modelio import load_torch_program, prepare
-from .names import ModelRef, check_name
+from .names import ModelRef, check_name, weight_table_prefix
 
 if TYPE_CHECKING:
     from .backends.base import Backend
-    from .cache import CacheStats
-    from .database import Database
 
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model reference pinned to one stored version: what a query actually runs."""
-
-    name: str
-    version: int
-    sha256: str
-    signature: Signature
-    output: str | None = None
-
-    @property
-    def ref(self) -> str:
-        return str(ModelRef(self.name, self.version, self.output))
-
-    @property
-    def output_index(self) -> int:
-        return self.signature.output_index(self.output)
-
-    @property
-    def output_spec(self) -> TensorSpec:
-        return self.signature.outputs[self.output_index]
 
 
 @dataclass(frozen=True)
@@ -152,31 +130,14 @@ _VERSION_COLUMNS = (
 )
 
 
-def resolve(backend: "Backend", ref: ModelRef | str) -> ResolvedModel:
-    """Pin ``ref`` to a stored version (the serving one when no version is given)."""
-    ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
-    pinned = backend.pin_model(ref.name, ref.version)
-    resolved = ResolvedModel(ref.name, pinned.version, pinned.sha256, pinned.signature, ref.output)
-    resolved.output_index  # raises ShapeMismatch naming the outputs when ``ref.output`` is unknown
-    return resolved
-
-
-def load_model_bytes(backend: "Backend", sha256: str) -> bytes:
-    row = backend.fetchone(backend.model_bytes_sql, (sha256,))
-    if row is None or row[0] is None:
-        raise ModelNotFound(f"the model bytes {sha256[:12]}… are missing from dbdl.blobs; re-register the model")
-    return bytes(row[0])
-
-
 class ModelRegistry:
     """``db.models``: register, inspect, load, promote and drop model versions."""
 
-    def __init__(self, db: "Database") -> None:
-        self._db = db
+    def __init__(self, backend: "Backend") -> None:
+        self._backend = backend
 
-    @property
-    def _backend(self) -> "Backend":
-        return self._db.backend
+    def _changed(self) -> None:
+        self._backend.invalidate()  # caches keyed by model name (DuckDB's per-statement models)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -222,18 +183,18 @@ class ModelRegistry:
                 description = f"trained on dataset {info.name}@{info.version}"
         prepared = prepare(model, example, opset=opset)
         version = self._backend.store_version(name, prepared, description=description, promote=promote)
-        self._db._registry_changed()
+        self._changed()
         return version
 
     def promote(self, name: str, version: int) -> None:
         """Make ``version`` the one that ``predict('name', ...)`` serves (rollback() undoes it)."""
         self._backend.promote_version(check_name(name), int(version))
-        self._db._registry_changed()
+        self._changed()
 
     def rollback(self, name: str) -> int:
         """Serve the previously promoted version again; returns it."""
         version = self._backend.rollback_version(check_name(name))
-        self._db._registry_changed()
+        self._changed()
         return version
 
     def drop(self, name: str, version: int | None = None) -> int:
@@ -247,10 +208,15 @@ class ModelRegistry:
         count = b.drop_versions(check_name(name), None if version is None else int(version))
         gone = before - {r[0] for r in b.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
         for sha in gone:  # relation-centric weight tables of bytes no version uses any more
-            for (table,) in b.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
-                                       "AND table_name LIKE ?", (b.data_schema, f"rel_{sha[:16]}_%")):
-                b.execute(f"DROP TABLE IF EXISTS {b.data_schema}.{table}")
-        self._db._registry_changed()
+            prefix = weight_table_prefix(sha)
+            tables = b.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
+                                (b.data_schema,))
+            for (table,) in tables:
+                if table.startswith(prefix):  # a prefix test, not LIKE: "_" would match any character
+                    target = exp.Table(this=exp.to_identifier(table, quoted=True),
+                                       db=exp.to_identifier(b.data_schema, quoted=True))
+                    b.execute(exp.Drop(tables=[target], kind="TABLE", exists=True).sql(dialect=b.dialect))
+        self._changed()
         return count
 
     # -- options and the result cache ------------------------------------------------------
@@ -260,7 +226,7 @@ class ModelRegistry:
         predictions in the result cache; ``cache_max_bytes`` bounds it (default 512 MiB). Switching
         the cache off drops what it holds. See docs/cache.md."""
         result = self._backend.set_model_options(check_name(name), options)
-        self._db._registry_changed()
+        self._changed()
         return result
 
     def options(self, name: str) -> dict[str, Any]:
@@ -269,8 +235,6 @@ class ModelRegistry:
 
     def cache_stats(self, name: str | None = None) -> list["CacheStats"]:
         """Hits, misses, rows, bytes and evictions per cached version (of one model, or all)."""
-        from .cache import stats
-
         return stats(self._backend, check_name(name) if name else None)
 
     def clear_cache(self, name: str) -> None:
@@ -297,7 +261,7 @@ class ModelRegistry:
 
     def get(self, name: str, version: int | None = None) -> ModelInfo:
         """The stored facts of one version (the serving one when ``version`` is None)."""
-        resolved = resolve(self._backend, ModelRef(check_name(name), version))
+        resolved = self._backend.resolve(ModelRef(check_name(name), version))
         row = self._backend.fetchone(
             f"SELECT {_VERSION_COLUMNS} FROM dbdl.model_catalog WHERE name = ? AND version = ?",
             (name, resolved.version),
@@ -307,23 +271,16 @@ class ModelRegistry:
     def load(self, name: str, version: int | None = None, *, threads: int = 0) -> LoadedModel:
         """An onnxruntime session for the version (and its torch module when it came from torch)."""
         info = self.get(name, version)
-        session, _ = SESSIONS.get(info.sha256, lambda: load_model_bytes(self._backend, info.sha256), threads,
+        session, _ = SESSIONS.get(info.sha256, lambda: self._backend.model_bytes(info.sha256), threads,
                                   model=info.ref)
-        module = None
-        if info.source == "torch":
-            row = self._backend.fetchone(
-                "SELECT torch_program FROM dbdl.model_versions WHERE name = ? AND version = ?", (name, info.version)
-            )
-            if row and row[0] is not None:
-                module = load_torch_program(bytes(row[0]))
-        return LoadedModel(info, session, module)
+        program = self._backend.torch_program(info.name, info.version) if info.source == "torch" else None
+        return LoadedModel(info, session, load_torch_program(program) if program is not None else None)
 
     def model_bytes(self, name: str, version: int | None = None, *, original: bool = False) -> bytes:
         """The stored ONNX bytes of a version: what runs, or with ``original=True`` the bytes as
         they were registered (the same bytes when registration rewrote nothing)."""
         info = self.get(name, version)
-        return load_model_bytes(self._backend, info.original_sha256 if original and info.original_sha256
-                                else info.sha256)
+        return self._backend.model_bytes(info.original_sha256 if original and info.original_sha256 else info.sha256)
 
     @staticmethod
     def _info(row: tuple) -> ModelInfo:

@@ -22,8 +22,8 @@ from .catalog import OPTIONS, SQLRunner
 #: bytes counted per cached row besides the key and the output values (label, generation, entry id,
 #: the database's row and index overhead, roughly)
 ROW_OVERHEAD = 48
-#: key bytes per backend (BLAKE2b-128 on DuckDB, SHA-256 on PostgreSQL)
-KEY_BYTES = {"duckdb": 16, "postgres": 32}
+#: key bytes of the server's own keys (SHA-256); each client backend declares its own (Backend.cache_key_bytes)
+SERVER_KEY_BYTES = 32
 #: generations per bound: the eviction granularity
 GENERATIONS = 8
 
@@ -55,13 +55,13 @@ def options_from_json(text: str | None) -> dict[str, Any]:
     return {key: stored.get(key, default) for key, (_, default, _) in OPTIONS.items()}
 
 
-def find_entry(db: SQLRunner, key: tuple[str, int, str, int], max_bytes: int, *, backend: str = "postgres",
+def find_entry(db: SQLRunner, key: tuple[str, int, str, int], max_bytes: int, *, key_bytes: int = SERVER_KEY_BYTES,
                width: int | None = None, create: bool = False) -> Entry | None:
     """The entry of (name, version, sha256, output); with ``create``, made when missing (call it
     in the transaction that writes the entry's first rows)."""
     rows = db.fetchall(_ENTRY, key)
     if not rows and create:
-        row_bytes = KEY_BYTES.get(backend, 32) + 4 * (width or 1) + ROW_OVERHEAD
+        row_bytes = key_bytes + 4 * (width or 1) + ROW_OVERHEAD
         db.execute("INSERT INTO dbdl.cache_entries (name, version, sha256, output, width, row_bytes) "
                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (*key, width, row_bytes))
         rows = db.fetchall(_ENTRY, key)

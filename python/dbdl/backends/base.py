@@ -1,9 +1,15 @@
 """The interface every backend implements.
 
-A backend is a thin adapter: it runs SQL with bound parameters, moves batches as Arrow, opens
-transactions, and knows the few dialect differences (placeholders, types, how predict is spelled
-after planning). It knows nothing of the registry's rules or of the planner. Backends register
-themselves by URL scheme when their module is imported (see ``Backend.__init_subclass__``).
+A backend is a thin adapter: it runs SQL with bound parameters, moves batches as Arrow or COPY,
+opens transactions, and declares what differs per database as data (its sqlglot dialect, the
+relation-centric spellings, the cost model's defaults, the result cache's key width, its row
+identity) and as the hooks below. It knows nothing of the planner, the strategies or the registry's
+API: what it needs (a model's bytes, a batch size) comes through this interface. Every hook a caller
+uses is declared here: abstract where every backend must have it, a default otherwise.
+
+A backend is a folder (``backends/duckdb/``, ``backends/postgres/``) that registers its class by URL
+scheme when imported (``Backend.__init_subclass__``; ``BACKEND_MODULES`` says which folder opens a
+scheme). See docs/architecture.md, "Adding a backend".
 """
 
 from __future__ import annotations
@@ -16,13 +22,17 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 from urllib.parse import urlsplit
 
-from ..errors import ConcurrentChange, ConnectionError, QueryError
+from ..errors import ConcurrentChange, ConnectionError, ModelNotFound, PermissionDenied, QueryError
+from ..names import ModelRef, ResolvedModel
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
     import sqlglot.expressions as exp
 
-    from ..registry import ResolvedModel
+    from dbdl_udf.datasets import DatasetInfo, ExportSpec
+
+    from ..ir.sql import RelationalSQL
 
 # scheme -> module that defines the backend; imported lazily so that a missing driver (psycopg,
 # dmPython) only matters to the users of that backend.
@@ -30,9 +40,9 @@ BACKEND_MODULES = {
     "duckdb": "dbdl.backends.duckdb",
     "postgresql": "dbdl.backends.postgres",
     "postgres": "dbdl.backends.postgres",
-    "dm": "dbdl.backends.dm8",
-    "dm8": "dbdl.backends.dm8",
 }
+#: scheme -> the pip extra that installs its driver
+_EXTRAS = {"postgresql": "postgres", "postgres": "postgres"}
 
 DEFAULT_URL = "duckdb:///dbdl_data.duckdb"
 
@@ -57,6 +67,20 @@ class Backend(ABC):
     has_procedures: ClassVar[bool] = False
     #: how the driver spells bound parameters: "qmark" (?) or "format" (%s)
     paramstyle: ClassVar[str] = "qmark"
+    #: the spellings of relation-centric SQL here (ir.sql.RelationalSQL)
+    relational: ClassVar["RelationalSQL"]
+    #: the cost model's constants until `dbdl calibrate` measures them (strategies/*.py name them)
+    cost_defaults: ClassVar[dict[str, float]] = {}
+    #: bytes of a result cache key (the digest of an input's tensor bytes); None: no result cache
+    cache_key_bytes: ClassVar[int | None] = None
+    #: roles that do not trust each other share the result cache: only the server's own code
+    #: (dbdl.cache_fill) writes it, so the misses are scored in the server
+    cache_filled_in_server: ClassVar[bool] = False
+    #: a pseudo-column that identifies a base table's rows across the statements of one query
+    #: (DuckDB's rowid, PostgreSQL's ctid): DL-centric results and cache keys are joined back by it
+    row_identity: ClassVar[str | None] = None
+    #: the connection may not write (a DuckDB file opened read-only)
+    read_only: bool = False
 
     _by_scheme: ClassVar[dict[str, type["Backend"]]] = {}
 
@@ -77,6 +101,12 @@ class Backend(ABC):
         if not scheme:
             # a bare path means an embedded DuckDB file
             url, scheme = f"duckdb:///{url}", "duckdb"
+        return Backend.class_for(url)(url, **options)
+
+    @staticmethod
+    def class_for(url: str) -> type["Backend"]:
+        """The backend class that opens ``url`` (its folder imported), without connecting."""
+        scheme = urlsplit(url).scheme.lower() if "://" in url else "duckdb"
         scheme = scheme.split("+", 1)[0]
         module = BACKEND_MODULES.get(scheme)
         if module is None:
@@ -85,12 +115,11 @@ class Backend(ABC):
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            extra = {"postgresql": "postgres", "dm8": "dm", "dm": "dm"}.get(scheme, scheme)
             raise ConnectionError(
                 f"the {scheme} backend needs a driver that is not installed ({exc}); "
-                f"install it with: pip install 'dbdl[{extra}]'"
+                f"install it with: pip install 'dbdl[{_EXTRAS.get(scheme, scheme)}]'"
             ) from exc
-        return Backend._by_scheme[scheme](url, **options)
+        return Backend._by_scheme[scheme]
 
     # -- SQL primitives -----------------------------------------------------------------------
 
@@ -191,9 +220,43 @@ class Backend(ABC):
 
         return catalog.resolve(self, name, version)
 
+    def resolve(self, ref: "ModelRef | str") -> ResolvedModel:
+        """Pin ``ref`` to a stored version (the serving one when no version is given)."""
+        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        pinned = self.pin_model(ref.name, ref.version)
+        resolved = ResolvedModel(ref.name, pinned.version, pinned.sha256, pinned.signature, ref.output)
+        resolved.output_index  # raises ShapeMismatch naming the outputs when ``ref.output`` is unknown
+        return resolved
+
+    def model_bytes(self, sha256: str) -> bytes:
+        """The stored ONNX bytes of a content hash."""
+        row = self.fetchone(self.model_bytes_sql, (sha256,))
+        if row is None or row[0] is None:
+            raise ModelNotFound(f"the model bytes {sha256[:12]}… are missing from dbdl.blobs; re-register the model")
+        return bytes(row[0])
+
+    def version_options(self, name: str, version: int) -> Any:
+        """A stored version's options as the catalog holds them (JSON text or a dict; None if none),
+        read through dbdl.model_catalog, which every role that may predict may read."""
+        row = self.fetchone("SELECT options FROM dbdl.model_catalog WHERE name = ? AND version = ?", (name, version))
+        return row[0] if row else None
+
+    def torch_program(self, name: str, version: int) -> bytes | None:
+        """The torch program stored with a version registered from torch (None for others, and
+        where this role may not read it: it then scores with onnxruntime)."""
+        row = self.fetchone("SELECT source FROM dbdl.model_catalog WHERE name = ? AND version = ?", (name, version))
+        if not row or row[0] != "torch":
+            return None
+        try:
+            program = self.fetchone("SELECT torch_program FROM dbdl.model_versions WHERE name = ? AND version = ?",
+                                    (name, version))
+        except PermissionDenied:
+            return None
+        return None if not program or program[0] is None else bytes(program[0])
+
     def can_create_tables(self, schema: str) -> bool:
         """Whether this connection may create tables in ``schema`` (relation-centric weights)."""
-        return not getattr(self, "read_only", False)
+        return not self.read_only
 
     def share_table(self, table: str) -> None:
         """Let every dbdl user read a table dbdl created (PostgreSQL grants SELECT to dbdl_user)."""
@@ -244,6 +307,12 @@ class Backend(ABC):
 
         self.write(lambda: catalog.clear_cache(self, name))
 
+    def calibration(self) -> dict[str, float]:
+        """The constants `dbdl calibrate` stored (empty before it ran)."""
+        if not self.table_exists("dbdl", "calibration"):
+            return {}
+        return {key: float(value) for key, value in self.fetchall("SELECT key, value FROM dbdl.calibration")}
+
     def set_calibration(self, values: dict[str, float]) -> None:
         with self.transaction():
             for key, value in values.items():
@@ -268,16 +337,33 @@ class Backend(ABC):
         """What the database's own Python can import (empty where the database runs none)."""
         return {}
 
-    def on_connect(self, db: Any) -> None:
+    def recorded_python_path(self) -> list[str] | None:
+        """Where the server's Python imports dbdl_udf from, as `dbdl migrate` recorded it (None
+        where the database runs no Python of its own)."""
+        return None
+
+    def on_connect(self) -> None:
         """Called once the schema is current (DuckDB registers its UDFs here)."""
 
     def invalidate(self) -> None:
         """Called after the registry changed (drop caches keyed by model name)."""
 
-    # -- result cache (dbdl.cache) ------------------------------------------------------------
+    # -- DL-centric execution ------------------------------------------------------------------
 
-    #: a pseudo-column identifying a base table's rows across the statements of one query, or None
-    cache_identity: ClassVar[str | None] = None
+    @abstractmethod
+    def score_into_temp_table(self, source_sql: str, score: Callable[..., "np.ndarray"], kind: str, table: str,
+                              keyed: bool = False, batch_rows: int = 65536) -> None:
+        """Stream the rows of ``source_sql`` out in batches of ``batch_rows``, score each with
+        ``score(columns)`` (a list of runtime ``Column``s, one per feature column ``dbdl_f``,
+        ``dbdl_f1`` …; it returns the predictions of the rows valid in all of them), and stream
+        the predictions back into temporary table ``table``: the key columns and
+        ``dbdl_prediction`` (NULL for a row not scored). ``keyed``: the source's first column
+        ``dbdl_k`` (the row identity) is the key; otherwise the features themselves are."""
+
+    @abstractmethod
+    def drop_temp_table(self, table: str) -> None: ...
+
+    # -- result cache (planner/cachejoin.py) ---------------------------------------------------
 
     def cache_key(self, model: "ResolvedModel", features: "exp.Expression") -> "exp.Expression":
         """The expression computing an input's cache key (a digest of its tensor bytes) in SQL."""
@@ -309,6 +395,21 @@ class Backend(ABC):
         import sqlglot.expressions as exp
 
         return exp.EQ(this=left, expression=right)
+
+    def array_result(self, values: "exp.Expression", width: int | None) -> "exp.Expression":
+        """A predict_array result read from a table (relation-centric SQL, the result cache) typed as
+        the in-database function types it (DuckDB: FLOAT[width]). Default: unchanged."""
+        return values
+
+    def numeric_features(self, features: "exp.Expression", message: str) -> "exp.Expression":
+        """``features``, refused with DTypeMismatch(message + their type) where they are not numbers
+        (text, booleans) — for SQL that would otherwise cast them silently. Default: unchanged."""
+        return features
+
+    def argument_types(self, args: "Sequence[exp.Expression]") -> list | None:
+        """The database's types of a predict call's feature arguments (bound, not run), or None where
+        they cannot be known before the statement runs."""
+        return None
 
     @abstractmethod
     def predict_call(self, kind: str, model: "ResolvedModel", features: "exp.Expression") -> "exp.Expression":
@@ -344,19 +445,39 @@ class Backend(ABC):
 
         ``models`` are the versions the statement was planned with, so that errors can name them."""
 
+    # -- training data ------------------------------------------------------------------------
 
-def argument_probe(args: "Sequence[exp.Expression]") -> "exp.Select | None":
-    """A SELECT of a predict call's feature arguments over the rows they are computed from (the
-    call's own FROM/WHERE), for a backend to bind and read their types from; None where the types
-    cannot be known before the statement runs (bound parameters)."""
-    import sqlglot.expressions as exp
+    @abstractmethod
+    def train_export(self, spec: "ExportSpec", progress: bool | None = None) -> "DatasetInfo":
+        """Materialize a checked train_export request (``dbdl_udf.datasets.check_spec``) as a dataset
+        table and its catalog row, all or nothing; the new dataset's catalog entry."""
 
-    from ..strategies.common import source_rows
+    @classmethod
+    @abstractmethod
+    def open_range_reader(cls, url: str, owner: "Backend | None" = None) -> "RangeReader":
+        """A reader of dataset row ranges for the training readers, which run in DataLoader worker
+        processes that have no ``Backend``: opened from the URL (``owner``: this process's open
+        backend of that URL, whose connection may be shared)."""
 
-    if any(a.find(exp.Placeholder, exp.Parameter) is not None for a in args):
-        return None
-    select = args[0].find_ancestor(exp.Select)
-    has_from = select is not None and (select.args.get("from") or select.args.get("from_")) is not None
-    probe = source_rows(select) if has_from else exp.select(exp.Literal.number(1))
-    probe.set("expressions", [exp.alias_(a.copy(), f"a{i}") for i, a in enumerate(args)])
-    return probe
+    @classmethod
+    def database_key(cls, url: str) -> str:
+        """A stable text naming the database ``url`` opens, for local caches (the URL without its
+        password and query)."""
+        from urllib.parse import urlunsplit
+
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0] + "@" if len(netloc) == 2 else ""
+        return urlunsplit((parts.scheme, user + netloc[-1], parts.path, "", ""))
+
+
+class RangeReader(ABC):
+    """Rows of a dataset table by row-id range (the training readers' one query)."""
+
+    @abstractmethod
+    def read(self, info: "DatasetInfo", start: int, stop: int) -> tuple["np.ndarray", "np.ndarray"]:
+        """Rows [start, stop) in row-id order: (rows x elements) features and the labels. Raises
+        DatasetNotFound when the dataset's table is gone (re-exported or dropped meanwhile)."""
+
+    def close(self) -> None:
+        """Release the connection (the reader may be opened again)."""

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 from dbdl_udf import datasets as _rules
 from dbdl_udf.datasets import DatasetInfo
 
+from . import lmdb_cache
+
 if TYPE_CHECKING:
-    from ..database import Database
+    from ..backends.base import Backend
     from .reader import BatchSet, ShuffledSet, TrainingSet
 
 
@@ -27,28 +29,26 @@ __all__ = ["BatchSet", "DatasetInfo", "DatasetRegistry", "ShuffledSet", "Trainin
 class DatasetRegistry:
     """``db.datasets``: the datasets train_export made (catalog table dbdl.datasets)."""
 
-    def __init__(self, db: "Database") -> None:
-        self._db = db
+    def __init__(self, backend: "Backend") -> None:
+        self._backend = backend
 
     def list(self) -> list[DatasetInfo]:
-        return _rules.list_all(self._db.backend)
+        return _rules.list_all(self._backend)
 
     def names(self) -> list[str]:
         return [info.name for info in self.list()]
 
     def get(self, name: str) -> DatasetInfo:
-        return _rules.get(self._db.backend, name)
+        return _rules.get(self._backend, name)
 
     def drop(self, name: str, *, cache: bool = True) -> DatasetInfo:
         """Delete the dataset's table, view and catalog row (and its local caches under the default
         cache folder); returns what was dropped."""
-        backend = self._db.backend
+        backend = self._backend
         with backend.transaction():
             info = _rules.drop(backend, name, forget_row=backend.forget_dataset)
         if cache:
-            from . import cache as cache_mod
-
-            cache_mod.remove_all(cache_mod.default_root(), self._db.url, info.name)
+            lmdb_cache.remove_all(lmdb_cache.default_root(), backend.url, info.name)
         return info
 
     def __contains__(self, name: str) -> bool:

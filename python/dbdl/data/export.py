@@ -1,74 +1,33 @@
-"""``db.train_export`` and ``CALL dbdl.train_export(...)`` from the client.
-
-PostgreSQL runs the export inside the server (the procedure ``train_export``, whose body is
-``dbdl_udf.postgres.train_export``); the client calls it with bound parameters. DuckDB has no
-procedures, so the client runs the same rules (``dbdl_udf.datasets.export``) with the DuckDB sink
-below, and ``db.sql("CALL dbdl.train_export(...)")`` is recognised and carried out here.
-"""
+"""``db.train_export`` and ``CALL dbdl.train_export(...)`` from the client: the request checked by
+``dbdl_udf.datasets.check_spec``, carried out by the backend (``Backend.train_export``: PostgreSQL's
+server procedure, DuckDB's client-side sink), with a progress line on a terminal."""
 
 from __future__ import annotations
 
-import itertools
 import sys
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import sqlglot.expressions as exp
 
 from dbdl_udf import datasets
-from dbdl_udf.datasets import DatasetInfo, Ragged, dense_rows, ragged_message
-
-from ..errors import DTypeMismatch, QueryError, ShapeMismatch
-from ..planner import parse
+from dbdl_udf.datasets import DatasetInfo
 
 if TYPE_CHECKING:
-    from ..database import Database
+    from ..backends.base import Backend
 
 #: the procedure's parameters, in order (as declared in migrations/postgres/0011_train_export_inputs.sql)
 PARAMETERS = ("source_query", "dataset_name", "label_column", "features", "shape", "dtype", "train_fraction",
               "validation_fraction", "seed", "ragged")
-_DUCKDB_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "uint8": "UTINYINT", "int8": "TINYINT",
-                 "int16": "SMALLINT", "int32": "INTEGER", "int64": "BIGINT"}
-_INTS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
-         "UHUGEINT", "BOOLEAN"}
-_FLOATS = {"FLOAT", "DOUBLE", "DECIMAL"}
-_EXPORT_ROWS = 4096
-_stages = itertools.count(1)
 
 
-def train_export(db: "Database", source_query: str, dataset_name: str, *, label_column: str = "label",
+def train_export(backend: "Backend", source_query: str, dataset_name: str, *, label_column: str = "label",
                  features: Sequence[str] | str | None = None, shape: Sequence[int] | None = None,
                  dtype: str | None = None, train_fraction: float = 0.8, validation_fraction: float = 0.1,
                  seed: int = 0, ragged: bool = False, progress: bool | None = None) -> DatasetInfo:
     spec = datasets.check_spec(source_query, dataset_name, label_column, features, shape, dtype, train_fraction,
                                validation_fraction, seed, ragged)
-    backend = db.backend
-    if getattr(backend, "has_procedures", False):
-        backend.execute(
-            "CALL dbdl.train_export(?, ?, ?, CAST(? AS pg_catalog.text[]), CAST(? AS pg_catalog.int4[]), "
-            "CAST(? AS pg_catalog.text), ?, ?, ?, ?)",
-            (spec.query, spec.name, spec.label, list(spec.features) if spec.features else None,
-             list(spec.shape) if spec.shape else None, spec.dtype, spec.train_fraction, spec.validation_fraction,
-             spec.seed, spec.ragged))
-        return datasets.get(backend, spec.name)
-    trees = parse(spec.query, backend.dialect)
-    # DuckDB's own parser has the last word on how many statements it would run
-    try:
-        statements = len(backend.con.extract_statements(spec.query))
-    except Exception:  # noqa: BLE001 - DuckDB's parse errors: sqlglot's verdict stands
-        statements = None
-    if trees is None or len(trees) != 1 or statements not in (None, 1) or not isinstance(trees[0], exp.Query):
-        raise QueryError("train_export's source query must be one SELECT statement (it may use WITH, joins and "
-                         "UNION); check the SQL")
-    sink = DuckDBSink(backend)
-    with _progress(progress, f"exporting {spec.name}") as tick, backend.transaction():
-        try:
-            info = datasets.export(sink, spec, progress=tick)
-        finally:
-            sink.close()
-    return info
+    with _progress(progress, f"exporting {spec.name}") as tick:
+        return backend.train_export(spec, tick)
 
 
 class _Null:
@@ -98,235 +57,6 @@ def _progress(enabled: bool | None, label: str):
 
     return bar()
 
-
-class DuckDBSink:
-    """dbdl_udf.datasets.export's DuckDB backend: the query read as Arrow batches, staged in a
-    temporary table, then written in row-id order (so that a range of row ids is a range of
-    storage, which DuckDB's zone maps skip to)."""
-
-    schema = "dbdl"
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self.con = backend.con
-        self.catalog = backend
-        self._stage: str | None = None
-        #: a nested array column's dimensions (FLOAT[32][32][3] -> (3, 32, 32)), else None
-        self.dims: tuple[int, ...] | None = None
-
-    def dataset(self, name: str) -> DatasetInfo | None:
-        found = self.catalog.fetchall("SELECT name FROM dbdl.datasets WHERE name = ?", (name,))
-        return datasets.get(self.catalog, name) if found else None
-
-    def record(self, row: dict) -> None:
-        datasets.record(self.catalog, row)
-
-    def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.backend.execute(sql, params)
-
-    def describe(self, query: str) -> list[tuple[str, str, str]]:
-        import duckdb
-
-        try:
-            # the query streams from a cursor of its own while the backend's connection writes
-            self._reader = self.con.cursor()
-            self._relation = self._reader.sql(query)
-        except duckdb.Error as exc:
-            raise self.backend._translate(exc) from exc
-        out = []
-        for name, type_ in zip(self._relation.columns, self._relation.types):
-            text = str(type_)
-            base = text.split("[")[0].split("(")[0]
-            if "[" in text:
-                kind = "array" if base in _INTS | _FLOATS else "other"
-            elif base == "BLOB":
-                kind = "bytes"
-            else:
-                kind = "int" if base in _INTS else "float" if base in _FLOATS else "other"
-            out.append((name, kind, text))
-        return out
-
-    def batches(self, query, features, label, kinds, ragged=False):
-        import duckdb
-
-        relation = self._relation.select(*[duckdb.ColumnExpression(c) for c in [*features, label]])
-        try:
-            reader = relation.to_arrow_reader(_EXPORT_ROWS)
-            pos = 0
-            for batch in reader:
-                n = batch.num_rows
-                kind = kinds[features[0]]
-                if kind == "bytes":
-                    rows, valid = _binary(batch.column(0))
-                    matrix = rows if ragged else dense_rows(rows, valid, pos)
-                elif kind == "array" and ragged:
-                    matrix, valid = _list_ragged(batch.column(0), pos)
-                elif kind == "array":
-                    matrix, valid = _array_matrix(batch.column(0), pos)
-                    self.dims = _fixed_dims(batch.schema.field(0).type)
-                else:
-                    cols = [_numbers(batch.column(i)) for i in range(len(features))]
-                    matrix = np.column_stack([c for c, _ in cols]) if cols else np.zeros((n, 0))
-                    valid = np.logical_and.reduce([v for _, v in cols])
-                labels, labels_valid = _numbers(batch.column(len(features)))
-                pos += n
-                yield matrix, valid, labels, labels_valid
-        except duckdb.Error as exc:
-            raise self.backend._translate(exc) from exc
-        finally:
-            self._relation = None
-
-    def stage(self, first_pos, features, labels, label_dtype):
-        if self._stage is None:
-            self._stage = f"dbdl_stage_{next(_stages)}"
-            element = _DUCKDB_TYPES[features.dtype.name]
-            label_sql = "BIGINT" if label_dtype == "int64" else "FLOAT"
-            self._features_type = f"{element}[]" if isinstance(features, Ragged) else f"{element}[{features.shape[1]}]"
-            self._run(f"CREATE TEMP TABLE {self._stage} (pos BIGINT, features {self._features_type}, "
-                      f"label {label_sql})")
-        if isinstance(features, Ragged):
-            n = len(features)
-            column = pa.LargeListArray.from_arrays(pa.array(features.offsets), pa.array(features.values))
-        else:
-            n, width = features.shape
-            column = pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), width)
-        data = pa.table({"pos": np.arange(first_pos, first_pos + n, dtype=np.int64), "features": column,
-                         "label": labels})
-        self._insert(f"INSERT INTO {self._stage} SELECT pos, CAST(features AS {self._features_type}), label FROM "
-                     "{view}", data)
-
-    def finish(self, table, row_ids, codes, width, dtype, label_dtype):
-        label_sql = "BIGINT" if label_dtype == "int64" else "FLOAT"
-        size = "" if width is None else str(int(width))  # None: variable-length rows (a LIST column)
-        self._run(f"CREATE TABLE {table} (row_id BIGINT PRIMARY KEY, features {_DUCKDB_TYPES[dtype]}[{size}] "
-                  f"NOT NULL, label {label_sql} NOT NULL, split VARCHAR NOT NULL)")
-        split_names = np.array(datasets.SPLITS, dtype=object)[codes]
-        assignment = pa.table({"pos": np.arange(len(row_ids), dtype=np.int64), "row_id": row_ids,
-                               "split": pa.array(split_names, pa.string())})
-        self._insert(f"INSERT INTO {table} SELECT a.row_id, s.features, s.label, a.split FROM {self._stage} s "
-                     "JOIN {view} a ON a.pos = s.pos ORDER BY a.row_id", assignment)
-        self._run(f"DROP TABLE {self._stage}")
-        self._stage = None
-
-    def _insert(self, sql: str, data: pa.Table) -> None:
-        view = f"dbdl_arrow_{id(data):x}"
-        self.con.register(view, data)
-        try:
-            self._run(sql.replace("{view}", view))
-        finally:
-            self.con.unregister(view)
-
-    def ddl(self, sql: str) -> None:
-        self._run(sql)
-
-    def share(self, relation: str) -> None:
-        pass
-
-    def close(self) -> None:
-        self._relation = None
-        reader, self._reader = getattr(self, "_reader", None), None
-        if reader is not None:
-            reader.close()
-
-
-def _numbers(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """A numeric Arrow column as numpy, and its not-NULL mask."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_boolean(column.type):
-        column = column.cast(pa.int8())
-    elif pa.types.is_decimal(column.type):
-        column = column.cast(pa.float64())
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(len(column), bool)
-    return column.fill_null(0).to_numpy(zero_copy_only=False), valid
-
-
-def _array_matrix(column: pa.Array | pa.ChunkedArray, first_pos: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows x width) values of a list/array column (nested lists flattened), and a mask of rows
-    with neither a NULL list nor a NULL element; rows of another length are refused."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    n = len(column)
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
-    per_row = np.ones(n, dtype=np.int64)
-    values = column
-    while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or \
-            pa.types.is_large_list(values.type):
-        lengths = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        # each row's element count at this level: the lengths of its items, summed per row
-        starts = np.concatenate([[0], np.cumsum(per_row)])
-        per_row = np.add.reduceat(np.append(lengths, 0), starts[:-1])
-        per_row[starts[:-1] == starts[1:]] = 0
-        values = pc.list_flatten(values)
-    if not valid.all():
-        per_row_valid = per_row[valid]
-    else:
-        per_row_valid = per_row
-    widths = np.unique(per_row_valid)
-    if len(widths) > 1:
-        first = int(per_row_valid[0])
-        bad = int(np.flatnonzero(per_row != first)[0])
-        raise ShapeMismatch(ragged_message(first_pos + bad, first, int(per_row[bad])))
-    width = int(widths[0]) if len(widths) else 0
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or
-            pa.types.is_decimal(values.type) or pa.types.is_boolean(values.type)):
-        raise DTypeMismatch(f"features must be arrays of numbers; got elements of type {values.type}")
-    flat, flat_valid = _numbers(values)
-    matrix = np.zeros((n, width), dtype=flat.dtype)
-    if width:
-        row_of = np.repeat(np.arange(n), per_row)
-        bad_rows = np.unique(row_of[~flat_valid]) if not flat_valid.all() else np.array([], dtype=np.int64)
-        valid[bad_rows] = False
-        matrix[per_row == width] = flat.reshape(-1, width) if (per_row == width).all() else \
-            flat[np.repeat(per_row == width, per_row)].reshape(-1, width)
-    return matrix, valid
-
-
-def _fixed_dims(type_: pa.DataType) -> tuple[int, ...] | None:
-    """The dimensions of a nested fixed-size array type, outermost first (DuckDB writes them
-    innermost first: FLOAT[32][32][3] is (3, 32, 32)); None for a flat or variable-size one."""
-    dims = []
-    while pa.types.is_fixed_size_list(type_):
-        dims.append(type_.list_size)
-        type_ = type_.value_type
-    nested = pa.types.is_list(type_) or pa.types.is_large_list(type_)
-    return tuple(dims) if len(dims) > 1 and not nested else None
-
-
-def _binary(column: pa.Array | pa.ChunkedArray) -> tuple[Ragged, np.ndarray]:
-    """A BLOB column as uint8 values (one per byte) per row, and its not-NULL mask."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    column = column.cast(pa.large_binary())
-    n = len(column)
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset:column.offset + n + 1]
-    data = column.buffers()[2]
-    values = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
-    return Ragged(values, offsets - offsets[0]), valid
-
-
-def _list_ragged(column: pa.Array | pa.ChunkedArray, first_pos: int) -> tuple[Ragged, np.ndarray]:
-    """A one-dimensional list column (token lists of any lengths) as Ragged rows, and the mask of
-    rows with neither a NULL list nor a NULL element."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    value_type = column.type.value_type
-    if pa.types.is_list(value_type) or pa.types.is_large_list(value_type) or pa.types.is_fixed_size_list(value_type):
-        raise ShapeMismatch(f"ragged => true takes one-dimensional lists; the feature column is {column.type} "
-                            "(nested) — select a flat list such as INTEGER[] of token ids")
-    n = len(column)
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
-    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    values, values_valid = _numbers(pc.list_flatten(column))
-    rows = Ragged.from_lengths(values, lengths)
-    if not values_valid.all():
-        row_of = np.repeat(np.arange(n), lengths)
-        valid[np.unique(row_of[~values_valid])] = False
-    return rows, valid
-
-
-# -- CALL dbdl.train_export(...) on backends without procedures --------------------------------------------
 
 
 def summary(infos: Sequence[DatasetInfo]) -> pa.Table:

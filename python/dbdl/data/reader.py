@@ -28,17 +28,15 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
 from dbdl_udf.datasets import DTYPES, DatasetInfo, Ragged
 
-from ..errors import ConfigurationError, DatasetNotFound, DTypeMismatch, QueryError
-from . import cache as cache_mod
-
-if TYPE_CHECKING:
-    from ..database import Database
+from ..errors import ConfigurationError, DTypeMismatch, QueryError
+from ..backends.base import Backend, RangeReader
+from . import lmdb_cache as cache_mod
 
 try:
     import torch
@@ -56,7 +54,6 @@ class Source:
     """What a process needs to read a dataset version (picklable: no connection, no environment)."""
 
     url: str
-    backend: str
     info: DatasetInfo
     block_rows: int
 
@@ -72,12 +69,12 @@ class Source:
 class BlockStore:
     """One process's reader: memory → LMDB → database, block by block."""
 
-    def __init__(self, source: Source, cache: cache_mod.BlockCache | None, db: "Database | None" = None,
+    def __init__(self, source: Source, cache: cache_mod.BlockCache | None, owner: Backend | None = None,
                  memory_blocks: int | None = None) -> None:
         self.source = source
         self.cache = cache
-        self._db = db
-        self._con: Any = None
+        self._owner = owner  # this process's open backend of the URL, whose connection may be shared
+        self._reader: RangeReader | None = None
         self._lock = threading.Lock()
         block_bytes = max(1, source.block_rows * source.info.row_bytes)
         self._memory: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
@@ -87,58 +84,13 @@ class BlockStore:
 
     # -- the database ---------------------------------------------------------------------------
 
-    def _connection(self):
-        if self._con is not None:
-            return self._con
-        src = self.source
-        if src.backend == "duckdb":
-            import duckdb
-
-            if self._db is not None:
-                try:
-                    self._con = self._db.backend.con.cursor()  # the training process's own database
-                    return self._con
-                except duckdb.Error:  # closed since: read the file like a worker does
-                    self._db = None
-            if self._con is None:
-                from ..backends.duckdb import _path_from_url
-
-                path = _path_from_url(src.url)
-                if path == ":memory:":
-                    raise ConfigurationError(
-                        "an in-memory DuckDB database cannot be read from DataLoader workers; use num_workers=0, "
-                        "fill the cache first (ds.fill_cache()), or export into a database file")
-                try:
-                    # DuckDB lets many processes read a file, or one process write it: workers read only
-                    self._con = duckdb.connect(path, read_only=True)
-                except duckdb.Error as exc:
-                    raise ConfigurationError(
-                        f"a DataLoader worker cannot open {path!r} read-only ({str(exc).splitlines()[0]}): DuckDB "
-                        "allows one writing process or many readers. Close the writable connection before "
-                        "iterating (db.close()), open it with dbdl.connect(url, read_only=True), fill the cache "
-                        "in this process first (ds.fill_cache()), or use num_workers=0") from exc
-        else:
-            import psycopg
-
-            self._con = psycopg.connect(src.url, autocommit=True)
-        return self._con
-
     def read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows [start, stop) in row-id order: (rows x elements) features and the labels."""
         info = self.source.info
         with self._lock:
-            con = self._connection()
-            try:
-                if self.source.backend == "duckdb":
-                    features, labels = _read_duckdb(con, info, start, stop)
-                else:
-                    features, labels = _read_postgres(con, info, start, stop)
-            except Exception as exc:
-                if "does not exist" in str(exc) or "Catalog Error" in str(exc):
-                    raise DatasetNotFound(
-                        f"dataset {info.name!r} version {info.version} is gone (re-exported or dropped while it was "
-                        f"being read); open it again with db.training_set({info.name!r})") from exc
-                raise
+            if self._reader is None:
+                self._reader = Backend.class_for(self.source.url).open_range_reader(self.source.url, self._owner)
+            features, labels = self._reader.read(info, start, stop)
             self.queries += 1
             self.rows_read += stop - start
         if len(labels) != stop - start:
@@ -262,92 +214,9 @@ class BlockStore:
         return features, labels
 
     def close(self) -> None:
-        if self._con is not None and self._db is None:
-            try:
-                self._con.close()
-            except Exception:
-                pass
-        self._con = None
-
-
-def _read_duckdb(con, info: DatasetInfo, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    table = con.sql(f"SELECT row_id, features, label FROM {info.table} "
-                    f"WHERE row_id >= {int(start)} AND row_id < {int(stop)}").to_arrow_table()
-    ids = table.column(0).to_numpy()
-    features = table.column(1).combine_chunks()
-    if info.ragged:
-        import pyarrow.compute as pc
-
-        lengths = pc.list_value_length(features).to_numpy(zero_copy_only=False).astype(np.int64)
-        values = pc.list_flatten(features).to_numpy(zero_copy_only=False)
-        rows = Ragged.from_lengths(values.astype(info.dtype, copy=False), lengths)
-        labels = table.column(2).to_numpy()
-        if len(ids) > 1 and not bool((np.diff(ids) > 0).all()):
-            order = np.argsort(ids, kind="stable")
-            rows, labels = rows.take(order), labels[order]
-        return rows, labels.astype(info.label_dtype, copy=False)
-    values = features.flatten().to_numpy(zero_copy_only=False)
-    elements = math.prod(info.shape)
-    matrix = values.reshape(len(ids), elements)
-    labels = table.column(2).to_numpy()
-    if len(ids) > 1 and not bool((np.diff(ids) > 0).all()):
-        order = np.argsort(ids, kind="stable")
-        matrix, labels = matrix[order], labels[order]
-    return matrix, labels.astype(info.label_dtype, copy=False)
-
-
-_COPY_HEADER = 19  # signature (11), flags (4), header extension length (4, zero)
-
-
-def _read_postgres(con, info: DatasetInfo, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    sql = (f"COPY (SELECT features, label FROM {info.table} WHERE row_id >= {int(start)} AND row_id < {int(stop)} "
-           "ORDER BY row_id) TO STDOUT (FORMAT BINARY)")
-    payload = bytearray()
-    with con.cursor().copy(sql) as copy:
-        for chunk in copy:
-            payload += chunk
-    if info.ragged:
-        return _ragged_copy_rows(payload, info)
-    row_bytes = info.row_bytes
-    label_size = 8 if info.label_dtype == "int64" else 4
-    width = 2 + 4 + row_bytes + 4 + label_size
-    n = (len(payload) - _COPY_HEADER - 2) // width
-    raw = np.frombuffer(payload, dtype=np.uint8, count=n * width, offset=_COPY_HEADER).reshape(n, width)
-    if n and not (raw[:, 2:6].copy().view(">i4")[:, 0] == row_bytes).all():
-        raise QueryError(f"dataset table {info.table} holds a features value that is not {row_bytes} bytes; it was "
-                         "changed outside dbdl — re-export the dataset")
-    features = np.ascontiguousarray(raw[:, 6:6 + row_bytes]).view(np.dtype(info.dtype).newbyteorder("<"))
-    label_raw = np.ascontiguousarray(raw[:, 10 + row_bytes:])
-    labels = label_raw.view(">i8" if label_size == 8 else ">f4")[:, 0].astype(info.label_dtype)
-    return features.reshape(n, math.prod(info.shape)), labels
-
-
-def _ragged_copy_rows(payload: bytearray, info: DatasetInfo) -> tuple[Ragged, np.ndarray]:
-    """Binary COPY rows (features bytea of any length, label) of a ragged dataset."""
-    item = np.dtype(info.dtype).itemsize
-    label_size = 8 if info.label_dtype == "int64" else 4
-    pos, end = _COPY_HEADER, len(payload) - 2
-    starts, lengths, label_at = [], [], []
-    view = memoryview(payload)
-    while pos < end:
-        length = int.from_bytes(view[pos + 2:pos + 6], "big", signed=True)
-        if length < 0 or length % item:
-            raise QueryError(f"dataset table {info.table} holds a features value that is not a whole number of "
-                             f"{info.dtype} values; it was changed outside dbdl — re-export the dataset")
-        starts.append(pos + 6)
-        lengths.append(length)
-        pos += 6 + length
-        label_at.append(pos + 4)
-        pos += 4 + label_size
-    raw = np.frombuffer(payload, dtype=np.uint8)
-    values = np.frombuffer(b"".join(view[a:a + n] for a, n in zip(starts, lengths)),
-                           dtype=np.dtype(info.dtype).newbyteorder("<"))
-    if label_at:
-        label_raw = raw[np.array(label_at)[:, None] + np.arange(label_size)]
-        labels = np.ascontiguousarray(label_raw).view(">i8" if label_size == 8 else ">f4")[:, 0]
-    else:
-        labels = np.zeros(0, ">i8")
-    return Ragged.from_lengths(values, np.array(lengths, dtype=np.int64) // item), labels.astype(info.label_dtype)
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
 
 def _slice(x: "np.ndarray | Ragged", lo: int, hi: int):
@@ -455,7 +324,7 @@ if torch is not None:
 class _Base:
     """What every form shares: the source, the split's row range, the cache, a per-process store."""
 
-    def __init__(self, db: "Database", info: DatasetInfo, split: str | None, *, cache: bool | str | Path = True,
+    def __init__(self, backend: Backend, info: DatasetInfo, split: str | None, *, cache: bool | str | Path = True,
                  block_rows: int | None = None, read_ahead: int = 0, cache_map_size: int | None = None,
                  dtype: str | None = None, collate: str | None = None, pad_id: int | float = 0) -> None:
         self.info = info
@@ -463,24 +332,24 @@ class _Base:
         self.split = split or "all"
         self.start, self.stop = info.split_range(split)
         rows = block_rows or max(1, BLOCK_BYTES // max(1, info.row_bytes))
-        self.source = Source(db.url, db.backend.name, info, int(rows))
+        self.source = Source(backend.url, info, int(rows))
         self.read_ahead = int(read_ahead)
         self.cache: cache_mod.BlockCache | None = None
         if cache:
             root = cache_mod.default_root() if cache is True else Path(cache)
-            path = cache_mod.cache_path(root, db.url, info.name, info.version, info.uid, self.source.block_rows)
+            path = cache_mod.cache_path(root, backend.url, info.name, info.version, info.uid, self.source.block_rows)
             cache_mod.remove_stale(path, info.name, info.uid)
             block_bytes = rows * (info.row_bytes + 8)
             size = cache_map_size or int(info.n_rows * (info.row_bytes + 8) * 1.25) + 4 * block_bytes + (16 << 20)
             self.cache = cache_mod.BlockCache(path, size)
-        self._db_ref = weakref.ref(db)
+        self._backend_ref = weakref.ref(backend)
         self._owner_pid = os.getpid()
         self._store: BlockStore | None = None
         self._store_pid: int | None = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_db_ref"] = None
+        state["_backend_ref"] = None
         state["_store"] = None
         state["_store_pid"] = None
         state["_owner_pid"] = None
@@ -490,13 +359,10 @@ class _Base:
     def store(self) -> BlockStore:
         pid = os.getpid()
         if self._store is None or self._store_pid != pid:
-            db = None
-            if self._db_ref is not None and pid == self._owner_pid:
-                db = self._db_ref()
-                if db is not None and getattr(db.backend, "con", None) is None:
-                    db = None
-            # PostgreSQL: always a connection of our own (the Database's may be inside a transaction)
-            self._store = BlockStore(self.source, self.cache, db if self.source.backend == "duckdb" else None)
+            owner = None
+            if self._backend_ref is not None and pid == self._owner_pid:
+                owner = self._backend_ref()  # the training process's own backend, if still open
+            self._store = BlockStore(self.source, self.cache, owner)
             self._store_pid = pid
         return self._store
 
@@ -598,11 +464,11 @@ class BatchSet(_Base, Dataset):
     """Map-style over batches: ``ds[k]`` is ``(features [B, *shape], labels [B])`` of rows
     k*B..(k+1)*B-1 of the split, one range read. Use ``DataLoader(ds, batch_size=None)``."""
 
-    def __init__(self, db, info, split, *, batch_size: int, drop_last: bool = False, **options) -> None:
+    def __init__(self, backend, info, split, *, batch_size: int, drop_last: bool = False, **options) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         options.setdefault("block_rows", batch_size)
-        super().__init__(db, info, split, **options)
+        super().__init__(backend, info, split, **options)
         self.batch_size = int(batch_size)
         self.drop_last = drop_last
 
@@ -630,9 +496,9 @@ class ShuffledSet(_Base, IterableDataset):
     same stream, every row exactly once per epoch. Call ``set_epoch(e)`` before each epoch.
     """
 
-    def __init__(self, db, info, split, *, batch_size: int | None = None, seed: int = 0, buffer_blocks: int = 4,
+    def __init__(self, backend, info, split, *, batch_size: int | None = None, seed: int = 0, buffer_blocks: int = 4,
                  prefetch: int = 0, drop_last: bool = False, **options) -> None:
-        super().__init__(db, info, split, **options)
+        super().__init__(backend, info, split, **options)
         self.batch_size = batch_size
         self.seed = int(seed)
         self.epoch = 0
@@ -795,21 +661,21 @@ def _ahead(load, items: list, depth: int) -> Iterator[Any]:
                 thread.join(timeout=0.05)
 
 
-def training_set(db: "Database", name: str, split: str | None = "train", *, batch_size: int | None = None,
+def training_set(backend: Backend, name: str, split: str | None = "train", *, batch_size: int | None = None,
                  shuffle: bool = False, seed: int = 0, cache: bool | str | Path = True, block_rows: int | None = None,
                  prefetch: int = 0, drop_last: bool = False, buffer_blocks: int = 4,
                  cache_map_size: int | None = None, dtype: str | None = None, collate: str | None = None,
                  pad_id: int | float = 0):
     from dbdl_udf import datasets
 
-    info = datasets.get(db.backend, name)
+    info = datasets.get(backend, name)
     if info.ragged and batch_size is not None and collate is None:
         raise ConfigurationError(_NO_COLLATE.format(name=info.name))
     options = dict(cache=cache, block_rows=block_rows, cache_map_size=cache_map_size, dtype=dtype, collate=collate,
                    pad_id=pad_id)
     if shuffle:
-        return ShuffledSet(db, info, split, batch_size=batch_size, seed=seed, buffer_blocks=buffer_blocks,
+        return ShuffledSet(backend, info, split, batch_size=batch_size, seed=seed, buffer_blocks=buffer_blocks,
                            prefetch=prefetch, drop_last=drop_last, **options)
     if batch_size is not None:
-        return BatchSet(db, info, split, batch_size=batch_size, drop_last=drop_last, read_ahead=prefetch, **options)
-    return TrainingSet(db, info, split, read_ahead=prefetch, **options)
+        return BatchSet(backend, info, split, batch_size=batch_size, drop_last=drop_last, read_ahead=prefetch, **options)
+    return TrainingSet(backend, info, split, read_ahead=prefetch, **options)

@@ -11,61 +11,55 @@ Identifiers here are all generated (CTE names, weight tables named by the model'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-# the few spellings that differ between dialects: data, not branches
-DIALECT_SQL = {
-    "duckdb": {
-        "unnest": "SELECT rid, CAST(generate_subscripts(CAST(dbdl_f AS DOUBLE[]), 1) - 1 AS BIGINT) AS i, "
-                  "unnest(CAST(dbdl_f AS DOUBLE[])) AS v FROM {src}",
-        "collect": "CAST(list(v ORDER BY i) AS FLOAT[])",
-        "argmax": "arg_max(i, v)",
-        "real": "FLOAT",
-        # blocked layout: a row's activations as one array, a weight column as one array
-        "pack": "list(v ORDER BY i)",
-        "dot": "list_dot_product({a}, {b})",
-        "length": "len",
-    },
-    # PostgreSQL: the polymorphic built-ins carry their schema, because an exact overload a user
-    # created (public.unnest(real[])) would beat them wherever it sits on the caller's path
-    "postgres": {
-        "unnest": "SELECT s.rid, u.i - 1 AS i, CAST(u.v AS DOUBLE PRECISION) AS v "
-                  "FROM {src} AS s, pg_catalog.unnest(s.dbdl_f) WITH ORDINALITY AS u(v, i)",
-        "collect": "CAST(pg_catalog.array_agg(v ORDER BY i) AS REAL[])",  # PostgreSQL arrays have no fixed length
-        "argmax": "(pg_catalog.array_agg(i ORDER BY v DESC, i))[1]",
-        "real": "REAL",
-        "length": "pg_catalog.cardinality",
-    },
-}
+@dataclass(frozen=True)
+class RelationalSQL:
+    """The spellings of relation-centric SQL that differ between databases: data, not branches.
+    Each backend declares one (``Backend.relational``); the compiler and the relation-centric
+    strategy read only this."""
 
+    #: SELECT (rid, i, v) from a CTE ``{src}`` of (rid, dbdl_f) rows: one row per array element
+    unnest: str
+    #: an aggregate of (i, v) rows back into one array, the output of predict_array
+    collect: str
+    #: an aggregate: the position of the largest v (ties: the first), the output of predict_class
+    argmax: str
+    #: the SQL type of one float32 value
+    real: str
+    #: the function giving an array's number of elements
+    length: str
+    #: (features) -> the condition that the array holds no NULL element (joins and dot products
+    #: would otherwise skip the NULL or fail)
+    no_null_elements: Callable[[Any], Any]
+    #: (message text expression, features) -> an expression that raises the message as an error
+    fail: Callable[[Any, Any], Any]
+    #: blocked layout: an aggregate of a row's (i, v) into one array, and a dot product of two
+    #: arrays ``{a}``, ``{b}``; None where the database has no such function (element layout only)
+    pack: str | None = None
+    dot: str | None = None
+    #: decimal constants typed as double precision, so that arithmetic with the double precision
+    #: activations finds the exact float8 operators (PostgreSQL: rather than an implicit cast that a
+    #: user's numeric-by-double operator would beat)
+    typed_decimals: bool = False
 
-def no_null_elements(dialect: str, features):
-    """A sqlglot condition: the array ``features`` holds no NULL element. Joins and dot products
-    would otherwise skip the NULL (PostgreSQL's SUM) or fail (DuckDB's list_dot_product)."""
-    import sqlglot.expressions as exp
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """The weight layouts this database can run ("blocked" needs a dot product of two arrays)."""
+        return ("element", "blocked") if self.dot else ("element",)
 
-    if dialect == "duckdb":  # list_count counts the non-NULL elements
-        return exp.EQ(this=exp.Anonymous(this="list_count", expressions=[features.copy()]),
-                      expression=exp.Anonymous(this="len", expressions=[features.copy()]))
-    # array_position finds NULL with IS NOT DISTINCT FROM
-    return exp.Is(this=exp.Anonymous(this="pg_catalog.array_position", expressions=[features.copy(), exp.Null()]),
-                  expression=exp.Null())
+    def exact_constants(self, tree):
+        """``tree`` with its decimal constants typed (where ``typed_decimals``), in place."""
+        import sqlglot.expressions as exp
 
-
-def exact_constants(dialect: str, tree):
-    """PostgreSQL: decimal constants (numeric) typed as double precision, so that arithmetic with the
-    double precision activations finds pg_catalog's exact float8 operators rather than an implicit
-    cast that a user's numeric-by-double operator would beat. Other dialects: unchanged."""
-    import sqlglot.expressions as exp
-
-    if dialect != "postgres":
+        if not self.typed_decimals:
+            return tree
+        for literal in list(tree.find_all(exp.Literal)):
+            if not literal.is_string and any(c in literal.this for c in ".eE"):
+                literal.replace(exp.Cast(this=literal.copy(), to=exp.DataType.build("DOUBLE PRECISION")))
         return tree
-    for literal in list(tree.find_all(exp.Literal)):
-        if not literal.is_string and any(c in literal.this for c in ".eE"):
-            literal.replace(exp.Cast(this=literal.copy(), to=exp.DataType.build("DOUBLE PRECISION")))
-    return tree
 
 
 @dataclass(frozen=True)
@@ -78,7 +72,8 @@ class Relation:
 class SQLBuilder:
     """Collects the CTEs of one model's relational plan."""
 
-    dialect: str
+    #: the database's spellings
+    spell: RelationalSQL
     #: table_for(kind, key, columns) -> the name of a table holding ``columns`` (created if missing)
     table_for: Callable[[str, dict[str, np.ndarray]], str]
     #: CTE names start with this (one builder per predict call in a statement)
@@ -96,7 +91,7 @@ class SQLBuilder:
 
     def input(self, source_cte: str, width: int) -> Relation:
         """``source_cte`` has (rid, dbdl_f): one feature array per row."""
-        return self._add(DIALECT_SQL[self.dialect]["unnest"].format(src=source_cte), width)
+        return self._add(self.spell.unnest.format(src=source_cte), width)
 
     def dense(self, x: Relation, weight: np.ndarray, bias: np.ndarray | None) -> Relation:
         self._layer += 1
@@ -119,15 +114,14 @@ class SQLBuilder:
     def _dense_blocked(self, x: Relation, weight: np.ndarray, bias: np.ndarray | None) -> Relation:
         import pyarrow as pa
 
-        spell = DIALECT_SQL[self.dialect]
         n_in, n_out = weight.shape
         columns = np.ascontiguousarray(weight.T, dtype=np.float64)  # one row per output unit j
         offsets = pa.array(np.arange(0, (n_out + 1) * n_in, n_in, dtype=np.int32))
         table = self.table_for(f"wb{self._layer}", {
             "j": np.arange(n_out), "wcol": pa.ListArray.from_arrays(offsets, pa.array(columns.ravel())),
             "b": (bias if bias is not None else np.zeros(n_out)).astype(np.float64)})
-        packed = self._add(f"SELECT rid, {spell['pack']} AS vec FROM {x.name} GROUP BY rid", x.width)
-        dot = spell["dot"].format(a="x.vec", b="w.wcol")
+        packed = self._add(f"SELECT rid, {self.spell.pack} AS vec FROM {x.name} GROUP BY rid", x.width)
+        dot = self.spell.dot.format(a="x.vec", b="w.wcol")
         return self._add(f"SELECT x.rid, w.j AS i, {dot} + w.b AS v FROM {packed.name} AS x CROSS JOIN {table} AS w",
                          n_out)
 
@@ -150,15 +144,9 @@ class SQLBuilder:
 
     def output(self, x: Relation, kind: str) -> str:
         """The SELECT giving (rid, prediction) for predict (scalar), predict_array or predict_class."""
-        spell = DIALECT_SQL[self.dialect]
-        value = {"array": spell["collect"], "class": spell["argmax"],
-                 "scalar": f"CAST(MAX(v) AS {spell['real']})"}[kind]
+        value = {"array": self.spell.collect, "class": self.spell.argmax,
+                 "scalar": f"CAST(MAX(v) AS {self.spell.real})"}[kind]
         return f"SELECT rid, {value} AS prediction FROM {x.name} GROUP BY rid"
-
-
-def layouts(dialect: str) -> tuple[str, ...]:
-    """The weight layouts a dialect can run ("blocked" needs a dot product of two arrays)."""
-    return ("element", "blocked") if "dot" in DIALECT_SQL[dialect] else ("element",)
 
 
 def compile_graph(graph, builder: SQLBuilder, source_cte: str) -> "Relation":

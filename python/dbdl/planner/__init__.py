@@ -1,6 +1,7 @@
-"""From a user's SQL to what runs: find the predict calls, pin their models, choose how to run them."""
+"""From a user's SQL to what runs: find the predict calls, pin their models, let each call's
+strategy rewrite it, and run the statement (``rewrite.run_sql``, ``rewrite.explain``)."""
 
-from .dialects import DbdlDuckDB, DbdlPostgres
-from .rewrite import PREDICT_FUNCTIONS, parse, plan_statement
+from .cost import CallPlan, Explain
+from .rewrite import PlannedStatement, check_output_kind, explain, plan_statement, run_sql
 
-__all__ = ["DbdlDuckDB", "DbdlPostgres", "PREDICT_FUNCTIONS", "parse", "plan_statement"]
+__all__ = ["CallPlan", "Explain", "PlannedStatement", "check_output_kind", "explain", "plan_statement", "run_sql"]

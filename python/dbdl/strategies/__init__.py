@@ -1,5 +1,17 @@
-"""Execution strategies for predict calls: UDF-centric (the backends' in-database functions),
-relation-centric (the model compiled to SQL joins) and DL-centric (tensors streamed out to the DL
-runtime and the predictions streamed back)."""
+"""Execution strategies for predict calls, one per file, each registering itself (``base.STRATEGIES``):
 
-STRATEGIES = ("udf", "relation", "dl")
+- ``udf.py``       UDF-centric: the backend's in-database function (onnxruntime inside the database)
+- ``relation.py``  relation-centric: the model compiled to SQL joins over (row, position, value)
+- ``dl.py``        DL-centric: the rows streamed out to torch/onnxruntime, the predictions streamed back
+
+``base.py`` holds what they share: ``Strategy``, ``PredictCall``, ``Estimate``, the cost constants.
+"""
+
+from .base import STRATEGIES, Estimate, PredictCall, StatementPlan, Strategy
+
+# each module registers its strategy when imported, in the order EXPLAIN lists them
+from . import udf  # noqa: E402,F401  isort: skip
+from . import relation  # noqa: E402,F401  isort: skip
+from . import dl  # noqa: E402,F401  isort: skip
+
+__all__ = ["STRATEGIES", "Estimate", "PredictCall", "StatementPlan", "Strategy"]

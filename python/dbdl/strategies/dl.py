@@ -2,8 +2,12 @@
 runtime (torch on CUDA for models registered from torch when a GPU is present, else onnxruntime on
 all cores), stream the predictions back into a temporary table, and join it into the query.
 
-Only the distinct feature vectors of the SELECT's rows travel (see common.distinct_features).
-DuckDB moves Arrow record batches both ways; PostgreSQL moves binary COPY both ways.
+Where the SELECT reads one base table, its rows travel keyed by the backend's row identity
+(DuckDB's rowid, PostgreSQL's ctid); otherwise only the distinct feature vectors of its rows
+(query.distinct_features), keyed by themselves. DuckDB moves Arrow record batches both ways;
+PostgreSQL moves binary COPY both ways.
+
+    estimate = setup + rows × (bytes in + bytes out) × transfer cost + rows × FLOPs / runtime FLOP/s
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import sqlglot.expressions as exp
 
 from dbdl_udf.runtime import SESSIONS, check_features, checked_output, run_batch, shape_outputs
 
-from ..registry import ResolvedModel, load_model_bytes
-from .common import distinct_features, enclosing_select, scorable, source_rows
+from ..names import ResolvedModel
+from ..query import distinct_features, enclosing_select, row_identity, scorable, source_rows
+from .base import Estimate, PredictCall, StatementPlan, Strategy
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -58,7 +63,7 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[...,
             y = y[output] if isinstance(y, (tuple, list)) else y
             return checked_output(y.float().cpu().numpy(), n, spec, model.ref)
     else:
-        session, signature = SESSIONS.get(model.sha256, lambda: load_model_bytes(backend, model.sha256), 0,
+        session, signature = SESSIONS.get(model.sha256, lambda: backend.model_bytes(model.sha256), 0,
                                           model=model.ref)
 
         def run(x, n: int) -> np.ndarray:
@@ -97,9 +102,7 @@ def feed_options_of(backend: "Backend", model: ResolvedModel) -> dict:
     """The model's feeding options (pad_id, feed), read through dbdl.model_catalog."""
     from dbdl_udf.runtime import feed_options
 
-    row = backend.fetchone("SELECT options FROM dbdl.model_catalog WHERE name = ? AND version = ?",
-                           (model.name, model.version))
-    return feed_options(row[0] if row else None)
+    return feed_options(backend.version_options(model.name, model.version))
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,26 +119,14 @@ def _has_gpu() -> bool:
 
 
 def _torch_module(backend: "Backend", model: ResolvedModel):
-    from ..errors import PermissionDenied
-
-    try:
-        return _read_torch_module(backend, model)
-    except PermissionDenied:
-        return None  # a role that may not read the stored program scores with onnxruntime
-
-
-def _read_torch_module(backend: "Backend", model: ResolvedModel):
-    row = backend.fetchone("SELECT source FROM dbdl.model_catalog WHERE name = ? AND version = ?",
-                           (model.name, model.version))
-    if not row or row[0] != "torch":
-        return None
-    program = backend.fetchone("SELECT torch_program FROM dbdl.model_versions WHERE name = ? AND version = ?",
-                               (model.name, model.version))
-    if not program or program[0] is None:
+    """The torch module of a version registered from torch (None for others, and for a role that
+    may not read the stored program: it scores with onnxruntime)."""
+    program = backend.torch_program(model.name, model.version)
+    if program is None:
         return None
     from ..modelio import load_torch_program
 
-    return load_torch_program(bytes(program[0]))
+    return load_torch_program(program)
 
 
 def feature_names(n: int) -> list[str]:
@@ -154,48 +145,52 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
     select = enclosing_select(call)
     table = f"dbdl_dl_{next(_tables)}"
     cleanup.append(table)
-    identity = row_identity(backend, select)
+    identity = row_identity(select, backend.row_identity, backend.is_base_table, backend.dialect)
     if identity is not None:
-        # one base table: key the predictions by its row identity (PostgreSQL's ctid) — no
-        # de-duplication of feature arrays, and a join on a 6-byte key instead of on the arrays
+        # one base table: key the predictions by its row identity (DuckDB's rowid, PostgreSQL's
+        # ctid) — no de-duplication of feature arrays, and a join on a narrow key instead of the arrays
         source = source_rows(select)
         source.set("expressions", [exp.alias_(identity.copy(), "dbdl_k")]
                    + [exp.alias_(a.copy(), name) for a, name in zip(args, names)])
         # NULL elements are the decoders' to spot (features may be bytea on PostgreSQL)
         source.where(exp.and_(*[scorable(a) for a in args]), copy=False)
         backend.score_into_temp_table(source.sql(dialect=backend.dialect), scorer(backend, model, kind), kind, table,
-                                      keyed=True)
+                                      keyed=True, batch_rows=BATCH_ROWS)
         on = backend.equals(exp.column("dbdl_k", table=table), identity.copy())
     else:
         rows = distinct_features(select, args[0])
         if len(args) > 1:
             rows.set("expressions", [exp.alias_(a.copy(), name) for a, name in zip(args, names)])
             rows.where(exp.and_(*[scorable(a) for a in args[1:]]), copy=False)
-        backend.score_into_temp_table(rows.sql(dialect=backend.dialect), scorer(backend, model, kind), kind, table)
+        backend.score_into_temp_table(rows.sql(dialect=backend.dialect), scorer(backend, model, kind), kind, table,
+                                      batch_rows=BATCH_ROWS)
         on = exp.and_(*[backend.equals(exp.column(name, table=table), a.copy()) for a, name in zip(args, names)])
     select.join(exp.to_table(table), on=on, join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
     return exp.column("dbdl_prediction", table=table)
 
 
-def row_identity(backend: "Backend", select: exp.Select, column: str | None = None) -> exp.Expression | None:
-    """``<table>.ctid`` (or ``column``) when the backend has row identities and the SELECT reads
-    exactly one base table (not a CTE, view or partitioned table) and joins nothing else; otherwise None."""
-    column = column or getattr(backend, "row_identity", None)
-    source = select.args.get("from_") or select.args.get("from")
-    joins = [j for j in select.args.get("joins") or [] if not j.meta.get("dbdl_added")]
-    if column is None or source is None or joins or not isinstance(source.this, exp.Table):
+class DLCentric(Strategy):
+    name = "dl"
+    joins = True
+
+    def feasible(self, call: PredictCall) -> str | None:
+        if call.too_big:
+            return call.too_big
+        if not call.joinable:
+            return "predict is not inside a SELECT … FROM …"
+        if call.parameters:
+            return "the features hold bound parameters, which only the in-database form takes"
         return None
-    table = source.this
-    node, ctes = select, set()
-    while node is not None:
-        with_ = node.args.get("with_") or node.args.get("with")
-        if with_ is not None:
-            ctes.update(cte.alias for cte in with_.expressions)
-        node = node.parent
-    if not table.db and table.name in ctes:
-        return None
-    plain = exp.Table(this=table.this.copy(), db=table.args.get("db").copy() if table.args.get("db") else None)
-    if not backend.is_base_table(plain.sql(dialect=backend.dialect)):
-        return None
-    return exp.column(column, table=table.alias_or_name)
+
+    def estimate(self, call: PredictCall) -> Estimate:
+        c, rows, model = call.costs, call.rows, call.model
+        bytes_in = 4 * model.signature.n_features
+        bytes_out = 4 * (model.output_spec.per_row or 1)
+        terms = {"setup": c["dl_setup_s"], "transfer": rows * (bytes_in + bytes_out) * c["dl_byte_s"],
+                 "compute": rows * call.flops / c["dl_flops_per_s"]}
+        return Estimate(self.name, sum(terms.values()), terms=terms)
+
+    def rewrite(self, call: PredictCall, statement: StatementPlan, estimate: Estimate) -> exp.Expression:
+        return dl_call(call.backend, call.kind, call.model, call.call,
+                       call.features if len(call.args) == 1 else call.args, statement.cleanup)

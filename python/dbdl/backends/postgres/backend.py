@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import struct
 import sysconfig
 from typing import Any, Iterator, Sequence
 
@@ -19,11 +18,15 @@ import numpy as np
 import pyarrow as pa
 import sqlglot.expressions as exp
 
-from ..errors import ConnectionError, DTypeMismatch, Error, PermissionDenied, QueryError, error_class
-from ..planner.dialects import DbdlPostgres
-from ..registry import ResolvedModel
-from ..resources import udf_dir
-from .base import Backend, argument_probe
+from ...errors import ConnectionError, DTypeMismatch, Error, PermissionDenied, QueryError, error_class
+from ...names import ResolvedModel
+from ...query import argument_probe
+from ...resources import udf_dir
+from ..base import Backend
+from .copy import (HEADER, PG_TYPES, REAL_ARRAY, binary_copy, fixed_float4_rows, innermost, prediction_fields,
+                   prediction_rows_fixed, split_binary_copy)
+from .costs import COSTS
+from .dialect import RELATIONAL, DbdlPostgres, qmark_to_format, qualify_builtins, qualify_dbdl_calls
 
 try:
     import psycopg
@@ -33,47 +36,6 @@ except ImportError as _exc:  # pragma: no cover - reported by Backend.open
 _SQL_NAMES = {"scalar": "predict", "array": "predict_array", "class": "predict_class"}
 _DBDL_ERROR = re.compile(r"dbdl\.(\w+): (.*)", re.S)
 _LOCK_KEY = 0x6462646C  # 'dbdl'
-
-# Arrow -> PostgreSQL column types for create_table / write_arrow
-_PG_TYPES = {
-    pa.int8(): "smallint", pa.int16(): "smallint", pa.int32(): "integer", pa.int64(): "bigint",
-    pa.uint8(): "smallint", pa.uint16(): "integer", pa.uint32(): "bigint",
-    pa.float32(): "real", pa.float64(): "double precision", pa.bool_(): "boolean",
-    pa.string(): "text", pa.large_string(): "text", pa.binary(): "bytea", pa.large_binary(): "bytea",
-}
-
-
-_DBDL_ROUTINES = {"predict", "predict_array", "predict_class", "predict_text", "predict_into", "train_export"}
-_LEADING_CALL = re.compile(r"\s*CALL\s+(predict_into|train_export)\s*\(", re.I)
-_UNQUALIFIED_CALL = re.compile(r"(?<![.\w\"])(predict(_array|_class|_text|_into)?|train_export)\s*\(", re.I)
-
-
-def qualify_dbdl_calls(sql: str) -> str:
-    """``dbdl.`` before each unqualified call of dbdl's functions and procedures, for statements
-    db.sql sends as written (text sqlglot cannot parse, ``CALL predict_into(...)``): since 0007
-    they live in schema dbdl, and the qualified name is the one no other schema can answer. Only
-    the fixed prefix is inserted, at token positions; string literals and quoted names are left."""
-    if not _UNQUALIFIED_CALL.search(sql):
-        return sql
-    # sqlglot's tokenizer keeps what follows CALL as one opaque token: the procedure name comes first
-    call = _LEADING_CALL.match(sql)
-    if call:
-        return sql[:call.start(1)] + "dbdl." + sql[call.start(1):]
-    from sqlglot.dialects.dialect import Dialect
-    from sqlglot.tokens import TokenType
-
-    try:
-        tokens = Dialect.get_or_raise(DbdlPostgres).tokenize(sql)
-    except Exception:  # noqa: BLE001 - text that does not even tokenize goes as written
-        return sql
-    out, last = [], 0
-    for i, token in enumerate(tokens):
-        if (token.token_type == TokenType.VAR and token.text.lower() in _DBDL_ROUTINES
-                and i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.L_PAREN
-                and (i == 0 or tokens[i - 1].token_type != TokenType.DOT)):
-            out += [sql[last:token.start], "dbdl."]
-            last = token.start
-    return "".join(out) + sql[last:]
 
 
 def default_python_path() -> list[str]:
@@ -90,14 +52,21 @@ class PostgresBackend(Backend):
     name = "postgres"
     schemes = ("postgresql", "postgres")
     dialect = DbdlPostgres
+    relational = RELATIONAL
+    cost_defaults = COSTS
     paramstyle = "format"
     has_procedures = True
     # dbdl_admin creates relation-centric weight tables and dataset tables in dbdl_data; schema
     # dbdl, on every definer function's search_path, is the owner's alone (docs/security.md)
     data_schema = "dbdl_data"
     function_schema = "dbdl"
-    #: DL-centric execution keys predictions of one-table queries by this column
+    #: identifies a base table's rows (DL-centric results and cache keys are joined back by it)
     row_identity = "ctid"
+    #: result cache keys: SHA-256 of the input's own bytes, computed by the server (dbdl.cache_key)
+    cache_key_bytes = 32
+    #: roles that do not trust each other share the cache: only dbdl.cache_fill (the server's own
+    #: scoring, keyed by the server) writes it
+    cache_filled_in_server = True
 
     def __init__(self, url: str, *, python_path: Sequence[str] | None = None, **_: Any) -> None:
         super().__init__(url)
@@ -112,7 +81,9 @@ class PostgresBackend(Backend):
 
     @staticmethod
     def _pg(sql: str) -> str:
-        return sql.replace("%", "%%").replace("?", "%s")
+        # the one ?-to-%s converter: a ? or % inside a string literal, a quoted name or a comment
+        # (or jsonb's ? operator written as a name) stays as it is
+        return qmark_to_format(sql)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         try:
@@ -231,12 +202,12 @@ class PostgresBackend(Backend):
         columns = []
         for field in data.schema:
             if pa.types.is_fixed_size_list(field.type) or pa.types.is_list(field.type):
-                value = _innermost(field.type)[0]
+                value = innermost(field.type)[0]
                 element = "double precision" if value == pa.float64() else ("integer" if pa.types.is_integer(value)
                                                                             else "real")
                 pg_type = f"{element}[]"
             else:
-                pg_type = _PG_TYPES.get(field.type)
+                pg_type = PG_TYPES.get(field.type)
                 if pg_type is None:
                     raise DTypeMismatch(f"column {field.name!r} has type {field.type}, which dbdl cannot store in "
                                         f"PostgreSQL yet; convert it to numbers, text or a 2-D float array")
@@ -250,11 +221,12 @@ class PostgresBackend(Backend):
             self.con.execute(create.sql(dialect="postgres"))
             copy = f"COPY {target.sql(dialect='postgres')} FROM STDIN (FORMAT BINARY)"
             with self.con.cursor().copy(copy) as sink:
-                sink.write(_binary_copy(data))
+                sink.write(binary_copy(data))
             # statistics now, so that the planner's row estimates (EXPLAIN) are right at once
             self.con.execute(f"ANALYZE {target.sql(dialect='postgres')}")
 
-    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str, keyed: bool = False) -> None:
+    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str, keyed: bool = False,
+                              batch_rows: int = 65536) -> None:
         """DL-centric: binary COPY out, ``score`` in batches, binary COPY of the predictions back in.
 
         The source returns the features — ``dbdl_f``, then ``dbdl_f1``, ``dbdl_f2`` … for a call
@@ -264,8 +236,6 @@ class PostgresBackend(Backend):
         ``score(columns)`` returns the predictions of the rows valid in all of them."""
         from dbdl_udf.postgres import decode_column
         from dbdl_udf.runtime import Column, valid_rows
-
-        from ..strategies.dl import BATCH_ROWS
 
         text = bool(getattr(score, "text", False))  # predict() of class names (strategies.dl.scorer)
         out_type = "text" if text else {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
@@ -285,24 +255,24 @@ class PostgresBackend(Backend):
                 with self.con.cursor().copy(f"COPY ({source_sql}) TO STDOUT (FORMAT BINARY)") as out:
                     payload = b"".join(bytes(chunk) for chunk in out)
                 n_features = len(names) - first
-                fixed = (_fixed_float4_rows(payload, key_len=6 if keyed else None)
-                         if n_features == 1 and oids[first] == _REAL_ARRAY else None)
+                fixed = (fixed_float4_rows(payload, key_len=6 if keyed else None)
+                         if n_features == 1 and oids[first] == REAL_ARRAY else None)
                 if fixed is not None:  # every row a real[] of one length without NULLs: all numpy
                     keys_raw, matrix = fixed
                     chunks = []
-                    for i in range(0, len(keys_raw), BATCH_ROWS):
-                        part = matrix[i:i + BATCH_ROWS]
+                    for i in range(0, len(keys_raw), batch_rows):
+                        part = matrix[i:i + batch_rows]
                         y = score([Column.from_matrix(part)])
                         if text:
-                            chunks.append(_prediction_fields([(bytes(k),) for k in keys_raw[i:i + BATCH_ROWS]],
+                            chunks.append(prediction_fields([(bytes(k),) for k in keys_raw[i:i + batch_rows]],
                                                              np.ones(len(part), dtype=bool), y, "text"))
                         else:
-                            chunks.append(_prediction_rows_fixed(keys_raw[i:i + BATCH_ROWS], y, kind))
+                            chunks.append(prediction_rows_fixed(keys_raw[i:i + batch_rows], y, kind))
                 else:
-                    rows = _split_binary_copy(payload, len(names))
+                    rows = split_binary_copy(payload, len(names))
                     chunks = []
-                    for start in range(0, len(rows), BATCH_ROWS):
-                        batch = rows[start:start + BATCH_ROWS]
+                    for start in range(0, len(rows), batch_rows):
+                        batch = rows[start:start + batch_rows]
                         columns = []
                         for j in range(first, len(names)):
                             k = j - first
@@ -315,22 +285,17 @@ class PostgresBackend(Backend):
                                                          legacy_bytea=signature is None))
                         valid = valid_rows(columns)
                         y = score(columns) if valid.any() else None
-                        chunks.append(_prediction_fields([r[:1] if keyed else r for r in batch], valid, y,
+                        chunks.append(prediction_fields([r[:1] if keyed else r for r in batch], valid, y,
                                                       "text" if text else kind))
                 with self.con.cursor().copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as sink:
-                    sink.write(_HEADER)
+                    sink.write(HEADER)
                     for chunk in chunks:
                         sink.write(chunk)
                     sink.write(b"\xff\xff")
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
 
-    # -- result cache hooks (see dbdl.cache) -------------------------------------------------
-
-    cache_identity = "ctid"
-    #: roles that do not trust each other share the cache: only dbdl.cache_fill (the server's own
-    #: scoring, keyed by the server) writes it
-    cache_filled_in_server = True
+    # -- result cache hooks (planner/cachejoin.py) -------------------------------------------
 
     def cache_key(self, model: ResolvedModel, features: exp.Expression) -> exp.Expression:
         return exp.Dot.build([exp.to_identifier("dbdl"), exp.Anonymous(this="cache_key", expressions=[features])])
@@ -468,6 +433,19 @@ class PostgresBackend(Backend):
         return exp.Dot(this=exp.to_identifier(self.function_schema),
                        expression=exp.Anonymous(this=name, expressions=[model_arg.copy(), row]))
 
+    # -- training data ---------------------------------------------------------------------
+
+    def train_export(self, spec: Any, progress: Any = None) -> Any:
+        from .export import train_export
+
+        return train_export(self, spec)
+
+    @classmethod
+    def open_range_reader(cls, url: str, owner: Any = None) -> Any:
+        from .reader import PostgresRangeReader
+
+        return PostgresRangeReader(url, owner)
+
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
         sql = qualify_dbdl_calls(sql)
         try:
@@ -512,79 +490,6 @@ class PostgresBackend(Backend):
         return QueryError(str(exc).strip())
 
 
-# -- built-ins named with their schema (PostgreSQL's own rule for code run as someone else) ----------
-
-_OPERATORS = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%", exp.EQ: "=", exp.NEQ: "<>",
-              exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">=", exp.DPipe: "||"}
-#: functions rendered as a plain call, safe to prefix with pg_catalog.
-_CALLS = (exp.Sum, exp.Max, exp.Min, exp.Count, exp.Avg, exp.Exp, exp.Ln, exp.Sqrt, exp.Abs, exp.Pow, exp.RowNumber,
-          exp.ArrayAgg, exp.Floor, exp.Ceil)
-#: built-ins dbdl's SQL calls by name (sqlglot keeps them as anonymous calls)
-_NAMED = frozenset({"cardinality", "array_position", "array_send", "sha256", "unnest", "generate_subscripts",
-                    "array_length", "format_type", "to_regclass"})
-_DOUBLE = "DOUBLE PRECISION"
-
-
-def _operand(e: exp.Expression) -> exp.Expression:
-    return e if isinstance(e, (exp.Column, exp.Literal, exp.Paren, exp.Cast, exp.Dot, exp.Null)) else exp.Paren(this=e)
-
-
-def _minus_one() -> exp.Expression:
-    return exp.Cast(this=exp.Literal.string("-1"), to=exp.DataType.build(_DOUBLE))
-
-
-def qualify_builtins(tree: exp.Expression) -> exp.Expression:
-    """Name every built-in function, operator and non-keyword type of ``tree`` with pg_catalog,
-    in place: ``a * b`` becomes ``a OPERATOR(pg_catalog.*) b``, ``sum(x)`` ``pg_catalog.sum(x)``,
-    ``x IN (SELECT …)`` ``x OPERATOR(pg_catalog.=) ANY (SELECT …)``. Subtrees marked
-    ``meta["dbdl_user"]`` (the user's own query, to be resolved as the user wrote it) are skipped."""
-    nodes = list(tree.walk(bfs=False, prune=lambda n: bool(n.meta.get("dbdl_user"))))
-    for node in reversed(nodes):  # children first: a replaced child is already in its parent
-        if node.meta.get("dbdl_user"):
-            continue
-        operator = _OPERATORS.get(type(node))
-        if operator is not None:
-            node.replace(exp.Paren(this=exp.Operator(this=_operand(node.this), operator=f"pg_catalog.{operator}",
-                                                     expression=_operand(node.expression))))
-        elif isinstance(node, exp.Neg):
-            if isinstance(node.this, exp.Literal) and not node.this.is_string:
-                node.replace(exp.Cast(this=exp.Literal.string("-" + node.this.this), to=exp.DataType.build(_DOUBLE)))
-            else:
-                node.replace(exp.Paren(this=exp.Operator(this=_operand(node.this), operator="pg_catalog.*",
-                                                         expression=_minus_one())))
-        elif isinstance(node, exp.In) and node.args.get("query") is not None:
-            node.replace(exp.Operator(this=_operand(node.this), operator="pg_catalog.=",
-                                      expression=exp.Any(this=node.args["query"])))
-        elif isinstance(node, _CALLS) and not isinstance(node.parent, exp.Dot):
-            node.replace(exp.Dot(this=exp.to_identifier("pg_catalog"), expression=node.copy()))
-        elif isinstance(node, exp.Anonymous) and isinstance(node.this, str) and node.this.lower() in _NAMED:
-            node.set("this", f"pg_catalog.{node.this}")
-        elif isinstance(node, exp.DataType) and node.this in (exp.DataType.Type.TEXT, exp.DataType.Type.VARBINARY):
-            node.replace(exp.DataType.build(f"pg_catalog.{'text' if node.this == exp.DataType.Type.TEXT else 'bytea'}",
-                                            udt=True))
-    return tree
-
-
-def qmark_to_format(sql: str) -> str:
-    """``?`` placeholders to psycopg's ``%s``, with every other ``%`` doubled (found by sqlglot's
-    tokenizer, so a ``?`` or ``%`` inside a string literal or comment is left as text)."""
-    from sqlglot.tokens import TokenType
-
-    out, position = [], 0
-    for token in DbdlPostgres().tokenize(sql):
-        out.append(sql[position:token.start].replace("%", "%%"))
-        text = sql[token.start:token.end + 1]
-        if token.token_type == TokenType.COMMAND:
-            # sqlglot keeps what follows a command (CALL) as one raw string: its arguments are
-            # tokens like any others, so convert them the same way
-            rest = qmark_to_format("SELECT " + sql[token.end + 1:])
-            return "".join(out) + text + rest[len("SELECT "):]
-        out.append("%s" if token.token_type == TokenType.PLACEHOLDER and text == "?" else text.replace("%", "%%"))
-        position = token.end + 1
-    out.append(sql[position:].replace("%", "%%"))
-    return "".join(out)
-
-
 def _rows_to_arrow(cur) -> pa.Table:
     names = [d.name for d in cur.description]
     rows = cur.fetchall()
@@ -608,271 +513,8 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-# -- binary COPY -----------------------------------------------------------------------------
-# PostgreSQL's binary COPY format, built with numpy for whole columns at a time.
-
-_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_SCALAR_DTYPES = {"smallint": ">i2", "integer": ">i4", "bigint": ">i8", "real": ">f4", "double precision": ">f8",
-                  "boolean": "?"}
-_ELEMENT_OIDS = {">f4": 700, ">f8": 701, ">i4": 23}
-
-
-def _binary_copy(data: pa.Table) -> bytes:
-    """The whole table as one binary COPY payload (NULLs supported, per field)."""
-    fast = _binary_copy_fixed(data)
-    if fast is not None:
-        return fast
-    n = data.num_rows
-    fields: list[tuple[np.ndarray, np.ndarray]] = []  # (per-row bytes as an object array, null mask)
-    for column, field in zip(data.columns, data.schema):
-        col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        fields.append(_encode_column(col, field.type))
-    parts = [_HEADER]
-    count = struct.pack(">h", len(fields))
-    encoded_rows = []
-    for i in range(n):
-        row = [count]
-        for blobs, nulls in fields:
-            if nulls[i]:
-                row.append(b"\xff\xff\xff\xff")
-            else:
-                b = blobs[i]
-                row.append(struct.pack(">i", len(b)) + b)
-        encoded_rows.append(b"".join(row))
-    parts.extend(encoded_rows)
-    parts.append(b"\xff\xff")
-    return b"".join(parts)
-
-
-def _binary_copy_fixed(data: pa.Table) -> bytes | None:
-    """Vectorized payload for tables of fixed-width columns without NULLs (numbers and float
-    tensors): every row has the same layout, so the rows are one numpy structured array."""
-    n = data.num_rows
-    layout: list[tuple[str, Any]] = [("count", ">i2")]
-    fill: list[tuple[str, np.ndarray, int | None]] = []
-    for i, (column, field) in enumerate(zip(data.columns, data.schema)):
-        col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        if col.null_count:
-            return None
-        if pa.types.is_fixed_size_list(field.type) and field.type.value_type in (pa.float32(), pa.float64()):
-            width = field.type.list_size
-            values = col.values.slice(col.offset * width, n * width)
-            if values.null_count:
-                return None
-            flat = values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, width)
-            item = np.dtype([("len", ">i4"), ("v", ">f4")])
-            layout += [(f"l{i}", ">i4"), (f"h{i}", ">i4", (5,)), (f"a{i}", item, (width,))]
-            fill.append((f"t{i}", flat, width))
-        elif _PG_TYPES.get(field.type) in _SCALAR_DTYPES:
-            dtype = _SCALAR_DTYPES[_PG_TYPES[field.type]]
-            layout += [(f"l{i}", ">i4"), (f"v{i}", dtype)]
-            fill.append((f"s{i}", col.to_numpy(zero_copy_only=False), None))
-        else:
-            return None
-    rows = np.zeros(n, dtype=np.dtype(layout))
-    rows["count"] = data.num_columns
-    for i, (kind, values, width) in enumerate(fill):
-        if width is None:
-            rows[f"l{i}"] = np.dtype(rows.dtype[f"v{i}"]).itemsize
-            rows[f"v{i}"] = values
-        else:
-            rows[f"l{i}"] = 20 + 8 * width
-            rows[f"h{i}"] = (1, 0, 700, width, 1)
-            rows[f"a{i}"]["len"] = 4
-            rows[f"a{i}"]["v"] = values
-    return _HEADER + rows.tobytes() + b"\xff\xff"
-
-
-def _fixed_float4_rows(payload: bytes, key_len: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(key field bytes, float32 features) when every row of a binary COPY is — after a key field
-    of ``key_len`` bytes, if given — a 1-D real[] of one length without NULLs (without a key
-    field, the array's own bytes are the key); None otherwise (the general parser takes over)."""
-    start = 19 + struct.unpack_from(">i", payload, 15)[0]
-    count = 1 if key_len is None else 2
-    lead = 0 if key_len is None else 4 + key_len  # the key field: its length word and its bytes
-    if len(payload) < start + 2 + lead + 6 or struct.unpack_from(">h", payload, start)[0] != count:
-        return None
-    length = struct.unpack_from(">i", payload, start + 2 + lead)[0]
-    if length < 20:
-        return None
-    row = 2 + lead + 4 + length
-    body = len(payload) - start - 2
-    if body % row:
-        return None
-    n = body // row
-    raw = np.frombuffer(payload, dtype=np.uint8, count=n * row, offset=start).reshape(n, row)
-    counts = raw[:, :2].copy().view(">i2")[:, 0]
-    lengths = raw[:, 2 + lead:6 + lead].copy().view(">i4")[:, 0]
-    fields = raw[:, 6 + lead:]
-    header = fields[:, :20].copy().view(">i4")  # ndim, has-null, element type, length, lower bound
-    if not ((counts == count).all() and (lengths == length).all() and (header[:, 0] == 1).all()
-            and (header[:, 1] == 0).all() and (header[:, 2] == 700).all()):
-        return None
-    if key_len is not None and not (raw[:, 2:6].copy().view(">i4")[:, 0] == key_len).all():
-        return None
-    width = int(header[0, 3])
-    if length != 20 + 8 * width:
-        return None
-    values = fields[:, 20:].copy().view(np.dtype([("len", ">i4"), ("v", ">f4")]))["v"]
-    keys = fields if key_len is None else raw[:, 6:6 + key_len]
-    return keys, values.astype(np.float32)
-
-
-def _prediction_rows_fixed(keys: np.ndarray, y: np.ndarray, kind: str) -> bytes:
-    """Binary COPY rows (key, prediction) for fixed-size keys (raw field bytes) and predictions."""
-    n, key_len = keys.shape
-    if kind == "array":
-        k = y.shape[1]
-        pred = [("plen", ">i4"), ("phead", ">i4", (5,)), ("items", [("len", ">i4"), ("v", ">f4")], (k,))]
-    else:
-        pred = [("plen", ">i4"), ("p", ">f4" if kind == "scalar" else ">i8")]
-    rows = np.zeros(n, dtype=np.dtype([("count", ">i2"), ("klen", ">i4"), ("key", np.uint8, (key_len,)), *pred]))
-    rows["count"], rows["klen"], rows["key"] = 2, key_len, keys
-    if kind == "array":
-        rows["plen"] = 20 + 8 * y.shape[1]
-        rows["phead"] = (1, 0, 700, y.shape[1], 1)
-        rows["items"]["len"] = 4
-        rows["items"]["v"] = y
-    else:
-        rows["plen"] = 4 if kind == "scalar" else 8
-        rows["p"] = y
-    return rows.tobytes()
-
-
-def _split_binary_copy(payload: bytes, fields: int = 1) -> list[tuple[bytes | None, ...]]:
-    """The fields of each row of a binary COPY payload."""
-    view = memoryview(payload)
-    pos = 11 + 4
-    pos += 4 + struct.unpack_from(">i", view, pos)[0]  # header extension area
-    out: list[tuple[bytes | None, ...]] = []
-    while True:
-        count = struct.unpack_from(">h", view, pos)[0]
-        pos += 2
-        if count == -1:
-            return out
-        row = []
-        for _ in range(count):
-            length = struct.unpack_from(">i", view, pos)[0]
-            pos += 4
-            if length < 0:
-                row.append(None)
-            else:
-                row.append(bytes(view[pos:pos + length]))
-                pos += length
-        out.append(tuple(row))
-
-
-def _array_width(blob: bytes | None) -> int:
-    """Element count of a 1-D array_send() value."""
-    if not blob or len(blob) < 20:
-        return 0
-    return struct.unpack_from(">i", blob, 12)[0]
-
-
-def _prediction_fields(keys: list[tuple[bytes | None, ...]], valid: np.ndarray, y: np.ndarray | None, kind: str) -> bytes:
-    """Binary COPY rows (key fields…, prediction), the key fields sent back exactly as they came out."""
-    parts = []
-    rows = iter(y if y is not None else ())
-    for key, ok in zip(keys, valid):
-        parts.append(struct.pack(">h", len(key) + 1))
-        for field in key:
-            parts.append(b"\xff\xff\xff\xff" if field is None else struct.pack(">i", len(field)) + field)
-        if not ok:
-            parts.append(b"\xff\xff\xff\xff")
-            continue
-        value = next(rows)
-        if kind == "array":
-            items = np.empty(len(value), dtype=[("len", ">i4"), ("v", ">f4")])
-            items["len"], items["v"] = 4, value
-            body = struct.pack(">iiiii", 1, 0, 700, len(value), 1) + items.tobytes()
-        elif kind == "class":
-            body = struct.pack(">q", int(value))
-        elif kind == "text":
-            body = str(value).encode()
-        else:
-            body = struct.pack(">f", float(value))
-        parts.append(struct.pack(">i", len(body)) + body)
-    return b"".join(parts)
-
-
-_REAL_ARRAY = 1021
-
-
 def _score_signature(score: Any):
     """The model signature a DL-centric scorer feeds (strategies.dl sets ``score.model``): the
     widths that tell a float32 bytea from a uint8 one. None for a scorer without it."""
     model = getattr(score, "model", None)
     return getattr(model, "signature", None) if model is not None else getattr(score, "signature", None)
-
-
-def _innermost(arrow_type: pa.DataType) -> tuple[pa.DataType, list[int]]:
-    """The element type under nested lists, and the sizes of the fixed-size levels (outer first)."""
-    dims = []
-    while pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type):
-        if pa.types.is_fixed_size_list(arrow_type):
-            dims.append(arrow_type.list_size)
-        arrow_type = arrow_type.value_type
-    return arrow_type, dims
-
-
-def _encode_nested(col: pa.Array, arrow_type: pa.DataType) -> list[bytes]:
-    """Nested fixed-size lists (an image [3, 32, 32] per row) as multi-dimensional arrays
-    (array_send's layout: ndim, NULL flag, element oid, (size, lower bound) per axis, elements)."""
-    value_type, dims = _innermost(arrow_type)
-    dtype = ">f8" if value_type == pa.float64() else (">i4" if pa.types.is_integer(value_type) else ">f4")
-    width = int(np.prod(dims))
-    values = col
-    for _ in dims:
-        values = values.flatten()
-    if values.null_count:
-        raise DTypeMismatch("a nested array column holds NULL elements; PostgreSQL stores them, but dbdl writes "
-                            "nested arrays without NULLs — fill or drop those rows first")
-    flat = values.to_numpy(zero_copy_only=False).reshape(len(col), width)
-    header = struct.pack(f">iii{2 * len(dims)}i", len(dims), 0, _ELEMENT_OIDS[dtype],
-                         *[x for d in dims for x in (d, 1)])
-    items = np.empty((len(col), width), dtype=[("len", ">i4"), ("v", dtype)])
-    items["len"] = np.dtype(dtype).itemsize
-    items["v"] = flat
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    return [header + items[i].tobytes() if valid[i] else b"" for i in range(len(col))]
-
-
-def _encode_column(col: pa.Array, arrow_type: pa.DataType) -> tuple[list[bytes], np.ndarray]:
-    n = len(col)
-    nulls = ~col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else np.zeros(n, dtype=bool)
-    if pa.types.is_fixed_size_list(arrow_type) and pa.types.is_fixed_size_list(arrow_type.value_type):
-        return _encode_nested(col, arrow_type), nulls
-    if pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type):
-        value_type = arrow_type.value_type
-        dtype = ">f8" if value_type == pa.float64() else (">i4" if pa.types.is_integer(value_type) else ">f4")
-        blobs = []
-        for value in col.to_pylist():
-            if value is None:
-                blobs.append(b"")
-                continue
-            arr = np.asarray(value, dtype=object)
-            has_null = any(v is None for v in value)
-            header = struct.pack(">iiiii", 1, 1 if has_null else 0, _ELEMENT_OIDS[dtype], len(value), 1)
-            body = bytearray()
-            size = np.dtype(dtype).itemsize
-            if not has_null:
-                items = np.empty(len(value), dtype=[("len", ">i4"), ("v", dtype)])
-                items["len"] = size
-                items["v"] = np.asarray(value, dtype=np.float64 if dtype != ">i4" else np.int64)
-                body = items.tobytes()
-            else:
-                for v in arr:
-                    body += b"\xff\xff\xff\xff" if v is None else struct.pack(">i", size) + np.array(v, dtype=dtype).tobytes()
-            blobs.append(header + bytes(body))
-        return blobs, nulls
-    pg_type = _PG_TYPES.get(arrow_type)
-    if pg_type in _SCALAR_DTYPES:
-        values = col.fill_null(0).to_numpy(zero_copy_only=False).astype(_SCALAR_DTYPES[pg_type])
-        size = values.dtype.itemsize
-        raw = values.tobytes()  # numpy scalars are native-endian: slice the big-endian buffer instead
-        return [raw[i * size:(i + 1) * size] for i in range(len(values))], nulls
-    if pg_type == "text":
-        return [b"" if v is None else v.encode() for v in col.to_pylist()], nulls
-    if pg_type == "bytea":
-        return [b"" if v is None else bytes(v) for v in col.to_pylist()], nulls
-    raise DTypeMismatch(f"cannot store Arrow type {arrow_type} in PostgreSQL")

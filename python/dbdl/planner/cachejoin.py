@@ -1,13 +1,7 @@
-"""The result cache: predictions kept in an index table and reused (docs/cache.md).
+"""The result cache in a query: for a predict call of a model whose cache is on, in ``SELECT … FROM …``,
+the planner runs, before the statement itself:
 
-A model with the option ``cache=true`` gets one *entry* per (version, output) in
-``dbdl.cache_entries``; its rows live in ``dbdl.result_cache`` keyed by (entry, digest of the input
-tensor's bytes) and hold the output row and its arg-max. A new version is a new entry, so it never
-sees an older version's results; dropping a model or a version drops its entries.
-
-For a predict call in ``SELECT … FROM …`` the planner runs, before the statement itself:
-
-1. the keys of the rows the SELECT scores into a temporary table (with the row identity —
+1. the keys of the rows the SELECT scores into a temporary table (with the backend's row identity —
    DuckDB's rowid, PostgreSQL's ctid — when it reads one base table, else per distinct vector);
 2. one join of those keys with the cache: the hits, copied into a temporary result table;
 3. the misses (one per distinct key), scored by the chosen strategy (udf, relation or dl) and
@@ -20,29 +14,26 @@ cache, so a concurrent eviction or a concurrent insert of the same keys cannot c
 Eviction is least-recently-hit at the granularity of generations: an entry's generation advances
 by one for each eighth of its bound written or refreshed; a hit on a row older than the previous
 generation moves it to the current one (so a hot set is rewritten at most once per generation, not
-once per query), and over the bound the oldest generations go first.
+once per query), and over the bound the oldest generations go first. The store (entries, stats) is
+``dbdl.cachestore``; docs/cache.md.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlglot
 import sqlglot.expressions as exp
 
-from dbdl_udf.resultcache import GENERATIONS, KEY_BYTES, ROW_OVERHEAD, Entry, count_fill, options_from_json, record
-from dbdl_udf.resultcache import find_entry as _find
+from dbdl_udf.resultcache import count_fill, record
 
-from .strategies.common import distinct_features, enclosing_select, source_rows
+from ..cachestore import find_entry
+from ..names import ResolvedModel
+from ..query import distinct_features, enclosing_select, row_identity, source_rows
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
-    from .registry import ResolvedModel
-
-__all__ = ["GENERATIONS", "KEY_BYTES", "ROW_OVERHEAD", "Entry", "enabled", "cached_call", "output_expression",
-           "stats", "CacheStats"]
+    from ..backends.base import Backend
 
 #: missed rows per call of dbdl.cache_fill (PostgreSQL): each call is one transaction
 FILL_ROWS = 8192
@@ -50,31 +41,7 @@ FILL_ROWS = 8192
 _tables = itertools.count()
 
 
-def enabled(backend: "Backend", model: "ResolvedModel") -> dict[str, Any] | None:
-    """The model's options when its cache is on, else None. Read through dbdl.model_catalog, which
-    every role that may predict may read (on PostgreSQL dbdl_user cannot read dbdl.models)."""
-    if backend.name not in KEY_BYTES:
-        return None
-    row = backend.fetchone("SELECT options FROM dbdl.model_catalog WHERE name = ? AND version = ?",
-                           (model.name, model.version))
-    options = options_from_json(row[0] if row else None)
-    return options if options["cache"] else None
-
-
-def find_entry(backend: "Backend", model: "ResolvedModel", options: dict[str, Any], create: bool = False
-               ) -> Entry | None:
-    return _find(backend, (model.name, model.version, model.sha256, model.output_index),
-                 int(options["cache_max_bytes"]), backend=backend.name, width=model.output_spec.per_row, create=create)
-
-
-def expected_hit_rate(backend: "Backend", model: "ResolvedModel", options: dict[str, Any]) -> float:
-    """What the cost model assumes: the entry's hit rate so far (0 for a version not yet cached)."""
-    entry = find_entry(backend, model, options)
-    rate = entry.hit_rate if entry is not None else None
-    return 0.0 if rate is None else rate
-
-
-def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
+def cached_call(backend: "Backend", model: ResolvedModel, call: exp.Anonymous,
                 features: exp.Expression, strategy: str | None, options: dict[str, Any], cleanup: list[str],
                 compute) -> tuple[str, ...]:
     """Look up, compute the misses of, and fill the cache for the features of one predict call;
@@ -88,15 +55,12 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
     ``backend.cache_filled_in_server``), only the server's own code writes the cache: the misses
     go to ``dbdl.cache_fill``, which keys and scores them itself. A strategy forced to anything
     else there scores its misses for this statement only and leaves the cache as it was."""
-    from .strategies.dl import row_identity
-
     select = enclosing_select(call)
     entry = find_entry(backend, model, options)
     n = next(_tables)
     keys, results, misses, scored = (f"dbdl_ck_{n}", f"dbdl_cr_{n}", f"dbdl_cm_{n}", f"dbdl_cs_{n}")
     dialect = backend.dialect
-    identity_column = getattr(backend, "cache_identity", None)
-    identity = row_identity(backend, select, identity_column) if identity_column else None
+    identity = row_identity(select, backend.row_identity, backend.is_base_table, dialect)
 
     # 1. the keys of the rows this SELECT scores
     cleanup.append(keys)
@@ -140,7 +104,7 @@ def cached_call(backend: "Backend", model: "ResolvedModel", call: exp.Anonymous,
         miss_source = backend.own_sql(
             f"SELECT DISTINCT ON (k.dbdl_k) k.dbdl_k, k.dbdl_f FROM {keys} AS k WHERE k.dbdl_k IS NOT NULL "
             f"AND NOT EXISTS (SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)")
-    in_server = getattr(backend, "cache_filled_in_server", False)
+    in_server = backend.cache_filled_in_server
     fills = not in_server or strategy in (None, "udf")
     if in_server and fills:  # numbered, so that dbdl.cache_fill takes them a block at a time
         miss_source = f"SELECT q.*, pg_catalog.row_number() OVER () AS dbdl_n FROM ({miss_source}) AS q"
@@ -217,10 +181,7 @@ def output_expression(backend: "Backend", kind: str, model: "ResolvedModel", tab
         # PostgreSQL subscripts only a column or a parenthesized expression
         return exp.Bracket(this=exp.Paren(this=out) if isinstance(out, exp.Coalesce) else out,
                            expressions=[exp.Literal.number(1)], offset=1)
-    width = model.output_spec.per_row
-    if backend.name == "duckdb" and width is not None:
-        return exp.Cast(this=out, to=exp.DataType.build(f"FLOAT[{width}]", dialect="duckdb"))
-    return out
+    return backend.array_result(out, model.output_spec.per_row)
 
 
 def _fill_in_server(backend: "Backend", ref: str, misses: str, scored: str, missed: int) -> None:
@@ -233,28 +194,3 @@ def _fill_in_server(backend: "Backend", ref: str, misses: str, scored: str, miss
                  f"WHERE m.dbdl_n OPERATOR(pg_catalog.>) {lo:d} AND m.dbdl_n OPERATOR(pg_catalog.<=) "
                  f"{lo + FILL_ROWS:d})) AS f")
         backend.execute(f"CREATE TEMP TABLE {scored} AS {block}" if lo == 0 else f"INSERT INTO {scored} {block}")
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    """One cached model version and output, as ``dbdl.cache_stats`` shows it."""
-
-    name: str
-    version: int
-    output: int
-    hits: int
-    misses: int
-    hit_rate: float | None
-    rows: int
-    bytes: int
-    max_bytes: int
-    evicted: int
-
-
-def stats(backend: "Backend", name: str | None = None) -> list[CacheStats]:
-    sql = ('SELECT name, version, output, hits, misses, hit_rate, "rows", bytes, max_bytes, evicted '
-           "FROM dbdl.cache_stats")
-    rows = backend.fetchall(sql + (" WHERE name = ?" if name else "") + " ORDER BY name, version, output",
-                            (name,) if name else ())
-    return [CacheStats(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), None if r[5] is None else float(r[5]),
-                       int(r[6]), int(r[7]), int(r[8]), int(r[9])) for r in rows]

@@ -17,7 +17,6 @@ import shutil
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
 
@@ -49,17 +48,12 @@ def default_root() -> Path:
 
 
 def database_key(url: str) -> str:
-    """A short stable key of the database (the URL without its password; DuckDB: the absolute path)."""
-    parts = urlsplit(url)
-    if parts.scheme.startswith("duckdb") or "://" not in url:
-        from ..backends.duckdb import _path_from_url
+    """A short stable key of the database (its backend's ``database_key``: the URL without its
+    password; DuckDB: the file's absolute path)."""
+    from ..backends.base import Backend
 
-        path = _path_from_url(url if "://" in url else f"duckdb:///{url}")
-        text = "duckdb:" + (path if path == ":memory:" else os.path.abspath(path))
-    else:
-        netloc = parts.netloc.rsplit("@", 1)
-        user = netloc[0].split(":", 1)[0] + "@" if len(netloc) == 2 else ""
-        text = urlunsplit((parts.scheme, user + netloc[-1], parts.path, "", ""))
+    url = url if "://" in url else f"duckdb:///{url}"  # a bare path is a DuckDB file
+    text = Backend.class_for(url).database_key(url)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -2,18 +2,16 @@
 
 Each constant comes from timing the real strategy on synthetic rows, twice where a rate and a
 fixed cost must be told apart: a model with almost no arithmetic gives the per-row overhead, a
-large one the FLOP rate. Results go to dbdl.calibration, which the planner reads.
+large one the FLOP rate. Results go to dbdl.calibration, which the strategies' estimates read.
+It sits above the planner: it runs queries through the facade (``db.sql(..., strategy=…)``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from ..database import Database
 
 _TABLE = "dbdl_calibration_rows"
 
@@ -48,12 +46,12 @@ def _time(fn, repeat: int = 2) -> float:
     return best
 
 
-def calibrate(db: "Database", rows: int = 20000, progress: bool = True) -> dict[str, float]:
+def calibrate(db: Any, rows: int = 20000, progress: bool = True) -> dict[str, float]:
+    """``db``: the facade (dbdl.Database) whose backend is measured."""
     from rich.progress import Progress
 
-    from ..ir import from_onnx
-    from .cost import constants, udf_core_share
-    from ..ir.sql import layouts
+    from .ir import from_onnx
+    from .strategies.base import constants, udf_core_share
 
     import onnx
 
@@ -111,7 +109,7 @@ def calibrate(db: "Database", rows: int = 20000, progress: bool = True) -> dict[
             # the small model: width weights joined per row, and a handful of values per row
             measured["rel_weight_s"] = rel_row / (width + 0.5 * (width + 3))
             measured["rel_value_s"] = measured["rel_weight_s"] * 2
-            if "blocked" in layouts(db.backend.name):
+            if "blocked" in db.backend.relational.layouts:
                 # one dot product of `width` elements per row for the small model
                 dot_row, _ = slope("relation:blocked", names[0], rel_rows // 4, rel_rows)
                 measured["rel_dot_s"] = max(dot_row - (width + 3) * measured["rel_value_s"], 1e-9)

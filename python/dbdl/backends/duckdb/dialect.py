@@ -1,0 +1,43 @@
+"""DuckDB's sqlglot dialect as dbdl reads it, and the spellings of relation-centric SQL there.
+
+The one difference from sqlglot's DuckDB: ``PREDICT(...)`` is an ordinary function call (sqlglot
+parses it as BigQuery's ``ML.PREDICT(MODEL m, ...)``, which would mangle ``predict('m', feats)``).
+"""
+
+from __future__ import annotations
+
+import sqlglot.expressions as exp
+from sqlglot.dialects.duckdb import DuckDB
+
+from ...ir.sql import RelationalSQL
+from ...query import without_predict
+
+
+class DbdlDuckDB(DuckDB):
+    class Parser(DuckDB.Parser):
+        FUNCTIONS = without_predict(DuckDB.Parser.FUNCTIONS)
+
+
+def _no_null_elements(features: exp.Expression) -> exp.Expression:
+    # list_count counts the non-NULL elements
+    return exp.EQ(this=exp.Anonymous(this="list_count", expressions=[features.copy()]),
+                  expression=exp.Anonymous(this="len", expressions=[features.copy()]))
+
+
+def _fail(message: exp.Expression, features: exp.Expression) -> exp.Expression:
+    return exp.Anonymous(this="error", expressions=[message])
+
+
+RELATIONAL = RelationalSQL(
+    unnest="SELECT rid, CAST(generate_subscripts(CAST(dbdl_f AS DOUBLE[]), 1) - 1 AS BIGINT) AS i, "
+           "unnest(CAST(dbdl_f AS DOUBLE[])) AS v FROM {src}",
+    collect="CAST(list(v ORDER BY i) AS FLOAT[])",
+    argmax="arg_max(i, v)",
+    real="FLOAT",
+    length="len",
+    no_null_elements=_no_null_elements,
+    fail=_fail,
+    # blocked layout: a row's activations as one array, a weight column as one array
+    pack="list(v ORDER BY i)",
+    dot="list_dot_product({a}, {b})",
+)

@@ -1,0 +1,192 @@
+"""What every execution strategy is: a ``Strategy`` registers itself by name, says whether it can
+run a predict call and why not, estimates its time, and rewrites the call.
+
+The planner (planner/rewrite.py) builds one ``PredictCall`` per call it pins, asks every registered
+strategy for its ``candidate`` (an ``Estimate``: seconds, or the reason it is ruled out), picks the
+cheapest feasible one (or the one the caller forced), and lets it ``rewrite`` the call inside the
+``StatementPlan`` of the statement. A new strategy is one file in this folder, imported by
+``strategies/__init__.py``; see docs/architecture.md, "Adding a strategy".
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import sqlglot.expressions as exp
+
+from ..errors import PermissionDenied
+from ..names import ResolvedModel
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+
+#: name -> strategy, in the order they were defined (udf, relation, dl): EXPLAIN lists them so
+STRATEGIES: dict[str, "Strategy"] = {}
+
+
+def memory_budget() -> int:
+    """Bytes a strategy that holds the whole model may use: DBDL_MEMORY_BUDGET, else half of RAM."""
+    if os.environ.get("DBDL_MEMORY_BUDGET"):
+        return int(float(os.environ["DBDL_MEMORY_BUDGET"]))
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def constants(backend: "Backend") -> dict[str, float]:
+    """The cost model's constants for ``backend``: its declared defaults, overridden by what
+    `dbdl calibrate` measured (a role that may not read dbdl.calibration gets the defaults)."""
+    values = dict(backend.cost_defaults)
+    try:
+        values.update(backend.calibration())
+    except PermissionDenied:
+        pass
+    return values
+
+
+@dataclass
+class Estimate:
+    strategy: str
+    seconds: float | None  # None when ruled out
+    reason: str = ""       # why it was ruled out, or what dominates
+    terms: dict[str, float] = field(default_factory=dict)
+    layout: str = ""       # relation-centric: "element" or "blocked" weights
+
+    @property
+    def feasible(self) -> bool:
+        return self.seconds is not None
+
+
+@dataclass
+class PredictCall:
+    """One pinned predict call, as the strategies see it."""
+
+    backend: "Backend"
+    #: scalar, array or class (dbdl_udf.kinds)
+    kind: str
+    model: ResolvedModel
+    #: the model's IR (ir.Graph): FLOPs, parameter bytes, and whether SQL can compute it
+    graph: Any
+    #: the call's node in the statement, and its feature arguments (one, or one per model input)
+    call: exp.Anonymous
+    args: list[exp.Expression]
+    #: the SELECT the call sits in, and whether it reads rows (SELECT … FROM …)
+    select: exp.Select | None
+    joinable: bool
+    #: rows the call scores (the cache's expected misses, where the result cache takes part)
+    rows: int
+    #: bytes a strategy that holds the whole model may use
+    budget: int
+    #: a variant the caller forced ("relation:blocked" → "blocked"), else ""
+    variant: str = ""
+
+    @property
+    def features(self) -> exp.Expression:
+        return self.args[0]
+
+    @functools.cached_property
+    def parameters(self) -> bool:
+        """The features hold bound parameters (only the in-database form takes them)."""
+        return any(a.find(exp.Placeholder, exp.Parameter) is not None for a in self.args)
+
+    @functools.cached_property
+    def costs(self) -> dict[str, float]:
+        return constants(self.backend)
+
+    @functools.cached_property
+    def flops(self) -> int:
+        if not self.graph.unsupported:
+            return self.graph.flops_per_row
+        return 2 * self.model.signature.n_features * max(1, self.model.output_spec.per_row or 1)
+
+    @property
+    def param_bytes(self) -> int:
+        return max(self.graph.param_bytes, self.graph.initializer_bytes)
+
+    @property
+    def too_big(self) -> str:
+        """Why a strategy that holds the whole model cannot (over the memory budget), or ""."""
+        if self.param_bytes > self.budget:
+            return f"model needs {self.param_bytes:,} bytes, over the memory budget of {self.budget:,}"
+        return ""
+
+    @functools.cached_property
+    def plain_problem(self) -> str:
+        """Why the call is not the plain form — one vector of float32 values for a model of
+        fixed-width float32 inputs — which relation-centric SQL and the result cache take (the
+        backend may add a reason of its own: a nested array, bytes); "" when it is."""
+        return plain_features(self.model, self.args) or (
+            (self.backend.relation_feature_problem(self.model, self.args) or "") if self.joinable else "")
+
+
+def plain_features(model: ResolvedModel, feature_args: list[exp.Expression]) -> str:
+    """Why a call is not one vector of float32 values for a model of fixed-width float32 inputs; ""."""
+    if len(feature_args) > 1:
+        return f"the call passes {len(feature_args)} feature arguments"
+    for spec in model.signature.inputs:
+        if spec.dtype != "float32":
+            return f"input {spec.name!r} takes {spec.dtype} values, not float32"
+        if spec.per_row is None or not spec.shape:
+            return f"input {spec.name!r} has no fixed width per row (shape {list(spec.shape)})"
+    return ""
+
+
+@dataclass
+class StatementPlan:
+    """What the rewrites of one statement share: CTEs to add to its query, temporary tables to drop
+    after it ran, and names numbered per statement."""
+
+    #: the CTEs relation-centric calls need, added to the statement's query at the end
+    ctes: list[exp.CTE] = field(default_factory=list)
+    #: temporary tables the statement reads (DL-centric predictions), dropped after it ran
+    cleanup: list[str] = field(default_factory=list)
+    counter: itertools.count = field(default_factory=itertools.count)
+
+
+class Strategy(ABC):
+    """One way to run predict calls. Subclasses register themselves under ``name``."""
+
+    #: the name users force it by (strategy="relation", /*+ dbdl strategy=relation */)
+    name: ClassVar[str]
+    #: the same call twice in one SELECT (select list and GROUP BY) is rewritten once and its
+    #: expression reused: a strategy whose rewrite adds a join must say so
+    joins: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            STRATEGIES[cls.name] = cls()
+
+    def variants(self, backend: "Backend") -> tuple[str, ...]:
+        """What ``strategy="name:variant"`` may force on this backend (relation: the weight layouts)."""
+        return ()
+
+    @abstractmethod
+    def feasible(self, call: PredictCall) -> str | None:
+        """Why this strategy cannot run ``call``, or None when it can."""
+
+    @abstractmethod
+    def estimate(self, call: PredictCall) -> Estimate:
+        """The estimated time of a call it can run (``feasible`` said None)."""
+
+    @abstractmethod
+    def rewrite(self, call: PredictCall, statement: StatementPlan, estimate: Estimate) -> exp.Expression:
+        """The expression replacing the call (what must run first, runs now: DL-centric scoring)."""
+
+    def candidate(self, call: PredictCall) -> Estimate:
+        reason = self.feasible(call)
+        return Estimate(self.name, None, reason) if reason else self.estimate(call)
+
+
+def udf_core_share(c: dict[str, float], rows: int) -> float:
+    """The share of the machine's cores the in-database function runs on for ``rows`` rows: on
+    DuckDB one thread per row group (``udf_row_group_rows``), elsewhere all it is given."""
+    if not c.get("udf_row_group_rows"):
+        return 1.0
+    return min(1.0, max(1, -(-int(rows) // int(c["udf_row_group_rows"]))) / (os.cpu_count() or 1))
