@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.dbdl-installed
 
 PG_PACKAGES ?= postgresql-15 postgresql-plpython3-15
 
-.PHONY: install postgres-packages demo test bench clean
+.PHONY: install postgres-packages demo lint test bench clean
 
 install: $(STAMP)
 
@@ -44,7 +44,13 @@ postgres-packages:
 demo: install
 	$(VENV)/bin/dbdl demo
 
-test: install postgres-packages
+# the layers stated in pyproject.toml ([tool.importlinter]), and no import cycle at all (counting
+# function-local and TYPE_CHECKING imports too: tools/import_cycles.py)
+lint: install
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) tools/import_cycles.py
+
+test: install postgres-packages lint
 	$(PY) -m pytest -q
 
 bench: install

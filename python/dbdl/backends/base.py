@@ -131,9 +131,6 @@ class Backend(ABC):
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Run one query and return its rows."""
 
-    @abstractmethod
-    def fetch_arrow(self, sql: str, params: Sequence[Any] = ()) -> "pa.Table":
-        """Run one query and return its result as an Arrow table."""
 
     @abstractmethod
     def executescript(self, sql: str) -> None:

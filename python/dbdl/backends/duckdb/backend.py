@@ -98,11 +98,6 @@ class DuckDBBackend(DuckDBFunctions, Backend):
         except duckdb.Error as exc:
             raise self._translate(exc) from exc
 
-    def fetch_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-        try:
-            return self.con.execute(sql, list(params)).to_arrow_table()
-        except duckdb.Error as exc:
-            raise self._translate(exc) from exc
 
     def executescript(self, sql: str) -> None:
         self.con.execute(sql)

@@ -75,7 +75,6 @@ class PostgresBackend(Backend):
             self.con = psycopg.connect(url, autocommit=True)
         except psycopg.Error as exc:
             raise ConnectionError(f"cannot connect to {url!r}: {str(exc).strip()}") from exc
-        self._in_transaction = False
 
     # -- primitives ------------------------------------------------------------------------
 
@@ -97,11 +96,6 @@ class PostgresBackend(Backend):
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
 
-    def fetch_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-        try:
-            return _rows_to_arrow(self.con.execute(self._pg(sql), tuple(params)))
-        except psycopg.Error as exc:
-            raise self.translate(exc) from exc
 
     def executescript(self, sql: str) -> None:
         self.con.execute(sql)

@@ -168,12 +168,6 @@ def split_binary_copy(payload: bytes, fields: int = 1) -> list[tuple[bytes | Non
         out.append(tuple(row))
 
 
-def array_width(blob: bytes | None) -> int:
-    """Element count of a 1-D array_send() value."""
-    if not blob or len(blob) < 20:
-        return 0
-    return struct.unpack_from(">i", blob, 12)[0]
-
 
 def prediction_fields(keys: list[tuple[bytes | None, ...]], valid: np.ndarray, y: np.ndarray | None, kind: str) -> bytes:
     """Binary COPY rows (key fields…, prediction), the key fields sent back exactly as they came out."""
