@@ -79,20 +79,22 @@ class PostgresBackend(Backend):
     # -- primitives ------------------------------------------------------------------------
 
     @staticmethod
-    def _pg(sql: str) -> str:
-        # the one ?-to-%s converter: a ? or % inside a string literal, a quoted name or a comment
-        # (or jsonb's ? operator written as a name) stays as it is
-        return qmark_to_format(sql)
+    def _pg(sql: str, params: Sequence[Any]) -> tuple[str, tuple | None]:
+        """The statement and parameters for psycopg. Without parameters the text goes as written
+        (psycopg then reads no placeholder in it: a ``?`` in a literal or jsonb's ``?`` operator is
+        SQL); with them, the one ?-to-%s converter (qmark_to_format: a ``?`` or ``%`` inside a
+        string literal, a quoted name or a comment stays text)."""
+        return (qmark_to_format(sql), tuple(params)) if params else (sql, None)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         try:
-            self.con.execute(self._pg(sql), tuple(params))
+            self.con.execute(*self._pg(sql, params))
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         try:
-            return self.con.execute(self._pg(sql), tuple(params)).fetchall()
+            return self.con.execute(*self._pg(sql, params)).fetchall()
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
 
@@ -308,7 +310,7 @@ class PostgresBackend(Backend):
 
     def execute_count(self, sql: str, params: Sequence[Any] = ()) -> int:
         try:
-            cur = self.con.execute(self._pg(sql), tuple(params))
+            cur = self.con.execute(*self._pg(sql, params))
         except psycopg.Error as exc:
             raise self.translate(exc) from exc
         return max(cur.rowcount, 0)
@@ -443,9 +445,7 @@ class PostgresBackend(Backend):
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
         sql = qualify_dbdl_calls(sql)
         try:
-            if params:
-                sql = qmark_to_format(sql)
-            cur = self.con.execute(sql, tuple(params) if params else None)
+            cur = self.con.execute(*self._pg(sql, params))
             if cur.description is None:
                 return None
             return _rows_to_arrow(cur)
