@@ -110,7 +110,11 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return BACKENDS[request.param](tmp_path, request)
 
 
-@pytest.fixture(params=list(dbdl.strategies.STRATEGIES))
+#: the execution strategies' names, from dbdl's registry: the one list that tests parametrize over
+STRATEGIES = list(dbdl.strategies.STRATEGIES)
+
+
+@pytest.fixture(params=STRATEGIES)
 def strategy(request) -> str:
     """How predict runs: the in-database function, the model compiled to SQL joins, or the rows
     streamed out to the DL runtime."""
@@ -155,8 +159,8 @@ def _gap_applies(item: pytest.Item, mark: pytest.Mark) -> str | None:
             return None
         where.append(backend)
     if strategies is not None:
-        if isinstance(strategies, str) or not set(strategies) <= set(dbdl.strategies.STRATEGIES):
-            raise _gap_usage(item, mark, f"strategies must be a list of {list(dbdl.strategies.STRATEGIES)}")
+        if isinstance(strategies, str) or not set(strategies) <= set(STRATEGIES):
+            raise _gap_usage(item, mark, f"strategies must be a list of {STRATEGIES}")
         if STRATEGY_PARAM not in params:
             raise _gap_usage(item, mark, "names strategies, but the test is not parametrized by strategy")
         if params[STRATEGY_PARAM] not in strategies:
