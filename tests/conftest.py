@@ -197,7 +197,15 @@ def skip_model_gap(strategy: str, model: str, reason: str) -> None:
 
 
 def backend_name(db_or_name) -> str:
-    return db_or_name if isinstance(db_or_name, str) else db_or_name.backend.name
+    """The BACKENDS key of a database, a backend name, or a URL (postgresql://... is "postgres")."""
+    if not isinstance(db_or_name, str):
+        return db_or_name.backend.name
+    if db_or_name in BACKENDS:
+        return db_or_name
+    name = next((name for name in BACKENDS if db_or_name.startswith(name)), None)
+    if name is None:
+        raise ValueError(f"{db_or_name!r} is none of the backends {sorted(BACKENDS)} nor one of their URLs")
+    return name
 
 
 def per_backend(db_or_name, **values):
