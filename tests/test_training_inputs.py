@@ -289,7 +289,7 @@ def test_uint8_images_stay_one_byte_and_come_out_as_asked(db):
     assert (info.shape, info.dtype) == ((3, 32, 32), "uint8")
     sql, want = per_backend(
         db, duckdb=(f"SELECT typeof(features) FROM {info.view} LIMIT 1", [("UTINYINT[3072]",)]),
-        postgres=(f"SELECT min(pg_catalog.octet_length(features)), max(pg_catalog.octet_length(features)) FROM "
+        postgres=("SELECT min(pg_catalog.octet_length(features)), max(pg_catalog.octet_length(features)) FROM "
                   + info.view, [(3072, 3072)]))
     assert db.sql(sql).fetchall() == want
     want_x, want_y = in_split_order(list(images), labels, "train")
