@@ -2,6 +2,17 @@
 
 Every behavioural test takes ``db`` (or ``url``), parametrized over the backends in BACKENDS; a
 backend that cannot run here is skipped with its reason, never silently dropped.
+
+Gaps are data (tests/README.md): a test that a backend or a strategy cannot run says so in a
+marker, never with ``if db.backend.name == ...`` or ``pytest.skip`` in its body::
+
+    @pytest.mark.notimpl(["duckdb"], reason="predict_into is PostgreSQL's procedure")
+    @pytest.mark.notimpl(strategies=["relation"], raises=dbdl.StrategyUnavailable, reason="...")
+    @pytest.mark.never(["duckdb"], reason="DuckDB has no roles")
+
+What differs between the backends by design (a type's spelling, a trait such as "dbdl's functions
+run inside the server") is data here too: ``per_backend(db, duckdb=..., postgres=...)`` and
+``has(db, trait)`` (TRAITS).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import dbdl
+import dbdl.strategies
 
 import pgserver
 
@@ -98,11 +110,140 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return BACKENDS[request.param](tmp_path, request)
 
 
-@pytest.fixture(params=["udf", "relation", "dl"])
+#: the execution strategies' names, from dbdl's registry: the one list that tests parametrize over
+STRATEGIES = list(dbdl.strategies.STRATEGIES)
+
+
+@pytest.fixture(params=STRATEGIES)
 def strategy(request) -> str:
     """How predict runs: the in-database function, the model compiled to SQL joins, or the rows
     streamed out to the DL runtime."""
     return request.param
+
+
+# -- gaps as data: the notimpl / never markers --------------------------------------------------
+
+#: the fixtures (and direct parametrizations) whose param is a backend name, a key of BACKENDS
+BACKEND_PARAMS = ("url", "zoo_db")
+#: the param that names an execution strategy (the ``strategy`` fixture, or a test's own parametrize)
+STRATEGY_PARAM = "strategy"
+#: marker name -> how its skip reason begins
+GAP_MARKERS = {"notimpl": "not implemented", "never": "does not apply"}
+
+
+def _gap_usage(item: pytest.Item, mark: pytest.Mark, problem: str) -> pytest.UsageError:
+    return pytest.UsageError(f"{item.nodeid}: @pytest.mark.{mark.name}{mark.args or ''} {problem}")
+
+
+def _gap_applies(item: pytest.Item, mark: pytest.Mark) -> str | None:
+    """Where the marker's gap lies for this test ("postgres", "strategy relation", ...), or None
+    where this test's backend and strategy are outside it."""
+    if len(mark.args) > 1 or set(mark.kwargs) - {"backends", "strategies", "raises", "reason"}:
+        raise _gap_usage(item, mark, "takes (backends, *, strategies=, raises=, reason=)")
+    backends = mark.args[0] if mark.args else mark.kwargs.get("backends")
+    strategies = mark.kwargs.get("strategies")
+    if not mark.kwargs.get("reason"):
+        raise _gap_usage(item, mark, "needs reason=: every gap is explained")
+    if backends is None and strategies is None:
+        raise _gap_usage(item, mark, "names no backends and no strategies")
+    params = getattr(item, "callspec", None)
+    params = params.params if params is not None else {}
+    where = []
+    if backends is not None:
+        if isinstance(backends, str) or not set(backends) <= set(BACKENDS):
+            raise _gap_usage(item, mark, f"backends must be a list of {sorted(BACKENDS)}")
+        backend = next((params[p] for p in BACKEND_PARAMS if p in params), None)
+        if backend is None:
+            raise _gap_usage(item, mark, f"names backends, but the test takes none of {BACKEND_PARAMS}")
+        if backend not in backends:
+            return None
+        where.append(backend)
+    if strategies is not None:
+        if isinstance(strategies, str) or not set(strategies) <= set(STRATEGIES):
+            raise _gap_usage(item, mark, f"strategies must be a list of {STRATEGIES}")
+        if STRATEGY_PARAM not in params:
+            raise _gap_usage(item, mark, "names strategies, but the test is not parametrized by strategy")
+        if params[STRATEGY_PARAM] not in strategies:
+            return None
+        where.append(f"strategy {params[STRATEGY_PARAM]}")
+    return ", ".join(where)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Turn each applicable notimpl / never marker into a skip (no raises=) or a strict xfail that
+    must raise that error (raises=): once the gap is closed the test passes, and fails as XPASS."""
+    for item in items:
+        for name, label in GAP_MARKERS.items():
+            for mark in item.iter_markers(name):
+                where = _gap_applies(item, mark)
+                if where is None:
+                    continue
+                reason = f"{label} for {where}: {mark.kwargs['reason']}"
+                raises = mark.kwargs.get("raises")
+                if raises is None:
+                    item.add_marker(pytest.mark.skip(reason=reason))
+                else:
+                    item.add_marker(pytest.mark.xfail(strict=True, raises=raises, reason=reason))
+
+
+def skip_model_gap(strategy: str, model: str, reason: str) -> None:
+    """A gap that depends on the model, not on the backend or strategy alone (the IR cannot compile
+    this zoo model, say): known only once the test has the model, so skipped from the body, always
+    with the same words and the planner's own reason."""
+    # reported at the test, not here (what a skip marker does)
+    raise pytest.skip.Exception(f"{strategy}-centric execution cannot run {model}: {reason}",
+                                _use_item_location=True)
+
+
+# -- what differs between the backends by design -------------------------------------------------
+
+
+def backend_name(db_or_name) -> str:
+    """The BACKENDS key of a database, a backend name, or a URL (postgresql://... is "postgres")."""
+    if not isinstance(db_or_name, str):
+        return db_or_name.backend.name
+    if db_or_name in BACKENDS:
+        return db_or_name
+    name = next((name for name in BACKENDS if db_or_name.startswith(name)), None)
+    if name is None:
+        raise ValueError(f"{db_or_name!r} is none of the backends {sorted(BACKENDS)} nor one of their URLs")
+    return name
+
+
+def per_backend(db_or_name, **values):
+    """This backend's one of several spellings or expected values, named for every backend:
+    ``per_backend(db, duckdb="FLOAT[8]", postgres="real[]")``."""
+    if set(values) != set(BACKENDS):
+        raise TypeError(f"per_backend needs a value for each of {sorted(BACKENDS)}, got {sorted(values)}")
+    return values[backend_name(db_or_name)]
+
+
+#: trait -> the backends that have it: design differences a test reads with ``has(db, trait)``
+TRAITS: dict[str, frozenset[str]] = {
+    # dbdl's functions and procedures run inside the database server (PL/Python): callable without
+    # dbdl's client in between, registration rewrites recorded by the server, the cache filled by
+    # the server's own scoring only (docs/security.md)
+    "in_server": frozenset({"postgres"}),
+    # the udf strategy scores one row per call (PostgreSQL's predict() is a scalar function)
+    "udf_row_at_a_time": frozenset({"postgres"}),
+    # one process holds the database file for writing: DataLoader workers open it read-only, so
+    # the client's connection is closed before they start
+    "single_writer_file": frozenset({"duckdb"}),
+    # CALL dbdl.train_export returns its result row (DuckDB's CALL is a table function)
+    "call_returns_rows": frozenset({"duckdb"}),
+}
+assert all(set(backends) <= set(BACKENDS) for backends in TRAITS.values())
+
+
+def has(db_or_name, trait: str) -> bool:
+    return backend_name(db_or_name) in TRAITS[trait]
+
+
+def release_for_workers(db) -> None:
+    """Before DataLoader workers read a dataset: DuckDB's file takes one writer and the workers open
+    it read-only, so the client's connection is closed; PostgreSQL's stays open."""
+    if has(db, "single_writer_file"):
+        db.close()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import BACKENDS
+from conftest import BACKENDS, STRATEGIES, skip_model_gap
 from zoo import ZOO, Form, SQLColumn, ZooModel, build
 
 import dbdl
@@ -160,7 +160,7 @@ def test_zoo_model_registers(zoo_db, key):
         assert info.original_sha256 is None
 
 
-@pytest.mark.parametrize("strategy", ["udf", "relation", "dl"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("key, form_index", CASES)
 def test_zoo_model_scores_like_its_library(zoo_db, key, form_index, strategy):
     model = build(key)
@@ -175,7 +175,7 @@ def test_zoo_model_scores_like_its_library(zoo_db, key, form_index, strategy):
             if reason is not None:
                 if model.relation:
                     pytest.fail(f"{key}: relation-centric execution should compile this model, EXPLAIN says: {reason}")
-                pytest.skip(f"relation-centric execution cannot run {key}: {reason}")
+                skip_model_gap(strategy, key, reason)
         rows = db.sql(sql, strategy=strategy).fetchall()
         compare(check, rows, f"{key} [{form.note}] {sql} under {strategy} on {zoo_db.backend}")
 

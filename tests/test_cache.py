@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import export_onnx, make_mlp, run_onnx
+from conftest import export_onnx, has, make_mlp, run_onnx
 from test_behaviour import q
 
 import dbdl
@@ -34,7 +34,7 @@ def cached(db, features, mlp_onnx, scorer_onnx):
 def filler(db, strategy):
     """The strategy that fills the cache: on PostgreSQL only the server's own scoring writes it
     (docs/security.md), so a forced dl or relation reads the cache and leaves it as it was."""
-    return strategy if db.backend.name != "postgres" or strategy == "udf" else None
+    return strategy if not has(db, "in_server") or strategy == "udf" else None
 
 
 def assert_same_rows(got, want):
@@ -230,10 +230,9 @@ def test_the_cost_model_counts_on_the_expected_hit_rate(db, cached):
     assert all("cache look-up" not in e.terms for e in db.explain(sql)[0].candidates)
 
 
+@pytest.mark.never(["duckdb"], reason="one DuckDB file is written by one process; concurrency is PostgreSQL's")
 def test_concurrent_sessions_filling_the_same_keys(url, features, mlp_onnx):
     """Several connections score overlapping rows at once: no duplicate-key errors, right rows."""
-    if not url.startswith("postgres"):
-        pytest.skip("one DuckDB file is written by one process; concurrency is PostgreSQL's")
     x = np.random.default_rng(5).standard_normal((4000, 8)).astype(np.float32)
     with dbdl.connect(url) as db:
         db.create_table("t", {"id": np.arange(len(x)), "feats": x})
@@ -281,9 +280,8 @@ def test_concurrent_sessions_filling_the_same_keys(url, features, mlp_onnx):
                                    expected[[r[1] for r in cached]], atol=1e-5)
 
 
+@pytest.mark.never(["duckdb"], reason="psql is PostgreSQL's")
 def test_psql_switches_the_cache_on_and_reads_its_counters(url, request, mlp_onnx, features):
-    if not url.startswith("postgres"):
-        pytest.skip("psql is PostgreSQL's")
     server = request.getfixturevalue("pg_server")
     with dbdl.connect(url) as db:
         db.create_table("t", {"id": np.arange(len(features)), "feats": features})
@@ -328,12 +326,11 @@ def test_bad_input_with_the_cache_on_fails_clearly_and_writes_nothing(db, cached
     assert cache_rows(db) == len(cached) - 3
 
 
+@pytest.mark.never(["duckdb"], reason="DuckDB has no roles: whoever may write the file is trusted (docs/security.md)")
 def test_no_role_can_forge_a_cached_output(url, mlp_onnx, features):
     """PostgreSQL, where roles share the cache: a dbdl_user or dbdl_admin cannot write a row, and what
     it can hand dbdl.cache_fill / dbdl.cache_record only ever caches the model's true output for the
     bytes it sent; a temporary domain named like a type dbdl uses never runs as the owner."""
-    if not url.startswith("postgres"):
-        pytest.skip("DuckDB has no roles: whoever may write the file is trusted (docs/security.md)")
     n = next(_attackers)
     user, admin, victim = f"forger_{n}", f"forger_admin_{n}", f"victim_{n}"
     x = features[:40]
@@ -414,13 +411,18 @@ def test_no_role_can_forge_a_cached_output(url, mlp_onnx, features):
 
 
 
+@pytest.mark.never(["duckdb"], reason="DuckDB's client scores the misses itself (the test below)")
 def test_explain_says_who_scores_the_misses(db, cached):
     db.models.set_options("m", cache=True)
     plan = db.explain("SELECT predict_class('m', feats) FROM t")[0]
-    if db.backend.name == "postgres":
-        assert plan.choice == "udf" and "scored in the server by dbdl.cache_fill" in plan.describe()
-    else:
-        assert "dbdl.cache_fill" not in plan.describe()
+    assert plan.choice == "udf" and "scored in the server by dbdl.cache_fill" in plan.describe()
+
+
+@pytest.mark.never(["postgres"], reason="PostgreSQL's server scores the misses (the test above)")
+def test_explain_names_no_server_filler_where_the_client_scores_the_misses(db, cached):
+    db.models.set_options("m", cache=True)
+    plan = db.explain("SELECT predict_class('m', feats) FROM t")[0]
+    assert "dbdl.cache_fill" not in plan.describe()
 
 
 def test_upgrading_clamps_a_stored_bound_that_broke_cache_stats(pg_server, mlp_onnx, monkeypatch):

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import export_onnx, make_mlp, run_onnx
+from conftest import export_onnx, has, make_mlp, per_backend, run_onnx
 
 import dbdl
 
@@ -32,7 +32,7 @@ def _run_all(workers, timeout: float = 240.0) -> list[BaseException]:
 
 def _sessions(url: str) -> int:
     # PostgreSQL: separate server sessions; DuckDB: separate connections of this one process
-    return 4 if url.startswith("postgres") else 2
+    return per_backend(url, duckdb=2, postgres=4)
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["new-model", "existing-model"])
@@ -47,7 +47,7 @@ def test_concurrent_registrations_get_distinct_consecutive_versions(url, first):
 
     def worker(w: int):
         # on PostgreSQL half the sessions register from SQL, where no client retries for them
-        from_sql = url.startswith("postgres") and w % 2 == 1
+        from_sql = has(url, "in_server") and w % 2 == 1
 
         def work():
             with dbdl.connect(url) as db:
@@ -111,7 +111,7 @@ def test_promote_and_rollback_while_clients_predict_score_each_statement_with_on
                 db.models.promote("m", 2)
                 db.models.rollback("m")
 
-    clients = [client] * (8 if url.startswith("postgres") else 4)
+    clients = [client] * per_backend(url, duckdb=4, postgres=8)
     flipper = threading.Thread(target=admin)
     flipper.start()
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import run_onnx
+from conftest import has, per_backend, run_onnx
 from onnx import TensorProto as T
 from onnx import helper
 from onnx import numpy_helper as nh
@@ -74,15 +74,15 @@ HUGE_ALLOCATION = _model([helper.make_node("Slice", ["x", "st", "en", "ax"], ["h
 
 
 def temp_tables(db) -> list[str]:
-    if db.backend.name == "duckdb":
-        return [r[0] for r in db.sql("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()]
-    return [r[0] for r in db.backend.fetchall("SELECT relname::text FROM pg_class WHERE relnamespace = "
-                                              "pg_my_temp_schema() AND relkind = 'r'")]
+    sql = per_backend(db, duckdb="SELECT table_name FROM duckdb_tables() WHERE temporary",
+                      postgres="SELECT relname::text FROM pg_class WHERE relnamespace = pg_my_temp_schema() "
+                               "AND relkind = 'r'")
+    return [r[0] for r in db.backend.fetchall(sql)]
 
 
 def call(db, sql: str, params=()):
     """A CALL statement with ? parameters (dbdl runs DuckDB's itself; PostgreSQL's are the server's)."""
-    if db.backend.name == "postgres":
+    if has(db, "in_server"):
         return db.backend.execute(sql, params)
     return db.sql(sql, list(params))
 
@@ -109,7 +109,7 @@ def test_a_model_that_mixes_rows_is_an_error_naming_model_and_shapes(db, table, 
         assert registry_counts(db) == (0, 0, 0)
         return
     db.models.register("mix", ROW_MIXERS[mixer])
-    if (db.backend.name, strategy, mixer) == ("postgres", "udf", "mean_over_rows_runtime"):
+    if strategy == "udf" and mixer == "mean_over_rows_runtime" and has(db, "udf_row_at_a_time"):
         # PostgreSQL's predict() scores one row per call, a batch of one, and the mean over a
         # batch of one row is that row: exactly what onnxruntime returns for it
         rows = db.sql("SELECT id, predict_array('mix', feats) FROM t ORDER BY id LIMIT 3", strategy=strategy)
@@ -144,9 +144,8 @@ def test_an_output_wider_than_declared_is_an_error(db, table, strategy):
         assert strategy == "relation"
 
 
+@pytest.mark.notimpl(["duckdb"], raises=dbdl.QueryError, reason="predict_into is PostgreSQL's procedure")
 def test_predict_into_checks_the_output_per_batch(db, table):
-    if db.backend.name != "postgres":
-        pytest.skip("predict_into is PostgreSQL's procedure")
     db.models.register("mix", ROW_MIXERS["concat_rows"])
     with pytest.raises(dbdl.ModelRuntimeError, match=r"'mix@1' returned output 'y' of shape \[600, 8\] for a batch "
                                                      r"of 300 rows"):
@@ -170,7 +169,7 @@ def test_onnxruntime_failures_are_model_runtime_errors(db, odd, strategy, model)
         assert strategy == "relation"
     assert temp_tables(db) == before
     # the class crosses the SQL boundary on PostgreSQL with its dbdl. prefix
-    if db.backend.name == "postgres":
+    if has(db, "in_server"):
         with pytest.raises(dbdl.ModelRuntimeError, match="frail@1"):
             db.backend.fetchall("SELECT dbdl.predict_array('frail', feats) FROM o")
 
@@ -218,10 +217,9 @@ def test_non_text_references(db, table, mlp_onnx):
             parse_ref(bad)
 
 
+@pytest.mark.notimpl(["duckdb"], raises=dbdl.QueryError, reason="predict_into is PostgreSQL's procedure")
 @pytest.mark.parametrize("batch_rows", [0, -1])
 def test_predict_into_refuses_a_batch_of_no_rows(db, table, mlp_onnx, batch_rows):
-    if db.backend.name != "postgres":
-        pytest.skip("predict_into is PostgreSQL's procedure")
     db.models.register("m", mlp_onnx)
     with pytest.raises(dbdl.InvalidArgument, match=f"batch_rows must be .* from 1 .* got {batch_rows}"):
         db.backend.execute(f"CALL dbdl.predict_into('m', 'SELECT id, feats FROM t', 'scores', batch_rows => {batch_rows})")
@@ -260,8 +258,8 @@ def test_options_json_that_is_too_deep_long_or_not_an_object(db, mlp_onnx, text)
 def test_boolean_features_are_refused_everywhere(db, table, mlp_onnx, strategy):
     """One rule: booleans are not features (cast them to numbers), under every strategy and backend."""
     db.models.register("m", mlp_onnx)
-    bools = "CAST(list_transform(CAST(feats AS FLOAT[]), lambda v: v > 0) AS BOOLEAN[])" \
-        if db.backend.name == "duckdb" else "ARRAY(SELECT v > 0 FROM unnest(feats) AS v)"
+    bools = per_backend(db, duckdb="CAST(list_transform(CAST(feats AS FLOAT[]), lambda v: v > 0) AS BOOLEAN[])",
+                        postgres="ARRAY(SELECT v > 0 FROM unnest(feats) AS v)")
     before = temp_tables(db)
     with pytest.raises(dbdl.DTypeMismatch, match="numeric features|numbers|boolean"):
         db.sql(f"SELECT id, predict_array('m', {bools}) FROM t", strategy=strategy).fetchall()

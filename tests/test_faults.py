@@ -101,11 +101,10 @@ def big(url):
     return url
 
 
+@pytest.mark.never(["duckdb"], reason="DuckDB runs inside the client: its kill is test_a_kill_of_a_duckdb_client_…")
 @pytest.mark.parametrize("how", ["client SIGKILL", "pg_terminate_backend"])
 def test_a_kill_during_a_cached_predict_keeps_the_accounting(big, how):
     url = big
-    if not url.startswith("postgres"):
-        pytest.skip("DuckDB runs inside the client: its kill is test_a_kill_of_a_duckdb_client_…")
     with dbdl.connect(url) as db:
         proc = _start("""
             for lo in range(0, 120_000, 30_000):
@@ -124,10 +123,9 @@ def test_a_kill_during_a_cached_predict_keeps_the_accounting(big, how):
         assert stats.rows == ROWS
 
 
+@pytest.mark.never(["postgres"], reason="the PostgreSQL variants are above")
 def test_a_kill_of_a_duckdb_client_during_a_cached_predict_keeps_the_accounting(big):
     url = big
-    if not url.startswith("duckdb"):
-        pytest.skip("the PostgreSQL variants are above")
     marker = Path(url.removeprefix("duckdb:///") + ".started")
     proc = _start(f"""
         from pathlib import Path
@@ -157,10 +155,9 @@ def test_a_failing_cached_query_leaves_no_cache_entry(db, features, strategy):
     assert db.models.cache_stats() == []
 
 
+@pytest.mark.never(["duckdb"], reason="a killed DuckDB client loses only uncommitted transactions (the test above)")
 @pytest.mark.parametrize("how", ["client SIGKILL", "pg_terminate_backend"])
 def test_a_kill_during_register_or_create_table_as_leaves_no_partial_rows(url, how, tmp_path):
-    if not url.startswith("postgres"):
-        pytest.skip("a killed DuckDB client loses only uncommitted transactions (the test above)")
     # a model of ~40 MB: its blob takes long enough to write that the kill lands inside the transaction
     path = tmp_path / "big.onnx"
     path.write_bytes(export_onnx(make_mlp((8, 3200, 3200, 3), seed=4), 8))
@@ -190,9 +187,8 @@ def test_a_kill_during_register_or_create_table_as_leaves_no_partial_rows(url, h
         _registry_is_consistent(db)
 
 
+@pytest.mark.never(["duckdb"], reason="PL/Python is PostgreSQL's")
 def test_python_exceptions_in_pl_python_never_take_the_server_down(url, features):
-    if not url.startswith("postgres"):
-        pytest.skip("PL/Python is PostgreSQL's")
     with dbdl.connect(url) as db:
         db.models.register("m", export_onnx(make_mlp((8, 16, 3)), 8))
         started = db.sql("SELECT pg_postmaster_start_time()").scalar()
@@ -206,10 +202,9 @@ def test_python_exceptions_in_pl_python_never_take_the_server_down(url, features
         assert db.sql("SELECT count(*) FROM dbdl.model_catalog").scalar() == 1
 
 
+@pytest.mark.notimpl(["duckdb"], reason="CALL predict_into and CALL train_export are PostgreSQL's procedures")
 @pytest.mark.parametrize("how", ["client SIGKILL", "pg_terminate_backend"])
 def test_a_kill_during_predict_into_or_train_export_leaves_no_partial_rows(url, how):
-    if not url.startswith("postgres"):
-        pytest.skip("CALL predict_into and CALL train_export are PostgreSQL's procedures")
     x = np.random.default_rng(1).standard_normal((ROWS, 8)).astype(np.float32)
     with dbdl.connect(url) as db:
         db.create_table("t", {"id": np.arange(ROWS), "feats": x, "label": np.arange(ROWS) % 3})

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import export_onnx, make_mlp
+from conftest import STRATEGIES, export_onnx, make_mlp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ assert "torch" not in sys.modules, "import dbdl imported torch"
 db = dbdl.connect("duckdb:///:memory:")
 db.models.register("m", {str(model)!r})
 db.sql("CREATE TABLE t AS SELECT [1, 2, 3, 4]::FLOAT[4] AS f FROM range(3)")
-for strategy in ("udf", "relation", "dl"):
+for strategy in {STRATEGIES!r}:
     assert len(db.sql("SELECT predict_class('m', f) FROM t", strategy=strategy).fetchall()) == 3
 print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
 """

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import sqlglot
 import torch
+from conftest import has, per_backend
 
 import dbdl
 from dbdl.backends.duckdb.dialect import DbdlDuckDB
@@ -42,7 +43,7 @@ def q(db, sql: str) -> str:
 
 
 def sql_type(db, duckdb_type: str, postgres_type: str) -> str:
-    return duckdb_type if db.backend.name == "duckdb" else postgres_type
+    return per_backend(db, duckdb=duckdb_type, postgres=postgres_type)
 
 
 def make_table(db, name: str, columns: dict[str, tuple[str, str, list]]) -> None:
@@ -55,8 +56,7 @@ def make_table(db, name: str, columns: dict[str, tuple[str, str, list]]) -> None
     for i in range(n):
         db.backend.execute(f"INSERT INTO {name} VALUES (?, {placeholders})",
                            (i, *[columns[c][2][i] for c in columns]))
-    if db.backend.name == "postgres":
-        db.backend.analyze(name)
+    db.backend.analyze(name)  # PostgreSQL's planner wants statistics; DuckDB needs none
 
 
 def rows_of(db, sql: str, strategy: str | None) -> list:
@@ -278,7 +278,7 @@ def test_one_vector_still_feeds_several_inputs(db, strategy, multi_io_onnx):
 def test_nested_and_flat_images(db, strategy, cnn_model):
     db.models.register("cnn", cnn_model)
     x = IMAGES.astype(np.float32) / 255
-    nested = sql_type(db, "FLOAT[8][8][3]", "real[]")  # DuckDB lists sizes innermost first: rows of shape [3, 8, 8]
+    nested = "FLOAT[8][8][3]"  # DuckDB lists sizes innermost first: rows of shape [3, 8, 8]
     make_table(db, "t", {"img": (nested, "real[]", x.tolist()), "flat": ("FLOAT[192]", "real[]", x.reshape(6, -1).tolist())})
     expected = list(ort_run(cnn_model, {"x": x}))
     check(db, "SELECT id, predict_array('cnn', img) FROM t", strategy, expected)
@@ -288,10 +288,8 @@ def test_nested_and_flat_images(db, strategy, cnn_model):
 def test_wrong_image_shapes_name_both_shapes(db, strategy, cnn_model):
     db.models.register("cnn", cnn_model)
     x = IMAGES.astype(np.float32).transpose(0, 2, 3, 1)  # channels last
-    if db.backend.name == "duckdb":
-        make_table(db, "t", {"img": ("FLOAT[3][8][8]", "", x.tolist()), "short": ("FLOAT[100]", "", x.reshape(6, -1)[:, :100].tolist())})
-    else:
-        make_table(db, "t", {"img": ("", "real[]", x.tolist()), "short": ("", "real[]", x.reshape(6, -1)[:, :100].tolist())})
+    make_table(db, "t", {"img": ("FLOAT[3][8][8]", "real[]", x.tolist()),
+                         "short": ("FLOAT[100]", "real[]", x.reshape(6, -1)[:, :100].tolist())})
     forced = None if strategy == "relation" else strategy
     with pytest.raises(dbdl.ShapeMismatch, match=r"\[3, 8, 8\].*\[8, 8, 3\]"):
         db.sql("SELECT id, predict_array('cnn', img) FROM t", strategy=forced).fetchall()
@@ -303,9 +301,9 @@ def test_uint8_bytes_feed_a_float_model_unscaled(db, strategy, cnn_model):
     db.models.register("cnn", cnn_model)
     flat = IMAGES.reshape(6, -1)
     blobs = [bytes(r) for r in flat]
-    columns = {"raw": ("BLOB", "bytea", blobs)}
-    if db.backend.name == "duckdb":
-        columns["small"] = ("UTINYINT[]", "", flat.tolist())
+    # PostgreSQL has no one-byte unsigned array type
+    columns = {"raw": ("BLOB", "bytea", blobs),
+               **per_backend(db, duckdb={"small": ("UTINYINT[]", "", flat.tolist())}, postgres={})}
     make_table(db, "t", columns)
     expected = list(ort_run(cnn_model, {"x": IMAGES.astype(np.float32)}))  # 0..255, not scaled
     for column in columns:
@@ -325,7 +323,7 @@ def test_variable_length_tokens_padded_with_pad_id(db, strategy, seq_model):
     db.models.register("seq", seq_model)
     make_table(db, "t", {"tokens": ("INTEGER[]", "int[]", TOKENS)})
     forced = None if strategy == "relation" else strategy
-    if not (db.backend.name == "postgres" and forced == "udf"):
+    if not (forced == "udf" and has(db, "udf_row_at_a_time")):
         # rows of different lengths in one batch need a pad id (PostgreSQL's in-server function
         # scores one row per call, so it never pads)
         with pytest.raises(dbdl.ShapeMismatch, match="pad_id"):
@@ -432,9 +430,10 @@ def test_result_cache_falls_back_to_uncached_for_other_forms(db, strategy, two_m
     sql = "SELECT id, predict_array('two', a, ids) FROM t"
     assert "result cache not used: the call passes 2 feature arguments" in str(db.explain(q(db, sql)))
     check(db, sql, strategy, list(ort_run(two_model, {"a": a, "ids": np.array(ids, np.int64)})))
-    if db.backend.name == "duckdb":
-        sql = "SELECT id, predict_array('cnn', raw) FROM t"
-        assert "result cache not used: the features are BLOB bytes" in str(db.explain(sql))
+    # the other forms this backend's EXPLAIN names as uncached, and why
+    for column, why in per_backend(db, duckdb={"raw": "the features are BLOB bytes"}, postgres={}).items():
+        sql = f"SELECT id, predict_array('cnn', {column}) FROM t"
+        assert f"result cache not used: {why}" in str(db.explain(sql))
         check(db, sql, strategy, list(ort_run(cnn_model, {"x": IMAGES[:4].astype(np.float32)})))
     assert all(s.rows == 0 for s in db.models.cache_stats())
 
@@ -471,13 +470,12 @@ def test_dl_runs_a_large_batch_in_slices_each_padded_to_its_own_rows(db, seq_mod
     from dbdl.strategies.dl import RUN_ROWS
 
     n = 2 * RUN_ROWS + 123
-    if db.backend.name == "duckdb":
-        db.sql(f"CREATE TABLE t AS SELECT i::INTEGER AS id, list_transform(range(1 + i % 17), "
-               f"lambda x: ((x * 7 + i) % {VOCAB} + 1)::INTEGER) AS tokens FROM range({n}) r(i)")
-    else:
-        db.sql(f"CREATE TABLE t AS SELECT i AS id, ARRAY(SELECT ((x * 7 + i) % {VOCAB} + 1)::int "
-               f"FROM generate_series(0, i % 17) x) AS tokens FROM generate_series(0, {n - 1}) i")
-        db.backend.analyze("t")
+    db.sql(per_backend(
+        db, duckdb=f"CREATE TABLE t AS SELECT i::INTEGER AS id, list_transform(range(1 + i % 17), "
+                   f"lambda x: ((x * 7 + i) % {VOCAB} + 1)::INTEGER) AS tokens FROM range({n}) r(i)",
+        postgres=f"CREATE TABLE t AS SELECT i AS id, ARRAY(SELECT ((x * 7 + i) % {VOCAB} + 1)::int "
+                 f"FROM generate_series(0, i % 17) x) AS tokens FROM generate_series(0, {n - 1}) i"))
+    db.backend.analyze("t")  # PostgreSQL's planner wants statistics; DuckDB needs none
     db.models.register("seq", seq_model)
     db.models.set_options("seq", pad_id=0)
     got = rows_of(db, "SELECT id, predict_class('seq', tokens) FROM t", "dl")

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import run_onnx
+from conftest import has, per_backend, run_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import dbdl
@@ -213,13 +213,14 @@ def test_cli_register_refuses_external_data(url, secret_file, tmp_path):
 
 @pytest.fixture
 def pg(url):
-    if not url.startswith("postgres"):
-        pytest.skip("SQL registration is PostgreSQL's")
+    """A PostgreSQL database: its tests are marked notimpl(["duckdb"]) (SQL registration is PostgreSQL's)."""
+    assert url.startswith("postgres"), "a test of SQL registration is marked @pytest.mark.notimpl(['duckdb'], ...)"
     db = dbdl.connect(url)
     yield db
     db.close()
 
 
+@pytest.mark.notimpl(["duckdb"], reason="SQL registration is PostgreSQL's")
 @pytest.mark.parametrize("location", ["global/1260", "pg_hba.conf", "ABSOLUTE"])
 @pytest.mark.parametrize("where", PLACES)
 def test_sql_register_model_refuses_external_data(pg, pg_server, where, location):
@@ -247,7 +248,7 @@ def _smuggle(db, name: str, good: bytes, bad: bytes) -> None:
 def test_stored_bytes_are_checked_before_a_session_is_built(db, table, secret_file, strategy, where, mlp_onnx):
     """On PostgreSQL the server's working directory is its data directory, so global/1260 there is
     pg_authid; on DuckDB the client's working directory holds secret.bin."""
-    location = "secret.bin" if db.backend.name == "duckdb" else "global/1260"
+    location = per_backend(db, duckdb="secret.bin", postgres="global/1260")
     bad = leaky_model(where, location).SerializeToString()
     SESSIONS.clear()
     _smuggle(db, "m", mlp_onnx, bad)
@@ -259,7 +260,7 @@ def test_stored_bytes_are_checked_before_a_session_is_built(db, table, secret_fi
         db.sql("SELECT id, predict_array(CASE WHEN id >= 0 THEN 'm' END, feats) FROM t")
     with pytest.raises(dbdl.InvalidModel, match="external file"):
         db.models.load("m")
-    if db.backend.name == "postgres":  # the server's own predict, no client code in between
+    if has(db, "in_server"):  # the server's own predict, no client code in between
         with pytest.raises(dbdl.InvalidModel, match="external file"):
             db.backend.fetchall("SELECT dbdl.predict_array('m', feats) FROM t")
 
@@ -285,6 +286,7 @@ def test_register_refuses_custom_operator_domains(db, sessions_built, domain):
     assert sessions_built == [] and registry_counts(db) == (0, 0, 0)
 
 
+@pytest.mark.notimpl(["duckdb"], reason="SQL registration is PostgreSQL's")
 def test_sql_register_refuses_custom_operator_domains(pg):
     with pytest.raises(dbdl.InvalidModel, match="domain 'ai.onnx.contrib'"):
         pg.backend.fetchone("SELECT dbdl.register_model(?, ?)",

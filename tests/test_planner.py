@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import export_onnx, make_mlp, run_onnx
+from conftest import export_onnx, make_mlp, per_backend, run_onnx
 
 import dbdl
 
@@ -45,13 +45,13 @@ def test_choice_follows_the_estimates_as_rows_grow(db, scored):
 
 def test_relation_layouts_can_be_forced(db, scored, features):
     expected = run_onnx(scored, {"x": features})
-    layouts = ("element", "blocked") if db.backend.name == "duckdb" else ("element",)
+    layouts = per_backend(db, duckdb=("element", "blocked"), postgres=("element",))
     for layout in layouts:
         got = db.sql("SELECT id, predict_array('m', feats) FROM t ORDER BY id", strategy=f"relation:{layout}").fetchall()
         np.testing.assert_allclose(np.array([r[1] for r in got]), expected, rtol=1e-4, atol=1e-5)
-    if db.backend.name == "postgres":
-        with pytest.raises(dbdl.StrategyUnavailable, match="layouts here: element"):
-            db.sql("SELECT predict_array('m', feats) FROM t", strategy="relation:blocked")
+    for layout in [lay for lay in ("element", "blocked") if lay not in layouts]:  # and the others are refused
+        with pytest.raises(dbdl.StrategyUnavailable, match=f"layouts here: {', '.join(layouts)}"):
+            db.sql("SELECT predict_array('m', feats) FROM t", strategy=f"relation:{layout}")
 
 
 def test_hint_and_argument_force_a_strategy(db, scored, features):
@@ -71,8 +71,8 @@ def test_model_over_the_memory_budget_runs_relation_centric(db, features):
     assert plan.choice == "relation"
     reasons = {e.strategy: e.reason for e in plan.candidates if not e.feasible}
     assert set(reasons) == {"udf", "dl"} and all("over the memory budget of 100,000" in r for r in reasons.values())
-    if db.backend.name == "duckdb":
-        db.sql("SET memory_limit = '256MB'")
+    for setting in per_backend(db, duckdb=["SET memory_limit = '256MB'"], postgres=[]):
+        db.sql(setting)
     got = np.array([r[1] for r in db.sql("SELECT id, predict_array('big', feats) FROM t ORDER BY id").fetchall()])
     np.testing.assert_allclose(got, big(torch.from_numpy(features)).detach().numpy(), rtol=1e-4, atol=1e-4)
     for forced in ("udf", "dl"):
@@ -81,8 +81,8 @@ def test_model_over_the_memory_budget_runs_relation_centric(db, features):
 
 
 def test_predict_without_from_can_only_run_in_the_database(db, scored):
-    plan = db.explain("SELECT predict_class('m', [1, 2, 3, 4, 5, 6, 7, 8])" if db.backend.name == "duckdb"
-                      else "SELECT predict_class('m', ARRAY[1, 2, 3, 4, 5, 6, 7, 8]::real[])")[0]
+    plan = db.explain(per_backend(db, duckdb="SELECT predict_class('m', [1, 2, 3, 4, 5, 6, 7, 8])",
+                                  postgres="SELECT predict_class('m', ARRAY[1, 2, 3, 4, 5, 6, 7, 8]::real[])"))[0]
     assert plan.choice == "udf"
     assert {e.strategy: e.feasible for e in plan.candidates} == {"udf": True, "relation": False, "dl": False}
 
@@ -91,7 +91,7 @@ def test_calibrate_stores_constants_the_planner_reads(db):
     measured = db.calibrate(rows=2000, progress=False)
     expected = {"udf_row_s", "udf_flops_per_s", "dl_setup_s", "dl_byte_s", "dl_flops_per_s", "rel_setup_s",
                 "rel_weight_s", "rel_value_s"}
-    assert set(measured) == expected | ({"rel_dot_s"} if db.backend.name == "duckdb" else set())
+    assert set(measured) == expected | per_backend(db, duckdb={"rel_dot_s"}, postgres=set())
     assert all(v >= 0 for v in measured.values()) and measured["udf_flops_per_s"] > 0
     stored = dict(db.sql("SELECT key, value FROM dbdl.calibration").fetchall())
     assert stored == pytest.approx(measured)
@@ -119,8 +119,8 @@ def test_ctes_parameters_and_create_table_as_under_every_strategy(db, scored, fe
     assert [r[1] for r in db.sql("SELECT id, c FROM scored ORDER BY id").fetchall()] == expected.tolist()
     row = [float(v) for v in features[0]]
     placeholders = ", ".join("?" * 8)
-    one = db.sql(f"SELECT predict_class('m', {'ARRAY' if db.backend.name == 'postgres' else ''}[{placeholders}]) "
-                 f"FROM t WHERE id = 0", row).scalar()
+    array = per_backend(db, duckdb="", postgres="ARRAY")
+    one = db.sql(f"SELECT predict_class('m', {array}[{placeholders}]) FROM t WHERE id = 0", row).scalar()
     assert one == expected[0]
 
 
@@ -147,16 +147,15 @@ def test_hint_inside_a_string_is_data_and_dl_cleans_up_after_a_failed_plan(db, s
     assert got.fetchall()[0][0] == "/*+ dbdl strategy=bogus */"
     with pytest.raises(dbdl.ModelNotFound):
         db.sql("SELECT predict_class('m', feats) AS a, predict_class('nope', feats) AS b FROM t", strategy="dl")
-    temp = ("SELECT count(*) FROM duckdb_tables() WHERE temporary" if db.backend.name == "duckdb"
-            else "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'dbdl_dl_%'")
+    temp = per_backend(db, duckdb="SELECT count(*) FROM duckdb_tables() WHERE temporary",
+                       postgres="SELECT count(*) FROM pg_tables WHERE tablename LIKE 'dbdl_dl_%'")
     assert db.sql(temp).scalar() == 0
 
 
+@pytest.mark.never(["postgres"], reason="DuckDB's row-group parallelism")
 def test_duckdb_udf_estimate_counts_the_cores_a_small_table_leaves_idle(db, scored):
     """DuckDB scans a table on one thread per 122,880-row group: a 300-row table runs the UDF on
     one core, so its compute term is the whole-machine one divided by that share."""
-    if db.backend.name != "duckdb":
-        pytest.skip("DuckDB's row-group parallelism")
     import os
 
     plan = db.explain("SELECT predict_class('m', feats) FROM t")[0]

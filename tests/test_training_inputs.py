@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import has, per_backend, release_for_workers
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -34,15 +35,13 @@ def make_tokens(n: int, seed: int = 0, max_len: int = 18, vocab: int = VOCAB):
 def _list_literal(db, values, element: str) -> str:
     pg_type = {"INTEGER": "pg_catalog.int4", "BIGINT": "pg_catalog.int8", "DOUBLE": "pg_catalog.float8"}[element]
     inner = ", ".join(str(v) for v in values)
-    if db.backend.name == "postgres":
-        return f"ARRAY[{inner}]::{pg_type}[]" if len(values) else f"'{{}}'::{pg_type}[]"
-    return f"CAST([{inner}] AS {element}[])"
+    return per_backend(db, duckdb=f"CAST([{inner}] AS {element}[])",
+                       postgres=f"ARRAY[{inner}]::{pg_type}[]" if len(values) else f"'{{}}'::{pg_type}[]")
 
 
 def token_table(db, name: str, rows, labels, element: str = "INTEGER") -> None:
-    pg = db.backend.name == "postgres"
-    column = {"INTEGER": "integer[]", "BIGINT": "bigint[]", "DOUBLE": "double precision[]"}[element] if pg \
-        else f"{element}[]"
+    column = per_backend(db, duckdb=f"{element}[]",
+                         postgres={"INTEGER": "integer[]", "BIGINT": "bigint[]", "DOUBLE": "double precision[]"}[element])
     db.sql(f"CREATE TABLE {name} (id integer, tokens {column}, label integer)")
     values = ", ".join(f"({i}, {_list_literal(db, r.tolist(), element)}, {int(y)})"
                        for i, (r, y) in enumerate(zip(rows, labels)))
@@ -139,11 +138,13 @@ def test_token_lists_are_stored_and_read_back_exactly(db):
     assert (info.shape, info.dtype, info.label_dtype, info.ragged, info.n_rows) == ((-1,), "int32", "int64", True, 150)
     assert db.datasets.get("news") == info
     # compact: integers, one per token (DuckDB INTEGER[]; PostgreSQL 4 bytes a token in bytea)
-    if db.backend.name == "duckdb":
-        assert db.sql(f"SELECT typeof(features) FROM {info.view} LIMIT 1").fetchall() == [("INTEGER[]",)]
-        stored = db.sql(f"SELECT sum(len(features)) FROM {info.view}").fetchall()[0][0]
-    else:
-        stored = db.sql(f"SELECT sum(pg_catalog.octet_length(features)) / 4 FROM {info.view}").fetchall()[0][0]
+    types = per_backend(db, duckdb=[(f"SELECT typeof(features) FROM {info.view} LIMIT 1", [("INTEGER[]",)])],
+                        postgres=[])
+    for sql, want in types:
+        assert db.sql(sql).fetchall() == want
+    stored = db.sql(per_backend(db, duckdb=f"SELECT sum(len(features)) FROM {info.view}",
+                                postgres=f"SELECT sum(pg_catalog.octet_length(features)) / 4 FROM {info.view}")
+                    ).fetchall()[0][0]
     assert int(stored) == sum(len(r) for r in rows)
     for split in ("train", "validation", "test"):
         want_rows, want_labels = in_split_order(rows, labels, split)
@@ -173,7 +174,7 @@ def test_collate_modes_match_the_tutorials_collate_functions(db, tmp_path):
     rows, labels = make_tokens(120, seed=2)
     token_table(db, "news", rows, labels)
     out = db.sql("CALL dbdl.train_export('SELECT tokens, label FROM news ORDER BY id', 'news', ragged => true)")
-    if db.backend.name == "duckdb":
+    if has(db, "call_returns_rows"):
         assert out.fetchall()[0][3] == [-1]
     assert db.datasets.get("news").shape == (-1,)
     want_rows, want_labels = in_split_order(rows, labels, "train")
@@ -215,8 +216,8 @@ def test_text_training_curve_equals_the_in_memory_one(url, collate, workers, tmp
     token_table(db, "news", rows, labels)
     db.train_export("SELECT tokens, label FROM news ORDER BY id", "news", ragged=True, seed=5)
     ds = db.training_set("news", collate=collate, pad_id=PAD, cache=tmp_path, block_rows=50)
-    if workers and db.backend.name == "duckdb":
-        db.close()  # DataLoader workers open the file read-only
+    if workers:
+        release_for_workers(db)  # DuckDB: DataLoader workers open the file read-only
     want_rows, want_labels = in_split_order(rows, labels, "train", seed=5)
     samples = list(zip(want_rows, want_labels))
 
@@ -243,8 +244,7 @@ def test_shuffled_text_stream_with_workers_and_prefetch_equals_the_in_memory_ord
     db.train_export("SELECT tokens, label FROM news ORDER BY id", "news", ragged=True)
     stream = db.training_set("news", shuffle=True, seed=9, batch_size=16, collate="offsets", block_rows=37,
                              buffer_blocks=2, prefetch=2, cache=tmp_path)
-    if db.backend.name == "duckdb":
-        db.close()
+    release_for_workers(db)
     # what the DataLoader yields: the workers' batches in turn, each worker's rows in ds.order(w, 2)
     per_worker = []
     for w in range(2):
@@ -287,11 +287,11 @@ def test_uint8_images_stay_one_byte_and_come_out_as_asked(db):
     db.create_table("cifar", {"id": np.arange(60), "img": [bytes(im.tobytes()) for im in images], "label": labels})
     info = db.train_export("SELECT img, label FROM cifar ORDER BY id", "cifar", shape=(3, 32, 32))
     assert (info.shape, info.dtype) == ((3, 32, 32), "uint8")
-    if db.backend.name == "duckdb":
-        assert db.sql(f"SELECT typeof(features) FROM {info.view} LIMIT 1").fetchall() == [("UTINYINT[3072]",)]
-    else:
-        assert db.sql(f"SELECT min(pg_catalog.octet_length(features)), max(pg_catalog.octet_length(features)) "
-                      f"FROM {info.view}").fetchall() == [(3072, 3072)]
+    sql, want = per_backend(
+        db, duckdb=(f"SELECT typeof(features) FROM {info.view} LIMIT 1", [("UTINYINT[3072]",)]),
+        postgres=("SELECT min(pg_catalog.octet_length(features)), max(pg_catalog.octet_length(features)) FROM "
+                  + info.view, [(3072, 3072)]))
+    assert db.sql(sql).fetchall() == want
     want_x, want_y = in_split_order(list(images), labels, "train")
     want_x = np.stack(want_x)
     x, y = db.training_set("cifar", cache=False).arrays()
@@ -304,23 +304,12 @@ def test_uint8_images_stay_one_byte_and_come_out_as_asked(db):
     with pytest.raises(dbdl.DTypeMismatch, match="cannot hold exactly"):
         db.training_set("cifar", dtype="int8")
     # nested arrays keep their dimensions when no shape is given
-    if db.backend.name == "duckdb":
-        import pyarrow as pa
-
-        # (db.create_table stores fixed-size lists as FLOAT[n]: load a UTINYINT[3072] column directly)
-        db.backend.con.register("arr_src", pa.table({"id": np.arange(60), "img": _fixed_uint8(images.reshape(60, -1)),
-                                                     "label": labels}))
-        db.sql("CREATE TABLE arr AS SELECT * FROM arr_src")
-        assert db.sql("SELECT typeof(img) FROM arr LIMIT 1").fetchall() == [("UTINYINT[3072]",)]
-        flat = db.train_export("SELECT img, label FROM arr ORDER BY id", "arr", shape=(3, 32, 32))
-        assert flat.dtype == "uint8" and np.array_equal(db.training_set("arr", cache=False).arrays()[0], want_x)
-        db.sql("CREATE TABLE nested AS SELECT id, CAST([[[v, v + 1], [v + 2, v + 3], [v + 4, v + 5]]] AS "
-               "FLOAT[2][3][1]) AS img, label FROM (SELECT id, CAST(id AS FLOAT) AS v, label FROM cifar)")
-        nested_query = "SELECT img, label FROM nested ORDER BY id"
-    else:
-        db.sql("CREATE TABLE nested AS SELECT id, ARRAY[[[id, id + 1], [id + 2, id + 3], [id + 4, id + 5]]]::"
-               "pg_catalog.float4[] AS img, label FROM cifar")
-        nested_query = "SELECT img, label FROM nested ORDER BY id"
+    db.sql(per_backend(
+        db, duckdb="CREATE TABLE nested AS SELECT id, CAST([[[v, v + 1], [v + 2, v + 3], [v + 4, v + 5]]] AS "
+                   "FLOAT[2][3][1]) AS img, label FROM (SELECT id, CAST(id AS FLOAT) AS v, label FROM cifar)",
+        postgres="CREATE TABLE nested AS SELECT id, ARRAY[[[id, id + 1], [id + 2, id + 3], [id + 4, id + 5]]]::"
+                 "pg_catalog.float4[] AS img, label FROM cifar"))
+    nested_query = "SELECT img, label FROM nested ORDER BY id"
     nested = db.train_export(nested_query, "nested")
     assert nested.shape == (1, 3, 2)
     got, _ = db.training_set("nested", "all", cache=False).arrays()
@@ -345,16 +334,32 @@ class TinyCNN(torch.nn.Module):
         return self.fc(torch.flatten(torch.relu(self.conv(x / 255.0)), 1))
 
 
+@pytest.mark.never(["postgres"], reason="PostgreSQL has no one-byte unsigned array type (its uint8 images are bytea)")
+def test_a_utinyint_array_column_exports_as_uint8_images(db):
+    """DuckDB's UTINYINT[3072]: one byte a value, exported with a shape like a BLOB of image bytes."""
+    import pyarrow as pa
+
+    images, labels = make_images(60, seed=1)
+    want_x = np.stack(in_split_order(list(images), labels, "train")[0])
+    # (db.create_table stores fixed-size lists as FLOAT[n]: load a UTINYINT[3072] column directly)
+    db.backend.con.register("arr_src", pa.table({"id": np.arange(60), "img": _fixed_uint8(images.reshape(60, -1)),
+                                                 "label": labels}))
+    db.sql("CREATE TABLE arr AS SELECT * FROM arr_src")
+    assert db.sql("SELECT typeof(img) FROM arr LIMIT 1").fetchall() == [("UTINYINT[3072]",)]
+    flat = db.train_export("SELECT img, label FROM arr ORDER BY id", "arr", shape=(3, 32, 32))
+    assert flat.dtype == "uint8" and np.array_equal(db.training_set("arr", cache=False).arrays()[0], want_x)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_image_training_curve_equals_the_in_memory_one(url, workers, tmp_path):
     db = dbdl.connect(url)
     images, labels = make_images(100, seed=2)
     db.create_table("cifar", {"id": np.arange(100), "img": [bytes(im.tobytes()) for im in images], "label": labels})
     db.sql("CALL dbdl.train_export('SELECT img, label FROM cifar ORDER BY id', 'cifar', shape => "
-           + ("ARRAY[3, 32, 32]" if db.backend.name == "postgres" else "[3, 32, 32]") + ", seed => 2)")
+           + per_backend(db, duckdb="[3, 32, 32]", postgres="ARRAY[3, 32, 32]") + ", seed => 2)")
     ds = db.training_set("cifar", dtype="float32", cache=tmp_path, block_rows=24, prefetch=1)
-    if workers and db.backend.name == "duckdb":
-        db.close()
+    if workers:
+        release_for_workers(db)
     want_x, want_y = in_split_order(list(images), labels, "train", seed=2)
     memory = TensorDataset(torch.from_numpy(np.stack(want_x)).float(), torch.from_numpy(want_y))
 
@@ -386,9 +391,9 @@ def test_bad_inputs_are_refused_with_the_fix_and_leave_nothing(db):
     rows, labels = make_tokens(12, seed=5)
     token_table(db, "news", rows, labels)
     token_table(db, "floats", [r.astype(np.float64) / 7 for r in rows], labels, element="DOUBLE")
-    pg = db.backend.name == "postgres"
-    nested = ("SELECT ARRAY[[1, 2], [3, 4]]::pg_catalog.int4[] AS tokens, 1 AS label" if pg else
-              "SELECT [[1, 2], [3]] AS tokens, 1 AS label")
+    nested = per_backend(db, duckdb="SELECT [[1, 2], [3]] AS tokens, 1 AS label",
+                         postgres="SELECT ARRAY[[1, 2], [3, 4]]::pg_catalog.int4[] AS tokens, 1 AS label")
+    null_in_list = per_backend(db, duckdb="[1, NULL]", postgres="ARRAY[1, NULL]::pg_catalog.int4[]")
     db.create_table("pics", {"id": np.arange(3), "img": [b"\x01\x02", b"\x01\x02\x03", b"\x04\x05"],
                              "label": [0, 1, 2]})
     cases = [
@@ -397,7 +402,7 @@ def test_bad_inputs_are_refused_with_the_fix_and_leave_nothing(db):
         ("SELECT tokens, label FROM news", {"shape": (-1,)}, dbdl.ShapeMismatch, "ragged => true"),
         ("SELECT CASE WHEN id = 7 THEN NULL ELSE tokens END AS tokens, label FROM news", {"ragged": True},
          dbdl.DTypeMismatch, "row 7 of the query has a NULL list"),
-        ("SELECT CASE WHEN id = 2 THEN " + ("ARRAY[1, NULL]::pg_catalog.int4[]" if pg else "[1, NULL]")
+        ("SELECT CASE WHEN id = 2 THEN " + null_in_list
          + " ELSE tokens END AS tokens, label FROM news ORDER BY id", {"ragged": True}, dbdl.DTypeMismatch,
          "row 2 .*NULL"),
         ("SELECT tokens, CASE WHEN id = 4 THEN NULL ELSE label END AS label FROM news ORDER BY id", {"ragged": True},
