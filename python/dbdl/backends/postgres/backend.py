@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import sqlglot.expressions as exp
 
+from dbdl_udf.kinds import KINDS
+
 from ...errors import ConnectionError, DTypeMismatch, Error, PermissionDenied, QueryError, error_class
 from ...names import ResolvedModel
 from ...query import argument_probe
@@ -33,7 +35,9 @@ try:
 except ImportError as _exc:  # pragma: no cover - reported by Backend.open
     raise ImportError("psycopg (pip install 'dbdl[postgres]')") from _exc
 
-_SQL_NAMES = {"scalar": "predict", "array": "predict_array", "class": "predict_class"}
+_SQL_TYPES = {"float32": "real", "int64": "bigint", "str": "text"}
+#: kind -> the SQL type of its results (a vector kind: an array of its element type)
+_RESULT_TYPES = {k.name: _SQL_TYPES[k.dtype] + ("[]" if k.vector else "") for k in KINDS.values()}
 _DBDL_ERROR = re.compile(r"dbdl\.(\w+): (.*)", re.S)
 _LOCK_KEY = 0x6462646C  # 'dbdl'
 
@@ -234,7 +238,7 @@ class PostgresBackend(Backend):
         from dbdl_udf.runtime import Column, valid_rows
 
         text = bool(getattr(score, "text", False))  # predict() of class names (strategies.dl.scorer)
-        out_type = "text" if text else {"scalar": "real", "array": "real[]", "class": "bigint"}[kind]
+        out_type = _RESULT_TYPES["text" if text else kind]
         signature = _score_signature(score)
         try:
             with self.transaction():
@@ -373,9 +377,9 @@ class PostgresBackend(Backend):
         # the functions live in the server; planning pins the version in the reference. Always
         # qualified: an unqualified name would be looked up on the caller's search_path, where a
         # function of the same name in another schema could be a better match
-        name = _SQL_NAMES[kind]
         if kind == "scalar" and model.output_spec.is_text:
-            name = "predict_text"  # class names: dbdl.predict returns real, dbdl.predict_text text
+            kind = "text"  # class names: dbdl.predict returns real, dbdl.predict_text text
+        name = KINDS[kind].function
         call = exp.Anonymous(this=name, expressions=[exp.Literal.string(model.ref), features])
         return exp.Dot(this=exp.to_identifier(self.function_schema), expression=call)
 
@@ -424,7 +428,7 @@ class PostgresBackend(Backend):
         model_arg, *args = call.expressions
         if len(args) < 2:
             return None
-        name = _SQL_NAMES[kind]
+        name = KINDS[kind].function
         row = exp.Anonymous(this="ROW", expressions=[a.copy() for a in args])
         return exp.Dot(this=exp.to_identifier(self.function_schema),
                        expression=exp.Anonymous(this=name, expressions=[model_arg.copy(), row]))

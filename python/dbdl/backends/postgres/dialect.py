@@ -9,8 +9,11 @@ from __future__ import annotations
 import functools
 import re
 
+import sqlglot
 import sqlglot.expressions as exp
 from sqlglot.dialects.postgres import Postgres
+
+from dbdl_udf.kinds import KINDS
 
 from ...ir.sql import RelationalSQL
 from ...query import without_predict
@@ -47,7 +50,7 @@ RELATIONAL = RelationalSQL(
 )
 
 
-_DBDL_ROUTINES = {"predict", "predict_array", "predict_class", "predict_text", "predict_into", "train_export"}
+_DBDL_ROUTINES = {k.function for k in KINDS.values()} | {"predict_into", "train_export"}
 
 
 _LEADING_CALL = re.compile(r"\s*CALL\s+(predict_into|train_export)\s*\(", re.I)
@@ -72,7 +75,7 @@ def qualify_dbdl_calls(sql: str) -> str:
 
     try:
         tokens = Dialect.get_or_raise(DbdlPostgres).tokenize(sql)
-    except Exception:  # noqa: BLE001 - text that does not even tokenize goes as written
+    except sqlglot.errors.SqlglotError:  # text that does not even tokenize goes as written
         return sql
     out, last = [], 0
     for i, token in enumerate(tokens):
