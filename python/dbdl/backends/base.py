@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 from urllib.parse import urlsplit
 
-from ..errors import ConcurrentChange, ConnectionError, ModelNotFound, PermissionDenied, QueryError
+from ..errors import ConcurrentChange, ConnectionError, DatasetNotFound, ModelNotFound, PermissionDenied, QueryError
 from ..names import ModelRef, ResolvedModel
 
 if TYPE_CHECKING:
@@ -478,3 +478,9 @@ class RangeReader(ABC):
 
     def close(self) -> None:
         """Release the connection (the reader may be opened again)."""
+
+    @staticmethod
+    def gone(info: "DatasetInfo") -> DatasetNotFound:
+        """The error for a dataset whose table went away while it was being read."""
+        return DatasetNotFound(f"dataset {info.name!r} version {info.version} is gone (re-exported or dropped while "
+                               f"it was being read); open it again with db.training_set({info.name!r})")

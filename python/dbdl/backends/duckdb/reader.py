@@ -13,14 +13,13 @@ import sqlglot.expressions as exp
 
 from dbdl_udf.datasets import DatasetInfo, Ragged
 
-from ...errors import ConfigurationError, DatasetNotFound
+from ...errors import ConfigurationError
 from ..base import RangeReader
+from .files import path_from_url
 
 
 class DuckDBRangeReader(RangeReader):
     def __init__(self, url: str, owner: Any = None) -> None:
-        from .files import path_from_url
-
         self.path = path_from_url(url)
         self._owner = owner
         self._con: Any = None
@@ -56,9 +55,7 @@ class DuckDBRangeReader(RangeReader):
             result = con.sql(f"SELECT row_id, features, label FROM {table} "
                              f"WHERE row_id >= {int(start):d} AND row_id < {int(stop):d}").to_arrow_table()
         except duckdb.CatalogException as exc:
-            raise DatasetNotFound(
-                f"dataset {info.name!r} version {info.version} is gone (re-exported or dropped while it was "
-                f"being read); open it again with db.training_set({info.name!r})") from exc
+            raise self.gone(info) from exc
         return _rows(result, info)
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ import sqlglot.expressions as exp
 
 from dbdl_udf.datasets import DatasetInfo, Ragged
 
-from ...errors import ConnectionError, DatasetNotFound, QueryError
+from ...errors import ConnectionError, QueryError
 from ..base import RangeReader
 
 _COPY_HEADER = 19  # signature (11), flags (4), header extension length (4, zero)
@@ -40,9 +40,7 @@ class PostgresRangeReader(RangeReader):
                 for chunk in copy:
                     payload += chunk
         except psycopg.errors.UndefinedTable as exc:
-            raise DatasetNotFound(
-                f"dataset {info.name!r} version {info.version} is gone (re-exported or dropped while it was "
-                f"being read); open it again with db.training_set({info.name!r})") from exc
+            raise self.gone(info) from exc
         if info.ragged:
             return _ragged_copy_rows(payload, info)
         return _fixed_copy_rows(payload, info)
