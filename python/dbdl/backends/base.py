@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
     from ..ir.sql import RelationalSQL
 
-# scheme -> module that defines the backend; imported lazily so that a missing driver (psycopg,
-# dmPython) only matters to the users of that backend.
+# scheme -> the folder that defines its backend; imported lazily so that a missing driver (psycopg)
+# only matters to the users of that backend.
 BACKEND_MODULES = {
     "duckdb": "dbdl.backends.duckdb",
     "postgresql": "dbdl.backends.postgres",
