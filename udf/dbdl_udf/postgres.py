@@ -19,6 +19,7 @@ import numpy as np
 from . import catalog
 from .errors import (ConfigurationError, DTypeMismatch, Error, InvalidArgument, InvalidModel, InvalidName,
                      ModelNotFound, ShapeMismatch)
+from .kinds import KINDS, OUTPUT_KINDS
 from .modelcheck import check_model_bytes
 from .runtime import SESSIONS, Column, Signature, run_batch, run_feeds, shape_outputs, valid_rows
 
@@ -33,7 +34,6 @@ _SQLSTATE = {
     "ModelRuntimeError": "38000",  # external_routine_exception: the model failed while it ran
     "InvalidArgument": "22023",
 }
-_KINDS = ("scalar", "array", "class")
 
 
 class Plans:
@@ -612,8 +612,8 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
     names its functions, operators and types with their schema (an object the caller's path
     finds first, a public.array_send(real[]) say, must not run in another role's call)."""
     try:
-        if kind not in _KINDS:
-            raise InvalidArgument(f"predict_into's kind must be one of {', '.join(map(repr, _KINDS))}; got {kind!r} — "
+        if kind not in OUTPUT_KINDS:
+            raise InvalidArgument(f"predict_into's kind must be one of {', '.join(map(repr, OUTPUT_KINDS))}; got {kind!r} — "
                                   "e.g. CALL predict_into('m', 'SELECT id, feats FROM t', 'scores', kind => 'class')")
         if batch_rows is None or not 1 <= batch_rows <= _MAX_BATCH_ROWS:
             raise InvalidArgument(f"predict_into's batch_rows must be a number of rows from 1 to {_MAX_BATCH_ROWS}; got "
@@ -630,7 +630,7 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
                                 f"'{name}:probabilities'")
         session, signature = _session(plpy, sha, INVOKER, ref)
         options = _catalog_options(plpy, name)
-        out_sql = _OUT_TYPES[kind]
+        out_sql = _result_type(kind)
         target_sql = _quote_target(plpy, target)
         described = plpy.execute(f"SELECT * FROM ({query}) AS q LIMIT 0")
         columns = described.colnames()
@@ -740,7 +740,16 @@ def _sent_form(plpy, expr: str, oid: int) -> tuple[str, int]:
     return f"pg_catalog.array_send(ARRAY[{expr}])", 1000 if oid == 16 else 1021
 
 
-_OUT_TYPES = {"scalar": "pg_catalog.float4", "array": "pg_catalog.float4[]", "class": "pg_catalog.int8"}
+#: numpy dtype of a kind's result value -> the PostgreSQL type predict_into writes it as
+_PG_RESULT = {"float32": "pg_catalog.float4", "int64": "pg_catalog.int8"}
+
+
+def _result_type(kind: str) -> str:
+    """The prediction column's type for a kind (dbdl_udf.kinds): real, real[] or bigint."""
+    k = KINDS[kind]
+    return _PG_RESULT[k.dtype] + ("[]" if k.vector else "")
+
+
 _INTEGER_KEYS = {20, 21, 23}  # int8, int2, int4
 _ARRAY_TYPE = ("SELECT pg_catalog.format('%I.%I', n.nspname, a.typname) AS name FROM pg_catalog.pg_type t "
                "JOIN pg_catalog.pg_type a ON a.oid OPERATOR(pg_catalog.=) t.typarray "
