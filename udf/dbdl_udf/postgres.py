@@ -75,7 +75,7 @@ def sql_errors(body: Callable[..., Any]) -> Callable[..., Any]:
     return entry
 
 
-def one_statement(plpy, query: str, what: str) -> str:
+def checked_query(plpy, query: str, what: str) -> str:
     """The caller's query of ``what`` (predict_into, train_export) when it is one statement, else
     QueryError (dbdl_udf.sqltext.one_statement: the same rule and message for both); PostgreSQL's
     own parser then has the last word (plpy.prepare refuses several commands). Nothing has run
@@ -485,7 +485,7 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
     if not isinstance(query, str) or not isinstance(target, str):
         raise InvalidArgument("predict_into needs a query (text returning a key and the features) and a target "
                               "table name; got NULL")
-    query = one_statement(plpy, query, "predict_into")
+    query = checked_query(plpy, query, "predict_into")
     name, version, sha, signature, output = resolve_definer(plpy, model)
     ref = f"{name}@{version}"
     if signature.outputs[output].is_text:
@@ -788,8 +788,8 @@ def set_calibration(plpy, key: str, value: float) -> None:
 
 _INT_OIDS = {16, 20, 21, 23}  # bool, int8, int2, int4
 _FLOAT_OIDS = {700, 701, 1700}  # real, double precision, numeric
-_ARRAY_OIDS = {1005, 1007, 1016, 1021, 1022, 1231}  # int2[] int4[] int8[] real[] float8[] numeric[]
-_BYTEA_OID = 17
+#: the array types a dataset's features may be (pgarray's but boolean[]): int2[] int4[] int8[] real[] float8[] numeric[]
+_ARRAY_OIDS = {a for a, e in pgarray.ARRAY_OIDS.items() if e != 16}
 _EXPORT_ROWS = 1024
 
 
@@ -938,7 +938,7 @@ def train_export(plpy, query, name, label, features, shape, dtype, train_fractio
         0.8 if train_fraction is None else train_fraction,
         0.1 if validation_fraction is None else validation_fraction, 0 if seed is None else seed,
         bool(ragged))
-    spec = dataclasses.replace(spec, query=one_statement(plpy, spec.query, "train_export"))
+    spec = dataclasses.replace(spec, query=checked_query(plpy, spec.query, "train_export"))
     datasets.export(_PlpySink(plpy), spec)
 
 

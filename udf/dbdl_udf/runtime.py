@@ -290,18 +290,6 @@ def check_features(signature: Signature, n_features: int, model_ref: str) -> Non
         )
 
 
-def as_float_matrix(values, n_rows: int, n_features: int) -> np.ndarray:
-    """A (rows x features) float32 view of a flat buffer, without a copy where the dtype allows."""
-    arr = np.asarray(values)
-    if arr.dtype.kind not in "fiub":
-        raise DTypeMismatch(
-            f"features must be numbers, got values of type {arr.dtype}; cast the column to FLOAT[] first"
-        )
-    if arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
-    return arr.reshape(n_rows, n_features)
-
-
 def run_batch(session, signature: Signature, features, output: int = 0,
               model_ref: str = "the model", options: dict | None = None) -> np.ndarray:
     """Run ``session`` on a batch of rows; the chosen output as a (rows x values) matrix.
@@ -867,9 +855,3 @@ def build_feeds(signature: Signature, columns, options: dict | None = None,
         part = _fixed_rows(col, spec, model_ref, options)
         feeds[spec.name] = np.ascontiguousarray(_cast(part, spec.dtype, spec, model_ref))
     return feeds
-
-
-def batch_rows(columns) -> int:
-    if not isinstance(columns, (list, tuple)):
-        return int(np.asarray(columns).shape[0])
-    return len(columns[0]) if columns else 0
