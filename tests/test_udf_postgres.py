@@ -149,3 +149,24 @@ def test_dataset_tables_and_views_go_through_quoting(pgurl, features):
         db.datasets.drop("d")
         assert db.sql("SELECT pg_catalog.to_regclass('dbdl_data.ds_d_v2') IS NULL").scalar()
         assert db.sql("SELECT pg_catalog.to_regclass('dbdl_data.ds_d') IS NULL").scalar()
+
+
+def test_every_trampoline_calls_a_body_that_takes_its_arguments():
+    """The migrations' PL/Python trampolines call dbdl_udf.postgres positionally; the sql_errors
+    decorator keeps each body's signature, so each call still binds."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from dbdl_udf import postgres
+
+    calls = set()
+    for path in sorted((Path(__file__).resolve().parent.parent / "migrations" / "postgres").glob("*.sql")):
+        text = path.read_text()
+        for name, args in re.findall(r'GD\["dbdl"\]\.(\w+)\(plpy((?:, [^)]*)?)\)', text):
+            calls.add((name, len([a for a in args.split(",") if a.strip()])))
+    assert len({n for n, _ in calls}) >= 14
+    for name, n_args in calls:
+        body = getattr(postgres, name)
+        inspect.signature(body).bind("plpy", *range(n_args))  # raises TypeError if it does not bind
+        assert getattr(body, "__wrapped__", None) is not None, name  # wrapped by sql_errors

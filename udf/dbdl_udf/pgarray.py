@@ -103,6 +103,9 @@ class Header:
         return int(prod(self.dims))
 
 
+_HEAD = struct.Struct(">iiI")
+
+
 def read_header(blob: bytes, what: str = "the value") -> Header:
     """The header of one array value, ShapeMismatch for bytes too short to hold one."""
     if len(blob) < 12:
@@ -186,18 +189,21 @@ def decode_arrays(blobs: Sequence[bytes | None], what: str = "the arrays", hint:
     one; numeric elements one by one into float64."""
     n = len(blobs)
     valid = np.array([b is not None for b in blobs], dtype=bool)
+    fast = _one_layout(blobs, valid, what)
+    if fast is not None:
+        return fast
     elem = None
-    heads: list[Header | None] = [None] * n
     for i, blob in enumerate(blobs):
         if blob is None:
             continue
-        head = heads[i] = read_header(blob, what)
+        if len(blob) < 12:
+            read_header(blob, what)  # raises: too short
+        _, flags, oid = _HEAD.unpack_from(blob, 0)
         if elem is None:
-            elem = head.elem
-        elif head.elem != elem:
-            raise DTypeMismatch(f"{what} mix arrays of {type_name(elem)} and {type_name(head.elem)} in one column; "
-                                f"{hint}")
-        if head.has_null:
+            elem = oid
+        elif oid != elem:
+            raise DTypeMismatch(f"{what} mix arrays of {type_name(elem)} and {type_name(oid)} in one column; {hint}")
+        if flags:
             valid[i] = False  # a NULL element: the row gives NULL
     if elem is None:
         return Arrays(np.zeros(0, dtype=np.float64), valid, None, width=0)
@@ -210,25 +216,16 @@ def decode_arrays(blobs: Sequence[bytes | None], what: str = "the arrays", hint:
         raise DTypeMismatch(f"{what} are arrays of {type_name(elem)}, not of numbers or booleans; {hint}")
     native = np.dtype(element.dtype or ">f8").newbyteorder("=")
     if element.dtype is None:
+        heads = {i: read_header(blobs[i], what) for i in rows.tolist()}
         parts = [_numeric_row(blobs[i], heads[i]) for i in rows]
         return _gather(parts, [heads[i].dims for i in rows], rows, valid, elem, native)
+    if len(rows) < int(sum(b is not None for b in blobs)):  # without the rows holding a NULL: one layout?
+        fast = _one_layout(blobs, valid, what)
+        if fast is not None:
+            return fast
+    heads = {i: read_header(blobs[i], what) for i in rows.tolist()}
     item = np.dtype([("len", ">i4"), ("v", element.dtype)])
     present = [blobs[i] for i in rows]
-    first = heads[rows[0]]
-    length = len(present[0])
-    if all(len(b) == length for b in present):
-        raw = np.frombuffer(b"".join(present), dtype=np.uint8).reshape(len(present), length)
-        if (raw[:, :first.start] == raw[0, :first.start]).all():  # one header, one shape: all numpy
-            count = first.count
-            if length != first.start + count * item.itemsize:
-                raise ShapeMismatch(f"{what}: malformed array_send() value (its length does not match its header)")
-            if len(rows) == n:
-                values = raw[:, first.start:].copy().view(item)["v"].astype(native).reshape(-1)
-            else:
-                matrix = np.zeros((n, count), dtype=native)
-                matrix[rows] = raw[:, first.start:].copy().view(item)["v"].reshape(len(present), count)
-                values = matrix.reshape(-1)
-            return Arrays(values, valid, elem, width=count, dims=first.dims)
     parts = []
     for i, blob in zip(rows, present):
         head = heads[i]
@@ -236,6 +233,37 @@ def decode_arrays(blobs: Sequence[bytes | None], what: str = "the arrays", hint:
             raise ShapeMismatch(f"{what}: malformed array_send() value (its length does not match its header)")
         parts.append(np.frombuffer(blob, dtype=item, count=head.count, offset=head.start)["v"].astype(native))
     return _gather(parts, [heads[i].dims for i in rows], rows, valid, elem, native)
+
+
+def _one_layout(blobs: Sequence[bytes | None], valid: np.ndarray, what: str) -> Arrays | None:
+    """The common batch in one numpy step: every value present has the same header bytes (element
+    type, no NULL, one shape) and length. None when the batch is any other (decode_arrays' general
+    path then reads it value by value)."""
+    rows = np.flatnonzero(valid)
+    if not len(rows):
+        return None
+    present = [blobs[i] for i in rows] if len(rows) < len(blobs) else list(blobs)
+    head = read_header(present[0], what)
+    element = ELEMENTS.get(head.elem)
+    if head.has_null or element is None or element.dtype is None:
+        return None
+    length = len(present[0])
+    item = np.dtype([("len", ">i4"), ("v", element.dtype)])
+    if length != head.start + head.count * item.itemsize or any(len(b) != length for b in present):
+        return None
+    raw = np.frombuffer(b"".join(present), dtype=np.uint8).reshape(len(present), length)
+    if not (raw[:, :head.start] == raw[0, :head.start]).all():
+        return None
+    native = np.dtype(element.dtype).newbyteorder("=")
+    count = head.count
+    items = raw[:, head.start:].copy().view(item)["v"].reshape(len(present), count)
+    if len(present) == len(blobs):
+        values = items.astype(native).reshape(-1)
+    else:
+        matrix = np.zeros((len(blobs), count), dtype=native)
+        matrix[rows] = items
+        values = matrix.reshape(-1)
+    return Arrays(values, valid, head.elem, width=count, dims=head.dims)
 
 
 def _numeric_row(blob: bytes, head: Header) -> np.ndarray:
