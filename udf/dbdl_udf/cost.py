@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from math import prod
 
+from .flops import count
+
 
 def estimate_cost(proto) -> tuple[int, int]:
-    """(parameter count, FLOPs per row) of an ONNX graph, from its initializers and inferred shapes."""
+    """(parameter count, FLOPs per row) of an ONNX graph, from its initializers and inferred shapes;
+    each node's FLOPs by its operator's rule (dbdl_udf.flops)."""
     import onnx
+    from onnx import helper
 
     n_params = 0
     init_shapes: dict[str, tuple[int, ...]] = {}
@@ -29,25 +33,18 @@ def estimate_cost(proto) -> tuple[int, int]:
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
 
-    def per_row(name: str) -> int:
+    def shape_of(name: str) -> tuple[int | None, ...] | None:
+        """A constant's whole shape, a tensor's per-row shape (batch axis left out); None if unknown."""
         shape = shapes.get(name)
-        if not shape:
-            return 1
-        rest = [d for d in shape[1:]] if name not in init_shapes else list(shape)
-        return int(prod(d or 1 for d in rest))
+        if shape is None:
+            return None
+        return tuple(shape) if name in init_shapes else tuple(shape[1:])
 
     flops = 0
     for node in proto.graph.node:
-        out = per_row(node.output[0]) if node.output else 0
-        op = node.op_type
-        if op in ("Gemm", "MatMul", "MatMulInteger", "FusedMatMul"):
-            b = shapes.get(node.input[1]) or (1,)
-            trans_b = op == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-            k = b[-1] if trans_b else (b[-2] if len(b) >= 2 else b[0])
-            flops += 2 * out * int(k or 1)
-        elif op in ("Conv", "ConvTranspose"):
-            w = shapes.get(node.input[1]) or (1, 1)
-            flops += 2 * out * int(prod(d or 1 for d in w[1:]))
-        else:
-            flops += out
+        if not node.output:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        inputs = [shape_of(name) if name else None for name in node.input]
+        flops += count(node.op_type, inputs, shape_of(node.output[0]) or (), attrs)
     return n_params, int(flops)

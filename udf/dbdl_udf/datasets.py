@@ -30,8 +30,10 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from . import pgarray
 from .catalog import check_name
 from .errors import DatasetNotFound, DTypeMismatch, InvalidName, QueryError, ShapeMismatch
+from .sqltext import quote_qualified
 
 __all__ = [
     "DTYPES", "SPLITS", "DatasetInfo", "DatasetNotFound", "ExportSpec", "Ragged", "assign_splits", "check_dataset_name",
@@ -262,74 +264,57 @@ def default_dtype(values_dtype: np.dtype, ragged: bool) -> str:
     return "float32"
 
 
-def decode_array_send(blobs: Sequence[bytes | None], first_pos: int
-                      ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...] | None]:
+#: element types a dataset's array column may have (real, double precision, smallint, integer, bigint)
+_EXPORT_ELEMENTS = (700, 701, 21, 23, 20)
+
+
+def _arrays(blobs: Sequence[bytes | None]) -> pgarray.Arrays:
+    elem = pgarray.element_of(blobs)
+    if elem is not None and elem not in _EXPORT_ELEMENTS:
+        raise DTypeMismatch(f"features must be arrays of numbers (real[], double precision[], integer[], ...); got an "
+                            f"array of {pgarray.type_name(elem)} — cast the column, e.g. col::real[]")
+    return pgarray.decode_arrays([None if b is None else bytes(b) for b in blobs], "the feature arrays")
+
+
+def array_send_matrix(blobs: Sequence[bytes | None], first_pos: int
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...] | None]:
     """(rows x width) values of array_send() bytes of numeric arrays (any number of dimensions,
     flattened; in the elements' own type: int4 stays int32, real float32 …), a mask of rows
     without NULL (array or element), and the arrays' dimensions where they have more than one
-    (a real[3][32][32] column: (3, 32, 32); else None)."""
+    (a real[3][32][32] column: (3, 32, 32); else None). Rows of different lengths: ShapeMismatch."""
+    arrays = _arrays(blobs)
     n = len(blobs)
-    valid = np.array([b is not None for b in blobs], dtype=bool)
-    present = [bytes(b) for b in blobs if b is not None]
-    if not present:
-        return np.zeros((n, 0)), valid, None
-    head = np.frombuffer(present[0][:12], dtype=">i4")
-    ndim, oid = int(head[0]), int(head[2])
-    dtype = _element_dtype(oid)
-    lead = 12 + 8 * ndim
-    dims = tuple(int(d) for d in np.frombuffer(present[0][12:lead], dtype=">i4")[0::2])
-    count = int(np.prod(dims)) if ndim else 0
-    size = np.dtype(dtype).itemsize
-    row_bytes = lead + count * (4 + size)
-    flags = [b[4:8] != b"\0\0\0\0" for b in present]  # a NULL element somewhere in the array
-    idx = np.flatnonzero(valid)
-    for j, flagged in enumerate(flags):
-        if flagged:
-            valid[idx[j]] = False
-    for j, b in enumerate(present):
-        if len(b) != row_bytes and not flags[j]:
-            got_dims = np.frombuffer(b[12:12 + 8 * int.from_bytes(b[:4], "big")], dtype=">i4")[0::2]
-            raise ShapeMismatch(ragged_message(first_pos + int(idx[j]), count, int(np.prod(got_dims))))
-    matrix = np.zeros((n, count), dtype=np.dtype(dtype).newbyteorder("="))
-    good = [b for b, f in zip(present, flags) if not f]
-    if good:
-        raw = np.frombuffer(b"".join(good), dtype=np.uint8).reshape(len(good), row_bytes)
-        if ndim > 1 and not (raw[:, 12:lead] == raw[0, 12:lead]).all():
-            dims = None  # same number of values, other dimensions: only the flat rows are common
-        items = raw[:, lead:].copy().view(np.dtype([("len", ">i4"), ("v", dtype)]))
-        matrix[valid] = items["v"]
-    return matrix, valid, (dims if ndim > 1 else None)
+    if arrays.offsets is None:
+        dims = arrays.dims if arrays.dims is not None and len(arrays.dims) > 1 else None
+        return arrays.values.reshape(n, arrays.width or 0), arrays.valid, dims
+    lengths = arrays.lengths()
+    rows = np.flatnonzero(arrays.valid)
+    width = int(lengths[rows[0]])
+    other = rows[lengths[rows] != width]
+    if len(other):  # same number of values in other dimensions is fine (flattened); other counts are not
+        raise ShapeMismatch(ragged_message(first_pos + int(other[0]), width, int(lengths[other[0]])))
+    matrix = np.zeros((n, width), dtype=arrays.values.dtype)
+    matrix[rows] = arrays.values.reshape(len(rows), width)
+    return matrix, arrays.valid, None
 
 
-def decode_array_send_ragged(blobs: Sequence[bytes | None], first_pos: int) -> tuple[Ragged, np.ndarray]:
+def array_send_ragged(blobs: Sequence[bytes | None], first_pos: int) -> tuple[Ragged, np.ndarray]:
     """Variable-length rows of array_send() bytes of one-dimensional numeric arrays (token
     lists), in the elements' own type, and a mask of rows without NULL (array or element)."""
+    arrays = _arrays(blobs)
     n = len(blobs)
-    valid = np.array([b is not None for b in blobs], dtype=bool)
-    lengths = np.zeros(n, dtype=np.int64)
-    parts: list[bytes] = []
-    dtype = None
-    for i, b in enumerate(blobs):
-        if b is None:
-            continue
-        b = bytes(b)
-        ndim, has_null, oid = int.from_bytes(b[0:4], "big"), b[4:8] != b"\0\0\0\0", int.from_bytes(b[8:12], "big")
-        if dtype is None:
-            dtype = _element_dtype(oid)
-        if ndim > 1:
+    shapes = arrays.shapes if arrays.offsets is not None else [arrays.dims if ok else None for ok in arrays.valid]
+    for i, shape in enumerate(shapes):
+        if shape is not None and len(shape) > 1:
             raise ShapeMismatch(f"ragged => true takes one-dimensional lists; row {first_pos + i} is a "
-                                f"{ndim}-dimensional array — select a flat list (e.g. token ids as int[])")
-        if has_null:
-            valid[i] = False
-            continue
-        if ndim == 1:
-            lengths[i] = int.from_bytes(b[12:16], "big")
-            parts.append(b[20:])
-    if dtype is None:
-        return Ragged(np.zeros(0, np.int32), np.zeros(n + 1, np.int64)), valid
-    items = np.frombuffer(b"".join(parts), dtype=np.dtype([("len", ">i4"), ("v", dtype)]))
-    values = items["v"].astype(np.dtype(dtype).newbyteorder("="))
-    return Ragged.from_lengths(values, lengths), valid
+                                f"{len(shape)}-dimensional array — select a flat list (e.g. token ids as int[])")
+    if arrays.elem is None:
+        return Ragged(np.zeros(0, np.int32), np.zeros(n + 1, np.int64)), arrays.valid
+    if arrays.offsets is not None:
+        return Ragged(arrays.values, arrays.offsets), arrays.valid
+    w = arrays.width or 0
+    values = arrays.values.reshape(n, w)[arrays.valid].reshape(-1)
+    return Ragged.from_lengths(values, np.where(arrays.valid, w, 0)), arrays.valid
 
 
 def decode_bytes(blobs: Sequence[bytes | None]) -> tuple[Ragged, np.ndarray]:
@@ -352,17 +337,6 @@ def dense_rows(rows: Ragged, valid: np.ndarray, first_pos: int) -> np.ndarray:
     if width and valid.any():
         matrix[valid] = rows.take(np.flatnonzero(valid)).values.reshape(-1, width)
     return matrix
-
-
-def _element_dtype(oid: int) -> str:
-    dtype = _ARRAY_ELEMENTS.get(oid)
-    if dtype is None:
-        raise DTypeMismatch(f"features must be arrays of numbers (real[], double precision[], integer[], ...); got an "
-                            f"array of type oid {oid} — cast the column, e.g. col::real[]")
-    return dtype
-
-
-_ARRAY_ELEMENTS = {700: ">f4", 701: ">f8", 21: ">i2", 23: ">i4", 20: ">i8"}
 
 
 # -- splits --------------------------------------------------------------------------------------
@@ -428,7 +402,7 @@ class DatasetInfo:
 
     @property
     def view(self) -> str:
-        return f"{self.table.partition('.')[0]}.ds_{self.name}"
+        return view_name(self.table.partition(".")[0], self.name)
 
     @property
     def ragged(self) -> bool:
@@ -465,7 +439,14 @@ _TABLE_RE = re.compile(r"(dbdl|dbdl_data)\.ds_[a-z_][a-z0-9_]{0,47}_v[1-9][0-9]{
 
 
 def table_name(schema: str, name: str, version: int) -> str:
+    """The catalog's (unquoted) name of a dataset version's table; SQL takes it through
+    sqltext.quote_qualified."""
     return f"{schema}.ds_{name}_v{int(version)}"
+
+
+def view_name(schema: str, name: str) -> str:
+    """The catalog's (unquoted) name of the view that points at a dataset's current table."""
+    return f"{schema}.ds_{name}"
 
 
 def _info(row: tuple) -> DatasetInfo:
@@ -501,8 +482,8 @@ def drop(db: SQLRunner, name: str, *, ddl=None, forget_row=None) -> DatasetInfo:
     (PostgreSQL: dbdl.forget_dataset)."""
     info = get(db, name)
     run = ddl or (lambda sql: db.execute(sql, ()))
-    run(f"DROP VIEW IF EXISTS {info.view}")
-    run(f"DROP TABLE IF EXISTS {info.table}")
+    run(f"DROP VIEW IF EXISTS {quote_qualified(info.view)}")
+    run(f"DROP TABLE IF EXISTS {quote_qualified(info.table)}")
     (forget_row or (lambda n: forget(db, n)))(info.name)
     return info
 
@@ -595,6 +576,9 @@ class Sink(Protocol):
 
     def share(self, relation: str) -> None: ...
 
+    # ``table`` (finish) and ``relation`` (share) are names as the catalog writes them
+    # (schema.relation, unquoted): a sink splices them into SQL through sqltext.quote_qualified.
+
 
 def export(sink: Sink, spec: ExportSpec, progress=None) -> DatasetInfo:
     """Materialize ``spec.query`` as dataset ``spec.name``; the caller wraps this in a transaction.
@@ -642,10 +626,12 @@ def export(sink: Sink, spec: ExportSpec, progress=None) -> DatasetInfo:
     schema = sink.schema
     table = table_name(schema, spec.name, version)
     sink.finish(table, row_ids, codes, None if spec.ragged else width, dtype, label_dtype)
-    sink.ddl(f"CREATE OR REPLACE VIEW {schema}.ds_{spec.name} AS SELECT row_id, features, label, split FROM {table}")
-    sink.share(f"{schema}.ds_{spec.name}")
+    view = view_name(schema, spec.name)
+    sink.ddl(f"CREATE OR REPLACE VIEW {quote_qualified(view)} AS SELECT row_id, features, label, split "
+             f"FROM {quote_qualified(table)}")
+    sink.share(view)
     if old is not None and old.table != table:
-        sink.ddl(f"DROP TABLE IF EXISTS {old.table}")
+        sink.ddl(f"DROP TABLE IF EXISTS {quote_qualified(old.table)}")
     uid = hashlib.sha256(f"{spec.name}:{version}:{time.time_ns()}:{os.getpid()}:{os.urandom(8).hex()}".encode()
                          ).hexdigest()[:16]
     values = (spec.name, version, table, json.dumps(list(shape)), dtype, label_dtype, n, *counts,

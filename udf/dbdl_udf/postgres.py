@@ -11,29 +11,20 @@ lists, which is where PL/Python's time goes otherwise.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
-from . import catalog
+from . import catalog, pgarray, sqltext
 from .errors import (ConfigurationError, DTypeMismatch, Error, InvalidArgument, InvalidModel, InvalidName,
                      ModelNotFound, ShapeMismatch)
+from .kinds import KINDS, OUTPUT_KINDS
 from .modelcheck import check_model_bytes
 from .runtime import SESSIONS, Column, Signature, run_batch, run_feeds, shape_outputs, valid_rows
 
-_SQLSTATE = {
-    "ModelNotFound": "42704",  # undefined_object
-    "InvalidName": "42602",  # invalid_name
-    "ShapeMismatch": "22023",  # invalid_parameter_value
-    "DTypeMismatch": "42804",  # datatype_mismatch
-    "InvalidModel": "22023",
-    "DatasetNotFound": "42704",
-    "QueryError": "42601",  # syntax_error
-    "ModelRuntimeError": "38000",  # external_routine_exception: the model failed while it ran
-    "InvalidArgument": "22023",
-}
-_KINDS = ("scalar", "array", "class")
 
 
 class Plans:
@@ -62,10 +53,36 @@ DEFINER = Plans("definer")
 INVOKER = Plans("invoker")
 
 
-def raise_for_sql(plpy, exc: Error) -> None:
-    """Re-raise a dbdl error as a PostgreSQL error the client maps back to the same class."""
-    name = type(exc).__name__
-    plpy.error(f"dbdl.{name}: {exc}", sqlstate=_SQLSTATE.get(name, "P0001"))
+def raise_for_sql(plpy, exc: Error) -> NoReturn:
+    """Re-raise a dbdl error as a PostgreSQL error the client maps back to the same class: the
+    class's SQLSTATE (``Error.sqlstate``, dbdl_udf.errors) and the message ``dbdl.<Class>: …``."""
+    plpy.error(f"dbdl.{type(exc).__name__}: {exc}", sqlstate=exc.sqlstate)
+    raise AssertionError("plpy.error returned")  # pragma: no cover - it raises
+
+
+def sql_errors(body: Callable[..., Any]) -> Callable[..., Any]:
+    """A PL/Python entry point: ``body(plpy, ...)`` with every dbdl error it raises re-raised as a
+    PostgreSQL error (``raise_for_sql``); any other exception passes as it is (PL/Python reports it,
+    SPI errors keep their own SQLSTATE). The signature is the body's: the migrations' trampolines
+    call it with the same arguments."""
+    @functools.wraps(body)
+    def entry(plpy, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return body(plpy, *args, **kwargs)
+        except Error as exc:
+            raise_for_sql(plpy, exc)
+
+    return entry
+
+
+def checked_query(plpy, query: str, what: str) -> str:
+    """The caller's query of ``what`` (predict_into, train_export) when it is one statement, else
+    QueryError (dbdl_udf.sqltext.one_statement: the same rule and message for both); PostgreSQL's
+    own parser then has the last word (plpy.prepare refuses several commands). Nothing has run
+    yet when it refuses."""
+    query = sqltext.one_statement(query, what)
+    plpy.prepare(query)
+    return query
 
 
 # -- the registry ------------------------------------------------------------------------------
@@ -184,135 +201,32 @@ def _session(plpy, sha256: str, plans: Plans, ref: str):
 
 import struct as _struct
 
-# element type oid -> (SQL name, big-endian dtype of array_send's / the type's binary form)
-_ELEMENTS = {700: ("real", ">f4"), 701: ("double precision", ">f8"), 23: ("integer", ">i4"), 20: ("bigint", ">i8"),
-             21: ("smallint", ">i2"), 16: ("boolean", "?")}
-_ARRAY_ELEMENTS = {1021: 700, 1022: 701, 1007: 23, 1016: 20, 1005: 21, 1000: 16, 1231: 1700}
 _BYTEA_OID = 17
-_NUMERIC_OID = 1700
-_TYPE_NAMES = {17: "bytea", 25: "text", 1043: "varchar", 1700: "numeric", 1009: "text[]", 1015: "varchar[]",
-               **{oid: name for oid, (name, _) in _ELEMENTS.items()},
-               **{a: _ELEMENTS[e][0] + "[]" for a, e in _ARRAY_ELEMENTS.items() if e in _ELEMENTS}, 1231: "numeric[]"}
 _CAST_HINT = ("cast the column to a numeric array, e.g. col::real[] (float models), col::bigint[] (token ids) or "
               "col::boolean[] (boolean inputs)")
-
-
-def _type_name(oid: int) -> str:
-    return _TYPE_NAMES.get(oid, f"the type with oid {oid}")
 
 
 def _no_rows(n: int) -> Column:
     return Column(np.zeros(0, dtype=np.float32), np.zeros(n, dtype=bool), None, None, None)
 
 
-def decode_arrays(blobs: Sequence[bytes | None], ref: str = "the model", what: str = "features") -> Column:
-    """One input of a batch from array_send() bytes: a NULL array or a NULL element makes the row
-    NULL (valid False). Rows of one shape give a fixed-width Column (``shape`` the array's
-    dimensions); 1-D rows of different lengths a ragged one (flat values of the valid rows and
-    ``offsets``)."""
-    n = len(blobs)
-    valid = np.array([b is not None for b in blobs], dtype=bool)
-    elem = None
-    for i, blob in enumerate(blobs):
-        if blob is None:
-            continue
-        if len(blob) < 12:
-            raise ShapeMismatch(f"{what} for model {ref!r}: {len(blob)} bytes are not an array_send() value")
-        ndim, flags, oid = _struct.unpack_from(">iii", blob, 0)
-        if elem is None:
-            elem = oid
-        elif oid != elem:
-            raise DTypeMismatch(f"{what} for model {ref!r} mix arrays of {_type_name(elem)} and {_type_name(oid)} in "
-                                f"one column; {_CAST_HINT}")
-        if flags:
-            valid[i] = False  # a NULL element: the row's prediction is NULL
-    if elem is None or not valid.any():
-        return _no_rows(n)
-    if elem == _NUMERIC_OID:
-        return _decode_numeric(blobs, valid, ref, what)
-    if elem not in _ELEMENTS:
-        raise DTypeMismatch(f"model {ref!r} takes numbers or booleans; its {what} are an array of {_type_name(elem)} "
-                            f"— {_CAST_HINT}")
-    dtype = np.dtype(_ELEMENTS[elem][1])
-    item = np.dtype([("len", ">i4"), ("v", dtype)])
-    native = dtype.newbyteorder("=")
-    rows = np.flatnonzero(valid)
-    present = [blobs[i] for i in rows]
-    length = len(present[0])
-    ndim = _struct.unpack_from(">i", present[0], 0)[0]
-    head = 12 + 8 * ndim
-    if all(len(b) == length for b in present) and length >= head:
-        raw = np.frombuffer(b"".join(present), dtype=np.uint8).reshape(len(present), length)
-        if (raw[:, :head] == raw[0, :head]).all():  # one shape for every row: all numpy
-            dims = tuple(int(d) for d in np.frombuffer(present[0], dtype=">i4", count=2 * ndim, offset=12)[::2])
-            count = int(np.prod(dims)) if ndim else 0
-            if length != head + count * item.itemsize:
-                raise ShapeMismatch(f"{what} for model {ref!r}: malformed array_send() value (its length does not match its header)")
-            values = np.zeros((n, count), dtype=native)
-            values[rows] = raw[:, head:].copy().view(item)["v"].reshape(len(present), count)
-            return Column(values.reshape(-1), valid, count, None, dims if ndim else (0,))
-    # rows of different shapes: one at a time
-    parts, shapes = [], []
-    for blob in present:
-        nd = _struct.unpack_from(">i", blob, 0)[0]
-        dims = tuple(_struct.unpack_from(f">{2 * nd}i", blob, 12)[::2]) if nd else (0,)
-        count = int(np.prod(dims))
-        start = 12 + 8 * nd
-        if len(blob) != start + count * item.itemsize:
-            raise ShapeMismatch(f"{what} for model {ref!r}: malformed array_send() value (its length does not match its header)")
-        parts.append(np.frombuffer(blob, dtype=item, count=count, offset=start)["v"].astype(native))
-        shapes.append(dims)
-    if len(set(shapes)) == 1:
-        values = np.zeros((n, len(parts[0])), dtype=native)
-        values[rows] = np.stack(parts)
-        return Column(values.reshape(-1), valid, values.shape[1], None, shapes[0])
+def array_column(blobs: Sequence[bytes | None], ref: str = "the model", what: str = "features") -> Column:
+    """One input of a batch from array_send() bytes (dbdl_udf.pgarray decodes them): a NULL array
+    or a NULL element makes the row NULL (valid False). Rows of one shape give a fixed-width Column
+    (``shape`` the array's dimensions); 1-D rows of different lengths a ragged one (flat values of
+    the valid rows and ``offsets``)."""
+    arrays = pgarray.decode_arrays(blobs, f"{what} for model {ref!r}", _CAST_HINT)
+    if arrays.elem is None or not arrays.valid.any():
+        return _no_rows(len(blobs))
+    if arrays.offsets is None:
+        return Column(arrays.values, arrays.valid, arrays.width, None, arrays.dims)
+    shapes = [s for s in arrays.shapes if s is not None]
     if any(len(s) > 1 for s in shapes):
         first, other = shapes[0], next(s for s in shapes if s != shapes[0])
         raise ShapeMismatch(f"the {what} for model {ref!r} are arrays of different shapes in one batch ({list(first)} "
                             f"and {list(other)}); only one-dimensional rows may differ in length — store every row "
                             "with the model's input shape")
-    lengths = np.zeros(n, dtype=np.int64)
-    lengths[rows] = [len(p) for p in parts]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return Column(np.concatenate(parts) if parts else np.zeros(0, dtype=native), valid, None, offsets, None)
-
-
-def _numeric_value(blob: bytes, pos: int) -> tuple[float, int]:
-    length = _struct.unpack_from(">i", blob, pos)[0]
-    ndigits, weight, sign, _ = _struct.unpack_from(">hhHh", blob, pos + 4)
-    digits = _struct.unpack_from(f">{ndigits}h", blob, pos + 12)
-    value = sum(d * 10000.0 ** (weight - k) for k, d in enumerate(digits))
-    special = {0xC000: float("nan"), 0xD000: float("inf"), 0xF000: float("-inf")}
-    if sign in special:
-        value = special[sign]
-    return (-value if sign == 0x4000 else value), pos + 4 + length
-
-
-def _decode_numeric(blobs, valid, ref: str, what: str) -> Column:
-    """numeric[] (what ARRAY[1.5, 2] is): variable-width base-10000 elements, decoded one by one
-    into float64. Rare in practice (columns are real[]), so clarity beats speed here."""
-    n = len(blobs)
-    rows, parts, shapes = np.flatnonzero(valid), [], []
-    for i in rows:
-        blob = blobs[i]
-        nd = _struct.unpack_from(">i", blob, 0)[0]
-        dims = tuple(_struct.unpack_from(f">{2 * nd}i", blob, 12)[::2]) if nd else (0,)
-        pos, values = 12 + 8 * nd, []
-        for _ in range(int(np.prod(dims))):
-            value, pos = _numeric_value(blob, pos)
-            values.append(value)
-        parts.append(np.array(values, dtype=np.float64))
-        shapes.append(dims)
-    if len(set(shapes)) == 1:
-        values = np.zeros((n, len(parts[0])), dtype=np.float64)
-        values[rows] = np.stack(parts)
-        return Column(values.reshape(-1), valid, values.shape[1], None, shapes[0])
-    if any(len(s) > 1 for s in shapes):
-        raise ShapeMismatch(f"the {what} for model {ref!r} are arrays of different shapes in one batch; store every "
-                            "row with the model's input shape")
-    lengths = np.zeros(n, dtype=np.int64)
-    lengths[rows] = [len(p) for p in parts]
-    return Column(np.concatenate(parts), valid, None, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), None)
+    return Column(arrays.values, arrays.valid, None, arrays.offsets, None)
 
 
 def decode_bytea(blobs: Sequence[bytes | None], width: int | None, ref: str = "the model",
@@ -352,15 +266,15 @@ def decode_scalars(blobs: Sequence[bytes | None], oid: int, ref: str = "the mode
     n = len(blobs)
     valid = np.array([b is not None for b in blobs], dtype=bool)
     rows = np.flatnonzero(valid)
-    if oid == _NUMERIC_OID:
+    if oid == pgarray.NUMERIC:
         values = np.zeros(n, dtype=np.float64)
         for i in rows:
-            values[i] = _numeric_value(_struct.pack(">i", len(blobs[i])) + blobs[i], 0)[0]
+            values[i] = pgarray.numeric_value(_struct.pack(">i", len(blobs[i])) + blobs[i], 0)[0]
         return Column(values, valid, 1, None, (1,))
-    if oid not in _ELEMENTS:
-        raise DTypeMismatch(f"model {ref!r} takes numbers or booleans; its {what} are of type {_type_name(oid)} — "
-                            f"{_CAST_HINT}")
-    dtype = np.dtype(_ELEMENTS[oid][1])
+    if oid not in pgarray.ELEMENTS:
+        raise DTypeMismatch(f"model {ref!r} takes numbers or booleans; its {what} are of type "
+                            f"{pgarray.type_name(oid)} — {_CAST_HINT}")
+    dtype = np.dtype(pgarray.ELEMENTS[oid].dtype)
     values = np.zeros(n, dtype=dtype.newbyteorder("="))
     if len(rows):
         values[rows] = np.frombuffer(b"".join(blobs[i] for i in rows), dtype=dtype)
@@ -373,13 +287,13 @@ def decode_column(oid: int, blobs: Sequence[bytes | None], width: int | None, re
     binary form of a scalar."""
     if oid == _BYTEA_OID:
         return decode_bytea(blobs, width, ref, what, legacy_bytea)
-    if oid in _ARRAY_ELEMENTS or oid not in _ELEMENTS and oid != _NUMERIC_OID and _looks_like_array(blobs):
-        return decode_arrays(blobs, ref, what)
+    if oid in pgarray.ARRAY_OIDS or oid not in pgarray.ELEMENTS and _looks_like_array(blobs):
+        return array_column(blobs, ref, what)
     return decode_scalars(blobs, oid, ref, what)
 
 
 def _looks_like_array(blobs) -> bool:
-    # an array type dbdl has no table entry for (text[], …): decode_arrays names its element type
+    # an array type dbdl has no table entry for (text[], …): array_column names its element type
     first = next((b for b in blobs if b is not None), None)
     return first is not None and len(first) >= 12 and _struct.unpack_from(">i", first, 4)[0] in (0, 1)
 
@@ -434,27 +348,12 @@ def decode_inputs(blobs: Sequence[bytes | None], signature: Signature, ref: str 
         return [_no_rows(len(blobs))]
     width = signature.n_features
     if width and all(b is None or len(b) in (width, 4 * width) for b in blobs):
-        if any(b is not None and _well_formed_array(b) for b in blobs):
+        if any(b is not None and pgarray.well_formed(b) for b in blobs):
             raise ShapeMismatch(f"an input for model {ref!r} has the length of a bytea row ({4 * width} or {width} "
                                 "bytes) and is also a well-formed array_send() value; it has no single meaning, so "
                                 "it is not cached — score it without the cache")
         return [decode_bytea(blobs, width, ref)]
-    return [decode_arrays(blobs, ref)]
-
-
-def _well_formed_array(blob: bytes) -> bool:
-    """Bytes that read as an array_send() value of a type dbdl decodes, length included."""
-    if len(blob) < 12:
-        return False
-    ndim, flags, oid = _struct.unpack_from(">iII", blob, 0)
-    if not 0 <= ndim <= 6 or flags > 1 or (oid not in _ELEMENTS and oid != _NUMERIC_OID):
-        return False
-    if len(blob) < 12 + 8 * ndim:
-        return False
-    count = int(np.prod(_struct.unpack_from(f">{2 * ndim}i", blob, 12)[::2])) if ndim else 0
-    if oid == _NUMERIC_OID or flags:
-        return True  # variable-width elements: close enough to refuse
-    return len(blob) == 12 + 8 * ndim + count * (4 + np.dtype(_ELEMENTS[oid][1]).itemsize)
+    return [array_column(blobs, ref)]
 
 
 def score_columns(session, signature: Signature, columns: list[Column], output: int, ref: str,
@@ -484,51 +383,47 @@ def score_columns(session, signature: Signature, columns: list[Column], output: 
 # -- row at a time ---------------------------------------------------------------------------------
 
 
+@sql_errors
 def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str) -> Any:
     """predict / predict_array / predict_class for one row.
 
     ``data`` is ``array_send(features)`` when ``packed``, else a bytea (float32 or uint8)."""
     if model is None or data is None:
         return None
-    try:
-        name, version, sha, signature, output, options = resolve_options(plpy, model)
-        ref = f"{name}@{version}"
-        if packed:
-            x = _one_float4_row(data, signature.n_features)
-            if x is not None and len(signature.inputs) == 1 and signature.inputs[0].dtype == "float32":
-                # the classic case — one float32 input, one real[] of its width — is what
-                # build_feeds would make of it: feed it directly (a third of a row's time)
-                session, signature = _session(plpy, sha, DEFINER, ref)
-                spec = signature.inputs[0]
-                y = run_feeds(session, signature, {spec.name: x.reshape((1, *spec.shape))}, 1, output, ref)
-                return _one_value(y, signature, output, ref, kind, model)
-            column = (Column(x.reshape(-1), _TRUE, x.shape[1], None, (x.shape[1],)) if x is not None
-                      else decode_arrays([bytes(data)], ref))
-        else:
-            column = decode_bytea([bytes(data)], signature.n_features, ref)
-        if not column.valid[0]:
-            return None
-        session, signature = _session(plpy, sha, DEFINER, ref)
-        return _one_result(session, signature, [column], output, ref, kind, options, model)
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    name, version, sha, signature, output, options = resolve_options(plpy, model)
+    ref = f"{name}@{version}"
+    if packed:
+        x = pgarray.float4_vector(data, signature.n_features)
+        if x is not None and len(signature.inputs) == 1 and signature.inputs[0].dtype == "float32":
+            # the classic case — one float32 input, one real[] of its width — is what
+            # build_feeds would make of it: feed it directly (a third of a row's time)
+            session, signature = _session(plpy, sha, DEFINER, ref)
+            spec = signature.inputs[0]
+            y = run_feeds(session, signature, {spec.name: x.reshape((1, *spec.shape))}, 1, output, ref)
+            return _one_value(y, signature, output, ref, kind, model)
+        column = (Column(x.reshape(-1), _TRUE, x.shape[1], None, (x.shape[1],)) if x is not None
+                  else array_column([bytes(data)], ref))
+    else:
+        column = decode_bytea([bytes(data)], signature.n_features, ref)
+    if not column.valid[0]:
+        return None
+    session, signature = _session(plpy, sha, DEFINER, ref)
+    return _one_result(session, signature, [column], output, ref, kind, options, model)
 
 
+@sql_errors
 def predict_fields(plpy, model: str | None, data: bytes | None, kind: str) -> Any:
     """predict('m', a, b) / predict('m', ROW(a, b)) for one row: ``data`` is record_send() of the
     row of inputs, one field per model input."""
     if model is None or data is None:
         return None
-    try:
-        name, version, sha, signature, output, options = resolve_options(plpy, model)
-        ref = f"{name}@{version}"
-        columns = decode_record([bytes(data)], signature, ref)
-        if not all(c.valid[0] for c in columns):
-            return None
-        session, signature = _session(plpy, sha, DEFINER, ref)
-        return _one_result(session, signature, columns, output, ref, kind, options, model)
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    name, version, sha, signature, output, options = resolve_options(plpy, model)
+    ref = f"{name}@{version}"
+    columns = decode_record([bytes(data)], signature, ref)
+    if not all(c.valid[0] for c in columns):
+        return None
+    session, signature = _session(plpy, sha, DEFINER, ref)
+    return _one_result(session, signature, columns, output, ref, kind, options, model)
 
 
 def _one_result(session, signature: Signature, columns: list[Column], output: int, ref: str, kind: str,
@@ -567,37 +462,6 @@ def _number_text(value) -> str:
 # -- batched ----------------------------------------------------------------------------------
 
 _TRUE = np.ones(1, dtype=bool)
-_F4_ITEMS = np.dtype([("len", ">i4"), ("v", ">f4")])
-
-
-def _one_float4_row(data: bytes, width: int) -> np.ndarray | None:
-    """The common case, decoded in one step: array_send() of a 1-D real[] of the right length
-    without NULLs. None for anything else (the general decoder then explains what is wrong)."""
-    if not width or len(data) != 20 + 8 * width or data[:12] != _F4_HEADER:
-        return None
-    return np.frombuffer(data, dtype=_F4_ITEMS, offset=20)["v"].astype(np.float32).reshape(1, width)
-
-
-_F4_HEADER = (1).to_bytes(4, "big") + (0).to_bytes(4, "big") + (700).to_bytes(4, "big")
-
-
-def decode_array_send(blobs: list[bytes | None], width: int, ref: str = "the model") -> tuple[np.ndarray, np.ndarray]:
-    """(rows x width) float32 features from array_send() bytes of 1-D numeric arrays, and a
-    mask of rows that can be scored (the form of dbdl's first releases; new code decodes Columns)."""
-    column = decode_arrays(blobs, ref)
-    if column.values.dtype == np.bool_:
-        raise DTypeMismatch(f"model {ref!r} takes numeric features; got boolean[] — booleans are not features: cast "
-                            "them, e.g. col::int[]::real[]")
-    n = len(blobs)
-    if not column.valid.any():
-        return np.zeros((n, width), dtype=np.float32), column.valid
-    if column.offsets is not None or column.width != width:
-        got = column.width if column.offsets is None else int(np.diff(column.offsets).max())
-        raise ShapeMismatch(f"model {ref!r} takes {width} features per row; pass a vector of exactly {width} numbers "
-                            f"— got a row with {got}")
-    return column.values.reshape(n, width).astype(np.float32), column.valid
-
-
 _ORT_ROWS = 2048
 _COLUMNAR_MAX = 256
 
@@ -605,118 +469,117 @@ _COLUMNAR_MAX = 256
 _MAX_BATCH_ROWS = 1 << 20  # a batch is held in memory as Python rows: a million is already plenty
 
 
+@sql_errors
 def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_rows: int) -> int:
     """Score every row of ``query`` (key, features) in batches and insert (key, prediction) into
     ``target``, which is created when missing. Runs with the caller's privileges and through the
     caller's search_path: the query is the caller's own SQL, but everything dbdl adds around it
     names its functions, operators and types with their schema (an object the caller's path
     finds first, a public.array_send(real[]) say, must not run in another role's call)."""
-    try:
-        if kind not in _KINDS:
-            raise InvalidArgument(f"predict_into's kind must be one of {', '.join(map(repr, _KINDS))}; got {kind!r} — "
-                                  "e.g. CALL predict_into('m', 'SELECT id, feats FROM t', 'scores', kind => 'class')")
-        if batch_rows is None or not 1 <= batch_rows <= _MAX_BATCH_ROWS:
-            raise InvalidArgument(f"predict_into's batch_rows must be a number of rows from 1 to {_MAX_BATCH_ROWS}; got "
-                                  f"{batch_rows!r} — leave it out for the default (8192)")
-        if not isinstance(query, str) or not isinstance(target, str):
-            raise InvalidArgument("predict_into needs a query (text returning a key and the features) and a target "
-                                  "table name; got NULL")
-        name, version, sha, signature, output = resolve_definer(plpy, model)
-        ref = f"{name}@{version}"
-        if signature.outputs[output].is_text:
-            raise ShapeMismatch(f"model {ref!r} output {signature.outputs[output].name!r} holds text (class names) and "
-                                "predict_into writes numbers; score it with INSERT INTO target SELECT key, "
-                                f"dbdl.predict_text({model!r}, features) FROM …, or name a numeric output, e.g. "
-                                f"'{name}:probabilities'")
-        session, signature = _session(plpy, sha, INVOKER, ref)
-        options = _catalog_options(plpy, name)
-        out_sql = _OUT_TYPES[kind]
-        target_sql = _quote_target(plpy, target)
-        described = plpy.execute(f"SELECT * FROM ({query}) AS q LIMIT 0")
-        columns = described.colnames()
-        if len(columns) < 2:
-            raise ShapeMismatch(f"the query must return two columns, a key and the features (or a key and one column "
-                                f"per model input); it returns {len(columns)} ({', '.join(columns)})")
-        key_type = int(described.coltypes()[0])
-        key_col = plpy.quote_ident(columns[0])
-        feat_types = [int(t) for t in described.coltypes()[1:]]
-        feats = [plpy.quote_ident(c) for c in columns[1:]]
-        if len(feats) > 1 and len(feats) != len(signature.inputs):
-            raise ShapeMismatch(f"the query must return two columns, a key and the features, or a key and one column "
-                                f"per model input: model {ref!r} takes {len(signature.inputs)} input"
-                                f"{'s' if len(signature.inputs) != 1 else ''} "
-                                f"({', '.join(s.name for s in signature.inputs)}); the query returns a key and "
-                                f"{len(feats)} feature columns")
-        sent = [_sent_form(plpy, f"q.{c}", t) for c, t in zip(feats, feat_types)]
-        as_bytes = ", ".join(f"{expr} AS f{j}" for j, (expr, _) in enumerate(sent))
-        plpy.execute(f"CREATE TABLE IF NOT EXISTS {target_sql} AS SELECT q.{key_col} AS {key_col}, NULL::{out_sql} "
-                     f"AS prediction FROM ({query}) AS q WITH NO DATA")
-        key_array = _array_type(plpy, key_type)
-        width_out = signature.outputs[output].per_row
-        columnar = kind == "array" and width_out is not None and width_out <= _COLUMNAR_MAX
-        # integer keys and the predictions go as array literals (parsed by array_in in C) rather
-        # than Python lists, which PL/Python converts one element at a time through text
-        key_text = key_type in _INTEGER_KEYS
-        key_param = "pg_catalog.text" if key_text else key_array
-        if columnar:
-            # one array parameter per output value: PostgreSQL unnests them side by side and builds
-            # each row's real[] in C, about 4x faster than slicing one long array per row
-            cols = ", ".join(f"c{j}" for j in range(width_out))
-            # PL/Python turns every float of a list into text and parses it back; one array literal
-            # per column, written by str.join and parsed by array_in in C, is several times cheaper
-            unnests = ", ".join(f"pg_catalog.unnest(${j}::pg_catalog.float4[])" for j in range(3, width_out + 3))
-            insert = plpy.prepare(
-                f"INSERT INTO {target_sql} SELECT k, CASE WHEN n THEN NULL ELSE ARRAY[{cols}] END "
-                f"FROM ROWS FROM (pg_catalog.unnest($1::{key_array}), pg_catalog.unnest($2), {unnests}) "
-                f"AS u(k, n, {cols})",
-                [key_param, "pg_catalog.bool[]"] + ["pg_catalog.text"] * width_out)
-        elif kind == "array":
-            first = "(((i OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.*) $4) OPERATOR(pg_catalog.+) 1)"
-            insert = plpy.prepare(
-                f"INSERT INTO {target_sql} SELECT k[i], CASE WHEN n[i] THEN NULL ELSE "
-                f"v[{first} : (i OPERATOR(pg_catalog.*) $4)] END "
-                f"FROM (SELECT $1 AS k, $2 AS v, $3 AS n) AS b, pg_catalog.generate_subscripts($1, 1) AS i",
-                [key_array, "pg_catalog.float4[]", "pg_catalog.bool[]", "pg_catalog.int4"])
-        else:
-            insert = plpy.prepare(
-                f"INSERT INTO {target_sql} SELECT u.k, u.p FROM ROWS FROM (pg_catalog.unnest($1::{key_array}), "
-                f"pg_catalog.unnest($2::{out_sql}[])) AS u(k, p)",
-                [key_param, "pg_catalog.text"])
-        cursor = plpy.cursor(f"SELECT q.{key_col} AS k, {as_bytes} FROM ({query}) AS q")
-        total = 0
-        while True:
-            rows = cursor.fetch(batch_rows)
-            if not rows:
-                break
-            keys = [r["k"] for r in rows]
-            cols = [decode_column(oid, [r[f"f{j}"] for r in rows],
-                                      signature.n_features if len(sent) == 1 else signature.inputs[j].per_row, ref,
-                                      "features" if len(sent) == 1 else f"input {signature.inputs[j].name!r}")
-                        for j, (_, oid) in enumerate(sent)]
-            out, valid = score_columns(session, signature, cols, output, ref, kind, options)
-            if kind == "array":
-                k = out.shape[1] if out is not None else (width_out or 0)
-                full = np.zeros((len(rows), k), dtype=np.float32)
-                if out is not None:
-                    full[valid] = out
-                if columnar:
-                    plpy.execute(insert, [_keys_arg(keys, key_text), (~valid).tolist(),
-                                          *(_array_literal(col.tolist(), kind) for col in full.T)])
-                else:
-                    plpy.execute(insert, [keys, full.ravel().tolist(), (~valid).tolist(), k])
+    if kind not in OUTPUT_KINDS:
+        raise InvalidArgument(f"predict_into's kind must be one of {', '.join(map(repr, OUTPUT_KINDS))}; got {kind!r} — "
+                              "e.g. CALL predict_into('m', 'SELECT id, feats FROM t', 'scores', kind => 'class')")
+    if batch_rows is None or not 1 <= batch_rows <= _MAX_BATCH_ROWS:
+        raise InvalidArgument(f"predict_into's batch_rows must be a number of rows from 1 to {_MAX_BATCH_ROWS}; got "
+                              f"{batch_rows!r} — leave it out for the default (8192)")
+    if not isinstance(query, str) or not isinstance(target, str):
+        raise InvalidArgument("predict_into needs a query (text returning a key and the features) and a target "
+                              "table name; got NULL")
+    query = checked_query(plpy, query, "predict_into")
+    name, version, sha, signature, output = resolve_definer(plpy, model)
+    ref = f"{name}@{version}"
+    if signature.outputs[output].is_text:
+        raise ShapeMismatch(f"model {ref!r} output {signature.outputs[output].name!r} holds text (class names) and "
+                            "predict_into writes numbers; score it with INSERT INTO target SELECT key, "
+                            f"dbdl.predict_text({model!r}, features) FROM …, or name a numeric output, e.g. "
+                            f"'{name}:probabilities'")
+    session, signature = _session(plpy, sha, INVOKER, ref)
+    options = _catalog_options(plpy, name)
+    out_sql = _result_type(kind)
+    target_sql = _quote_target(plpy, target)
+    described = plpy.execute(f"SELECT * FROM (\n{query}\n) AS q LIMIT 0")
+    columns = described.colnames()
+    if len(columns) < 2:
+        raise ShapeMismatch(f"the query must return two columns, a key and the features (or a key and one column "
+                            f"per model input); it returns {len(columns)} ({', '.join(columns)})")
+    key_type = int(described.coltypes()[0])
+    key_col = plpy.quote_ident(columns[0])
+    feat_types = [int(t) for t in described.coltypes()[1:]]
+    feats = [plpy.quote_ident(c) for c in columns[1:]]
+    if len(feats) > 1 and len(feats) != len(signature.inputs):
+        raise ShapeMismatch(f"the query must return two columns, a key and the features, or a key and one column "
+                            f"per model input: model {ref!r} takes {len(signature.inputs)} input"
+                            f"{'s' if len(signature.inputs) != 1 else ''} "
+                            f"({', '.join(s.name for s in signature.inputs)}); the query returns a key and "
+                            f"{len(feats)} feature columns")
+    sent = [_sent_form(plpy, f"q.{c}", t) for c, t in zip(feats, feat_types)]
+    as_bytes = ", ".join(f"{expr} AS f{j}" for j, (expr, _) in enumerate(sent))
+    plpy.execute(f"CREATE TABLE IF NOT EXISTS {target_sql} AS SELECT q.{key_col} AS {key_col}, NULL::{out_sql} "
+                 f"AS prediction FROM (\n{query}\n) AS q WITH NO DATA")
+    key_array = _array_type(plpy, key_type)
+    width_out = signature.outputs[output].per_row
+    columnar = kind == "array" and width_out is not None and width_out <= _COLUMNAR_MAX
+    # integer keys and the predictions go as array literals (parsed by array_in in C) rather
+    # than Python lists, which PL/Python converts one element at a time through text
+    key_text = key_type in _INTEGER_KEYS
+    key_param = "pg_catalog.text" if key_text else key_array
+    if columnar:
+        # one array parameter per output value: PostgreSQL unnests them side by side and builds
+        # each row's real[] in C, about 4x faster than slicing one long array per row
+        cols = ", ".join(f"c{j}" for j in range(width_out))
+        # PL/Python turns every float of a list into text and parses it back; one array literal
+        # per column, written by str.join and parsed by array_in in C, is several times cheaper
+        unnests = ", ".join(f"pg_catalog.unnest(${j}::pg_catalog.float4[])" for j in range(3, width_out + 3))
+        insert = plpy.prepare(
+            f"INSERT INTO {target_sql} SELECT k, CASE WHEN n THEN NULL ELSE ARRAY[{cols}] END "
+            f"FROM ROWS FROM (pg_catalog.unnest($1::{key_array}), pg_catalog.unnest($2), {unnests}) "
+            f"AS u(k, n, {cols})",
+            [key_param, "pg_catalog.bool[]"] + ["pg_catalog.text"] * width_out)
+    elif kind == "array":
+        first = "(((i OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.*) $4) OPERATOR(pg_catalog.+) 1)"
+        insert = plpy.prepare(
+            f"INSERT INTO {target_sql} SELECT k[i], CASE WHEN n[i] THEN NULL ELSE "
+            f"v[{first} : (i OPERATOR(pg_catalog.*) $4)] END "
+            f"FROM (SELECT $1 AS k, $2 AS v, $3 AS n) AS b, pg_catalog.generate_subscripts($1, 1) AS i",
+            [key_array, "pg_catalog.float4[]", "pg_catalog.bool[]", "pg_catalog.int4"])
+    else:
+        insert = plpy.prepare(
+            f"INSERT INTO {target_sql} SELECT u.k, u.p FROM ROWS FROM (pg_catalog.unnest($1::{key_array}), "
+            f"pg_catalog.unnest($2::{out_sql}[])) AS u(k, p)",
+            [key_param, "pg_catalog.text"])
+    cursor = plpy.cursor(f"SELECT q.{key_col} AS k, {as_bytes} FROM (\n{query}\n) AS q")
+    total = 0
+    while True:
+        rows = cursor.fetch(batch_rows)
+        if not rows:
+            break
+        keys = [r["k"] for r in rows]
+        cols = [decode_column(oid, [r[f"f{j}"] for r in rows],
+                                  signature.n_features if len(sent) == 1 else signature.inputs[j].per_row, ref,
+                                  "features" if len(sent) == 1 else f"input {signature.inputs[j].name!r}")
+                    for j, (_, oid) in enumerate(sent)]
+        out, valid = score_columns(session, signature, cols, output, ref, kind, options)
+        if kind == "array":
+            k = out.shape[1] if out is not None else (width_out or 0)
+            full = np.zeros((len(rows), k), dtype=np.float32)
+            if out is not None:
+                full[valid] = out
+            if columnar:
+                plpy.execute(insert, [_keys_arg(keys, key_text), (~valid).tolist(),
+                                      *(_array_literal(col.tolist(), kind) for col in full.T)])
             else:
-                if out is not None and valid.all():
-                    values = out.tolist()
-                else:
-                    values = [None] * len(rows)
-                    if out is not None:
-                        for i, v in zip(np.flatnonzero(valid).tolist(), out.tolist()):
-                            values[i] = v
-                plpy.execute(insert, [_keys_arg(keys, key_text), _array_literal(values, kind)])
-            total += len(rows)
-        return total
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+                plpy.execute(insert, [keys, full.ravel().tolist(), (~valid).tolist(), k])
+        else:
+            if out is not None and valid.all():
+                values = out.tolist()
+            else:
+                values = [None] * len(rows)
+                if out is not None:
+                    for i, v in zip(np.flatnonzero(valid).tolist(), out.tolist()):
+                        values[i] = v
+            plpy.execute(insert, [_keys_arg(keys, key_text), _array_literal(values, kind)])
+        total += len(rows)
+    return total
 
 
 def _catalog_options(plpy, name: str) -> dict:
@@ -740,7 +603,16 @@ def _sent_form(plpy, expr: str, oid: int) -> tuple[str, int]:
     return f"pg_catalog.array_send(ARRAY[{expr}])", 1000 if oid == 16 else 1021
 
 
-_OUT_TYPES = {"scalar": "pg_catalog.float4", "array": "pg_catalog.float4[]", "class": "pg_catalog.int8"}
+#: numpy dtype of a kind's result value -> the PostgreSQL type predict_into writes it as
+_PG_RESULT = {"float32": "pg_catalog.float4", "int64": "pg_catalog.int8"}
+
+
+def _result_type(kind: str) -> str:
+    """The prediction column's type for a kind (dbdl_udf.kinds): real, real[] or bigint."""
+    k = KINDS[kind]
+    return _PG_RESULT[k.dtype] + ("[]" if k.vector else "")
+
+
 _INTEGER_KEYS = {20, 21, 23}  # int8, int2, int4
 _ARRAY_TYPE = ("SELECT pg_catalog.format('%I.%I', n.nspname, a.typname) AS name FROM pg_catalog.pg_type t "
                "JOIN pg_catalog.pg_type a ON a.oid OPERATOR(pg_catalog.=) t.typarray "
@@ -771,21 +643,6 @@ def _array_literal(values: list, kind: str) -> str:
     return "{" + ",".join("NULL" if v is None else fmt(v) for v in values) + "}"
 
 
-def _decode_float32_bytea(blobs: list, width: int, ref: str) -> tuple[np.ndarray, np.ndarray]:
-    n = len(blobs)
-    valid = np.array([b is not None for b in blobs], dtype=bool)
-    matrix = np.zeros((n, width), dtype=np.float32)
-    present = [b for b in blobs if b is not None]
-    if present:
-        lengths = set(map(len, present))
-        if lengths != {4 * width}:
-            bad = next(iter(lengths - {4 * width}))
-            raise ShapeMismatch(f"model {ref!r} takes {width} features per row ({4 * width} bytes of little-endian "
-                                f"float32); got a row of {bad} bytes")
-        matrix[valid] = np.frombuffer(b"".join(present), dtype="<f4").reshape(-1, width)
-    return matrix, valid
-
-
 def _quote_target(plpy, target: str) -> str:
     parts = target.split(".")
     import re
@@ -809,13 +666,11 @@ def resolve_definer(plpy, ref: str) -> tuple[str, int, str, Signature, int]:
     return row["name"], int(row["version"]), row["sha256"], signature, signature.output_index(output)
 
 
+@sql_errors
 def resolve_row(plpy, ref: str) -> dict:
     """The body of dbdl.resolve_model(ref): name, version, sha256, signature JSON."""
-    try:
-        name, version, sha, signature, _ = resolve(plpy, ref)
-        return {"name": name, "version": version, "sha256": sha, "signature": signature.to_json()}
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    name, version, sha, signature, _ = resolve(plpy, ref)
+    return {"name": name, "version": version, "sha256": sha, "signature": signature.to_json()}
 
 
 # -- registration from SQL ------------------------------------------------------------------
@@ -824,6 +679,7 @@ def resolve_row(plpy, ref: str) -> dict:
 _SOURCES = ("onnx", "torch", "sklearn")
 
 
+@sql_errors
 def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, promote: bool,
                    source: str | None = "onnx", torch_program: bytes | None = None) -> int:
     """The body of dbdl.register_model (both overloads; the Python client's db.models.register
@@ -837,48 +693,43 @@ def register_model(plpy, name: str, onnx_bytes: bytes, description: str | None, 
     from .adapt import adapt
     from .runtime import make_session, signature_of
 
-    try:
-        catalog.check_name(name)
-        if onnx_bytes is None or not bytes(onnx_bytes):
-            raise InvalidModel("the model bytes are empty; pass the contents of a .onnx file, e.g. pg_read_binary_file(...)")
-        source = source or "onnx"
-        if source not in _SOURCES:
-            raise InvalidName(f"source must be one of {', '.join(_SOURCES)}; got {source!r}")
-        if torch_program is not None and source != "torch":
-            raise InvalidModel("a torch program belongs to a model registered from torch; pass source => 'torch' or "
-                               "no torch_program")
-        given = bytes(onnx_bytes)
-        # before onnx's checker or onnxruntime look at the bytes: nothing in them may open a file
-        check_model_bytes(given)
-        _facts(given)  # the checker's verdict on the bytes as given
-        adapted = adapt(given, lambda b: make_session(b, threads=1))
-        data = adapted.onnx_bytes
-        check_model_bytes(data)
-        n_params, flops, opset = _facts(data)
-        signature = signature_of(make_session(data, threads=1))
-        return catalog.store_version(
-            PlpyRunner(plpy, DEFINER), name, sha256=hashlib.sha256(data).hexdigest(), onnx_bytes=data, source=source,
-            signature=signature, n_params=n_params, flops_per_row=flops, opset=opset,
-            torch_program=None if torch_program is None else bytes(torch_program), description=description,
-            promote=True if promote is None else bool(promote), original_bytes=adapted.original,
-            rewrites=adapted.rewrites,
-        )
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    catalog.check_name(name)
+    if onnx_bytes is None or not bytes(onnx_bytes):
+        raise InvalidModel("the model bytes are empty; pass the contents of a .onnx file, e.g. pg_read_binary_file(...)")
+    source = source or "onnx"
+    if source not in _SOURCES:
+        raise InvalidName(f"source must be one of {', '.join(_SOURCES)}; got {source!r}")
+    if torch_program is not None and source != "torch":
+        raise InvalidModel("a torch program belongs to a model registered from torch; pass source => 'torch' or "
+                           "no torch_program")
+    given = bytes(onnx_bytes)
+    # before onnx's checker or onnxruntime look at the bytes: nothing in them may open a file
+    check_model_bytes(given)
+    _facts(given)  # the checker's verdict on the bytes as given
+    adapted = adapt(given, lambda b: make_session(b, threads=1))
+    data = adapted.onnx_bytes
+    check_model_bytes(data)
+    n_params, flops, opset = _facts(data)
+    signature = signature_of(make_session(data, threads=1))
+    return catalog.store_version(
+        PlpyRunner(plpy, DEFINER), name, sha256=hashlib.sha256(data).hexdigest(), onnx_bytes=data, source=source,
+        signature=signature, n_params=n_params, flops_per_row=flops, opset=opset,
+        torch_program=None if torch_program is None else bytes(torch_program), description=description,
+        promote=True if promote is None else bool(promote), original_bytes=adapted.original,
+        rewrites=adapted.rewrites,
+    )
 
 
+@sql_errors
 def admin(plpy, action: str, name: str, version: int | None) -> int:
     """drop / promote / rollback from SQL; returns the versions dropped or the version now serving."""
-    try:
-        runner = PlpyRunner(plpy, DEFINER)
-        if action == "drop":
-            return catalog.drop(runner, name, version)
-        if action == "promote":
-            catalog.promote(runner, name, version)
-            return int(version)
-        return catalog.rollback(runner, name)
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    runner = PlpyRunner(plpy, DEFINER)
+    if action == "drop":
+        return catalog.drop(runner, name, version)
+    if action == "promote":
+        catalog.promote(runner, name, version)
+        return int(version)
+    return catalog.rollback(runner, name)
 
 
 def _facts(data: bytes) -> tuple[int, int, int]:
@@ -903,38 +754,32 @@ def _facts(data: bytes) -> tuple[int, int, int]:
 # -- model options and the result cache from SQL ---------------------------------------------
 
 
+@sql_errors
 def set_model_options(plpy, name: str, options: str) -> None:
     """The body of CALL dbdl.set_model_options(name, '{"cache": true}')."""
-    try:
-        catalog.set_options(PlpyRunner(plpy, DEFINER), catalog.check_name(name), catalog.parse_options(options))
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    catalog.set_options(PlpyRunner(plpy, DEFINER), catalog.check_name(name), catalog.parse_options(options))
 
 
+@sql_errors
 def clear_cache(plpy, name: str) -> None:
     """The body of CALL dbdl.clear_cache(name)."""
-    try:
-        runner = PlpyRunner(plpy, DEFINER)
-        catalog.model_options(runner, name)  # an unknown model is an error, not a silent no-op
-        catalog.clear_cache(runner, name)
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    runner = PlpyRunner(plpy, DEFINER)
+    catalog.model_options(runner, name)  # an unknown model is an error, not a silent no-op
+    catalog.clear_cache(runner, name)
 
 
+@sql_errors
 def set_calibration(plpy, key: str, value: float) -> None:
     """The body of dbdl.set_calibration: one constant of the planner's cost model."""
     import math
 
-    try:
-        if not isinstance(key, str) or not catalog.NAME_RE.fullmatch(key):
-            raise InvalidName(f"calibration key {key!r} is not valid; keys are names like 'udf_row_s'")
-        if value is None or not math.isfinite(value):
-            raise InvalidName(f"calibration value for {key!r} must be a finite number, got {value!r}")
-        runner = PlpyRunner(plpy, DEFINER)
-        runner.execute("DELETE FROM dbdl.calibration WHERE key = ?", (key,))
-        runner.execute("INSERT INTO dbdl.calibration (key, value) VALUES (?, ?)", (key, float(value)))
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    if not isinstance(key, str) or not catalog.NAME_RE.fullmatch(key):
+        raise InvalidName(f"calibration key {key!r} is not valid; keys are names like 'udf_row_s'")
+    if value is None or not math.isfinite(value):
+        raise InvalidName(f"calibration value for {key!r} must be a finite number, got {value!r}")
+    runner = PlpyRunner(plpy, DEFINER)
+    runner.execute("DELETE FROM dbdl.calibration WHERE key = ?", (key,))
+    runner.execute("INSERT INTO dbdl.calibration (key, value) VALUES (?, ?)", (key, float(value)))
 
 
 # -- training export -----------------------------------------------------------------------------
@@ -943,8 +788,8 @@ def set_calibration(plpy, key: str, value: float) -> None:
 
 _INT_OIDS = {16, 20, 21, 23}  # bool, int8, int2, int4
 _FLOAT_OIDS = {700, 701, 1700}  # real, double precision, numeric
-_ARRAY_OIDS = {1005, 1007, 1016, 1021, 1022, 1231}  # int2[] int4[] int8[] real[] float8[] numeric[]
-_BYTEA_OID = 17
+#: the array types a dataset's features may be (pgarray's but boolean[]): int2[] int4[] int8[] real[] float8[] numeric[]
+_ARRAY_OIDS = {a for a, e in pgarray.ARRAY_OIDS.items() if e != 16}
 _EXPORT_ROWS = 1024
 
 
@@ -968,7 +813,6 @@ class _PlpySink:
         return self.plpy.quote_ident(name)
 
     def describe(self, query: str) -> list[tuple[str, str, str]]:
-        self.plpy.prepare(query)  # exactly one statement, or PostgreSQL says why not
         result = self.plpy.execute(f"SELECT * FROM (\n{query}\n) AS q LIMIT 0")
         out = []
         for name, oid in zip(result.colnames(), result.coltypes()):
@@ -979,7 +823,7 @@ class _PlpySink:
         return out
 
     def batches(self, query, features, label, kinds, ragged=False):
-        from .datasets import decode_array_send, decode_array_send_ragged, decode_bytes, dense_rows
+        from .datasets import array_send_matrix, array_send_ragged, decode_bytes, dense_rows
 
         kind = kinds[features[0]]
         if len(features) == 1 and kind == "bytes":
@@ -1002,9 +846,9 @@ class _PlpySink:
                 if not ragged:
                     matrix = dense_rows(matrix, valid, pos)
             elif ragged:
-                matrix, valid = decode_array_send_ragged(blobs, pos)
+                matrix, valid = array_send_ragged(blobs, pos)
             else:
-                matrix, valid, self.dims = decode_array_send(blobs, pos)
+                matrix, valid, self.dims = array_send_matrix(blobs, pos)
             raw = [r["l"] for r in rows]
             labels_valid = np.array([v is not None for v in raw], dtype=bool)
             labels = np.array([0 if v is None else (int(v) if is_int else float(v)) for v in raw],
@@ -1041,6 +885,7 @@ class _PlpySink:
 
     def finish(self, table, row_ids, codes, width, dtype, label_dtype):
         label_sql = _LABEL_TYPES[label_dtype]
+        name, table = table, sqltext.quote_qualified(table)
         self.plpy.execute(f"CREATE TABLE {table} (row_id pg_catalog.int8 PRIMARY KEY, features pg_catalog.bytea NOT NULL, "
                           f"label {label_sql} NOT NULL, split pg_catalog.text NOT NULL)")
         # tensors are incompressible bytes: store them out of line without trying pglz on each
@@ -1057,13 +902,13 @@ class _PlpySink:
         self.plpy.execute("DROP TABLE pg_temp.dbdl_stage")
         self._insert = None
         self.plpy.execute(f"ANALYZE {table}")
-        self.share(table)
+        self.share(name)
 
     def ddl(self, sql: str) -> None:
         self.plpy.execute(sql)
 
     def share(self, relation: str) -> None:
-        self.plpy.execute(f"GRANT SELECT ON {relation} TO dbdl_user")
+        self.plpy.execute(f"GRANT SELECT ON {sqltext.quote_qualified(relation)} TO dbdl_user")
 
     # the catalog: dbdl.datasets is the owner's, read and written by definer functions
     def dataset(self, name: str):
@@ -1082,20 +927,19 @@ class _PlpySink:
 _LABEL_TYPES = {"int64": "pg_catalog.int8", "float32": "pg_catalog.float4"}
 
 
+@sql_errors
 def train_export(plpy, query, name, label, features, shape, dtype, train_fraction, validation_fraction,
                  seed, ragged=False) -> None:
     """The body of CALL dbdl.train_export(...)."""
     from . import datasets
 
-    try:
-        spec = datasets.check_spec(
-            query, name, "label" if label is None else label, features, shape, dtype,
-            0.8 if train_fraction is None else train_fraction,
-            0.1 if validation_fraction is None else validation_fraction, 0 if seed is None else seed,
-            bool(ragged))
-        datasets.export(_PlpySink(plpy), spec)
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    spec = datasets.check_spec(
+        query, name, "label" if label is None else label, features, shape, dtype,
+        0.8 if train_fraction is None else train_fraction,
+        0.1 if validation_fraction is None else validation_fraction, 0 if seed is None else seed,
+        bool(ragged))
+    spec = dataclasses.replace(spec, query=checked_query(plpy, spec.query, "train_export"))
+    datasets.export(_PlpySink(plpy), spec)
 
 
 # -- the result cache: on PostgreSQL only these two definer functions write it ---------------------
@@ -1112,6 +956,7 @@ _FILL_INSERT = (
 _F9 = "{:.9g}".format  # nine significant digits: every float32 reads back exactly
 
 
+@sql_errors
 def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, int | None]]:
     """The body of dbdl.cache_fill(ref, inputs bytea[]): (key, output as a real[] literal, label)
     for every input that could be scored, now in the cache."""
@@ -1119,38 +964,36 @@ def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, in
 
     from . import resultcache
 
-    try:
-        name, version, sha, signature, output, stored = resolve_options(plpy, ref)
-        model_ref = f"{name}@{version}"
-        runner = PlpyRunner(plpy, DEFINER)
-        options = catalog.model_options(runner, name)
-        if not options["cache"]:
-            raise ConfigurationError(f"model {name!r} does not keep a result cache; switch it on with "
-                                     f"CALL dbdl.set_model_options('{name}', '{{\"cache\": true}}')")
-        blobs = [None if b is None else bytes(b) for b in (inputs or [])]
-        present = [b for b in blobs if b is not None]
-        if not present:
-            return []
-        columns = decode_inputs(present, signature, model_ref)
-        session, signature = _session(plpy, sha, DEFINER, model_ref)
-        out, valid = score_columns(session, signature, columns, output, model_ref, "array", stored)
-        if out is None:
-            return []
-        keys = [hashlib.sha256(b).digest() for b, ok in zip(present, valid.tolist()) if ok]
-        literals = ["{" + ",".join(map(_F9, row)) + "}" for row in out.tolist()]
-        labels = [None] * len(keys) if out.shape[1] == 1 else np.argmax(out, axis=1).tolist()
-        entry = resultcache.find_entry(runner, (name, version, sha, output), int(options["cache_max_bytes"]),
-                                       width=out.shape[1], create=True)
-        plan = DEFINER.get(plpy, "cache_fill", _FILL_INSERT,
-                     ["pg_catalog.int4", "pg_catalog.int8", "pg_catalog.bytea[]", "pg_catalog.text[]",
-                      "pg_catalog.int8[]"])
-        inserted = len(plpy.execute(plan, [entry.cache_id, entry.gen, keys, literals, labels]))
-        resultcache.count_fill(runner, entry, misses=len(present), inserted=inserted)
-        return list(zip(keys, literals, labels))
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    name, version, sha, signature, output, stored = resolve_options(plpy, ref)
+    model_ref = f"{name}@{version}"
+    runner = PlpyRunner(plpy, DEFINER)
+    options = catalog.model_options(runner, name)
+    if not options["cache"]:
+        raise ConfigurationError(f"model {name!r} does not keep a result cache; switch it on with "
+                                 f"CALL dbdl.set_model_options('{name}', '{{\"cache\": true}}')")
+    blobs = [None if b is None else bytes(b) for b in (inputs or [])]
+    present = [b for b in blobs if b is not None]
+    if not present:
+        return []
+    columns = decode_inputs(present, signature, model_ref)
+    session, signature = _session(plpy, sha, DEFINER, model_ref)
+    out, valid = score_columns(session, signature, columns, output, model_ref, "array", stored)
+    if out is None:
+        return []
+    keys = [hashlib.sha256(b).digest() for b, ok in zip(present, valid.tolist()) if ok]
+    literals = ["{" + ",".join(map(_F9, row)) + "}" for row in out.tolist()]
+    labels = [None] * len(keys) if out.shape[1] == 1 else np.argmax(out, axis=1).tolist()
+    entry = resultcache.find_entry(runner, (name, version, sha, output), int(options["cache_max_bytes"]),
+                                   width=out.shape[1], create=True)
+    plan = DEFINER.get(plpy, "cache_fill", _FILL_INSERT,
+                 ["pg_catalog.int4", "pg_catalog.int8", "pg_catalog.bytea[]", "pg_catalog.text[]",
+                  "pg_catalog.int8[]"])
+    inserted = len(plpy.execute(plan, [entry.cache_id, entry.gen, keys, literals, labels]))
+    resultcache.count_fill(runner, entry, misses=len(present), inserted=inserted)
+    return list(zip(keys, literals, labels))
 
 
+@sql_errors
 def cache_record(plpy, ref: str, hits: int | None, misses: int | None, refresh: list | None) -> None:
     """The body of dbdl.cache_record(ref, hits, misses, refresh bytea[]): count a statement's hits
     (and the misses it scored without dbdl.cache_fill), move the rows it hit to the current
@@ -1158,28 +1001,26 @@ def cache_record(plpy, ref: str, hits: int | None, misses: int | None, refresh: 
     and refresh rows that exist; it cannot add or change a cached row."""
     from . import resultcache
 
-    try:
-        name, version, sha, signature, output = resolve(plpy, ref)
-        runner = PlpyRunner(plpy, DEFINER)
-        options = catalog.model_options(runner, name)
-        entry = resultcache.find_entry(runner, (name, version, sha, output), int(options["cache_max_bytes"]))
-        if entry is None or not options["cache"]:
-            return
-        refreshed = 0
-        keys = [bytes(k) for k in (refresh or []) if k is not None]
-        if keys:
-            plan = DEFINER.get(plpy, "cache_refresh",
-                               "UPDATE dbdl.result_cache SET gen = $1 WHERE cache_id OPERATOR(pg_catalog.=) $2 "
-                               "AND gen OPERATOR(pg_catalog.<) ($1 OPERATOR(pg_catalog.-) 1) "
-                               "AND key OPERATOR(pg_catalog.=) ANY ($3) RETURNING 1",
-                               ["pg_catalog.int8", "pg_catalog.int4", "pg_catalog.bytea[]"])
-            refreshed = len(plpy.execute(plan, [entry.gen, entry.cache_id, keys]))
-        resultcache.record(runner, entry, hits=max(0, int(hits or 0)), misses=max(0, int(misses or 0)),
-                           refreshed=refreshed)
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    name, version, sha, signature, output = resolve(plpy, ref)
+    runner = PlpyRunner(plpy, DEFINER)
+    options = catalog.model_options(runner, name)
+    entry = resultcache.find_entry(runner, (name, version, sha, output), int(options["cache_max_bytes"]))
+    if entry is None or not options["cache"]:
+        return
+    refreshed = 0
+    keys = [bytes(k) for k in (refresh or []) if k is not None]
+    if keys:
+        plan = DEFINER.get(plpy, "cache_refresh",
+                           "UPDATE dbdl.result_cache SET gen = $1 WHERE cache_id OPERATOR(pg_catalog.=) $2 "
+                           "AND gen OPERATOR(pg_catalog.<) ($1 OPERATOR(pg_catalog.-) 1) "
+                           "AND key OPERATOR(pg_catalog.=) ANY ($3) RETURNING 1",
+                           ["pg_catalog.int8", "pg_catalog.int4", "pg_catalog.bytea[]"])
+        refreshed = len(plpy.execute(plan, [entry.gen, entry.cache_id, keys]))
+    resultcache.record(runner, entry, hits=max(0, int(hits or 0)), misses=max(0, int(misses or 0)),
+                       refreshed=refreshed)
 
 
+@sql_errors
 def record_dataset(plpy, row_json: str) -> None:
     """The body of dbdl.record_dataset: the catalog row of a dataset train_export just wrote,
     checked against the table it names (which must be the next version's, in dbdl_data)."""
@@ -1187,29 +1028,28 @@ def record_dataset(plpy, row_json: str) -> None:
 
     try:
         datasets.record(PlpyRunner(plpy, DEFINER), json.loads(row_json), _table_rows(plpy))
-    except Error as exc:
-        raise_for_sql(plpy, exc)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise_for_sql(plpy, InvalidName(f"dbdl.record_dataset takes the JSON train_export writes: {exc}"))
+    except Error:
+        raise  # sql_errors raises it with its own class
+    except (ValueError, TypeError, KeyError) as exc:  # not JSON, or not the row's form
+        raise InvalidName(f"dbdl.record_dataset takes the JSON train_export writes: {exc}") from exc
 
 
 def _table_rows(plpy):
     def count(table: str) -> int | None:
+        quoted = sqltext.quote_qualified(table)
         rows = plpy.execute(DEFINER.get(
             plpy, "dataset_table", "SELECT c.relkind FROM pg_catalog.pg_class c "
-            "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)", ["pg_catalog.text"]), [table])
+            "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)", ["pg_catalog.text"]), [quoted])
         if not rows or rows[0]["relkind"] != "r":
             return None
         # a plain table (no view): reading it runs nothing of its owner's, RLS does not bind the owner
-        return int(plpy.execute(f"SELECT pg_catalog.count(*) AS n FROM ONLY {table}")[0]["n"])
+        return int(plpy.execute(f"SELECT pg_catalog.count(*) AS n FROM ONLY {quoted}")[0]["n"])
     return count
 
 
+@sql_errors
 def forget_dataset(plpy, name: str) -> None:
     """The body of dbdl.forget_dataset: db.datasets.drop's catalog row (the caller drops the table)."""
     from . import datasets
 
-    try:
-        datasets.forget(PlpyRunner(plpy, DEFINER), name)
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    datasets.forget(PlpyRunner(plpy, DEFINER), name)

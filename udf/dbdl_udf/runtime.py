@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import DTypeMismatch, Error, InvalidArgument, InvalidModel, ModelRuntimeError, ShapeMismatch
+from .kinds import function_name
 from .modelcheck import check_model_bytes
 
 # onnxruntime element types -> numpy dtypes that dbdl can feed from float features.
@@ -38,7 +39,6 @@ _ORT_TO_NUMPY = {
 #: output element types dbdl returns besides numbers: class labels of scikit-learn classifiers
 _ORT_TEXT = {"tensor(string)": "str"}
 
-OUTPUT_KINDS = ("scalar", "array", "class")
 MAX_VALUES_PER_ROW = 1 << 24  # 64 MiB of float32 per row: far past any feature or output vector
 
 
@@ -290,18 +290,6 @@ def check_features(signature: Signature, n_features: int, model_ref: str) -> Non
         )
 
 
-def as_float_matrix(values, n_rows: int, n_features: int) -> np.ndarray:
-    """A (rows x features) float32 view of a flat buffer, without a copy where the dtype allows."""
-    arr = np.asarray(values)
-    if arr.dtype.kind not in "fiub":
-        raise DTypeMismatch(
-            f"features must be numbers, got values of type {arr.dtype}; cast the column to FLOAT[] first"
-        )
-    if arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
-    return arr.reshape(n_rows, n_features)
-
-
 def run_batch(session, signature: Signature, features, output: int = 0,
               model_ref: str = "the model", options: dict | None = None) -> np.ndarray:
     """Run ``session`` on a batch of rows; the chosen output as a (rows x values) matrix.
@@ -392,7 +380,7 @@ def text_output_error(model_ref: str, output_name: str, kind: str) -> ShapeMisma
     """predict_array / predict_class on an output that holds text (a classifier's class names)."""
     base = model_ref.split(":")[0].split("@")[0]
     return ShapeMismatch(
-        f"model {model_ref!r} output {output_name!r} holds text (class names), so {_SQL_KINDS[kind]}() cannot return "
+        f"model {model_ref!r} output {output_name!r} holds text (class names), so {function_name(kind)}() cannot return "
         f"it; call predict({base!r}, ...) for the class name, or name a numeric output, e.g. "
         f"predict_array('{base}:probabilities', ...)")
 
@@ -409,8 +397,6 @@ def label_class_error(model_ref: str, output_name: str, scores: str | None) -> S
         f"model {model_ref!r} output {output_name!r} has one value per row, so it has no arg-max; "
         "compare predict(...) with a threshold instead of calling predict_class()")
 
-
-_SQL_KINDS = {"scalar": "predict", "array": "predict_array", "class": "predict_class"}
 
 
 def shape_outputs(values: np.ndarray, kind: str, model_ref: str, output_name: str,
@@ -869,9 +855,3 @@ def build_feeds(signature: Signature, columns, options: dict | None = None,
         part = _fixed_rows(col, spec, model_ref, options)
         feeds[spec.name] = np.ascontiguousarray(_cast(part, spec.dtype, spec, model_ref))
     return feeds
-
-
-def batch_rows(columns) -> int:
-    if not isinstance(columns, (list, tuple)):
-        return int(np.asarray(columns).shape[0])
-    return len(columns[0]) if columns else 0

@@ -7,6 +7,7 @@ from math import prod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from dbdl_udf.flops import count as flop_count
 
 if TYPE_CHECKING:
     from ..sql import Relation, SQLBuilder
@@ -40,7 +41,13 @@ class Op:
         return next(s for s in shapes if s is not None)
 
     def flops(self, in_shapes: list[Shape | None], out_shape: Shape) -> int:
-        return int(prod(out_shape))
+        """FLOPs per row by the operator's rule in dbdl_udf.flops (the registry counts with the same
+        rules): ``in_shapes`` per runtime input (None where the op holds a constant), which this
+        fills in with the constants' whole shapes."""
+        n = max(len(in_shapes), max(self.params, default=-1) + 1)
+        inputs = [tuple(self.params[i].shape) if i in self.params else (in_shapes[i] if i < len(in_shapes) else None)
+                  for i in range(n)]
+        return flop_count(self.op_type, inputs, out_shape, self.attrs)
 
     def param_bytes(self) -> int:
         return int(sum(p.nbytes for p in self.params.values()))

@@ -17,9 +17,6 @@ class Cast(Op):
             raise NotImplementedError(f"Cast to ONNX type {to}")
         return x.astype(self._FLOATS[to])
 
-    def flops(self, in_shapes, out_shape):
-        return 0
-
     def to_sql(self, sql, inputs, out_shape):
         if int(self.attrs.get("to", 1)) not in self._FLOATS:
             raise NotImplementedError(f"Cast to ONNX type {self.attrs.get('to')}")

@@ -15,9 +15,6 @@ class Flatten(Op):
             raise NotImplementedError("Flatten on an axis other than 1")
         return (int(prod(shapes[0])) if shapes[0] else 1,)
 
-    def flops(self, in_shapes, out_shape):
-        return 0
-
     def run(self, x):
         return x.reshape(len(x), -1)
 

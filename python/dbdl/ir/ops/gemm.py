@@ -26,9 +26,6 @@ class Gemm(Op):
     def infer(self, shapes: list[Shape | None]) -> Shape:
         return (self.weight().shape[1],)
 
-    def flops(self, in_shapes, out_shape) -> int:
-        return 2 * int(self.weight().size)
-
     def run(self, *inputs: np.ndarray) -> np.ndarray:
         a = inputs[0]
         if self.attrs.get("transA", 0):

@@ -15,9 +15,6 @@ class MatMul(Op):
             raise NotImplementedError("MatMul of a per-row vector by a constant matrix only")
         return (self.params[1].shape[1],)
 
-    def flops(self, in_shapes, out_shape) -> int:
-        return 2 * int(self.params[1].size)
-
     def run(self, *inputs: np.ndarray) -> np.ndarray:
         return inputs[0] @ self.arg(inputs, 1)
 

@@ -26,9 +26,6 @@ class Reshape(Op):
             raise NotImplementedError(f"Reshape of {shapes[0]} to {out}")
         return out
 
-    def flops(self, in_shapes, out_shape):
-        return 0
-
     def run(self, x, shape=None):
         return x.reshape((len(x), *self.target(x.shape[1:])))
 

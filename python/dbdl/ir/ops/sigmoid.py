@@ -10,9 +10,6 @@ from .base import Op
 class Sigmoid(Op):
     op_types = ("Sigmoid",)
 
-    def flops(self, in_shapes, out_shape):
-        return 4 * super().flops(in_shapes, out_shape)
-
     def run(self, x):
         return 1.0 / (1.0 + np.exp(-x))
 

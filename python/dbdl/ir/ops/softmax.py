@@ -10,9 +10,6 @@ from .base import Op
 class Softmax(Op):
     op_types = ("Softmax",)
 
-    def flops(self, in_shapes, out_shape):
-        return 5 * super().flops(in_shapes, out_shape)
-
     def run(self, x):
         axis = int(self.attrs.get("axis", -1))
         if axis not in (-1, x.ndim - 1):
