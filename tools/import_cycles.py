@@ -1,5 +1,6 @@
 """Import cycles among dbdl's modules, counting every import: module level, inside functions and
-under ``if TYPE_CHECKING:`` (what import-linter's layers contract does not all see).
+under ``if TYPE_CHECKING:``. import-linter's layers contract (pyproject.toml) sees those too, but
+only between layers; this finds a cycle anywhere, inside one layer or one package as well.
 
     python tools/import_cycles.py          # prints each cycle (strongly connected component); exit 1 if any
 """

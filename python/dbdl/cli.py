@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="each predict call's strategy estimates and the planner's choice")
     p.add_argument("url")
     p.add_argument("query")
-    p.add_argument("--strategy", choices=["udf", "relation", "dl"], help="force a strategy")
+    p.add_argument("--strategy", choices=_strategy_choices(), help="force a strategy")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("calibrate", help="measure the cost model's constants on this machine")
@@ -381,3 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _strategy_choices() -> list[str]:
+    """What --strategy takes: the registered strategies, and relation's layouts ("relation:blocked")."""
+    from .strategies import STRATEGIES
+
+    return [*STRATEGIES, "relation:element", "relation:blocked"]

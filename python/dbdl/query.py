@@ -71,12 +71,13 @@ def call_node(call: exp.Anonymous) -> exp.Expression:
     return call.parent if _qualifier(call) is not None else call
 
 
-HINT_RE = re.compile(r"/\*\+\s*dbdl\s+strategy\s*=\s*(\w+)\s*\*/", re.I)
+HINT_RE = re.compile(r"/\*\+\s*dbdl\s+strategy\s*=\s*(\w+(?::\w+)?)\s*\*/", re.I)
 
 
 def strategy_hint(sql: str, dialect: Any = None) -> str | None:
-    """The strategy named by a ``/*+ dbdl strategy=relation */`` comment in the SQL, if any (a
-    comment: the same text inside a string literal is data, not a hint)."""
+    """The strategy named by a ``/*+ dbdl strategy=relation */`` comment in the SQL (with a variant:
+    ``strategy=relation:blocked``), if any (a comment: the same text inside a string literal is
+    data, not a hint)."""
     if "dbdl" not in sql or "/*" not in sql:
         return None
     from sqlglot.dialects.dialect import Dialect

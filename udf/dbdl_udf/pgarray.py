@@ -187,7 +187,6 @@ def decode_arrays(blobs: Sequence[bytes | None], what: str = "the arrays", hint:
     """A batch of array_send() values of one element type (``what`` names them in errors, ``hint``
     says how to fix a wrong element type): rows of one shape all at once with numpy, others one by
     one; numeric elements one by one into float64."""
-    n = len(blobs)
     valid = np.array([b is not None for b in blobs], dtype=bool)
     fast = _one_layout(blobs, valid, what)
     if fast is not None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import sqlglot.expressions as exp
 
     from dbdl_udf.datasets import DatasetInfo, ExportSpec
+    from dbdl_udf.runtime import Signature
 
     from ..ir.sql import RelationalSQL
 
@@ -348,14 +349,18 @@ class Backend(ABC):
     # -- DL-centric execution ------------------------------------------------------------------
 
     @abstractmethod
-    def score_into_temp_table(self, source_sql: str, score: Callable[..., "np.ndarray"], kind: str, table: str,
-                              keyed: bool = False, batch_rows: int = 65536) -> None:
+    def score_into_temp_table(self, source_sql: str, score: Callable[..., "np.ndarray"], kind: str, table: str, *,
+                              signature: "Signature | None" = None, keyed: bool = False,
+                              batch_rows: int = 65536) -> None:
         """Stream the rows of ``source_sql`` out in batches of ``batch_rows``, score each with
         ``score(columns)`` (a list of runtime ``Column``s, one per feature column ``dbdl_f``,
         ``dbdl_f1`` …; it returns the predictions of the rows valid in all of them), and stream
         the predictions back into temporary table ``table``: the key columns and
-        ``dbdl_prediction`` (NULL for a row not scored). ``keyed``: the source's first column
-        ``dbdl_k`` (the row identity) is the key; otherwise the features themselves are."""
+        ``dbdl_prediction`` (NULL for a row not scored) of the kind's type (``kind``: scalar,
+        array, class, or text for predict() of class names). ``signature``: the model's, whose
+        input widths tell the decoders what bytes mean (a PostgreSQL bytea: float32 or uint8).
+        ``keyed``: the source's first column ``dbdl_k`` (the row identity) is the key; otherwise
+        the features themselves are."""
 
     @abstractmethod
     def drop_temp_table(self, table: str) -> None: ...
@@ -408,9 +413,14 @@ class Backend(ABC):
         they cannot be known before the statement runs."""
         return None
 
-    @abstractmethod
     def predict_call(self, kind: str, model: "ResolvedModel", features: "exp.Expression") -> "exp.Expression":
-        """The SQL expression that computes predict/predict_array/predict_class for a resolved model."""
+        """The SQL expression that computes predict/predict_array/predict_class for a resolved model
+        in the database (UDF-centric). A backend without in-database Python (``has_python_udfs``
+        False) never gets here: the udf strategy is ruled out for it."""
+        from ..errors import StrategyUnavailable
+
+        raise StrategyUnavailable(f"the {self.name} backend runs no Python inside the database; use strategy='dl' "
+                                  "or 'relation'")
 
     def predict_call_args(self, kind: str, model: "ResolvedModel", args: "Sequence[exp.Expression]"
                           ) -> "exp.Expression":

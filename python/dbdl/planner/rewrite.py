@@ -20,8 +20,7 @@ from ..errors import InvalidName, QueryError, ShapeMismatch, StrategyUnavailable
 from ..names import ResolvedModel
 from ..query import call_node, find_predict_calls, has_from, parse, source_rows, strategy_hint
 from ..strategies import STRATEGIES, PredictCall, StatementPlan
-from ..strategies.base import memory_budget
-from ..strategies.relation import model_graph
+from ..strategies.base import memory_budget, model_graph
 from . import cachejoin
 from .cost import CallPlan, Explain, cheapest, with_cache
 
@@ -157,7 +156,7 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                 raise StrategyUnavailable(f"strategy {chosen!r} cannot run {call.sql(dialect=backend.dialect)}: "
                                           f"{forced.reason}")
         estimate = next(e for e in candidates if e.strategy == chosen)
-        planned.plans.append(CallPlan(call.sql(dialect=backend.dialect), resolved.ref, rows, graph.flops_per_row,
+        planned.plans.append(CallPlan(call.sql(dialect=backend.dialect), resolved.ref, rows, predict.flops,
                                       graph.param_bytes, candidates, chosen, forced=strategy is not None,
                                       cache=cache_note))
         if not execute:

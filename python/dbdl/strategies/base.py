@@ -28,6 +28,32 @@ if TYPE_CHECKING:
 #: name -> strategy, in the order they were defined (udf, relation, dl): EXPLAIN lists them so
 STRATEGIES: dict[str, "Strategy"] = {}
 
+_graphs: dict[str, Any] = {}
+#: FLOPs per row of models the IR cannot hold whole (a Conv net), by content hash: the registry's
+#: per-operator count (dbdl_udf.flops through dbdl_udf.cost.estimate_cost)
+_onnx_flops: dict[str, int] = {}
+
+
+def model_graph(backend: "Backend", model: ResolvedModel):
+    """The model's IR (ir.Graph), built once per content hash and process."""
+    graph = _graphs.get(model.sha256)
+    if graph is None:
+        import onnx
+
+        from dbdl_udf.cost import estimate_cost
+        from dbdl_udf.modelcheck import check_model_bytes
+
+        from ..ir import from_onnx
+
+        data = backend.model_bytes(model.sha256)
+        check_model_bytes(data, f"model {model.ref!r}")  # from_onnx decodes tensors: never from a file
+        proto = onnx.load_from_string(data)
+        graph = from_onnx(proto)
+        if graph.unsupported:
+            _onnx_flops[model.sha256] = estimate_cost(proto)[1]
+        _graphs[model.sha256] = graph
+    return graph
+
 
 def memory_budget() -> int:
     """Bytes a strategy that holds the whole model may use: DBDL_MEMORY_BUDGET, else half of RAM."""
@@ -101,9 +127,12 @@ class PredictCall:
 
     @functools.cached_property
     def flops(self) -> int:
+        """FLOPs per row: the IR's count, or where the IR cannot hold the whole model, the
+        registry's per-operator count of the ONNX graph (the same rules, dbdl_udf.flops)."""
         if not self.graph.unsupported:
             return self.graph.flops_per_row
-        return 2 * self.model.signature.n_features * max(1, self.model.output_spec.per_row or 1)
+        return _onnx_flops.get(self.model.sha256) or (
+            2 * self.model.signature.n_features * max(1, self.model.output_spec.per_row or 1))
 
     @property
     def param_bytes(self) -> int:

@@ -93,8 +93,6 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[...,
             if len(x) > RUN_ROWS else run(x, len(x))
         return shape_outputs(y, kind, model.ref, spec.name, model.signature)
 
-    score.model = model  # the backend's decoders read the inputs' widths (a PostgreSQL bytea: float32 or uint8)
-    score.text = kind == "scalar" and spec.is_text  # class names: the backend's table holds text
     return score
 
 
@@ -145,6 +143,8 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
     select = enclosing_select(call)
     table = f"dbdl_dl_{next(_tables)}"
     cleanup.append(table)
+    # predict() of class names: the backend's table holds text
+    table_kind = "text" if kind == "scalar" and model.output_spec.is_text else kind
     identity = row_identity(select, backend.row_identity, backend.is_base_table, backend.dialect)
     if identity is not None:
         # one base table: key the predictions by its row identity (DuckDB's rowid, PostgreSQL's
@@ -154,16 +154,16 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
                    + [exp.alias_(a.copy(), name) for a, name in zip(args, names)])
         # NULL elements are the decoders' to spot (features may be bytea on PostgreSQL)
         source.where(exp.and_(*[scorable(a) for a in args]), copy=False)
-        backend.score_into_temp_table(source.sql(dialect=backend.dialect), scorer(backend, model, kind), kind, table,
-                                      keyed=True, batch_rows=BATCH_ROWS)
+        backend.score_into_temp_table(source.sql(dialect=backend.dialect), scorer(backend, model, kind), table_kind,
+                                      table, signature=model.signature, keyed=True, batch_rows=BATCH_ROWS)
         on = backend.equals(exp.column("dbdl_k", table=table), identity.copy())
     else:
         rows = distinct_features(select, args[0])
         if len(args) > 1:
             rows.set("expressions", [exp.alias_(a.copy(), name) for a, name in zip(args, names)])
             rows.where(exp.and_(*[scorable(a) for a in args[1:]]), copy=False)
-        backend.score_into_temp_table(rows.sql(dialect=backend.dialect), scorer(backend, model, kind), kind, table,
-                                      batch_rows=BATCH_ROWS)
+        backend.score_into_temp_table(rows.sql(dialect=backend.dialect), scorer(backend, model, kind), table_kind,
+                                      table, signature=model.signature, batch_rows=BATCH_ROWS)
         on = exp.and_(*[backend.equals(exp.column(name, table=table), a.copy()) for a, name in zip(args, names)])
     select.join(exp.to_table(table), on=on, join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows

@@ -21,31 +21,13 @@ import sqlglot
 import sqlglot.expressions as exp
 
 from ..errors import StrategyUnavailable
-from ..ir import from_onnx
 from ..ir.sql import SQLBuilder, compile_graph
 from ..names import ResolvedModel, weight_table
 from ..query import distinct_features, enclosing_select
-from .base import Estimate, PredictCall, StatementPlan, Strategy
+from .base import Estimate, PredictCall, StatementPlan, Strategy, model_graph
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
-
-_graphs: dict[str, object] = {}
-
-
-def model_graph(backend: "Backend", model: ResolvedModel):
-    """The model's IR, built once per content hash and process."""
-    graph = _graphs.get(model.sha256)
-    if graph is None:
-        import onnx
-
-        from dbdl_udf.modelcheck import check_model_bytes
-
-        data = backend.model_bytes(model.sha256)
-        check_model_bytes(data, f"model {model.ref!r}")  # from_onnx decodes tensors: never from a file
-        graph = _graphs[model.sha256] = from_onnx(onnx.load_from_string(data))
-    return graph
-
 
 def graph_problem(graph, model: ResolvedModel) -> str:
     """Why the SQL compiler cannot compute this model, or ""."""

@@ -4,6 +4,8 @@
 - ``dialect.py``  its sqlglot dialect and relation-centric spellings
 - ``udf.py``      the Python UDFs predict calls are planned into, and the result cache's key digest
 - ``arrow.py``    the Arrow codec: chunks to the runtime's Columns, predictions back to Arrow
+- ``costs.py``    the cost model's constants here until `dbdl calibrate` measures them
+- ``files.py``    where a duckdb:// URL's database file is
 - ``export.py``   ``train_export`` in the client (DuckDB has no procedures): the dataset sink
 - ``reader.py``   the range reader of dataset tables for the training readers
 """

@@ -151,8 +151,8 @@ class DuckDBBackend(DuckDBFunctions, Backend):
         finally:
             self.con.unregister(view)
 
-    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str, keyed: bool = False,
-                              batch_rows: int = 65536) -> None:
+    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str, *, signature: Any = None,
+                              keyed: bool = False, batch_rows: int = 65536) -> None:
         """DL-centric: Arrow record batches out, ``score`` on each, an Arrow table back in.
 
         The source's columns are the features (``dbdl_f``, then ``dbdl_f1``, ``dbdl_f2`` … for a

@@ -14,12 +14,14 @@ import sqlglot.expressions as exp
 
 from dbdl_udf import datasets
 from dbdl_udf.datasets import DatasetInfo, ExportSpec, Ragged, dense_rows, ragged_message
+from dbdl_udf.sqltext import one_statement, quote_qualified
 
 from ...errors import DTypeMismatch, QueryError, ShapeMismatch
 from ...query import parse
 
 
 def train_export(backend: Any, spec: ExportSpec, progress: Callable[[int], None] | None = None) -> DatasetInfo:
+    one_statement(spec.query, "train_export")  # the same rule and message as the server's
     trees = parse(spec.query, backend.dialect)
     # DuckDB's own parser has the last word on how many statements it would run
     try:
@@ -151,6 +153,7 @@ class DuckDBSink:
                      "{view}", data)
 
     def finish(self, table, row_ids, codes, width, dtype, label_dtype):
+        table = quote_qualified(table)  # a name the catalog will hold: quoted like every such name
         label_sql = "BIGINT" if label_dtype == "int64" else "FLOAT"
         size = "" if width is None else str(int(width))  # None: variable-length rows (a LIST column)
         self._run(f"CREATE TABLE {table} (row_id BIGINT PRIMARY KEY, features {_DUCKDB_TYPES[dtype]}[{size}] "

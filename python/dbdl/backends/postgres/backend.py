@@ -20,7 +20,8 @@ import sqlglot.expressions as exp
 
 from dbdl_udf.kinds import KINDS
 
-from ...errors import ConnectionError, DTypeMismatch, Error, PermissionDenied, QueryError, error_class
+from ...errors import (ConnectionError, DTypeMismatch, Error, PermissionDenied, QueryError, error_class,
+                       error_for_sqlstate)
 from ...names import ResolvedModel
 from ...query import argument_probe
 from ...resources import udf_dir
@@ -94,13 +95,13 @@ class PostgresBackend(Backend):
         try:
             self.con.execute(*self._pg(sql, params))
         except psycopg.Error as exc:
-            raise self.translate(exc) from exc
+            raise self._translate(exc) from exc
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         try:
             return self.con.execute(*self._pg(sql, params)).fetchall()
         except psycopg.Error as exc:
-            raise self.translate(exc) from exc
+            raise self._translate(exc) from exc
 
 
     def executescript(self, sql: str) -> None:
@@ -225,8 +226,8 @@ class PostgresBackend(Backend):
             # statistics now, so that the planner's row estimates (EXPLAIN) are right at once
             self.con.execute(f"ANALYZE {target.sql(dialect='postgres')}")
 
-    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str, keyed: bool = False,
-                              batch_rows: int = 65536) -> None:
+    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str, *, signature: Any = None,
+                              keyed: bool = False, batch_rows: int = 65536) -> None:
         """DL-centric: binary COPY out, ``score`` in batches, binary COPY of the predictions back in.
 
         The source returns the features — ``dbdl_f``, then ``dbdl_f1``, ``dbdl_f2`` … for a call
@@ -237,9 +238,8 @@ class PostgresBackend(Backend):
         from dbdl_udf.postgres import decode_column
         from dbdl_udf.runtime import Column, valid_rows
 
-        text = bool(getattr(score, "text", False))  # predict() of class names (strategies.dl.scorer)
-        out_type = _RESULT_TYPES["text" if text else kind]
-        signature = _score_signature(score)
+        text = kind == "text"  # predict() of class names
+        out_type = _RESULT_TYPES[kind]
         try:
             with self.transaction():
                 described = self.con.execute(f"SELECT * FROM ({source_sql}) AS s LIMIT 0").description
@@ -293,7 +293,7 @@ class PostgresBackend(Backend):
                         sink.write(chunk)
                     sink.write(b"\xff\xff")
         except psycopg.Error as exc:
-            raise self.translate(exc) from exc
+            raise self._translate(exc) from exc
 
     # -- result cache hooks (planner/cachejoin.py) -------------------------------------------
 
@@ -310,13 +310,13 @@ class PostgresBackend(Backend):
         try:
             self.con.execute(f"ANALYZE {exp.to_table(table).sql(dialect='postgres')}")
         except psycopg.Error as exc:
-            raise self.translate(exc) from exc
+            raise self._translate(exc) from exc
 
     def execute_count(self, sql: str, params: Sequence[Any] = ()) -> int:
         try:
             cur = self.con.execute(*self._pg(sql, params))
         except psycopg.Error as exc:
-            raise self.translate(exc) from exc
+            raise self._translate(exc) from exc
         return max(cur.rowcount, 0)
 
     def is_base_table(self, name: str) -> bool:
@@ -350,7 +350,7 @@ class PostgresBackend(Backend):
         try:
             plan = self.con.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchone()[0]
         except psycopg.Error as exc:
-            raise self.translate(exc) from exc
+            raise self._translate(exc) from exc
         return int(plan[0]["Plan"]["Plan Rows"])
 
     def drop_temp_table(self, table: str) -> None:
@@ -454,14 +454,19 @@ class PostgresBackend(Backend):
                 return None
             return _rows_to_arrow(cur)
         except psycopg.Error as exc:
-            raise self.translate(exc) from exc
+            raise self._translate(exc) from exc
 
-    def translate(self, exc: Exception) -> Error:
+    def _translate(self, exc: Exception) -> Error:
         diag = getattr(exc, "diag", None)
         primary = (diag.message_primary if diag is not None else None) or str(exc)
         found = _DBDL_ERROR.search(primary)
-        if found:
-            return error_class(found[1])(found[2].strip())
+        # a dbdl error raised in the server: the SQLSTATE its class declares names the class (the
+        # DB… codes are dbdl's alone; a standard code only with the "dbdl.<Class>: " prefix)
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        cls = error_for_sqlstate(sqlstate) if sqlstate.startswith("DB") else None
+        if found or cls is not None:
+            cls = cls or error_class(found[1])
+            return cls(found[2].strip() if found else primary)
         if isinstance(exc, psycopg.errors.InsufficientPrivilege):
             return PermissionDenied(
                 f"{primary}; ask an administrator for GRANT dbdl_user TO <role> (predict, read the catalog) or "
@@ -510,9 +515,3 @@ def _unique(names: list[str]) -> list[str]:
         out.append(n if k == 0 else f"{n}_{k}")
     return out
 
-
-def _score_signature(score: Any):
-    """The model signature a DL-centric scorer feeds (strategies.dl sets ``score.model``): the
-    widths that tell a float32 bytea from a uint8 one. None for a scorer without it."""
-    model = getattr(score, "model", None)
-    return getattr(model, "signature", None) if model is not None else getattr(score, "signature", None)

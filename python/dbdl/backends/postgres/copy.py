@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dbdl_udf import pgarray
+
 from ...errors import DTypeMismatch
 
 
@@ -20,7 +22,7 @@ _SCALAR_DTYPES = {"smallint": ">i2", "integer": ">i4", "bigint": ">i8", "real": 
                   "boolean": "?"}
 
 
-_ELEMENT_OIDS = {">f4": 700, ">f8": 701, ">i4": 23}
+_REAL = 700  # float4's type oid: the element type of real[]
 
 
 def binary_copy(data: pa.Table) -> bytes:
@@ -83,7 +85,7 @@ def binary_copy_fixed(data: pa.Table) -> bytes | None:
             rows[f"v{i}"] = values
         else:
             rows[f"l{i}"] = 20 + 8 * width
-            rows[f"h{i}"] = (1, 0, 700, width, 1)
+            rows[f"h{i}"] = np.frombuffer(pgarray.header_bytes([width], _REAL), dtype=">i4")
             rows[f"a{i}"]["len"] = 4
             rows[f"a{i}"]["v"] = values
     return HEADER + rows.tobytes() + b"\xff\xff"
@@ -112,7 +114,7 @@ def fixed_float4_rows(payload: bytes, key_len: int | None = None) -> tuple[np.nd
     fields = raw[:, 6 + lead:]
     header = fields[:, :20].copy().view(">i4")  # ndim, has-null, element type, length, lower bound
     if not ((counts == count).all() and (lengths == length).all() and (header[:, 0] == 1).all()
-            and (header[:, 1] == 0).all() and (header[:, 2] == 700).all()):
+            and (header[:, 1] == 0).all() and (header[:, 2] == _REAL).all()):
         return None
     if key_len is not None and not (raw[:, 2:6].copy().view(">i4")[:, 0] == key_len).all():
         return None
@@ -136,7 +138,7 @@ def prediction_rows_fixed(keys: np.ndarray, y: np.ndarray, kind: str) -> bytes:
     rows["count"], rows["klen"], rows["key"] = 2, key_len, keys
     if kind == "array":
         rows["plen"] = 20 + 8 * y.shape[1]
-        rows["phead"] = (1, 0, 700, y.shape[1], 1)
+        rows["phead"] = np.frombuffer(pgarray.header_bytes([y.shape[1]], _REAL), dtype=">i4")
         rows["items"]["len"] = 4
         rows["items"]["v"] = y
     else:
@@ -182,9 +184,7 @@ def prediction_fields(keys: list[tuple[bytes | None, ...]], valid: np.ndarray, y
             continue
         value = next(rows)
         if kind == "array":
-            items = np.empty(len(value), dtype=[("len", ">i4"), ("v", ">f4")])
-            items["len"], items["v"] = 4, value
-            body = struct.pack(">iiiii", 1, 0, 700, len(value), 1) + items.tobytes()
+            body = pgarray.encode_array(np.asarray(value, dtype=np.float32), _REAL)
         elif kind == "class":
             body = struct.pack(">q", int(value))
         elif kind == "text":
@@ -209,56 +209,15 @@ def innermost(arrow_type: pa.DataType) -> tuple[pa.DataType, list[int]]:
     return arrow_type, dims
 
 
-def encode_nested(col: pa.Array, arrow_type: pa.DataType) -> list[bytes]:
-    """Nested fixed-size lists (an image [3, 32, 32] per row) as multi-dimensional arrays
-    (array_send's layout: ndim, NULL flag, element oid, (size, lower bound) per axis, elements)."""
-    value_type, dims = innermost(arrow_type)
-    dtype = ">f8" if value_type == pa.float64() else (">i4" if pa.types.is_integer(value_type) else ">f4")
-    width = int(np.prod(dims))
-    values = col
-    for _ in dims:
-        values = values.flatten()
-    if values.null_count:
-        raise DTypeMismatch("a nested array column holds NULL elements; PostgreSQL stores them, but dbdl writes "
-                            "nested arrays without NULLs — fill or drop those rows first")
-    flat = values.to_numpy(zero_copy_only=False).reshape(len(col), width)
-    header = struct.pack(f">iii{2 * len(dims)}i", len(dims), 0, _ELEMENT_OIDS[dtype],
-                         *[x for d in dims for x in (d, 1)])
-    items = np.empty((len(col), width), dtype=[("len", ">i4"), ("v", dtype)])
-    items["len"] = np.dtype(dtype).itemsize
-    items["v"] = flat
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    return [header + items[i].tobytes() if valid[i] else b"" for i in range(len(col))]
-
-
 def encode_column(col: pa.Array, arrow_type: pa.DataType) -> tuple[list[bytes], np.ndarray]:
     n = len(col)
     nulls = ~col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else np.zeros(n, dtype=bool)
-    if pa.types.is_fixed_size_list(arrow_type) and pa.types.is_fixed_size_list(arrow_type.value_type):
-        return encode_nested(col, arrow_type), nulls
     if pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type):
-        value_type = arrow_type.value_type
-        dtype = ">f8" if value_type == pa.float64() else (">i4" if pa.types.is_integer(value_type) else ">f4")
-        blobs = []
-        for value in col.to_pylist():
-            if value is None:
-                blobs.append(b"")
-                continue
-            arr = np.asarray(value, dtype=object)
-            has_null = any(v is None for v in value)
-            header = struct.pack(">iiiii", 1, 1 if has_null else 0, _ELEMENT_OIDS[dtype], len(value), 1)
-            body = bytearray()
-            size = np.dtype(dtype).itemsize
-            if not has_null:
-                items = np.empty(len(value), dtype=[("len", ">i4"), ("v", dtype)])
-                items["len"] = size
-                items["v"] = np.asarray(value, dtype=np.float64 if dtype != ">i4" else np.int64)
-                body = items.tobytes()
-            else:
-                for v in arr:
-                    body += b"\xff\xff\xff\xff" if v is None else struct.pack(">i", size) + np.array(v, dtype=dtype).tobytes()
-            blobs.append(header + bytes(body))
-        return blobs, nulls
+        # the table's column is real[], double precision[] or integer[] (write_arrow): the element
+        # type follows, whatever the Arrow list holds (booleans become real)
+        value_type = innermost(arrow_type)[0]
+        elem = 701 if value_type == pa.float64() else 23 if pa.types.is_integer(value_type) else 700
+        return [b"" if b is None else b for b in pgarray.encode_arrow(col, elem)], nulls
     pg_type = PG_TYPES.get(arrow_type)
     if pg_type in _SCALAR_DTYPES:
         values = col.fill_null(0).to_numpy(zero_copy_only=False).astype(_SCALAR_DTYPES[pg_type])
