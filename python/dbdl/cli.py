@@ -287,6 +287,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.url)
 
 
+def _strategy_choices() -> list[str]:
+    """What --strategy takes: the registered strategies, and relation's layouts ("relation:blocked")."""
+    from .strategies import STRATEGIES
+
+    return [*STRATEGIES, "relation:element", "relation:blocked"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dbdl", description="In-database deep learning for DuckDB and PostgreSQL.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -382,9 +389,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def _strategy_choices() -> list[str]:
-    """What --strategy takes: the registered strategies, and relation's layouts ("relation:blocked")."""
-    from .strategies import STRATEGIES
-
-    return [*STRATEGIES, "relation:element", "relation:blocked"]
