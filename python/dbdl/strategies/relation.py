@@ -21,6 +21,7 @@ import sqlglot
 import sqlglot.expressions as exp
 
 from ..errors import StrategyUnavailable
+from ..ir.ops.base import per_row_size
 from ..ir.sql import SQLBuilder, compile_graph
 from ..names import ResolvedModel, weight_table
 from ..query import distinct_features, enclosing_select
@@ -63,12 +64,12 @@ class RelationCentric(Strategy):
         c, rows, graph = call.costs, call.rows, call.graph
         dense = [n for n in graph.nodes if n.op.op_type in ("Gemm", "MatMul")]
         weights = sum(int(np.count_nonzero(n.op.params[1])) for n in dense)
-        values = sum(int(max(1, _size(n.shape))) for n in graph.nodes)
+        values = sum(int(max(1, per_row_size(n.shape))) for n in graph.nodes)
         setup = c.get("rel_setup_s", 0.0)
         options = {"element": {"setup": setup, "joins": rows * weights * c["rel_weight_s"],
                                "values": rows * values * c["rel_value_s"]}}
         if "blocked" in call.backend.relational.layouts and "rel_dot_s" in c:
-            dots = sum(_size(n.shape) * (c["rel_dot_s"] + int(n.op.params[1].shape[0]) * c["rel_dot_elem_s"])
+            dots = sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(n.op.params[1].shape[0]) * c["rel_dot_elem_s"])
                        for n in dense)
             options["blocked"] = {"setup": setup, "dot products": rows * dots,
                                   "values": rows * values * c["rel_value_s"]}
@@ -168,9 +169,3 @@ def _weights_table(backend: "Backend", model: ResolvedModel, kind: str, columns:
         backend.share_table(f"{schema}.{name}")
     return f"{schema}.{name}"
 
-
-def _size(shape) -> int:
-    n = 1
-    for d in shape or ():
-        n *= int(d)
-    return n
