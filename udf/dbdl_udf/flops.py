@@ -50,6 +50,11 @@ def _free(inputs, output, attrs) -> int:
     return 0
 
 
+def _per_input_value(inputs, output, attrs) -> int:
+    """1 per value of the first input: a reduction reads each value once."""
+    return _size(inputs[0] if inputs else output)
+
+
 #: ONNX op type -> its rule
 RULES: dict[str, Rule] = {
     "Gemm": _matmul, "MatMul": _matmul, "MatMulInteger": _matmul, "FusedMatMul": _matmul,
@@ -57,6 +62,11 @@ RULES: dict[str, Rule] = {
     "Sigmoid": _per_value(4), "Tanh": _per_value(4),  # an exp, an add, a division (and a negation)
     "Softmax": _per_value(5),  # max, subtract, exp, sum, divide
     "Identity": _free, "Dropout": _free, "Flatten": _free, "Reshape": _free, "Cast": _free,
+    "Transpose": _free, "Concat": _free, "Split": _free, "Slice": _free, "Squeeze": _free, "Unsqueeze": _free,
+    "LogSoftmax": _per_value(5),  # max, subtract, exp, sum, log and subtract
+    "LayerNormalization": _per_value(7),  # mean, subtract, square, mean, divide by the root, scale, bias
+    "ReduceMean": _per_input_value, "ReduceSum": _per_input_value, "ReduceMax": _per_input_value,
+    "ReduceMin": _per_input_value,
 }
 default_rule: Rule = _per_value(1)
 

@@ -57,8 +57,6 @@ class Graph:
         for node in self.nodes:
             if not node.op.relational:
                 return False, f"operator {node.op.op_type} has no SQL form"
-            if node.op.op_type == "Softmax" and len(node.shape) > 1:
-                return False, "Softmax over the last of several per-row axes has no SQL form yet"
         return True, ""
 
     def output_shape(self) -> Shape:
@@ -103,7 +101,8 @@ def from_onnx(proto) -> Graph:
         shapes[value.name] = shape
     graph = Graph(graph_inputs, [o.name for o in proto.graph.output], [],
                   initializer_bytes=int(sum(c.nbytes for c in constants.values())))
-    for onnx_node in proto.graph.node:
+    opset = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    for onnx_node, extra in _one_output_each(proto.graph.node):
         attrs = _attrs(onnx_node)
         if onnx_node.op_type == "Constant":
             value = attrs.get("value")
@@ -120,6 +119,9 @@ def from_onnx(proto) -> Graph:
             graph.unsupported.append((onnx_node.op_type, "no IR operator implements it"))
             continue
         op = cls(onnx_node.op_type, attrs, params)
+        op.opset = opset  # the model's ai.onnx opset: some operators' meaning changed with it
+        for key, value in extra.items():
+            setattr(op, key, value)
         if all(not r for r in runtime):  # constant folding (e.g. a shape computed from constants)
             try:
                 constants[onnx_node.output[0]] = op.run(*[params.get(i) for i in range(len(onnx_node.input))])
@@ -138,6 +140,21 @@ def from_onnx(proto) -> Graph:
         shapes[onnx_node.output[0]] = shape
         graph.nodes.append(Node(op, runtime, list(onnx_node.output[:1]), shape))
     return graph
+
+
+def _one_output_each(nodes):
+    """(node, extra attributes of its op) in order, where a node of an operator with several outputs
+    (Split: ``per_output``) becomes one copy per output, its op told which (``output_index``)."""
+    for node in nodes:
+        if len(node.output) < 2 or not getattr(Op.registry.get(node.op_type), "per_output", False):
+            yield node, {}
+            continue
+        for k, name in enumerate(node.output):
+            single = type(node)()
+            single.CopyFrom(node)
+            del single.output[:]
+            single.output.append(name)
+            yield single, {"output_index": k, "n_outputs": len(node.output)}
 
 
 def _fold_batchnorm(graph: Graph, node, attrs, constants) -> bool:

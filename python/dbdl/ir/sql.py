@@ -44,6 +44,10 @@ class RelationalSQL:
     #: activations finds the exact float8 operators (PostgreSQL: rather than an implicit cast that a
     #: user's numeric-by-double operator would beat)
     typed_decimals: bool = False
+    #: integer division and remainder of two BIGINT expressions ``{a}``, ``{b}`` (position arithmetic:
+    #: the index along one axis of a row-major per-row tensor)
+    int_div: str = "{a} / {b}"
+    int_mod: str = "{a} % {b}"
 
     @property
     def layouts(self) -> tuple[str, ...]:
@@ -138,9 +142,67 @@ class SQLBuilder:
         return self._add(f"SELECT a.rid, a.i, a.v {op} b.v AS v FROM {a.name} AS a JOIN {b.name} AS b "
                          f"ON b.rid = a.rid AND b.i = a.i", a.width)
 
-    def softmax(self, x: Relation) -> Relation:
-        shifted = self._add(f"SELECT rid, i, EXP(v - MAX(v) OVER (PARTITION BY rid)) AS v FROM {x.name}", x.width)
-        return self._add(f"SELECT rid, i, v / SUM(v) OVER (PARTITION BY rid) AS v FROM {shifted.name}", x.width)
+    def softmax(self, x: Relation, group: str | None = None) -> Relation:
+        """Softmax over each row (or over the positions of a row with equal ``group``, an expression of i)."""
+        w = f"PARTITION BY rid, {group}" if group else "PARTITION BY rid"
+        shifted = self._add(f"SELECT rid, i, EXP(v - MAX(v) OVER ({w})) AS v FROM {x.name}", x.width)
+        return self._add(f"SELECT rid, i, v / SUM(v) OVER ({w}) AS v FROM {shifted.name}", x.width)
+
+    # -- position arithmetic: a per-row tensor of shape S is stored flattened, row-major, at i ----------
+
+    def idiv(self, a: str, b: int) -> str:
+        return a if b == 1 else "(" + self.spell.int_div.format(a=a, b=int(b)) + ")"
+
+    def imod(self, a: str, b: int) -> str:
+        return "(" + self.spell.int_mod.format(a=a, b=int(b)) + ")"
+
+    def axis_index(self, shape, axis: int, i: str = "i") -> str:
+        """The index along per-row axis ``axis`` of position ``i`` of a row-major tensor of ``shape``."""
+        stride = int(np.prod(shape[axis + 1:])) if axis + 1 < len(shape) else 1
+        e = self.idiv(i, stride)
+        return e if axis == 0 else self.imod(e, int(shape[axis]))
+
+    @staticmethod
+    def flat_index(terms: list[tuple[str, int]]) -> str:
+        """The position ``Σ index × stride`` of (index expression, stride) terms ("0" for none)."""
+        parts = [e if s == 1 else f"{e} * {int(s)}" for e, s in terms if s != 0]
+        return "(" + " + ".join(parts) + ")" if parts else "0"
+
+    def positions(self, x: Relation, expr: str, width: int, where: str | None = None) -> Relation:
+        """Each value moved to position ``expr`` (arithmetic on i), keeping the rows where ``where``."""
+        return self._add(f"SELECT rid, {expr} AS i, v FROM {x.name}" + (f" WHERE {where}" if where else ""), width)
+
+    def union(self, parts: list[Relation], width: int) -> Relation:
+        return self._add(" UNION ALL ".join(f"SELECT rid, i, v FROM {p.name}" for p in parts), width)
+
+    def reduce(self, x: Relation, key: str, aggregate: str, width: int) -> Relation:
+        """One value per output position ``key`` (an expression of i): ``aggregate`` of v over its group."""
+        if key == "0":
+            return self._add(f"SELECT rid, 0 AS i, {aggregate} AS v FROM {x.name} GROUP BY rid", width)
+        return self._add(f"SELECT rid, {key} AS i, {aggregate} AS v FROM {x.name} GROUP BY rid, {key}", width)
+
+    def log_softmax(self, x: Relation, group: str | None = None) -> Relation:
+        w = f"PARTITION BY rid, {group}" if group else "PARTITION BY rid"
+        shifted = self._add(f"SELECT rid, i, v - MAX(v) OVER ({w}) AS v FROM {x.name}", x.width)
+        return self._add(f"SELECT rid, i, v - LN(SUM(EXP(v)) OVER ({w})) AS v FROM {shifted.name}", x.width)
+
+    def layer_norm(self, x: Relation, group: str, size: int, epsilon: float, scale: np.ndarray | None,
+                   bias: np.ndarray | None) -> Relation:
+        """(v - mean) / sqrt(variance + epsilon) over the positions of a row with equal ``group``, then
+        × scale + bias, both of ``size`` values indexed by i % size (``group`` None: the whole row)."""
+        w = f"PARTITION BY rid, {group}" if group else "PARTITION BY rid"
+        centred = self._add(f"SELECT rid, i, v - AVG(v) OVER ({w}) AS v FROM {x.name}", x.width)
+        normed = self._add(f"SELECT rid, i, v / SQRT(AVG(v * v) OVER ({w}) + {float(epsilon)!r}) AS v "
+                           f"FROM {centred.name}", x.width)
+        if scale is None and bias is None:
+            return normed
+        self._layer += 1
+        table = self.table_for(f"ln{self._layer}", {
+            "i": np.arange(size), "g": (scale if scale is not None else np.ones(size)).astype(np.float64),
+            "b": (bias if bias is not None else np.zeros(size)).astype(np.float64)})
+        at = "x.i" if size == x.width else self.imod("x.i", size)
+        return self._add(f"SELECT x.rid, x.i, x.v * c.g + c.b AS v FROM {normed.name} AS x JOIN {table} AS c "
+                         f"ON c.i = {at}", x.width)
 
     def output(self, x: Relation, kind: str) -> str:
         """The SELECT giving (rid, prediction) for predict (scalar), predict_array or predict_class."""

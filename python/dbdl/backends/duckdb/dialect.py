@@ -40,4 +40,5 @@ RELATIONAL = RelationalSQL(
     # blocked layout: a row's activations as one array, a weight column as one array
     pack="list(v ORDER BY i)",
     dot="list_dot_product({a}, {b})",
+    int_div="{a} // {b}",  # DuckDB's / on integers gives a double
 )

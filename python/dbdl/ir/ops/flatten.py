@@ -11,7 +11,8 @@ class Flatten(Op):
     op_types = ("Flatten",)
 
     def infer(self, shapes: list[Shape | None]) -> Shape:
-        if int(self.attrs.get("axis", 1)) != 1:
+        axis = int(self.attrs.get("axis", 1))
+        if (axis + len(shapes[0]) + 1 if axis < 0 else axis) != 1:
             raise NotImplementedError("Flatten on an axis other than 1")
         return (int(prod(shapes[0])) if shapes[0] else 1,)
 
