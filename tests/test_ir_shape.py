@@ -16,6 +16,7 @@ import torch
 from conftest import run_onnx
 from onnx import TensorProto, helper, numpy_helper
 
+import dbdl
 from dbdl.ir import from_onnx
 
 ROWS = 5
@@ -224,3 +225,41 @@ def test_every_model_through_sql_matches_onnxruntime(db):
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
             failures.append(f"{name}: got {got.tolist()}, onnxruntime {expected.tolist()}")
     assert not failures, "\n".join(failures)
+
+
+class Recurrent(torch.nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        self.rnn, self.fc = cell(4, 5, batch_first=True), torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
+class SelfAttention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn, self.fc = torch.nn.MultiheadAttention(4, 1, batch_first=True), torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("module, operator", [(lambda: Recurrent(torch.nn.LSTM), "LSTM"),
+                                              (lambda: Recurrent(torch.nn.GRU), "GRU"),
+                                              (SelfAttention, "MatMul")], ids=["lstm", "gru", "attention"])
+def test_recurrent_layers_and_attention_are_refused_by_name(module, operator):
+    torch.manual_seed(0)
+    graph = from_onnx(onnx.load_from_string(exported(module(), (3, 4))))
+    ok, why = graph.relational
+    assert not ok and f"operator {operator} (" in why and "by design" in why
+
+
+def test_refusal_through_sql_names_the_operator_and_the_fix(db):
+    torch.manual_seed(0)
+    db.models.register("lstm", exported(Recurrent(torch.nn.LSTM), (3, 4)))
+    db.create_table("s", {"id": np.arange(2), "x": _rows((12,))[:2]})
+    with pytest.raises(dbdl.StrategyUnavailable, match=r"operator LSTM \(a recurrent layer\).*use strategy='udf'"):
+        db.sql("SELECT predict_array('lstm', x) FROM s", strategy="relation")
+    got = db.sql("SELECT id, predict_array('lstm', x) FROM s ORDER BY id", strategy="udf").fetchall()
+    assert len(got) == 2 and all(len(r[1]) == 2 for r in got)

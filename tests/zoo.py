@@ -579,7 +579,8 @@ def onnx_conv2d() -> ZooModel:
 
 
 def onnx_linear_no_bias() -> ZooModel:
-    return _onnx_test("onnx_linear_no_bias", "pytorch-converted/test_Linear_no_bias", "Linear", rows=10)
+    return _onnx_test("onnx_linear_no_bias", "pytorch-converted/test_Linear_no_bias", "Linear", rows=10,
+                      relation=True)  # Transpose of the weight: folded
 
 
 def onnx_linear() -> ZooModel:

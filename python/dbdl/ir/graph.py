@@ -29,6 +29,9 @@ class Graph:
     unsupported: list[tuple[str, str]] = field(default_factory=list)
     #: bytes of every constant in the ONNX file (what loading the whole model costs, read or not)
     initializer_bytes: int = 0
+    #: (op type, what it is) of operators relation-centric execution refuses by design: recurrent
+    #: layers and attention (a product of two activations); named before any other refusal
+    refused: list[tuple[str, str]] = field(default_factory=list)
 
     # -- facts -------------------------------------------------------------------------------
 
@@ -49,6 +52,9 @@ class Graph:
     @property
     def relational(self) -> tuple[bool, str]:
         """(True, "") when every operator compiles to SQL, else (False, the reason)."""
+        if self.refused:
+            op, what = self.refused[0]
+            return False, f"operator {op} ({what}) has no SQL form, by design; use strategy='udf'"
         if self.unsupported:
             op, why = self.unsupported[0]
             return False, f"operator {op} is not supported by dbdl's IR ({why})"
@@ -139,6 +145,12 @@ def from_onnx(proto) -> Graph:
             continue
         shapes[onnx_node.output[0]] = shape
         graph.nodes.append(Node(op, runtime, list(onnx_node.output[:1]), shape))
+    for onnx_node in proto.graph.node:
+        if onnx_node.op_type in ("LSTM", "GRU", "RNN"):
+            graph.refused.append((onnx_node.op_type, "a recurrent layer"))
+        elif onnx_node.op_type in ("Attention", "MultiHeadAttention") or (
+                onnx_node.op_type == "MatMul" and not any(name in constants for name in onnx_node.input)):
+            graph.refused.append((onnx_node.op_type, "attention: a product of two activations"))
     return graph
 
 
