@@ -138,7 +138,8 @@ def test_no_feasible_strategy_is_an_error_naming_each_reason(db, multi_io_onnx):
     db.models.register("multi", multi_io_onnx)
     db.create_table("ab", {"id": np.arange(3), "feats": np.ones((3, 5), np.float32)})
     db.memory_budget = 10
-    with pytest.raises(dbdl.StrategyUnavailable, match="udf: model needs.*relation: the SQL compiler takes models with one input.*dl: model needs"):
+    with pytest.raises(dbdl.StrategyUnavailable,
+                       match="udf: model needs.*relation: the SQL compiler takes models with one input.*dl: model needs"):
         db.sql("SELECT predict_array('multi', feats) FROM ab")
 
 

@@ -3,8 +3,6 @@ index along each axis) and renumbered."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from .axes import row_axis, select_ranges
 from .base import Op, Shape, per_row_size
 
