@@ -263,3 +263,22 @@ def test_refusal_through_sql_names_the_operator_and_the_fix(db):
         db.sql("SELECT predict_array('lstm', x) FROM s", strategy="relation")
     got = db.sql("SELECT id, predict_array('lstm', x) FROM s ORDER BY id", strategy="udf").fetchall()
     assert len(got) == 2 and all(len(r[1]) == 2 for r in got)
+
+
+def test_operators_are_discovered():
+    from dbdl.ir import Op
+
+    assert {"Transpose", "Concat", "Split", "Slice", "Squeeze", "Unsqueeze", "LogSoftmax", "LayerNormalization",
+            "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"} <= set(Op.registry)
+
+
+def test_a_matmul_by_a_weight_the_ir_cannot_fold_is_not_called_attention():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])
+    shape = numpy_helper.from_array(_i64(3, 2), "S")
+    nodes = [N("ConstantOfShape", ["S"], ["W"], value=numpy_helper.from_array(np.ones(1, np.float32))),
+             N("MatMul", ["x", "W"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [shape]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    ok, why = from_onnx(model).relational
+    assert not ok and "operator ConstantOfShape is not supported" in why

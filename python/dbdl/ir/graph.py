@@ -145,12 +145,15 @@ def from_onnx(proto) -> Graph:
             continue
         shapes[onnx_node.output[0]] = shape
         graph.nodes.append(Node(op, runtime, list(onnx_node.output[:1]), shape))
+    activations = {name for name, _ in graph_inputs}  # values that depend on a row
     for onnx_node in proto.graph.node:
         if onnx_node.op_type in ("LSTM", "GRU", "RNN"):
             graph.refused.append((onnx_node.op_type, "a recurrent layer"))
         elif onnx_node.op_type in ("Attention", "MultiHeadAttention") or (
-                onnx_node.op_type == "MatMul" and not any(name in constants for name in onnx_node.input)):
+                onnx_node.op_type == "MatMul" and all(name in activations for name in onnx_node.input[:2])):
             graph.refused.append((onnx_node.op_type, "attention: a product of two activations"))
+        if any(name in activations for name in onnx_node.input):
+            activations.update(onnx_node.output)
     return graph
 
 
