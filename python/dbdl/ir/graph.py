@@ -119,7 +119,11 @@ def from_onnx(proto) -> Graph:
         if cls is None:
             graph.unsupported.append((onnx_node.op_type, "no IR operator implements it"))
             continue
-        op = cls(onnx_node.op_type, attrs, params)
+        try:
+            op = cls(onnx_node.op_type, attrs, params)
+        except Exception as exc:  # a malformed attribute or constant: refused, never a raw error
+            graph.unsupported.append((onnx_node.op_type, f"cannot build it: {exc}"))
+            continue
         if all(not r for r in runtime):  # constant folding (e.g. a shape computed from constants)
             try:
                 constants[onnx_node.output[0]] = op.run(*[params.get(i) for i in range(len(onnx_node.input))])
@@ -134,6 +138,9 @@ def from_onnx(proto) -> Graph:
             shape = op.infer([shapes.get(r) if r else None for r in runtime])
         except NotImplementedError as exc:
             graph.unsupported.append((onnx_node.op_type, str(exc)))
+            continue
+        except Exception as exc:  # numpy/KeyError from an op's shape rule: a refusal, not a crash
+            graph.unsupported.append((onnx_node.op_type, f"its shapes cannot be inferred: {exc}"))
             continue
         shapes[onnx_node.output[0]] = shape
         graph.nodes.append(Node(op, runtime, list(onnx_node.output[:1]), shape))
