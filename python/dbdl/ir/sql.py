@@ -180,7 +180,7 @@ def compile_graph(graph, builder: SQLBuilder, source_cte: str) -> "Relation":
 
     ok, why = graph.relational
     if not ok:
-        raise StrategyUnavailable(f"relation-centric execution cannot run this model: {why}; use strategy='udf'")
+        raise StrategyUnavailable(f"relation-centric execution cannot run this model: {why}")
     (name, shape), = graph.inputs
     relations: dict[str, Relation] = {name: builder.input(source_cte, int(np.prod(shape)) if shape else 1)}
     for node in graph.nodes:
