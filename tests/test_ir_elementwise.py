@@ -149,6 +149,12 @@ def test_numpy_evaluation_matches_onnxruntime(name):
     np.testing.assert_allclose(got.reshape(len(x), -1), expected(name, x), rtol=1e-5, atol=1e-5)
 
 
+def test_flops_per_value():
+    per_value = {"exp": 1, "log": 1, "abs": 1, "softplus": 4, "erf": 12, "gelu": 14, "where_const_cond": 2}
+    for name, flops in per_value.items():
+        assert from_onnx(onnx.load_from_string(CASES[name])).flops_per_row == flops * W, name
+
+
 def test_erf_approximation_is_accurate():
     # the SQL form of Erf, evaluated as a double precision expression in Python
     from dbdl.ir.ops.erf import erf_sql
