@@ -42,12 +42,12 @@ def f32(*values):
     return np.array(values, np.float32)
 
 
-def torch_onnx(module, width=W):
+def torch_onnx(module, width=W, **options):
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (torch.randn(2, width),), buf, dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, **options)
     return buf.getvalue()
 
 
@@ -108,6 +108,8 @@ def cases():
                          {"B": rng.standard_normal((1, W)).astype(np.float32),
                           "S": rng.uniform(1, 2, W).astype(np.float32), "K": np.full((1, 1), 1.5, np.float32)}),
         "torch_gelu_erf": torch_onnx(torch.nn.Sequential(torch.nn.Linear(W, W), torch.nn.GELU(), torch.nn.Linear(W, W))),
+        # before opset 20 torch spells GELU as x * 0.5 * (1 + erf(x / sqrt(2))): Div, Erf, Add, Mul, Mul
+        "torch_gelu_opset17": torch_onnx(torch.nn.Sequential(torch.nn.Linear(W, W), torch.nn.GELU()), opset_version=17),
         "torch_gelu_tanh": torch_onnx(torch.nn.Sequential(torch.nn.GELU(approximate="tanh"))),
         "torch_softplus_clip": torch_onnx(torch.nn.Sequential(torch.nn.Linear(W, W), torch.nn.Softplus(),
                                                               torch.nn.Hardtanh(-0.5, 0.5))),
@@ -147,6 +149,11 @@ def test_numpy_evaluation_matches_onnxruntime(name):
     with np.errstate(all="ignore"):
         got = graph.run({input_name(name): x})[0]
     np.testing.assert_allclose(got.reshape(len(x), -1), expected(name, x), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_gelu_before_opset_20_is_the_erf_pattern():
+    ops = [n.op_type for n in onnx.load_from_string(CASES["torch_gelu_opset17"]).graph.node]
+    assert "Gelu" not in ops and {"Div", "Erf", "Add", "Mul"} <= set(ops)
 
 
 def test_flops_per_value():
@@ -226,7 +233,9 @@ REFUSED = {
 def test_unbroadcastable_constants_and_runtime_bounds_are_refused_in_the_ir():
     mul = model([helper.make_node("Mul", ["x", "C"], ["y"])], {"C": np.ones((2, W), np.float32)})
     clip = model([helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Clip", ["x", "n"], ["y"])])
-    for model_bytes, op, why in [(mul, "Mul", "leading axes are not 1"), (clip, "Clip", "computed at run time")]:
+    gelu = unary("Gelu", opset=20, approximate="bogus")
+    for model_bytes, op, why in [(mul, "Mul", "leading axes are not 1"), (clip, "Clip", "computed at run time"),
+                                 (gelu, "Gelu", "approximate='bogus'")]:
         graph = from_onnx(onnx.load_from_string(model_bytes))
         ok, reason = graph.relational
         assert not ok and f"operator {op} " in reason and why in reason and "strategy='udf'" in reason
