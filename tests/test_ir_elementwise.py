@@ -248,3 +248,15 @@ def test_refusal_names_the_operator_and_the_fix(scored_db, op):
     db.models.register("bad", model_bytes)
     with pytest.raises(dbdl.StrategyUnavailable, match=rf"operator {op}\b.*{why}.*strategy='udf'"):
         db.sql("SELECT predict_array('bad', feats) FROM t", strategy="relation")
+
+
+@pytest.mark.parametrize("name", ["sklearn_mlp", "torch_buffers", "torch_gelu_opset17"])
+def test_every_layout_gives_the_same_values(scored_db, name):
+    db = scored_db
+    x = features()
+    db.models.register(name, CASES[name])
+    for layout in db.backend.relational.layouts:
+        rows = _rows(db, name, f"relation:{layout}")
+        assert rows[100] is None and rows[101] is None
+        got = np.array([rows[i] for i in range(len(x))], dtype=np.float32)
+        np.testing.assert_allclose(got, expected(name, x), rtol=1e-5, atol=1e-5, err_msg=layout)
