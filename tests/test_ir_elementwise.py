@@ -107,6 +107,8 @@ def cases():
                           helper.make_node("Mul", ["d", "K"], ["y"])],
                          {"B": rng.standard_normal((1, W)).astype(np.float32),
                           "S": rng.uniform(1, 2, W).astype(np.float32), "K": np.full((1, 1), 1.5, np.float32)}),
+        "div_by_zero": model([helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Div", ["x", "a"], ["d"]),
+                              helper.make_node("Div", ["d", "Z"], ["y"])], {"Z": f32(0.0, 1.0, 0.0, 2.0)}),
         "torch_gelu_erf": torch_onnx(torch.nn.Sequential(torch.nn.Linear(W, W), torch.nn.GELU(), torch.nn.Linear(W, W))),
         # before opset 20 torch spells GELU as x * 0.5 * (1 + erf(x / sqrt(2))): Div, Erf, Add, Mul, Mul
         "torch_gelu_opset17": torch_onnx(torch.nn.Sequential(torch.nn.Linear(W, W), torch.nn.GELU()), opset_version=17),
@@ -260,3 +262,21 @@ def test_every_layout_gives_the_same_values(scored_db, name):
         assert rows[100] is None and rows[101] is None
         got = np.array([rows[i] for i in range(len(x))], dtype=np.float32)
         np.testing.assert_allclose(got, expected(name, x), rtol=1e-5, atol=1e-5, err_msg=layout)
+
+
+#: operators whose SQL form keeps onnxruntime's NaN and ±inf semantics (Max/Min/Clip follow SQL's
+#: GREATEST/LEAST, which order NaN above every number; dense layers skip zero weights, so inf * 0 differs)
+NON_FINITE = ["abs", "div_by_zero", "erf", "exp", "gelu", "gelu_tanh", "log", "neg", "pow_cube", "pow_square",
+              "softplus", "sqrt"]
+
+
+@pytest.mark.parametrize("name", NON_FINITE)
+def test_nan_and_infinity_as_onnxruntime(db, name):
+    x = f32(np.nan, np.inf, -np.inf, 1.0).reshape(1, W)
+    db.create_table("t", {"id": np.arange(1), "feats": x})
+    db.models.register(name, CASES[name])
+    with np.errstate(all="ignore"):
+        want = expected(name, x)
+        np.testing.assert_allclose(from_onnx(onnx.load_from_string(CASES[name])).run({"x": x})[0], want)
+    got = np.array([_rows(db, name, "relation")[0]], dtype=np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

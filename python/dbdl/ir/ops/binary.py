@@ -74,5 +74,12 @@ class Binary(Op):
         return _NUMPY[self.op_type](self.arg(inputs, 0), self.arg(inputs, 1))
 
     def to_sql(self, sql, inputs, out_shape):
-        return sql.elementwise(operands(self, inputs, out_shape, (0, 1)), f"({{0}} {_SQL[self.op_type]} {{1}})",
-                               width_of(out_shape))
+        args = operands(self, inputs, out_shape, (0, 1))
+        template = f"({{0}} {_SQL[self.op_type]} {{1}})"
+        if self.op_type == "Div" and not (1 in self.params and np.all(np.asarray(self.params[1]) != 0)):
+            # onnxruntime's float division by zero: ±inf, NaN for 0 / 0 (PostgreSQL raises, DuckDB gives NULL)
+            # (both databases order NaN above +Infinity: the first test finds a NaN dividend)
+            template = ("CASE WHEN {1} = 0 THEN CASE WHEN {0} > CAST('Infinity' AS DOUBLE) THEN CAST('NaN' AS DOUBLE) "
+                        "WHEN {0} > 0 THEN CAST('Infinity' AS DOUBLE) WHEN {0} < 0 "
+                        "THEN CAST('-Infinity' AS DOUBLE) ELSE CAST('NaN' AS DOUBLE) END ELSE {0} / {1} END")
+        return sql.elementwise(args, template, width_of(out_shape))

@@ -21,5 +21,7 @@ class Exp(Op):
         return np.exp(x)
 
     def to_sql(self, sql, inputs, out_shape):
-        return sql.scalar(inputs[0], f"CASE WHEN {{v}} > {_FLOAT32_OVERFLOW!r} THEN CAST('Infinity' AS DOUBLE) "
+        # NaN first: both databases order NaN above +Infinity
+        return sql.scalar(inputs[0], "CASE WHEN {v} > CAST('Infinity' AS DOUBLE) THEN CAST('NaN' AS DOUBLE) "
+                                     f"WHEN {{v}} > {_FLOAT32_OVERFLOW!r} THEN CAST('Infinity' AS DOUBLE) "
                                      f"WHEN {{v}} < {_FLOAT32_UNDERFLOW!r} THEN 0.0 ELSE EXP({{v}}) END")
