@@ -20,7 +20,11 @@ class Clip(Op):
                 return float(value.reshape(-1)[0])
             return float(self.attrs[attr]) if attr in self.attrs else None
 
-        return bound(1, "min"), bound(2, "max")
+        # a missing bound is float32's lowest / largest value, as ONNX defines it (so Clip(-inf) with
+        # only a max is -FLT_MAX in onnxruntime)
+        lo, hi = bound(1, "min"), bound(2, "max")
+        largest = float(np.finfo(np.float32).max)
+        return (-largest if lo is None else lo), (largest if hi is None else hi)
 
     def infer(self, shapes):
         if any(s is not None for s in shapes[1:]):
@@ -42,5 +46,7 @@ class Clip(Op):
         if lo is not None:
             template = f"GREATEST({template}, {lo!r})"
         if hi is not None:
-            template = f"LEAST({template}, {hi!r})"
+            # NaN stays NaN, as onnxruntime (LEAST would take the bound: SQL orders NaN above every number)
+            template = (f"CASE WHEN {{v}} > CAST('Infinity' AS DOUBLE) THEN CAST('NaN' AS DOUBLE) "
+                        f"ELSE LEAST({template}, {hi!r}) END")
         return sql.scalar(inputs[0], template)

@@ -30,4 +30,9 @@ class Max(Op):
         if n == 1:
             return sql.scalar(inputs[0], "{v}")
         args = ", ".join(f"{{{k}}}" for k in range(n))
-        return sql.elementwise(operands(self, inputs, out_shape, range(n)), f"{self._sql}({args})", width_of(out_shape))
+        # onnxruntime propagates NaN; SQL orders NaN above every number, so GREATEST keeps it and
+        # LEAST would drop it: a NaN operand is found as a GREATEST above +Infinity
+        template = (f"{self._sql}({args})" if self._sql == "GREATEST" else
+                    f"CASE WHEN GREATEST({args}) > CAST('Infinity' AS DOUBLE) THEN CAST('NaN' AS DOUBLE) "
+                    f"ELSE {self._sql}({args}) END")
+        return sql.elementwise(operands(self, inputs, out_shape, range(n)), template, width_of(out_shape))

@@ -22,8 +22,12 @@ class Pow(Op):
         return shapes[0]
 
     def run(self, x, e=None):
+        exponent = self.arg((x, e), 1).astype(x.dtype)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.power(x, self.arg((x, e), 1).astype(x.dtype))
+            out = np.power(x, exponent)
+        # C's pow (onnxruntime): -inf ** e is +inf for a fractional e > 0 and 0 for e < 0; numpy gives NaN
+        fractional = exponent != np.round(exponent)
+        return np.where(np.isneginf(x) & fractional, np.where(exponent > 0, np.inf, 0.0).astype(x.dtype), out)
 
     def to_sql(self, sql, inputs, out_shape):
         e = self.exponent()
@@ -35,6 +39,8 @@ class Pow(Op):
             return sql.scalar(inputs[0], "1.0")
         cases = []
         if e != int(e):
+            # -inf ** e is +inf for e > 0, 0 for e < 0 (C's pow); other negative bases NaN
+            cases.append(f"WHEN {{v}} = CAST('-Infinity' AS DOUBLE) THEN {'CAST(' + repr('Infinity') + ' AS DOUBLE)' if e > 0 else '0.0'}")
             cases.append("WHEN {v} < 0 THEN CAST('NaN' AS DOUBLE)")
         if e < 0:
             cases.append("WHEN {v} = 0 THEN CAST('Infinity' AS DOUBLE)")
