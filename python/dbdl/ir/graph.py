@@ -53,12 +53,12 @@ class Graph:
             op, why = self.unsupported[0]
             return False, f"operator {op} is not supported by dbdl's IR ({why}); use strategy='udf'"
         if len(self.inputs) != 1 or len(self.outputs) != 1:
-            return False, "the SQL compiler takes models with one input and one output"
+            return False, "the SQL compiler takes models with one input and one output; use strategy='udf'"
         for node in self.nodes:
             if not node.op.relational:
                 return False, f"operator {node.op.op_type} has no SQL form; use strategy='udf'"
             if node.op.op_type == "Softmax" and len(node.shape) > 1:
-                return False, "Softmax over the last of several per-row axes has no SQL form yet"
+                return False, "Softmax over the last of several per-row axes has no SQL form yet; use strategy='udf'"
         return True, ""
 
     def output_shape(self) -> Shape:
