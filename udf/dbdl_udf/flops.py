@@ -61,6 +61,8 @@ RULES: dict[str, Rule] = {
     "Conv": _conv, "ConvTranspose": _conv,
     "Sigmoid": _per_value(4), "Tanh": _per_value(4),  # an exp, an add, a division (and a negation)
     "Softmax": _per_value(5),  # max, subtract, exp, sum, divide
+    "Softplus": _per_value(4),  # an abs, an exp, an add and a log (and a max)
+    "Erf": _per_value(12), "Gelu": _per_value(14),  # a degree-5 polynomial, an exp, a division (Gelu: 2 more)
     "Identity": _free, "Dropout": _free, "Flatten": _free, "Reshape": _free, "Cast": _free,
     "Transpose": _free, "Concat": _free, "Split": _free, "Slice": _free, "Squeeze": _free, "Unsqueeze": _free,
     "LogSoftmax": _per_value(5),  # max, subtract, exp, sum, log and subtract

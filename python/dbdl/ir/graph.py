@@ -57,12 +57,12 @@ class Graph:
             return False, f"operator {op} ({what}) has no SQL form, by design; use strategy='udf'"
         if self.unsupported:
             op, why = self.unsupported[0]
-            return False, f"operator {op} is not supported by dbdl's IR ({why})"
+            return False, f"operator {op} is not supported by dbdl's IR ({why}); use strategy='udf'"
         if len(self.inputs) != 1 or len(self.outputs) != 1:
-            return False, "the SQL compiler takes models with one input and one output"
+            return False, "the SQL compiler takes models with one input and one output; use strategy='udf'"
         for node in self.nodes:
             if not node.op.relational:
-                return False, f"operator {node.op.op_type} has no SQL form"
+                return False, f"operator {node.op.op_type} has no SQL form; use strategy='udf'"
         return True, ""
 
     def output_shape(self) -> Shape:
@@ -124,7 +124,11 @@ def from_onnx(proto) -> Graph:
         if cls is None:
             graph.unsupported.append((onnx_node.op_type, "no IR operator implements it"))
             continue
-        op = cls(onnx_node.op_type, attrs, params)
+        try:
+            op = cls(onnx_node.op_type, attrs, params)
+        except Exception as exc:  # a malformed attribute or constant: refused, never a raw error
+            graph.unsupported.append((onnx_node.op_type, f"cannot build it: {exc}"))
+            continue
         op.opset = opset  # the model's ai.onnx opset: some operators' meaning changed with it
         for key, value in extra.items():
             setattr(op, key, value)
@@ -142,6 +146,9 @@ def from_onnx(proto) -> Graph:
             shape = op.infer([shapes.get(r) if r else None for r in runtime])
         except NotImplementedError as exc:
             graph.unsupported.append((onnx_node.op_type, str(exc)))
+            continue
+        except Exception as exc:  # numpy/KeyError from an op's shape rule: a refusal, not a crash
+            graph.unsupported.append((onnx_node.op_type, f"its shapes cannot be inferred: {exc}"))
             continue
         shapes[onnx_node.output[0]] = shape
         graph.nodes.append(Node(op, runtime, list(onnx_node.output[:1]), shape))

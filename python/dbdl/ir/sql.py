@@ -142,6 +142,31 @@ class SQLBuilder:
         return self._add(f"SELECT a.rid, a.i, a.v {op} b.v AS v FROM {a.name} AS a JOIN {b.name} AS b "
                          f"ON b.rid = a.rid AND b.i = a.i", a.width)
 
+    def elementwise(self, operands: list["Relation | np.ndarray"], template: str, width: int) -> Relation:
+        """One value per (rid, i) from ``template`` over ``operands`` ({0}, {1}, … in order): each a
+        relation of the same per-row width (joined on rid and i) or a constant broadcast over the
+        row (a finite scalar inlined as a literal, else a table joined on i). At least one operand
+        is a relation: the first drives the rows."""
+        driver = next(k for k, o in enumerate(operands) if isinstance(o, Relation))
+        terms, joins = [], []
+        for k, operand in enumerate(operands):
+            if isinstance(operand, Relation):
+                terms.append(f"a{k}.v")
+                if k != driver:
+                    joins.append(f"JOIN {operand.name} AS a{k} ON a{k}.rid = a{driver}.rid AND a{k}.i = a{driver}.i")
+                continue
+            values = np.asarray(operand, dtype=np.float64).reshape(-1)
+            if values.size == 1 and np.isfinite(values[0]):
+                terms.append(f"({float(values[0])!r})")
+                continue
+            self._layer += 1
+            table = self.table_for(f"c{self._layer}", {"i": np.arange(width),
+                                                        "c": np.broadcast_to(values, (width,)).astype(np.float64)})
+            terms.append(f"a{k}.c")
+            joins.append(f"JOIN {table} AS a{k} ON a{k}.i = a{driver}.i")
+        head = f"SELECT a{driver}.rid, a{driver}.i, {template.format(*terms)} AS v FROM {operands[driver].name} AS a{driver}"
+        return self._add(" ".join([head, *joins]), width)
+
     def softmax(self, x: Relation, group: str | None = None) -> Relation:
         """Softmax over each row (or over the positions of a row with equal ``group``, an expression of i)."""
         w = f"PARTITION BY rid, {group}" if group else "PARTITION BY rid"
@@ -213,12 +238,20 @@ class SQLBuilder:
 
 def compile_graph(graph, builder: SQLBuilder, source_cte: str) -> "Relation":
     """Add the CTEs that compute ``graph`` over (rid, f) rows of ``source_cte``; the output relation."""
+    from ..errors import Error, StrategyUnavailable
+
     ok, why = graph.relational
     if not ok:
-        raise NotImplementedError(why)
+        raise StrategyUnavailable(f"relation-centric execution cannot run this model: {why}")
     (name, shape), = graph.inputs
     relations: dict[str, Relation] = {name: builder.input(source_cte, int(np.prod(shape)) if shape else 1)}
     for node in graph.nodes:
         args = [relations[i] if i else None for i in node.inputs]
-        relations[node.outputs[0]] = node.op.to_sql(builder, args, node.shape)
+        try:
+            relations[node.outputs[0]] = node.op.to_sql(builder, args, node.shape)
+        except Error:
+            raise
+        except Exception as exc:  # every compile failure is a dbdl error naming the operator and the fix
+            raise StrategyUnavailable(f"operator {node.op.op_type} cannot be compiled to SQL ({exc}); "
+                                      "use strategy='udf'") from None
     return relations[graph.outputs[0]]

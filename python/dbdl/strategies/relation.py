@@ -98,8 +98,8 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     graph = model_graph(backend, model)
     why = graph_problem(graph, model)
     if why:
-        raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {why}; "
-                                  "use strategy='udf'")
+        raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {why}"
+                                  + ("" if "strategy='udf'" in why else "; use strategy='udf'"))
     if model.output_index != 0:
         raise StrategyUnavailable("relation-centric execution computes a model's first output only; use strategy='udf'")
     spell = backend.relational
