@@ -18,6 +18,8 @@ class Node:
     inputs: list[str]  # runtime inputs ("" where the input is a constant held by the op)
     outputs: list[str]
     shape: Shape = ()
+    #: per-row shape of each output, for an operator with several (``Op.n_outputs`` > 1)
+    out_shapes: list[Shape] = field(default_factory=list)
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Graph:
         for node in self.nodes:
             in_shapes = [shapes.get(i) for i in node.inputs]
             total += node.op.flops(in_shapes, node.shape)
-            shapes[node.outputs[0]] = node.shape
+            shapes.update(zip(node.outputs, node.out_shapes or [node.shape]))
         return total
 
     @property
@@ -52,8 +54,8 @@ class Graph:
         if self.unsupported:
             op, why = self.unsupported[0]
             return False, f"operator {op} is not supported by dbdl's IR ({why})"
-        if len(self.inputs) != 1 or len(self.outputs) != 1:
-            return False, "the SQL compiler takes models with one input and one output"
+        if len(self.inputs) != 1:
+            return False, "the SQL compiler takes models with one input"
         for node in self.nodes:
             if not node.op.relational:
                 return False, f"operator {node.op.op_type} has no SQL form"
@@ -61,11 +63,11 @@ class Graph:
                 return False, "Softmax over the last of several per-row axes has no SQL form yet"
         return True, ""
 
-    def output_shape(self) -> Shape:
+    def output_shape(self, index: int = 0) -> Shape:
         for node in self.nodes:
-            if node.outputs[0] == self.outputs[0]:
-                return node.shape
-        return dict(self.inputs)[self.outputs[0]]
+            if self.outputs[index] in node.outputs:
+                return (node.out_shapes or [node.shape])[node.outputs.index(self.outputs[index])]
+        return dict(self.inputs)[self.outputs[index]]
 
     # -- evaluation ----------------------------------------------------------------------------
 
@@ -77,7 +79,11 @@ class Graph:
         values: dict[str, Any] = dict(feeds)
         for node in self.nodes:
             args = tuple(values[i] if i else None for i in node.inputs)
-            values[node.outputs[0]] = node.op.run(*args)
+            result = node.op.run(*args)
+            if node.op.n_outputs > 1:  # a tuple, one array per output
+                values.update(zip(node.outputs, result))
+            else:
+                values[node.outputs[0]] = result
         return [values[o] for o in self.outputs]
 
 
@@ -134,6 +140,12 @@ def from_onnx(proto) -> Graph:
             shape = op.infer([shapes.get(r) if r else None for r in runtime])
         except NotImplementedError as exc:
             graph.unsupported.append((onnx_node.op_type, str(exc)))
+            continue
+        if op.n_outputs > 1:  # e.g. a classifier's label and probabilities
+            outputs = [o for o in onnx_node.output[:op.n_outputs]]
+            out_shapes = op.infer_outputs([shapes.get(r) if r else None for r in runtime])[:len(outputs)]
+            shapes.update(zip(outputs, out_shapes))
+            graph.nodes.append(Node(op, runtime, outputs, shape, list(out_shapes)))
             continue
         shapes[onnx_node.output[0]] = shape
         graph.nodes.append(Node(op, runtime, list(onnx_node.output[:1]), shape))

@@ -100,8 +100,6 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     if why:
         raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {why}; "
                                   "use strategy='udf'")
-    if model.output_index != 0:
-        raise StrategyUnavailable("relation-centric execution computes a model's first output only; use strategy='udf'")
     spell = backend.relational
     select = enclosing_select(call)
     k = next(counter)
@@ -116,7 +114,11 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     builder = SQLBuilder(spell, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
                          prefix=f"dbdl_{k}_r", layout=layout)
     builder.ctes.append((src, ""))  # the expression itself below (the user's part keeps its mark)
-    out = compile_graph(graph, builder, src)
+    try:
+        out = compile_graph(graph, builder, src, model.output_index)  # the output the call names
+    except NotImplementedError as exc:
+        raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {exc}; "
+                                  "use strategy='udf'") from None
     builder.ctes.append((f"{pred}_out", builder.output(out, kind)))
     builder.ctes.append((pred, f"SELECT s.dbdl_f, p.prediction AS dbdl_prediction FROM {src} AS s "
                                f"JOIN {pred}_out AS p ON p.rid = s.rid"))
@@ -138,7 +140,10 @@ def missing_weight_tables(backend: "Backend", model: ResolvedModel, layout: str)
     names: list[str] = []
     builder = SQLBuilder(backend.relational,
                          lambda kind_, cols: names.append(weight_table(model.sha256, kind_)) or "x", layout=layout)
-    compile_graph(model_graph(backend, model), builder, "src")
+    try:
+        compile_graph(model_graph(backend, model), builder, "src", model.output_index)
+    except NotImplementedError:
+        return []  # relation_call refuses it, naming why
     return [n for n in names if not backend.table_exists(backend.data_schema, n)]
 
 
