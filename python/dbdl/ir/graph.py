@@ -63,6 +63,18 @@ class Graph:
                 return False, "Softmax over the last of several per-row axes has no SQL form yet"
         return True, ""
 
+    def output_problem(self, index: int = 0) -> str:
+        """Why output number ``index`` has no SQL form though every operator has one (an operator's
+        output that does not compile, such as a string label), or ""."""
+        missing: dict[str, str] = {}
+        for node in self.nodes:
+            lacking = [i for i in node.inputs if i in missing]
+            for k, name in enumerate(node.outputs):
+                why = missing[lacking[0]] if lacking else node.op.output_problem(k)
+                if why:
+                    missing[name] = why
+        return missing.get(self.outputs[index], "")
+
     def output_shape(self, index: int = 0) -> Shape:
         for node in self.nodes:
             if self.outputs[index] in node.outputs:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 def graph_problem(graph, model: ResolvedModel) -> str:
     """Why the SQL compiler cannot compute this model, or ""."""
     ok, why = graph.relational
+    if ok and graph.output_problem(model.output_index):
+        return graph.output_problem(model.output_index)
     if ok and model.signature.batch is not None:
         # a fixed batch size dbdl could not make symbolic: the graph's shapes hold it, per-row SQL would not
         return (f"the model has a fixed batch size of {model.signature.batch} (scored in slices of that many "

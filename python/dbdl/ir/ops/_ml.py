@@ -36,6 +36,8 @@ def labels(attrs: dict[str, Any]) -> tuple[list, bool]:
     return [int(v) for v in attrs.get("classlabels_ints") or attrs.get("classlabels_int64s") or []], False
 
 
+STRING_LABELS = "the label output of a classifier with string labels has no SQL form (its probabilities output has)"
+
 TRANSFORMS = ("NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO")
 
 

@@ -47,6 +47,10 @@ class Op:
         """Per-row shape of each output (operators with several outputs override it)."""
         return [self.infer(shapes)]
 
+    def output_problem(self, index: int) -> str:
+        """Why output ``index`` has no SQL form (where the operator's others have one), or ""."""
+        return ""
+
     def flops(self, in_shapes: list[Shape | None], out_shape: Shape) -> int:
         """FLOPs per row by the operator's rule in dbdl_udf.flops (the registry counts with the same
         rules): ``in_shapes`` per runtime input (None where the op holds a constant), which this

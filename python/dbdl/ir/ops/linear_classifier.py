@@ -46,6 +46,9 @@ class LinearClassifier(Op):
             raise NotImplementedError("LinearClassifier with one row of coefficients and other than two classes")
         return [(), (2 if self._binary() else self.weight().shape[1],)]
 
+    def output_problem(self, index: int) -> str:
+        return _ml.STRING_LABELS if index == 0 and self._labels()[1] else ""
+
     def infer(self, shapes):
         return self.infer_outputs(shapes)[0]
 
@@ -86,6 +89,6 @@ class LinearClassifier(Op):
         else:
             probs = _ml.transform_sql(sql, scores, name)
         labels, strings = self._labels()
-        label = "the label output of a classifier with string labels has no SQL form" if strings else \
+        label = _ml.STRING_LABELS if strings else \
             _ml.label_sql(sql, probs, labels)
         return [label, probs]

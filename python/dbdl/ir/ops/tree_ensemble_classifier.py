@@ -66,6 +66,9 @@ class TreeEnsembleClassifier(Op):
         self._base()
         return [(), (len(labels),)]
 
+    def output_problem(self, index: int) -> str:
+        return _ml.STRING_LABELS if index == 0 and self._labels()[1] else ""
+
     def infer(self, shapes):
         return self.infer_outputs(shapes)[0]
 
@@ -100,6 +103,6 @@ class TreeEnsembleClassifier(Op):
         else:
             scores = sql.from_columns(table, [forest.sql(k, float(b)) for k, b in enumerate(self._base())])
             probs = _ml.transform_sql(sql, scores, self._transform())
-        label = "the label output of a classifier with string labels has no SQL form" if strings else \
+        label = _ml.STRING_LABELS if strings else \
             _ml.label_sql(sql, probs, labels)
         return [label, probs]
