@@ -50,12 +50,31 @@ def _free(inputs, output, attrs) -> int:
     return 0
 
 
+def _linear_ml(inputs, output, attrs) -> int:
+    """2 · coefficients (LinearRegressor / LinearClassifier: one multiply-add per coefficient)."""
+    return 2 * max(1, len(attrs.get("coefficients") or ()))
+
+
+def _trees(inputs, output, attrs) -> int:
+    """TreeEnsemble*: the comparisons on each tree's path (taken as a balanced tree's depth for
+    its number of nodes), plus one addition per tree and output value."""
+    from math import ceil, log2
+
+    sizes: dict[Any, int] = {}
+    for t in attrs.get("nodes_treeids") or ():
+        sizes[t] = sizes.get(t, 0) + 1
+    return int(sum(max(1, ceil(log2(n + 1))) for n in sizes.values()) + len(sizes) * _size(output))
+
+
 #: ONNX op type -> its rule
 RULES: dict[str, Rule] = {
     "Gemm": _matmul, "MatMul": _matmul, "MatMulInteger": _matmul, "FusedMatMul": _matmul,
     "Conv": _conv, "ConvTranspose": _conv,
     "Sigmoid": _per_value(4), "Tanh": _per_value(4),  # an exp, an add, a division (and a negation)
     "Softmax": _per_value(5),  # max, subtract, exp, sum, divide
+    "LinearRegressor": _linear_ml, "LinearClassifier": _linear_ml,
+    "TreeEnsembleRegressor": _trees, "TreeEnsembleClassifier": _trees,
+    "ZipMap": _free,
     "Identity": _free, "Dropout": _free, "Flatten": _free, "Reshape": _free, "Cast": _free,
 }
 default_rule: Rule = _per_value(1)

@@ -157,10 +157,3 @@ class Forest:
             total = f"({total}) / {float(max(1, len(self.trees)))!r}"
         return f"{_number(base)} + {total}" if base else total
 
-
-def flops(attrs: dict) -> int:
-    """Comparisons per row: the depth of a balanced tree of each tree's size, summed."""
-    sizes: dict[int, int] = defaultdict(int)
-    for t in attrs.get("nodes_treeids", []):
-        sizes[t] += 1
-    return int(sum(max(1, int(np.ceil(np.log2(n + 1)))) for n in sizes.values()))

@@ -72,9 +72,6 @@ class TreeEnsembleClassifier(Op):
     def infer(self, shapes):
         return self.infer_outputs(shapes)[0]
 
-    def flops(self, in_shapes, out_shape) -> int:
-        return _trees.flops(self.attrs)
-
     def param_bytes(self) -> int:
         return 20 * self.forest().n_nodes
 

@@ -35,9 +35,6 @@ class TreeEnsembleRegressor(Op):
             raise NotImplementedError("TreeEnsembleRegressor with a weight for a target beyond n_targets")
         return (self._targets(),)
 
-    def flops(self, in_shapes, out_shape) -> int:
-        return _trees.flops(self.attrs)
-
     def param_bytes(self) -> int:
         return 20 * self.forest().n_nodes  # feature, mode, threshold and two children per node
 
