@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_linnerud
 
 from dbdl.ir import from_onnx
 from dbdl_udf.adapt import adapt
@@ -24,7 +24,8 @@ def _session(data: bytes):
 
 
 def _data(name):
-    X, y = {"iris": load_iris, "cancer": load_breast_cancer, "diabetes": load_diabetes}[name](return_X_y=True)
+    X, y = {"iris": load_iris, "cancer": load_breast_cancer, "diabetes": load_diabetes,
+            "linnerud": load_linnerud}[name](return_X_y=True)
     return X.astype(np.float32), y
 
 
@@ -102,6 +103,7 @@ def _models():
                                                   "cancer"), "clf"),
         "gradient_boosting_multiclass": (lambda: _skl(GradientBoostingClassifier(n_estimators=5, random_state=0),
                                                       "iris"), "clf"),
+        "linear_regression_3_targets": (lambda: _skl(LinearRegression(), "linnerud"), "reg"),
         "lightgbm_regressor": (lambda: _lgbm("reg", "diabetes"), "reg"),
         "lightgbm_binary": (lambda: _lgbm("clf", "cancer"), "clf"),
         "lightgbm_multiclass": (lambda: _lgbm("clf", "iris"), "clf"),
@@ -126,7 +128,7 @@ def model(name):
     build, kind = MODELS[name]
     data, X = build()
     adapted = adapt(data, _session).onnx_bytes
-    rows = X[np.random.default_rng(3).choice(len(X), size=ROWS, replace=False)]
+    rows = X[np.random.default_rng(3).choice(len(X), size=min(ROWS, len(X)), replace=False)]
     return data, adapted, rows, kind
 
 
@@ -151,9 +153,9 @@ def _table(db, rows):
     db.create_table("t", {"id": np.arange(len(rows)), "feats": rows}, replace=True)
 
 
-def _nulls(db):
+def _nulls(db, n=ROWS):
     typ = "REAL[]" if db.backend.dialect != "duckdb" and "postgres" in type(db.backend).__module__ else "FLOAT[]"
-    return f"SELECT id, feats FROM t UNION ALL SELECT {ROWS} AS id, CAST(NULL AS {typ}) AS feats"
+    return f"SELECT id, feats FROM t UNION ALL SELECT {n} AS id, CAST(NULL AS {typ}) AS feats"
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -163,18 +165,18 @@ def test_sql_matches_onnxruntime(db, name):
     outputs = list(expected)
     db.models.register("m", adapted)
     _table(db, rows)
-    src = _nulls(db)
+    src = _nulls(db, len(rows))
     if kind == "reg":
         got = db.sql(f"SELECT s.id, predict_array('m', s.feats) FROM ({src}) AS s ORDER BY s.id",
                      strategy="relation").fetchall()
-        assert got[-1] == (ROWS, None)
+        assert got[-1] == (len(rows), None)
         values = np.array([r[1] for r in got[:-1]], np.float64)
         np.testing.assert_allclose(values.reshape(expected[outputs[0]].shape), expected[outputs[0]], rtol=1e-4, atol=1e-3)
         return
     probs = expected["probabilities"]
     got = db.sql(f"SELECT s.id, predict_array('m:probabilities', s.feats), predict_class('m:probabilities', s.feats), "
                  f"predict('m', s.feats) FROM ({src}) AS s ORDER BY s.id", strategy="relation").fetchall()
-    assert got[-1] == (ROWS, None, None, None)
+    assert got[-1] == (len(rows), None, None, None)
     np.testing.assert_allclose(np.array([r[1] for r in got[:-1]], np.float64), probs, rtol=1e-4, atol=1e-5)
     assert [r[2] for r in got[:-1]] == np.argmax(probs, axis=1).tolist()
     assert [r[3] for r in got[:-1]] == expected[outputs[0]].ravel().astype(float).tolist()
@@ -215,3 +217,36 @@ def test_nan_features_follow_onnxruntime():
             x = np.array([[np.nan], [0.5], [0.0], [1.0]], np.float32)
             want = _session(proto.SerializeToString()).run(None, {"x": x})[0]
             np.testing.assert_array_equal(from_onnx(proto).run({"x": x})[0], want, err_msg=f"{mode} {missing}")
+
+
+@pytest.mark.parametrize("name", ["imputer_linear", "decision_tree_regressor", "lightgbm_regressor", "lightgbm_binary"])
+def test_nan_features_through_sql(db, name):
+    """NaN features (SQL orders NaN above every number) take onnxruntime's branches and imputations."""
+    _, adapted, rows, kind = model(name)
+    rows = rows[:8].copy()
+    rows[np.arange(8), np.arange(8) % rows.shape[1]] = np.nan
+    rows[0, :] = np.nan
+    expected = _expected(adapted, rows)
+    want = expected["probabilities"] if kind == "clf" else expected[list(expected)[0]]
+    db.models.register("m", adapted)
+    _table(db, rows)
+    output = "m:probabilities" if kind == "clf" else "m"
+    got = db.sql(f"SELECT id, predict_array('{output}', feats) FROM t ORDER BY id", strategy="relation").fetchall()
+    np.testing.assert_allclose(np.array([r[1] for r in got], np.float64).reshape(want.shape), want, rtol=1e-4, atol=1e-3)
+
+
+def test_string_labels_compile_the_probabilities_and_refuse_the_label(db):
+    from sklearn.linear_model import LogisticRegression
+    from skl2onnx import to_onnx
+
+    X, y = _data("iris")
+    est = LogisticRegression(max_iter=500).fit(X, np.array(["setosa", "versicolor", "virginica"])[y])
+    adapted = adapt(to_onnx(est, X[:1]).SerializeToString(), _session).onnx_bytes
+    rows = X[::15]
+    db.models.register("s", adapted)
+    _table(db, rows)
+    got = db.sql("SELECT id, predict_array('s:probabilities', feats) FROM t ORDER BY id", strategy="relation").fetchall()
+    np.testing.assert_allclose(np.array([r[1] for r in got]), _expected(adapted, rows)["probabilities"], atol=1e-5)
+    graph = from_onnx(onnx.load_from_string(adapted))
+    assert "string labels has no SQL form" in graph.output_problem(0)
+    assert graph.output_problem(1) == ""
