@@ -250,3 +250,104 @@ def test_string_labels_compile_the_probabilities_and_refuse_the_label(db):
     graph = from_onnx(onnx.load_from_string(adapted))
     assert "string labels has no SQL form" in graph.output_problem(0)
     assert graph.output_problem(1) == ""
+
+
+def _ml_model(node, width, outputs):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+                              [helper.make_tensor_value_info(name, elem, ["n", *shape]) for name, elem, shape in outputs])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    proto.ir_version = 8
+    return proto.SerializeToString()
+
+
+def _mode_forest():
+    """12 one-split trees on feature k % 3, tree k → target k: every node mode, with and without
+    missing_value_tracks_true."""
+    from onnx import TensorProto, helper
+
+    modes = ["BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRANCH_NEQ"]
+    a = {k: [] for k in ["nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_modes", "nodes_values",
+                         "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true",
+                         "target_treeids", "target_nodeids", "target_ids", "target_weights"]}
+    for t in range(12):
+        mode, missing = modes[t % 6], t // 6
+        a["nodes_treeids"] += [t, t, t]
+        a["nodes_nodeids"] += [0, 1, 2]
+        a["nodes_featureids"] += [t % 3, 0, 0]
+        a["nodes_modes"] += [mode, "LEAF", "LEAF"]
+        a["nodes_values"] += [0.5, 0.0, 0.0]
+        a["nodes_truenodeids"] += [1, 0, 0]
+        a["nodes_falsenodeids"] += [2, 0, 0]
+        a["nodes_missing_value_tracks_true"] += [missing, 0, 0]
+        a["target_treeids"] += [t, t]
+        a["target_nodeids"] += [1, 2]
+        a["target_ids"] += [t, t]
+        a["target_weights"] += [1.0, 2.0]
+    node = helper.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=12,
+                            base_values=[0.25] * 12, **a)
+    return _ml_model(node, 3, [("y", TensorProto.FLOAT, [12])])
+
+
+def test_every_node_mode_through_sql(db):
+    data = _mode_forest()
+    rows = np.array([[np.nan, 0.5, 0.0], [1.0, np.nan, 0.5], [0.25, 0.75, np.nan], [0.5, 0.5, 0.5]], np.float32)
+    want = _session(data).run(None, {"x": rows})[0]
+    np.testing.assert_array_equal(from_onnx(onnx.load_from_string(data)).run({"x": rows})[0], want)
+    db.models.register("modes", data)
+    _table(db, rows)
+    got = db.sql("SELECT id, predict_array('modes', feats) FROM t ORDER BY id", strategy="relation").fetchall()
+    np.testing.assert_array_equal(np.array([r[1] for r in got], np.float32), want)
+
+
+@pytest.mark.parametrize("transform", ["NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO"])
+def test_classifier_post_transforms(db, transform):
+    """A 3-class forest and a 3-class linear classifier under each post-transform: numpy and SQL."""
+    from onnx import TensorProto, helper
+
+    tree = helper.make_node(
+        "TreeEnsembleClassifier", ["x"], ["label", "probabilities"], domain="ai.onnx.ml",
+        classlabels_int64s=[4, 5, 6], post_transform=transform, base_values=[0.1, 0.0, -0.2],
+        nodes_treeids=[0, 0, 0, 1, 1, 1], nodes_nodeids=[0, 1, 2, 0, 1, 2], nodes_featureids=[0, 0, 0, 1, 0, 0],
+        nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF", "BRANCH_GT", "LEAF", "LEAF"],
+        nodes_values=[0.0, 0, 0, 0.3, 0, 0], nodes_truenodeids=[1, 0, 0, 1, 0, 0], nodes_falsenodeids=[2, 0, 0, 2, 0, 0],
+        class_treeids=[0, 0, 0, 1, 1], class_nodeids=[1, 1, 2, 1, 2], class_ids=[0, 2, 1, 1, 2],
+        class_weights=[1.5, 0.0, 2.0, -0.5, 0.7])
+    linear = helper.make_node(
+        "LinearClassifier", ["x"], ["label", "probabilities"], domain="ai.onnx.ml", classlabels_ints=[4, 5, 6],
+        post_transform=transform, coefficients=[0.5, -1.0, 1.0, 0.2, -0.3, 0.0], intercepts=[0.1, 0.0, -0.4])
+    rows = np.array([[-1.0, 0.0], [0.5, 0.9], [0.2, -0.4], [2.0, 0.3]], np.float32)
+    for k, node in enumerate([tree, linear]):
+        data = _ml_model(node, 2, [("label", TensorProto.INT64, []), ("probabilities", TensorProto.FLOAT, [3])])
+        label, probs = _session(data).run(None, {"x": rows})
+        got = from_onnx(onnx.load_from_string(data)).run({"x": rows})
+        np.testing.assert_array_equal(got[0], label)
+        np.testing.assert_allclose(got[1], probs, rtol=1e-5, atol=1e-6)
+        db.models.register(f"c{k}", data)
+        _table(db, rows)
+        out = db.sql(f"SELECT id, predict_array('c{k}:probabilities', feats), predict('c{k}', feats) FROM t ORDER BY id",
+                     strategy="relation").fetchall()
+        np.testing.assert_allclose(np.array([r[1] for r in out]), probs, rtol=1e-5, atol=1e-6)
+        assert [r[2] for r in out] == label.astype(float).tolist()
+
+
+@pytest.mark.parametrize("transform", ["NONE", "LOGISTIC"])
+def test_binary_linear_classifier_with_one_coefficient_row(db, transform):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("LinearClassifier", ["x"], ["label", "probabilities"], domain="ai.onnx.ml",
+                            classlabels_ints=[0, 1], post_transform=transform, coefficients=[0.5, -1.0],
+                            intercepts=[0.1])
+    data = _ml_model(node, 2, [("label", TensorProto.INT64, []), ("probabilities", TensorProto.FLOAT, [2])])
+    rows = np.array([[-1.0, 0.0], [0.5, 0.9], [0.2, -0.4], [2.0, 0.3], [0.4, 0.0], [-0.4, 0.0]], np.float32)
+    label, probs = _session(data).run(None, {"x": rows})
+    got = from_onnx(onnx.load_from_string(data)).run({"x": rows})
+    np.testing.assert_array_equal(got[0], label)
+    np.testing.assert_allclose(got[1], probs, rtol=1e-5, atol=1e-6)
+    db.models.register("b", data)
+    _table(db, rows)
+    out = db.sql("SELECT id, predict_array('b:probabilities', feats), predict('b', feats) FROM t ORDER BY id",
+                 strategy="relation").fetchall()
+    np.testing.assert_allclose(np.array([r[1] for r in out]), probs, rtol=1e-5, atol=1e-6)
+    assert [r[2] for r in out] == label.astype(float).tolist()

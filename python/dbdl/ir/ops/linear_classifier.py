@@ -1,7 +1,8 @@
 """LinearClassifier (ai.onnx.ml): scores = x · coefficientsᵀ + intercepts, then the post-transform;
 outputs the label (the class with the largest score) and the scores. With one row of coefficients
-and two classes (binary), onnxruntime adds the second class's score: ``[-s, s]`` without a
-transform, ``[1 - p, p]`` with LOGISTIC."""
+and two classes (binary), onnxruntime adds the second class's score: ``[1 - s, s]`` without a
+transform (as onnxruntime), ``[1 - p, p]`` with LOGISTIC, and the label is the second class where
+``s > 0``."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class LinearClassifier(Op):
         if self._binary():
             s = scores[:, 0]
             if name == "NONE":
-                probs = np.stack([-s, s], axis=1)
+                probs = np.stack([1.0 - s, s], axis=1)
             elif name == "LOGISTIC":
                 p = 1.0 / (1.0 + np.exp(-s))
                 probs = np.stack([1.0 - p, p], axis=1)
@@ -70,25 +71,26 @@ class LinearClassifier(Op):
         else:
             probs = _ml.transform(name, scores)
         labels, strings = self._labels()
-        label = np.asarray(labels, dtype=object if strings else np.int64)[np.argmax(probs, axis=1)]
+        chosen = (scores[:, 0] > 0).astype(np.int64) if self._binary() else np.argmax(probs, axis=1)
+        label = np.asarray(labels, dtype=object if strings else np.int64)[chosen]
         return label, probs.astype(np.float32)
 
     def to_sql(self, sql, inputs, out_shape):
         name = self._transform()
         scores = sql.dense(inputs[0], self.weight(), self.bias())
         if self._binary():
-            if name == "NONE":
-                # position 0: -s, position 1: s
-                probs = sql.dense(inputs[0], np.concatenate([-self.weight(), self.weight()], axis=1),
-                                  np.concatenate([-self.bias(), self.bias()]))
-            elif name == "LOGISTIC":
-                p = sql.scalar(scores, _ml.LOGISTIC_SQL)
+            if name in ("NONE", "LOGISTIC"):
+                p = scores if name == "NONE" else sql.scalar(scores, _ml.LOGISTIC_SQL)
                 probs = sql.dense(p, np.array([[-1.0, 1.0]]), np.array([1.0, 0.0]))  # [1 - p, p]
             else:
                 raise NotImplementedError(f"binary LinearClassifier with post_transform {name}")
         else:
             probs = _ml.transform_sql(sql, scores, name)
         labels, strings = self._labels()
-        label = _ml.STRING_LABELS if strings else \
-            _ml.label_sql(sql, probs, labels)
+        if strings:
+            label = _ml.STRING_LABELS
+        elif self._binary():  # onnxruntime: the second label where the score is positive
+            label = sql.scalar(scores, f"CASE WHEN {{v}} > 0 THEN {int(labels[1])} ELSE {int(labels[0])} END")
+        else:
+            label = _ml.label_sql(sql, probs, labels)
         return [label, probs]
