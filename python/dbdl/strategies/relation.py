@@ -42,6 +42,15 @@ def graph_problem(graph, model: ResolvedModel) -> str:
     return "" if ok else why
 
 
+_DENSE = ("Gemm", "MatMul", "LinearRegressor", "LinearClassifier")
+_TREES = ("TreeEnsembleRegressor", "TreeEnsembleClassifier")
+
+
+def _dense_weight(node) -> np.ndarray:
+    """The (in x out) weights of a node compiled as a dense layer."""
+    return node.op.params[1] if node.op.op_type in ("Gemm", "MatMul") else node.op.weight()
+
+
 class RelationCentric(Strategy):
     name = "relation"
     joins = True
@@ -64,14 +73,16 @@ class RelationCentric(Strategy):
 
     def _options(self, call: PredictCall) -> dict[str, dict[str, float]]:
         c, rows, graph = call.costs, call.rows, call.graph
-        dense = [n for n in graph.nodes if n.op.op_type in ("Gemm", "MatMul")]
-        weights = sum(int(np.count_nonzero(n.op.params[1])) for n in dense)
+        dense = [n for n in graph.nodes if n.op.op_type in _DENSE]
+        weights = sum(int(np.count_nonzero(_dense_weight(n))) for n in dense)
         values = sum(int(max(1, per_row_size(n.shape))) for n in graph.nodes)
+        # a tree ensemble: each row's CASE steps down every tree (its FLOPs: the comparisons)
+        values += sum(n.op.flops([], n.shape) for n in graph.nodes if n.op.op_type in _TREES)
         setup = c.get("rel_setup_s", 0.0)
         options = {"element": {"setup": setup, "joins": rows * weights * c["rel_weight_s"],
                                "values": rows * values * c["rel_value_s"]}}
         if "blocked" in call.backend.relational.layouts and "rel_dot_s" in c:
-            dots = sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(n.op.params[1].shape[0]) * c["rel_dot_elem_s"])
+            dots = sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(_dense_weight(n).shape[0]) * c["rel_dot_elem_s"])
                        for n in dense)
             options["blocked"] = {"setup": setup, "dot products": rows * dots,
                                   "values": rows * values * c["rel_value_s"]}
