@@ -55,6 +55,22 @@ def _per_input_value(inputs, output, attrs) -> int:
     return _size(inputs[0] if inputs else output)
 
 
+def _linear_ml(inputs, output, attrs) -> int:
+    """2 · coefficients (LinearRegressor / LinearClassifier: one multiply-add per coefficient)."""
+    return 2 * max(1, len(attrs.get("coefficients") or ()))
+
+
+def _trees(inputs, output, attrs) -> int:
+    """TreeEnsemble*: the comparisons on each tree's path (taken as a balanced tree's depth for
+    its number of nodes), plus one addition per tree and output value."""
+    from math import ceil, log2
+
+    sizes: dict[Any, int] = {}
+    for t in attrs.get("nodes_treeids") or ():
+        sizes[t] = sizes.get(t, 0) + 1
+    return int(sum(max(1, ceil(log2(n + 1))) for n in sizes.values()) + len(sizes) * _size(output))
+
+
 #: ONNX op type -> its rule
 RULES: dict[str, Rule] = {
     "Gemm": _matmul, "MatMul": _matmul, "MatMulInteger": _matmul, "FusedMatMul": _matmul,
@@ -63,6 +79,9 @@ RULES: dict[str, Rule] = {
     "Softmax": _per_value(5),  # max, subtract, exp, sum, divide
     "Softplus": _per_value(4),  # an abs, an exp, an add and a log (and a max)
     "Erf": _per_value(12), "Gelu": _per_value(14),  # a degree-5 polynomial, an exp, a division (Gelu: 2 more)
+    "LinearRegressor": _linear_ml, "LinearClassifier": _linear_ml,
+    "TreeEnsembleRegressor": _trees, "TreeEnsembleClassifier": _trees,
+    "ZipMap": _free,
     "Identity": _free, "Dropout": _free, "Flatten": _free, "Reshape": _free, "Cast": _free,
     "Transpose": _free, "Concat": _free, "Split": _free, "Slice": _free, "Squeeze": _free, "Unsqueeze": _free,
     "LogSoftmax": _per_value(5),  # max, subtract, exp, sum, log and subtract

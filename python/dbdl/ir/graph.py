@@ -18,6 +18,8 @@ class Node:
     inputs: list[str]  # runtime inputs ("" where the input is a constant held by the op)
     outputs: list[str]
     shape: Shape = ()
+    #: per-row shape of each output, for an operator with several (``Op.n_outputs`` > 1)
+    out_shapes: list[Shape] = field(default_factory=list)
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Graph:
         for node in self.nodes:
             in_shapes = [shapes.get(i) for i in node.inputs]
             total += node.op.flops(in_shapes, node.shape)
-            shapes[node.outputs[0]] = node.shape
+            shapes.update(zip(node.outputs, node.out_shapes or [node.shape]))
         return total
 
     @property
@@ -58,18 +60,30 @@ class Graph:
         if self.unsupported:
             op, why = self.unsupported[0]
             return False, f"operator {op} is not supported by dbdl's IR ({why}); use strategy='udf'"
-        if len(self.inputs) != 1 or len(self.outputs) != 1:
-            return False, "the SQL compiler takes models with one input and one output; use strategy='udf'"
+        if len(self.inputs) != 1:
+            return False, "the SQL compiler takes models with one input; use strategy='udf'"
         for node in self.nodes:
             if not node.op.relational:
                 return False, f"operator {node.op.op_type} has no SQL form; use strategy='udf'"
         return True, ""
 
-    def output_shape(self) -> Shape:
+    def output_problem(self, index: int = 0) -> str:
+        """Why output number ``index`` has no SQL form though every operator has one (an operator's
+        output that does not compile, such as a string label), or ""."""
+        missing: dict[str, str] = {}
         for node in self.nodes:
-            if node.outputs[0] == self.outputs[0]:
-                return node.shape
-        return dict(self.inputs)[self.outputs[0]]
+            lacking = [i for i in node.inputs if i in missing]
+            for k, name in enumerate(node.outputs):
+                why = missing[lacking[0]] if lacking else node.op.output_problem(k)
+                if why:
+                    missing[name] = why
+        return missing.get(self.outputs[index], "")
+
+    def output_shape(self, index: int = 0) -> Shape:
+        for node in self.nodes:
+            if self.outputs[index] in node.outputs:
+                return (node.out_shapes or [node.shape])[node.outputs.index(self.outputs[index])]
+        return dict(self.inputs)[self.outputs[index]]
 
     # -- evaluation ----------------------------------------------------------------------------
 
@@ -81,7 +95,11 @@ class Graph:
         values: dict[str, Any] = dict(feeds)
         for node in self.nodes:
             args = tuple(values[i] if i else None for i in node.inputs)
-            values[node.outputs[0]] = node.op.run(*args)
+            result = node.op.run(*args)
+            if node.op.n_outputs > 1:  # a tuple, one array per output
+                values.update(zip(node.outputs, result))
+            else:
+                values[node.outputs[0]] = result
         return [values[o] for o in self.outputs]
 
 
@@ -149,6 +167,16 @@ def from_onnx(proto) -> Graph:
             continue
         except Exception as exc:  # numpy/KeyError from an op's shape rule: a refusal, not a crash
             graph.unsupported.append((onnx_node.op_type, f"its shapes cannot be inferred: {exc}"))
+            continue
+        if op.n_outputs > 1:  # e.g. a classifier's label and probabilities
+            outputs = [o for o in onnx_node.output[:op.n_outputs]]
+            try:
+                out_shapes = op.infer_outputs([shapes.get(r) if r else None for r in runtime])[:len(outputs)]
+            except Exception as exc:  # a refusal, not a crash
+                graph.unsupported.append((onnx_node.op_type, f"its shapes cannot be inferred: {exc}"))
+                continue
+            shapes.update(zip(outputs, out_shapes))
+            graph.nodes.append(Node(op, runtime, outputs, shape, list(out_shapes)))
             continue
         shapes[onnx_node.output[0]] = shape
         graph.nodes.append(Node(op, runtime, list(onnx_node.output[:1]), shape))

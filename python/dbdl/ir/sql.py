@@ -229,6 +229,30 @@ class SQLBuilder:
         return self._add(f"SELECT x.rid, x.i, x.v * c.g + c.b AS v FROM {normed.name} AS x JOIN {table} AS c "
                          f"ON c.i = {at}", x.width)
 
+    def positional(self, x: Relation, columns: dict[str, np.ndarray], template: str) -> Relation:
+        """Each value with constants of its position: ``template`` names the value ``{v}`` and each
+        of ``columns`` (one value per position) as ``{name}``."""
+        self._layer += 1
+        table = self.table_for(f"p{self._layer}", {"i": np.arange(x.width), **{
+            k: np.broadcast_to(np.asarray(c, dtype=np.float64), (x.width,)).copy() for k, c in columns.items()}})
+        expr = template.format(v="x.v", **{k: f"c.{k}" for k in columns})
+        return self._add(f"SELECT x.rid, x.i, {expr} AS v FROM {x.name} AS x JOIN {table} AS c ON c.i = x.i", x.width)
+
+    def argmax(self, x: Relation) -> Relation:
+        """One value per row: the position of the row's largest value (ties: the first)."""
+        return self._add(f"SELECT rid, 0 AS i, {self.spell.argmax} AS v FROM {x.name} GROUP BY rid", 1)
+
+    def columns(self, x: Relation, positions: list[int]) -> str:
+        """A CTE of (rid, f<k> for each of ``positions``): the row's values as columns (for
+        expressions over several positions, such as a tree's CASE)."""
+        cols = ", ".join(f"MAX(CASE WHEN i = {k} THEN v END) AS f{k}" for k in positions)
+        return self._add(f"SELECT rid{', ' if cols else ''}{cols} FROM {x.name} GROUP BY rid", x.width).name
+
+    def from_columns(self, table: str, expressions: list[str]) -> Relation:
+        """(rid, i, v) rows from expressions over the columns of ``table`` (one per position)."""
+        parts = [f"SELECT rid, {k} AS i, {e} AS v FROM {table}" for k, e in enumerate(expressions)]
+        return self._add(" UNION ALL ".join(parts), len(expressions))
+
     def output(self, x: Relation, kind: str) -> str:
         """The SELECT giving (rid, prediction) for predict (scalar), predict_array or predict_class."""
         value = {"array": self.spell.collect, "class": self.spell.argmax,
@@ -236,8 +260,9 @@ class SQLBuilder:
         return f"SELECT rid, {value} AS prediction FROM {x.name} GROUP BY rid"
 
 
-def compile_graph(graph, builder: SQLBuilder, source_cte: str) -> "Relation":
-    """Add the CTEs that compute ``graph`` over (rid, f) rows of ``source_cte``; the output relation."""
+def compile_graph(graph, builder: SQLBuilder, source_cte: str, output: int = 0) -> "Relation":
+    """Add the CTEs that compute ``graph`` over (rid, f) rows of ``source_cte``; the relation of its
+    output number ``output``."""
     from ..errors import Error, StrategyUnavailable
 
     ok, why = graph.relational
@@ -245,13 +270,28 @@ def compile_graph(graph, builder: SQLBuilder, source_cte: str) -> "Relation":
         raise StrategyUnavailable(f"relation-centric execution cannot run this model: {why}")
     (name, shape), = graph.inputs
     relations: dict[str, Relation] = {name: builder.input(source_cte, int(np.prod(shape)) if shape else 1)}
+    missing: dict[str, str] = {}  # outputs without an SQL form -> why
     for node in graph.nodes:
+        lacking = [i for i in node.inputs if i in missing]
+        if lacking:  # a node after an output with no SQL form has none either
+            missing.update((o, missing[lacking[0]]) for o in node.outputs)
+            continue
         args = [relations[i] if i else None for i in node.inputs]
         try:
-            relations[node.outputs[0]] = node.op.to_sql(builder, args, node.shape)
+            if node.op.n_outputs > 1:
+                for name, rel in zip(node.outputs, node.op.to_sql(builder, args, node.shape)):
+                    if isinstance(rel, str):
+                        missing[name] = rel
+                    else:
+                        relations[name] = rel
+            else:
+                relations[node.outputs[0]] = node.op.to_sql(builder, args, node.shape)
         except Error:
             raise
         except Exception as exc:  # every compile failure is a dbdl error naming the operator and the fix
             raise StrategyUnavailable(f"operator {node.op.op_type} cannot be compiled to SQL ({exc}); "
                                       "use strategy='udf'") from None
-    return relations[graph.outputs[0]]
+    name = graph.outputs[output]
+    if name in missing:  # the caller (strategies/relation.py) names the model and the fix
+        raise NotImplementedError(missing[name])
+    return relations[name]

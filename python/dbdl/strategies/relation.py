@@ -33,11 +33,25 @@ if TYPE_CHECKING:
 def graph_problem(graph, model: ResolvedModel) -> str:
     """Why the SQL compiler cannot compute this model, or ""."""
     ok, why = graph.relational
+    if ok and graph.output_problem(model.output_index):
+        return graph.output_problem(model.output_index)
     if ok and model.signature.batch is not None:
         # a fixed batch size dbdl could not make symbolic: the graph's shapes hold it, per-row SQL would not
         return (f"the model has a fixed batch size of {model.signature.batch} (scored in slices of that many "
                 "rows), and the SQL compiler takes models that run on each row alone")
     return "" if ok else why
+
+
+_DENSE = ("Gemm", "MatMul", "LinearRegressor", "LinearClassifier")
+_TREES = ("TreeEnsembleRegressor", "TreeEnsembleClassifier")
+#: seconds per tree node to parse, plan and bind the compiled statement (measured on DuckDB: a 50-tree
+#: unbounded random forest, 30,000 nodes, takes about 9 s before the first row)
+_TREE_NODE_S = 3.0e-4
+
+
+def _dense_weight(node) -> np.ndarray:
+    """The (in x out) weights of a node compiled as a dense layer."""
+    return node.op.params[1] if node.op.op_type in ("Gemm", "MatMul") else node.op.weight()
 
 
 class RelationCentric(Strategy):
@@ -62,14 +76,20 @@ class RelationCentric(Strategy):
 
     def _options(self, call: PredictCall) -> dict[str, dict[str, float]]:
         c, rows, graph = call.costs, call.rows, call.graph
-        dense = [n for n in graph.nodes if n.op.op_type in ("Gemm", "MatMul")]
-        weights = sum(int(np.count_nonzero(n.op.params[1])) for n in dense)
+        dense = [n for n in graph.nodes if n.op.op_type in _DENSE]
+        weights = sum(int(np.count_nonzero(_dense_weight(n))) for n in dense)
         values = sum(int(max(1, per_row_size(n.shape))) for n in graph.nodes)
+        # a tree ensemble: each row's CASE steps down every tree (its FLOPs: the comparisons)
+        values += sum(n.op.flops([], n.shape) for n in graph.nodes if n.op.op_type in _TREES)
         setup = c.get("rel_setup_s", 0.0)
+        # a forest's CASE text is parsed by sqlglot and the database once per statement: its size costs
+        nodes = sum(n.op.forest().n_nodes for n in graph.nodes if n.op.op_type in _TREES)
+        if nodes:
+            setup += nodes * c.get("rel_tree_node_s", _TREE_NODE_S)
         options = {"element": {"setup": setup, "joins": rows * weights * c["rel_weight_s"],
                                "values": rows * values * c["rel_value_s"]}}
         if "blocked" in call.backend.relational.layouts and "rel_dot_s" in c:
-            dots = sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(n.op.params[1].shape[0]) * c["rel_dot_elem_s"])
+            dots = sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(_dense_weight(n).shape[0]) * c["rel_dot_elem_s"])
                        for n in dense)
             options["blocked"] = {"setup": setup, "dot products": rows * dots,
                                   "values": rows * values * c["rel_value_s"]}
@@ -100,8 +120,6 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     if why:
         raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {why}"
                                   + ("" if "strategy='udf'" in why else "; use strategy='udf'"))
-    if model.output_index != 0:
-        raise StrategyUnavailable("relation-centric execution computes a model's first output only; use strategy='udf'")
     spell = backend.relational
     select = enclosing_select(call)
     k = next(counter)
@@ -116,7 +134,11 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     builder = SQLBuilder(spell, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
                          prefix=f"dbdl_{k}_r", layout=layout)
     builder.ctes.append((src, ""))  # the expression itself below (the user's part keeps its mark)
-    out = compile_graph(graph, builder, src)
+    try:
+        out = compile_graph(graph, builder, src, model.output_index)  # the output the call names
+    except NotImplementedError as exc:
+        raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {exc}; "
+                                  "use strategy='udf'") from None
     builder.ctes.append((f"{pred}_out", builder.output(out, kind)))
     builder.ctes.append((pred, f"SELECT s.dbdl_f, p.prediction AS dbdl_prediction FROM {src} AS s "
                                f"JOIN {pred}_out AS p ON p.rid = s.rid"))
@@ -138,7 +160,10 @@ def missing_weight_tables(backend: "Backend", model: ResolvedModel, layout: str)
     names: list[str] = []
     builder = SQLBuilder(backend.relational,
                          lambda kind_, cols: names.append(weight_table(model.sha256, kind_)) or "x", layout=layout)
-    compile_graph(model_graph(backend, model), builder, "src")
+    try:
+        compile_graph(model_graph(backend, model), builder, "src", model.output_index)
+    except NotImplementedError:
+        return []  # relation_call refuses it, naming why
     return [n for n in names if not backend.table_exists(backend.data_schema, n)]
 
 

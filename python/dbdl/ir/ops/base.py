@@ -22,6 +22,9 @@ class Op:
     #: can be compiled to SQL (relation-centric execution)
     relational: ClassVar[bool] = True
     registry: ClassVar[dict[str, type["Op"]]] = {}
+    #: outputs the operator computes: with more than one, ``run`` returns a tuple, ``infer_outputs``
+    #: a shape per output and ``to_sql`` a list (a str saying why, for an output with no SQL form)
+    n_outputs: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -39,6 +42,14 @@ class Op:
     def infer(self, shapes: list[Shape | None]) -> Shape:
         """Per-row output shape from the per-row shapes of the non-constant inputs."""
         return next(s for s in shapes if s is not None)
+
+    def infer_outputs(self, shapes: list[Shape | None]) -> list[Shape]:
+        """Per-row shape of each output (operators with several outputs override it)."""
+        return [self.infer(shapes)]
+
+    def output_problem(self, index: int) -> str:
+        """Why output ``index`` has no SQL form (where the operator's others have one), or ""."""
+        return ""
 
     def flops(self, in_shapes: list[Shape | None], out_shape: Shape) -> int:
         """FLOPs per row by the operator's rule in dbdl_udf.flops (the registry counts with the same
