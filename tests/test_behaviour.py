@@ -399,7 +399,7 @@ def test_relation_strategy_needs_a_known_model_and_supported_operators(db, table
     db.models.register("multi", multi_io_onnx)
     with pytest.raises(dbdl.StrategyUnavailable, match="model named by a column"):
         db.sql(q(db, "SELECT predict_array(CASE WHEN id > 0 THEN 'm' END, feats) FROM t"), strategy="relation")
-    with pytest.raises(dbdl.StrategyUnavailable, match="one input and one output"):
+    with pytest.raises(dbdl.StrategyUnavailable, match="takes models with one input"):
         db.sql("SELECT predict_array('multi', feats) FROM t", strategy="relation")
     with pytest.raises(dbdl.StrategyUnavailable, match="unknown strategy"):
         db.sql("SELECT predict_array('m', feats) FROM t", strategy="gpu")

@@ -204,7 +204,7 @@ def _one_output_each(nodes):
             single.CopyFrom(node)
             del single.output[:]
             single.output.append(name)
-            yield single, {"output_index": k, "n_outputs": len(node.output)}
+            yield single, {"output_index": k, "split_count": len(node.output)}
 
 
 def _fold_batchnorm(graph: Graph, node, attrs, constants) -> bool:

@@ -14,13 +14,13 @@ class Split(Op):
     per_output = True
     #: set by the graph builder: which output this node computes, of how many
     output_index = 0
-    n_outputs = 1
+    split_count = 1
 
     def sizes(self, extent: int) -> list[int]:
         split = self.params.get(1, self.attrs.get("split"))
         if split is not None:
             return [int(s) for s in np.asarray(split).reshape(-1)]
-        n = int(self.attrs.get("num_outputs", self.n_outputs))
+        n = int(self.attrs.get("num_outputs", self.split_count))
         each = -(-extent // n)  # opset 18: all of ceil(extent / n), the last smaller
         return [min(each, extent - k * each) for k in range(n)]
 
@@ -28,8 +28,8 @@ class Split(Op):
         """(per-row axis, start, size) of this node's output."""
         axis = row_axis(int(self.attrs.get("axis", 0)), len(shape), "Split")
         sizes = self.sizes(shape[axis])
-        if sum(sizes) != shape[axis] or len(sizes) != self.n_outputs:
-            raise NotImplementedError(f"Split of {shape[axis]} values into {sizes} for {self.n_outputs} outputs")
+        if sum(sizes) != shape[axis] or len(sizes) != self.split_count:
+            raise NotImplementedError(f"Split of {shape[axis]} values into {sizes} for {self.split_count} outputs")
         return axis, sum(sizes[:self.output_index]), sizes[self.output_index]
 
     def infer(self, shapes: list[Shape | None]) -> Shape:
