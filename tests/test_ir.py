@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_onnx
+from conftest import export_onnx, run_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dbdl.ir import Op, from_onnx
@@ -60,15 +60,7 @@ def all_models():
 
 
 def export_onnx_shaped(module, shape):
-    import io
-    import warnings
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(2, *shape),), buf, dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    return buf.getvalue()
+    return export_onnx(module.eval(), tuple(shape))
 
 
 MODELS = all_models()

@@ -4,7 +4,6 @@ SQL form cannot take refused with a dbdl error naming the operator and the fix."
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 
@@ -13,7 +12,7 @@ import onnx
 import pytest
 import sqlglot
 import torch
-from conftest import run_onnx
+from conftest import export_onnx, run_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import dbdl
@@ -43,12 +42,7 @@ def f32(*values):
 
 
 def torch_onnx(module, width=W, **options):
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(2, width),), buf, dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, **options)
-    return buf.getvalue()
+    return export_onnx(module.eval(), width, **options)
 
 
 class BufferAffine(torch.nn.Module):

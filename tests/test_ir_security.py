@@ -6,9 +6,7 @@ Clip, Exp, LogSoftmax and ReduceMean, and a scikit-learn forest (tree ensembles 
 
 from __future__ import annotations
 
-import io
 import re
-import warnings
 
 import numpy as np
 import onnxruntime as ort
@@ -16,6 +14,7 @@ import pytest
 import torch
 from sqlglot.tokens import TokenType
 
+from conftest import export_onnx
 from dbdl.planner import plan_statement
 from dbdl.query import parse
 
@@ -41,15 +40,10 @@ def _models(features):
     from skl2onnx import to_onnx
     from sklearn.ensemble import RandomForestClassifier
 
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_Mixed().eval(), (torch.randn(2, 8),), buf, dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     forest = RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0).fit(
         features, (features[:, 0] > 0).astype(int))
     tree = to_onnx(forest, features[:1], options={id(forest): {"zipmap": False}}).SerializeToString()
-    return {"mixed": (buf.getvalue(), "mixed", 0), "forest": (tree, "forest:probabilities", 1)}
+    return {"mixed": (export_onnx(_Mixed().eval(), 8), "mixed", 0), "forest": (tree, "forest:probabilities", 1)}
 
 
 def _unqualified(sql: str, dialect) -> set[str]:

@@ -6,14 +6,12 @@ row of NULL features gives NULL."""
 
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_onnx
+from conftest import export_onnx, run_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import dbdl
@@ -158,12 +156,7 @@ class LogProbabilities(torch.nn.Module):
 
 def exported(module, shape) -> bytes:
     """torch.onnx.export as a user writes it (TorchScript exporter, dynamic batch axis)."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(2, *shape),), buf, dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    return buf.getvalue()
+    return export_onnx(module.eval(), tuple(shape))
 
 
 def torch_made() -> dict[str, tuple[bytes, tuple[int, ...]]]:

@@ -3,8 +3,6 @@ flops_per_row agree with a hand count on models from real converters."""
 
 from __future__ import annotations
 
-import io
-import warnings
 
 import onnx
 import torch
@@ -41,12 +39,7 @@ def test_conv_net_counts_by_hand():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                               torch.nn.Flatten(), torch.nn.Linear(64, 3), torch.nn.Sigmoid()).eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(2, 1, 8, 8),), buf, dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    proto = onnx.load_from_string(buf.getvalue())
+    proto = onnx.load_from_string(export_onnx(net, (1, 8, 8)))
     assert [n.op_type for n in proto.graph.node] == ["Conv", "Relu", "MaxPool", "Flatten", "Gemm", "Sigmoid"]
     conv = 2 * (4 * 8 * 8) * (1 * 3 * 3)  # 2 x output values x (input channels x kernel)
     hand = conv + 4 * 8 * 8 + 4 * 4 * 4 + 0 + 2 * 64 * 3 + 4 * 3  # Conv, Relu, MaxPool, Flatten, Gemm, Sigmoid
