@@ -238,6 +238,40 @@ class SQLBuilder:
         expr = template.format(v="x.v", **{k: f"c.{k}" for k in columns})
         return self._add(f"SELECT x.rid, x.i, {expr} AS v FROM {x.name} AS x JOIN {table} AS c ON c.i = x.i", x.width)
 
+    # -- convolution and pooling: im2col over relations (ir/ops/_window.py makes the patch maps) ---------
+
+    def conv(self, x: Relation, patch: dict[str, np.ndarray], kernel: dict[str, np.ndarray], n_out: int,
+             bias: np.ndarray | None, width: int, complete: bool) -> Relation:
+        """A convolution: ``patch`` (i: input position, o: output spatial position, ck: input channel ×
+        kernel offset) and ``kernel`` (ck, co: output channel, w) as tables; output position
+        ``co * n_out + o``. ``bias`` has one value per output position; where some output position
+        meets no weight (not ``complete``) every position is filled, as a dense layer's."""
+        self._layer += 1
+        p_table = self.table_for(f"cp{self._layer}", patch)
+        k_table = self.table_for(f"ck{self._layer}", kernel)
+        y = self._add(f"SELECT x.rid, k.co * {int(n_out)} + p.o AS i, SUM(x.v * k.w) AS v FROM {x.name} AS x "
+                      f"JOIN {p_table} AS p ON p.i = x.i JOIN {k_table} AS k ON k.ck = p.ck "
+                      f"GROUP BY x.rid, k.co, p.o", width)
+        if complete and bias is None:
+            return y
+        b_table = self.table_for(f"cb{self._layer}", {"i": np.arange(width), "b": (
+            np.zeros(width) if bias is None else bias).astype(np.float64)})
+        if complete:
+            return self._add(f"SELECT y.rid, y.i, y.v + b.b AS v FROM {y.name} AS y JOIN {b_table} AS b ON b.i = y.i",
+                             width)
+        return self._add(f"SELECT r.rid, b.i, COALESCE(y.v, 0) + b.b AS v FROM (SELECT DISTINCT rid FROM {x.name}) "
+                         f"AS r CROSS JOIN {b_table} AS b LEFT JOIN {y.name} AS y ON y.rid = r.rid AND y.i = b.i",
+                         width)
+
+    def pool(self, x: Relation, patch: dict[str, np.ndarray], aggregate: str, width: int) -> Relation:
+        """A pooling window: ``patch`` (i: input position, o: output position[, w: a weight]) as a
+        table; ``aggregate`` over each output position's inputs: "MAX", or "SUM" of v × w."""
+        self._layer += 1
+        table = self.table_for(f"pl{self._layer}", patch)
+        value = "MAX(x.v)" if aggregate == "MAX" else "SUM(x.v * p.w)"
+        return self._add(f"SELECT x.rid, p.o AS i, {value} AS v FROM {x.name} AS x JOIN {table} AS p ON p.i = x.i "
+                         f"GROUP BY x.rid, p.o", width)
+
     def argmax(self, x: Relation) -> Relation:
         """One value per row: the position of the row's largest value (ties: the first)."""
         return self._add(f"SELECT rid, 0 AS i, {self.spell.argmax} AS v FROM {x.name} GROUP BY rid", 1)

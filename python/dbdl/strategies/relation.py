@@ -35,7 +35,7 @@ def graph_problem(graph, model: ResolvedModel) -> str:
     ok, why = graph.relational
     if ok and graph.output_problem(model.output_index):
         return graph.output_problem(model.output_index)
-    if ok and model.signature.batch is not None:
+    if ok and model.signature.batch not in (None, 1):  # batch 1: one row at a time, per-row by definition
         # a fixed batch size dbdl could not make symbolic: the graph's shapes hold it, per-row SQL would not
         return (f"the model has a fixed batch size of {model.signature.batch} (scored in slices of that many "
                 "rows), and the SQL compiler takes models that run on each row alone")
@@ -78,6 +78,8 @@ class RelationCentric(Strategy):
         c, rows, graph = call.costs, call.rows, call.graph
         dense = [n for n in graph.nodes if n.op.op_type in _DENSE]
         weights = sum(int(np.count_nonzero(_dense_weight(n))) for n in dense)
+        # a convolution joins each row's values with its patch map and kernel: one row per multiply-add
+        weights += sum(n.op.macs for n in graph.nodes if n.op.op_type == "Conv")
         values = sum(int(max(1, per_row_size(n.shape))) for n in graph.nodes)
         # a tree ensemble: each row's CASE steps down every tree (its FLOPs: the comparisons)
         values += sum(n.op.flops([], n.shape) for n in graph.nodes if n.op.op_type in _TREES)
