@@ -51,6 +51,8 @@ class Form:
     args: tuple[str, ...]
     note: str  # what it exercises (printed in the test id / skip reasons)
     needs: str = ""  # the issue-11 feature it depends on
+    #: False: relation-centric SQL takes no such features (a nested array, bytes), whatever the model
+    relation: bool = True
 
 
 @dataclass
@@ -391,13 +393,13 @@ def torch_cnn() -> ZooModel:
     nested = SQLColumn({"duckdb": "FLOAT[32][32][3]", "postgres": "real[]"}, x.tolist())
     pixels = pa.array([row.tobytes() for row in images.reshape(len(images), -1)], type=pa.binary())
     forms = [Form(("x",), "flat FLOAT[3072] column reshaped to [N,3,32,32]", needs="reshape"),
-             Form(("nested",), "nested FLOAT[3][32][32] column", needs="nested_arrays"),
-             Form(("pixels",), "uint8 image bytes (BLOB / bytea)", needs="uint8_images")]
+             Form(("nested",), "nested FLOAT[3][32][32] column", needs="nested_arrays", relation=False),
+             Form(("pixels",), "uint8 image bytes (BLOB / bytea)", needs="uint8_images", relation=False)]
     return ZooModel("torch_cnn", "torch", "torch.onnx.export(cnn, torch.randn(1, 3, 32, 32), f) — Conv/BatchNorm/"
                     "MaxPool/GlobalAvgPool CNN, default exporter, batch fixed at 1", onnx_bytes,
                     {"x": flat, "nested": nested, "pixels": pixels},
                     [Check("array", None, y), Check("class", None, np.argmax(y, 1))], forms=forms,
-                    needs=("fixed_batch",), relation=False)
+                    needs=("fixed_batch",), relation=True)
 
 
 class Recurrent(torch.nn.Module):
@@ -575,7 +577,7 @@ def _onnx_test(key, folder, what, rows=None, needs=("fixed_batch", "old_opset"),
 
 
 def onnx_conv2d() -> ZooModel:
-    return _onnx_test("onnx_conv2d", "pytorch-converted/test_Conv2d", "Conv2d", rows=9, relation=False)
+    return _onnx_test("onnx_conv2d", "pytorch-converted/test_Conv2d", "Conv2d", rows=9, relation=True)
 
 
 def onnx_linear_no_bias() -> ZooModel:
@@ -597,7 +599,7 @@ def onnx_softmax() -> ZooModel:
 
 
 def onnx_maxpool2d() -> ZooModel:
-    return _onnx_test("onnx_maxpool2d", "pytorch-converted/test_MaxPool2d", "MaxPool2d", rows=5, relation=False)
+    return _onnx_test("onnx_maxpool2d", "pytorch-converted/test_MaxPool2d", "MaxPool2d", rows=5, relation=True)
 
 
 def onnx_embedding() -> ZooModel:
