@@ -384,7 +384,7 @@ class SmallCNN(torch.nn.Module):
 def torch_cnn() -> ZooModel:
     torch.manual_seed(3)
     m = SmallCNN().eval()
-    images = _rng(6).integers(0, 256, size=(21, 3, 32, 32), dtype=np.uint8)
+    images = _rng(6).integers(0, 256, size=(8, 3, 32, 32), dtype=np.uint8)  # few: relation-centric SQL runs it too
     x = images.astype(np.float32)
     onnx_bytes = torch_export(m, (torch.randn(1, 3, 32, 32),))  # default exporter, batch 1
     y = _torch_reference(m, x)
