@@ -34,7 +34,9 @@ def _no_null_elements(features: exp.Expression) -> exp.Expression:
     for column in [c for c in nested.find_all(exp.Column) if c.name == "dbdl_x"]:
         column.replace(features.copy())
     ndims = exp.Anonymous(this="pg_catalog.array_ndims", expressions=[features.copy()])
-    return exp.Case(ifs=[exp.If(this=exp.GT(this=ndims, expression=exp.Literal.number(1)), true=nested)], default=flat)
+    # qualified here: the condition sits in the user's part of the query, which qualify_builtins skips
+    more = exp.Operator(this=ndims, operator="pg_catalog.>", expression=exp.Literal.number(1))
+    return exp.Case(ifs=[exp.If(this=more, true=nested)], default=flat)
 
 
 def _fail(message: exp.Expression, features: exp.Expression) -> exp.Expression:
