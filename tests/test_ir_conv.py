@@ -205,3 +205,21 @@ def test_cifar_resnet20_relation_centric_on_duckdb():
         db.create_table("images", {"id": np.arange(2), "x": x.reshape(2, -1)})
         rows = db.sql("SELECT id, predict_array('resnet20', x) FROM images ORDER BY id", strategy="relation").fetchall()
     np.testing.assert_allclose(np.array([r[1] for r in rows]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_exported_with_batch_one_is_per_row():
+    """torch.onnx.export with a (1, 3, 8, 8) example and no dynamic axes: the Reshape/Flatten
+    constants hold the 1, which the IR reads as the row itself."""
+    import io
+
+    buf = io.BytesIO()
+    torch.onnx.export(small_resnet(), (torch.randn(1, 3, 8, 8),), buf, dynamo=False)
+    proto = onnx.load_from_string(buf.getvalue())
+    proto.graph.node.append(N("Reshape", [proto.graph.output[0].name, "dbdl_shape"], ["flat"]))
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "dbdl_shape"))
+    proto.graph.output[0].name = "flat"
+    graph = from_onnx(proto)
+    assert graph.relational == (True, "") and graph.output_shape() == (5,)
+    x = _rows((3, 8, 8), 1)
+    np.testing.assert_allclose(graph.run({graph.inputs[0][0]: x})[0],
+                               run_onnx(proto.SerializeToString(), {graph.inputs[0][0]: x}), rtol=1e-5, atol=1e-5)
