@@ -333,6 +333,46 @@ def run_onnx(model_bytes: bytes, feeds: dict[str, np.ndarray], output: int = 0) 
     return session.run(None, feeds)[output]
 
 
+def check_ir_against_onnxruntime(model_bytes: bytes, x: np.ndarray) -> None:
+    """The IR of a one-input model ("x") holds every operator, compiles to SQL, and its numpy
+    evaluation of rows ``x`` matches onnxruntime (values, shape, per-row output shape)."""
+    import onnx
+
+    from dbdl.ir import from_onnx
+
+    graph = from_onnx(onnx.load_from_string(model_bytes))
+    assert graph.unsupported == []
+    assert graph.relational == (True, "")
+    expected = run_onnx(model_bytes, {"x": x})
+    got = graph.run({"x": x})[0]
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert graph.output_shape() == expected.shape[1:]
+
+
+def relation_sql_mismatches(db, models: dict[str, tuple[bytes, tuple[int, ...]]], rows_for) -> list[str]:
+    """Each one-input model of ``models`` (name -> (ONNX bytes, per-row shape)) registered in
+    ``db`` and run with predict_array and strategy='relation' over rows ``rows_for(shape)`` plus
+    a last row of NULL features: what differs from onnxruntime (NULL features must give NULL)."""
+    failures = []
+    for k, (name, (model_bytes, shape)) in enumerate(sorted(models.items())):
+        x = rows_for(shape)
+        n = len(x)
+        expected = run_onnx(model_bytes, {"x": x}).reshape(n, -1)
+        table = f"t{k}"
+        db.create_table(table, {"id": np.arange(n), "x": x.reshape(n, -1)})
+        db.sql(f"INSERT INTO {table} (id) VALUES ({n})")
+        db.models.register(name, model_bytes)
+        rows = sorted(db.sql(f"SELECT id, predict_array('{name}', x) FROM {table}", strategy="relation").fetchall())
+        assert [r[0] for r in rows] == list(range(n + 1))
+        if rows[-1][1] is not None:
+            failures.append(f"{name}: NULL features gave {rows[-1][1]!r}")
+        got = np.array([list(r[1]) for r in rows[:-1]], dtype=np.float64)
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+            failures.append(f"{name}: got {got.tolist()}, onnxruntime {expected.tolist()}")
+    return failures
+
+
 @pytest.fixture(scope="session")
 def features() -> np.ndarray:
     return np.random.default_rng(7).standard_normal((300, 8)).astype(np.float32)
