@@ -137,6 +137,13 @@ def test_numpy_evaluation_matches_onnxruntime(name):
     check_ir_against_onnxruntime(model_bytes, _rows(shape))
 
 
+def test_operators_are_discovered():
+    from dbdl.ir import Op
+
+    assert {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"} <= set(
+        Op.registry)
+
+
 def test_batchnorm_is_folded_into_the_conv_before_it():
     def ops(name):
         return [n.op.op_type for n in from_onnx(onnx.load_from_string(MODELS[name][0])).nodes]
