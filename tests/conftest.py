@@ -350,10 +350,12 @@ def check_ir_against_onnxruntime(model_bytes: bytes, x: np.ndarray) -> None:
     assert graph.output_shape() == expected.shape[1:]
 
 
-def relation_sql_mismatches(db, models: dict[str, tuple[bytes, tuple[int, ...]]], rows_for) -> list[str]:
+def relation_sql_mismatches(db, models: dict[str, tuple[bytes, tuple[int, ...]]], rows_for,
+                            strategy: str = "relation") -> list[str]:
     """Each one-input model of ``models`` (name -> (ONNX bytes, per-row shape)) registered in
-    ``db`` and run with predict_array and strategy='relation' over rows ``rows_for(shape)`` plus
-    a last row of NULL features: what differs from onnxruntime (NULL features must give NULL)."""
+    ``db`` and run with predict_array and ``strategy`` (relation-centric, or one of its layouts)
+    over rows ``rows_for(shape)`` plus a last row of NULL features: what differs from onnxruntime
+    (NULL features must give NULL)."""
     failures = []
     for k, (name, (model_bytes, shape)) in enumerate(sorted(models.items())):
         x = rows_for(shape)
@@ -363,7 +365,7 @@ def relation_sql_mismatches(db, models: dict[str, tuple[bytes, tuple[int, ...]]]
         db.create_table(table, {"id": np.arange(n), "x": x.reshape(n, -1)})
         db.sql(f"INSERT INTO {table} (id) VALUES ({n})")
         db.models.register(name, model_bytes)
-        rows = sorted(db.sql(f"SELECT id, predict_array('{name}', x) FROM {table}", strategy="relation").fetchall())
+        rows = sorted(db.sql(f"SELECT id, predict_array('{name}', x) FROM {table}", strategy=strategy).fetchall())
         assert [r[0] for r in rows] == list(range(n + 1))
         if rows[-1][1] is not None:
             failures.append(f"{name}: NULL features gave {rows[-1][1]!r}")

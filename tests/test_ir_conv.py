@@ -160,6 +160,15 @@ def test_every_model_through_sql_matches_onnxruntime(db):
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.parametrize("layout", ["element", "blocked"])
+def test_both_duckdb_layouts_match_onnxruntime(layout):
+    """DuckDB runs either weight layout: the blocked one packs each patch into an array and takes
+    one dot product per output value."""
+    with dbdl.connect("duckdb://:memory:") as db:
+        failures = relation_sql_mismatches(db, MODELS, _rows, strategy=f"relation:{layout}")
+    assert not failures, "\n".join(failures)
+
+
 def test_conv_transpose_is_refused_by_name(db):
     w = _w(2, 3, 3, 3)
     model = _model([N("ConvTranspose", ["x", "W"], ["y"])], (2, 4, 4), {"W": w})

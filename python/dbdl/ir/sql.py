@@ -263,6 +263,23 @@ class SQLBuilder:
                          f"AS r CROSS JOIN {b_table} AS b LEFT JOIN {y.name} AS y ON y.rid = r.rid AND y.i = b.i",
                          width)
 
+    def conv_blocked(self, x: Relation, patch: dict[str, np.ndarray], kernel: dict[str, Any], n_out: int,
+                     width: int) -> Relation:
+        """A convolution in the blocked layout: each (row, output position, group)'s patch packed into
+        an array ordered by ``patch["ck"]`` (every tap, padding included: ``i = -1`` reads a 0), then
+        one dot product with each output channel's kernel array (``kernel``: co, g, wcol, b)."""
+        self._layer += 1
+        p_table = self.table_for(f"cpb{self._layer}", patch)
+        k_table = self.table_for(f"ckb{self._layer}", kernel)
+        padded = self._add(f"SELECT rid, i, v FROM {x.name} UNION ALL SELECT DISTINCT rid, -1 AS i, 0.0 AS v "
+                           f"FROM {x.name}", x.width + 1)
+        taps = self._add(f"SELECT x.rid, p.o, p.g, p.ck AS i, x.v FROM {padded.name} AS x JOIN {p_table} AS p "
+                         f"ON p.i = x.i", width)
+        packed = self._add(f"SELECT rid, o, g, {self.spell.pack} AS vec FROM {taps.name} GROUP BY rid, o, g", width)
+        dot = self.spell.dot.format(a="x.vec", b="w.wcol")
+        return self._add(f"SELECT x.rid, w.co * {int(n_out)} + x.o AS i, {dot} + w.b AS v FROM {packed.name} AS x "
+                         f"JOIN {k_table} AS w ON w.g = x.g", width)
+
     def pool(self, x: Relation, patch: dict[str, np.ndarray], aggregate: str, width: int) -> Relation:
         """A pooling window: ``patch`` (i: input position, o: output position[, w: a weight]) as a
         table; ``aggregate`` over each output position's inputs: "MAX", or "SUM" of v × w."""

@@ -93,6 +93,9 @@ class RelationCentric(Strategy):
         if "blocked" in call.backend.relational.layouts and "rel_dot_s" in c:
             dots = sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(_dense_weight(n).shape[0]) * c["rel_dot_elem_s"])
                        for n in dense)
+            # a convolution: one dot product per output value over its patch (input channels per group × kernel)
+            dots += sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(np.prod(n.op.weight().shape[1:])) * c["rel_dot_elem_s"])
+                        for n in graph.nodes if n.op.op_type == "Conv")
             options["blocked"] = {"setup": setup, "dot products": rows * dots,
                                   "values": rows * values * c["rel_value_s"]}
         return options

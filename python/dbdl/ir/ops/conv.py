@@ -85,7 +85,33 @@ class Conv(Op):
         hit = (keep.any(axis=1)[:, None, :] & (taps >= 0)[None, :, :]).any(axis=2)  # (co, out)
         return patch, kernel, bool(hit.all()), win.n_out
 
+    def blocked_tables(self):
+        """The blocked layout's patch map (i, o, g, ck: every tap, -1 in the padding; ck the
+        position within the group's patch) and kernel (co, g, wcol: its cg × kernel weights, b)."""
+        import pyarrow as pa
+
+        win = self.geometry(self._in_shape)
+        w = self.weight().astype(np.float64)
+        co, cg = w.shape[:2]
+        taps = win.taps()
+        o, k = np.nonzero(np.ones_like(taps, dtype=bool))
+        pos = taps[o, k]
+        c = np.arange(self._in_shape[0])[:, None]
+        patch = {"i": np.where(pos >= 0, c * win.n_in + pos, -1).ravel(),
+                 "o": np.broadcast_to(o, (len(c), len(o))).ravel(), "g": np.broadcast_to(c // cg, (len(c), len(o))).ravel(),
+                 "ck": ((c % cg) * win.n_kernel + k).ravel()}
+        size = cg * win.n_kernel
+        offsets = pa.array(np.arange(0, (co + 1) * size, size, dtype=np.int32))
+        b = self.bias()
+        kernel = {"co": np.arange(co), "g": np.arange(co) // (co // self.group),
+                  "wcol": pa.ListArray.from_arrays(offsets, pa.array(w.reshape(-1))),
+                  "b": (np.zeros(co) if b is None else np.asarray(b, dtype=np.float64).reshape(-1))}
+        return patch, kernel, win.n_out
+
     def to_sql(self, sql, inputs, out_shape):
+        if sql.layout == "blocked" and sql.spell.dot:
+            patch, kernel, n_out = self.blocked_tables()
+            return sql.conv_blocked(inputs[0], patch, kernel, n_out, int(self.weight().shape[0]) * n_out)
         patch, kernel, complete, n_out = self.tables()
         b = self.bias()
         co = int(self.weight().shape[0])
