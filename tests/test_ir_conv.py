@@ -68,6 +68,7 @@ def handmade() -> dict[str, tuple[bytes, tuple[int, ...]]]:
         "conv2d_depthwise": _conv((3, 5, 5), _w(6, 1, 3, 3), group=3, pads=[1, 1, 1, 1], bias=False),
         "conv2d_same_upper": _conv((2, 5, 5), _w(2, 2, 2, 2), strides=[2, 2], auto_pad="SAME_UPPER"),
         "conv2d_same_lower": _conv((2, 5, 5), _w(2, 2, 2, 2), strides=[2, 2], auto_pad="SAME_LOWER"),
+        "conv3d_strides": _conv((2, 4, 4, 4), _w(2, 2, 2, 2, 2), strides=[2, 1, 2], pads=[1, 0, 0, 0, 1, 1]),
         "conv2d_valid": _conv((2, 5, 4), _w(3, 2, 3, 2), auto_pad="VALID", bias=False),
         "conv2d_pad_beyond_kernel": _conv((2, 3, 3), _w(2, 2, 1, 1), pads=[1, 1, 1, 1]),
         "conv2d_pad_beyond_kernel_no_bias": _conv((2, 3, 3), _w(2, 2, 1, 1), pads=[1, 1, 1, 1],
@@ -167,6 +168,18 @@ def test_both_duckdb_layouts_match_onnxruntime(layout):
     with dbdl.connect("duckdb://:memory:") as db:
         failures = relation_sql_mismatches(db, MODELS, _rows, strategy=f"relation:{layout}")
     assert not failures, "\n".join(failures)
+
+
+def test_dilations_with_auto_pad_same_are_refused():
+    """onnxruntime refuses a dilated Conv with auto_pad SAME and pools one another way than ONNX's
+    shape rule: the IR refuses both, so such a model runs UDF-centric."""
+    for op, inits, attrs in [("Conv", {"W": _w(2, 2, 3, 3)}, {}), ("MaxPool", {}, {"kernel_shape": [2, 2]})]:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 6, 6])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        node = N(op, ["x", *inits], ["y"], dilations=[2, 2], auto_pad="SAME_UPPER", **attrs)
+        graph = helper.make_graph([node], "g", [x], [y], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        ok, why = from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])).relational
+        assert not ok and f"operator {op}" in why and "dilations and auto_pad SAME_UPPER" in why, why
 
 
 def test_conv_transpose_is_refused_by_name(db):

@@ -89,8 +89,8 @@ def window(op, shape: Shape, kernel: tuple[int, ...] | None = None, pool: bool =
     auto = auto.decode() if isinstance(auto, bytes) else str(auto)
     ceil_mode = bool(a.get("ceil_mode", 0)) if pool else False
     span = [(k - 1) * dl + 1 for k, dl in zip(kernel, dilations)]
-    if auto in ("SAME_UPPER", "SAME_LOWER") and pool and any(dl != 1 for dl in dilations):
-        # onnxruntime leaves the dilation out of the padding it computes (its output shape differs from ONNX's)
+    if auto in ("SAME_UPPER", "SAME_LOWER") and any(dl != 1 for dl in dilations):
+        # onnxruntime refuses it for Conv, and for pools leaves the dilation out of the padding it computes
         raise NotImplementedError(f"{op.op_type} with dilations and auto_pad {auto}")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         out = tuple(ceil(s / st) for s, st in zip(spatial, strides))
