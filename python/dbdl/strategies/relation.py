@@ -78,8 +78,10 @@ class RelationCentric(Strategy):
         c, rows, graph = call.costs, call.rows, call.graph
         dense = [n for n in graph.nodes if n.op.op_type in _DENSE]
         weights = sum(int(np.count_nonzero(_dense_weight(n))) for n in dense)
-        # a convolution joins each row's values with its patch map and kernel: one row per multiply-add
-        weights += sum(n.op.macs for n in graph.nodes if n.op.op_type == "Conv")
+        # a convolution joins each row's values with its patch map and kernel (one row per multiply-add),
+        # a pool with its patch map (one per window tap)
+        windows = [n.op for n in graph.nodes if hasattr(n.op, "join_rows")]
+        weights += sum(op.join_rows("element") for op in windows)
         values = sum(int(max(1, per_row_size(n.shape))) for n in graph.nodes)
         # a tree ensemble: each row's CASE steps down every tree (its FLOPs: the comparisons)
         values += sum(n.op.flops([], n.shape) for n in graph.nodes if n.op.op_type in _TREES)
@@ -98,6 +100,8 @@ class RelationCentric(Strategy):
                         for n in graph.nodes if n.op.op_type == "Conv")
             options["blocked"] = {"setup": setup, "dot products": rows * dots,
                                   "values": rows * values * c["rel_value_s"]}
+            if windows:  # the patches packed for a convolution's dot products, a pool's taps
+                options["blocked"]["patches"] = rows * sum(op.join_rows("blocked") for op in windows) * c["rel_weight_s"]
         return options
 
     def _layout(self, call: PredictCall) -> str:

@@ -125,4 +125,12 @@ class Conv(Op):
         counts = np.bincount(kernel["ck"], minlength=int(patch["ck"].max(initial=0)) + 1)
         return int(counts[patch["ck"]].sum())
 
+    def join_rows(self, layout: str) -> int:
+        """Joined rows per row of input that the SQL form aggregates: one per multiply-add in the
+        element layout; one per im2col value (padding included) in the blocked one."""
+        if layout == "blocked":
+            win = self.geometry(self._in_shape)
+            return int(self._in_shape[0]) * win.n_out * win.n_kernel
+        return self.macs
+
     _in_shape: Shape = ()

@@ -38,4 +38,8 @@ class MaxPool(Op):
         win = window(self, self._in_shape, pool=True)
         return sql.pool(inputs[0], pool_patch(win, self._in_shape[0]), "MAX", self._in_shape[0] * win.n_out)
 
+    def join_rows(self, layout: str) -> int:
+        """Joined rows per row of input: one per window tap inside the input, each channel."""
+        return int(self._in_shape[0]) * int((window(self, self._in_shape, pool=True).taps() >= 0).sum())
+
     _in_shape: Shape = ()
