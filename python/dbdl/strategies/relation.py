@@ -9,6 +9,9 @@ the database, and no step needs the whole model in memory.
     blocked layout  setup + rows × (Σ output units × (dot-product cost + inputs × cost per element)
                                     + Σ activations × cost per value)
     (the cheaper layout the backend's SQL can run is taken)
+    a Conv's multiply-adds and a pool's window taps count as layer weights (joined rows); in the
+    blocked layout a Conv's output values are dot products over its patch, plus its im2col values
+    × join cost per weight ("patches")
 """
 
 from __future__ import annotations
