@@ -232,3 +232,18 @@ def test_a_model_exported_with_batch_one_is_per_row():
     x = _rows((3, 8, 8), 1)
     np.testing.assert_allclose(graph.run({graph.inputs[0][0]: x})[0],
                                run_onnx(proto.SerializeToString(), {graph.inputs[0][0]: x}), rtol=1e-5, atol=1e-5)
+    # scored in slices of one row (where registration cannot make the batch symbolic): per-row SQL
+    # takes it; a fixed batch of 2 it does not
+    import dataclasses
+
+    import onnxruntime as ort
+    from dbdl_udf.runtime import signature_of
+
+    from dbdl.names import ResolvedModel
+    from dbdl.strategies.relation import graph_problem
+
+    signature = signature_of(ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]))
+    one = ResolvedModel("m", 1, "0" * 64, dataclasses.replace(signature, batch=1))
+    assert graph_problem(graph, one) == ""
+    two = ResolvedModel("m", 1, "0" * 64, dataclasses.replace(signature, batch=2))
+    assert "fixed batch size of 2" in graph_problem(graph, two)
