@@ -99,6 +99,10 @@ def handmade() -> dict[str, tuple[bytes, tuple[int, ...]]]:
                                         N("BatchNormalization", ["c", "S", "Bb", "M", "V"], ["b"]),
                                         N("Relu", ["b"], ["y"])], (2, 4, 4),
                                        {"W": _w(3, 2, 3, 3), **bn}), (2, 4, 4)),
+        "conv_read_by_batchnorm_and_add": (_model([N("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+                                                   N("BatchNormalization", ["c", "S", "Bb", "M", "V"], ["b"]),
+                                                   N("Add", ["b", "c"], ["y"])], (2, 4, 4),
+                                                  {"W": _w(3, 2, 3, 3), **bn}), (2, 4, 4)),
         "residual_block": (_model([N("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]), N("Relu", ["c1"], ["r1"]),
                                    N("Conv", ["r1", "W2"], ["c2"], pads=[1, 1, 1, 1]), N("Add", ["c2", "x"], ["s"]),
                                    N("Relu", ["s"], ["y"])], (2, 4, 4),
@@ -151,6 +155,8 @@ def test_batchnorm_is_folded_into_the_conv_before_it():
 
     assert ops("conv_batchnorm_relu") == ["Conv", "Relu"]
     assert ops("batchnorm_alone") == ["BatchNormalization"]
+    # the Conv's output is read by the Add too: folding would change what the Add reads
+    assert ops("conv_read_by_batchnorm_and_add") == ["Conv", "BatchNormalization", "Add"]
     assert "BatchNormalization" not in ops("torch_small_resnet") and "Add" in ops("torch_small_resnet")
 
 

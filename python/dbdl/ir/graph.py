@@ -3,6 +3,7 @@ per operator, a numpy evaluator, and what rules SQL compilation out."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
@@ -125,6 +126,7 @@ def from_onnx(proto) -> Graph:
         shapes[value.name] = shape
     graph = Graph(graph_inputs, [o.name for o in proto.graph.output], [],
                   initializer_bytes=int(sum(c.nbytes for c in constants.values())))
+    uses = Counter([name for n in proto.graph.node for name in n.input] + [o.name for o in proto.graph.output])
     batch_one = bool(graph_inputs) and all(_fixed_first_axis(v) == 1 for v in proto.graph.input
                                            if v.name not in constants)
     opset = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -135,7 +137,8 @@ def from_onnx(proto) -> Graph:
             if value is not None:
                 constants[onnx_node.output[0]] = numpy_helper.to_array(value)
                 continue
-        if onnx_node.op_type == "BatchNormalization" and _fold_batchnorm(graph, onnx_node, attrs, constants):
+        if onnx_node.op_type == "BatchNormalization" and uses[onnx_node.input[0]] == 1 and \
+                _fold_batchnorm(graph, onnx_node, attrs, constants):  # only a value nothing else reads
             shapes[onnx_node.output[0]] = graph.nodes[-1].shape
             continue
         cls = Op.registry.get(onnx_node.op_type)
