@@ -54,7 +54,8 @@ def _check_strategy(backend: "Backend", forced: str | None) -> tuple[str | None,
     strategy, _, variant = (forced or "").partition(":")
     strategy = strategy or None
     known = STRATEGIES.get(strategy) if strategy else None
-    if strategy is not None and (known is None or variant and variant not in known.variants(backend)):
+    if strategy is not None and (known is None or variant and not known.model_variants
+                                 and variant not in known.variants(backend)):
         layouts = STRATEGIES["relation"].variants(backend)
         raise StrategyUnavailable(
             f"unknown strategy {strategy if not variant else f'{strategy}:{variant}'!r}; choose one of "
