@@ -1,0 +1,138 @@
+"""Hybrid plans (strategies/hybrid.py): a prefix of the model's graph runs as SQL, the rest as a
+sub-model cut out of the ONNX graph, scored DL-centric — forced at each split point, chosen by cost
+under a memory budget that the whole model exceeds, shown by EXPLAIN, and refused clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import BACKENDS, HYBRID, export_onnx, make_mlp, per_backend, run_onnx
+
+import dbdl
+
+WIDTH, HIDDEN, CLASSES = 2000, 64, 300
+ROWS = 12
+#: below the whole model's 4 × 147,564 parameter bytes, above the 64 → 300 sub-model's 4 × 19,500
+BUDGET = 200_000
+
+
+@pytest.fixture(scope="module", params=sorted(BACKENDS))
+def hybrid_db(request, tmp_path_factory):
+    """One database per backend: a 2,000-wide sparse-input → 64 → 300 classifier ``m``, a 2,000 → 16
+    → 8 → 1 scorer ``s``, and a table of sparse rows (plus one NULL row and one with a NULL element)."""
+    url = BACKENDS[request.param](tmp_path_factory.mktemp(f"hybrid_{request.param}"), request)
+    db = dbdl.connect(url)
+    wide = export_onnx(make_mlp((WIDTH, HIDDEN, CLASSES), seed=11), WIDTH)
+    one = export_onnx(make_mlp((WIDTH, 16, 8, 1), seed=12), WIDTH)
+    db.models.register("m", wide)
+    db.models.register("s", one)
+    rng = np.random.default_rng(5)
+    x = ((rng.random((ROWS, WIDTH)) < 0.02) * rng.standard_normal((ROWS, WIDTH))).astype(np.float32)
+    db.create_table("t", {"id": np.arange(ROWS), "feats": x})
+    db.sql(per_backend(db, duckdb=f"INSERT INTO t VALUES ({ROWS}, NULL)",
+                       postgres=f"INSERT INTO t VALUES ({ROWS}, NULL)"))
+    db.sql(per_backend(db, duckdb=f"INSERT INTO t SELECT {ROWS + 1}, list_transform(range({WIDTH}), "
+                                  "lambda k: CASE WHEN k = 3 THEN NULL ELSE 0.5 END)",
+                       postgres=f"INSERT INTO t SELECT {ROWS + 1}, array_agg(CASE WHEN k = 3 THEN NULL ELSE 0.5 END "
+                                "ORDER BY k)::real[] FROM generate_series(0, 1999) AS k"))
+    yield db, x, run_onnx(wide, {"x": x}), run_onnx(one, {"x": x})
+    db.close()
+
+
+def _temp_tables(db) -> int:
+    return db.sql(per_backend(db, duckdb="SELECT count(*) FROM duckdb_tables() WHERE temporary",
+                              postgres="SELECT count(*) FROM pg_tables WHERE tablename LIKE 'dbdl_%'")).scalar()
+
+
+def _scored(db, sql: str, strategy: str | None = None) -> dict[int, object]:
+    return dict(db.sql(sql, strategy=strategy).fetchall())
+
+
+@pytest.mark.parametrize("split", ["0", "1", ""])
+def test_every_split_point_matches_onnxruntime(hybrid_db, split):
+    db, _, logits, score = hybrid_db
+    strategy = f"{HYBRID}:{split}" if split else HYBRID
+    got = _scored(db, "SELECT id, predict_array('m', feats) FROM t ORDER BY id", strategy)
+    np.testing.assert_allclose(np.array([got[i] for i in range(ROWS)]), logits, rtol=1e-4, atol=1e-4)
+    assert got[ROWS] is None and got[ROWS + 1] is None  # NULL features, a NULL element: NULL
+    classes = _scored(db, "SELECT id, predict_class('m', feats) FROM t", strategy)
+    assert [classes[i] for i in range(ROWS)] == logits.argmax(axis=1).tolist() and classes[ROWS] is None
+    # a model of one output, split after its second layer's activation
+    one = _scored(db, "SELECT id, predict('s', feats) FROM t", f"{HYBRID}:{split or '3'}")
+    np.testing.assert_allclose([one[i] for i in range(ROWS)], score[:, 0], rtol=1e-4, atol=1e-4)
+    assert _temp_tables(db) == 0  # the cut vectors and predictions are dropped after the statement
+
+
+def test_hint_forces_a_split_by_node_or_tensor_and_where_runs_first(hybrid_db):
+    db, _, logits, _ = hybrid_db
+    hinted = db.explain(f"SELECT /*+ dbdl strategy={HYBRID}:1 */ predict_array('m', feats) FROM t")[0]
+    assert hinted.choice == HYBRID and hinted.forced
+    assert next(e for e in hinted.candidates if e.strategy == HYBRID).split == "1"
+    # a tensor name (hints are lower-cased: matched without case), and a WHERE on another column
+    got = db.sql("SELECT /*+ dbdl strategy=hybrid:/0/gemm_output_0 */ id, predict_class('m', feats) FROM t "
+                 "WHERE id % 3 = 0 AND id < 12 ORDER BY id").fetchall()
+    assert got == [(i, int(logits[i].argmax())) for i in range(0, ROWS, 3)]
+
+
+def test_budget_below_the_model_rules_out_udf_and_dl_and_hybrid_is_costed(hybrid_db):
+    db, _, logits, _ = hybrid_db
+    db.memory_budget = BUDGET
+    try:
+        plan = db.explain("SELECT id, predict_array('m', feats) FROM t")[0]
+        by = {e.strategy: e for e in plan.candidates}
+        assert not by["udf"].feasible and not by["dl"].feasible
+        assert "over the memory budget of 200,000" in by["dl"].reason
+        assert by[HYBRID].feasible and by["relation"].feasible
+        cheapest = min((e for e in plan.candidates if e.feasible), key=lambda e: e.seconds)
+        assert plan.choice == cheapest.strategy and not plan.forced
+        # the hybrid estimate is that of its own best split, with the prefix's relation-centric terms
+        assert set(by[HYBRID].terms) == {"setup", "prefix", "transfer", "suffix"}
+        got = _scored(db, "SELECT id, predict_array('m', feats) FROM t")
+        np.testing.assert_allclose(np.array([got[i] for i in range(ROWS)]), logits, rtol=1e-4, atol=1e-4)
+        with pytest.raises(dbdl.StrategyUnavailable, match="over the memory budget"):
+            db.sql("SELECT predict_array('m', feats) FROM t", strategy="dl")
+    finally:
+        db.memory_budget = None
+
+
+def test_explain_shows_where_each_operator_runs(hybrid_db):
+    db, *_ = hybrid_db
+    db.memory_budget = BUDGET
+    try:
+        text = str(db.explain("SELECT predict_array('m', feats) FROM t", strategy=f"{HYBRID}:0"))
+    finally:
+        db.memory_budget = None
+    assert "split after node 0 (after '/0/Gemm_output_0', 64 values per row)" in text
+    assert "  0 Gemm 2,000×64: relation — 128,000 weights stay in tables" in text
+    assert "  1 Relu (64 values): dl — in the sub-model" in text
+    assert "  2 Gemm 64×300: dl — 78,000 bytes of weights in the sub-model" in text
+    assert "within the memory budget of 200,000; the whole model's 590,256 bytes are over it" in text
+    assert "chosen: hybrid (forced by the caller)" in text
+    # other strategies' lines carry no placement
+    assert text.count("relation —") == 1
+
+
+def test_bad_and_hostile_split_points_are_refused_naming_the_valid_ones(hybrid_db):
+    db, *_ = hybrid_db
+    valid = r"valid split points are 0 \(after '/0/Gemm_output_0', 64 values per row\), 1 \(after '/1/Relu_output_0'"
+    with pytest.raises(dbdl.StrategyUnavailable, match="no split point '2' in model 'm@1'; the " + valid):
+        db.sql("SELECT predict_array('m', feats) FROM t", strategy=f"{HYBRID}:2")
+    hostile = "x'); DROP TABLE t; --"
+    with pytest.raises(dbdl.StrategyUnavailable, match="no split point \"x'\\); DROP TABLE t; --\""):
+        db.sql("SELECT predict_array('m', feats) FROM t", strategy=f"{HYBRID}:{hostile}")
+    with pytest.raises(dbdl.StrategyUnavailable, match="no split point 'drop_table_t'"):
+        db.sql(f"SELECT /*+ dbdl strategy={HYBRID}:DROP_TABLE_t */ predict_array('m', feats) FROM t")
+    assert db.sql("SELECT count(*) FROM t").scalar() == ROWS + 2 and _temp_tables(db) == 0
+
+
+def test_wrong_length_is_the_same_shape_mismatch_as_relation(hybrid_db):
+    db, *_ = hybrid_db
+    sql = per_backend(db, duckdb="SELECT predict_array('m', CAST(feats AS FLOAT[])[1:1999]) FROM t",
+                      postgres="SELECT predict_array('m', feats[1:1999]) FROM t")
+    errors = []
+    for strategy in ("relation", f"{HYBRID}:0"):
+        with pytest.raises(dbdl.ShapeMismatch, match="takes 2000 features per row") as raised:
+            db.sql(sql, strategy=strategy)
+        errors.append(str(raised.value))
+    assert errors[0] == errors[1]
+    assert _temp_tables(db) == 0
