@@ -172,6 +172,8 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                 how = chosen if strategy or chosen != "udf" and backend.cache_filled_in_server else None
                 if strategy == "relation":
                     how += ":" + (variant or estimate.layout or "element")
+                elif variant:  # a hybrid plan's split point
+                    how += ":" + variant
 
                 def compute(sql: str, how: str | None) -> None:
                     for inner in parse(sql, backend.dialect) or []:

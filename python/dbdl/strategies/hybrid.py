@@ -30,15 +30,15 @@ import numpy as np
 import sqlglot
 import sqlglot.expressions as exp
 
-from ..errors import Error
 from ..ir.cut import Cut, Cutter
 from ..ir.ops.base import per_row_size
-from ..ir.sql import SQLBuilder, compile_graph
-from ..names import ResolvedModel, weight_table
+from ..ir.sql import compile_graph
+from ..names import ResolvedModel
 from ..query import enclosing_select
 from .base import Estimate, PredictCall, StatementPlan, Strategy
 from .dl import BATCH_ROWS, scorer
-from .relation import _DENSE, _dense_weight, builder_ctes, numbered_features, relation_terms, weights_builder
+from .relation import (_DENSE, _dense_weight, builder_ctes, missing_weight_tables, numbered_features, relation_terms,
+                       weights_builder)
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -66,8 +66,6 @@ class Split:
 _splits: dict[tuple[str, int], list[Split]] = {}
 #: (model sha256, output index, k) -> the sub-model's (sha256, bytes)
 _sub_models: dict[tuple[str, int, int], tuple[str, bytes]] = {}
-#: (model sha256, k, layout) -> why the prefix does not compile ("" when it does)
-_compiles: dict[tuple[str, int, str], str] = {}
 
 
 def _sql_node(node) -> bool:
@@ -216,24 +214,12 @@ class Hybrid(Strategy):
         return lines
 
     def _prefix_problem(self, call: PredictCall, split: Split, layout: str) -> str:
-        """Why the prefix cannot run as SQL here (it does not compile; its weight tables are
-        missing and this role may not create them), or ""."""
-        backend, model = call.backend, call.model
-        key = (model.sha256, split.k, layout)
-        names: list[str] = []
-        if key not in _compiles or not _compiles[key]:
-            builder = SQLBuilder(backend.relational,
-                                 lambda kind_, cols: names.append(weight_table(model.sha256, kind_)) or "x",
-                                 layout=layout)
-            try:
-                compile_graph(call.graph.prefix(split.k), builder, "src")
-                _compiles[key] = ""
-            except (Error, NotImplementedError) as exc:
-                _compiles[key] = str(exc)
-        if _compiles[key]:
-            return _compiles[key]
-        if names and not backend.can_create_tables(backend.data_schema) and any(
-                not backend.table_exists(backend.data_schema, n) for n in names):
+        """Why the prefix cannot run as SQL for this role (its weight tables are missing and it may
+        not create them), or "" — as relation-centric execution checks it (prefix nodes each have
+        an SQL form: split_points; a compile failure is raised by ``rewrite``, naming the operator)."""
+        backend = call.backend
+        if not backend.can_create_tables(backend.data_schema) and missing_weight_tables(
+                backend, call.model, layout, call.graph.prefix(split.k)):
             return ("its weight tables do not exist yet and this role may not create them in schema "
                     f"{backend.data_schema}: run the query once as dbdl_admin")
         return ""
