@@ -35,15 +35,19 @@ from ..ir.ops.base import per_row_size
 from ..ir.sql import compile_graph
 from ..names import ResolvedModel
 from ..query import enclosing_select
-from .base import Estimate, PredictCall, StatementPlan, Strategy
+from .base import Estimate, PredictCall, StatementPlan, Strategy, udf_core_share
 from .dl import BATCH_ROWS, scorer
-from .relation import (_DENSE, _dense_weight, builder_ctes, missing_weight_tables, numbered_features, relation_terms,
-                       weights_builder)
+from .relation import (_DENSE, _dense_weight, builder_ctes, missing_weight_tables, numbered_features, relation_call,
+                       relation_terms, weights_builder)
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
 
 _tables = itertools.count()
+#: where the sub-model may run: inside the statement (the in-database function) or streamed out
+SUFFIX_RUNTIMES = ("udf", "dl")
+_UDF_LIMIT = ("the database's own function looks models up in the registry, where a sub-model is not "
+              "stored (DuckDB's functions are closures of this process, which can hold one)")
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,8 @@ class Hybrid(Strategy):
     # -- choosing the split ------------------------------------------------------------------
 
     def _choose(self, call: PredictCall) -> tuple[Split, Estimate] | str:
-        """The cheapest split that can run (the forced one, with ``hybrid:<k>``), or why none can."""
+        """The cheapest (split, suffix runtime) that can run (the forced one, with ``hybrid:<k>`` or
+        ``hybrid:<k>:<udf|dl>``), or why none can."""
         reason = call.plain_problem
         if not reason and not call.joinable:
             reason = "predict is not inside a SELECT … FROM …"
@@ -147,8 +152,16 @@ class Hybrid(Strategy):
         if not splits:
             return ("the model has no split point: no operator with an SQL form outputs one tensor of fixed "
                     "per-row shape from which the rest of the model computes its output")
-        if call.variant:
-            split = self._forced(call, splits)
+        runtimes = self.runtimes(call.backend)
+        variant = call.variant
+        if variant:
+            point, _, runtime = variant.rpartition(":")
+            if point and runtime.lower() in SUFFIX_RUNTIMES:  # hybrid:<k>:<runtime>
+                if runtime.lower() not in runtimes:
+                    return (f"the sub-model cannot run {runtime.lower()}-centric on {call.backend.name}: "
+                            + _UDF_LIMIT + f"; use strategy='hybrid:{point}:dl'")
+                variant, runtimes = point, (runtime.lower(),)
+            split = self._forced(call, splits, variant)
             if isinstance(split, str):
                 return split
             splits = [split]
@@ -158,15 +171,21 @@ class Hybrid(Strategy):
             return (f"the sub-model after node {smallest.k} needs {smallest.cut.param_bytes:,} bytes, over the memory "
                     f"budget of {call.budget:,}" + (" (the smallest of the split points)" if len(splits) > 1 else ""))
         problems = []
-        for estimate, split in sorted(((self._estimate(call, s), s) for s in fitting), key=lambda e: e[0].seconds):
+        options = [(self._estimate(call, s, r), s) for s in fitting for r in runtimes]
+        for estimate, split in sorted(options, key=lambda e: e[0].seconds):
             problem = self._prefix_problem(call, split, estimate.layout)
             if not problem:
                 return split, estimate
             problems.append(f"after node {split.k}: {problem}")
         return "no split point can run: " + "; ".join(problems)
 
-    def _forced(self, call: PredictCall, splits: list[Split]) -> Split | str:
-        variant = call.variant
+    @staticmethod
+    def runtimes(backend: "Backend") -> tuple[str, ...]:
+        """Where the sub-model can run here: streamed out (dl), and on DuckDB inside the query (udf)."""
+        udf = backend.has_python_udfs and backend.scores_unregistered_models
+        return ("udf", "dl") if udf else ("dl",)
+
+    def _forced(self, call: PredictCall, splits: list[Split], variant: str) -> Split | str:
         for split in splits:
             if variant == str(split.k) or variant == split.tensor:
                 return split
@@ -175,30 +194,38 @@ class Hybrid(Strategy):
             return folded[0]
         return (f"no split point {variant!r} in model {call.model.ref!r}; the valid split points are "
                 + ", ".join(_describe(s, s.k) for s in splits)
-                + " — force one with strategy='hybrid:<k>', or let the cost model choose with strategy='hybrid'")
+                + " — force one with strategy='hybrid:<k>' (the sub-model's runtime too: 'hybrid:<k>:"
+                + "|".join(self.runtimes(call.backend)) + "'), or let the cost model choose with strategy='hybrid'")
 
-    def _estimate(self, call: PredictCall, split: Split) -> Estimate:
+    def _estimate(self, call: PredictCall, split: Split, runtime: str) -> Estimate:
         c, rows, graph = call.costs, call.rows, call.graph
         options = relation_terms(call, graph.nodes[:split.k + 1])
         layout = min(options, key=lambda k: sum(options[k].values()))
         prefix = options[layout]
-        out = call.model.output_spec.per_row or 1
-        terms = {"setup": prefix["setup"] + c["dl_setup_s"],
-                 "prefix": sum(v for name, v in prefix.items() if name != "setup"),
-                 # the cut vectors out with their row number, the predictions back
-                 "transfer": rows * (4 * split.width + 8 + 4 * out) * c["dl_byte_s"],
-                 "suffix": rows * max(0, call.flops - split.prefix_flops) / c["dl_flops_per_s"]}
-        return Estimate(self.name, sum(terms.values()), terms=terms, layout=layout, split=str(split.k),
-                        placement=self._placement(call, split))
+        suffix_flops = max(0, call.flops - split.prefix_flops)
+        terms = {"prefix": sum(v for name, v in prefix.items() if name != "setup")}
+        if runtime == "udf":  # the in-database function on each cut vector, inside the statement
+            terms = {"setup": prefix["setup"] + c.get("udf_setup_s", 0.0), **terms,
+                     "per-row": rows * c["udf_row_s"],
+                     "suffix": rows * suffix_flops / (c["udf_flops_per_s"] * udf_core_share(c, rows))
+                     + rows * split.cut.param_bytes * c.get("udf_param_byte_s", 0.0)}
+        else:  # the cut vectors out with their row number, the predictions back
+            out = call.model.output_spec.per_row or 1
+            terms = {"setup": prefix["setup"] + c["dl_setup_s"], **terms,
+                     "transfer": rows * (4 * split.width + 8 + 4 * out) * c["dl_byte_s"],
+                     "suffix": rows * suffix_flops / c["dl_flops_per_s"]}
+        return Estimate(self.name, sum(terms.values()), terms=terms, layout=layout, split=f"{split.k}:{runtime}",
+                        placement=self._placement(call, split, runtime))
 
-    def _placement(self, call: PredictCall, split: Split) -> list[str]:
+    def _placement(self, call: PredictCall, split: Split, runtime: str) -> list[str]:
         """EXPLAIN's lines: the split, then per operator where it runs and why."""
         graph = call.graph
         whole = (f"the whole model's {call.param_bytes:,} bytes are over it" if call.too_big
                  else f"the whole model's {call.param_bytes:,} bytes fit it too")
+        how = "in the statement (udf)" if runtime == "udf" else "streamed out (dl)"
         lines = [f"split after node {_describe(split, split.k)}: nodes 0–{split.k} run as SQL, the sub-model of "
-                 f"{len(split.cut.nodes)} ONNX node(s) on onnxruntime ({split.cut.param_bytes:,} bytes, within the "
-                 f"memory budget of {call.budget:,}; {whole})"]
+                 f"{len(split.cut.nodes)} ONNX node(s) on onnxruntime {how} ({split.cut.param_bytes:,} bytes, within "
+                 f"the memory budget of {call.budget:,}; {whole})"]
         for i, node in enumerate(graph.nodes):
             dense = node.op.op_type in _DENSE
             if i <= split.k:
@@ -207,10 +234,10 @@ class Hybrid(Strategy):
                 lines.append(f"{i:>3} {_label(node)}: relation — {why}")
             elif not graph.unsupported:
                 why = f"{node.op.param_bytes():,} bytes of weights in the sub-model" if dense else "in the sub-model"
-                lines.append(f"{i:>3} {_label(node)}: dl — {why}")
+                lines.append(f"{i:>3} {_label(node)}: {runtime} — {why}")
         if graph.unsupported:
             lines.append(f"  … the sub-model's other operators ({', '.join(sorted({o for o, _ in graph.unsupported}))}"
-                         "): dl — dbdl's IR does not hold them")
+                         f"): {runtime} — dbdl's IR does not hold them")
         return lines
 
     def _prefix_problem(self, call: PredictCall, split: Split, layout: str) -> str:
@@ -228,7 +255,17 @@ class Hybrid(Strategy):
 
     def rewrite(self, call: PredictCall, statement: StatementPlan, estimate: Estimate) -> exp.Expression:
         backend, model, kind = call.backend, call.model, call.kind
-        split = next(s for s in split_points(backend, model, call.graph) if str(s.k) == estimate.split)
+        point, _, runtime = estimate.split.partition(":")
+        split = next(s for s in split_points(backend, model, call.graph) if str(s.k) == point)
+        prefix = call.graph.prefix(split.k)
+        if runtime == "udf":
+            # one statement: the prefix's CTEs, then the in-database function on each cut vector
+            sub, _ = self._sub_model(backend, model, split, backend.udf_threads)
+            column, ctes = relation_call(backend, kind, model, call.call, call.features, statement.counter,
+                                         estimate.layout or "element", prefix,
+                                         lambda cut: backend.predict_call(kind, sub, cut))
+            statement.ctes.extend(ctes)
+            return column
         select = enclosing_select(call.call)
         k, n = next(statement.counter), next(_tables)
         source, scored, pred = f"dbdl_hyb_{n}_src", f"dbdl_hyb_{n}", f"dbdl_pred{k}"
@@ -239,7 +276,7 @@ class Hybrid(Strategy):
                         + backend.own_sql(backend.relational.exact_constants(numbered)).sql(dialect=backend.dialect))
         backend.analyze(source)
         builder = weights_builder(backend, model, k, estimate.layout or "element")
-        out = compile_graph(call.graph.prefix(split.k), builder, source)
+        out = compile_graph(prefix, builder, source)
         builder.ctes.append((f"{pred}_cut", builder.output(out, "array")))
         query = exp.select(exp.alias_(exp.column("rid"), "dbdl_k"), exp.alias_(exp.column("prediction"), "dbdl_f")) \
             .from_(f"{pred}_cut")
@@ -261,8 +298,10 @@ class Hybrid(Strategy):
             column = backend.array_result(column, model.output_spec.per_row)  # the type the other strategies return
         return column
 
-    def _sub_model(self, backend: "Backend", model: ResolvedModel, split: Split) -> tuple[ResolvedModel, bytes]:
-        """The sub-model after ``split`` as a model of its own (its hash and signature), and its bytes."""
+    def _sub_model(self, backend: "Backend", model: ResolvedModel, split: Split,
+                   threads: int = 0) -> tuple[ResolvedModel, bytes]:
+        """The sub-model after ``split`` as a model of its own (its hash and signature), and its bytes;
+        its session cached for ``threads`` (where the in-database function finds it by hash)."""
         from dbdl_udf.runtime import SESSIONS
 
         key = (model.sha256, model.output_index, split.k)
@@ -273,5 +312,5 @@ class Hybrid(Strategy):
             data = cutter.sub_model(split.cut, split.shape, model.output_spec.name)
             _sub_models[key] = (hashlib.sha256(data).hexdigest(), data)
         sha, data = _sub_models[key]
-        _, signature = SESSIONS.get(sha, lambda: data, 0, model=model.ref)
+        _, signature = SESSIONS.get(sha, lambda: data, threads, model=model.ref)
         return dataclasses.replace(model, sha256=sha, signature=signature), data

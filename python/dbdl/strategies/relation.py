@@ -13,7 +13,7 @@ the database, and no step needs the whole model in memory.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -119,10 +119,15 @@ class RelationCentric(Strategy):
 
 
 def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anonymous,
-                  features: exp.Expression, counter, layout: str = "element") -> tuple[exp.Expression, list[exp.CTE]]:
-    """The expression replacing ``call`` and the CTEs it needs (added to the statement)."""
-    graph = model_graph(backend, model)
-    why = graph_problem(graph, model)
+                  features: exp.Expression, counter, layout: str = "element", prefix=None,
+                  suffix: Callable[[exp.Expression], exp.Expression] | None = None
+                  ) -> tuple[exp.Expression, list[exp.CTE]]:
+    """The expression replacing ``call`` and the CTEs it needs (added to the statement).
+
+    A hybrid plan passes ``prefix`` (the graph of the model's first nodes: ``Graph.prefix``) and
+    ``suffix``, which turns the prefix's output (an array column) into the prediction in SQL."""
+    graph = model_graph(backend, model) if prefix is None else prefix
+    why = graph_problem(graph, model) if prefix is None else ""
     if why:
         raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {why}"
                                   + ("" if "strategy='udf'" in why else "; use strategy='udf'"))
@@ -133,13 +138,16 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     builder = weights_builder(backend, model, k, layout)
     builder.ctes.append((src, ""))  # the expression itself below (the user's part keeps its mark)
     try:
-        out = compile_graph(graph, builder, src, model.output_index)  # the output the call names
+        out = compile_graph(graph, builder, src, model.output_index if prefix is None else 0)  # the output the call names
     except NotImplementedError as exc:
         raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {exc}; "
                                   "use strategy='udf'") from None
-    builder.ctes.append((f"{pred}_out", builder.output(out, kind)))
-    builder.ctes.append((pred, f"SELECT s.dbdl_f, p.prediction AS dbdl_prediction FROM {src} AS s "
-                               f"JOIN {pred}_out AS p ON p.rid = s.rid"))
+    builder.ctes.append((f"{pred}_out", builder.output(out, kind if suffix is None else "array")))
+    prediction = exp.column("prediction", table="p")
+    if suffix is not None:
+        prediction = suffix(prediction)
+    builder.ctes.append((pred, f"SELECT s.dbdl_f, {prediction.sql(dialect=backend.dialect)} AS dbdl_prediction "
+                               f"FROM {src} AS s JOIN {pred}_out AS p ON p.rid = s.rid"))
     ctes = builder_ctes(backend, builder, {src: numbered})
     select.join(exp.to_table(pred), on=backend.equals(exp.column("dbdl_f", table=pred), features.copy()),
                 join_type="left", copy=False)
