@@ -150,3 +150,32 @@ def test_wrong_length_is_the_same_shape_mismatch_as_relation(hybrid_db):
         errors.append(str(raised.value))
     assert errors[0] == errors[1]
     assert _temp_tables(db) == 0
+
+
+def test_postgres_sql_names_every_built_in_with_its_schema(hybrid_db):
+    """Every statement a hybrid plan runs on PostgreSQL (the numbered features' temporary table, the
+    prefix streamed out, the query joining the predictions back) qualifies its built-ins."""
+    from test_ir_security import _unqualified
+
+    from dbdl.planner.rewrite import plan_statement
+    from dbdl.query import parse
+
+    db, *_ = hybrid_db
+    if not per_backend(db, duckdb=False, postgres=True):
+        return  # DuckDB has no roles or search_path to plant on (docs/security.md)
+    backend, ran = db.backend, []
+    execute, score = backend.execute, backend.score_into_temp_table
+    backend.execute = lambda sql, params=(): ran.append(sql) or execute(sql, params)
+    backend.score_into_temp_table = lambda sql, *a, **k: ran.append(sql) or score(sql, *a, **k)
+    cleanup: list[str] = []
+    try:
+        planned = plan_statement(backend, parse("SELECT id, predict_array('m', feats) AS p FROM t", backend.dialect)[0],
+                                 f"{HYBRID}:1:dl", cleanup=cleanup)
+        ran.append(planned.sql)
+        ran = [sql for sql in ran if not sql.startswith("GRANT")]  # the weight tables' first use shares them
+        assert len(ran) == 3 and all(_unqualified(sql, backend.dialect) == set() for sql in ran), ran
+    finally:
+        del backend.execute, backend.score_into_temp_table
+        for table in cleanup:
+            backend.drop_temp_table(table)
+    assert _temp_tables(db) == 0
