@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import BACKENDS, HYBRID, export_onnx, make_mlp, per_backend, run_onnx
 
 import dbdl
@@ -16,6 +17,18 @@ ROWS = 12
 BUDGET = 200_000
 
 
+class _DenseThenConv(torch.nn.Module):
+    """Dense layers dbdl compiles to SQL, then a Conv its IR does not hold."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(13)
+        self.fc, self.conv = torch.nn.Linear(20, 16), torch.nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        return self.conv(torch.relu(self.fc(x)).reshape(-1, 1, 4, 4)).flatten(1)
+
+
 @pytest.fixture(scope="module", params=sorted(BACKENDS))
 def hybrid_db(request, tmp_path_factory):
     """One database per backend: a 2,000-wide sparse-input → 64 → 300 classifier ``m``, a 2,000 → 16
@@ -24,8 +37,10 @@ def hybrid_db(request, tmp_path_factory):
     db = dbdl.connect(url)
     wide = export_onnx(make_mlp((WIDTH, HIDDEN, CLASSES), seed=11), WIDTH)
     one = export_onnx(make_mlp((WIDTH, 16, 8, 1), seed=12), WIDTH)
+    conv = export_onnx(_DenseThenConv().eval(), 20)
     db.models.register("m", wide)
     db.models.register("s", one)
+    db.models.register("c", conv)
     rng = np.random.default_rng(5)
     x = ((rng.random((ROWS, WIDTH)) < 0.02) * rng.standard_normal((ROWS, WIDTH))).astype(np.float32)
     db.create_table("t", {"id": np.arange(ROWS), "feats": x})
@@ -35,7 +50,8 @@ def hybrid_db(request, tmp_path_factory):
                                   "lambda k: CASE WHEN k = 3 THEN NULL ELSE 0.5 END)",
                        postgres=f"INSERT INTO t SELECT {ROWS + 1}, array_agg(CASE WHEN k = 3 THEN NULL ELSE 0.5 END "
                                 "ORDER BY k)::real[] FROM generate_series(0, 1999) AS k"))
-    yield db, x, run_onnx(wide, {"x": x}), run_onnx(one, {"x": x})
+    db.create_table("narrow", {"id": np.arange(ROWS), "feats": x[:, :20] + 0.5})
+    yield db, x, run_onnx(wide, {"x": x}), run_onnx(one, {"x": x}), run_onnx(conv, {"x": x[:, :20] + 0.5})
     db.close()
 
 
@@ -52,7 +68,7 @@ def _scored(db, sql: str, strategy: str | None = None) -> dict[int, object]:
 def test_every_split_point_matches_onnxruntime(hybrid_db, split):
     """Each split point, its sub-model streamed out (dl) or, on DuckDB, run inside the statement by
     an in-database function (udf); "": the cost model's choice."""
-    db, _, logits, score = hybrid_db
+    db, _, logits, score, _ = hybrid_db
     strategy = f"{HYBRID}:{split}" if split else HYBRID
     if split.endswith("udf") and not per_backend(db, duckdb=True, postgres=False):
         # PostgreSQL's dbdl.predict looks models up in the registry, where no sub-model is stored
@@ -71,7 +87,7 @@ def test_every_split_point_matches_onnxruntime(hybrid_db, split):
 
 
 def test_hint_forces_a_split_by_node_or_tensor_and_where_runs_first(hybrid_db):
-    db, _, logits, _ = hybrid_db
+    db, _, logits, *_ = hybrid_db
     hinted = db.explain(f"SELECT /*+ dbdl strategy={HYBRID}:1 */ predict_array('m', feats) FROM t")[0]
     assert hinted.choice == HYBRID and hinted.forced
     assert next(e for e in hinted.candidates if e.strategy == HYBRID).split.startswith("1:")
@@ -82,7 +98,7 @@ def test_hint_forces_a_split_by_node_or_tensor_and_where_runs_first(hybrid_db):
 
 
 def test_budget_below_the_model_rules_out_udf_and_dl_and_hybrid_is_costed(hybrid_db):
-    db, _, logits, _ = hybrid_db
+    db, _, logits, *_ = hybrid_db
     db.memory_budget = BUDGET
     try:
         plan = db.explain("SELECT id, predict_array('m', feats) FROM t")[0]
@@ -150,6 +166,19 @@ def test_wrong_length_is_the_same_shape_mismatch_as_relation(hybrid_db):
         errors.append(str(raised.value))
     assert errors[0] == errors[1]
     assert _temp_tables(db) == 0
+
+
+@pytest.mark.parametrize("strategy", ["hybrid:dl", "hybrid:/reshape_output_0", "hybrid"])
+def test_a_suffix_beyond_the_ir_runs_in_the_sub_model(hybrid_db, strategy):
+    """A Conv after the dense layers: relation-centric execution is ruled out, the dense layers
+    still run as SQL and the Conv in the sub-model (its FLOPs counted on the ONNX graph)."""
+    db, *_, want = hybrid_db
+    plan = db.explain("SELECT predict_array('c', feats) FROM narrow", strategy=strategy)[0]
+    by = {e.strategy: e for e in plan.candidates}
+    assert "operator Conv is not supported" in by["relation"].reason and by[HYBRID].feasible
+    assert any("(Conv, Flatten): " in line for line in by[HYBRID].placement)
+    got = db.sql("SELECT id, predict_array('c', feats) FROM narrow ORDER BY id", strategy=strategy).fetchall()
+    np.testing.assert_allclose(np.array([r[1] for r in got]), want, rtol=1e-4, atol=1e-5)
 
 
 def test_postgres_sql_names_every_built_in_with_its_schema(hybrid_db):

@@ -156,11 +156,12 @@ class Hybrid(Strategy):
         variant = call.variant
         if variant:
             point, _, runtime = variant.rpartition(":")
-            if point and runtime.lower() in SUFFIX_RUNTIMES:  # hybrid:<k>:<runtime>
+            if runtime.lower() in SUFFIX_RUNTIMES:  # hybrid:<k>:<runtime>, or hybrid:<runtime>
                 if runtime.lower() not in runtimes:
                     return (f"the sub-model cannot run {runtime.lower()}-centric on {call.backend.name}: "
-                            + _UDF_LIMIT + f"; use strategy='hybrid:{point}:dl'")
+                            + _UDF_LIMIT + f"; use strategy='hybrid{':' + point if point else ''}:dl'")
                 variant, runtimes = point, (runtime.lower(),)
+        if variant:
             split = self._forced(call, splits, variant)
             if isinstance(split, str):
                 return split
@@ -232,7 +233,7 @@ class Hybrid(Strategy):
                 why = (f"{int(np.count_nonzero(_dense_weight(node))):,} weights stay in tables" if dense
                        else "SQL over (row, position, value)")
                 lines.append(f"{i:>3} {_label(node)}: relation — {why}")
-            elif not graph.unsupported:
+            else:
                 why = f"{node.op.param_bytes():,} bytes of weights in the sub-model" if dense else "in the sub-model"
                 lines.append(f"{i:>3} {_label(node)}: {runtime} — {why}")
         if graph.unsupported:
