@@ -91,6 +91,8 @@ def test_hint_forces_a_split_by_node_or_tensor_and_where_runs_first(hybrid_db):
     hinted = db.explain(f"SELECT /*+ dbdl strategy={HYBRID}:1 */ predict_array('m', feats) FROM t")[0]
     assert hinted.choice == HYBRID and hinted.forced
     assert next(e for e in hinted.candidates if e.strategy == HYBRID).split.startswith("1:")
+    runtime = db.explain(f"SELECT /*+ dbdl strategy={HYBRID}:1:dl */ predict_array('m', feats) FROM t")[0]
+    assert next(e for e in runtime.candidates if e.strategy == HYBRID).split == "1:dl"
     # a tensor name (hints are lower-cased: matched without case), and a WHERE on another column
     got = db.sql("SELECT /*+ dbdl strategy=hybrid:/0/gemm_output_0 */ id, predict_class('m', feats) FROM t "
                  "WHERE id % 3 = 0 AND id < 12 ORDER BY id").fetchall()
