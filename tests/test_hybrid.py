@@ -210,3 +210,12 @@ def test_postgres_sql_names_every_built_in_with_its_schema(hybrid_db):
         for table in cleanup:
             backend.drop_temp_table(table)
     assert _temp_tables(db) == 0
+
+
+def test_dbdl_explain_takes_a_split_point():
+    from dbdl.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["explain", "u", "q", "--strategy", "hybrid:1:dl"]).strategy == "hybrid:1:dl"
+    with pytest.raises(SystemExit):  # other strategies' variants stay checked by argparse
+        parser.parse_args(["explain", "u", "q", "--strategy", "relation:1"])
