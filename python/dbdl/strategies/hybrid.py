@@ -131,6 +131,10 @@ class Hybrid(Strategy):
         assert not isinstance(chosen, str), chosen
         return chosen[1]
 
+    def candidate(self, call: PredictCall) -> Estimate:
+        chosen = self._choose(call)  # once: feasibility and the estimate are the same search
+        return Estimate(self.name, None, chosen) if isinstance(chosen, str) else chosen[1]
+
     # -- choosing the split ------------------------------------------------------------------
 
     def _choose(self, call: PredictCall) -> tuple[Split, Estimate] | str:
@@ -176,6 +180,7 @@ class Hybrid(Strategy):
         for estimate, split in sorted(options, key=lambda e: e[0].seconds):
             problem = self._prefix_problem(call, split, estimate.layout)
             if not problem:
+                estimate.placement = self._placement(call, split, estimate.split.partition(":")[2])
                 return split, estimate
             problems.append(f"after node {split.k}: {problem}")
         return "no split point can run: " + "; ".join(problems)
@@ -215,8 +220,7 @@ class Hybrid(Strategy):
             terms = {"setup": prefix["setup"] + c["dl_setup_s"], **terms,
                      "transfer": rows * (4 * split.width + 8 + 4 * out) * c["dl_byte_s"],
                      "suffix": rows * suffix_flops / c["dl_flops_per_s"]}
-        return Estimate(self.name, sum(terms.values()), terms=terms, layout=layout, split=f"{split.k}:{runtime}",
-                        placement=self._placement(call, split, runtime))
+        return Estimate(self.name, sum(terms.values()), terms=terms, layout=layout, split=f"{split.k}:{runtime}")
 
     def _placement(self, call: PredictCall, split: Split, runtime: str) -> list[str]:
         """EXPLAIN's lines: the split, then per operator where it runs and why."""
