@@ -1,21 +1,27 @@
 """Hybrid execution: the model split at one operator boundary. Its first operators (the prefix,
 nodes 0..k of the IR) run relation-centric inside the database — a wide first dense layer or a
 large embedding keeps its weights in tables — and the rest (the suffix: a sub-model cut out of the
-ONNX graph at the prefix's output tensor, ir/cut.py) runs DL-centric on onnxruntime.
+ONNX graph at the prefix's output tensor, ir/cut.py) runs on onnxruntime, in one of two ways:
 
-The distinct feature vectors are numbered into a temporary table, the prefix's SQL turns them into
-one cut vector each, those stream out with the backend's DL-centric machinery (keyed by their
-number), the sub-model scores them, and the SELECT joins the predictions back on the features.
+- ``dl`` (every backend): the distinct feature vectors are numbered into a temporary table, the
+  prefix's SQL turns them into one cut vector each, those stream out with the backend's DL-centric
+  machinery (keyed by their number), the sub-model scores them, and the SELECT joins the
+  predictions back on the features;
+- ``udf`` (where the in-database function is a closure of this process: DuckDB): one statement,
+  the prefix's SQL ending in the in-database function of the sub-model.
 
 A split point is a node whose output alone (with constants) determines the model's output, whose
-per-row shape is fixed, and before which every node has an SQL form. For each one:
+per-row shape is fixed, and before which every node has an SQL form. For each one and runtime:
 
-    estimate = relation-centric terms of the prefix (strategies/relation.py: relation_terms)
-               + DL setup + rows × (cut values + key + output) × bytes × transfer cost
-               + rows × suffix FLOPs / runtime FLOP/s
+    dl   = relation-centric terms of the prefix (strategies/relation.py: relation_terms)
+           + dl_setup_s + rows × (4 × cut width + 8 + 4 × output width) × dl_byte_s
+           + rows × suffix FLOPs / dl_flops_per_s
+    udf  = relation-centric terms of the prefix + udf_setup_s + rows × udf_row_s
+           + rows × suffix FLOPs / (udf_flops_per_s × core share)
     (a split whose sub-model's constants exceed the memory budget is ruled out)
 
-and the cheapest is taken. ``strategy="hybrid:<k>"`` (or ``hybrid:<tensor name>``) forces one.
+and the cheapest is taken. ``strategy="hybrid:<k>"`` (or ``hybrid:<tensor name>``) forces a split,
+``hybrid:<k>:<udf|dl>`` (or ``hybrid:<udf|dl>``) the runtime too.
 """
 
 from __future__ import annotations
