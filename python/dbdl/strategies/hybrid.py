@@ -198,9 +198,10 @@ class Hybrid(Strategy):
         return ("udf", "dl") if udf else ("dl",)
 
     def _forced(self, call: PredictCall, splits: list[Split], variant: str) -> Split | str:
-        for split in splits:
-            if variant == str(split.k) or variant == split.tensor:
-                return split
+        # a number is a node index first (some exporters name tensors "5", "6" …), then a tensor name
+        exact = [s for s in splits if variant == str(s.k)] or [s for s in splits if variant == s.tensor]
+        if exact:
+            return exact[0]
         folded = [s for s in splits if s.tensor.lower() == variant.lower()]  # hints are lower-cased
         if len(folded) == 1:
             return folded[0]
