@@ -2,7 +2,7 @@
 built-in function and operator in it is named with pg_catalog (what remains unqualified is SQL
 syntax — CAST, COALESCE, GREATEST, LEAST, CASE — or dbdl's own names), so nothing a caller planted
 on the search_path can answer it. Models: a torch module through Linear, LayerNorm, GELU, Concat,
-Clip, Exp, LogSoftmax and ReduceMean, and a scikit-learn forest (tree ensembles as CASE)."""
+Clip, Exp, LogSoftmax and ReduceMean, and a scikit-learn forest (tree ensembles as CASE and as a walk)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,11 @@ def _unqualified(sql: str, dialect) -> set[str]:
 
 
 @pytest.mark.never(["duckdb"], reason="DuckDB has no roles or search_path to plant on (docs/security.md)")
-def test_the_new_operators_sql_names_every_built_in_with_its_schema(db, features):
+@pytest.mark.parametrize("walk", [False, True], ids=["case", "walk"])
+def test_the_new_operators_sql_names_every_built_in_with_its_schema(db, features, walk, monkeypatch):
+    from dbdl.ir.ops import _trees
+
+    monkeypatch.setattr(_trees, "CASE_NODES", 0 if walk else 10**9)  # forests as CASE, or a node-table walk
     db.create_table("t", {"id": np.arange(20), "feats": features[:20]})
     for name, (data, ref, output) in _models(features).items():
         db.models.register(name, data)

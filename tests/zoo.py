@@ -120,7 +120,7 @@ def _to_onnx(estimator, X, **kwargs) -> bytes:
         return to_onnx(estimator, X[:1], **kwargs).SerializeToString()
 
 
-def _classifier(key, what, estimator, X, y, rows, zipmap: bool, needs=(), direct=False) -> ZooModel:
+def _classifier(key, what, estimator, X, y, rows, zipmap: bool, needs=(), direct=False, relation=True) -> ZooModel:
     """A fitted classifier; the reference is scikit-learn itself (labels, predict_proba), cross-checked
     with onnxruntime on the converter's file (which is what the classifier's ONNX computes in float32)."""
     X = X.astype(np.float32)
@@ -144,7 +144,7 @@ def _classifier(key, what, estimator, X, y, rows, zipmap: bool, needs=(), direct
     ]
     needs = tuple(needs) + (("zipmap",) if zipmap and not direct else ())  # dbdl converts without ZipMap
     return ZooModel(key, "sklearn", what, estimator if direct else onnx_bytes, {"x": x}, checks, needs=needs,
-                    example=X[:1] if direct else None)
+                    example=X[:1] if direct else None, relation=relation)
 
 
 def _iris():
@@ -178,7 +178,7 @@ def skl_linear_regression() -> ZooModel:
     expected = est.predict(x).astype(np.float32)
     np.testing.assert_allclose(run_ort(onnx_bytes, {"X": x})[0][:, 0], expected, atol=1e-4)
     return ZooModel("skl_linear_regression", "sklearn", "skl2onnx.to_onnx(LinearRegression) on 10 synthetic features",
-                    onnx_bytes, {"x": x}, [Check("scalar", None, expected)])
+                    onnx_bytes, {"x": x}, [Check("scalar", None, expected)], relation=True)
 
 
 def skl_ridge_float64() -> ZooModel:
@@ -220,7 +220,8 @@ def skl_logistic_string_labels() -> ZooModel:
     X, y = _iris()
     names = np.array(["setosa", "versicolor", "virginica"])[y]
     return _classifier("skl_logistic_string_labels", "skl2onnx.to_onnx(LogisticRegression) on iris with string labels "
-                       "(ZipMap)", LogisticRegression(max_iter=1000), X, names, 40, zipmap=True, needs=("text_labels",))
+                       "(ZipMap)", LogisticRegression(max_iter=1000), X, names, 40, zipmap=True, needs=("text_labels",),
+                       relation=None)  # the label output has no SQL form; the probabilities have
 
 
 def skl_mlp() -> ZooModel:
@@ -289,7 +290,8 @@ def lightgbm_classifier() -> ZooModel:
     checks = [Check("scalar", None, np.asarray(label, np.float32), 0, 0), Check("array", "probabilities", proba),
               Check("class", "probabilities", np.argmax(proba, axis=1))]
     return ZooModel("lightgbm_classifier", "lightgbm", "onnxmltools.convert_lightgbm(LGBMClassifier(20 trees)) on "
-                    "breast_cancer (ZipMap; label output shaped [1])", onnx_bytes, {"x": x}, checks, needs=("zipmap",))
+                    "breast_cancer (ZipMap; label output shaped [1])", onnx_bytes, {"x": x}, checks, needs=("zipmap",),
+                    relation=True)
 
 
 def lightgbm_regressor() -> ZooModel:
@@ -309,7 +311,8 @@ def lightgbm_regressor() -> ZooModel:
     expected = est.predict(x).astype(np.float32)
     np.testing.assert_allclose(run_ort(onnx_bytes, {"input": x})[0][:, 0], expected, atol=1e-4)
     return ZooModel("lightgbm_regressor", "lightgbm", "onnxmltools.convert_lightgbm(LGBMRegressor(30 trees)) on 8 "
-                    "synthetic features", onnx_bytes, {"x": x}, [Check("scalar", None, expected)])
+                    "synthetic features", onnx_bytes, {"x": x}, [Check("scalar", None, expected)],
+                    relation=True)
 
 
 # -- torch, exported the way users export ---------------------------------------------------------

@@ -253,6 +253,36 @@ class SQLBuilder:
         parts = [f"SELECT rid, {k} AS i, {e} AS v FROM {table}" for k, e in enumerate(expressions)]
         return self._add(" UNION ALL ".join(parts), len(expressions))
 
+    def tree_walk(self, x: Relation, nodes: dict[str, np.ndarray], roots: dict[str, np.ndarray],
+                  leaves: dict[str, np.ndarray], bases: dict[str, np.ndarray], depth: int, cond: str,
+                  divisor: float = 1.0) -> Relation:
+        """A forest as a walk: every row starts at every tree's root (``roots``: k) and steps
+        ``depth`` times through ``nodes`` (k, feature f, threshold th, yes, no, …; a leaf steps to
+        itself) by ``cond`` (an expression of ``x.v``, the feature's value, and the node ``n``);
+        then the weights of the leaves it ends in (``leaves``: k, output position j, w) are summed
+        per j, divided by ``divisor``, and each position's base value (``bases``: j, b) added."""
+        self._layer += 1
+        n_table = self.table_for(f"tn{self._layer}", nodes)
+        r_table = self.table_for(f"tr{self._layer}", roots)
+        l_table = self.table_for(f"tl{self._layer}", leaves)
+        b_table = self.table_for(f"tb{self._layer}", bases)
+        rows = self._add(f"SELECT DISTINCT rid FROM {x.name}", 1)
+        # one key per (row, position): the value joins the (row, node) pairs only, so no planner can
+        # join the values to the nodes first (every row's values × every node reading that position)
+        width = max(1, x.width)
+        keyed = self._add(f"SELECT rid * {width} + i AS key, v FROM {x.name}", 1)
+        at = self._add(f"SELECT r.rid, t.k FROM {rows.name} AS r CROSS JOIN {r_table} AS t", 1)
+        for _ in range(depth):
+            at = self._add(f"SELECT s.rid, CASE WHEN {cond} THEN n.yes ELSE n.no END AS k FROM {at.name} AS s "
+                           f"JOIN {n_table} AS n ON n.k = s.k JOIN {keyed.name} AS x ON x.key = s.rid * {width} + n.f",
+                           1)
+        summed = self._add(f"SELECT s.rid, l.j AS i, SUM(l.w) AS v FROM {at.name} AS s JOIN {l_table} AS l "
+                           f"ON l.k = s.k GROUP BY s.rid, l.j", 1)
+        scale = "" if divisor == 1.0 else f" / {divisor!r}"
+        return self._add(f"SELECT r.rid, b.j AS i, COALESCE(y.v, 0.0){scale} + b.b AS v FROM {rows.name} AS r "
+                         f"CROSS JOIN {b_table} AS b LEFT JOIN {summed.name} AS y ON y.rid = r.rid AND y.i = b.j",
+                         len(bases["j"]))
+
     def output(self, x: Relation, kind: str) -> str:
         """The SELECT giving (rid, prediction) for predict (scalar), predict_array or predict_class."""
         value = {"array": self.spell.collect, "class": self.spell.argmax,

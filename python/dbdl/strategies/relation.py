@@ -44,8 +44,9 @@ def graph_problem(graph, model: ResolvedModel) -> str:
 
 _DENSE = ("Gemm", "MatMul", "LinearRegressor", "LinearClassifier")
 _TREES = ("TreeEnsembleRegressor", "TreeEnsembleClassifier")
-#: seconds per tree node to parse, plan and bind the compiled statement (measured on DuckDB: a 50-tree
-#: unbounded random forest, 30,000 nodes, takes about 9 s before the first row)
+#: seconds per tree node to parse, plan and bind a forest compiled as CASE text (measured on DuckDB: a
+#: 20-tree depth-8 random forest, 7,500 nodes, about 1.5 s before the first row; larger forests are
+#: compiled as a walk over a node table, whose statement does not grow with the nodes)
 _TREE_NODE_S = 3.0e-4
 
 
@@ -61,20 +62,26 @@ def relation_terms(call: PredictCall, graph_nodes) -> dict[str, dict[str, float]
     dense = [n for n in graph_nodes if n.op.op_type in _DENSE]
     weights = sum(int(np.count_nonzero(_dense_weight(n))) for n in dense)
     values = sum(int(max(1, per_row_size(n.shape))) for n in graph_nodes)
-    # a tree ensemble: each row's CASE steps down every tree (its FLOPs: the comparisons)
-    values += sum(n.op.flops([], n.shape) for n in graph_nodes if n.op.op_type in _TREES)
+    # a tree ensemble as CASE text: each row steps down every tree (its FLOPs: the comparisons), and
+    # the text is parsed by sqlglot and the database once per statement (its size costs); as a walk
+    # over a node table (ir/ops/_trees.py): one join row per row, tree and level
+    forests = [n for n in graph_nodes if n.op.op_type in _TREES]
+    values += sum(n.op.flops([], n.shape) for n in forests if n.op.forest().form == "case")
+    walk = sum(len(n.op.forest().trees) * (n.op.forest().depth + 2) for n in forests
+               if n.op.forest().form == "walk")
     setup = c.get("rel_setup_s", 0.0)
-    # a forest's CASE text is parsed by sqlglot and the database once per statement: its size costs
-    nodes = sum(n.op.forest().n_nodes for n in graph_nodes if n.op.op_type in _TREES)
+    nodes = sum(n.op.forest().n_nodes for n in forests if n.op.forest().form == "case")
     if nodes:
         setup += nodes * c.get("rel_tree_node_s", _TREE_NODE_S)
-    options = {"element": {"setup": setup, "joins": rows * weights * c["rel_weight_s"],
+    options = {"element": {"setup": setup, "joins": rows * (weights + walk) * c["rel_weight_s"],
                            "values": rows * values * c["rel_value_s"]}}
     if "blocked" in call.backend.relational.layouts and "rel_dot_s" in c:
         dots = sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(_dense_weight(n).shape[0]) * c["rel_dot_elem_s"])
                    for n in dense)
         options["blocked"] = {"setup": setup, "dot products": rows * dots,
                               "values": rows * values * c["rel_value_s"]}
+        if walk:
+            options["blocked"]["joins"] = rows * walk * c["rel_weight_s"]
     return options
 
 
