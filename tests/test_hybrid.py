@@ -97,6 +97,11 @@ def test_hint_forces_a_split_by_node_or_tensor_and_where_runs_first(hybrid_db):
     got = db.sql("SELECT /*+ dbdl strategy=hybrid:/0/gemm_output_0 */ id, predict_class('m', feats) FROM t "
                  "WHERE id % 3 = 0 AND id < 12 ORDER BY id").fetchall()
     assert got == [(i, int(logits[i].argmax())) for i in range(0, ROWS, 3)]
+    # a LIMIT runs before the model too (planner: push_limit), under both runtimes
+    for strategy in (f"{HYBRID}:0:dl", HYBRID):
+        top = db.sql("SELECT id, predict_class('m', feats) FROM t ORDER BY id LIMIT 2", strategy=strategy).fetchall()
+        assert top == [(i, int(logits[i].argmax())) for i in range(2)]
+        assert db.explain("SELECT id, predict_class('m', feats) FROM t ORDER BY id LIMIT 2", strategy=strategy)[0].rows == 2
 
 
 def test_budget_below_the_model_rules_out_udf_and_dl_and_hybrid_is_costed(hybrid_db):
