@@ -71,7 +71,7 @@ def call_node(call: exp.Anonymous) -> exp.Expression:
     return call.parent if _qualifier(call) is not None else call
 
 
-HINT_RE = re.compile(r"/\*\+\s*dbdl\s+strategy\s*=\s*(\w+(?::\w+)?)\s*\*/", re.I)
+HINT_RE = re.compile(r"/\*\+\s*dbdl\s+strategy\s*=\s*(\w+(?::[\w./:-]+)?)\s*\*/", re.I)
 
 
 def strategy_hint(sql: str, dialect: Any = None) -> str | None:

@@ -86,6 +86,10 @@ class Graph:
                 return (node.out_shapes or [node.shape])[node.outputs.index(self.outputs[index])]
         return dict(self.inputs)[self.outputs[index]]
 
+    def prefix(self, k: int) -> "Graph":
+        """Nodes 0..k alone, as a graph whose output is node k's (a hybrid plan's SQL part)."""
+        return Graph(list(self.inputs), [self.nodes[k].outputs[0]], self.nodes[:k + 1])
+
     # -- evaluation ----------------------------------------------------------------------------
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

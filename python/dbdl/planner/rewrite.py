@@ -55,7 +55,8 @@ def _check_strategy(backend: "Backend", forced: str | None) -> tuple[str | None,
     strategy, _, variant = (forced or "").partition(":")
     strategy = strategy or None
     known = STRATEGIES.get(strategy) if strategy else None
-    if strategy is not None and (known is None or variant and variant not in known.variants(backend)):
+    if strategy is not None and (known is None or variant and not known.model_variants
+                                 and variant not in known.variants(backend)):
         layouts = STRATEGIES["relation"].variants(backend)
         raise StrategyUnavailable(
             f"unknown strategy {strategy if not variant else f'{strategy}:{variant}'!r}; choose one of "
@@ -178,6 +179,8 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                 how = chosen if strategy or chosen != "udf" and backend.cache_filled_in_server else None
                 if strategy == "relation":
                     how += ":" + (variant or estimate.layout or "element")
+                elif variant:  # a hybrid plan's split point
+                    how += ":" + variant
 
                 def compute(sql: str, how: str | None) -> None:
                     for inner in parse(sql, backend.dialect) or []:

@@ -83,6 +83,9 @@ class Estimate:
     reason: str = ""       # why it was ruled out, or what dominates
     terms: dict[str, float] = field(default_factory=dict)
     layout: str = ""       # relation-centric: "element" or "blocked" weights
+    #: hybrid: the split (what EXPLAIN names) and, per operator, where it runs and why
+    split: str = ""
+    placement: list[str] = field(default_factory=list)
 
     @property
     def feasible(self) -> bool:
@@ -186,6 +189,9 @@ class Strategy(ABC):
     #: the same call twice in one SELECT (select list and GROUP BY) is rewritten once and its
     #: expression reused: a strategy whose rewrite adds a join must say so
     joins: ClassVar[bool] = False
+    #: its variants depend on the model (hybrid's split points): the planner leaves them to
+    #: ``feasible``, which names the valid ones
+    model_variants: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
