@@ -18,12 +18,12 @@ BUDGET = 200_000
 
 
 class _DenseThenConv(torch.nn.Module):
-    """Dense layers dbdl compiles to SQL, then a Conv its IR does not hold."""
+    """Dense layers dbdl compiles to SQL, then a ConvTranspose its IR does not hold."""
 
     def __init__(self):
         super().__init__()
         torch.manual_seed(13)
-        self.fc, self.conv = torch.nn.Linear(20, 16), torch.nn.Conv2d(1, 2, 3)
+        self.fc, self.conv = torch.nn.Linear(20, 16), torch.nn.ConvTranspose2d(1, 2, 3)
 
     def forward(self, x):
         return self.conv(torch.relu(self.fc(x)).reshape(-1, 1, 4, 4)).flatten(1)
@@ -177,13 +177,13 @@ def test_wrong_length_is_the_same_shape_mismatch_as_relation(hybrid_db):
 
 @pytest.mark.parametrize("strategy", ["hybrid:dl", "hybrid:/reshape_output_0", "hybrid"])
 def test_a_suffix_beyond_the_ir_runs_in_the_sub_model(hybrid_db, strategy):
-    """A Conv after the dense layers: relation-centric execution is ruled out, the dense layers
-    still run as SQL and the Conv in the sub-model (its FLOPs counted on the ONNX graph)."""
+    """A ConvTranspose after the dense layers: relation-centric execution is ruled out, the dense
+    layers still run as SQL and the ConvTranspose in the sub-model (its FLOPs counted on the ONNX graph)."""
     db, *_, want = hybrid_db
     plan = db.explain("SELECT predict_array('c', feats) FROM narrow", strategy=strategy)[0]
     by = {e.strategy: e for e in plan.candidates}
-    assert "operator Conv is not supported" in by["relation"].reason and by[HYBRID].feasible
-    assert any("(Conv, Flatten): " in line for line in by[HYBRID].placement)
+    assert "operator ConvTranspose is not supported" in by["relation"].reason and by[HYBRID].feasible
+    assert any("(ConvTranspose, Flatten): " in line for line in by[HYBRID].placement)
     got = db.sql("SELECT id, predict_array('c', feats) FROM narrow ORDER BY id", strategy=strategy).fetchall()
     np.testing.assert_allclose(np.array([r[1] for r in got]), want, rtol=1e-4, atol=1e-5)
 

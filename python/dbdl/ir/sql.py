@@ -104,6 +104,8 @@ class SQLBuilder:
             return self._dense_blocked(x, weight, bias)
         ii, jj = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
         keep = weight != 0  # zero weights need no rows: sparse layers cost what they hold
+        if bias is None and not keep.any(axis=0).all():
+            bias = np.zeros(n_out)  # an output no weight reaches still gets its row (the bias join fills it)
         w_table = self.table_for(f"w{self._layer}", {"i": ii[keep], "j": jj[keep], "w": weight[keep].astype(np.float64)})
         y = self._add(f"SELECT x.rid, w.j AS i, SUM(x.v * w.w) AS v FROM {x.name} AS x JOIN {w_table} AS w "
                       f"ON w.i = x.i GROUP BY x.rid, w.j", n_out)

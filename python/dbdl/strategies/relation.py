@@ -55,7 +55,8 @@ _TREE_NODE_S = 3.0e-4
 
 def _dense_weight(node) -> np.ndarray:
     """The (in x out) weights of a node compiled as a dense layer."""
-    return node.op.params[1] if node.op.op_type in ("Gemm", "MatMul") else node.op.weight()
+    # MatMul holds (in x out) as it is; Gemm's weight() applies transB (torch exports (out x in))
+    return node.op.params[1] if node.op.op_type == "MatMul" else node.op.weight()
 
 
 def relation_terms(call: PredictCall, graph_nodes) -> dict[str, dict[str, float]]:
