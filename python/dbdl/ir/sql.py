@@ -105,10 +105,12 @@ class SQLBuilder:
         ii, jj = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
         keep = weight != 0  # zero weights need no rows: sparse layers cost what they hold
         w_table = self.table_for(f"w{self._layer}", {"i": ii[keep], "j": jj[keep], "w": weight[keep].astype(np.float64)})
+        # activations equal to 0 contribute nothing either: a wide, mostly-zero input costs what it
+        # holds (NaN <> 0 holds, so NaN still spreads; a NULL adds nothing to the SUM either way)
         y = self._add(f"SELECT x.rid, w.j AS i, SUM(x.v * w.w) AS v FROM {x.name} AS x JOIN {w_table} AS w "
-                      f"ON w.i = x.i GROUP BY x.rid, w.j", n_out)
-        if bias is None:
-            return y
+                      f"ON w.i = x.i WHERE x.v <> 0 GROUP BY x.rid, w.j", n_out)
+        if bias is None:  # the fill below still gives every row every output position (0 where nothing met)
+            bias = np.zeros(n_out)
         b_table = self.table_for(f"b{self._layer}", {"j": np.arange(n_out), "b": bias.astype(np.float64)})
         # every output position exists even where all inputs met zero weights
         return self._add(f"SELECT r.rid, b.j AS i, COALESCE(y.v, 0) + b.b AS v FROM (SELECT DISTINCT rid FROM {x.name}) "
@@ -237,6 +239,38 @@ class SQLBuilder:
             k: np.broadcast_to(np.asarray(c, dtype=np.float64), (x.width,)).copy() for k, c in columns.items()}})
         expr = template.format(v="x.v", **{k: f"c.{k}" for k in columns})
         return self._add(f"SELECT x.rid, x.i, {expr} AS v FROM {x.name} AS x JOIN {table} AS c ON c.i = x.i", x.width)
+
+    def lookup(self, x: Relation, table: np.ndarray, width: int) -> Relation:
+        """An embedding lookup: each value of ``x`` is an index into the rows of ``table`` (rows ×
+        dim); the row's ``dim`` values land at positions ``i × dim + d``. A negative index counts from
+        the end; one outside ``[-rows, rows)`` raises ModelRuntimeError (as onnxruntime refuses it)."""
+        import sqlglot.expressions as exp
+
+        self._layer += 1
+        rows, dim = table.shape
+        tt, dd = np.meshgrid(np.arange(rows), np.arange(dim), indexing="ij")
+        name = self.table_for(f"e{self._layer}", {"token": tt.reshape(-1), "d": dd.reshape(-1),
+                                                  "w": table.reshape(-1)})
+        message = exp.DPipe(
+            this=exp.Literal.string(f"dbdl.ModelRuntimeError: an embedding lookup (Gather) got an index outside its "
+                                    f"table of {rows} rows (valid: {-rows} to {rows - 1}); pass token ids below "
+                                    f"{rows} — got index "),
+            expression=exp.Cast(this=exp.Cast(this=exp.column("v"), to=exp.DataType.build("BIGINT")),
+                                to=exp.DataType.build("TEXT")))
+        fail = self.spell.fail(message, exp.column("v")).sql()
+        index = self._add(f"SELECT rid, i, CAST(CASE WHEN v < {-rows} OR v >= {rows} OR v <> FLOOR(v) THEN {fail} "
+                          f"WHEN v < 0 THEN v + {rows} ELSE v END AS BIGINT) AS v FROM {x.name}", x.width)
+        at = "x.i" if dim == 1 else f"x.i * {dim} + e.d"
+        return self._add(f"SELECT x.rid, {at} AS i, e.w AS v FROM {index.name} AS x JOIN {name} AS e "
+                         f"ON e.token = x.v", width)
+
+    def pick(self, x: Relation, source: np.ndarray, width: int) -> Relation:
+        """Output position o takes the value at position ``source[o]`` of ``x`` (a position may be
+        taken more than once): a join with a constant (i, o) table."""
+        self._layer += 1
+        table = self.table_for(f"g{self._layer}", {"i": np.asarray(source, dtype=np.int64),
+                                                   "o": np.arange(len(source))})
+        return self._add(f"SELECT x.rid, t.o AS i, x.v FROM {x.name} AS x JOIN {table} AS t ON t.i = x.i", width)
 
     def argmax(self, x: Relation) -> Relation:
         """One value per row: the position of the row's largest value (ties: the first)."""

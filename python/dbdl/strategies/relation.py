@@ -63,7 +63,7 @@ class RelationCentric(Strategy):
 
     def feasible(self, call: PredictCall) -> str | None:
         backend = call.backend
-        reason = call.plain_problem or graph_problem(call.graph, call.model)
+        reason = call.relation_problem or graph_problem(call.graph, call.model)
         if not reason and not call.joinable:
             reason = "predict is not inside a SELECT … FROM …"
         if not reason and call.parameters:
