@@ -267,15 +267,16 @@ def make_mlp(sizes=(8, 16, 3), seed: int = 0, final=None) -> torch.nn.Module:
     return torch.nn.Sequential(*layers).eval()
 
 
-def export_onnx(module: torch.nn.Module, width: "int | tuple[int, ...]", **options) -> bytes:
+def export_onnx(module: torch.nn.Module, width: "int | tuple[int, ...]", dtype=torch.float32, **options) -> bytes:
     """What a user's own torch.onnx.export writes (TorchScript exporter, dynamic batch axis), for
-    rows of ``width`` values or of a per-row ``shape`` tuple; ``options`` go to torch.onnx.export
-    (opset_version=…)."""
+    rows of ``width`` values or of a per-row ``shape`` tuple (of ``dtype``: torch.int64 for the
+    token ids of an embedding); ``options`` go to torch.onnx.export (opset_version=…)."""
     shape = tuple(width) if isinstance(width, (tuple, list)) else (width,)
+    example = torch.randn(2, *shape) if dtype.is_floating_point else torch.zeros(2, *shape, dtype=dtype)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(2, *shape),), buf, dynamo=False, input_names=["x"],
+        torch.onnx.export(module, (example,), buf, dynamo=False, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, **options)
     return buf.getvalue()
 
