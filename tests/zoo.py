@@ -652,7 +652,7 @@ def onnx_maxpool2d() -> ZooModel:
 
 def onnx_embedding() -> ZooModel:
     return _onnx_test("onnx_embedding", "pytorch-converted/test_Embedding", "Embedding (int64 ids)", rows=7,
-                      relation=False, input_dtype=np.int64, needs=("fixed_batch", "old_opset", "int_inputs"))
+                      relation=True, input_dtype=np.int64, needs=("fixed_batch", "old_opset", "int_inputs"))
 
 
 def onnx_single_relu() -> ZooModel:
