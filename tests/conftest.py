@@ -334,6 +334,27 @@ def run_onnx(model_bytes: bytes, feeds: dict[str, np.ndarray], output: int = 0) 
     return session.run(None, feeds)[output]
 
 
+def relation_sql_failures(db: dbdl.Database, cases) -> list[str]:
+    """For each (name, model bytes, rows, table column) of ``cases``, all in ``db``: register the model,
+    write the rows and one row of NULL features, run predict_array with strategy='relation'; what
+    differs from onnxruntime on the rows (and a NULL row that does not give NULL), one line each."""
+    failures = []
+    for k, (name, model_bytes, x, column) in enumerate(cases):
+        expected = run_onnx(model_bytes, {"x": x}).reshape(len(x), -1)
+        table = f"t{k}"
+        db.create_table(table, {"id": np.arange(len(x)), "x": column})
+        db.sql(f"INSERT INTO {table} (id) VALUES ({len(x)})")
+        db.models.register(name, model_bytes)
+        rows = sorted(db.sql(f"SELECT id, predict_array('{name}', x) FROM {table}", strategy="relation").fetchall())
+        assert [r[0] for r in rows] == list(range(len(x) + 1))
+        if rows[-1][1] is not None:
+            failures.append(f"{name}: NULL features gave {rows[-1][1]!r}")
+        got = np.array([list(r[1]) for r in rows[:-1]], dtype=np.float64)
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+            failures.append(f"{name}: got {got.tolist()}, onnxruntime {expected.tolist()}")
+    return failures
+
+
 @pytest.fixture(scope="session")
 def features() -> np.ndarray:
     return np.random.default_rng(7).standard_normal((300, 8)).astype(np.float32)

@@ -16,7 +16,7 @@ import onnx
 import pyarrow as pa
 import pytest
 import torch
-from conftest import export_onnx, run_onnx
+from conftest import export_onnx, relation_sql_failures, run_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from test_ir_security import _unqualified
@@ -172,21 +172,9 @@ def _column(x: np.ndarray):
 def test_every_model_through_sql_matches_onnxruntime(db):
     """All of them in one database: predict_array with strategy='relation' over a table whose last
     row has NULL features (NULL out); the index columns are BIGINT[] / INTEGER[]."""
-    failures = []
-    for k, (name, (model_bytes, shape, dtype)) in enumerate(sorted(MODELS.items())):
-        x = _rows(name, shape, dtype)
-        expected = run_onnx(model_bytes, {"x": x}).reshape(ROWS, -1)
-        table = f"t{k}"
-        db.create_table(table, {"id": np.arange(ROWS), "x": _column(x)})
-        db.sql(f"INSERT INTO {table} (id) VALUES ({ROWS})")
-        db.models.register(name, model_bytes)
-        rows = sorted(db.sql(f"SELECT id, predict_array('{name}', x) FROM {table}", strategy="relation").fetchall())
-        assert [r[0] for r in rows] == list(range(ROWS + 1))
-        if rows[-1][1] is not None:
-            failures.append(f"{name}: NULL features gave {rows[-1][1]!r}")
-        got = np.array([list(r[1]) for r in rows[:-1]], dtype=np.float64)
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
-            failures.append(f"{name}: got {got.tolist()}, onnxruntime {expected.tolist()}")
+    cases = [(name, model_bytes, _rows(name, shape, dtype), _column(_rows(name, shape, dtype)))
+             for name, (model_bytes, shape, dtype) in sorted(MODELS.items())]
+    failures = relation_sql_failures(db, cases)
     assert not failures, "\n".join(failures)
 
 

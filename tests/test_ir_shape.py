@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import export_onnx, run_onnx
+from conftest import export_onnx, relation_sql_failures, run_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import dbdl
@@ -208,21 +208,9 @@ def test_shape_operators_cost_no_flops():
 def test_every_model_through_sql_matches_onnxruntime(db):
     """All of them in one database (registration is the slow part): per model, predict_array with
     strategy='relation' over a table whose last row has NULL features."""
-    failures = []
-    for k, (name, (model_bytes, shape)) in enumerate(sorted(MODELS.items())):
-        x = _rows(shape)
-        expected = run_onnx(model_bytes, {"x": x}).reshape(ROWS, -1)
-        table = f"t{k}"
-        db.create_table(table, {"id": np.arange(ROWS), "x": x.reshape(ROWS, -1)})
-        db.sql(f"INSERT INTO {table} (id) VALUES ({ROWS})")
-        db.models.register(name, model_bytes)
-        rows = sorted(db.sql(f"SELECT id, predict_array('{name}', x) FROM {table}", strategy="relation").fetchall())
-        assert [r[0] for r in rows] == list(range(ROWS + 1))
-        if rows[-1][1] is not None:
-            failures.append(f"{name}: NULL features gave {rows[-1][1]!r}")
-        got = np.array([list(r[1]) for r in rows[:-1]], dtype=np.float64)
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
-            failures.append(f"{name}: got {got.tolist()}, onnxruntime {expected.tolist()}")
+    cases = [(name, model_bytes, _rows(shape), _rows(shape).reshape(ROWS, -1))
+             for name, (model_bytes, shape) in sorted(MODELS.items())]
+    failures = relation_sql_failures(db, cases)
     assert not failures, "\n".join(failures)
 
 
