@@ -190,6 +190,10 @@ def test_an_index_outside_the_table_is_the_same_error_under_relation_and_udf(db)
     for strategy in ("relation", "udf"):
         with pytest.raises(dbdl.ModelRuntimeError, match=f"{VOCAB}"):
             db.sql(sql, strategy=strategy).fetchall()
+    # the result cache keys float32 vectors only: with it on, the int64 ids still run relation-centric
+    db.models.set_options("emb", cache=True)
+    plan, = db.explain(sql, strategy="relation")
+    assert "result cache not used: input 'x' takes int64 values, not float32" in plan.cache
     # the rows inside the table score alike
     good = "SELECT id, predict_array('emb', x) FROM ids WHERE id < 2 ORDER BY id"
     a, b = (db.sql(good, strategy=s).fetchall() for s in ("relation", "udf"))

@@ -57,9 +57,6 @@ class Gather(Op):
         return np.take(data, np.asarray(indices).astype(np.int64), axis=self.axis if self.axis >= 0 else
                        self.axis + data.ndim)
 
-    def param_bytes(self) -> int:
-        return int(sum(p.nbytes for p in self.params.values()))
-
     def to_sql(self, sql, inputs, out_shape):
         if self._lookup:
             table = np.asarray(self.params[0], dtype=np.float64)
