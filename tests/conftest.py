@@ -334,6 +334,21 @@ def run_onnx(model_bytes: bytes, feeds: dict[str, np.ndarray], output: int = 0) 
     return session.run(None, feeds)[output]
 
 
+def assert_ir_matches_onnxruntime(model_bytes: bytes, x: np.ndarray) -> None:
+    """dbdl's IR holds the whole model, may compile it to SQL, and its numpy evaluation of rows ``x``
+    equals onnxruntime's (values and per-row shape)."""
+    from dbdl.ir import from_onnx
+
+    graph = from_onnx(onnx.load_from_string(model_bytes))
+    assert graph.unsupported == []
+    assert graph.relational == (True, "")
+    expected = run_onnx(model_bytes, {"x": x})
+    got = graph.run({"x": x})[0]
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert graph.output_shape() == expected.shape[1:]
+
+
 def relation_sql_failures(db: dbdl.Database, cases) -> list[str]:
     """For each (name, model bytes, rows, table column) of ``cases``, all in ``db``: register the model,
     write the rows and one row of NULL features, run predict_array with strategy='relation'; what

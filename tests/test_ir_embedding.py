@@ -16,7 +16,7 @@ import onnx
 import pyarrow as pa
 import pytest
 import torch
-from conftest import export_onnx, relation_sql_failures, run_onnx
+from conftest import assert_ir_matches_onnxruntime, export_onnx, relation_sql_failures, run_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from test_ir_security import _unqualified
@@ -121,14 +121,7 @@ def _rows(name, shape, dtype) -> np.ndarray:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_numpy_evaluation_matches_onnxruntime(name):
     model_bytes, shape, dtype = MODELS[name]
-    graph = from_onnx(onnx.load_from_string(model_bytes))
-    assert graph.unsupported == [] and graph.relational == (True, "")
-    x = _rows(name, shape, dtype)
-    expected = run_onnx(model_bytes, {"x": x})
-    got = graph.run({"x": x})[0]
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    assert graph.output_shape() == expected.shape[1:]
+    assert_ir_matches_onnxruntime(model_bytes, _rows(name, shape, dtype))
 
 
 def test_torch_embedding_bag_loops_become_gather_and_a_reduction():

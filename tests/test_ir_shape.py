@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import export_onnx, relation_sql_failures, run_onnx
+from conftest import assert_ir_matches_onnxruntime, export_onnx, relation_sql_failures
 from onnx import TensorProto, helper, numpy_helper
 
 import dbdl
@@ -177,15 +177,7 @@ def _rows(shape) -> np.ndarray:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_numpy_evaluation_matches_onnxruntime(name):
     model_bytes, shape = MODELS[name]
-    graph = from_onnx(onnx.load_from_string(model_bytes))
-    assert graph.unsupported == []
-    assert graph.relational == (True, "")
-    x = _rows(shape)
-    expected = run_onnx(model_bytes, {"x": x})
-    got = graph.run({"x": x})[0]
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    assert graph.output_shape() == expected.shape[1:]
+    assert_ir_matches_onnxruntime(model_bytes, _rows(shape))
 
 
 def test_torch_exports_use_the_new_operators():
