@@ -155,14 +155,16 @@ class PredictCall:
 
     @functools.cached_property
     def relation_problem(self) -> str:
-        """As ``plain_problem``, for relation-centric SQL, which also takes integer vectors (the token
-        ids of an embedding lookup); the result cache keeps to float32 (``plain_problem``)."""
+        """As ``plain_problem``, for relation-centric SQL, which also takes float64 vectors and integer
+        vectors (the token ids of an embedding lookup); the result cache keeps to float32
+        (``plain_problem``)."""
         return plain_features(self.model, self.args, RELATION_DTYPES) or (
             (self.backend.relation_feature_problem(self.model, self.args) or "") if self.joinable else "")
 
 
-#: the input types relation-centric SQL takes: float32 features, integer indices
-RELATION_DTYPES = ("float32", "int32", "int64")
+#: the input types relation-centric SQL takes (it computes in double precision): float32 or float64
+#: features, integer indices
+RELATION_DTYPES = ("float32", "float64", "int32", "int64")
 
 
 def plain_features(model: ResolvedModel, feature_args: list[exp.Expression],
