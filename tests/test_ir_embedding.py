@@ -183,6 +183,11 @@ def test_an_index_outside_the_table_is_the_same_error_under_relation_and_udf(db)
     for strategy in ("relation", "udf"):
         with pytest.raises(dbdl.ModelRuntimeError, match=f"{VOCAB}"):
             db.sql(sql, strategy=strategy).fetchall()
+    # a fractional id from a DOUBLE[] column: the UDF path's DTypeMismatch, under relation too
+    db.create_table("fractional", {"id": np.arange(1), "x": np.array([[1.0, 2.5, 3.0, 4.0]])})
+    for strategy in ("relation", "udf"):
+        with pytest.raises(dbdl.DTypeMismatch, match="takes whole numbers"):
+            db.sql("SELECT predict_array('emb', x) FROM fractional", strategy=strategy).fetchall()
     # the result cache keys float32 vectors only: with it on, the int64 ids still run relation-centric
     db.models.set_options("emb", cache=True)
     plan, = db.explain(sql, strategy="relation")

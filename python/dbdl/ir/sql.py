@@ -87,6 +87,9 @@ class SQLBuilder:
     layout: str = "element"
     ctes: list[tuple[str, str]] = field(default_factory=list)
     _layer: int = 0
+    #: for a model of integer inputs: the DTypeMismatch message raised for an input value that is not
+    #: a whole number (a fractional, NaN or infinite value from a DOUBLE[] column), as the UDF path does
+    whole_numbers: str = ""
 
     def _add(self, sql: str, width: int) -> Relation:
         name = f"{self.prefix}{len(self.ctes)}"
@@ -95,7 +98,15 @@ class SQLBuilder:
 
     def input(self, source_cte: str, width: int) -> Relation:
         """``source_cte`` has (rid, dbdl_f): one feature array per row."""
-        return self._add(self.spell.unnest.format(src=source_cte), width)
+        x = self._add(self.spell.unnest.format(src=source_cte), width)
+        if not self.whole_numbers:
+            return x
+        import sqlglot.expressions as exp
+
+        fail = self.spell.fail(exp.Literal.string(f"dbdl.DTypeMismatch: {self.whole_numbers}"), exp.column("v")).sql()
+        # NaN compares above every number in both databases: it fails the range test, as do infinities
+        return self._add(f"SELECT rid, i, CASE WHEN v <> FLOOR(v) OR NOT (v > -1e300 AND v < 1e300) THEN {fail} "
+                         f"ELSE v END AS v FROM {x.name}", width)
 
     def dense(self, x: Relation, weight: np.ndarray, bias: np.ndarray | None) -> Relation:
         self._layer += 1

@@ -132,7 +132,7 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
         .from_(exp.alias_(exp.Subquery(this=rows), "dbdl_d", table=True))
     )
     builder = SQLBuilder(spell, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
-                         prefix=f"dbdl_{k}_r", layout=layout)
+                         prefix=f"dbdl_{k}_r", layout=layout, whole_numbers=_whole_numbers(model))
     builder.ctes.append((src, ""))  # the expression itself below (the user's part keeps its mark)
     try:
         out = compile_graph(graph, builder, src, model.output_index)  # the output the call names
@@ -165,6 +165,16 @@ def missing_weight_tables(backend: "Backend", model: ResolvedModel, layout: str)
     except NotImplementedError:
         return []  # relation_call refuses it, naming why
     return [n for n in names if not backend.table_exists(backend.data_schema, n)]
+
+
+def _whole_numbers(model: ResolvedModel) -> str:
+    """The refusal of a value that is not a whole number, for a model of an integer input (the
+    UDF path's words: dbdl_udf.runtime), else ""."""
+    spec = model.signature.inputs[0]
+    if spec.dtype not in ("int32", "int64"):
+        return ""
+    return (f"model {model.ref!r} input {spec.name!r} takes whole numbers ({spec.dtype}); got fractional, NaN or "
+            "infinite values — pass an integer column (BIGINT[] / INTEGER[])")
 
 
 def _length_checked(backend: "Backend", model: ResolvedModel, features: exp.Expression) -> exp.Expression:
