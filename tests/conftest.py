@@ -334,9 +334,11 @@ def run_onnx(model_bytes: bytes, feeds: dict[str, np.ndarray], output: int = 0) 
     return session.run(None, feeds)[output]
 
 
-def assert_ir_matches_onnxruntime(model_bytes: bytes, x: np.ndarray) -> None:
-    """dbdl's IR holds the whole model, may compile it to SQL, and its numpy evaluation of rows ``x``
-    equals onnxruntime's (values and per-row shape)."""
+def check_ir_against_onnxruntime(model_bytes: bytes, x: np.ndarray) -> None:
+    """The IR of a one-input model ("x") holds every operator, compiles to SQL, and its numpy
+    evaluation of rows ``x`` matches onnxruntime (values, shape, per-row output shape)."""
+    import onnx
+
     from dbdl.ir import from_onnx
 
     graph = from_onnx(onnx.load_from_string(model_bytes))
@@ -349,19 +351,25 @@ def assert_ir_matches_onnxruntime(model_bytes: bytes, x: np.ndarray) -> None:
     assert graph.output_shape() == expected.shape[1:]
 
 
-def relation_sql_failures(db: dbdl.Database, cases) -> list[str]:
-    """For each (name, model bytes, rows, table column) of ``cases``, all in ``db``: register the model,
-    write the rows and one row of NULL features, run predict_array with strategy='relation'; what
-    differs from onnxruntime on the rows (and a NULL row that does not give NULL), one line each."""
+def relation_sql_mismatches(db, models: dict[str, tuple[bytes, tuple[int, ...]]], rows_for,
+                            strategy: str = "relation", column_for=None, table_prefix: str = "t") -> list[str]:
+    """Each one-input model of ``models`` (name -> (ONNX bytes, per-row shape)) registered in
+    ``db`` and run with predict_array and ``strategy`` (relation-centric, or one of its layouts)
+    over rows ``rows_for(shape)`` plus a last row of NULL features: what differs from onnxruntime
+    (NULL features must give NULL). ``column_for(rows)`` makes the table's column (default: the
+    rows flattened, a FLOAT[n] column; e.g. a BIGINT[] column of token ids), in tables named
+    ``table_prefix`` and a number."""
     failures = []
-    for k, (name, model_bytes, x, column) in enumerate(cases):
-        expected = run_onnx(model_bytes, {"x": x}).reshape(len(x), -1)
-        table = f"t{k}"
-        db.create_table(table, {"id": np.arange(len(x)), "x": column})
-        db.sql(f"INSERT INTO {table} (id) VALUES ({len(x)})")
+    for k, (name, (model_bytes, shape)) in enumerate(sorted(models.items())):
+        x = rows_for(shape)
+        n = len(x)
+        expected = run_onnx(model_bytes, {"x": x}).reshape(n, -1)
+        table = f"{table_prefix}{k}"
+        db.create_table(table, {"id": np.arange(n), "x": x.reshape(n, -1) if column_for is None else column_for(x)})
+        db.sql(f"INSERT INTO {table} (id) VALUES ({n})")
         db.models.register(name, model_bytes)
-        rows = sorted(db.sql(f"SELECT id, predict_array('{name}', x) FROM {table}", strategy="relation").fetchall())
-        assert [r[0] for r in rows] == list(range(len(x) + 1))
+        rows = sorted(db.sql(f"SELECT id, predict_array('{name}', x) FROM {table}", strategy=strategy).fetchall())
+        assert [r[0] for r in rows] == list(range(n + 1))
         if rows[-1][1] is not None:
             failures.append(f"{name}: NULL features gave {rows[-1][1]!r}")
         got = np.array([list(r[1]) for r in rows[:-1]], dtype=np.float64)

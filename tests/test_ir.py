@@ -89,13 +89,13 @@ def test_batchnorm_is_folded_and_facts_are_counted():
 
 def test_unsupported_operator_is_named():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 4, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, 3, 3])
-    conv = graph_model([helper.make_node("Conv", ["x", "K"], ["y"])], [x], [y],
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, 5, 5])
+    conv = graph_model([helper.make_node("ConvTranspose", ["x", "K"], ["y"])], [x], [y],
                        {"K": np.ones((1, 1, 2, 2), np.float32)})
     graph = from_onnx(onnx.load_from_string(conv))
     ok, why = graph.relational
-    assert not ok and "operator Conv" in why
-    with pytest.raises(NotImplementedError, match="Conv"):
+    assert not ok and "operator ConvTranspose" in why
+    with pytest.raises(NotImplementedError, match="ConvTranspose"):
         graph.run({"x": np.zeros((1, 1, 4, 4), np.float32)})
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import assert_ir_matches_onnxruntime, export_onnx, relation_sql_failures
+from conftest import check_ir_against_onnxruntime, export_onnx, relation_sql_mismatches
 from onnx import TensorProto, helper, numpy_helper
 
 import dbdl
@@ -177,7 +177,7 @@ def _rows(shape) -> np.ndarray:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_numpy_evaluation_matches_onnxruntime(name):
     model_bytes, shape = MODELS[name]
-    assert_ir_matches_onnxruntime(model_bytes, _rows(shape))
+    check_ir_against_onnxruntime(model_bytes, _rows(shape))
 
 
 def test_torch_exports_use_the_new_operators():
@@ -200,9 +200,7 @@ def test_shape_operators_cost_no_flops():
 def test_every_model_through_sql_matches_onnxruntime(db):
     """All of them in one database (registration is the slow part): per model, predict_array with
     strategy='relation' over a table whose last row has NULL features."""
-    cases = [(name, model_bytes, _rows(shape), _rows(shape).reshape(ROWS, -1))
-             for name, (model_bytes, shape) in sorted(MODELS.items())]
-    failures = relation_sql_failures(db, cases)
+    failures = relation_sql_mismatches(db, MODELS, _rows)
     assert not failures, "\n".join(failures)
 
 

@@ -9,6 +9,9 @@ the database, and no step needs the whole model in memory.
     blocked layout  setup + rows × (Σ output units × (dot-product cost + inputs × cost per element)
                                     + Σ activations × cost per value)
     (the cheaper layout the backend's SQL can run is taken)
+    a Conv's multiply-adds and a pool's window taps count as layer weights (joined rows); in the
+    blocked layout a Conv's output values are dot products over its patch, plus its im2col values
+    × join cost per weight ("patches")
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def graph_problem(graph, model: ResolvedModel) -> str:
     ok, why = graph.relational
     if ok and graph.output_problem(model.output_index):
         return graph.output_problem(model.output_index)
-    if ok and model.signature.batch is not None:
+    if ok and model.signature.batch not in (None, 1):  # batch 1: one row at a time, per-row by definition
         # a fixed batch size dbdl could not make symbolic: the graph's shapes hold it, per-row SQL would not
         return (f"the model has a fixed batch size of {model.signature.batch} (scored in slices of that many "
                 "rows), and the SQL compiler takes models that run on each row alone")
@@ -44,8 +47,9 @@ def graph_problem(graph, model: ResolvedModel) -> str:
 
 _DENSE = ("Gemm", "MatMul", "LinearRegressor", "LinearClassifier")
 _TREES = ("TreeEnsembleRegressor", "TreeEnsembleClassifier")
-#: seconds per tree node to parse, plan and bind the compiled statement (measured on DuckDB: a 50-tree
-#: unbounded random forest, 30,000 nodes, takes about 9 s before the first row)
+#: seconds per tree node to parse, plan and bind a forest compiled as CASE text (measured on DuckDB: a
+#: 20-tree depth-8 random forest, 7,500 nodes, about 1.5 s before the first row; larger forests are
+#: compiled as a walk over a node table, whose statement does not grow with the nodes)
 _TREE_NODE_S = 3.0e-4
 
 
@@ -78,21 +82,36 @@ class RelationCentric(Strategy):
         c, rows, graph = call.costs, call.rows, call.graph
         dense = [n for n in graph.nodes if n.op.op_type in _DENSE]
         weights = sum(int(np.count_nonzero(_dense_weight(n))) for n in dense)
+        # a convolution joins each row's values with its patch map and kernel (one row per multiply-add),
+        # a pool with its patch map (one per window tap)
+        windows = [n.op for n in graph.nodes if hasattr(n.op, "join_rows")]
+        weights += sum(op.join_rows("element") for op in windows)
         values = sum(int(max(1, per_row_size(n.shape))) for n in graph.nodes)
-        # a tree ensemble: each row's CASE steps down every tree (its FLOPs: the comparisons)
-        values += sum(n.op.flops([], n.shape) for n in graph.nodes if n.op.op_type in _TREES)
+        # a tree ensemble as CASE text: each row steps down every tree (its FLOPs: the comparisons), and
+        # the text is parsed by sqlglot and the database once per statement (its size costs); as a walk
+        # over a node table (ir/ops/_trees.py): one join row per row, tree and level
+        forests = [n for n in graph.nodes if n.op.op_type in _TREES]
+        values += sum(n.op.flops([], n.shape) for n in forests if n.op.forest().form == "case")
+        walk = sum(len(n.op.forest().trees) * (n.op.forest().depth + 2) for n in forests
+                   if n.op.forest().form == "walk")
         setup = c.get("rel_setup_s", 0.0)
-        # a forest's CASE text is parsed by sqlglot and the database once per statement: its size costs
-        nodes = sum(n.op.forest().n_nodes for n in graph.nodes if n.op.op_type in _TREES)
+        nodes = sum(n.op.forest().n_nodes for n in forests if n.op.forest().form == "case")
         if nodes:
             setup += nodes * c.get("rel_tree_node_s", _TREE_NODE_S)
-        options = {"element": {"setup": setup, "joins": rows * weights * c["rel_weight_s"],
+        options = {"element": {"setup": setup, "joins": rows * (weights + walk) * c["rel_weight_s"],
                                "values": rows * values * c["rel_value_s"]}}
         if "blocked" in call.backend.relational.layouts and "rel_dot_s" in c:
             dots = sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(_dense_weight(n).shape[0]) * c["rel_dot_elem_s"])
                        for n in dense)
+            # a convolution: one dot product per output value over its patch (input channels per group × kernel)
+            dots += sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(np.prod(n.op.weight().shape[1:])) * c["rel_dot_elem_s"])
+                        for n in graph.nodes if n.op.op_type == "Conv")
             options["blocked"] = {"setup": setup, "dot products": rows * dots,
                                   "values": rows * values * c["rel_value_s"]}
+            if windows:  # the patches packed for a convolution's dot products, a pool's taps
+                options["blocked"]["patches"] = rows * sum(op.join_rows("blocked") for op in windows) * c["rel_weight_s"]
+            if walk:
+                options["blocked"]["joins"] = rows * walk * c["rel_weight_s"]
         return options
 
     def _layout(self, call: PredictCall) -> str:
