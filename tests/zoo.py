@@ -197,7 +197,8 @@ def skl_ridge_float64() -> ZooModel:
     np.testing.assert_allclose(run_ort(onnx_bytes, {"X": x})[0][:, 0], expected, rtol=1e-12)
     return ZooModel("skl_ridge_float64", "sklearn", "skl2onnx.to_onnx(Ridge, X_float64[:1]) — a float64 model "
                     "(double input and output)", onnx_bytes, {"x": pa.array(list(x), type=pa.list_(pa.float64()))},
-                    [Check("scalar", None, expected.astype(np.float32), 1e-5, 1e-5)], needs=("float64",))
+                    [Check("scalar", None, expected.astype(np.float32), 1e-5, 1e-5)], needs=("float64",),
+                    relation=True)  # relation-centric SQL computes in double precision
 
 
 def skl_logistic_zipmap() -> ZooModel:
@@ -527,6 +528,56 @@ def torch_padded_tokens() -> ZooModel:
                     options={"pad_id": 0}, needs=("padding",), relation=False)
 
 
+class EmbeddingMean(torch.nn.Module):
+    """A bag of words the plain way: nn.Embedding, the mean over the sequence, a Linear head."""
+
+    def __init__(self, vocab=300, dim=8, classes=3):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab, dim)
+        self.fc = torch.nn.Linear(dim, classes)
+
+    def forward(self, tokens):
+        return self.fc(self.embedding(tokens).mean(1))
+
+
+def torch_embedding_mean() -> ZooModel:
+    torch.manual_seed(12)
+    m = EmbeddingMean().eval()
+    tokens = _rng(12).integers(0, 300, size=(23, 6)).astype(np.int64)
+    onnx_bytes = torch_export(m, (torch.zeros(1, 6, dtype=torch.int64),))  # the default (dynamo) exporter
+    y = _torch_reference(m, tokens)
+    return ZooModel("torch_embedding_mean", "torch", "torch.onnx.export(Embedding(300, 8) + mean(1) + Linear, "
+                    "torch.zeros(1, 6, dtype=int64), f) — default (dynamo) exporter, 6 token ids per row",
+                    onnx_bytes, {"tokens": pa.array(tokens.tolist(), type=pa.list_(pa.int64()))},
+                    [Check("array", None, y), Check("class", None, np.argmax(y, 1))],
+                    forms=[Form(("tokens",), "fixed-length BIGINT[] token ids")], needs=("fixed_batch",),
+                    relation=True)
+
+
+class FixedBags(torch.nn.Module):
+    def __init__(self, vocab=400, dim=8, classes=4, mode="mean"):
+        super().__init__()
+        self.embedding = torch.nn.EmbeddingBag(vocab, dim, mode=mode)
+        self.fc = torch.nn.Linear(dim, classes)
+
+    def forward(self, tokens):  # (n, L): one bag of L ids per row, no offsets
+        return self.fc(self.embedding(tokens))
+
+
+def torch_embedding_bag_2d() -> ZooModel:
+    torch.manual_seed(14)
+    m = FixedBags().eval()
+    tokens = _rng(14).integers(0, 400, size=(19, 5)).astype(np.int32)
+    onnx_bytes = torch_export(m, (torch.zeros(1, 5, dtype=torch.int64),), dynamo=False, input_names=["tokens"],
+                              output_names=["logits"], dynamic_axes={"tokens": {0: "batch"}, "logits": {0: "batch"}})
+    y = _torch_reference(m, tokens.astype(np.int64))
+    return ZooModel("torch_embedding_bag_2d", "torch", "torch.onnx.export(EmbeddingBag(400, 8, mode='mean') + Linear, "
+                    "2-D tokens, dynamo=False, dynamic_axes=...) — fixed-size bags, exported as a Loop",
+                    onnx_bytes, {"tokens": pa.array(tokens.tolist(), type=pa.list_(pa.int32()))},
+                    [Check("array", None, y), Check("class", None, np.argmax(y, 1))],
+                    forms=[Form(("tokens",), "fixed-length INTEGER[] token ids into an int64 input")], relation=True)
+
+
 # -- the ONNX package's own backend test models -----------------------------------------------------
 
 
@@ -607,7 +658,7 @@ def onnx_maxpool2d() -> ZooModel:
 
 def onnx_embedding() -> ZooModel:
     return _onnx_test("onnx_embedding", "pytorch-converted/test_Embedding", "Embedding (int64 ids)", rows=7,
-                      relation=False, input_dtype=np.int64, needs=("fixed_batch", "old_opset", "int_inputs"))
+                      relation=True, input_dtype=np.int64, needs=("fixed_batch", "old_opset", "int_inputs"))
 
 
 def onnx_single_relu() -> ZooModel:
@@ -627,7 +678,7 @@ ZOO: dict[str, Callable[[], ZooModel]] = {f.__name__: f for f in (
     skl_linear_regression, skl_ridge_float64, skl_logistic_zipmap, skl_logistic_no_zipmap, skl_logistic_string_labels, skl_mlp,
     skl_random_forest, skl_gradient_boosting, skl_pipeline, skl_fitted_estimator, lightgbm_classifier, lightgbm_regressor,
     torch_mlp_default_export, torch_mlp_fixed_batch, torch_two_inputs, torch_cnn, torch_lstm, torch_gru,
-    torch_transformer, torch_embedding_bag, torch_padded_tokens,
+    torch_transformer, torch_embedding_bag, torch_padded_tokens, torch_embedding_mean, torch_embedding_bag_2d,
     onnx_conv2d, onnx_linear_no_bias, onnx_linear, onnx_batchnorm2d, onnx_softmax, onnx_maxpool2d, onnx_embedding,
     onnx_single_relu, onnx_light_squeezenet,
 )}

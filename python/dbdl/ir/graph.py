@@ -118,6 +118,9 @@ def from_onnx(proto) -> Graph:
     """Build the IR from an ONNX ModelProto (BatchNormalization folded into the layer before it)."""
     from onnx import numpy_helper
 
+    from .embedding_bag import embedding_bags
+
+    proto = embedding_bags(proto)  # torch's fixed-size EmbeddingBag loop: a Gather and a reduction
     constants: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     graph_inputs = []
     shapes: dict[str, Shape] = {}

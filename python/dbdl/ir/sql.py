@@ -87,6 +87,9 @@ class SQLBuilder:
     layout: str = "element"
     ctes: list[tuple[str, str]] = field(default_factory=list)
     _layer: int = 0
+    #: for a model of integer inputs: the DTypeMismatch message raised for an input value that is not
+    #: a whole number (a fractional, NaN or infinite value from a DOUBLE[] column), as the UDF path does
+    whole_numbers: str = ""
 
     def _add(self, sql: str, width: int) -> Relation:
         name = f"{self.prefix}{len(self.ctes)}"
@@ -95,7 +98,15 @@ class SQLBuilder:
 
     def input(self, source_cte: str, width: int) -> Relation:
         """``source_cte`` has (rid, dbdl_f): one feature array per row."""
-        return self._add(self.spell.unnest.format(src=source_cte), width)
+        x = self._add(self.spell.unnest.format(src=source_cte), width)
+        if not self.whole_numbers:
+            return x
+        import sqlglot.expressions as exp
+
+        fail = self.spell.fail(exp.Literal.string(f"dbdl.DTypeMismatch: {self.whole_numbers}"), exp.column("v")).sql()
+        # NaN compares above every number in both databases: it fails the range test, as do infinities
+        return self._add(f"SELECT rid, i, CASE WHEN v <> FLOOR(v) OR NOT (v > -1e300 AND v < 1e300) THEN {fail} "
+                         f"ELSE v END AS v FROM {x.name}", width)
 
     def dense(self, x: Relation, weight: np.ndarray, bias: np.ndarray | None) -> Relation:
         self._layer += 1
@@ -104,13 +115,13 @@ class SQLBuilder:
             return self._dense_blocked(x, weight, bias)
         ii, jj = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
         keep = weight != 0  # zero weights need no rows: sparse layers cost what they hold
-        if bias is None and not keep.any(axis=0).all():
-            bias = np.zeros(n_out)  # an output no weight reaches still gets its row (the bias join fills it)
         w_table = self.table_for(f"w{self._layer}", {"i": ii[keep], "j": jj[keep], "w": weight[keep].astype(np.float64)})
+        # activations equal to 0 contribute nothing either: a wide, mostly-zero input costs what it
+        # holds (NaN <> 0 holds, so NaN still spreads; a NULL adds nothing to the SUM either way)
         y = self._add(f"SELECT x.rid, w.j AS i, SUM(x.v * w.w) AS v FROM {x.name} AS x JOIN {w_table} AS w "
-                      f"ON w.i = x.i GROUP BY x.rid, w.j", n_out)
-        if bias is None:
-            return y
+                      f"ON w.i = x.i WHERE x.v <> 0 GROUP BY x.rid, w.j", n_out)
+        if bias is None:  # the fill below still gives every row every output position (0 where nothing met)
+            bias = np.zeros(n_out)
         b_table = self.table_for(f"b{self._layer}", {"j": np.arange(n_out), "b": bias.astype(np.float64)})
         # every output position exists even where all inputs met zero weights
         return self._add(f"SELECT r.rid, b.j AS i, COALESCE(y.v, 0) + b.b AS v FROM (SELECT DISTINCT rid FROM {x.name}) "
@@ -239,6 +250,38 @@ class SQLBuilder:
             k: np.broadcast_to(np.asarray(c, dtype=np.float64), (x.width,)).copy() for k, c in columns.items()}})
         expr = template.format(v="x.v", **{k: f"c.{k}" for k in columns})
         return self._add(f"SELECT x.rid, x.i, {expr} AS v FROM {x.name} AS x JOIN {table} AS c ON c.i = x.i", x.width)
+
+    def lookup(self, x: Relation, table: np.ndarray, width: int) -> Relation:
+        """An embedding lookup: each value of ``x`` is an index into the rows of ``table`` (rows ×
+        dim); the row's ``dim`` values land at positions ``i × dim + d``. A negative index counts from
+        the end; one outside ``[-rows, rows)`` raises ModelRuntimeError (as onnxruntime refuses it)."""
+        import sqlglot.expressions as exp
+
+        self._layer += 1
+        rows, dim = table.shape
+        tt, dd = np.meshgrid(np.arange(rows), np.arange(dim), indexing="ij")
+        name = self.table_for(f"e{self._layer}", {"token": tt.reshape(-1), "d": dd.reshape(-1),
+                                                  "w": table.reshape(-1)})
+        message = exp.DPipe(
+            this=exp.Literal.string(f"dbdl.ModelRuntimeError: an embedding lookup (Gather) got an index outside its "
+                                    f"table of {rows} rows (valid: {-rows} to {rows - 1}); pass token ids below "
+                                    f"{rows} — got index "),
+            expression=exp.Cast(this=exp.Cast(this=exp.column("v"), to=exp.DataType.build("BIGINT")),
+                                to=exp.DataType.build("TEXT")))
+        fail = self.spell.fail(message, exp.column("v")).sql()
+        index = self._add(f"SELECT rid, i, CAST(CASE WHEN v < {-rows} OR v >= {rows} OR v <> FLOOR(v) THEN {fail} "
+                          f"WHEN v < 0 THEN v + {rows} ELSE v END AS BIGINT) AS v FROM {x.name}", x.width)
+        at = "x.i" if dim == 1 else f"x.i * {dim} + e.d"
+        return self._add(f"SELECT x.rid, {at} AS i, e.w AS v FROM {index.name} AS x JOIN {name} AS e "
+                         f"ON e.token = x.v", width)
+
+    def pick(self, x: Relation, source: np.ndarray, width: int) -> Relation:
+        """Output position o takes the value at position ``source[o]`` of ``x`` (a position may be
+        taken more than once): a join with a constant (i, o) table."""
+        self._layer += 1
+        table = self.table_for(f"g{self._layer}", {"i": np.asarray(source, dtype=np.int64),
+                                                   "o": np.arange(len(source))})
+        return self._add(f"SELECT x.rid, t.o AS i, x.v FROM {x.name} AS x JOIN {table} AS t ON t.i = x.i", width)
 
     # -- convolution and pooling: im2col over relations (ir/ops/_window.py makes the patch maps) ---------
 

@@ -146,7 +146,7 @@ class Hybrid(Strategy):
     def _choose(self, call: PredictCall) -> tuple[Split, Estimate] | str:
         """The cheapest (split, suffix runtime) that can run (the forced one, with ``hybrid:<k>`` or
         ``hybrid:<k>:<udf|dl>``), or why none can."""
-        reason = call.plain_problem
+        reason = call.relation_problem
         if not reason and not call.joinable:
             reason = "predict is not inside a SELECT … FROM …"
         if not reason and call.parameters:

@@ -107,7 +107,7 @@ class RelationCentric(Strategy):
 
     def feasible(self, call: PredictCall) -> str | None:
         backend = call.backend
-        reason = call.plain_problem or graph_problem(call.graph, call.model)
+        reason = call.relation_problem or graph_problem(call.graph, call.model)
         if not reason and not call.joinable:
             reason = "predict is not inside a SELECT … FROM …"
         if not reason and call.parameters:
@@ -194,7 +194,7 @@ def numbered_features(backend: "Backend", model: ResolvedModel, select: exp.Sele
 def weights_builder(backend: "Backend", model: ResolvedModel, k: int, layout: str) -> SQLBuilder:
     """The SQL builder of call number ``k`` of a statement, writing ``model``'s weight tables on first use."""
     return SQLBuilder(backend.relational, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
-                      prefix=f"dbdl_{k}_r", layout=layout)
+                      prefix=f"dbdl_{k}_r", layout=layout, whole_numbers=_whole_numbers(model))
 
 
 def builder_ctes(backend: "Backend", builder: SQLBuilder, given: dict[str, exp.Expression]) -> list[exp.CTE]:
@@ -221,6 +221,16 @@ def missing_weight_tables(backend: "Backend", model: ResolvedModel, layout: str,
     except NotImplementedError:
         return []  # relation_call refuses it, naming why
     return [n for n in names if not backend.table_exists(backend.data_schema, n)]
+
+
+def _whole_numbers(model: ResolvedModel) -> str:
+    """The refusal of a value that is not a whole number, for a model of an integer input (the
+    UDF path's words: dbdl_udf.runtime), else ""."""
+    spec = model.signature.inputs[0]
+    if spec.dtype not in ("int32", "int64"):
+        return ""
+    return (f"model {model.ref!r} input {spec.name!r} takes whole numbers ({spec.dtype}); got fractional, NaN or "
+            "infinite values — pass an integer column (BIGINT[] / INTEGER[])")
 
 
 def _length_checked(backend: "Backend", model: ResolvedModel, features: exp.Expression) -> exp.Expression:
