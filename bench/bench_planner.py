@@ -13,15 +13,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, capped_seconds, machine  # noqa: E402
 
 import dbdl  # noqa: E402
 from dbdl.calibrate import mlp_onnx as onnx_mlp  # noqa: E402
@@ -59,25 +57,7 @@ def databases():
 
 def timed(db, sql: str, strategy: str | None) -> float | None:
     """Seconds, or None when cut off at CAP_S."""
-    backend = db.backend
-    if backend.name == "duckdb":
-        timer = threading.Timer(CAP_S, backend.con.interrupt)
-        timer.start()
-    else:
-        backend.con.execute(f"SET statement_timeout = {int(CAP_S * 1000)}")
-    start = time.perf_counter()
-    try:
-        db.sql(sql, strategy=strategy)
-        return time.perf_counter() - start
-    except dbdl.Error as exc:
-        if "interrupt" in str(exc).lower() or "statement timeout" in str(exc).lower() or "cancel" in str(exc).lower():
-            return None
-        raise
-    finally:
-        if backend.name == "duckdb":
-            timer.cancel()
-        else:
-            backend.con.execute("SET statement_timeout = 0")
+    return capped_seconds(db, sql, strategy, CAP_S)
 
 
 def main() -> None:

@@ -117,3 +117,57 @@ def plot_bars(name: str, title: str, rows: list[dict], reference: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def capped_seconds(db, sql: str, strategy: str | None, cap_s: float, results: list | None = None) -> float | None:
+    """Seconds ``db.sql(sql, strategy=...)`` took, or None when it was cut off after ``cap_s``
+    (DuckDB: interrupted; PostgreSQL: statement_timeout); its rows are appended to ``results``."""
+    import threading
+
+    import dbdl
+
+    backend = db.backend
+    if backend.name == "duckdb":
+        timer = threading.Timer(cap_s, backend.con.interrupt)
+        timer.start()
+    else:
+        backend.con.execute(f"SET statement_timeout = {int(cap_s * 1000)}")
+    start = time.perf_counter()
+    try:
+        result = db.sql(sql, strategy=strategy)
+        seconds = time.perf_counter() - start
+        if results is not None:
+            results.append(result.fetchall())
+        return seconds
+    except dbdl.Error as exc:
+        if any(word in str(exc).lower() for word in ("interrupt", "statement timeout", "cancel")):
+            return None
+        raise
+    finally:
+        if backend.name == "duckdb":
+            timer.cancel()
+        else:
+            backend.con.execute("SET statement_timeout = 0")
+
+
+def results_dir(quick: bool) -> Path:
+    """docs/bench/, or for a --quick smoke run a scratch folder (a smoke run's numbers are not results)."""
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / "dbdl-bench-quick" if quick else RESULTS
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_note() -> str:
+    """The machine's load average (other jobs share these cores)."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+def fixed_list(x: np.ndarray):
+    """A 2-D array as an Arrow fixed-size list column of its own dtype (FLOAT[n] / BIGINT[n] on
+    DuckDB, real[] / bigint[] on PostgreSQL)."""
+    import pyarrow as pa
+
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).ravel()), x.shape[1])
