@@ -12,8 +12,9 @@ script fills the cell in once its operators compile.
 Time budget: a method is not run at a size when its time at the size below, scaled by the rows,
 exceeds DBDL_BENCH_CELL_S seconds (default 40; the cell says "skipped: > budget"), and each run is
 cut off at twice that. DBDL_BENCH_BACKENDS=duckdb|postgres runs one backend and keeps the other's
-rows; DBDL_BENCH_SIZES=10000,100000 other sizes; --quick a smoke run (small sizes, one round,
-results into a scratch folder). Writes docs/bench/relation.{md,json,png}.
+rows; DBDL_BENCH_SIZES=10000,100000 other sizes; arguments name families to run (forest lightgbm);
+--report re-renders the last run's JSON; --quick a smoke run (small sizes, one round, results into
+a scratch folder). Writes docs/bench/relation.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -153,9 +154,15 @@ def main() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     families = [f for f in FAMILIES.values() if not ONLY or f.name in ONLY]
-    start_note = load_note()
     path = OUT / "relation.json"
-    kept = [c for c in json.loads(path.read_text())["cells"] if c["backend"] not in BACKENDS] if path.exists() else []
+    if "--report" in sys.argv:  # re-render the table and the plot from the last run's JSON
+        saved = json.loads(path.read_text())
+        report(saved["cells"], saved["note"])
+        return
+    start_note = load_note()
+    names = {f.name for f in families}
+    kept = [c for c in json.loads(path.read_text())["cells"]
+            if c["backend"] not in BACKENDS or c["family"] not in names] if path.exists() else []
     cells: list[dict] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as progress:
         task = progress.add_task("relation vs udf", total=len(BACKENDS) * len(families) * len(SIZES))
@@ -195,10 +202,11 @@ def report(cells: list[dict], note: str) -> None:
              "(where no parallel workers run either). *planner*: what db.explain chose (uncalibrated defaults).", "",
              "| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * 3 + ["---:"] * 6 + ["---"]) + " |"]
     for c in cells:
-        wrong = [m for m, ok in c.get("agrees", {}).items() if not ok]
+        wrong = [f"{m}: Σ classes off by {abs(c['sums'][m] - c['sums']['raw']):,}" for m, ok in c.get("agrees", {}).items()
+                 if not ok]
         row = [c["backend"], c["label"], f"{c['rows']:,}", fmt_cell(c, "raw"), fmt_cell(c, "udf"),
                fmt_cell(c, "relation"), ratio(c, "udf", "raw"), ratio(c, "relation", "raw"), ratio(c, "relation", "udf"),
-               c["planner"] + (f" (differs from onnxruntime: {', '.join(wrong)})" if wrong else "")]
+               c["planner"] + (f" ({'; '.join(wrong)})" if wrong else "")]
         table.add_row(*row)
         lines.append("| " + " | ".join(row) + " |")
     Console().print(table)
