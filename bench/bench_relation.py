@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import capped_seconds, database_url, fixed_list, load_note, machine, results_dir  # noqa: E402
+from common import capped_seconds, database_url, fixed_list, load_note, machine, results_dir, seconds_text  # noqa: E402
 from families import FAMILIES, Family  # noqa: E402
 
 import dbdl  # noqa: E402
@@ -177,7 +177,7 @@ def main() -> None:
 def fmt_cell(cell: dict, method: str) -> str:
     seconds = cell["seconds"].get(method)
     if isinstance(seconds, float):
-        return f"{seconds:.3f} s"
+        return seconds_text(seconds)
     note = cell["notes"].get(method, "—").replace("; use strategy='udf'", "")
     return note if len(note) <= 90 else note[:88] + "…"
 

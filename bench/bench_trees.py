@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import capped_seconds, database_url, fixed_list, load_note, machine, results_dir  # noqa: E402
+from common import capped_seconds, database_url, fixed_list, load_note, machine, results_dir, seconds_text  # noqa: E402
 
 import dbdl  # noqa: E402
 from dbdl.ir import from_onnx  # noqa: E402
@@ -179,7 +179,7 @@ def main() -> None:
 
 def _s(cell: dict, m: str) -> str:
     v = cell["seconds"].get(m)
-    return f"{v:.3f} s" if isinstance(v, float) else cell["notes"].get(m, "—")
+    return seconds_text(v) if isinstance(v, float) else cell["notes"].get(m, "—")
 
 
 def _ratio(cell: dict) -> float | None:

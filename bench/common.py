@@ -171,3 +171,8 @@ def fixed_list(x: np.ndarray):
     import pyarrow as pa
 
     return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).ravel()), x.shape[1])
+
+
+def seconds_text(seconds: float) -> str:
+    """``0.42 ms``, ``31.5 ms``, ``2.31 s``: three significant figures for the tables."""
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s" if seconds < 100 else f"{seconds:.0f} s"
