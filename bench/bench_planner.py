@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import capped_seconds, fixed_list, load_note, machine, results_dir  # noqa: E402
+from common import capped_seconds, fixed_list, interleaved, load_note, machine, results_dir, save_figure, slowest  # noqa: E402
 from families import FAMILIES  # noqa: E402
 
 import dbdl  # noqa: E402
@@ -86,16 +86,9 @@ def timed(db, sql: str, strategy: str | None) -> float | None:
 def measure(db, sql: str, cell: dict) -> None:
     """Every feasible strategy's time: one run each, and for a cell under a second two more rounds
     (interleaved, each strategy keeping its best: at 100 rows a few ms of noise decide)."""
-    times: dict = {s: "ruled out" if cell["estimates"][s] is None else float("inf") for s in STRATEGIES}
-    for round_ in range(3):
-        for strategy in STRATEGIES:
-            if isinstance(times[strategy], float):
-                seconds = timed(db, sql, strategy)
-                times[strategy] = None if seconds is None else min(times[strategy], seconds)
-        slowest = max((t for t in times.values() if isinstance(t, float)), default=0.0)
-        if slowest >= 1.0 or any(t is None for t in times.values()):
-            break
-    cell["times"] = times
+    runs = {s: (lambda s=s: timed(db, sql, s)) for s in STRATEGIES if cell["estimates"][s] is not None}
+    best = interleaved(runs, lambda first: 1 if None in first.values() or slowest(first) >= 1.0 else 3)
+    cell["times"] = {s: best.get(s, "ruled out") for s in STRATEGIES}
 
 
 def main() -> None:
@@ -216,9 +209,7 @@ def plot(cells: list[dict]) -> None:
         ax.set_ylabel("seconds (log)")
         ax.set_title(backend)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(OUT / "planner_grid.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, OUT / "planner_grid.png")
 
 
 if __name__ == "__main__":

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import capped_seconds, database_url, fixed_list, load_note, machine, results_dir, seconds_text  # noqa: E402
+from common import (call_timer, database_url, fixed_list, interleaved, load_note, machine, results_dir,  # noqa: E402
+                    save_figure, seconds_text, slowest, sql_timer)
 from families import FAMILIES, Family  # noqa: E402
 
 import dbdl  # noqa: E402
@@ -86,26 +86,9 @@ def measure_family(db, backend: str, family: Family, tables: dict[int, str], dat
                                            f"extrapolated from {last[strategy][0]:,} rows)")
                 continue
             runs[strategy] = strategy
-        best: dict[str, float | None] = {m: float("inf") for m in runs}
-        rounds = 1
-        k = 0
-        while k < rounds:
-            for method, run in runs.items():
-                if best[method] is None:
-                    continue
-                if method == "raw":
-                    start = time.perf_counter()
-                    cell["sums"]["raw"] = run()
-                    seconds = time.perf_counter() - start
-                else:
-                    got: list = []
-                    seconds = capped_seconds(db, sql, run, 2 * CELL_S, got)
-                    if got:
-                        cell["sums"][method] = int(got[0][0][0])
-                best[method] = None if seconds is None else min(best[method], seconds)
-            k += 1
-            if k == 1:
-                rounds = _rounds(max(v for v in best.values() if v is not None))
+        timers = {m: call_timer(r, cell["sums"], m) if m == "raw" else sql_timer(db, sql, r, 2 * CELL_S, cell["sums"])
+                  for m, r in runs.items()}
+        best = interleaved(timers, lambda first: _rounds(slowest(first)))
         for method, seconds in best.items():
             cell["seconds"][method] = seconds
             if seconds is None:
@@ -237,9 +220,7 @@ def plot(cells: list[dict]) -> None:
         ax.set_xlabel("rows")
         ax.set_title(f"{backend}: relation ÷ udf time (< 1: SQL faster)", fontsize=10)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(OUT / "relation.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, OUT / "relation.png")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -32,7 +31,8 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import capped_seconds, database_url, fixed_list, load_note, machine, results_dir, seconds_text  # noqa: E402
+from common import (call_timer, capped_seconds, database_url, fixed_list, interleaved, load_note, machine, results_dir,  # noqa: E402
+                    save_figure, seconds_text, slowest, sql_timer)
 
 import dbdl  # noqa: E402
 from dbdl.ir import from_onnx  # noqa: E402
@@ -117,26 +117,10 @@ def run_backend(backend: str, progress, task) -> list[dict]:
                 session = make_session(db.models.model_bytes(name), threads=threads)
                 raw = raw_runner(session, X, 2048 if backend == "postgres" else 16384)
                 methods = ["raw", "udf"] + ([] if "relation" in cell["notes"] else ["relation"])
-                best = {m: float("inf") for m in methods}
-                rounds, k = 1, 0
-                while k < rounds:
-                    for m in methods:
-                        if best[m] is None:
-                            continue
-                        if m == "raw":
-                            start = time.perf_counter()
-                            cell["sums"]["raw"] = raw()
-                            seconds = time.perf_counter() - start
-                        else:
-                            got: list = []
-                            seconds = capped_seconds(db, sql, m, CAP_S, got)
-                            if got:
-                                cell["sums"][m] = int(got[0][0][0])
-                        best[m] = None if seconds is None else min(best[m], seconds)
-                    k += 1
-                    if k == 1:
-                        slowest = max(v for v in best.values() if v is not None)
-                        rounds = 1 if QUICK else 3 if slowest < 2 else 2 if slowest < 20 else 1
+                timers = {m: call_timer(raw, cell["sums"], m) if m == "raw" else sql_timer(db, sql, m, CAP_S, cell["sums"])
+                          for m in methods}
+                best = interleaved(timers, lambda first: 1 if QUICK else (
+                    3 if slowest(first) < 2 else 2 if slowest(first) < 20 else 1))
                 if isinstance(best.get("relation"), float):  # the fixed cost: the same statement over one row
                     one = [capped_seconds(db, f"SELECT sum(predict_class('{name}:probabilities', feats)) FROM one",
                                           "relation", CAP_S) for _ in range(2)]
@@ -255,9 +239,7 @@ def plot(cells: list[dict]) -> None:
         rows = next(c["rows"] for c in cells if c["backend"] == backend)
         ax.set_title(f"{backend}, {rows:,} rows: relation ÷ udf time\n(< 1, green: SQL faster)", fontsize=10)
         fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.tight_layout()
-    fig.savefig(OUT / "trees.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, OUT / "trees.png")
 
 
 if __name__ == "__main__":

@@ -176,3 +176,54 @@ def fixed_list(x: np.ndarray):
 def seconds_text(seconds: float) -> str:
     """``0.42 ms``, ``31.5 ms``, ``2.31 s``: three significant figures for the tables."""
     return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+def interleaved(runs: dict[str, Callable[[], "float | None"]],
+                rounds: Callable[[dict[str, "float | None"]], int]) -> dict[str, "float | None"]:
+    """Each run's best time over interleaved rounds (the machine's speed drifts: every method sees
+    the same drift). A run returns its seconds, or None when it was cut off (then it is not run
+    again); ``rounds`` gets the first round's times and says how many rounds there are in all."""
+    best: dict[str, float | None] = {m: float("inf") for m in runs}
+    total, k = 1, 0
+    while k < total:
+        for method, run in runs.items():
+            if best[method] is not None:
+                seconds = run()
+                best[method] = None if seconds is None else min(best[method], seconds)
+        k += 1
+        if k == 1:
+            total = rounds(dict(best))
+    return best
+
+
+def slowest(times: dict[str, "float | None"]) -> float:
+    return max((t for t in times.values() if isinstance(t, float)), default=0.0)
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def call_timer(fn: Callable[[], object], results: dict, key: str) -> Callable[[], float]:
+    """A run for ``interleaved``: ``fn()``'s seconds; its value goes to ``results[key]``."""
+    def run() -> float:
+        start = time.perf_counter()
+        results[key] = fn()
+        return time.perf_counter() - start
+    return run
+
+
+def sql_timer(db, sql: str, strategy: str, cap_s: float, results: dict) -> Callable[[], "float | None"]:
+    """A run for ``interleaved``: the query's seconds under ``strategy`` (None: cut off at
+    ``cap_s``); its one value (a ``SELECT sum(...)``) goes to ``results[strategy]``."""
+    def run() -> float | None:
+        got: list = []
+        seconds = capped_seconds(db, sql, strategy, cap_s, got)
+        if got:
+            results[strategy] = int(got[0][0][0])
+        return seconds
+    return run
