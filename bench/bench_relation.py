@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import (call_timer, database_url, fixed_list, interleaved, load_note, machine, results_dir,  # noqa: E402
-                    save_figure, seconds_text, slowest, sql_timer)
+from common import (call_timer, database_url, fixed_list, interleaved, last_run, load_note,  # noqa: E402
+                    machine, mismatches, print_and_markdown, progress_bar, results_dir, save_figure, seconds_text,
+                    slowest, sql_timer)
 from families import FAMILIES, Family  # noqa: E402
 
 import dbdl  # noqa: E402
@@ -134,20 +135,15 @@ def run_backend(backend: str, families: list[Family], progress, task) -> list[di
 
 
 def main() -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     families = [f for f in FAMILIES.values() if not ONLY or f.name in ONLY]
-    path = OUT / "relation.json"
+    saved = last_run(OUT / "relation.json")
     if "--report" in sys.argv:  # re-render the table and the plot from the last run's JSON
-        saved = json.loads(path.read_text())
-        report(saved["cells"], saved["note"])
-        return
+        return report(saved["cells"], saved["note"])
     start_note = load_note()
     names = {f.name for f in families}
-    kept = [c for c in json.loads(path.read_text())["cells"]
-            if c["backend"] not in BACKENDS or c["family"] not in names] if path.exists() else []
+    kept = [c for c in saved["cells"] if c["backend"] not in BACKENDS or c["family"] not in names]
     cells: list[dict] = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("relation vs udf", total=len(BACKENDS) * len(families) * len(SIZES))
         for backend in BACKENDS:
             cells += run_backend(backend, families, progress, task)
@@ -171,28 +167,17 @@ def ratio(cell: dict, a: str, b: str) -> str:
 
 
 def report(cells: list[dict], note: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     header = ["backend", "family", "rows", "raw onnxruntime", "udf", "relation", "udf ÷ raw", "relation ÷ raw",
               "relation ÷ udf", "planner"]
-    table = Table(title="relation-centric vs UDF-centric (time ratios: > 1 = slower)")
-    for col in header:
-        table.add_column(col)
+    rows = [[c["backend"], c["label"], f"{c['rows']:,}", fmt_cell(c, "raw"), fmt_cell(c, "udf"), fmt_cell(c, "relation"),
+             ratio(c, "udf", "raw"), ratio(c, "relation", "raw"), ratio(c, "relation", "udf"), c["planner"] + mismatches(c)]
+            for c in cells]
     lines = ["# Relation-centric vs UDF-centric scoring, per model family", "", note,
              "Times of `SELECT sum(predict_class(...)) FROM t` (best of interleaved rounds); ratios are times "
              "(> 1: slower than the divisor). Raw onnxruntime: all cores on DuckDB, one thread on PostgreSQL "
-             "(where no parallel workers run either). *planner*: what db.explain chose (uncalibrated defaults).", "",
-             "| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * 3 + ["---:"] * 6 + ["---"]) + " |"]
-    for c in cells:
-        wrong = [f"{m}: Σ classes off by {abs(c['sums'][m] - c['sums']['raw']):,}" for m, ok in c.get("agrees", {}).items()
-                 if not ok]
-        row = [c["backend"], c["label"], f"{c['rows']:,}", fmt_cell(c, "raw"), fmt_cell(c, "udf"),
-               fmt_cell(c, "relation"), ratio(c, "udf", "raw"), ratio(c, "relation", "raw"), ratio(c, "relation", "udf"),
-               c["planner"] + (f" ({'; '.join(wrong)})" if wrong else "")]
-        table.add_row(*row)
-        lines.append("| " + " | ".join(row) + " |")
-    Console().print(table)
+             "(where no parallel workers run either). *planner*: what db.explain chose (uncalibrated defaults).", ""]
+    lines += print_and_markdown("relation-centric vs UDF-centric (time ratios: > 1 = slower)", header,
+                                ["---"] * 3 + ["---:"] * 6 + ["---"], rows)
     (OUT / "relation.md").write_text("\n".join(lines) + "\n")
     (OUT / "relation.json").write_text(json.dumps({"note": note, "cells": cells}, indent=2, default=str))
     plot(cells)

@@ -31,8 +31,9 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import (call_timer, capped_seconds, database_url, fixed_list, interleaved, load_note, machine, results_dir,  # noqa: E402
-                    save_figure, seconds_text, slowest, sql_timer)
+from common import (call_timer, capped_seconds, database_url, fixed_list, interleaved, last_run,  # noqa: E402
+                    load_note, machine, mismatches, print_and_markdown, progress_bar, results_dir, save_figure,
+                    seconds_text, slowest, sql_timer)
 
 import dbdl  # noqa: E402
 from dbdl.ir import from_onnx  # noqa: E402
@@ -143,17 +144,13 @@ def run_backend(backend: str, progress, task) -> list[dict]:
 
 
 def main() -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    path = OUT / "trees.json"
+    saved = last_run(OUT / "trees.json")
     if "--report" in sys.argv:  # re-render the table and the plot from the last run's JSON
-        saved = json.loads(path.read_text())
-        report(saved["cells"], saved["note"])
-        return
+        return report(saved["cells"], saved["note"])
     start_note = load_note()
-    kept = [c for c in json.loads(path.read_text())["cells"] if c["backend"] not in BACKENDS] if path.exists() else []
+    kept = [c for c in saved["cells"] if c["backend"] not in BACKENDS]
     cells: list[dict] = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("trees: relation vs udf", total=len(BACKENDS) * len(TREES) * len(DEPTHS))
         for backend in BACKENDS:
             cells += run_backend(backend, progress, task)
@@ -172,32 +169,21 @@ def _ratio(cell: dict) -> float | None:
 
 
 def report(cells: list[dict], note: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     header = ["backend", "rows", "trees", "depth", "nodes", "raw onnxruntime", "udf", "relation", "relation, 1 row",
               "relation ÷ udf", "est. relation ÷ udf", "planner"]
-    table = Table(title="tree ensembles: SQL (relation) vs onnxruntime (udf)")
-    for col in header:
-        table.add_column(col)
+    rows = []
+    for c in cells:
+        ratio, est = _ratio(c), c.get("estimates", {})
+        est_ratio = est["relation"] / est["udf"] if est.get("relation") and est.get("udf") else None
+        rows.append([c["backend"], f"{c['rows']:,}", str(c["trees"]), str(c["depth"]), f"{c['nodes']:,}", _s(c, "raw"),
+                     _s(c, "udf"), _s(c, "relation"), _s(c, "relation, 1 row"), f"{ratio:.2f}" if ratio else "—",
+                     f"{est_ratio:.2f}" if est_ratio else "—", c.get("planner", "") + mismatches(c)])
     lines = ["# Tree ensembles as SQL vs onnxruntime in the UDF", "", note,
              "Random forests (skl2onnx) on 30 features; `SELECT sum(predict_class('m:probabilities', feats)) FROM t`, "
              "best of interleaved rounds. *relation, 1 row*: the same statement over a one-row table (its fixed cost). "
-             "*est.*: the planner's estimates (uncalibrated defaults).", "",
-             "| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * 10 + ["---"]) + " |"]
-    for c in cells:
-        ratio = _ratio(c)
-        est = c.get("estimates", {})
-        est_ratio = est["relation"] / est["udf"] if est.get("relation") and est.get("udf") else None
-        wrong = [f"{m}: Σ classes off by {abs(c['sums'][m] - c['sums']['raw']):,}" for m, ok in c.get("agrees", {}).items()
-                 if not ok]
-        row = [c["backend"], f"{c['rows']:,}", str(c["trees"]), str(c["depth"]), f"{c['nodes']:,}", _s(c, "raw"),
-               _s(c, "udf"), _s(c, "relation"), _s(c, "relation, 1 row"), f"{ratio:.2f}" if ratio else "—",
-               f"{est_ratio:.2f}" if est_ratio else "—",
-               c.get("planner", "") + (f" ({'; '.join(wrong)})" if wrong else "")]
-        table.add_row(*row)
-        lines.append("| " + " | ".join(row) + " |")
-    Console().print(table)
+             "*est.*: the planner's estimates (uncalibrated defaults).", ""]
+    lines += print_and_markdown("tree ensembles: SQL (relation) vs onnxruntime (udf)", header,
+                                ["---"] + ["---:"] * 10 + ["---"], rows)
     wins = [c for c in cells if (_ratio(c) or 9) < 1]
     summary = ("SQL beats the UDF in: " + "; ".join(f"{c['backend']} {c['trees']} trees depth {c['depth']} "
                                                     f"({_ratio(c):.2f})" for c in wins)

@@ -227,3 +227,36 @@ def sql_timer(db, sql: str, strategy: str, cap_s: float, results: dict) -> Calla
             results[strategy] = int(got[0][0][0])
         return seconds
     return run
+
+
+def print_and_markdown(title: str, header: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
+    """Print ``rows`` as a rich table; return them as markdown lines (``align``: "---" / "---:")."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def mismatches(cell: dict) -> str:
+    """`` (udf: Σ classes off by 3)`` where a method's class sum differs from raw onnxruntime's, else ""."""
+    wrong = [f"{m}: Σ classes off by {abs(cell['sums'][m] - cell['sums']['raw']):,}"
+             for m, ok in cell.get("agrees", {}).items() if not ok]
+    return f" ({'; '.join(wrong)})" if wrong else ""
+
+
+def progress_bar():
+    """The benchmarks' rich progress bar (description, bar, done/total, elapsed)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def last_run(path: Path) -> dict:
+    """The JSON a benchmark wrote last time ({"note": ..., "cells": [...]}), or no cells."""
+    return json.loads(path.read_text()) if path.exists() else {"note": "", "cells": []}
