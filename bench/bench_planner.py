@@ -9,7 +9,8 @@ db.explain. Regret = the chosen strategy's time / the best time. Cells whose inp
 data would exceed DBDL_BENCH_MAX_BYTES (default 600 MB) are skipped and say so; a strategy that
 exceeds DBDL_BENCH_CAP_S seconds (default 60) is cut off, and such cells are marked: there not
 every strategy fits. Arguments name models to re-run (substrings of their labels, e.g.
-``forest lightgbm``); the other models' cells are kept from the last run's JSON. Writes
+``forest lightgbm``); the other models' cells are kept from the last run's JSON. --report
+re-renders that JSON; --quick is a smoke run (100 and 1,000 rows, into a scratch folder). Writes
 docs/bench/planner_grid.{md,json,png}.
 """
 
@@ -93,6 +94,9 @@ def measure(db, sql: str, cell: dict) -> None:
 
 def main() -> None:
     path = OUT / "planner_grid.json"
+    if "--report" in sys.argv:  # re-render the table and the plot from the last run's JSON
+        saved = json.loads(path.read_text())
+        return report(saved, next((c["load"] for c in saved if "load" in c), ""))
     selected = [m for m in MODELS if not ONLY or any(o.lower() in m.lower() for o in ONLY)]
     kept = [c for c in json.loads(path.read_text()) if c["model"] not in selected] if ONLY and path.exists() else []
     note = load_note()
@@ -134,7 +138,10 @@ def main() -> None:
                       f"{cell.get('regret', float('nan')):.2f}", flush=True)
     order = list(MODELS)
     cells = sorted(kept + cells, key=lambda c: (c["backend"] != "duckdb", order.index(c["model"]), c["rows"]))
-    report(cells, f"{note} at the start, {load_note()} at the end")
+    load = f"{note} at the start, {load_note()} at the end"
+    for cell in cells:
+        cell.setdefault("load", load)  # kept cells keep the load of their own run
+    report(cells, load)
 
 
 def report(cells: list[dict], load: str = "") -> None:
@@ -193,8 +200,9 @@ def plot(cells: list[dict]) -> None:
 
     done = [c for c in cells if "skipped" not in c]
     backends = sorted({c["backend"] for c in done})
-    fig, axes = plt.subplots(1, len(backends), figsize=(6 * len(backends), 3.6), squeeze=False)
-    for ax, backend in zip(axes[0], backends):
+    most = max(sum(c["backend"] == b for c in done) for b in backends)
+    fig, axes = plt.subplots(len(backends), 1, figsize=(max(8.0, 0.36 * most), 4.4 * len(backends)), squeeze=False)
+    for ax, backend in zip(axes[:, 0], backends):
         mine = [c for c in done if c["backend"] == backend]
         labels = [f"{c['model']}\n{c['rows']:,} rows" for c in mine]
         x = np.arange(len(mine))
@@ -205,7 +213,7 @@ def plot(cells: list[dict]) -> None:
         where = [x[i] + (STRATEGIES.index(c["choice"]) - 1) * 0.25 for i, c in enumerate(mine)]
         ax.scatter(where, chosen, marker="*", s=120, color="black", zorder=3, label="planner's choice")
         ax.set_yscale("log")
-        ax.set_xticks(x, labels, fontsize=6, rotation=30, ha="right")
+        ax.set_xticks(x, labels, fontsize=6, rotation=50, ha="right")
         ax.set_ylabel("seconds (log)")
         ax.set_title(backend)
         ax.legend(fontsize=7)
