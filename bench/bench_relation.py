@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from common import (call_timer, database_url, fixed_list, interleaved, last_run, load_note,  # noqa: E402
                     machine, mismatches, print_and_markdown, progress_bar, results_dir, save_figure, seconds_text,
-                    slowest, sql_timer)
+                    runs_note, slowest, sql_timer)
 from families import FAMILIES, Family  # noqa: E402
 
 import dbdl  # noqa: E402
@@ -148,9 +148,11 @@ def main() -> None:
         for backend in BACKENDS:
             cells += run_backend(backend, families, progress, task)
     order = {b: i for i, b in enumerate(["duckdb", "postgres"])}
+    run = f"{start_note} at the start, {load_note()} at the end"
+    for cell in cells:
+        cell["run"] = run
     cells = sorted(kept + cells, key=lambda c: (order.get(c["backend"], 9), list(FAMILIES).index(c["family"]), c["rows"]))
-    note = f"Machine: {machine()}; {start_note} at the start, {load_note()} at the end."
-    report(cells, note)
+    report(cells, f"Machine: {machine()}; " + runs_note(cells, saved["note"]) + ".")
 
 
 def fmt_cell(cell: dict, method: str) -> str:

@@ -33,7 +33,7 @@ import onnx
 sys.path.insert(0, os.path.dirname(__file__))
 from common import (call_timer, capped_seconds, database_url, fixed_list, interleaved, last_run,  # noqa: E402
                     load_note, machine, mismatches, print_and_markdown, progress_bar, results_dir, save_figure,
-                    seconds_text, slowest, sql_timer)
+                    seconds_text, runs_note, slowest, sql_timer)
 
 import dbdl  # noqa: E402
 from dbdl.ir import from_onnx  # noqa: E402
@@ -154,8 +154,11 @@ def main() -> None:
         task = progress.add_task("trees: relation vs udf", total=len(BACKENDS) * len(TREES) * len(DEPTHS))
         for backend in BACKENDS:
             cells += run_backend(backend, progress, task)
+    run = f"{start_note} at the start, {load_note()} at the end"
+    for cell in cells:
+        cell["run"] = run
     cells = sorted(kept + cells, key=lambda c: (c["backend"] != "duckdb", c["depth"], c["trees"]))
-    report(cells, f"Machine: {machine()}; {start_note} at the start, {load_note()} at the end.")
+    report(cells, f"Machine: {machine()}; " + runs_note(cells, saved["note"]) + ".")
 
 
 def _s(cell: dict, m: str) -> str:

@@ -260,3 +260,12 @@ def progress_bar():
 def last_run(path: Path) -> dict:
     """The JSON a benchmark wrote last time ({"note": ..., "cells": [...]}), or no cells."""
     return json.loads(path.read_text()) if path.exists() else {"note": "", "cells": []}
+
+
+def runs_note(cells: list[dict], earlier: str) -> str:
+    """Each backend's run and the load it ran under (cells keep the run they were measured in;
+    cells from before that was recorded fall back to the earlier run's note, ``earlier``)."""
+    runs: dict[str, str] = {}
+    for c in cells:
+        runs.setdefault(c["backend"], c.get("run") or f"an earlier run ({earlier.removeprefix('Machine: ')})")
+    return "; ".join(f"{backend} cells: {run}" for backend, run in runs.items())
