@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import RESULTS, database_url, machine, rows_env  # noqa: E402
+from common import RESULTS, database_url, interleaved, machine, rows_env, timed  # noqa: E402
 
 import dbdl  # noqa: E402
 from dbdl_udf.runtime import make_session  # noqa: E402
@@ -183,23 +183,8 @@ def dense_batches(name: str, x: np.ndarray, batch: int) -> list[dict]:
 
 # -- timing -----------------------------------------------------------------------------------------
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def best_of_2(fn) -> float:
     return min(timed(fn), timed(fn))
-
-
-def interleaved(methods: dict, rounds: int) -> dict[str, float]:
-    """Best seconds of each method over ``rounds`` rounds that run every method once in turn."""
-    best = {k: float("inf") for k in methods}
-    for _ in range(rounds):
-        for label, fn in methods.items():
-            best[label] = min(best[label], timed(fn))
-    return best
 
 
 def raw_runner(session, batches: list[dict]):

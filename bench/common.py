@@ -50,6 +50,21 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
     return best
 
 
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(methods: dict, rounds: int) -> dict[str, float]:
+    """Best seconds of each method over ``rounds`` rounds that run every method once in turn."""
+    best = {k: float("inf") for k in methods}
+    for _ in range(rounds):
+        for label, fn in methods.items():
+            best[label] = min(best[label], timed(fn))
+    return best
+
+
 def rows_env(default: int) -> int:
     return int(os.environ.get("DBDL_BENCH_ROWS", default))
 

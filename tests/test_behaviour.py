@@ -9,7 +9,7 @@ import onnx
 import pytest
 import sqlglot
 import torch
-from conftest import make_mlp, run_onnx
+from conftest import STRATEGIES, make_mlp, run_onnx
 
 import dbdl
 from dbdl.backends.duckdb.dialect import DbdlDuckDB
@@ -455,3 +455,51 @@ def test_all_null_and_empty_inputs(db, features, mlp_onnx, strategy):
     assert db.sql("SELECT id, predict_class('m', feats) FROM empty", strategy=strategy).fetchall() == []
     assert db.sql("SELECT count(*), max(predict_class('m@1:y', feats)) FROM empty",
                   strategy=strategy).fetchall() == [(0, None)]
+
+
+# -- a WHERE and a LIMIT run before the model -------------------------------------------------------
+
+
+def _with_bad_tail(db, features: np.ndarray, good: int, rows: int) -> None:
+    """Table b: rows 0..good-1 have their 8 features, every later row has 5 — scoring one of those
+    fails with ShapeMismatch, so a query that succeeds did not score them."""
+    import pyarrow as pa
+
+    values = [features[i % len(features)].tolist() if i < good else [1.0] * 5 for i in range(rows)]
+    db.create_table("b", {"id": np.arange(rows), "feats": pa.array(values, pa.list_(pa.float32()))})
+
+
+def test_where_and_limit_run_before_the_model(db, features, mlp_onnx, strategy):
+    # DuckDB's in-database function sees whole 2,048-row vectors: the bad rows lie beyond the first
+    db.models.register("m", mlp_onnx)
+    _with_bad_tail(db, features, good=2100, rows=2400)
+    expected = run_onnx(mlp_onnx, {"x": features})
+    with pytest.raises(dbdl.ShapeMismatch):  # the control: scoring every row meets the bad ones
+        db.sql("SELECT id, predict_array('m', feats) FROM b", strategy=strategy)
+    got = db.sql("SELECT id, predict_array('m', feats) FROM b WHERE id % 7 = 3 AND id < 2100",
+                 strategy=strategy).fetchall()
+    assert sorted(i for i, _ in got) == [i for i in range(2100) if i % 7 == 3]
+    # a LIMIT without ORDER BY: any 4 rows, each scored right, and no bad row scored
+    got = db.sql("SELECT id, predict_array('m', feats) FROM b LIMIT 4", strategy=strategy).fetchall()
+    assert len(got) == 4 and all(i < 2100 for i, _ in got)
+    for i, value in got:
+        np.testing.assert_allclose(value, expected[i % len(features)], atol=ATOL)
+    # ORDER BY another column with LIMIT and OFFSET: exactly those rows
+    got = db.sql(q(db, "SELECT id, predict_class('m', feats) AS c FROM b AS x WHERE x.id < 2100 "
+                       "ORDER BY x.id % 10, id DESC LIMIT 5 OFFSET 2"), strategy=strategy).fetchall()
+    ids = sorted(range(2100), key=lambda i: (i % 10, -i))[2:7]
+    assert got == [(i, int(expected[i % len(features)].argmax())) for i in ids]
+
+
+def test_limit_bounds_the_planned_rows_and_top_k_scores_all(db, table, features, mlp_onnx, scorer_onnx):
+    db.models.register("m", mlp_onnx)
+    db.models.register("s", scorer_onnx)
+    plan, = db.explain("SELECT id, predict_array('m', feats) FROM t WHERE id > 10 LIMIT 7")
+    assert plan.rows == 7
+    # a top-k over the prediction needs every row scored: the LIMIT stays above the model
+    sql = "SELECT id FROM t ORDER BY predict('s', feats) DESC, id LIMIT 3"
+    plan, = db.explain(sql)
+    assert plan.rows > 7
+    scores = run_onnx(scorer_onnx, {"x": features})[:, 0]
+    for strategy in STRATEGIES:
+        assert [r[0] for r in db.sql(sql, strategy=strategy).fetchall()] == list(np.argsort(-scores, kind="stable")[:3])

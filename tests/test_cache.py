@@ -459,3 +459,14 @@ def test_upgrading_clamps_a_stored_bound_that_broke_cache_stats(pg_server, mlp_o
             assert {g[0] for g in grants} == {"SELECT"}
     finally:
         pg_server.drop_database("dbdl_cache_upgrade")
+
+
+def test_a_limit_fills_the_cache_with_its_rows_only(db, cached, strategy, mlp_onnx):
+    db.models.set_options("m", cache=True)
+    got = db.sql("SELECT id, predict_array('m', feats) AS a FROM t WHERE id > 4 ORDER BY id LIMIT 3",
+                 strategy=strategy).fetchall()
+    assert [i for i, _ in got] == [5, 6, 7]
+    np.testing.assert_allclose(np.array([a for _, a in got], np.float32), run_onnx(mlp_onnx, {"x": cached[5:8]}),
+                               atol=1e-5)
+    # only the LIMIT's rows were scored and cached (planner/rewrite.py: query.push_limit)
+    assert cache_rows(db, "m") == (3 if filler(db, strategy) else 0)

@@ -89,13 +89,13 @@ def test_batchnorm_is_folded_and_facts_are_counted():
 
 def test_unsupported_operator_is_named():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 4, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, 3, 3])
-    conv = graph_model([helper.make_node("Conv", ["x", "K"], ["y"])], [x], [y],
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, 5, 5])
+    conv = graph_model([helper.make_node("ConvTranspose", ["x", "K"], ["y"])], [x], [y],
                        {"K": np.ones((1, 1, 2, 2), np.float32)})
     graph = from_onnx(onnx.load_from_string(conv))
     ok, why = graph.relational
-    assert not ok and "operator Conv" in why
-    with pytest.raises(NotImplementedError, match="Conv"):
+    assert not ok and "operator ConvTranspose" in why
+    with pytest.raises(NotImplementedError, match="ConvTranspose"):
         graph.run({"x": np.zeros((1, 1, 4, 4), np.float32)})
 
 
@@ -103,3 +103,20 @@ def test_operators_are_discovered():
     expected = {"Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softmax",
                 "Flatten", "Reshape", "Cast", "Identity"}
     assert expected <= set(Op.registry)
+
+
+def test_an_output_no_weight_reaches_still_has_its_value(db):
+    """A bias-free dense layer whose weight column is all zero: its output is 0, not a missing
+    position (the element layout joins only the nonzero weights)."""
+    from conftest import export_onnx, run_onnx
+
+    layer = torch.nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        layer.weight[1] = 0
+    data = export_onnx(layer, 4)
+    x = np.random.default_rng(3).random((5, 4)).astype(np.float32)
+    db.models.register("z", data)
+    db.create_table("t", {"id": np.arange(5), "feats": x})
+    for strategy in ["relation:" + layout for layout in db.backend.relational.layouts]:
+        got = db.sql("SELECT id, predict_array('z', feats) FROM t ORDER BY id", strategy=strategy).fetchall()
+        np.testing.assert_allclose(np.array([v for _, v in got]), run_onnx(data, {"x": x}), atol=1e-6)

@@ -219,8 +219,18 @@ def test_nan_features_follow_onnxruntime():
             np.testing.assert_array_equal(from_onnx(proto).run({"x": x})[0], want, err_msg=f"{mode} {missing}")
 
 
-@pytest.mark.parametrize("name", ["imputer_linear", "decision_tree_regressor", "lightgbm_regressor", "lightgbm_binary"])
-def test_nan_features_through_sql(db, name):
+@pytest.fixture(params=["case", "walk"])
+def form(request, monkeypatch):
+    """How forests compile: nested CASE text, or a walk over a node table (ir/ops/_trees.py)."""
+    from dbdl.ir.ops import _trees
+
+    monkeypatch.setattr(_trees, "CASE_NODES", 10**9 if request.param == "case" else 0)
+    return request.param
+
+
+@pytest.mark.parametrize("name", ["imputer_linear", "decision_tree_regressor", "lightgbm_regressor", "lightgbm_binary",
+                                  "random_forest_classifier"])
+def test_nan_features_through_sql(db, name, form):
     """NaN features (SQL orders NaN above every number) take onnxruntime's branches and imputations."""
     _, adapted, rows, kind = model(name)
     rows = rows[:8].copy()
@@ -290,7 +300,7 @@ def _mode_forest():
     return _ml_model(node, 3, [("y", TensorProto.FLOAT, [12])])
 
 
-def test_every_node_mode_through_sql(db):
+def test_every_node_mode_through_sql(db, form):
     data = _mode_forest()
     rows = np.array([[np.nan, 0.5, 0.0], [1.0, np.nan, 0.5], [0.25, 0.75, np.nan], [0.5, 0.5, 0.5]], np.float32)
     want = _session(data).run(None, {"x": rows})[0]

@@ -2,7 +2,8 @@
 built-in function and operator in it is named with pg_catalog (what remains unqualified is SQL
 syntax — CAST, COALESCE, GREATEST, LEAST, CASE — or dbdl's own names), so nothing a caller planted
 on the search_path can answer it. Models: a torch module through Linear, LayerNorm, GELU, Concat,
-Clip, Exp, LogSoftmax and ReduceMean, and a scikit-learn forest (tree ensembles as CASE)."""
+Clip, Exp, LogSoftmax and ReduceMean, a scikit-learn forest (tree ensembles as CASE and as a walk),
+and a small CNN (Conv, pools and a residual Add: the patch-map joins)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,22 @@ class _Mixed(torch.nn.Module):
         return torch.log_softmax(both, dim=1).mean(dim=1, keepdim=True)
 
 
+class _Cnn(torch.nn.Module):
+    """Conv, BatchNorm (folded), ReLU, a residual Add, AveragePool, MaxPool, global average pooling."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.conv, self.bn, self.fc = torch.nn.Conv2d(2, 2, 3, padding=1), torch.nn.BatchNorm2d(2), torch.nn.Linear(2, 3)
+        self.avg = torch.nn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False)
+
+    def forward(self, x):
+        image = x.view(-1, 2, 2, 2)
+        h = torch.relu(self.bn(self.conv(image))) + image
+        h = torch.nn.functional.max_pool2d(self.avg(h), 2)
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
 def _models(features):
     from skl2onnx import to_onnx
     from sklearn.ensemble import RandomForestClassifier
@@ -43,7 +60,8 @@ def _models(features):
     forest = RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0).fit(
         features, (features[:, 0] > 0).astype(int))
     tree = to_onnx(forest, features[:1], options={id(forest): {"zipmap": False}}).SerializeToString()
-    return {"mixed": (export_onnx(_Mixed().eval(), 8), "mixed", 0), "forest": (tree, "forest:probabilities", 1)}
+    return {"mixed": (export_onnx(_Mixed().eval(), 8), "mixed", 0), "forest": (tree, "forest:probabilities", 1),
+            "cnn": (export_onnx(_Cnn().eval(), 8), "cnn", 0)}
 
 
 def _unqualified(sql: str, dialect) -> set[str]:
@@ -66,7 +84,11 @@ def _unqualified(sql: str, dialect) -> set[str]:
 
 
 @pytest.mark.never(["duckdb"], reason="DuckDB has no roles or search_path to plant on (docs/security.md)")
-def test_the_new_operators_sql_names_every_built_in_with_its_schema(db, features):
+@pytest.mark.parametrize("walk", [False, True], ids=["case", "walk"])
+def test_the_new_operators_sql_names_every_built_in_with_its_schema(db, features, walk, monkeypatch):
+    from dbdl.ir.ops import _trees
+
+    monkeypatch.setattr(_trees, "CASE_NODES", 0 if walk else 10**9)  # forests as CASE, or a node-table walk
     db.create_table("t", {"id": np.arange(20), "feats": features[:20]})
     for name, (data, ref, output) in _models(features).items():
         db.models.register(name, data)

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import export_onnx, run_onnx
+from conftest import check_ir_against_onnxruntime, export_onnx, relation_sql_mismatches
 from onnx import TensorProto, helper, numpy_helper
 
 import dbdl
@@ -177,15 +177,7 @@ def _rows(shape) -> np.ndarray:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_numpy_evaluation_matches_onnxruntime(name):
     model_bytes, shape = MODELS[name]
-    graph = from_onnx(onnx.load_from_string(model_bytes))
-    assert graph.unsupported == []
-    assert graph.relational == (True, "")
-    x = _rows(shape)
-    expected = run_onnx(model_bytes, {"x": x})
-    got = graph.run({"x": x})[0]
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    assert graph.output_shape() == expected.shape[1:]
+    check_ir_against_onnxruntime(model_bytes, _rows(shape))
 
 
 def test_torch_exports_use_the_new_operators():
@@ -208,21 +200,7 @@ def test_shape_operators_cost_no_flops():
 def test_every_model_through_sql_matches_onnxruntime(db):
     """All of them in one database (registration is the slow part): per model, predict_array with
     strategy='relation' over a table whose last row has NULL features."""
-    failures = []
-    for k, (name, (model_bytes, shape)) in enumerate(sorted(MODELS.items())):
-        x = _rows(shape)
-        expected = run_onnx(model_bytes, {"x": x}).reshape(ROWS, -1)
-        table = f"t{k}"
-        db.create_table(table, {"id": np.arange(ROWS), "x": x.reshape(ROWS, -1)})
-        db.sql(f"INSERT INTO {table} (id) VALUES ({ROWS})")
-        db.models.register(name, model_bytes)
-        rows = sorted(db.sql(f"SELECT id, predict_array('{name}', x) FROM {table}", strategy="relation").fetchall())
-        assert [r[0] for r in rows] == list(range(ROWS + 1))
-        if rows[-1][1] is not None:
-            failures.append(f"{name}: NULL features gave {rows[-1][1]!r}")
-        got = np.array([list(r[1]) for r in rows[:-1]], dtype=np.float64)
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
-            failures.append(f"{name}: got {got.tolist()}, onnxruntime {expected.tolist()}")
+    failures = relation_sql_mismatches(db, MODELS, _rows)
     assert not failures, "\n".join(failures)
 
 

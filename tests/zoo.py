@@ -51,6 +51,8 @@ class Form:
     args: tuple[str, ...]
     note: str  # what it exercises (printed in the test id / skip reasons)
     needs: str = ""  # the issue-11 feature it depends on
+    #: False: relation-centric SQL takes no such features (a nested array, bytes), whatever the model
+    relation: bool = True
 
 
 @dataclass
@@ -120,7 +122,7 @@ def _to_onnx(estimator, X, **kwargs) -> bytes:
         return to_onnx(estimator, X[:1], **kwargs).SerializeToString()
 
 
-def _classifier(key, what, estimator, X, y, rows, zipmap: bool, needs=(), direct=False) -> ZooModel:
+def _classifier(key, what, estimator, X, y, rows, zipmap: bool, needs=(), direct=False, relation=True) -> ZooModel:
     """A fitted classifier; the reference is scikit-learn itself (labels, predict_proba), cross-checked
     with onnxruntime on the converter's file (which is what the classifier's ONNX computes in float32)."""
     X = X.astype(np.float32)
@@ -144,7 +146,7 @@ def _classifier(key, what, estimator, X, y, rows, zipmap: bool, needs=(), direct
     ]
     needs = tuple(needs) + (("zipmap",) if zipmap and not direct else ())  # dbdl converts without ZipMap
     return ZooModel(key, "sklearn", what, estimator if direct else onnx_bytes, {"x": x}, checks, needs=needs,
-                    example=X[:1] if direct else None)
+                    example=X[:1] if direct else None, relation=relation)
 
 
 def _iris():
@@ -178,7 +180,7 @@ def skl_linear_regression() -> ZooModel:
     expected = est.predict(x).astype(np.float32)
     np.testing.assert_allclose(run_ort(onnx_bytes, {"X": x})[0][:, 0], expected, atol=1e-4)
     return ZooModel("skl_linear_regression", "sklearn", "skl2onnx.to_onnx(LinearRegression) on 10 synthetic features",
-                    onnx_bytes, {"x": x}, [Check("scalar", None, expected)])
+                    onnx_bytes, {"x": x}, [Check("scalar", None, expected)], relation=True)
 
 
 def skl_ridge_float64() -> ZooModel:
@@ -195,7 +197,8 @@ def skl_ridge_float64() -> ZooModel:
     np.testing.assert_allclose(run_ort(onnx_bytes, {"X": x})[0][:, 0], expected, rtol=1e-12)
     return ZooModel("skl_ridge_float64", "sklearn", "skl2onnx.to_onnx(Ridge, X_float64[:1]) — a float64 model "
                     "(double input and output)", onnx_bytes, {"x": pa.array(list(x), type=pa.list_(pa.float64()))},
-                    [Check("scalar", None, expected.astype(np.float32), 1e-5, 1e-5)], needs=("float64",))
+                    [Check("scalar", None, expected.astype(np.float32), 1e-5, 1e-5)], needs=("float64",),
+                    relation=True)  # relation-centric SQL computes in double precision
 
 
 def skl_logistic_zipmap() -> ZooModel:
@@ -220,7 +223,8 @@ def skl_logistic_string_labels() -> ZooModel:
     X, y = _iris()
     names = np.array(["setosa", "versicolor", "virginica"])[y]
     return _classifier("skl_logistic_string_labels", "skl2onnx.to_onnx(LogisticRegression) on iris with string labels "
-                       "(ZipMap)", LogisticRegression(max_iter=1000), X, names, 40, zipmap=True, needs=("text_labels",))
+                       "(ZipMap)", LogisticRegression(max_iter=1000), X, names, 40, zipmap=True, needs=("text_labels",),
+                       relation=None)  # the label output has no SQL form; the probabilities have
 
 
 def skl_mlp() -> ZooModel:
@@ -289,7 +293,8 @@ def lightgbm_classifier() -> ZooModel:
     checks = [Check("scalar", None, np.asarray(label, np.float32), 0, 0), Check("array", "probabilities", proba),
               Check("class", "probabilities", np.argmax(proba, axis=1))]
     return ZooModel("lightgbm_classifier", "lightgbm", "onnxmltools.convert_lightgbm(LGBMClassifier(20 trees)) on "
-                    "breast_cancer (ZipMap; label output shaped [1])", onnx_bytes, {"x": x}, checks, needs=("zipmap",))
+                    "breast_cancer (ZipMap; label output shaped [1])", onnx_bytes, {"x": x}, checks, needs=("zipmap",),
+                    relation=True)
 
 
 def lightgbm_regressor() -> ZooModel:
@@ -309,7 +314,8 @@ def lightgbm_regressor() -> ZooModel:
     expected = est.predict(x).astype(np.float32)
     np.testing.assert_allclose(run_ort(onnx_bytes, {"input": x})[0][:, 0], expected, atol=1e-4)
     return ZooModel("lightgbm_regressor", "lightgbm", "onnxmltools.convert_lightgbm(LGBMRegressor(30 trees)) on 8 "
-                    "synthetic features", onnx_bytes, {"x": x}, [Check("scalar", None, expected)])
+                    "synthetic features", onnx_bytes, {"x": x}, [Check("scalar", None, expected)],
+                    relation=True)
 
 
 # -- torch, exported the way users export ---------------------------------------------------------
@@ -382,7 +388,7 @@ class SmallCNN(torch.nn.Module):
 def torch_cnn() -> ZooModel:
     torch.manual_seed(3)
     m = SmallCNN().eval()
-    images = _rng(6).integers(0, 256, size=(21, 3, 32, 32), dtype=np.uint8)
+    images = _rng(6).integers(0, 256, size=(8, 3, 32, 32), dtype=np.uint8)  # few: relation-centric SQL runs it too
     x = images.astype(np.float32)
     onnx_bytes = torch_export(m, (torch.randn(1, 3, 32, 32),))  # default exporter, batch 1
     y = _torch_reference(m, x)
@@ -391,13 +397,13 @@ def torch_cnn() -> ZooModel:
     nested = SQLColumn({"duckdb": "FLOAT[32][32][3]", "postgres": "real[]"}, x.tolist())
     pixels = pa.array([row.tobytes() for row in images.reshape(len(images), -1)], type=pa.binary())
     forms = [Form(("x",), "flat FLOAT[3072] column reshaped to [N,3,32,32]", needs="reshape"),
-             Form(("nested",), "nested FLOAT[3][32][32] column", needs="nested_arrays"),
-             Form(("pixels",), "uint8 image bytes (BLOB / bytea)", needs="uint8_images")]
+             Form(("nested",), "nested FLOAT[3][32][32] column", needs="nested_arrays", relation=False),
+             Form(("pixels",), "uint8 image bytes (BLOB / bytea)", needs="uint8_images", relation=False)]
     return ZooModel("torch_cnn", "torch", "torch.onnx.export(cnn, torch.randn(1, 3, 32, 32), f) — Conv/BatchNorm/"
                     "MaxPool/GlobalAvgPool CNN, default exporter, batch fixed at 1", onnx_bytes,
                     {"x": flat, "nested": nested, "pixels": pixels},
                     [Check("array", None, y), Check("class", None, np.argmax(y, 1))], forms=forms,
-                    needs=("fixed_batch",), relation=False)
+                    needs=("fixed_batch",), relation=True)
 
 
 class Recurrent(torch.nn.Module):
@@ -522,6 +528,56 @@ def torch_padded_tokens() -> ZooModel:
                     options={"pad_id": 0}, needs=("padding",), relation=False)
 
 
+class EmbeddingMean(torch.nn.Module):
+    """A bag of words the plain way: nn.Embedding, the mean over the sequence, a Linear head."""
+
+    def __init__(self, vocab=300, dim=8, classes=3):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab, dim)
+        self.fc = torch.nn.Linear(dim, classes)
+
+    def forward(self, tokens):
+        return self.fc(self.embedding(tokens).mean(1))
+
+
+def torch_embedding_mean() -> ZooModel:
+    torch.manual_seed(12)
+    m = EmbeddingMean().eval()
+    tokens = _rng(12).integers(0, 300, size=(23, 6)).astype(np.int64)
+    onnx_bytes = torch_export(m, (torch.zeros(1, 6, dtype=torch.int64),))  # the default (dynamo) exporter
+    y = _torch_reference(m, tokens)
+    return ZooModel("torch_embedding_mean", "torch", "torch.onnx.export(Embedding(300, 8) + mean(1) + Linear, "
+                    "torch.zeros(1, 6, dtype=int64), f) — default (dynamo) exporter, 6 token ids per row",
+                    onnx_bytes, {"tokens": pa.array(tokens.tolist(), type=pa.list_(pa.int64()))},
+                    [Check("array", None, y), Check("class", None, np.argmax(y, 1))],
+                    forms=[Form(("tokens",), "fixed-length BIGINT[] token ids")], needs=("fixed_batch",),
+                    relation=True)
+
+
+class FixedBags(torch.nn.Module):
+    def __init__(self, vocab=400, dim=8, classes=4, mode="mean"):
+        super().__init__()
+        self.embedding = torch.nn.EmbeddingBag(vocab, dim, mode=mode)
+        self.fc = torch.nn.Linear(dim, classes)
+
+    def forward(self, tokens):  # (n, L): one bag of L ids per row, no offsets
+        return self.fc(self.embedding(tokens))
+
+
+def torch_embedding_bag_2d() -> ZooModel:
+    torch.manual_seed(14)
+    m = FixedBags().eval()
+    tokens = _rng(14).integers(0, 400, size=(19, 5)).astype(np.int32)
+    onnx_bytes = torch_export(m, (torch.zeros(1, 5, dtype=torch.int64),), dynamo=False, input_names=["tokens"],
+                              output_names=["logits"], dynamic_axes={"tokens": {0: "batch"}, "logits": {0: "batch"}})
+    y = _torch_reference(m, tokens.astype(np.int64))
+    return ZooModel("torch_embedding_bag_2d", "torch", "torch.onnx.export(EmbeddingBag(400, 8, mode='mean') + Linear, "
+                    "2-D tokens, dynamo=False, dynamic_axes=...) — fixed-size bags, exported as a Loop",
+                    onnx_bytes, {"tokens": pa.array(tokens.tolist(), type=pa.list_(pa.int32()))},
+                    [Check("array", None, y), Check("class", None, np.argmax(y, 1))],
+                    forms=[Form(("tokens",), "fixed-length INTEGER[] token ids into an int64 input")], relation=True)
+
+
 # -- the ONNX package's own backend test models -----------------------------------------------------
 
 
@@ -575,7 +631,7 @@ def _onnx_test(key, folder, what, rows=None, needs=("fixed_batch", "old_opset"),
 
 
 def onnx_conv2d() -> ZooModel:
-    return _onnx_test("onnx_conv2d", "pytorch-converted/test_Conv2d", "Conv2d", rows=9, relation=False)
+    return _onnx_test("onnx_conv2d", "pytorch-converted/test_Conv2d", "Conv2d", rows=9, relation=True)
 
 
 def onnx_linear_no_bias() -> ZooModel:
@@ -597,12 +653,12 @@ def onnx_softmax() -> ZooModel:
 
 
 def onnx_maxpool2d() -> ZooModel:
-    return _onnx_test("onnx_maxpool2d", "pytorch-converted/test_MaxPool2d", "MaxPool2d", rows=5, relation=False)
+    return _onnx_test("onnx_maxpool2d", "pytorch-converted/test_MaxPool2d", "MaxPool2d", rows=5, relation=True)
 
 
 def onnx_embedding() -> ZooModel:
     return _onnx_test("onnx_embedding", "pytorch-converted/test_Embedding", "Embedding (int64 ids)", rows=7,
-                      relation=False, input_dtype=np.int64, needs=("fixed_batch", "old_opset", "int_inputs"))
+                      relation=True, input_dtype=np.int64, needs=("fixed_batch", "old_opset", "int_inputs"))
 
 
 def onnx_single_relu() -> ZooModel:
@@ -622,7 +678,7 @@ ZOO: dict[str, Callable[[], ZooModel]] = {f.__name__: f for f in (
     skl_linear_regression, skl_ridge_float64, skl_logistic_zipmap, skl_logistic_no_zipmap, skl_logistic_string_labels, skl_mlp,
     skl_random_forest, skl_gradient_boosting, skl_pipeline, skl_fitted_estimator, lightgbm_classifier, lightgbm_regressor,
     torch_mlp_default_export, torch_mlp_fixed_batch, torch_two_inputs, torch_cnn, torch_lstm, torch_gru,
-    torch_transformer, torch_embedding_bag, torch_padded_tokens,
+    torch_transformer, torch_embedding_bag, torch_padded_tokens, torch_embedding_mean, torch_embedding_bag_2d,
     onnx_conv2d, onnx_linear_no_bias, onnx_linear, onnx_batchnorm2d, onnx_softmax, onnx_maxpool2d, onnx_embedding,
     onnx_single_relu, onnx_light_squeezenet,
 )}

@@ -287,11 +287,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.url)
 
 
+class _StrategyChoices(list):
+    """The choices argparse lists; a strategy whose variants depend on the model (``hybrid:<k>``)
+    takes any variant, which the planner checks against the model (naming the valid ones)."""
+
+    def __contains__(self, value: object) -> bool:
+        from .strategies import STRATEGIES
+
+        name, sep, variant = str(value).partition(":")
+        known = STRATEGIES.get(name)
+        return super().__contains__(value) or bool(sep and variant and known is not None and known.model_variants)
+
+
 def _strategy_choices() -> list[str]:
-    """What --strategy takes: the registered strategies, and relation's layouts ("relation:blocked")."""
+    """What --strategy takes: the registered strategies, relation's layouts ("relation:blocked"),
+    and hybrid's split points ("hybrid:<k>")."""
     from .strategies import STRATEGIES
 
-    return [*STRATEGIES, "relation:element", "relation:blocked"]
+    return _StrategyChoices([*STRATEGIES, "relation:element", "relation:blocked", "hybrid:<k>"])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,7 +71,7 @@ def call_node(call: exp.Anonymous) -> exp.Expression:
     return call.parent if _qualifier(call) is not None else call
 
 
-HINT_RE = re.compile(r"/\*\+\s*dbdl\s+strategy\s*=\s*(\w+(?::\w+)?)\s*\*/", re.I)
+HINT_RE = re.compile(r"/\*\+\s*dbdl\s+strategy\s*=\s*(\w+(?::[\w./:-]+)?)\s*\*/", re.I)
 
 
 def strategy_hint(sql: str, dialect: Any = None) -> str | None:
@@ -206,3 +206,97 @@ def row_identity(select: exp.Select, column: str | None, is_base_table: Callable
     if not is_base_table(plain.sql(dialect=dialect)):
         return None
     return exp.column(column, table=table.alias_or_name)
+
+
+# -- LIMIT: score only the rows the query returns ------------------------------------------------
+
+
+def _literal_int(node: exp.Expression | None) -> int | None:
+    value = node.args.get("expression") if node is not None else None
+    if isinstance(value, exp.Literal) and not value.is_string and value.this.isdigit():
+        return int(value.this)
+    return None
+
+
+def limited_rows(select: exp.Select | None) -> int | None:
+    """LIMIT + OFFSET where the SELECT returns (at most) that many of its source rows unchanged:
+    one table, no grouping, DISTINCT, aggregate or window, a WHERE and ORDER BY free of predictions
+    and parameters, literal counts. Then only that many rows need scoring (``push_limit``); None
+    when the query needs more (a top-k *over a prediction* must score every row)."""
+    if not has_from(select) or select.args.get("limit") is None:
+        return None
+    if any(not j.meta.get("dbdl_added") for j in select.args.get("joins") or []):
+        return None
+    limit, offset = _literal_int(select.args.get("limit")), select.args.get("offset")
+    skip = _literal_int(offset) if offset is not None else 0
+    if limit is None or skip is None:
+        return None
+    if any(select.args.get(k) for k in ("group", "having", "distinct", "qualify", "windows")):
+        return None
+    if select.find(exp.AggFunc, exp.Window, exp.Placeholder, exp.Parameter, exp.Subquery) is not None:
+        return None  # computed over every row before the LIMIT, or a parameter whose place would move
+    source = (select.args.get("from_") or select.args.get("from")).this
+    if not isinstance(source, exp.Table) or source.args.get("joins"):
+        return None
+    where, order = select.args.get("where"), select.args.get("order")
+    if where is not None and _has_prediction_or_parameter(where):
+        return None
+    if order is not None:
+        aliases = {e.alias for e in select.expressions if isinstance(e, exp.Alias)}
+        for ordered in order.expressions:
+            key = ordered.this
+            if _has_prediction_or_parameter(key) or isinstance(key, exp.Literal):
+                return None  # a top-k over a prediction, or ORDER BY 1 (a select-list position)
+            if any(c.name in aliases and not c.table for c in key.find_all(exp.Column)):
+                return None  # a select-list alias: not a column of the table
+    if any(c.args.get("db") for c in select.find_all(exp.Column)):
+        return None  # schema.table.column would not name the subquery
+    return limit + skip
+
+
+def movable_limit(select: exp.Select, identity_column: str | None, is_base_table: Callable[[str], bool],
+                  dialect: Any = None) -> int | None:
+    """The rows a ``SELECT … LIMIT n`` needs scored where ``push_limit`` can move the LIMIT below
+    the model (``limited_rows``, and one base table with a row identity the query does not name
+    itself), else None."""
+    if select.meta.get("dbdl_limited"):
+        return select.meta["dbdl_limited"]
+    bound = limited_rows(select)
+    if bound is None or row_identity(select, identity_column, is_base_table, dialect) is None:
+        return None
+    if any(c.name.lower() == identity_column for c in select.find_all(exp.Column)):
+        return None  # SELECT rowid: the subquery's * would not carry it
+    return bound
+
+
+def push_limit(select: exp.Select, identity_column: str | None, is_base_table: Callable[[str], bool],
+               dialect: Any = None) -> bool:
+    """Move the SELECT's WHERE, ORDER BY and LIMIT/OFFSET into its FROM, as ``(SELECT * FROM t
+    WHERE … ORDER BY …, <row identity> LIMIT …) AS t``, so that a strategy scoring the source rows
+    up front (relation, DL, the result cache) scores only the rows returned. The row identity
+    breaks ties, so every reading of the subquery (the statement, a DL scorer's side query) gets the
+    same rows. True if moved (where ``limited_rows`` allows it and the table has a row identity)."""
+    if select.meta.get("dbdl_limited"):
+        return True
+    bound = movable_limit(select, identity_column, is_base_table, dialect)
+    if bound is None:
+        return False
+    identity = row_identity(select, identity_column, is_base_table, dialect)
+    source = select.args.get("from_") or select.args.get("from")
+    table = source.this
+    name = table.alias_or_name
+    inner = exp.select(exp.Star()).from_(table.copy())
+    where = select.args.get("where")
+    if where is not None:
+        inner.set("where", where.copy())
+    order = select.args.get("order")
+    keys = [o.copy() for o in order.expressions] if order is not None else []
+    inner.set("order", exp.Order(expressions=[*keys, exp.Ordered(this=identity.copy())]))
+    inner.set("limit", select.args["limit"].copy())
+    if select.args.get("offset") is not None:
+        inner.set("offset", select.args["offset"].copy())
+    source.set("this", exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(name))))
+    select.set("where", None)
+    select.set("offset", None)  # applied inside; the outer LIMIT and ORDER BY stay (the output's order)
+    select.meta["dbdl_limited"] = bound  # what later calls of the same SELECT read (it is moved now)
+    return True

@@ -37,6 +37,11 @@ def _conv(inputs: Sequence[Shape | None], output: Shape, attrs: Mapping[str, Any
     return 2 * _size(output) * _size(w[1:])
 
 
+def _pool(inputs: Sequence[Shape | None], output: Shape, attrs: Mapping[str, Any]) -> int:
+    """MaxPool / AveragePool: one per window tap (output values · kernel size)."""
+    return _size(output) * _size(tuple(attrs.get("kernel_shape") or ()))
+
+
 def _per_value(factor: int) -> Rule:
     def rule(inputs, output, attrs) -> int:
         return factor * _size(output)
@@ -88,6 +93,8 @@ RULES: dict[str, Rule] = {
     "LayerNormalization": _per_value(7),  # mean, subtract, square, mean, divide by the root, scale, bias
     "ReduceMean": _per_input_value, "ReduceSum": _per_input_value, "ReduceMax": _per_input_value,
     "ReduceMin": _per_input_value,
+    "MaxPool": _pool, "AveragePool": _pool, "GlobalAveragePool": _per_input_value, "GlobalMaxPool": _per_input_value,
+    "BatchNormalization": _per_value(2),  # a scale and a shift (inference form)
 }
 default_rule: Rule = _per_value(1)
 

@@ -61,6 +61,10 @@ class Backend(ABC):
     dialect: ClassVar[str]
     #: the database runs dbdl's Python inside it (UDF-centric execution is possible)
     has_python_udfs: ClassVar[bool] = True
+    #: the in-database function is a closure of this process, so it can score a model that is not
+    #: in the registry (a hybrid plan's sub-model, its session cached in dbdl_udf.runtime.SESSIONS
+    #: under ``udf_threads``); a server's function looks models up by their stored reference
+    scores_unregistered_models: ClassVar[bool] = False
     #: connect() may apply pending migrations to an existing database (embedded files only)
     auto_upgrade: ClassVar[bool] = False
     #: the database has stored procedures of dbdl's (CALL train_export runs in the server);

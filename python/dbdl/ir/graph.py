@@ -3,6 +3,7 @@ per operator, a numpy evaluator, and what rules SQL compilation out."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
@@ -85,6 +86,10 @@ class Graph:
                 return (node.out_shapes or [node.shape])[node.outputs.index(self.outputs[index])]
         return dict(self.inputs)[self.outputs[index]]
 
+    def prefix(self, k: int) -> "Graph":
+        """Nodes 0..k alone, as a graph whose output is node k's (a hybrid plan's SQL part)."""
+        return Graph(list(self.inputs), [self.nodes[k].outputs[0]], self.nodes[:k + 1])
+
     # -- evaluation ----------------------------------------------------------------------------
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -113,6 +118,9 @@ def from_onnx(proto) -> Graph:
     """Build the IR from an ONNX ModelProto (BatchNormalization folded into the layer before it)."""
     from onnx import numpy_helper
 
+    from .embedding_bag import embedding_bags
+
+    proto = embedding_bags(proto)  # torch's fixed-size EmbeddingBag loop: a Gather and a reduction
     constants: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     graph_inputs = []
     shapes: dict[str, Shape] = {}
@@ -125,6 +133,9 @@ def from_onnx(proto) -> Graph:
         shapes[value.name] = shape
     graph = Graph(graph_inputs, [o.name for o in proto.graph.output], [],
                   initializer_bytes=int(sum(c.nbytes for c in constants.values())))
+    uses = Counter([name for n in proto.graph.node for name in n.input] + [o.name for o in proto.graph.output])
+    batch_one = bool(graph_inputs) and all(_fixed_first_axis(v) == 1 for v in proto.graph.input
+                                           if v.name not in constants)
     opset = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     for onnx_node, extra in _one_output_each(proto.graph.node):
         attrs = _attrs(onnx_node)
@@ -133,7 +144,8 @@ def from_onnx(proto) -> Graph:
             if value is not None:
                 constants[onnx_node.output[0]] = numpy_helper.to_array(value)
                 continue
-        if onnx_node.op_type == "BatchNormalization" and _fold_batchnorm(graph, onnx_node, attrs, constants):
+        if onnx_node.op_type == "BatchNormalization" and uses[onnx_node.input[0]] == 1 and \
+                _fold_batchnorm(graph, onnx_node, attrs, constants):  # only a value nothing else reads
             shapes[onnx_node.output[0]] = graph.nodes[-1].shape
             continue
         cls = Op.registry.get(onnx_node.op_type)
@@ -148,6 +160,7 @@ def from_onnx(proto) -> Graph:
             graph.unsupported.append((onnx_node.op_type, f"cannot build it: {exc}"))
             continue
         op.opset = opset  # the model's ai.onnx opset: some operators' meaning changed with it
+        op.batch_one = batch_one  # the inputs fix the batch at 1: a leading 1 in a shape constant is the row
         for key, value in extra.items():
             setattr(op, key, value)
         if all(not r for r in runtime):  # constant folding (e.g. a shape computed from constants)
@@ -192,6 +205,11 @@ def from_onnx(proto) -> Graph:
     return graph
 
 
+def _fixed_first_axis(value) -> int | None:
+    dims = value.type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
+
+
 def _one_output_each(nodes):
     """(node, extra attributes of its op) in order, where a node of an operator with several outputs
     (Split: ``per_output``) becomes one copy per output, its op told which (``output_index``)."""
@@ -208,9 +226,11 @@ def _one_output_each(nodes):
 
 
 def _fold_batchnorm(graph: Graph, node, attrs, constants) -> bool:
-    """Fold y = (x - mean) / sqrt(var + eps) * scale + bias into the Gemm that produced x."""
+    """Fold y = (x - mean) / sqrt(var + eps) * scale + bias into the Gemm (or Conv) that produced x."""
     from .ops.gemm import Gemm
 
+    if _fold_batchnorm_conv(graph, node, attrs, constants):
+        return True
     if not graph.nodes or graph.nodes[-1].outputs[0] != node.input[0] or not isinstance(graph.nodes[-1].op, Gemm):
         return False
     if not all(name in constants for name in node.input[1:5]):
@@ -223,6 +243,28 @@ def _fold_batchnorm(graph: Graph, node, attrs, constants) -> bool:
     b = ((old_bias.astype(np.float64) if old_bias is not None else 0.0) - mean) * factor + bias
     gemm.params = {1: weight.astype(np.float32), 2: b.astype(np.float32)}
     gemm.attrs = {k: v for k, v in gemm.attrs.items() if k not in ("transB", "alpha", "beta")}
+    graph.nodes[-1].outputs = [node.output[0]]
+    return True
+
+
+def _fold_batchnorm_conv(graph: Graph, node, attrs, constants) -> bool:
+    """Fold a BatchNormalization into the Conv that produced its input: each output channel's
+    weights × s, its bias (b - mean) × s + bias, s = scale / sqrt(var + eps)."""
+    from .ops.conv import Conv
+
+    if not graph.nodes or graph.nodes[-1].outputs[0] != node.input[0] or not isinstance(graph.nodes[-1].op, Conv):
+        return False
+    conv = graph.nodes[-1].op
+    if not all(name in constants for name in node.input[1:5]) or 1 not in conv.params or attrs.get("training_mode", 0):
+        return False
+    scale, bias, mean, var = (constants[name].astype(np.float64).reshape(-1) for name in node.input[1:5])
+    w = conv.params[1].astype(np.float64)
+    if len(scale) != w.shape[0]:
+        return False
+    factor = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
+    old_bias = conv.params.get(2)
+    b = ((old_bias.astype(np.float64).reshape(-1) if old_bias is not None else 0.0) - mean) * factor + bias
+    conv.params = {1: (w * factor.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32), 2: b.astype(np.float32)}
     graph.nodes[-1].outputs = [node.output[0]]
     return True
 

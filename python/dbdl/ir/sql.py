@@ -87,6 +87,9 @@ class SQLBuilder:
     layout: str = "element"
     ctes: list[tuple[str, str]] = field(default_factory=list)
     _layer: int = 0
+    #: for a model of integer inputs: the DTypeMismatch message raised for an input value that is not
+    #: a whole number (a fractional, NaN or infinite value from a DOUBLE[] column), as the UDF path does
+    whole_numbers: str = ""
 
     def _add(self, sql: str, width: int) -> Relation:
         name = f"{self.prefix}{len(self.ctes)}"
@@ -95,7 +98,15 @@ class SQLBuilder:
 
     def input(self, source_cte: str, width: int) -> Relation:
         """``source_cte`` has (rid, dbdl_f): one feature array per row."""
-        return self._add(self.spell.unnest.format(src=source_cte), width)
+        x = self._add(self.spell.unnest.format(src=source_cte), width)
+        if not self.whole_numbers:
+            return x
+        import sqlglot.expressions as exp
+
+        fail = self.spell.fail(exp.Literal.string(f"dbdl.DTypeMismatch: {self.whole_numbers}"), exp.column("v")).sql()
+        # NaN compares above every number in both databases: it fails the range test, as do infinities
+        return self._add(f"SELECT rid, i, CASE WHEN v <> FLOOR(v) OR NOT (v > -1e300 AND v < 1e300) THEN {fail} "
+                         f"ELSE v END AS v FROM {x.name}", width)
 
     def dense(self, x: Relation, weight: np.ndarray, bias: np.ndarray | None) -> Relation:
         self._layer += 1
@@ -105,10 +116,12 @@ class SQLBuilder:
         ii, jj = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
         keep = weight != 0  # zero weights need no rows: sparse layers cost what they hold
         w_table = self.table_for(f"w{self._layer}", {"i": ii[keep], "j": jj[keep], "w": weight[keep].astype(np.float64)})
+        # activations equal to 0 contribute nothing either: a wide, mostly-zero input costs what it
+        # holds (NaN <> 0 holds, so NaN still spreads; a NULL adds nothing to the SUM either way)
         y = self._add(f"SELECT x.rid, w.j AS i, SUM(x.v * w.w) AS v FROM {x.name} AS x JOIN {w_table} AS w "
-                      f"ON w.i = x.i GROUP BY x.rid, w.j", n_out)
-        if bias is None:
-            return y
+                      f"ON w.i = x.i WHERE x.v <> 0 GROUP BY x.rid, w.j", n_out)
+        if bias is None:  # the fill below still gives every row every output position (0 where nothing met)
+            bias = np.zeros(n_out)
         b_table = self.table_for(f"b{self._layer}", {"j": np.arange(n_out), "b": bias.astype(np.float64)})
         # every output position exists even where all inputs met zero weights
         return self._add(f"SELECT r.rid, b.j AS i, COALESCE(y.v, 0) + b.b AS v FROM (SELECT DISTINCT rid FROM {x.name}) "
@@ -238,6 +251,89 @@ class SQLBuilder:
         expr = template.format(v="x.v", **{k: f"c.{k}" for k in columns})
         return self._add(f"SELECT x.rid, x.i, {expr} AS v FROM {x.name} AS x JOIN {table} AS c ON c.i = x.i", x.width)
 
+    def lookup(self, x: Relation, table: np.ndarray, width: int) -> Relation:
+        """An embedding lookup: each value of ``x`` is an index into the rows of ``table`` (rows ×
+        dim); the row's ``dim`` values land at positions ``i × dim + d``. A negative index counts from
+        the end; one outside ``[-rows, rows)`` raises ModelRuntimeError (as onnxruntime refuses it)."""
+        import sqlglot.expressions as exp
+
+        self._layer += 1
+        rows, dim = table.shape
+        tt, dd = np.meshgrid(np.arange(rows), np.arange(dim), indexing="ij")
+        name = self.table_for(f"e{self._layer}", {"token": tt.reshape(-1), "d": dd.reshape(-1),
+                                                  "w": table.reshape(-1)})
+        message = exp.DPipe(
+            this=exp.Literal.string(f"dbdl.ModelRuntimeError: an embedding lookup (Gather) got an index outside its "
+                                    f"table of {rows} rows (valid: {-rows} to {rows - 1}); pass token ids below "
+                                    f"{rows} — got index "),
+            expression=exp.Cast(this=exp.Cast(this=exp.column("v"), to=exp.DataType.build("BIGINT")),
+                                to=exp.DataType.build("TEXT")))
+        fail = self.spell.fail(message, exp.column("v")).sql()
+        index = self._add(f"SELECT rid, i, CAST(CASE WHEN v < {-rows} OR v >= {rows} OR v <> FLOOR(v) THEN {fail} "
+                          f"WHEN v < 0 THEN v + {rows} ELSE v END AS BIGINT) AS v FROM {x.name}", x.width)
+        at = "x.i" if dim == 1 else f"x.i * {dim} + e.d"
+        return self._add(f"SELECT x.rid, {at} AS i, e.w AS v FROM {index.name} AS x JOIN {name} AS e "
+                         f"ON e.token = x.v", width)
+
+    def pick(self, x: Relation, source: np.ndarray, width: int) -> Relation:
+        """Output position o takes the value at position ``source[o]`` of ``x`` (a position may be
+        taken more than once): a join with a constant (i, o) table."""
+        self._layer += 1
+        table = self.table_for(f"g{self._layer}", {"i": np.asarray(source, dtype=np.int64),
+                                                   "o": np.arange(len(source))})
+        return self._add(f"SELECT x.rid, t.o AS i, x.v FROM {x.name} AS x JOIN {table} AS t ON t.i = x.i", width)
+
+    # -- convolution and pooling: im2col over relations (ir/ops/_window.py makes the patch maps) ---------
+
+    def conv(self, x: Relation, patch: dict[str, np.ndarray], kernel: dict[str, np.ndarray], n_out: int,
+             bias: np.ndarray | None, width: int, complete: bool) -> Relation:
+        """A convolution: ``patch`` (i: input position, o: output spatial position, ck: input channel ×
+        kernel offset) and ``kernel`` (ck, co: output channel, w) as tables; output position
+        ``co * n_out + o``. ``bias`` has one value per output position; where some output position
+        meets no weight (not ``complete``) every position is filled, as a dense layer's."""
+        self._layer += 1
+        p_table = self.table_for(f"cp{self._layer}", patch)
+        k_table = self.table_for(f"ck{self._layer}", kernel)
+        y = self._add(f"SELECT x.rid, k.co * {int(n_out)} + p.o AS i, SUM(x.v * k.w) AS v FROM {x.name} AS x "
+                      f"JOIN {p_table} AS p ON p.i = x.i JOIN {k_table} AS k ON k.ck = p.ck "
+                      f"GROUP BY x.rid, k.co, p.o", width)
+        if complete and bias is None:
+            return y
+        b_table = self.table_for(f"cb{self._layer}", {"i": np.arange(width), "b": (
+            np.zeros(width) if bias is None else bias).astype(np.float64)})
+        if complete:
+            return self._add(f"SELECT y.rid, y.i, y.v + b.b AS v FROM {y.name} AS y JOIN {b_table} AS b ON b.i = y.i",
+                             width)
+        return self._add(f"SELECT r.rid, b.i, COALESCE(y.v, 0) + b.b AS v FROM (SELECT DISTINCT rid FROM {x.name}) "
+                         f"AS r CROSS JOIN {b_table} AS b LEFT JOIN {y.name} AS y ON y.rid = r.rid AND y.i = b.i",
+                         width)
+
+    def conv_blocked(self, x: Relation, patch: dict[str, np.ndarray], kernel: dict[str, Any], n_out: int,
+                     width: int) -> Relation:
+        """A convolution in the blocked layout: each (row, output position, group)'s patch packed into
+        an array ordered by ``patch["ck"]`` (every tap, padding included: ``i = -1`` reads a 0), then
+        one dot product with each output channel's kernel array (``kernel``: co, g, wcol, b)."""
+        self._layer += 1
+        p_table = self.table_for(f"cpb{self._layer}", patch)
+        k_table = self.table_for(f"ckb{self._layer}", kernel)
+        padded = self._add(f"SELECT rid, i, v FROM {x.name} UNION ALL SELECT DISTINCT rid, -1 AS i, 0.0 AS v "
+                           f"FROM {x.name}", x.width + 1)
+        taps = self._add(f"SELECT x.rid, p.o, p.g, p.ck AS i, x.v FROM {padded.name} AS x JOIN {p_table} AS p "
+                         f"ON p.i = x.i", width)
+        packed = self._add(f"SELECT rid, o, g, {self.spell.pack} AS vec FROM {taps.name} GROUP BY rid, o, g", width)
+        dot = self.spell.dot.format(a="x.vec", b="w.wcol")
+        return self._add(f"SELECT x.rid, w.co * {int(n_out)} + x.o AS i, {dot} + w.b AS v FROM {packed.name} AS x "
+                         f"JOIN {k_table} AS w ON w.g = x.g", width)
+
+    def pool(self, x: Relation, patch: dict[str, np.ndarray], aggregate: str, width: int) -> Relation:
+        """A pooling window: ``patch`` (i: input position, o: output position[, w: a weight]) as a
+        table; ``aggregate`` over each output position's inputs: "MAX", or "SUM" of v × w."""
+        self._layer += 1
+        table = self.table_for(f"pl{self._layer}", patch)
+        value = "MAX(x.v)" if aggregate == "MAX" else "SUM(x.v * p.w)"
+        return self._add(f"SELECT x.rid, p.o AS i, {value} AS v FROM {x.name} AS x JOIN {table} AS p ON p.i = x.i "
+                         f"GROUP BY x.rid, p.o", width)
+
     def argmax(self, x: Relation) -> Relation:
         """One value per row: the position of the row's largest value (ties: the first)."""
         return self._add(f"SELECT rid, 0 AS i, {self.spell.argmax} AS v FROM {x.name} GROUP BY rid", 1)
@@ -252,6 +348,36 @@ class SQLBuilder:
         """(rid, i, v) rows from expressions over the columns of ``table`` (one per position)."""
         parts = [f"SELECT rid, {k} AS i, {e} AS v FROM {table}" for k, e in enumerate(expressions)]
         return self._add(" UNION ALL ".join(parts), len(expressions))
+
+    def tree_walk(self, x: Relation, nodes: dict[str, np.ndarray], roots: dict[str, np.ndarray],
+                  leaves: dict[str, np.ndarray], bases: dict[str, np.ndarray], depth: int, cond: str,
+                  divisor: float = 1.0) -> Relation:
+        """A forest as a walk: every row starts at every tree's root (``roots``: k) and steps
+        ``depth`` times through ``nodes`` (k, feature f, threshold th, yes, no, …; a leaf steps to
+        itself) by ``cond`` (an expression of ``x.v``, the feature's value, and the node ``n``);
+        then the weights of the leaves it ends in (``leaves``: k, output position j, w) are summed
+        per j, divided by ``divisor``, and each position's base value (``bases``: j, b) added."""
+        self._layer += 1
+        n_table = self.table_for(f"tn{self._layer}", nodes)
+        r_table = self.table_for(f"tr{self._layer}", roots)
+        l_table = self.table_for(f"tl{self._layer}", leaves)
+        b_table = self.table_for(f"tb{self._layer}", bases)
+        rows = self._add(f"SELECT DISTINCT rid FROM {x.name}", 1)
+        # one key per (row, position): the value joins the (row, node) pairs only, so no planner can
+        # join the values to the nodes first (every row's values × every node reading that position)
+        width = max(1, x.width)
+        keyed = self._add(f"SELECT rid * {width} + i AS key, v FROM {x.name}", 1)
+        at = self._add(f"SELECT r.rid, t.k FROM {rows.name} AS r CROSS JOIN {r_table} AS t", 1)
+        for _ in range(depth):
+            at = self._add(f"SELECT s.rid, CASE WHEN {cond} THEN n.yes ELSE n.no END AS k FROM {at.name} AS s "
+                           f"JOIN {n_table} AS n ON n.k = s.k JOIN {keyed.name} AS x ON x.key = s.rid * {width} + n.f",
+                           1)
+        summed = self._add(f"SELECT s.rid, l.j AS i, SUM(l.w) AS v FROM {at.name} AS s JOIN {l_table} AS l "
+                           f"ON l.k = s.k GROUP BY s.rid, l.j", 1)
+        scale = "" if divisor == 1.0 else f" / {divisor!r}"
+        return self._add(f"SELECT r.rid, b.j AS i, COALESCE(y.v, 0.0){scale} + b.b AS v FROM {rows.name} AS r "
+                         f"CROSS JOIN {b_table} AS b LEFT JOIN {summed.name} AS y ON y.rid = r.rid AND y.i = b.j",
+                         len(bases["j"]))
 
     def output(self, x: Relation, kind: str) -> str:
         """The SELECT giving (rid, prediction) for predict (scalar), predict_array or predict_class."""

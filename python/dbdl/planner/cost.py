@@ -53,6 +53,8 @@ class CallPlan:
             if e.layout and e.feasible:
                 detail += f" ({e.layout} layout)"
             lines.append(f"  {mark} {e.strategy:<9}{cost}   {detail}")
+            if e.placement and e.feasible:  # a hybrid plan: where each operator runs, and why
+                lines.extend(f"        {line}" for line in e.placement)
         how = "forced by the caller" if self.forced else "lowest estimate"
         if self.cache:
             lines.append(f"  {self.cache}")

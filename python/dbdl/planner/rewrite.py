@@ -18,7 +18,8 @@ from dbdl_udf.kinds import PREDICT_FUNCTIONS
 from .. import cachestore
 from ..errors import InvalidName, QueryError, ShapeMismatch, StrategyUnavailable
 from ..names import ResolvedModel
-from ..query import call_node, find_predict_calls, has_from, parse, source_rows, strategy_hint
+from ..query import (call_node, find_predict_calls, has_from, movable_limit, parse, push_limit, source_rows,
+                     strategy_hint)
 from ..strategies import STRATEGIES, PredictCall, StatementPlan
 from ..strategies.base import memory_budget, model_graph
 from . import cachejoin
@@ -54,7 +55,8 @@ def _check_strategy(backend: "Backend", forced: str | None) -> tuple[str | None,
     strategy, _, variant = (forced or "").partition(":")
     strategy = strategy or None
     known = STRATEGIES.get(strategy) if strategy else None
-    if strategy is not None and (known is None or variant and variant not in known.variants(backend)):
+    if strategy is not None and (known is None or variant and not known.model_variants
+                                 and variant not in known.variants(backend)):
         layouts = STRATEGIES["relation"].variants(backend)
         raise StrategyUnavailable(
             f"unknown strategy {strategy if not variant else f'{strategy}:{variant}'!r}; choose one of "
@@ -109,6 +111,9 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         select = call.find_ancestor(exp.Select)
         joinable = has_from(select)
         rows = _estimate_rows(backend, select) if joinable else 1
+        limited = movable_limit(select, backend.row_identity, backend.is_base_table, backend.dialect) if joinable else None
+        if limited is not None:  # SELECT … LIMIT n: n rows are scored, whichever strategy runs
+            rows = min(rows, limited)
         predict = PredictCall(backend, kind, resolved, graph, call, list(feature_args), select, joinable, rows,
                               budget, variant)
 
@@ -162,6 +167,9 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         if not execute:
             continue
         features = feature_args[0]
+        if limited is not None and (options is not None or STRATEGIES[chosen].joins):
+            # a strategy that scores the source rows up front scores only the LIMIT's rows
+            push_limit(select, backend.row_identity, backend.is_base_table, backend.dialect)
         if options is not None:
             # one look-up per (model, features) in a SELECT, whichever kinds read it
             key = (id(select), resolved.ref, features.sql(), "cache")
@@ -171,6 +179,8 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                 how = chosen if strategy or chosen != "udf" and backend.cache_filled_in_server else None
                 if strategy == "relation":
                     how += ":" + (variant or estimate.layout or "element")
+                elif variant:  # a hybrid plan's split point
+                    how += ":" + variant
 
                 def compute(sql: str, how: str | None) -> None:
                     for inner in parse(sql, backend.dialect) or []:

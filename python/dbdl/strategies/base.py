@@ -83,6 +83,9 @@ class Estimate:
     reason: str = ""       # why it was ruled out, or what dominates
     terms: dict[str, float] = field(default_factory=dict)
     layout: str = ""       # relation-centric: "element" or "blocked" weights
+    #: hybrid: the split (what EXPLAIN names) and, per operator, where it runs and why
+    split: str = ""
+    placement: list[str] = field(default_factory=list)
 
     @property
     def feasible(self) -> bool:
@@ -153,14 +156,29 @@ class PredictCall:
         return plain_features(self.model, self.args) or (
             (self.backend.relation_feature_problem(self.model, self.args) or "") if self.joinable else "")
 
+    @functools.cached_property
+    def relation_problem(self) -> str:
+        """As ``plain_problem``, for relation-centric SQL, which also takes float64 vectors and integer
+        vectors (the token ids of an embedding lookup); the result cache keeps to float32
+        (``plain_problem``)."""
+        return plain_features(self.model, self.args, RELATION_DTYPES) or (
+            (self.backend.relation_feature_problem(self.model, self.args) or "") if self.joinable else "")
 
-def plain_features(model: ResolvedModel, feature_args: list[exp.Expression]) -> str:
-    """Why a call is not one vector of float32 values for a model of fixed-width float32 inputs; ""."""
+
+#: the input types relation-centric SQL takes (it computes in double precision): float32 or float64
+#: features, integer indices
+RELATION_DTYPES = ("float32", "float64", "int32", "int64")
+
+
+def plain_features(model: ResolvedModel, feature_args: list[exp.Expression],
+                   dtypes: tuple[str, ...] = ("float32",)) -> str:
+    """Why a call is not one vector of float32 values (or of ``dtypes``) for a model of fixed-width
+    inputs of those types; ""."""
     if len(feature_args) > 1:
         return f"the call passes {len(feature_args)} feature arguments"
     for spec in model.signature.inputs:
-        if spec.dtype != "float32":
-            return f"input {spec.name!r} takes {spec.dtype} values, not float32"
+        if spec.dtype not in dtypes:
+            return f"input {spec.name!r} takes {spec.dtype} values, not {' or '.join(dtypes)}"
         if spec.per_row is None or not spec.shape:
             return f"input {spec.name!r} has no fixed width per row (shape {list(spec.shape)})"
     return ""
@@ -186,6 +204,9 @@ class Strategy(ABC):
     #: the same call twice in one SELECT (select list and GROUP BY) is rewritten once and its
     #: expression reused: a strategy whose rewrite adds a join must say so
     joins: ClassVar[bool] = False
+    #: its variants depend on the model (hybrid's split points): the planner leaves them to
+    #: ``feasible``, which names the valid ones
+    model_variants: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

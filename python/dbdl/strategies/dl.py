@@ -36,18 +36,22 @@ RUN_ROWS = 4096
 _tables = itertools.count()
 
 
-def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[..., np.ndarray]:
+def scorer(backend: "Backend", model: ResolvedModel, kind: str,
+           model_bytes: Callable[[], bytes] | None = None) -> Callable[..., np.ndarray]:
     """What predict/predict_array/predict_class return, for a batch: ``score(columns)`` takes a list
     of ``dbdl_udf.runtime.Column`` (one per feature argument; the rows valid in all of them are
-    scored, in order) and ``score(matrix)`` a (rows x width) float32 matrix, as before."""
+    scored, in order) and ``score(matrix)`` a (rows x width) float32 matrix, as before.
+
+    ``model_bytes``: the ONNX bytes to run instead of the stored version's (a hybrid plan's
+    sub-model, ``model`` then carrying its hash and signature): onnxruntime, no feeding options."""
     from dbdl_udf.runtime import build_feeds, take_rows, valid_rows
 
     # torch where it has a GPU to run on; on CPU onnxruntime over all cores is the faster runtime
     # (a 17 MFLOP/row MLP: ~25% faster here than torch's CPU kernels)
-    module = _torch_module(backend, model) if _has_gpu() else None
+    module = _torch_module(backend, model) if model_bytes is None and _has_gpu() else None
     output = model.output_index
     spec = model.output_spec
-    options = feed_options_of(backend, model)
+    options = feed_options_of(backend, model) if model_bytes is None else {}
 
     if module is not None:
         import torch
@@ -63,7 +67,7 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str) -> Callable[...,
             y = y[output] if isinstance(y, (tuple, list)) else y
             return checked_output(y.float().cpu().numpy(), n, spec, model.ref)
     else:
-        session, signature = SESSIONS.get(model.sha256, lambda: backend.model_bytes(model.sha256), 0,
+        session, signature = SESSIONS.get(model.sha256, model_bytes or (lambda: backend.model_bytes(model.sha256)), 0,
                                           model=model.ref)
 
         def run(x, n: int) -> np.ndarray:

@@ -9,11 +9,14 @@ the database, and no step needs the whole model in memory.
     blocked layout  setup + rows × (Σ output units × (dot-product cost + inputs × cost per element)
                                     + Σ activations × cost per value)
     (the cheaper layout the backend's SQL can run is taken)
+    a Conv's multiply-adds and a pool's window taps count as layer weights (joined rows); in the
+    blocked layout a Conv's output values are dot products over its patch, plus its im2col values
+    × join cost per weight ("patches")
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +38,7 @@ def graph_problem(graph, model: ResolvedModel) -> str:
     ok, why = graph.relational
     if ok and graph.output_problem(model.output_index):
         return graph.output_problem(model.output_index)
-    if ok and model.signature.batch is not None:
+    if ok and model.signature.batch not in (None, 1):  # batch 1: one row at a time, per-row by definition
         # a fixed batch size dbdl could not make symbolic: the graph's shapes hold it, per-row SQL would not
         return (f"the model has a fixed batch size of {model.signature.batch} (scored in slices of that many "
                 "rows), and the SQL compiler takes models that run on each row alone")
@@ -44,14 +47,55 @@ def graph_problem(graph, model: ResolvedModel) -> str:
 
 _DENSE = ("Gemm", "MatMul", "LinearRegressor", "LinearClassifier")
 _TREES = ("TreeEnsembleRegressor", "TreeEnsembleClassifier")
-#: seconds per tree node to parse, plan and bind the compiled statement (measured on DuckDB: a 50-tree
-#: unbounded random forest, 30,000 nodes, takes about 9 s before the first row)
+#: seconds per tree node to parse, plan and bind a forest compiled as CASE text (measured on DuckDB: a
+#: 20-tree depth-8 random forest, 7,500 nodes, about 1.5 s before the first row; larger forests are
+#: compiled as a walk over a node table, whose statement does not grow with the nodes)
 _TREE_NODE_S = 3.0e-4
 
 
 def _dense_weight(node) -> np.ndarray:
     """The (in x out) weights of a node compiled as a dense layer."""
-    return node.op.params[1] if node.op.op_type in ("Gemm", "MatMul") else node.op.weight()
+    # MatMul holds (in x out) as it is; Gemm's weight() applies transB (torch exports (out x in))
+    return node.op.params[1] if node.op.op_type == "MatMul" else node.op.weight()
+
+
+def relation_terms(call: PredictCall, graph_nodes) -> dict[str, dict[str, float]]:
+    """The relation-centric cost terms of running ``graph_nodes`` (the whole graph's, or a hybrid
+    plan's prefix) for the call's rows, per weight layout the backend can run."""
+    c, rows = call.costs, call.rows
+    dense = [n for n in graph_nodes if n.op.op_type in _DENSE]
+    weights = sum(int(np.count_nonzero(_dense_weight(n))) for n in dense)
+    # a convolution joins each row's values with its patch map and kernel (one row per multiply-add),
+    # a pool with its patch map (one per window tap)
+    windows = [n.op for n in graph_nodes if hasattr(n.op, "join_rows")]
+    weights += sum(op.join_rows("element") for op in windows)
+    values = sum(int(max(1, per_row_size(n.shape))) for n in graph_nodes)
+    # a tree ensemble as CASE text: each row steps down every tree (its FLOPs: the comparisons), and
+    # the text is parsed by sqlglot and the database once per statement (its size costs); as a walk
+    # over a node table (ir/ops/_trees.py): one join row per row, tree and level
+    forests = [n for n in graph_nodes if n.op.op_type in _TREES]
+    values += sum(n.op.flops([], n.shape) for n in forests if n.op.forest().form == "case")
+    walk = sum(len(n.op.forest().trees) * (n.op.forest().depth + 2) for n in forests
+               if n.op.forest().form == "walk")
+    setup = c.get("rel_setup_s", 0.0)
+    nodes = sum(n.op.forest().n_nodes for n in forests if n.op.forest().form == "case")
+    if nodes:
+        setup += nodes * c.get("rel_tree_node_s", _TREE_NODE_S)
+    options = {"element": {"setup": setup, "joins": rows * (weights + walk) * c["rel_weight_s"],
+                           "values": rows * values * c["rel_value_s"]}}
+    if "blocked" in call.backend.relational.layouts and "rel_dot_s" in c:
+        dots = sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(_dense_weight(n).shape[0]) * c["rel_dot_elem_s"])
+                   for n in dense)
+        # a convolution: one dot product per output value over its patch (input channels per group × kernel)
+        dots += sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(np.prod(n.op.weight().shape[1:])) * c["rel_dot_elem_s"])
+                    for n in graph_nodes if n.op.op_type == "Conv")
+        options["blocked"] = {"setup": setup, "dot products": rows * dots,
+                              "values": rows * values * c["rel_value_s"]}
+        if windows:  # the patches packed for a convolution's dot products, a pool's taps
+            options["blocked"]["patches"] = rows * sum(op.join_rows("blocked") for op in windows) * c["rel_weight_s"]
+        if walk:
+            options["blocked"]["joins"] = rows * walk * c["rel_weight_s"]
+    return options
 
 
 class RelationCentric(Strategy):
@@ -63,7 +107,7 @@ class RelationCentric(Strategy):
 
     def feasible(self, call: PredictCall) -> str | None:
         backend = call.backend
-        reason = call.plain_problem or graph_problem(call.graph, call.model)
+        reason = call.relation_problem or graph_problem(call.graph, call.model)
         if not reason and not call.joinable:
             reason = "predict is not inside a SELECT … FROM …"
         if not reason and call.parameters:
@@ -75,25 +119,7 @@ class RelationCentric(Strategy):
         return reason or None
 
     def _options(self, call: PredictCall) -> dict[str, dict[str, float]]:
-        c, rows, graph = call.costs, call.rows, call.graph
-        dense = [n for n in graph.nodes if n.op.op_type in _DENSE]
-        weights = sum(int(np.count_nonzero(_dense_weight(n))) for n in dense)
-        values = sum(int(max(1, per_row_size(n.shape))) for n in graph.nodes)
-        # a tree ensemble: each row's CASE steps down every tree (its FLOPs: the comparisons)
-        values += sum(n.op.flops([], n.shape) for n in graph.nodes if n.op.op_type in _TREES)
-        setup = c.get("rel_setup_s", 0.0)
-        # a forest's CASE text is parsed by sqlglot and the database once per statement: its size costs
-        nodes = sum(n.op.forest().n_nodes for n in graph.nodes if n.op.op_type in _TREES)
-        if nodes:
-            setup += nodes * c.get("rel_tree_node_s", _TREE_NODE_S)
-        options = {"element": {"setup": setup, "joins": rows * weights * c["rel_weight_s"],
-                               "values": rows * values * c["rel_value_s"]}}
-        if "blocked" in call.backend.relational.layouts and "rel_dot_s" in c:
-            dots = sum(per_row_size(n.shape) * (c["rel_dot_s"] + int(_dense_weight(n).shape[0]) * c["rel_dot_elem_s"])
-                       for n in dense)
-            options["blocked"] = {"setup": setup, "dot products": rows * dots,
-                                  "values": rows * values * c["rel_value_s"]}
-        return options
+        return relation_terms(call, call.graph.nodes)
 
     def _layout(self, call: PredictCall) -> str:
         options = self._options(call)
@@ -113,39 +139,36 @@ class RelationCentric(Strategy):
 
 
 def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anonymous,
-                  features: exp.Expression, counter, layout: str = "element") -> tuple[exp.Expression, list[exp.CTE]]:
-    """The expression replacing ``call`` and the CTEs it needs (added to the statement)."""
-    graph = model_graph(backend, model)
-    why = graph_problem(graph, model)
+                  features: exp.Expression, counter, layout: str = "element", prefix=None,
+                  suffix: Callable[[exp.Expression], exp.Expression] | None = None
+                  ) -> tuple[exp.Expression, list[exp.CTE]]:
+    """The expression replacing ``call`` and the CTEs it needs (added to the statement).
+
+    A hybrid plan passes ``prefix`` (the graph of the model's first nodes: ``Graph.prefix``) and
+    ``suffix``, which turns the prefix's output (an array column) into the prediction in SQL."""
+    graph = model_graph(backend, model) if prefix is None else prefix
+    why = graph_problem(graph, model) if prefix is None else ""
     if why:
         raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {why}"
                                   + ("" if "strategy='udf'" in why else "; use strategy='udf'"))
-    spell = backend.relational
     select = enclosing_select(call)
     k = next(counter)
     src, pred = f"dbdl_src{k}", f"dbdl_pred{k}"
-    rows = distinct_features(select, features, spell.no_null_elements)
-    rows.meta["dbdl_user"] = True  # the user's FROM/WHERE: resolved as the user wrote it
-    numbered = (
-        exp.select(exp.alias_(_length_checked(backend, model, exp.column("dbdl_f")), "dbdl_f"),
-                   exp.alias_(exp.Window(this=exp.RowNumber()), "rid"))
-        .from_(exp.alias_(exp.Subquery(this=rows), "dbdl_d", table=True))
-    )
-    builder = SQLBuilder(spell, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
-                         prefix=f"dbdl_{k}_r", layout=layout)
+    numbered = numbered_features(backend, model, select, features)
+    builder = weights_builder(backend, model, k, layout)
     builder.ctes.append((src, ""))  # the expression itself below (the user's part keeps its mark)
     try:
-        out = compile_graph(graph, builder, src, model.output_index)  # the output the call names
+        out = compile_graph(graph, builder, src, model.output_index if prefix is None else 0)  # the output the call names
     except NotImplementedError as exc:
         raise StrategyUnavailable(f"relation-centric execution cannot run model {model.ref!r}: {exc}; "
                                   "use strategy='udf'") from None
-    builder.ctes.append((f"{pred}_out", builder.output(out, kind)))
-    builder.ctes.append((pred, f"SELECT s.dbdl_f, p.prediction AS dbdl_prediction FROM {src} AS s "
-                               f"JOIN {pred}_out AS p ON p.rid = s.rid"))
-    ctes = [exp.CTE(this=backend.own_sql(spell.exact_constants(numbered if name == src else
-                                                                 sqlglot.parse_one(sql, read=backend.dialect))),
-                    alias=exp.TableAlias(this=exp.to_identifier(name)))
-            for name, sql in builder.ctes]
+    builder.ctes.append((f"{pred}_out", builder.output(out, kind if suffix is None else "array")))
+    prediction = exp.column("prediction", table="p")
+    if suffix is not None:
+        prediction = suffix(prediction)
+    builder.ctes.append((pred, f"SELECT s.dbdl_f, {prediction.sql(dialect=backend.dialect)} AS dbdl_prediction "
+                               f"FROM {src} AS s JOIN {pred}_out AS p ON p.rid = s.rid"))
+    ctes = builder_ctes(backend, builder, {src: numbered})
     select.join(exp.to_table(pred), on=backend.equals(exp.column("dbdl_f", table=pred), features.copy()),
                 join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
@@ -155,16 +178,59 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     return column, ctes
 
 
-def missing_weight_tables(backend: "Backend", model: ResolvedModel, layout: str) -> list[str]:
-    """The weight tables relation-centric execution of ``model`` needs that do not exist yet."""
+def numbered_features(backend: "Backend", model: ResolvedModel, select: exp.Select,
+                      features: exp.Expression) -> exp.Select:
+    """(dbdl_f, rid): the distinct non-NULL feature vectors of the SELECT's rows, numbered, each
+    checked for the model's width (a ShapeMismatch raised in SQL)."""
+    rows = distinct_features(select, features, backend.relational.no_null_elements)
+    rows.meta["dbdl_user"] = True  # the user's FROM/WHERE: resolved as the user wrote it
+    return (
+        exp.select(exp.alias_(_length_checked(backend, model, exp.column("dbdl_f")), "dbdl_f"),
+                   exp.alias_(exp.Window(this=exp.RowNumber()), "rid"))
+        .from_(exp.alias_(exp.Subquery(this=rows), "dbdl_d", table=True))
+    )
+
+
+def weights_builder(backend: "Backend", model: ResolvedModel, k: int, layout: str) -> SQLBuilder:
+    """The SQL builder of call number ``k`` of a statement, writing ``model``'s weight tables on first use."""
+    return SQLBuilder(backend.relational, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
+                      prefix=f"dbdl_{k}_r", layout=layout, whole_numbers=_whole_numbers(model))
+
+
+def builder_ctes(backend: "Backend", builder: SQLBuilder, given: dict[str, exp.Expression]) -> list[exp.CTE]:
+    """The builder's CTEs as sqlglot nodes ready to run (``given``: those whose expression is a tree
+    already, the user's part keeping its mark), the built-ins they name qualified where the backend asks."""
+    spell = backend.relational
+    return [exp.CTE(this=backend.own_sql(spell.exact_constants(given[name] if name in given else
+                                                               sqlglot.parse_one(sql, read=backend.dialect))),
+                    alias=exp.TableAlias(this=exp.to_identifier(name)))
+            for name, sql in builder.ctes]
+
+
+def missing_weight_tables(backend: "Backend", model: ResolvedModel, layout: str, graph=None) -> list[str]:
+    """The weight tables relation-centric execution of ``model`` (or of ``graph``, a part of it:
+    a hybrid plan's prefix) needs that do not exist yet."""
     names: list[str] = []
     builder = SQLBuilder(backend.relational,
                          lambda kind_, cols: names.append(weight_table(model.sha256, kind_)) or "x", layout=layout)
     try:
-        compile_graph(model_graph(backend, model), builder, "src", model.output_index)
+        if graph is None:
+            compile_graph(model_graph(backend, model), builder, "src", model.output_index)
+        else:
+            compile_graph(graph, builder, "src")
     except NotImplementedError:
         return []  # relation_call refuses it, naming why
     return [n for n in names if not backend.table_exists(backend.data_schema, n)]
+
+
+def _whole_numbers(model: ResolvedModel) -> str:
+    """The refusal of a value that is not a whole number, for a model of an integer input (the
+    UDF path's words: dbdl_udf.runtime), else ""."""
+    spec = model.signature.inputs[0]
+    if spec.dtype not in ("int32", "int64"):
+        return ""
+    return (f"model {model.ref!r} input {spec.name!r} takes whole numbers ({spec.dtype}); got fractional, NaN or "
+            "infinite values — pass an integer column (BIGINT[] / INTEGER[])")
 
 
 def _length_checked(backend: "Backend", model: ResolvedModel, features: exp.Expression) -> exp.Expression:

@@ -42,6 +42,7 @@ class DuckDBBackend(DuckDBFunctions, Backend):
     dialect = DbdlDuckDB
     relational = RELATIONAL
     cost_defaults = COSTS
+    scores_unregistered_models = True  # UDFs are closures over a session (backends/duckdb/udf.py)
     auto_upgrade = True  # an embedded file belongs to its user: connect() applies pending migrations
     #: result cache keys: BLAKE2b-128 of the float32 bytes (udf.py: cache_key)
     cache_key_bytes = 16

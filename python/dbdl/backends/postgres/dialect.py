@@ -25,9 +25,18 @@ class DbdlPostgres(Postgres):
 
 
 def _no_null_elements(features: exp.Expression) -> exp.Expression:
-    # array_position finds NULL with IS NOT DISTINCT FROM
-    return exp.Is(this=exp.Anonymous(this="pg_catalog.array_position", expressions=[features.copy(), exp.Null()]),
+    # array_position finds NULL with IS NOT DISTINCT FROM; it refuses a multidimensional array (a
+    # nested real[] image), whose elements are searched through unnest instead
+    flat = exp.Is(this=exp.Anonymous(this="pg_catalog.array_position", expressions=[features.copy(), exp.Null()]),
                   expression=exp.Null())
+    nested = sqlglot.parse_one("NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(dbdl_x) AS dbdl_e(v) "
+                               "WHERE dbdl_e.v IS NULL)", read="postgres")
+    for column in [c for c in nested.find_all(exp.Column) if c.name == "dbdl_x"]:
+        column.replace(features.copy())
+    ndims = exp.Anonymous(this="pg_catalog.array_ndims", expressions=[features.copy()])
+    # qualified here: the condition sits in the user's part of the query, which qualify_builtins skips
+    more = exp.Operator(this=ndims, operator="pg_catalog.>", expression=exp.Literal.number(1))
+    return exp.Case(ifs=[exp.If(this=more, true=nested)], default=flat)
 
 
 def _fail(message: exp.Expression, features: exp.Expression) -> exp.Expression:
@@ -98,7 +107,7 @@ _CALLS = (exp.Sum, exp.Max, exp.Min, exp.Count, exp.Avg, exp.Exp, exp.Ln, exp.Sq
 
 #: built-ins dbdl's SQL calls by name (sqlglot keeps them as anonymous calls)
 _NAMED = frozenset({"cardinality", "array_position", "array_send", "sha256", "unnest", "generate_subscripts",
-                    "array_length", "format_type", "to_regclass"})
+                    "array_length", "format_type", "to_regclass", "array_ndims"})
 
 
 _DOUBLE = "DOUBLE PRECISION"

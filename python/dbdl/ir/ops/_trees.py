@@ -1,6 +1,13 @@
 """Shared by TreeEnsembleRegressor and TreeEnsembleClassifier: the forest read from the ONNX
-attributes, evaluated in numpy as onnxruntime does, and each tree as one nested SQL CASE over the
-row's features as columns ``f<k>``. Defines no operator.
+attributes, evaluated in numpy as onnxruntime does, and in SQL in one of two forms. Defines no
+operator.
+
+- "case" (small forests): each tree one nested CASE over the row's features as columns ``f<k>``:
+  no join per row, but the statement grows with the nodes, and sqlglot and the database parse and
+  plan it (a 45,000-node forest: about a minute before the first row);
+- "walk" (large forests, ``CASE_NODES``): the nodes as a table, every row stepping down every tree
+  one level per join (``SQLBuilder.tree_walk``): a statement of fixed size, depth joins of rows ×
+  trees each.
 
 Comparisons follow onnxruntime (IEEE): a NaN feature fails every comparison but NEQ, and goes the
 true way where missing_value_tracks_true. SQL orders NaN above every number and equal to itself,
@@ -19,6 +26,12 @@ MODES = ("BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRA
 _NAN = "CAST('NaN' AS DOUBLE PRECISION)"
 _CMP = {"BRANCH_LEQ": "<=", "BRANCH_LT": "<", "BRANCH_GTE": ">=", "BRANCH_GT": ">", "BRANCH_EQ": "=",
         "BRANCH_NEQ": "<>"}
+#: forests with more nodes than this are compiled as a walk over a node table, not as CASE text
+CASE_NODES = 2000
+#: a node's comparison in the walk form, ``{v}`` the feature value and ``{t}`` the threshold, with
+#: NaN values as onnxruntime treats them (SQL orders NaN above every number and equal to itself)
+_WALK = {"BRANCH_LEQ": "{v} <= {t}", "BRANCH_LT": "{v} < {t}", "BRANCH_EQ": "{v} = {t}", "BRANCH_NEQ": "{v} <> {t}",
+         "BRANCH_GTE": f"({{v}} >= {{t}} AND {{v}} <> {_NAN})", "BRANCH_GT": f"({{v}} > {{t}} AND {{v}} <> {_NAN})"}
 
 
 def _number(x: float) -> str:
@@ -143,6 +156,58 @@ class Forest:
         elif mode in ("BRANCH_GTE", "BRANCH_GT") and not mvtt:
             cond = f"({cond} AND {col} <> {_NAN})"
         return f"CASE WHEN {cond} THEN {yes} ELSE {no} END"
+
+    @property
+    def form(self) -> str:
+        """How the forest is compiled to SQL: "case" or "walk" (see the module's docstring)."""
+        thresholds = [b[2] for t in self.trees.values() for b in t.branches.values()]
+        if self.n_nodes <= CASE_NODES or not np.isfinite(thresholds).all():
+            return "case"
+        return "walk"
+
+    @property
+    def depth(self) -> int:
+        return max((t.depth() for t in self.trees.values()), default=0)
+
+    def scores_sql(self, sql, x, targets: list[tuple[int, float]]):
+        """(rid, j, score) for each (target, base value) of ``targets`` at position j, in the
+        forest's SQL form, over the input relation ``x`` (rid, i, v)."""
+        if self.form == "case":
+            table = sql.columns(x, self.features)
+            return sql.from_columns(table, [self.sql(target, base) for target, base in targets])
+        return self._walk_sql(sql, x, targets)
+
+    def _walk_sql(self, sql, x, targets: list[tuple[int, float]]):
+        k, f, th, yes, no, miss, mode = [], [], [], [], [], [], []
+        ends = set()
+        for tree in self.trees.values():
+            for node, (feature, m, threshold, t, fl, mvtt) in tree.branches.items():
+                k.append(node), f.append(feature), th.append(threshold), yes.append(t), no.append(fl)
+                miss.append(int(mvtt)), mode.append(MODES.index(m))
+                ends.update(c for c in (t, fl) if c not in tree.branches)
+            if tree.root not in tree.branches:
+                ends.add(tree.root)
+        for leaf in sorted(ends):  # a leaf steps to itself: every level is one inner join
+            k.append(leaf), f.append(0), th.append(0.0), yes.append(leaf), no.append(leaf), miss.append(0)
+            mode.append(0)
+        nodes = {"k": np.array(k), "f": np.array(f), "th": np.array(th, dtype=np.float64), "yes": np.array(yes),
+                 "no": np.array(no), "m": np.array(miss), "c": np.array(mode)}
+        used = sorted(set(mode[:len(mode) - len(ends)])) or [0]
+        tests = {c: _WALK[MODES[c]].format(v="x.v", t="n.th") for c in used}
+        if any(miss):
+            tests = {c: t if MODES[c] == "BRANCH_NEQ" else f"({t} OR n.m = 1 AND x.v = {_NAN})" for c, t in tests.items()}
+        cond = tests[used[0]] if len(used) == 1 else \
+            "CASE n.c " + " ".join(f"WHEN {c} THEN {t}" for c, t in tests.items()) + " END"
+        index = {target: j for j, (target, _) in enumerate(targets)}
+        weights = [(leaf, index[target], w) for tree in self.trees.values() for leaf, ws in tree.leaves.items()
+                   for target, w in ws if target in index]
+        leaves = {"k": np.array([w[0] for w in weights], dtype=np.int64),
+                  "j": np.array([w[1] for w in weights], dtype=np.int64),
+                  "w": np.array([w[2] for w in weights], dtype=np.float64)}
+        roots = {"k": np.array([t.root for t in self.trees.values()])}
+        bases = {"j": np.arange(len(targets)), "b": np.array([b for _, b in targets], dtype=np.float64)}
+        divisor = float(max(1, len(self.trees))) if self.aggregate == "AVERAGE" else 1.0
+        return sql.tree_walk(x, nodes, roots, leaves, bases, self.depth, cond, divisor)
 
     def sql(self, target: int, base: float) -> str:
         """The aggregated score of ``target``: one CASE per tree, summed (with the base value)."""

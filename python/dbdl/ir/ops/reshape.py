@@ -14,6 +14,8 @@ class Reshape(Op):
         if 1 not in self.params and "shape" not in self.attrs:
             raise NotImplementedError("Reshape to a shape computed at run time (export with a fixed shape)")
         spec = [int(d) for d in self.params.get(1, self.attrs.get("shape"))]  # opset < 5: an attribute
+        if spec and spec[0] == 1 and getattr(self, "batch_one", False):
+            spec[0] = -1  # a model exported with batch 1: its leading 1 is the row itself
         if not spec or spec[0] not in (0, -1):
             raise NotImplementedError("Reshape that moves the batch axis")
         rest = spec[1:]
@@ -25,6 +27,7 @@ class Reshape(Op):
         return tuple(rest)
 
     def infer(self, shapes: list[Shape | None]) -> Shape:
+        self._row_wise = True  # a runtime input (constants are folded without infer)
         out = self.target(shapes[0])
         if int(prod(out)) != int(prod(shapes[0])):
             raise NotImplementedError(f"Reshape of {shapes[0]} to {out}")
@@ -32,6 +35,8 @@ class Reshape(Op):
 
     def run(self, x, shape=None):
         spec = [int(d) for d in self.params.get(1, self.attrs.get("shape", [0, -1]))]
+        if getattr(self, "_row_wise", False):
+            return x.reshape((len(x), *self.target(x.shape[1:])))
         if spec and spec[0] not in (0, -1):  # a constant's reshape (folded): the whole tensor's shape
             zero = not self.attrs.get("allowzero", 0)
             return x.reshape([x.shape[k] if d == 0 and zero else d for k, d in enumerate(spec)])

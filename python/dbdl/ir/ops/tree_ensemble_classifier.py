@@ -2,7 +2,7 @@
 plus the base value, then the post-transform; outputs the label and the scores. As in
 onnxruntime, two classes whose weights all name one class (binary: LightGBM, XGBoost,
 GradientBoosting) give the scores ``[1 - s, s]`` where every weight is positive, ``[σ(-s), σ(s)]``
-with LOGISTIC otherwise. In SQL one nested CASE per tree over the row's features as columns."""
+with LOGISTIC otherwise. In SQL one nested CASE per tree, or a walk over a node table (_trees.py)."""
 
 from __future__ import annotations
 
@@ -91,14 +91,13 @@ class TreeEnsembleClassifier(Op):
 
     def to_sql(self, sql, inputs, out_shape):
         forest, (labels, strings) = self.forest(), self._labels()
-        table = sql.columns(inputs[0], forest.features)
         if self._binary():
-            s = sql.from_columns(table, [forest.sql(forest.targets[0], float(self._base()[0]))])
+            s = forest.scores_sql(sql, inputs[0], [(forest.targets[0], float(self._base()[0]))])
             if not self._positive():
                 s = sql.scalar(s, _ml.LOGISTIC_SQL)
             probs = sql.dense(s, np.array([[-1.0, 1.0]]), np.array([1.0, 0.0]))  # [1 - s, s]
         else:
-            scores = sql.from_columns(table, [forest.sql(k, float(b)) for k, b in enumerate(self._base())])
+            scores = forest.scores_sql(sql, inputs[0], [(k, float(b)) for k, b in enumerate(self._base())])
             probs = _ml.transform_sql(sql, scores, self._transform())
         label = _ml.STRING_LABELS if strings else \
             _ml.label_sql(sql, probs, labels)

@@ -1,5 +1,5 @@
 """TreeEnsembleRegressor (ai.onnx.ml): per target, the trees' leaf weights summed (or averaged)
-plus the base value; in SQL one nested CASE per tree over the row's features as columns."""
+plus the base value; in SQL one nested CASE per tree, or a walk over a node table (_trees.py)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,5 @@ class TreeEnsembleRegressor(Op):
         return _ml.transform(_ml.text(self.attrs.get("post_transform"), "NONE"), scores).astype(np.float32)
 
     def to_sql(self, sql, inputs, out_shape):
-        forest = self.forest()
-        table = sql.columns(inputs[0], forest.features)
-        scores = sql.from_columns(table, [forest.sql(k, float(b)) for k, b in enumerate(self._base())])
+        scores = self.forest().scores_sql(sql, inputs[0], [(k, float(b)) for k, b in enumerate(self._base())])
         return _ml.transform_sql(sql, scores, _ml.text(self.attrs.get("post_transform"), "NONE"))
