@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import capped_seconds, fixed_list, interleaved, load_note, machine, results_dir, save_figure, slowest  # noqa: E402
+from common import capped_seconds, fixed_list, timed_rounds, load_note, machine, results_dir, save_figure, slowest  # noqa: E402
 from families import FAMILIES  # noqa: E402
 
 import dbdl  # noqa: E402
@@ -86,9 +86,9 @@ def timed(db, sql: str, strategy: str | None) -> float | None:
 
 def measure(db, sql: str, cell: dict) -> None:
     """Every feasible strategy's time: one run each, and for a cell under a second two more rounds
-    (interleaved, each strategy keeping its best: at 100 rows a few ms of noise decide)."""
+    (each strategy keeping its best: at 100 rows a few ms of noise decide)."""
     runs = {s: (lambda s=s: timed(db, sql, s)) for s in STRATEGIES if cell["estimates"][s] is not None}
-    best = interleaved(runs, lambda first: 1 if None in first.values() or slowest(first) >= 1.0 else 3)
+    best = timed_rounds(runs, lambda first: 1 if None in first.values() or slowest(first) >= 1.0 else 3)
     cell["times"] = {s: best.get(s, "ruled out") for s in STRATEGIES}
 
 

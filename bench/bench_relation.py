@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import (call_timer, database_url, fixed_list, interleaved, last_run, load_note,  # noqa: E402
+from common import (call_timer, database_url, fixed_list, timed_rounds, last_run, load_note,  # noqa: E402
                     machine, mismatches, print_and_markdown, progress_bar, results_dir, save_figure, seconds_text,
                     runs_note, slowest, sql_timer)
 from families import FAMILIES, Family  # noqa: E402
@@ -89,7 +89,7 @@ def measure_family(db, backend: str, family: Family, tables: dict[int, str], dat
             runs[strategy] = strategy
         timers = {m: call_timer(r, cell["sums"], m) if m == "raw" else sql_timer(db, sql, r, 2 * CELL_S, cell["sums"])
                   for m, r in runs.items()}
-        best = interleaved(timers, lambda first: _rounds(slowest(first)))
+        best = timed_rounds(timers, lambda first: _rounds(slowest(first)))
         for method, seconds in best.items():
             cell["seconds"][method] = seconds
             if seconds is None:

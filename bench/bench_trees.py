@@ -4,7 +4,7 @@ A grid of scikit-learn random forests (skl2onnx) over the number of trees {1, 5,
 maximum depth {3, 6, 10}, fitted on 20,000 synthetic rows of 30 features (make_classification:
 15 informative, so that depth-10 trees do grow ~10 levels), scored by
 ``SELECT sum(predict_class('m:probabilities', feats)) FROM t`` on DuckDB at 10^5 rows and on
-PostgreSQL at 10^4 rows, with ``strategy='relation'`` and ``strategy='udf'``, interleaved, best
+PostgreSQL at 10^4 rows, with ``strategy='relation'`` and ``strategy='udf'``, timed_rounds, best
 of the rounds; raw onnxruntime on the same rows in memory for reference. Raven (MLtoSQL) reports
 SQL beating the UDF for small trees: the heatmap shows where that crossover is here. For each
 forest, the relation-centric run on a single row measures its fixed cost (sqlglot, the
@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import (call_timer, capped_seconds, database_url, fixed_list, interleaved, last_run,  # noqa: E402
+from common import (call_timer, capped_seconds, database_url, fixed_list, timed_rounds, last_run,  # noqa: E402
                     load_note, machine, mismatches, print_and_markdown, progress_bar, results_dir, save_figure,
                     seconds_text, runs_note, slowest, sql_timer)
 
@@ -120,7 +120,7 @@ def run_backend(backend: str, progress, task) -> list[dict]:
                 methods = ["raw", "udf"] + ([] if "relation" in cell["notes"] else ["relation"])
                 timers = {m: call_timer(raw, cell["sums"], m) if m == "raw" else sql_timer(db, sql, m, CAP_S, cell["sums"])
                           for m in methods}
-                best = interleaved(timers, lambda first: 1 if QUICK else (
+                best = timed_rounds(timers, lambda first: 1 if QUICK else (
                     3 if slowest(first) < 2 else 2 if slowest(first) < 20 else 1))
                 if isinstance(best.get("relation"), float):  # the fixed cost: the same statement over one row
                     one = [capped_seconds(db, f"SELECT sum(predict_class('{name}:probabilities', feats)) FROM one",

@@ -193,11 +193,11 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s" if seconds < 100 else f"{seconds:.0f} s"
 
 
-def interleaved(runs: dict[str, Callable[[], "float | None"]],
-                rounds: Callable[[dict[str, "float | None"]], int]) -> dict[str, "float | None"]:
-    """Each run's best time over interleaved rounds (the machine's speed drifts: every method sees
-    the same drift). A run returns its seconds, or None when it was cut off (then it is not run
-    again); ``rounds`` gets the first round's times and says how many rounds there are in all."""
+def timed_rounds(runs: dict[str, Callable[[], "float | None"]],
+                 rounds: Callable[[dict[str, "float | None"]], int]) -> dict[str, "float | None"]:
+    """Each run's best time over interleaved rounds, as ``interleaved``, but a run times itself and
+    returns its seconds, or None when it was cut off (then it is not run again); ``rounds`` gets
+    the first round's times and says how many rounds there are in all."""
     best: dict[str, float | None] = {m: float("inf") for m in runs}
     total, k = 1, 0
     while k < total:
@@ -224,7 +224,7 @@ def save_figure(fig, path: Path) -> None:
 
 
 def call_timer(fn: Callable[[], object], results: dict, key: str) -> Callable[[], float]:
-    """A run for ``interleaved``: ``fn()``'s seconds; its value goes to ``results[key]``."""
+    """A run for ``timed_rounds``: ``fn()``'s seconds; its value goes to ``results[key]``."""
     def run() -> float:
         start = time.perf_counter()
         results[key] = fn()
@@ -233,7 +233,7 @@ def call_timer(fn: Callable[[], object], results: dict, key: str) -> Callable[[]
 
 
 def sql_timer(db, sql: str, strategy: str, cap_s: float, results: dict) -> Callable[[], "float | None"]:
-    """A run for ``interleaved``: the query's seconds under ``strategy`` (None: cut off at
+    """A run for ``timed_rounds``: the query's seconds under ``strategy`` (None: cut off at
     ``cap_s``); its one value (a ``SELECT sum(...)``) goes to ``results[strategy]``."""
     def run() -> float | None:
         got: list = []
