@@ -132,3 +132,155 @@ def plot_bars(name: str, title: str, rows: list[dict], reference: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def capped_seconds(db, sql: str, strategy: str | None, cap_s: float, results: list | None = None) -> float | None:
+    """Seconds ``db.sql(sql, strategy=...)`` took, or None when it was cut off after ``cap_s``
+    (DuckDB: interrupted; PostgreSQL: statement_timeout); its rows are appended to ``results``."""
+    import threading
+
+    import dbdl
+
+    backend = db.backend
+    if backend.name == "duckdb":
+        timer = threading.Timer(cap_s, backend.con.interrupt)
+        timer.start()
+    else:
+        backend.con.execute(f"SET statement_timeout = {int(cap_s * 1000)}")
+    start = time.perf_counter()
+    try:
+        result = db.sql(sql, strategy=strategy)
+        seconds = time.perf_counter() - start
+        if results is not None:
+            results.append(result.fetchall())
+        return seconds
+    except dbdl.Error as exc:
+        if any(word in str(exc).lower() for word in ("interrupt", "statement timeout", "cancel")):
+            return None
+        raise
+    finally:
+        if backend.name == "duckdb":
+            timer.cancel()
+        else:
+            backend.con.execute("SET statement_timeout = 0")
+
+
+def results_dir(quick: bool) -> Path:
+    """docs/bench/, or for a --quick smoke run a scratch folder (a smoke run's numbers are not results)."""
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / "dbdl-bench-quick" if quick else RESULTS
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_note() -> str:
+    """The machine's load average (other jobs share these cores)."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+def fixed_list(x: np.ndarray):
+    """A 2-D array as an Arrow fixed-size list column of its own dtype (FLOAT[n] / BIGINT[n] on
+    DuckDB, real[] / bigint[] on PostgreSQL)."""
+    import pyarrow as pa
+
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).ravel()), x.shape[1])
+
+
+def seconds_text(seconds: float) -> str:
+    """``0.42 ms``, ``31.5 ms``, ``2.31 s``: three significant figures for the tables."""
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+def timed_rounds(runs: dict[str, Callable[[], "float | None"]],
+                 rounds: Callable[[dict[str, "float | None"]], int]) -> dict[str, "float | None"]:
+    """Each run's best time over interleaved rounds, as ``interleaved``, but a run times itself and
+    returns its seconds, or None when it was cut off (then it is not run again); ``rounds`` gets
+    the first round's times and says how many rounds there are in all."""
+    best: dict[str, float | None] = {m: float("inf") for m in runs}
+    total, k = 1, 0
+    while k < total:
+        for method, run in runs.items():
+            if best[method] is not None:
+                seconds = run()
+                best[method] = None if seconds is None else min(best[method], seconds)
+        k += 1
+        if k == 1:
+            total = rounds(dict(best))
+    return best
+
+
+def slowest(times: dict[str, "float | None"]) -> float:
+    return max((t for t in times.values() if isinstance(t, float)), default=0.0)
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def call_timer(fn: Callable[[], object], results: dict, key: str) -> Callable[[], float]:
+    """A run for ``timed_rounds``: ``fn()``'s seconds; its value goes to ``results[key]``."""
+    def run() -> float:
+        start = time.perf_counter()
+        results[key] = fn()
+        return time.perf_counter() - start
+    return run
+
+
+def sql_timer(db, sql: str, strategy: str, cap_s: float, results: dict) -> Callable[[], "float | None"]:
+    """A run for ``timed_rounds``: the query's seconds under ``strategy`` (None: cut off at
+    ``cap_s``); its one value (a ``SELECT sum(...)``) goes to ``results[strategy]``."""
+    def run() -> float | None:
+        got: list = []
+        seconds = capped_seconds(db, sql, strategy, cap_s, got)
+        if got:
+            results[strategy] = int(got[0][0][0])
+        return seconds
+    return run
+
+
+def print_and_markdown(title: str, header: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
+    """Print ``rows`` as a rich table; return them as markdown lines (``align``: "---" / "---:")."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def mismatches(cell: dict) -> str:
+    """`` (udf: Σ classes off by 3)`` where a method's class sum differs from raw onnxruntime's, else ""."""
+    wrong = [f"{m}: Σ classes off by {abs(cell['sums'][m] - cell['sums']['raw']):,}"
+             for m, ok in cell.get("agrees", {}).items() if not ok]
+    return f" ({'; '.join(wrong)})" if wrong else ""
+
+
+def progress_bar():
+    """The benchmarks' rich progress bar (description, bar, done/total, elapsed)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def last_run(path: Path) -> dict:
+    """The JSON a benchmark wrote last time ({"note": ..., "cells": [...]}), or no cells."""
+    return json.loads(path.read_text()) if path.exists() else {"note": "", "cells": []}
+
+
+def runs_note(cells: list[dict], earlier: str) -> str:
+    """Each backend's run and the load it ran under (cells keep the run they were measured in;
+    cells from before that was recorded fall back to the earlier run's note, ``earlier``)."""
+    runs: dict[str, str] = {}
+    for c in cells:
+        runs.setdefault(c["backend"], c.get("run") or f"an earlier run ({earlier.removeprefix('Machine: ')})")
+    return "; ".join(f"{backend} cells: {run}" for backend, run in runs.items())

@@ -15,6 +15,7 @@ def main(names: list[str]) -> None:
         scripts = [s for s in scripts if any(n in s.stem for n in names)]
     for script in scripts:
         print(f"\n=== {script.stem} ===", flush=True)
+        sys.argv = [str(script)]  # run.py's own arguments pick scripts; they are not the script's
         runpy.run_path(str(script), run_name="__main__")
 
 
