@@ -86,6 +86,9 @@ class SQLBuilder:
     #: row's activations as an array and each weight column as an array, joined by a dot product
     layout: str = "element"
     ctes: list[tuple[str, str]] = field(default_factory=list)
+    #: (forest) -> "case" or "walk": how a tree ensemble compiles (the planner's choice for the rows
+    #: it expects); None: the forest's own rule by size (ir/ops/_trees.py ``Forest.form``)
+    tree_form: Callable[[Any], str] | None = None
     _layer: int = 0
     #: for a model of integer inputs: the DTypeMismatch message raised for an input value that is not
     #: a whole number (a fractional, NaN or infinite value from a DOUBLE[] column), as the UDF path does

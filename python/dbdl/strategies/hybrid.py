@@ -275,7 +275,8 @@ class Hybrid(Strategy):
             sub, _ = self._sub_model(backend, model, split, backend.udf_threads)
             column, ctes = relation_call(backend, kind, model, call.call, call.features, statement.counter,
                                          estimate.layout or "element", prefix,
-                                         lambda cut: backend.predict_call(kind, sub, cut))
+                                         lambda cut: backend.predict_call(kind, sub, cut), rows=call.rows,
+                                         costs=call.costs)
             statement.ctes.extend(ctes)
             return column
         select = enclosing_select(call.call)
@@ -287,7 +288,7 @@ class Hybrid(Strategy):
         backend.execute(f"CREATE TEMP TABLE {source} AS "
                         + backend.own_sql(backend.relational.exact_constants(numbered)).sql(dialect=backend.dialect))
         backend.analyze(source)
-        builder = weights_builder(backend, model, k, estimate.layout or "element")
+        builder = weights_builder(backend, model, k, estimate.layout or "element", call.rows, call.costs)
         out = compile_graph(prefix, builder, source)
         builder.ctes.append((f"{pred}_cut", builder.output(out, "array")))
         query = exp.select(exp.alias_(exp.column("rid"), "dbdl_k"), exp.alias_(exp.column("prediction"), "dbdl_f")) \

@@ -59,6 +59,31 @@ def _dense_weight(node) -> np.ndarray:
     return node.op.params[1] if node.op.op_type == "MatMul" else node.op.weight()
 
 
+def _compare_s(c: dict[str, float]) -> float:
+    """Seconds per comparison of a forest's CASE text, per row (measured on DuckDB: ~6 ns, some 15x
+    less than a value through a scalar step, ``rel_value_s``)."""
+    return c.get("rel_compare_s", c["rel_value_s"] / 15)
+
+
+def _walk_rows(node) -> int:
+    """Join rows per input row of a forest compiled as a walk: one per tree and level, plus its leaves'."""
+    forest = node.op.forest()
+    return len(forest.trees) * (forest.depth + 2)
+
+
+def forest_form(node, rows: int, c: dict[str, float]) -> str:
+    """How the forest of a TreeEnsemble node compiles for ``rows`` rows: "case" (CASE text: a setup
+    that grows with the nodes, a cheap comparison per row and level) or "walk" (a node table: one
+    join row per row, tree and level), whichever the cost terms price lower; "case" for forests
+    under ``_trees.CASE_NODES`` nodes, or that the walk cannot hold (a NaN threshold)."""
+    forest = node.op.forest()
+    if forest.form == "case":
+        return "case"
+    case = forest.n_nodes * c.get("rel_tree_node_s", _TREE_NODE_S) + rows * node.op.flops([], node.shape) * _compare_s(c)
+    walk = rows * _walk_rows(node) * c["rel_weight_s"]
+    return "walk" if walk < case else "case"
+
+
 def relation_terms(call: PredictCall, graph_nodes) -> dict[str, dict[str, float]]:
     """The relation-centric cost terms of running ``graph_nodes`` (the whole graph's, or a hybrid
     plan's prefix) for the call's rows, per weight layout the backend can run."""
@@ -74,13 +99,11 @@ def relation_terms(call: PredictCall, graph_nodes) -> dict[str, dict[str, float]
     # the text is parsed by sqlglot and the database once per statement (its size costs); as a walk
     # over a node table (ir/ops/_trees.py): one join row per row, tree and level
     forests = [n for n in graph_nodes if n.op.op_type in _TREES]
-    values += sum(n.op.flops([], n.shape) for n in forests if n.op.forest().form == "case")
-    walk = sum(len(n.op.forest().trees) * (n.op.forest().depth + 2) for n in forests
-               if n.op.forest().form == "walk")
-    setup = c.get("rel_setup_s", 0.0)
-    nodes = sum(n.op.forest().n_nodes for n in forests if n.op.forest().form == "case")
-    if nodes:
-        setup += nodes * c.get("rel_tree_node_s", _TREE_NODE_S)
+    case = [n for n in forests if forest_form(n, rows, c) == "case"]
+    comparisons = sum(n.op.flops([], n.shape) for n in case) * _compare_s(c) / c["rel_value_s"]
+    values += int(comparisons)
+    walk = sum(_walk_rows(n) for n in forests if n not in case)
+    setup = c.get("rel_setup_s", 0.0) + sum(n.op.forest().n_nodes for n in case) * c.get("rel_tree_node_s", _TREE_NODE_S)
     options = {"element": {"setup": setup, "joins": rows * (weights + walk) * c["rel_weight_s"],
                            "values": rows * values * c["rel_value_s"]}}
     if "blocked" in call.backend.relational.layouts and "rel_dot_s" in c:
@@ -133,15 +156,15 @@ class RelationCentric(Strategy):
     def rewrite(self, call: PredictCall, statement: StatementPlan, estimate: Estimate) -> exp.Expression:
         layout = call.variant or estimate.layout or "element"
         column, ctes = relation_call(call.backend, call.kind, call.model, call.call, call.features,
-                                     statement.counter, layout)
+                                     statement.counter, layout, rows=call.rows, costs=call.costs)
         statement.ctes.extend(ctes)
         return column
 
 
 def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anonymous,
                   features: exp.Expression, counter, layout: str = "element", prefix=None,
-                  suffix: Callable[[exp.Expression], exp.Expression] | None = None
-                  ) -> tuple[exp.Expression, list[exp.CTE]]:
+                  suffix: Callable[[exp.Expression], exp.Expression] | None = None, rows: int | None = None,
+                  costs: dict[str, float] | None = None) -> tuple[exp.Expression, list[exp.CTE]]:
     """The expression replacing ``call`` and the CTEs it needs (added to the statement).
 
     A hybrid plan passes ``prefix`` (the graph of the model's first nodes: ``Graph.prefix``) and
@@ -155,7 +178,7 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     k = next(counter)
     src, pred = f"dbdl_src{k}", f"dbdl_pred{k}"
     numbered = numbered_features(backend, model, select, features)
-    builder = weights_builder(backend, model, k, layout)
+    builder = weights_builder(backend, model, k, layout, rows, costs)
     builder.ctes.append((src, ""))  # the expression itself below (the user's part keeps its mark)
     try:
         out = compile_graph(graph, builder, src, model.output_index if prefix is None else 0)  # the output the call names
@@ -191,10 +214,17 @@ def numbered_features(backend: "Backend", model: ResolvedModel, select: exp.Sele
     )
 
 
-def weights_builder(backend: "Backend", model: ResolvedModel, k: int, layout: str) -> SQLBuilder:
-    """The SQL builder of call number ``k`` of a statement, writing ``model``'s weight tables on first use."""
+def weights_builder(backend: "Backend", model: ResolvedModel, k: int, layout: str, rows: int | None = None,
+                    costs: dict[str, float] | None = None) -> SQLBuilder:
+    """The SQL builder of call number ``k`` of a statement, writing ``model``'s weight tables on first
+    use; forests take the form ``forest_form`` prices lower for ``rows`` rows (with ``costs``)."""
+    def tree_form(forest) -> str:
+        node = next((n for n in model_graph(backend, model).nodes if getattr(n.op, "_forest", None) is forest), None)
+        return forest.form if node is None else forest_form(node, rows, costs)
+
     return SQLBuilder(backend.relational, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
-                      prefix=f"dbdl_{k}_r", layout=layout, whole_numbers=_whole_numbers(model))
+                      prefix=f"dbdl_{k}_r", layout=layout, whole_numbers=_whole_numbers(model),
+                      tree_form=None if rows is None or costs is None else tree_form)
 
 
 def builder_ctes(backend: "Backend", builder: SQLBuilder, given: dict[str, exp.Expression]) -> list[exp.CTE]:

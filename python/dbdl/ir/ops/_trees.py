@@ -172,7 +172,8 @@ class Forest:
     def scores_sql(self, sql, x, targets: list[tuple[int, float]]):
         """(rid, j, score) for each (target, base value) of ``targets`` at position j, in the
         forest's SQL form, over the input relation ``x`` (rid, i, v)."""
-        if self.form == "case":
+        form = self.form if self.form == "case" or sql.tree_form is None else sql.tree_form(self)
+        if form == "case":
             table = sql.columns(x, self.features)
             return sql.from_columns(table, [self.sql(target, base) for target, base in targets])
         return self._walk_sql(sql, x, targets)
