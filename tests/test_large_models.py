@@ -92,3 +92,28 @@ def test_a_model_over_the_memory_budget_runs_relation_centric_and_udf_dl_refuse(
             np.testing.assert_allclose(np.array([r[1] for r in got], np.float64), expected, rtol=1e-4, atol=1e-4,
                                        err_msg=f"{name} {strategy or plan.choice}")
         assert any(t.startswith(weight_table_prefix(sha)) for _, t in _tables(db))
+
+
+def test_the_estimate_samples_a_wide_inputs_density(db, models):
+    """A dense layer over a mostly-zero input joins only its nonzeros: the planner samples the share
+    of nonzero values of a wide input, and the relation-centric estimate prices the first layer at it."""
+    from dbdl.query import find_predict_calls, parse
+
+    _, wide = _rows()
+    db.create_table("sparse", {"id": np.arange(len(wide)), "x": wide})
+    db.create_table("dense", {"id": np.arange(len(wide)), "x": wide + 1.0})
+    db.models.register("wide", models["wide"])
+    share = np.count_nonzero(wide) / wide.size
+    for table, want in (("sparse", share), ("dense", 1.0)):
+        sql = f"SELECT predict_array('wide', x) FROM {table}"
+        call, = find_predict_calls(parse(sql, db.backend.dialect)[0])
+        assert db.backend.feature_density(call.expressions[1:], WIDE) == pytest.approx(want)
+    if "blocked" in db.backend.relational.layouts:
+        return  # the blocked layout packs every value; its estimate does not change
+    joins = {}
+    for table in ("sparse", "dense"):
+        plan, = db.explain(f"SELECT predict_array('wide', x) FROM {table}", strategy="relation")
+        joins[table] = next(e for e in plan.candidates if e.strategy == "relation").terms["joins"]
+    first_layer, rest = WIDE * HIDDEN, HIDDEN * CLASSES  # nonzero weights: the wide layer, the other
+    assert joins["sparse"] / joins["dense"] == pytest.approx((first_layer * share + rest) / (first_layer + rest),
+                                                             rel=1e-3)

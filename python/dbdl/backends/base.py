@@ -412,6 +412,29 @@ class Backend(ABC):
         (text, booleans) — for SQL that would otherwise cast them silently. Default: unchanged."""
         return features
 
+    def feature_density(self, args: "Sequence[exp.Expression]", width: int) -> float:
+        """The share of nonzero values in a sample of a call's feature vectors (its first argument,
+        over the rows it is computed from: up to 256 of them), or 1.0 where it cannot be known
+        (bound parameters, no ``RelationalSQL.nonzeros``, a failing sample)."""
+        import sqlglot.expressions as exp
+
+        from ..query import argument_probe
+
+        nonzeros = self.relational.nonzeros
+        probe = argument_probe(args[:1]) if nonzeros and width > 0 else None
+        if probe is None:
+            return 1.0
+        probe.set("limit", exp.Limit(expression=exp.Literal.number(256)))
+        sql = (f"SELECT {self.relational.avg}({nonzeros.format(a='dbdl_s.a0')}) "
+               f"FROM ({probe.sql(dialect=self.dialect)}) AS dbdl_s")
+        value = self.sample_value(sql)
+        return 1.0 if value is None else min(1.0, max(0.0, float(value) / width))
+
+    def sample_value(self, sql: str) -> Any:
+        """The one value a planning probe ``sql`` returns (read-only; run so that a failure leaves the
+        caller's transaction as it was), or None where it fails."""
+        return None
+
     def argument_types(self, args: "Sequence[exp.Expression]") -> list | None:
         """The database's types of a predict call's feature arguments (bound, not run), or None where
         they cannot be known before the statement runs."""

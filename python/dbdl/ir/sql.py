@@ -48,6 +48,11 @@ class RelationalSQL:
     #: the index along one axis of a row-major per-row tensor)
     int_div: str = "{a} / {b}"
     int_mod: str = "{a} % {b}"
+    #: the number of nonzero elements of an array ``{a}`` (sampled by the planner: a dense layer over a
+    #: mostly-zero input joins only its nonzeros); None where not spelled (inputs taken as dense)
+    nonzeros: str | None = None
+    #: the aggregate AVG, as the database should be asked for it
+    avg: str = "AVG"
 
     @property
     def layouts(self) -> tuple[str, ...]:

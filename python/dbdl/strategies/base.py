@@ -76,6 +76,10 @@ def constants(backend: "Backend") -> dict[str, float]:
     return values
 
 
+#: models at least this wide have their input's density sampled for the relation-centric estimate
+SPARSE_WIDTH = 512
+
+
 @dataclass
 class Estimate:
     strategy: str
@@ -123,6 +127,16 @@ class PredictCall:
     def parameters(self) -> bool:
         """The features hold bound parameters (only the in-database form takes them)."""
         return any(a.find(exp.Placeholder, exp.Parameter) is not None for a in self.args)
+
+    @functools.cached_property
+    def density(self) -> float:
+        """The share of nonzero values in the call's features (sampled where the model is wide,
+        SPARSE_WIDTH values or more; 1.0 otherwise): a dense layer over the input joins only those
+        in relation-centric SQL."""
+        width = self.model.signature.n_features
+        if width < SPARSE_WIDTH or not self.joinable or len(self.args) != 1 or self.parameters:
+            return 1.0
+        return self.backend.feature_density(self.args, width)
 
     @functools.cached_property
     def costs(self) -> dict[str, float]:

@@ -89,7 +89,10 @@ def relation_terms(call: PredictCall, graph_nodes) -> dict[str, dict[str, float]
     plan's prefix) for the call's rows, per weight layout the backend can run."""
     c, rows = call.costs, call.rows
     dense = [n for n in graph_nodes if n.op.op_type in _DENSE]
-    weights = sum(int(np.count_nonzero(_dense_weight(n))) for n in dense)
+    # the element layout joins only nonzero activations: over a sparse input, a share of the first layer's
+    inputs = {name for name, _ in call.graph.inputs}
+    weights = sum(int(np.count_nonzero(_dense_weight(n)) * (call.density if n.inputs[0] in inputs else 1.0))
+                  for n in dense)
     # a convolution joins each row's values with its patch map and kernel (one row per multiply-add),
     # a pool with its patch map (one per window tap)
     windows = [n.op for n in graph_nodes if hasattr(n.op, "join_rows")]

@@ -37,6 +37,7 @@ RELATIONAL = RelationalSQL(
     argmax="arg_max(i, v)",
     real="FLOAT",
     length="len",
+    nonzeros="len(list_filter({a}, lambda dbdl_x: dbdl_x <> 0))",
     no_null_elements=_no_null_elements,
     fail=_fail,
     # blocked layout: a row's activations as one array, a weight column as one array

@@ -113,6 +113,13 @@ class DuckDBFunctions:
         cast = exp.Cast(this=checked, to=exp.DataType.build(f"FLOAT[{width}]", dialect="duckdb"))
         return exp.Anonymous(this=udf, expressions=[cast])
 
+    def sample_value(self, sql: str):
+        try:
+            rows = self.con.sql(sql).fetchall()
+        except (duckdb.Error, Error, ValueError):
+            return None
+        return rows[0][0] if rows else None
+
     def argument_types(self, args: Sequence[exp.Expression]) -> list | None:
         """The DuckDB types of a predict call's feature arguments (bound, not run), or None where
         they cannot be known before the statement runs (bound parameters, outer references)."""

@@ -383,6 +383,14 @@ class PostgresBackend(Backend):
         call = exp.Anonymous(this=name, expressions=[exp.Literal.string(model.ref), features])
         return exp.Dot(this=exp.to_identifier(self.function_schema), expression=call)
 
+    def sample_value(self, sql: str):
+        try:
+            with self.con.transaction():  # a savepoint inside the caller's transaction
+                row = self.con.execute(sql).fetchone()
+        except psycopg.Error:
+            return None
+        return row[0] if row else None
+
     def argument_types(self, args: Sequence[exp.Expression]) -> list[int] | None:
         """The type oids of a predict call's feature arguments (planned, not run: LIMIT 0), or
         None where they cannot be known before the statement runs (bound parameters)."""
