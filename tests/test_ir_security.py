@@ -107,3 +107,17 @@ def test_the_check_itself_finds_an_unqualified_operator_or_function():
     assert _unqualified("SELECT a + b, exp(c) FROM t", DbdlPostgres) == {"operator +", "function exp"}
     assert _unqualified("SELECT a OPERATOR(pg_catalog.+) b, pg_catalog.exp(c), CAST(d AS REAL) FROM t AS u(a, b)",
                         DbdlPostgres) == set()
+
+
+@pytest.mark.never(["duckdb"], reason="DuckDB has no roles or search_path to plant on (docs/security.md)")
+def test_the_density_probe_names_every_built_in_with_its_schema(db):
+    """The planner's sample of a wide input's nonzero share (strategies.base.PredictCall.density)
+    runs on the caller's connection: every function and operator it names is pg_catalog's, so a
+    caller's planted array_remove, cardinality or avg is never what it calls."""
+    from dbdl.query import find_predict_calls
+
+    db.create_table("w", {"id": np.arange(4), "x": np.eye(4, 600, dtype=np.float32)})
+    call, = find_predict_calls(parse("SELECT predict_array('m', x) FROM w", db.backend.dialect)[0])
+    sql = db.backend.density_probe(call.expressions[1:], 600)
+    assert _unqualified(sql, db.backend.dialect) == set(), sql
+    assert db.backend.feature_density(call.expressions[1:], 600) == pytest.approx(1 / 600)

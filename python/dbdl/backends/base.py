@@ -416,6 +416,13 @@ class Backend(ABC):
         """The share of nonzero values in a sample of a call's feature vectors (its first argument,
         over the rows it is computed from: up to 256 of them), or 1.0 where it cannot be known
         (bound parameters, no ``RelationalSQL.nonzeros``, a failing sample)."""
+        sql = self.density_probe(args, width)
+        value = None if sql is None else self.sample_value(sql)
+        return 1.0 if value is None else min(1.0, max(0.0, float(value) / width))
+
+    def density_probe(self, args: "Sequence[exp.Expression]", width: int) -> str | None:
+        """The query ``feature_density`` samples with (the mean count of nonzero values of up to 256
+        feature vectors), or None where there is none to run."""
         import sqlglot.expressions as exp
 
         from ..query import argument_probe
@@ -423,12 +430,10 @@ class Backend(ABC):
         nonzeros = self.relational.nonzeros
         probe = argument_probe(args[:1]) if nonzeros and width > 0 else None
         if probe is None:
-            return 1.0
+            return None
         probe.set("limit", exp.Limit(expression=exp.Literal.number(256)))
-        sql = (f"SELECT {self.relational.avg}({nonzeros.format(a='dbdl_s.a0')}) "
-               f"FROM ({probe.sql(dialect=self.dialect)}) AS dbdl_s")
-        value = self.sample_value(sql)
-        return 1.0 if value is None else min(1.0, max(0.0, float(value) / width))
+        return (f"SELECT {self.relational.avg}({nonzeros.format(a='dbdl_s.a0')}) "
+                f"FROM ({probe.sql(dialect=self.dialect)}) AS dbdl_s")
 
     def sample_value(self, sql: str) -> Any:
         """The one value a planning probe ``sql`` returns (read-only; run so that a failure leaves the
