@@ -883,26 +883,51 @@ class _PlpySink:
         fmt = str if label_dtype == "int64" else "{:.9g}".format
         self.plpy.execute(self._insert, [positions, blobs, "{" + ",".join(map(fmt, labels.tolist())) + "}"])
 
-    def finish(self, table, row_ids, codes, width, dtype, label_dtype):
+    #: fixed-shape datasets are written blocked (format 2: datasets.stored_block_rows samples per row)
+    blocked = True
+
+    def finish(self, table, row_ids, codes, width, dtype, label_dtype, block_rows=0):
         label_sql = _LABEL_TYPES[label_dtype]
         name, table = table, sqltext.quote_qualified(table)
-        self.plpy.execute(f"CREATE TABLE {table} (row_id pg_catalog.int8 PRIMARY KEY, features pg_catalog.bytea NOT NULL, "
-                          f"label {label_sql} NOT NULL, split pg_catalog.text NOT NULL)")
+        # the source positions in row-id order, with their splits: a = (row_id, code, ord)
+        assignment = ("FROM pg_temp.dbdl_stage s JOIN ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), "
+                      "pg_catalog.unnest($2::pg_catalog.int2[])) WITH ORDINALITY AS a(row_id, code, ord) "
+                      "ON s.pos OPERATOR(pg_catalog.=) (a.ord OPERATOR(pg_catalog.-) 1)")
+        if block_rows:
+            # one row per block of block_rows samples: their bytes one after another, their labels
+            self.plpy.execute(f"CREATE TABLE {table} (block_id pg_catalog.int8 PRIMARY KEY, features pg_catalog.bytea "
+                              f"NOT NULL, labels {label_sql}[] NOT NULL)")
+            insert = (f"INSERT INTO {table} SELECT a.row_id OPERATOR(pg_catalog./) {int(block_rows):d}, "
+                      "pg_catalog.string_agg(s.features, ''::pg_catalog.bytea ORDER BY a.row_id), "
+                      f"pg_catalog.array_agg(s.label ORDER BY a.row_id) {assignment} GROUP BY 1 ORDER BY 1")
+        else:
+            self.plpy.execute(f"CREATE TABLE {table} (row_id pg_catalog.int8 PRIMARY KEY, features pg_catalog.bytea "
+                              f"NOT NULL, label {label_sql} NOT NULL, split pg_catalog.text NOT NULL)")
+            insert = (f"INSERT INTO {table} SELECT a.row_id, s.features, s.label, "
+                      "(ARRAY['train', 'validation', 'test']::pg_catalog.text[])[a.code OPERATOR(pg_catalog.+) 1] "
+                      f"{assignment} ORDER BY a.row_id")
         # tensors are incompressible bytes: store them out of line without trying pglz on each
         self.plpy.execute(f"ALTER TABLE {table} ALTER COLUMN features SET STORAGE EXTERNAL")
-        plan = self.plpy.prepare(
-            f"INSERT INTO {table} SELECT a.row_id, s.features, s.label, "
-            "(ARRAY['train', 'validation', 'test']::pg_catalog.text[])[a.code OPERATOR(pg_catalog.+) 1] "
-            "FROM pg_temp.dbdl_stage s JOIN ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), "
-            "pg_catalog.unnest($2::pg_catalog.int2[])) WITH ORDINALITY AS a(row_id, code, ord) "
-            "ON s.pos OPERATOR(pg_catalog.=) (a.ord OPERATOR(pg_catalog.-) 1) ORDER BY a.row_id",
-            ["pg_catalog.text", "pg_catalog.text"])
+        plan = self.plpy.prepare(insert, ["pg_catalog.text", "pg_catalog.text"])
         self.plpy.execute(plan, ["{" + ",".join(map(str, row_ids.tolist())) + "}",
                                  "{" + ",".join(map(str, codes.tolist())) + "}"])
         self.plpy.execute("DROP TABLE pg_temp.dbdl_stage")
         self._insert = None
         self.plpy.execute(f"ANALYZE {table}")
         self.share(name)
+
+    def blocked_view(self, table, block_rows, row_bytes, counts):
+        """One row per sample of a blocked table: its slice of the block's bytes (substring of an
+        EXTERNAL value fetches only the chunks it covers), its label, its split."""
+        R, size = int(block_rows), int(row_bytes)
+        train, validation = int(counts[0]), int(counts[0]) + int(counts[1])
+        row_id = f"b.block_id OPERATOR(pg_catalog.*) {R:d} OPERATOR(pg_catalog.+) (u.i OPERATOR(pg_catalog.-) 1)"
+        return (f"SELECT ({row_id})::pg_catalog.int8 AS row_id, pg_catalog.substring(b.features, "
+                f"((u.i OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.*) {size:d} OPERATOR(pg_catalog.+) 1)"
+                f"::pg_catalog.int4, {size:d}) AS features, u.label, (CASE WHEN {row_id} OPERATOR(pg_catalog.<) "
+                f"{train:d} THEN 'train' WHEN {row_id} OPERATOR(pg_catalog.<) {validation:d} THEN 'validation' "
+                f"ELSE 'test' END)::pg_catalog.text AS split FROM {sqltext.quote_qualified(table)} b CROSS JOIN "
+                "LATERAL pg_catalog.unnest(b.labels) WITH ORDINALITY AS u(label, i)")
 
     def ddl(self, sql: str) -> None:
         self.plpy.execute(sql)

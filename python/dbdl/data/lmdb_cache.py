@@ -6,15 +6,20 @@ version and export uid, so a re-exported dataset never meets an old cache (and t
 removed when the new version is opened). The environment is opened lazily in the process that uses
 it — never before a DataLoader forks its workers (py-lmdb #346) — and grows its map when full.
 Several workers may write at once: LMDB serialises writers with its lock, and each block is one
-short write transaction.
+short write transaction. ``put_later`` hands blocks to a writer thread of the process (py-lmdb
+releases the GIL while it copies and commits), so that the next block's database read overlaps
+this one's write; ``flush`` waits for them, and so do a fork and the process's exit (the thread is
+not a daemon).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import shutil
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +31,21 @@ _BLOCK_KEY = b"b"
 _ENVS: dict[str, Any] = {}
 _ENVS_PID = [os.getpid()]
 _LOCK = threading.Lock()
+#: caches with a writer thread in this process (flushed before a fork)
+_WRITING: "weakref.WeakSet[BlockCache]" = weakref.WeakSet()
+#: blocks a cache may hold queued for its writer thread before put_later waits
+QUEUED_BLOCKS = 4
 
 
 def _close_before_fork() -> None:
     # LMDB environments must not cross a fork (py-lmdb #346, and py-lmdb refuses to open a second
-    # one on the same files in the child): close ours now; each process reopens its own lazily
+    # one on the same files in the child): finish the queued writes, close ours now; each process
+    # reopens its own lazily
+    for cache in list(_WRITING):
+        try:
+            cache.flush()
+        except Exception:  # raised again by the cache's next put_later / flush in this process
+            pass
     with _LOCK:
         for env in _ENVS.values():
             env.close()
@@ -91,8 +106,13 @@ class BlockCache:
         self.map_size = int(map_size)
         self.writes = 0
         self.hits = 0
+        self._queue: collections.deque[list[tuple[int, Any]]] = collections.deque()
+        self._cv = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def __getstate__(self) -> dict:
+        self.flush()  # what is pickled (into a DataLoader worker) finds its blocks written
         return {"path": self.path, "map_size": self.map_size}
 
     def __setstate__(self, state: dict) -> None:
@@ -126,6 +146,12 @@ class BlockCache:
     def get(self, block: int) -> bytes | None:
         import lmdb
 
+        with self._cv:  # queued for the writer thread, not in LMDB yet
+            for items in self._queue:
+                for b, value in items:
+                    if b == block:
+                        self.hits += 1
+                        return bytes(value)
         for _ in range(2):
             try:
                 with self.env.begin(buffers=True) as txn:
@@ -139,6 +165,9 @@ class BlockCache:
         return None
 
     def has(self, block: int) -> bool:
+        with self._cv:
+            if any(b == block for items in self._queue for b, _ in items):
+                return True
         with self.env.begin() as txn:
             return txn.get(self.key(block)) is not None
 
@@ -157,11 +186,57 @@ class BlockCache:
             except lmdb.MapResizedError:
                 self._adopt_size()
 
+    def put_later(self, items: list[tuple[int, Any]]) -> None:
+        """put(items) in this process's writer thread (values: bytes-like, left untouched until
+        written); waits while QUEUED_BLOCKS are already queued."""
+        with self._cv:
+            self._raise_error()
+            while len(self._queue) >= QUEUED_BLOCKS and self._writer is not None:
+                self._cv.wait()
+            self._raise_error()
+            self._queue.append(items)
+            if self._writer is None:
+                _WRITING.add(self)
+                self._writer = threading.Thread(target=self._drain, name="dbdl-lmdb-writer")
+                self._writer.start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._cv:
+                if not self._queue or self._error is not None:
+                    self._queue.clear()
+                    self._writer = None
+                    self._cv.notify_all()
+                    return
+                items = self._queue[0]
+            try:
+                self.put(items)
+            except BaseException as exc:  # raised in the reading thread by its next put_later / flush
+                with self._cv:
+                    self._error = exc
+            with self._cv:
+                if self._queue:
+                    self._queue.popleft()
+                self._cv.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every block handed to put_later is written."""
+        with self._cv:
+            while self._writer is not None:
+                self._cv.wait()
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
     def _adopt_size(self) -> None:
         # another process grew the map: take its size (LMDB's mdb_env_set_mapsize(0))
         self.env.set_mapsize(0)
 
     def count(self) -> int:
+        self.flush()
         with self.env.begin() as txn:
             return int(txn.stat()["entries"])
 
@@ -169,6 +244,7 @@ class BlockCache:
         return int(self.env.info()["map_size"])
 
     def close(self) -> None:
+        self.flush()
         with _LOCK:
             env = _ENVS.pop(str(self.path), None) if _ENVS_PID[0] == os.getpid() else None
         if env is not None:

@@ -98,6 +98,20 @@ class BlockStore:
                              "it was changed outside dbdl — re-export the dataset")
         return features, labels
 
+    def read_packed(self, start: int, stop: int) -> tuple[bytearray, np.ndarray, np.ndarray]:
+        """Rows [start, stop) of a dataset of one shape as the cache's block value and its views."""
+        info = self.source.info
+        with self._lock:
+            if self._reader is None:
+                self._reader = Backend.class_for(self.source.url).open_range_reader(self.source.url, self._owner)
+            buf, features, labels = self._reader.read_packed(info, start, stop)
+            self.queries += 1
+            self.rows_read += stop - start
+        if len(labels) != stop - start:
+            raise QueryError(f"dataset table {info.table} returned {len(labels)} rows for row ids [{start}, {stop}); "
+                             "it was changed outside dbdl — re-export the dataset")
+        return buf, features, labels
+
     # -- blocks -----------------------------------------------------------------------------------
 
     def block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +145,16 @@ class BlockStore:
             while read_ahead and end < last_block and end - run[-1] < read_ahead and \
                     (self.cache is None or not self.cache.has(end + 1)):
                 end += 1
+            if not self.source.info.ragged:
+                # block by block, each read straight into the buffer the cache stores, written by
+                # the cache's writer thread while the next block is read
+                for b in range(run[0], end + 1):
+                    lo, hi = self.source.block_range(b)
+                    buf, x, y = self.read_packed(lo, hi)
+                    self._remember(b, (x, y))
+                    if self.cache is not None:
+                        self.cache.put_later([(b, buf)])
+                continue
             start_row = self.source.block_range(run[0])[0]
             stop_row = self.source.block_range(end)[1]
             features, labels = self.read_range(start_row, stop_row)
@@ -332,6 +356,8 @@ class _Base:
         self.split = split or "all"
         self.start, self.stop = info.split_range(split)
         rows = block_rows or max(1, BLOCK_BYTES // max(1, info.row_bytes))
+        if not block_rows and info.block_rows and rows > info.block_rows:
+            rows -= rows % info.block_rows  # whole stored blocks of a blocked table
         self.source = Source(backend.url, info, int(rows))
         self.read_ahead = int(read_ahead)
         self.cache: cache_mod.BlockCache | None = None
@@ -381,6 +407,7 @@ class _Base:
         before = self.cache.writes
         for i in range(0, len(blocks), 16):
             self.store.ensure(blocks[i:i + 16])
+        self.cache.flush()
         return self.cache.writes - before
 
     def close(self) -> None:
@@ -574,6 +601,8 @@ class ShuffledSet(_Base, IterableDataset):
         if B is not None and pending and not self.drop_last:
             xs, ys = _cat(pending_x), np.concatenate(pending_y)
             yield self._batch(xs, ys)
+        if store.cache is not None:
+            store.cache.flush()
 
 
 _NO_COLLATE = ("dataset {name!r} holds rows of different lengths (token lists); say how a batch is made: "

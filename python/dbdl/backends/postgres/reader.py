@@ -1,6 +1,9 @@
-"""The training readers' range reads on PostgreSQL: one binary ``COPY (SELECT … WHERE row_id >= …
-AND row_id < … ORDER BY row_id) TO STDOUT`` per range, on a connection of the reader's own (the
-application's may be inside a transaction)."""
+"""The training readers' range reads on PostgreSQL, on a connection of the reader's own (the
+application's may be inside a transaction): a blocked table (format 2) with one binary-result
+``SELECT block_id, features, labels … WHERE block_id >= $1 AND block_id < $2`` — a few values of
+up to 1 MiB each, copied once into the block the cache stores; a table of one row per sample (ragged
+datasets, datasets exported before format 2) with one binary ``COPY (SELECT … WHERE row_id >= …
+AND row_id < … ORDER BY row_id) TO STDOUT`` per range."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import sqlglot.expressions as exp
 from dbdl_udf.datasets import DatasetInfo, Ragged
 
 from ...errors import ConnectionError, QueryError
-from ..base import RangeReader
+from ..base import RangeReader, packed_block
 
 _COPY_HEADER = 19  # signature (11), flags (4), header extension length (4, zero)
 
@@ -24,12 +27,19 @@ class PostgresRangeReader(RangeReader):
         self.url = url
         self._con: Any = None
 
-    def read(self, info: DatasetInfo, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def _connection(self):
         if self._con is None:
             try:
                 self._con = psycopg.connect(self.url, autocommit=True)
             except psycopg.Error as exc:
                 raise ConnectionError(f"cannot connect to {self.url!r}: {str(exc).strip()}") from exc
+        return self._con
+
+    def read(self, info: DatasetInfo, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        if info.block_rows:
+            _, features, labels = self.read_packed(info, start, stop)
+            return features, labels
+        self._connection()
         table = exp.to_table(info.table).sql(dialect="postgres", identify=True)
         # row ids are ints of ours, not text: formatted as numbers (COPY takes no parameters)
         sql = (f"COPY (SELECT features, label FROM {table} WHERE row_id OPERATOR(pg_catalog.>=) {int(start):d} "
@@ -45,10 +55,64 @@ class PostgresRangeReader(RangeReader):
             return _ragged_copy_rows(payload, info)
         return _fixed_copy_rows(payload, info)
 
+    def read_packed(self, info: DatasetInfo, start: int, stop: int) -> tuple[bytearray, np.ndarray, np.ndarray]:
+        if not info.block_rows:
+            return super().read_packed(info, start, stop)
+        R, size = info.block_rows, info.row_bytes
+        stop = min(stop, info.n_rows)
+        first, end = start // R, -(-stop // R)
+        table = exp.to_table(info.table).sql(dialect="postgres", identify=True)
+        sql = (f"SELECT b.block_id, b.features, pg_catalog.array_send(b.labels) FROM {table} b "
+               "WHERE b.block_id OPERATOR(pg_catalog.>=) %s AND b.block_id OPERATOR(pg_catalog.<) %s "
+               "ORDER BY b.block_id")
+        try:
+            with self._connection().cursor(binary=True) as cur:
+                cur.execute(sql, (first, end))
+                blocks = cur.fetchall()
+        except psycopg.errors.UndefinedTable as exc:
+            raise self.gone(info) from exc
+        n = max(0, stop - start)
+        buf, features, labels = packed_block(info, n)
+        flat = np.frombuffer(buf, dtype=np.uint8, count=n * size)
+        label_type = ">i8" if info.label_dtype == "int64" else ">f4"
+        if [b[0] for b in blocks] != list(range(first, end)):
+            raise self.changed(info, "is missing blocks")
+        for block_id, data, label_bytes in blocks:
+            lo = block_id * R
+            count = min(R, info.n_rows - lo)
+            if len(data) != count * size:
+                raise self.changed(info, f"holds a block of {len(data)} bytes where {count * size} belong")
+            values = _labels(label_bytes, label_type, count)
+            if values is None:
+                raise self.changed(info, "holds a labels array that is not one label per sample")
+            a, z = max(start, lo), min(stop, lo + count)
+            flat[(a - start) * size:(z - start) * size] = np.frombuffer(data, np.uint8)[(a - lo) * size:(z - lo) * size]
+            labels[a - start:z - start] = values[a - lo:z - lo]
+        return buf, features, labels
+
+    @staticmethod
+    def changed(info: DatasetInfo, what: str) -> QueryError:
+        return QueryError(f"dataset table {info.table} {what}; it was changed outside dbdl — re-export the dataset")
+
     def close(self) -> None:
         con, self._con = self._con, None
         if con is not None:
             con.close()
+
+
+def _labels(blob: bytes, label_type: str, count: int) -> np.ndarray | None:
+    """The values of array_send() bytes of a one-dimensional int8[] / real[] of ``count`` elements
+    without NULLs (each element: its 4-byte length, then its big-endian value), else None."""
+    item = np.dtype(label_type).itemsize
+    if len(blob) != 20 + count * (4 + item):
+        return None
+    header = np.frombuffer(blob, ">i4", count=5)
+    if header[0] != 1 or header[1] != 0 or header[3] != count:
+        return None
+    cells = np.frombuffer(blob, np.dtype([("length", ">i4"), ("value", label_type)]), offset=20, count=count)
+    if (cells["length"] != item).any():
+        return None
+    return cells["value"]
 
 
 def _fixed_copy_rows(payload: bytearray, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
