@@ -98,8 +98,13 @@ def victim_calls(world, con: psycopg.Connection, *, superuser: bool) -> None:
     con.execute(f"CALL dbdl.predict_into('m', 'SELECT id::text, feats FROM t', '{target}_s', 'array', 7)")
     assert con.execute(f"SELECT count(*) FROM {target}").fetchone()[0] == 20
     if superuser:
-        con.execute("CALL dbdl.train_export('SELECT feats, (id % 3)::int AS label FROM t', "
-                    f"'victim_{next(_ids)}', shape => ARRAY[8])")
+        name = f"victim_{next(_ids)}"
+        con.execute(f"CALL dbdl.train_export('SELECT feats, (id % 3)::bigint AS label FROM t', '{name}', "
+                    "shape => ARRAY[8])")
+        # the blocked table's view, one row per sample, runs none of the planted operators either
+        assert con.execute(f"SELECT pg_catalog.count(*), pg_catalog.sum(pg_catalog.length(features)) FROM "
+                           f"dbdl_data.ds_{name} WHERE split OPERATOR(pg_catalog.=) 'train'::pg_catalog.text"
+                           ).fetchone() == (16, 16 * 32)
 
 
 # -- name resolution -----------------------------------------------------------------------------
@@ -153,7 +158,10 @@ def test_functions_and_operators_in_the_victims_path_never_run_in_its_calls(worl
                     ("unnest", "text[]", "SETOF text"), ("generate_subscripts", "bigint[], integer", "SETOF integer"),
                     ("format_type", "oid, integer", "text"), ("format", "text, text, text", "text"),
                     ("array_lower", "real[], integer", "integer"),
-                    ("to_regclass", "text", "regclass"), ("quote_ident", "text", "text")):
+                    ("to_regclass", "text", "regclass"), ("quote_ident", "text", "text"),
+                    # a blocked dataset table's export, view and reader (0015)
+                    ("substring", "bytea, integer, integer", "bytea"), ("array_send", "bigint[]", "bytea"),
+                    ("unnest", "integer[]", "SETOF integer")):
                 ret = "NULL" if not returns.startswith("SETOF") else ""
                 body = evil_body(f"{schema}.{fn}") + (f"RETURN {ret}; END" if ret else "RETURN; END")
                 con.execute(f"CREATE FUNCTION {schema}.{fn}({args}) RETURNS {returns} LANGUAGE plpgsql AS "
@@ -162,12 +170,20 @@ def test_functions_and_operators_in_the_victims_path_never_run_in_its_calls(worl
                                     ("+", "integer", "integer"), ("-", "integer", "integer"),
                                     ("*", "integer", "integer"), ("+", "smallint", "integer"),
                                     ("-", "bigint", "integer"), (">", "real", "real"), ("||", "text", "text"),
-                                    ("~", "name", "text")):
+                                    ("~", "name", "text"), ("*", "bigint", "integer"), ("/", "bigint", "integer"),
+                                    ("<", "bigint", "integer"), (">=", "bigint", "integer"), ("+", "bigint", "bigint")):
                 fn = f"op_{abs(hash((schema, op, left, right)))}"
                 con.execute(f"CREATE FUNCTION {schema}.{fn}({left}, {right}) RETURNS boolean LANGUAGE plpgsql AS "
                             f"$${evil_body(f'{schema} {op}')}RETURN false; END$$")
                 con.execute(f"CREATE OPERATOR {schema}.{op} (LEFTARG = {left}, RIGHTARG = {right}, "
                             f"FUNCTION = {schema}.{fn})")
+            # the aggregates that build a blocked dataset table's values
+            con.execute(f"CREATE FUNCTION {schema}.agg_step(bytea, bytea, bytea) RETURNS bytea LANGUAGE plpgsql AS "
+                        f"$${evil_body(f'{schema}.string_agg')}RETURN NULL; END$$")
+            con.execute(f"CREATE AGGREGATE {schema}.string_agg(bytea, bytea) (SFUNC = {schema}.agg_step, STYPE = bytea)")
+            con.execute(f"CREATE FUNCTION {schema}.agg_step(bigint[], bigint) RETURNS bigint[] LANGUAGE plpgsql AS "
+                        f"$${evil_body(f'{schema}.array_agg')}RETURN NULL; END$$")
+            con.execute(f"CREATE AGGREGATE {schema}.array_agg(bigint) (SFUNC = {schema}.agg_step, STYPE = bigint[])")
             # the user-facing names too: identical and near signatures
             for fn in ("predict", "predict_array", "predict_class"):
                 for args in ("text, real[]", "varchar, real[]", "text, anyarray", "text, bytea"):
@@ -276,11 +292,21 @@ def test_registry_tables_are_written_only_by_dbdl_functions(world, attacker):
             forged = ('{"name": "d", "version": 1, "table_name": "(SELECT 1)", "shape": "[8]", "dtype": "float32", '
                       '"label_dtype": "int64", "n_rows": 1, "n_train": 1, "n_validation": 0, "n_test": 0, '
                       '"train_fraction": 1.0, "validation_fraction": 0.0, "seed": 0, "features": "[]", '
-                      '"label_column": "label", "source_query": "x", "uid": "u"}')
+                      '"label_column": "label", "source_query": "x", "uid": "u", "block_rows": 0}')
             with pytest.raises(psycopg.Error, match="dbdl.InvalidName: dataset 'd' version 1 lives in"):
                 con.execute("SELECT dbdl.record_dataset(%s)", (forged,))
             with pytest.raises(psycopg.Error, match="does not exist as a table"):
                 con.execute("SELECT dbdl.record_dataset(%s)", (forged.replace("(SELECT 1)", "dbdl_data.ds_d_v1"),))
+            # a blocked layout's claim is checked too: its size, and one row per block in the table
+            real = forged.replace("(SELECT 1)", "dbdl_data.ds_d_v1")
+            for block_rows, message in (("-1", "block_rows is 0"), ("1025", "block_rows is 0"), ("true", "whole"),
+                                        ("4", "does not exist as a table")):
+                with pytest.raises(psycopg.Error, match=message):
+                    con.execute("SELECT dbdl.record_dataset(%s)",
+                                (real.replace('"block_rows": 0', f'"block_rows": {block_rows}'),))
+            with pytest.raises(psycopg.Error, match="block_rows is 0"):  # rows of different lengths: one per row
+                con.execute("SELECT dbdl.record_dataset(%s)", (real.replace('"block_rows": 0', '"block_rows": 4')
+                                                              .replace('"shape": "[8]"', '"shape": "[-1]"'),))
 
 
 def test_the_python_api_works_for_dbdl_admin_through_the_functions(world, mlp2_onnx, features, tmp_path):
@@ -520,6 +546,10 @@ def test_upgrading_a_0006_database_moves_admin_tables_and_drops_the_public_funct
             assert con.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace").fetchone()[0] == 0
         with dbdl.connect(url) as db:
             assert db.datasets.get("old").view == "dbdl_data.ds_old"
+            # a dataset of one row per sample, exported before blocked tables (0015), still reads
+            assert db.datasets.get("old").block_rows == 0
+            x, y = db.training_set("old", split=None, cache=False).arrays()
+            assert x.tolist() == [[1.0]] and y.tolist() == [1]
             db.models.register("m", mlp_onnx)
     finally:
         pg_server.drop_database("dbdl_sec_upgrade")

@@ -510,7 +510,7 @@ class Backend(ABC):
         return urlunsplit((parts.scheme, user + netloc[-1], parts.path, "", ""))
 
 
-def packed_block(info: "DatasetInfo", rows: int) -> tuple[bytearray, "np.ndarray", "np.ndarray"]:
+def packed_block(info: "DatasetInfo", rows: int) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
     """An empty block of ``rows`` samples: (buffer, features [rows x elements] and labels viewing it)."""
     import math
 
@@ -520,7 +520,7 @@ def packed_block(info: "DatasetInfo", rows: int) -> tuple[bytearray, "np.ndarray
     dtype = np.dtype(info.dtype).newbyteorder("<")
     label_dtype = np.dtype(info.label_dtype).newbyteorder("<")
     split = rows * elements * dtype.itemsize
-    buf = bytearray(split + rows * label_dtype.itemsize)
+    buf = np.empty(split + rows * label_dtype.itemsize, dtype=np.uint8)  # not zeroed: every byte is written
     x = np.frombuffer(buf, dtype=dtype, count=rows * elements).reshape(rows, elements)
     y = np.frombuffer(buf, dtype=label_dtype, offset=split, count=rows)
     return buf, x, y
@@ -534,7 +534,7 @@ class RangeReader(ABC):
         """Rows [start, stop) in row-id order: (rows x elements) features and the labels. Raises
         DatasetNotFound when the dataset's table is gone (re-exported or dropped meanwhile)."""
 
-    def read_packed(self, info: "DatasetInfo", start: int, stop: int) -> tuple[bytearray, "np.ndarray", "np.ndarray"]:
+    def read_packed(self, info: "DatasetInfo", start: int, stop: int) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
         """Rows [start, stop) of a dataset of one shape as one buffer laid out as the LMDB cache
         stores a block — the features' bytes, then the labels' — and the two arrays viewing it.
         A reader that can fill the buffer straight from what the database sends overrides this."""

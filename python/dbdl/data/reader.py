@@ -98,7 +98,7 @@ class BlockStore:
                              "it was changed outside dbdl — re-export the dataset")
         return features, labels
 
-    def read_packed(self, start: int, stop: int) -> tuple[bytearray, np.ndarray, np.ndarray]:
+    def read_packed(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows [start, stop) of a dataset of one shape as the cache's block value and its views."""
         info = self.source.info
         with self._lock:

@@ -26,6 +26,7 @@ class PostgresRangeReader(RangeReader):
     def __init__(self, url: str, owner: Any = None) -> None:
         self.url = url
         self._con: Any = None
+        self._tables: dict[str, str] = {}
 
     def _connection(self):
         if self._con is None:
@@ -40,7 +41,7 @@ class PostgresRangeReader(RangeReader):
             _, features, labels = self.read_packed(info, start, stop)
             return features, labels
         self._connection()
-        table = exp.to_table(info.table).sql(dialect="postgres", identify=True)
+        table = self._table(info)
         # row ids are ints of ours, not text: formatted as numbers (COPY takes no parameters)
         sql = (f"COPY (SELECT features, label FROM {table} WHERE row_id OPERATOR(pg_catalog.>=) {int(start):d} "
                f"AND row_id OPERATOR(pg_catalog.<) {int(stop):d} ORDER BY row_id) TO STDOUT (FORMAT BINARY)")
@@ -55,40 +56,61 @@ class PostgresRangeReader(RangeReader):
             return _ragged_copy_rows(payload, info)
         return _fixed_copy_rows(payload, info)
 
-    def read_packed(self, info: DatasetInfo, start: int, stop: int) -> tuple[bytearray, np.ndarray, np.ndarray]:
+    def read_packed(self, info: DatasetInfo, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not info.block_rows:
             return super().read_packed(info, start, stop)
         R, size = info.block_rows, info.row_bytes
         stop = min(stop, info.n_rows)
         first, end = start // R, -(-stop // R)
-        table = exp.to_table(info.table).sql(dialect="postgres", identify=True)
-        sql = (f"SELECT b.block_id, b.features, pg_catalog.array_send(b.labels) FROM {table} b "
-               "WHERE b.block_id OPERATOR(pg_catalog.>=) %s AND b.block_id OPERATOR(pg_catalog.<) %s "
-               "ORDER BY b.block_id")
-        try:
-            with self._connection().cursor(binary=True) as cur:
-                cur.execute(sql, (first, end))
-                blocks = cur.fetchall()
-        except psycopg.errors.UndefinedTable as exc:
-            raise self.gone(info) from exc
+        # a binary COPY streams one message per block (a SELECT's result would be gathered whole
+        # in libpq first); block ids are ints of ours, formatted as numbers (COPY takes no parameters)
+        sql = (f"COPY (SELECT b.block_id, b.features, pg_catalog.array_send(b.labels) FROM {self._table(info)} b "
+               f"WHERE b.block_id OPERATOR(pg_catalog.>=) {int(first):d} AND b.block_id OPERATOR(pg_catalog.<) "
+               f"{int(end):d} ORDER BY b.block_id) TO STDOUT (FORMAT BINARY)")
         n = max(0, stop - start)
         buf, features, labels = packed_block(info, n)
-        flat = np.frombuffer(buf, dtype=np.uint8, count=n * size)
+        flat = buf[:n * size]
         label_type = ">i8" if info.label_dtype == "int64" else ">f4"
-        if [b[0] for b in blocks] != list(range(first, end)):
+        expect = first
+        try:
+            with self._connection().cursor().copy(sql) as copy:
+                stream = _Stream(copy)
+                stream.take(_COPY_HEADER)
+                while True:
+                    fields = int.from_bytes(stream.take(2), "big", signed=True)
+                    if fields == -1:
+                        stream.drain()  # the end of the COPY: psycopg's, after the trailer
+                        break
+                    if fields != 3:
+                        raise self.changed(info, "returned rows of another form")
+                    block_id = int.from_bytes(stream.field(), "big", signed=True)
+                    data = stream.field()
+                    label_bytes = stream.field()
+                    if block_id != expect:
+                        raise self.changed(info, "is missing blocks")
+                    expect += 1
+                    lo = block_id * R
+                    count = min(R, info.n_rows - lo)
+                    if len(data) != count * size:
+                        raise self.changed(info, f"holds a block of {len(data)} bytes where {count * size} belong")
+                    values = _labels(label_bytes, label_type, count)
+                    if values is None:
+                        raise self.changed(info, "holds a labels array that is not one label per sample")
+                    a, z = max(start, lo), min(stop, lo + count)
+                    flat[(a - start) * size:(z - start) * size] = np.frombuffer(
+                        data, np.uint8, count=(z - a) * size, offset=(a - lo) * size)
+                    labels[a - start:z - start] = values[a - lo:z - lo]
+        except psycopg.errors.UndefinedTable as exc:
+            raise self.gone(info) from exc
+        if expect != end:
             raise self.changed(info, "is missing blocks")
-        for block_id, data, label_bytes in blocks:
-            lo = block_id * R
-            count = min(R, info.n_rows - lo)
-            if len(data) != count * size:
-                raise self.changed(info, f"holds a block of {len(data)} bytes where {count * size} belong")
-            values = _labels(label_bytes, label_type, count)
-            if values is None:
-                raise self.changed(info, "holds a labels array that is not one label per sample")
-            a, z = max(start, lo), min(stop, lo + count)
-            flat[(a - start) * size:(z - start) * size] = np.frombuffer(data, np.uint8)[(a - lo) * size:(z - lo) * size]
-            labels[a - start:z - start] = values[a - lo:z - lo]
         return buf, features, labels
+
+    def _table(self, info: DatasetInfo) -> str:
+        table = self._tables.get(info.table)
+        if table is None:
+            table = self._tables[info.table] = exp.to_table(info.table).sql(dialect="postgres", identify=True)
+        return table
 
     @staticmethod
     def changed(info: DatasetInfo, what: str) -> QueryError:
@@ -100,11 +122,48 @@ class PostgresRangeReader(RangeReader):
             con.close()
 
 
+class _Stream:
+    """The bytes of a COPY's messages as one stream; a field that lies within one message (each
+    row is one) is a view of it, without a copy."""
+
+    def __init__(self, messages) -> None:
+        self._messages = iter(messages)
+        self._buf = memoryview(b"")
+        self._pos = 0
+
+    def take(self, n: int) -> memoryview:
+        if self._pos + n <= len(self._buf):
+            view = self._buf[self._pos:self._pos + n]
+            self._pos += n
+            return view
+        parts = [bytes(self._buf[self._pos:])]
+        need = n - len(parts[0])
+        while need > 0:
+            try:
+                self._buf = memoryview(next(self._messages))
+            except StopIteration:
+                raise QueryError("the dataset table's COPY ended in the middle of a row") from None
+            self._pos = min(need, len(self._buf))
+            parts.append(bytes(self._buf[:self._pos]))
+            need -= self._pos
+        return memoryview(b"".join(parts))
+
+    def drain(self) -> None:
+        for _ in self._messages:
+            pass
+
+    def field(self) -> memoryview:
+        length = int.from_bytes(self.take(4), "big", signed=True)
+        if length < 0:
+            raise QueryError("the dataset table holds a NULL where a block belongs; re-export the dataset")
+        return self.take(length)
+
+
 def _labels(blob: bytes, label_type: str, count: int) -> np.ndarray | None:
     """The values of array_send() bytes of a one-dimensional int8[] / real[] of ``count`` elements
     without NULLs (each element: its 4-byte length, then its big-endian value), else None."""
     item = np.dtype(label_type).itemsize
-    if len(blob) != 20 + count * (4 + item):
+    if len(blob) != 20 + count * (4 + item) or count < 1:
         return None
     header = np.frombuffer(blob, ">i4", count=5)
     if header[0] != 1 or header[1] != 0 or header[3] != count:
