@@ -233,6 +233,8 @@ TRAITS: dict[str, frozenset[str]] = {
     # one process holds the database file for writing: DataLoader workers open it read-only, so
     # the client's connection is closed before they start
     "single_writer_file": frozenset({"duckdb"}),
+    # train_export writes rows of one shape as blocks of many samples (dataset format 2)
+    "blocked_datasets": frozenset({"postgres"}),
     # CALL dbdl.train_export returns its result row (DuckDB's CALL is a table function)
     "call_returns_rows": frozenset({"duckdb"}),
 }

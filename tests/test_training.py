@@ -226,6 +226,65 @@ def test_duckdb_workers_and_an_open_writer(tmp_path, digits):
     db.close()
 
 
+def test_a_blocked_table_reads_back_bit_for_bit(db, tmp_path):
+    """PostgreSQL writes rows of one shape blocked (format 2): 64 KiB rows make 16-sample blocks,
+    70 rows five of them, the last one short. Every reader — map-style by split, read blocks that
+    straddle stored ones, the LMDB cache's second pass, the shuffled stream's per-worker orders, the
+    per-sample view — gives back the source's bytes and labels (float labels here); DuckDB keeps
+    one row per sample and reads the same."""
+    from dbdl_udf.datasets import stored_block_rows
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((70, 16384), dtype=np.float32)
+    x[3, :4] = [np.float32(1e-45), -0.0, np.finfo(np.float32).max, np.finfo(np.float32).tiny]  # bits, not values
+    y = (rng.standard_normal(70) / 3).astype(np.float32)
+    db.create_table("big", {"id": np.arange(70), "x": x, "y": y})
+    info = db.train_export("SELECT x, y FROM big ORDER BY id", "big", label_column="y", shape=(4, 64, 64),
+                           train_fraction=0.6, validation_fraction=0.2, seed=2)
+    blocked = has(db, "blocked_datasets")
+    assert info.block_rows == (16 if blocked else 0) == (stored_block_rows(16384 * 4) if blocked else 0)
+    if blocked:
+        assert db.sql(f"SELECT count(*) FROM {info.table}").scalar() == 5
+    view = db.sql(f"SELECT row_id, features, label, split FROM {info.view} ORDER BY row_id").fetchall()
+    assert [r[0] for r in view] == list(range(70))
+    for split in ("train", "validation", "test"):
+        want_x, want_y, want_ids = expected_split((x, y), split, seed=2, train=0.6, validation=0.2)
+        for options in ({"cache": False}, {"cache": tmp_path / split, "block_rows": 7}):
+            ds = db.training_set("big", split, **options)
+            for _ in range(2):  # with a cache: the second pass reads only LMDB
+                got_x, got_y = ds.arrays()
+                assert got_x.shape == (len(want_y), 4, 64, 64)
+                assert got_x.reshape(len(want_y), -1).tobytes() == want_x.tobytes()
+                assert got_y.dtype == np.float32 and got_y.tobytes() == want_y.tobytes()
+            ds.close()
+        rows = view[int(want_ids.min()):int(want_ids.max()) + 1]
+        assert {r[3] for r in rows} == {split}
+        assert b"".join(bytes(r[1]) if blocked else np.asarray(r[1], np.float32).tobytes() for r in rows) == \
+            want_x.tobytes()
+        assert np.array_equal(np.array([r[2] for r in rows], np.float32), want_y)
+    stream = db.training_set("big", None, shuffle=True, seed=1, batch_size=8, block_rows=16, cache=False)
+    for workers in (1, 2):
+        order = np.concatenate([stream.order(w, workers) for w in range(workers)])
+        assert np.array_equal(np.sort(order), np.arange(70))
+        got_x, got_y = stream.store.rows(order)
+        assert got_x.tobytes() == x[order_to_source(order, 0.6, 0.2, 2)].tobytes()
+    batches = list(stream)
+    assert torch.cat([b[1] for b in batches]).numpy().tobytes() == y[order_to_source(stream.order(), 0.6, 0.2, 2)
+                                                                      ].tobytes()
+    if blocked:  # a block taken away behind dbdl's back is an error, not a short epoch
+        db.sql(f"DELETE FROM {info.table} WHERE block_id = 2")
+        with pytest.raises(dbdl.QueryError, match="missing blocks"):
+            db.training_set("big", None, cache=False).arrays()
+
+
+def order_to_source(row_ids: np.ndarray, train: float, validation: float, seed: int) -> np.ndarray:
+    """The source positions of row ids (train_export numbers the splits one after another)."""
+    ids, _, _ = assign_splits(70, train, validation, seed)
+    position = np.empty(70, np.int64)
+    position[ids] = np.arange(70)
+    return position[row_ids]
+
+
 # -- exactness and the way back ---------------------------------------------------------------------
 
 

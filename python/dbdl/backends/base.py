@@ -534,15 +534,21 @@ class RangeReader(ABC):
         """Rows [start, stop) in row-id order: (rows x elements) features and the labels. Raises
         DatasetNotFound when the dataset's table is gone (re-exported or dropped meanwhile)."""
 
-    def read_packed(self, info: "DatasetInfo", start: int, stop: int) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
-        """Rows [start, stop) of a dataset of one shape as one buffer laid out as the LMDB cache
-        stores a block — the features' bytes, then the labels' — and the two arrays viewing it.
-        A reader that can fill the buffer straight from what the database sends overrides this."""
+    def read_blocks(self, info: "DatasetInfo", bounds: Sequence[tuple[int, int]]
+                    ) -> list[tuple["np.ndarray", "np.ndarray", "np.ndarray"]]:
+        """Consecutive row ranges ``bounds`` ([(a, b), (b, c), …]) of a dataset of one shape, with
+        one query: per range one buffer laid out as the LMDB cache stores a block — the features'
+        bytes, then the labels' — and the two arrays viewing it (``packed_block``). A reader that
+        can fill the buffers straight from what the database sends overrides this."""
+        start, stop = bounds[0][0], bounds[-1][1]
         features, labels = self.read(info, start, stop)
-        buf, x, y = packed_block(info, len(labels))
-        x[...] = features
-        y[...] = labels
-        return buf, x, y
+        out = []
+        for lo, hi in bounds:
+            buf, x, y = packed_block(info, hi - lo)
+            x[...] = features[lo - start:hi - start]
+            y[...] = labels[lo - start:hi - start]
+            out.append((buf, x, y))
+        return out
 
     def close(self) -> None:
         """Release the connection (the reader may be opened again)."""

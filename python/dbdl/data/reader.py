@@ -47,6 +47,9 @@ except ImportError:  # pragma: no cover - torch is a dependency
 
 #: target bytes of one block (one range query, one LMDB value)
 BLOCK_BYTES = 12 << 20
+#: the most rows of a per-sample (map-style) dataset's block: a DataLoader deals batches to its
+#: workers round-robin, so a block no larger than a batch is read by one worker only
+MAP_BLOCK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ class BlockStore:
         self._memory_blocks = memory_blocks or max(2, min(64, (64 << 20) // block_bytes))
         self.queries = 0  # range queries this process sent to the database
         self.rows_read = 0
+        self._executor: Any = None  # the read-ahead thread (read_later), started on first use
+        self._pending: dict[int, Any] = {}  # block -> the read-ahead future bringing it
 
     # -- the database ---------------------------------------------------------------------------
 
@@ -98,19 +103,61 @@ class BlockStore:
                              "it was changed outside dbdl — re-export the dataset")
         return features, labels
 
-    def read_packed(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows [start, stop) of a dataset of one shape as the cache's block value and its views."""
+    def read_run(self, first: int, last: int) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Blocks first..last of a dataset of one shape with one query: (block, the cache's value
+        for it, its features, its labels) each (thread-safe: the read-ahead thread calls it)."""
         info = self.source.info
+        bounds = [self.source.block_range(b) for b in range(first, last + 1)]
         with self._lock:
             if self._reader is None:
                 self._reader = Backend.class_for(self.source.url).open_range_reader(self.source.url, self._owner)
-            buf, features, labels = self._reader.read_packed(info, start, stop)
+            parts = self._reader.read_blocks(info, bounds)
             self.queries += 1
-            self.rows_read += stop - start
-        if len(labels) != stop - start:
-            raise QueryError(f"dataset table {info.table} returned {len(labels)} rows for row ids [{start}, {stop}); "
-                             "it was changed outside dbdl — re-export the dataset")
-        return buf, features, labels
+            self.rows_read += bounds[-1][1] - bounds[0][0]
+        out = []
+        for b, (lo, hi), (buf, x, y) in zip(range(first, last + 1), bounds, parts):
+            if len(y) != hi - lo:
+                raise QueryError(f"dataset table {info.table} returned {len(y)} rows for row ids [{lo}, {hi}); "
+                                 "it was changed outside dbdl — re-export the dataset")
+            out.append((b, buf, x, y))
+        return out
+
+    def read_later(self, blocks: Sequence[int]) -> None:
+        """Start reading ``blocks`` (those neither in memory, nor cached, nor on their way) in this
+        store's read-ahead thread; ``ensure`` takes them from there. The database sends the next
+        blocks while this process turns the current ones into batches."""
+        if self.source.info.ragged:
+            return
+        last_block = (self.source.info.n_rows - 1) // self.source.block_rows
+        todo = [b for b in sorted(set(blocks)) if 0 <= b <= last_block and b not in self._memory
+                and b not in self._pending and (self.cache is None or not self.cache.has(b))]
+        if not todo:
+            return
+        if self._executor is None:
+            import concurrent.futures
+
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dbdl-read-ahead")
+        for run in _runs(todo):
+            future = self._executor.submit(self.read_run, run[0], run[-1])
+            for b in run:
+                self._pending[b] = future
+
+    def _read_next(self, first: int, last: int) -> None:
+        """After a request for rows first..last: start reading the blocks of the one this process
+        will most likely make next — a DataLoader's sequential sampler deals batches round-robin,
+        so with W workers a worker's next batch starts W batches on."""
+        info = torch.utils.data.get_worker_info() if torch is not None else None
+        step = (info.num_workers if info is not None else 1) * (last - first + 1)
+        if first + step < self.source.info.n_rows:
+            R = self.source.block_rows
+            self.read_later(range((first + step) // R, min(last + step, self.source.info.n_rows - 1) // R + 1))
+
+    def _take(self, parts) -> None:
+        for b, buf, x, y in parts:
+            self._pending.pop(b, None)
+            self._remember(b, (x, y))
+            if self.cache is not None:  # written by the cache's writer thread while the next block is read
+                self.cache.put_later([(b, buf)])
 
     # -- blocks -----------------------------------------------------------------------------------
 
@@ -126,6 +173,15 @@ class BlockStore:
             if b in self._memory:
                 self._memory.move_to_end(b)
                 continue
+            future = self._pending.get(b)
+            if future is not None:  # on its way from the read-ahead thread
+                try:
+                    self._take(future.result())
+                except BaseException:
+                    for k in [k for k, f in self._pending.items() if f is future]:
+                        del self._pending[k]
+                    raise
+                continue
             value = self.cache.get(b) if self.cache is not None else None
             if value is not None:
                 self._remember(b, self._decode(b, value))
@@ -134,26 +190,14 @@ class BlockStore:
         if not missing:
             return
         last_block = (self.source.info.n_rows - 1) // self.source.block_rows
-        runs: list[list[int]] = []
-        for b in sorted(set(missing)):
-            if runs and b == runs[-1][-1] + 1:
-                runs[-1].append(b)
-            else:
-                runs.append([b])
-        for run in runs:
+        for run in _runs(sorted(set(missing))):
             end = run[-1]
             while read_ahead and end < last_block and end - run[-1] < read_ahead and \
-                    (self.cache is None or not self.cache.has(end + 1)):
+                    (self.cache is None or not self.cache.has(end + 1)) and end + 1 not in self._pending:
                 end += 1
             if not self.source.info.ragged:
-                # block by block, each read straight into the buffer the cache stores, written by
-                # the cache's writer thread while the next block is read
-                for b in range(run[0], end + 1):
-                    lo, hi = self.source.block_range(b)
-                    buf, x, y = self.read_packed(lo, hi)
-                    self._remember(b, (x, y))
-                    if self.cache is not None:
-                        self.cache.put_later([(b, buf)])
+                # one query for the run, each block read straight into the buffer the cache stores
+                self._take(self.read_run(run[0], end))
                 continue
             start_row = self.source.block_range(run[0])[0]
             stop_row = self.source.block_range(end)[1]
@@ -203,6 +247,7 @@ class BlockStore:
         if last - first == k - 1 and (k == 1 or bool((np.diff(rows) == 1).all())):
             blocks = list(range(first // R, last // R + 1))
             self.ensure(blocks, read_ahead)
+            self._read_next(first, last)
             parts = [(self._memory[b], max(first, b * R) - b * R, min(last + 1, (b + 1) * R) - b * R) for b in blocks]
             if len(parts) == 1:
                 (x, y), lo, hi = parts[0]
@@ -238,9 +283,24 @@ class BlockStore:
         return features, labels
 
     def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        self._pending.clear()
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
+
+
+def _runs(blocks: Sequence[int]) -> list[list[int]]:
+    """Sorted block numbers as runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for b in blocks:
+        if runs and b == runs[-1][-1] + 1:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return runs
 
 
 def _slice(x: "np.ndarray | Ragged", lo: int, hi: int):
@@ -355,9 +415,7 @@ class _Base:
         self.dtype, self.collate, self.pad_id = _output_options(info, dtype, collate, pad_id)
         self.split = split or "all"
         self.start, self.stop = info.split_range(split)
-        rows = block_rows or max(1, BLOCK_BYTES // max(1, info.row_bytes))
-        if not block_rows and info.block_rows and rows > info.block_rows:
-            rows -= rows % info.block_rows  # whole stored blocks of a blocked table
+        rows = block_rows or self._default_block_rows(info)
         self.source = Source(backend.url, info, int(rows))
         self.read_ahead = int(read_ahead)
         self.cache: cache_mod.BlockCache | None = None
@@ -372,6 +430,13 @@ class _Base:
         self._owner_pid = os.getpid()
         self._store: BlockStore | None = None
         self._store_pid: int | None = None
+
+    @staticmethod
+    def _default_block_rows(info: DatasetInfo) -> int:
+        rows = max(1, BLOCK_BYTES // max(1, info.row_bytes))
+        if info.block_rows and rows > info.block_rows:
+            rows -= rows % info.block_rows  # whole stored blocks of a blocked table
+        return rows
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -457,6 +522,12 @@ class TrainingSet(_Base, Dataset):
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+    @staticmethod
+    def _default_block_rows(info: DatasetInfo) -> int:
+        # at most MAP_BLOCK_ROWS (a batch of 256 from 2 workers: each reads its own blocks), never
+        # less than one stored block of a blocked table
+        return max(info.block_rows, min(MAP_BLOCK_ROWS, _Base._default_block_rows(info)))
 
     def _absolute(self, indices) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
@@ -584,6 +655,25 @@ class ShuffledSet(_Base, IterableDataset):
         for rows, (features, labels) in _ahead(load, groups, self.prefetch):
             if B is None:
                 yield from self._samples(features, labels)
+                continue
+            if not isinstance(features, Ragged):
+                # batches are views of the group's gathered rows; only a batch that spans two
+                # groups is copied together
+                at, n = 0, len(labels)
+                if pending:
+                    at = min(B - pending, n)
+                    pending_x.append(features[:at])
+                    pending_y.append(labels[:at])
+                    pending += at
+                    if pending < B:
+                        continue
+                    yield self._batch(np.concatenate(pending_x), np.concatenate(pending_y))
+                    pending_x, pending_y, pending = [], [], 0
+                full = at + (n - at) // B * B
+                for i in range(at, full, B):
+                    yield self._batch(features[i:i + B], labels[i:i + B])
+                if full < n:
+                    pending_x, pending_y, pending = [features[full:]], [labels[full:]], n - full
                 continue
             pending_x.append(features)
             pending_y.append(labels)

@@ -38,7 +38,7 @@ class PostgresRangeReader(RangeReader):
 
     def read(self, info: DatasetInfo, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         if info.block_rows:
-            _, features, labels = self.read_packed(info, start, stop)
+            _, features, labels = self.read_blocks(info, [(start, stop)])[0]
             return features, labels
         self._connection()
         table = self._table(info)
@@ -56,22 +56,20 @@ class PostgresRangeReader(RangeReader):
             return _ragged_copy_rows(payload, info)
         return _fixed_copy_rows(payload, info)
 
-    def read_packed(self, info: DatasetInfo, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read_blocks(self, info: DatasetInfo, bounds) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         if not info.block_rows:
-            return super().read_packed(info, start, stop)
+            return super().read_blocks(info, bounds)
         R, size = info.block_rows, info.row_bytes
-        stop = min(stop, info.n_rows)
+        start, stop = bounds[0][0], min(bounds[-1][1], info.n_rows)
         first, end = start // R, -(-stop // R)
         # a binary COPY streams one message per block (a SELECT's result would be gathered whole
         # in libpq first); block ids are ints of ours, formatted as numbers (COPY takes no parameters)
         sql = (f"COPY (SELECT b.block_id, b.features, pg_catalog.array_send(b.labels) FROM {self._table(info)} b "
                f"WHERE b.block_id OPERATOR(pg_catalog.>=) {int(first):d} AND b.block_id OPERATOR(pg_catalog.<) "
                f"{int(end):d} ORDER BY b.block_id) TO STDOUT (FORMAT BINARY)")
-        n = max(0, stop - start)
-        buf, features, labels = packed_block(info, n)
-        flat = buf[:n * size]
+        out = [packed_block(info, max(0, hi - lo)) for lo, hi in bounds]
         label_type = ">i8" if info.label_dtype == "int64" else ">f4"
-        expect = first
+        expect, k = first, 0
         try:
             with self._connection().cursor().copy(sql) as copy:
                 stream = _Stream(copy)
@@ -96,15 +94,24 @@ class PostgresRangeReader(RangeReader):
                     values = _labels(label_bytes, label_type, count)
                     if values is None:
                         raise self.changed(info, "holds a labels array that is not one label per sample")
-                    a, z = max(start, lo), min(stop, lo + count)
-                    flat[(a - start) * size:(z - start) * size] = np.frombuffer(
-                        data, np.uint8, count=(z - a) * size, offset=(a - lo) * size)
-                    labels[a - start:z - start] = values[a - lo:z - lo]
+                    raw = np.frombuffer(data, np.uint8)
+                    # the stored block's rows into each range it overlaps (usually exactly one)
+                    while k < len(bounds) and bounds[k][1] <= lo:
+                        k += 1
+                    j = k
+                    while j < len(bounds) and bounds[j][0] < lo + count:
+                        a, z = max(bounds[j][0], lo), min(bounds[j][1], lo + count)
+                        if a < z:
+                            buf, _, labels = out[j]
+                            base = bounds[j][0]
+                            buf[(a - base) * size:(z - base) * size] = raw[(a - lo) * size:(z - lo) * size]
+                            labels[a - base:z - base] = values[a - lo:z - lo]
+                        j += 1
         except psycopg.errors.UndefinedTable as exc:
             raise self.gone(info) from exc
         if expect != end:
             raise self.changed(info, "is missing blocks")
-        return buf, features, labels
+        return out
 
     def _table(self, info: DatasetInfo) -> str:
         table = self._tables.get(info.table)
