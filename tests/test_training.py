@@ -262,6 +262,12 @@ def test_a_blocked_table_reads_back_bit_for_bit(db, tmp_path):
         assert b"".join(bytes(r[1]) if blocked else np.asarray(r[1], np.float32).tobytes() for r in rows) == \
             want_x.tobytes()
         assert np.array_equal(np.array([r[2] for r in rows], np.float32), want_y)
+    # a sequential DataLoader pass: the read-ahead thread brings each block once, in order
+    ds = db.training_set("big", None, block_rows=16, cache=tmp_path / "seq")
+    got = [(bx, by) for bx, by in DataLoader(ds, batch_size=8)]
+    assert torch.cat([b[0] for b in got]).numpy().tobytes() == x[order_to_source(np.arange(70), 0.6, 0.2, 2)].tobytes()
+    assert ds.store.rows_read == 70 and ds.cache.count() == 5
+    ds.close()
     stream = db.training_set("big", None, shuffle=True, seed=1, batch_size=8, block_rows=16, cache=False)
     for workers in (1, 2):
         order = np.concatenate([stream.order(w, workers) for w in range(workers)])

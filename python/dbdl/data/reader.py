@@ -86,6 +86,7 @@ class BlockStore:
         self.rows_read = 0
         self._executor: Any = None  # the read-ahead thread (read_later), started on first use
         self._pending: dict[int, Any] = {}  # block -> the read-ahead future bringing it
+        self._last_first: int | None = None  # the first row of the last request of consecutive rows
 
     # -- the database ---------------------------------------------------------------------------
 
@@ -145,10 +146,13 @@ class BlockStore:
     def _read_next(self, first: int, last: int) -> None:
         """After a request for rows first..last: start reading the blocks of the one this process
         will most likely make next — a DataLoader's sequential sampler deals batches round-robin,
-        so with W workers a worker's next batch starts W batches on."""
+        so with W workers a worker's next batch starts W batches on — when the last two requests
+        were that far apart."""
         info = torch.utils.data.get_worker_info() if torch is not None else None
         step = (info.num_workers if info is not None else 1) * (last - first + 1)
-        if first + step < self.source.info.n_rows:
+        previous, self._last_first = self._last_first, first
+        if previous is not None and first - previous == step and first + step < self.source.info.n_rows:
+            # only once the requests are seen to go that way (not for a shuffled order of batches)
             R = self.source.block_rows
             self.read_later(range((first + step) // R, min(last + step, self.source.info.n_rows - 1) // R + 1))
 
