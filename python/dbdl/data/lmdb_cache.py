@@ -42,10 +42,7 @@ def _close_before_fork() -> None:
     # one on the same files in the child): finish the queued writes, close ours now; each process
     # reopens its own lazily
     for cache in list(_WRITING):
-        try:
-            cache.flush()
-        except Exception:  # raised again by the cache's next put_later / flush in this process
-            pass
+        cache.wait()  # a write's error stays for the cache's next put_later / flush in this process
     with _LOCK:
         for env in _ENVS.values():
             env.close()
@@ -220,11 +217,16 @@ class BlockCache:
                 self._cv.notify_all()
 
     def flush(self) -> None:
-        """Wait until every block handed to put_later is written."""
+        """Wait until every block handed to put_later is written; raise a write's error."""
+        self.wait()
+        with self._cv:
+            self._raise_error()
+
+    def wait(self) -> None:
+        """Wait until the writer thread is done."""
         with self._cv:
             while self._writer is not None:
                 self._cv.wait()
-            self._raise_error()
 
     def _raise_error(self) -> None:
         error, self._error = self._error, None

@@ -50,6 +50,10 @@ BLOCK_BYTES = 12 << 20
 #: the most rows of a per-sample (map-style) dataset's block: a DataLoader deals batches to its
 #: workers round-robin, so a block no larger than a batch is read by one worker only
 MAP_BLOCK_ROWS = 256
+#: threads (each with its own connection) that read the next requests' blocks ahead, without
+#: DataLoader workers (with workers, one a worker: the workers already read side by side)
+READ_AHEAD_THREADS = 2
+_READ_AHEAD = "dbdl-read-ahead"
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,9 @@ class BlockStore:
         self._memory_blocks = memory_blocks or max(2, min(64, (64 << 20) // block_bytes))
         self.queries = 0  # range queries this process sent to the database
         self.rows_read = 0
-        self._executor: Any = None  # the read-ahead thread (read_later), started on first use
+        self._executor: Any = None  # the read-ahead threads (read_later), started on first use
+        self._local = threading.local()  # a read-ahead thread's own reader
+        self._thread_readers: list[RangeReader] = []
         self._pending: dict[int, Any] = {}  # block -> the read-ahead future bringing it
         self._last_first: int | None = None  # the first row of the last request of consecutive rows
 
@@ -109,12 +115,24 @@ class BlockStore:
         for it, its features, its labels) each (thread-safe: the read-ahead thread calls it)."""
         info = self.source.info
         bounds = [self.source.block_range(b) for b in range(first, last + 1)]
-        with self._lock:
-            if self._reader is None:
-                self._reader = Backend.class_for(self.source.url).open_range_reader(self.source.url, self._owner)
-            parts = self._reader.read_blocks(info, bounds)
-            self.queries += 1
-            self.rows_read += bounds[-1][1] - bounds[0][0]
+        if threading.current_thread().name.startswith(_READ_AHEAD):
+            # a read-ahead thread: a reader (connection) of its own, so that two reads run at once
+            local = self._local
+            if getattr(local, "reader", None) is None:
+                local.reader = Backend.class_for(self.source.url).open_range_reader(self.source.url, self._owner)
+                with self._lock:
+                    self._thread_readers.append(local.reader)
+            parts = local.reader.read_blocks(info, bounds)
+            with self._lock:
+                self.queries += 1
+                self.rows_read += bounds[-1][1] - bounds[0][0]
+        else:
+            with self._lock:
+                if self._reader is None:
+                    self._reader = Backend.class_for(self.source.url).open_range_reader(self.source.url, self._owner)
+                parts = self._reader.read_blocks(info, bounds)
+                self.queries += 1
+                self.rows_read += bounds[-1][1] - bounds[0][0]
         out = []
         for b, (lo, hi), (buf, x, y) in zip(range(first, last + 1), bounds, parts):
             if len(y) != hi - lo:
@@ -137,11 +155,10 @@ class BlockStore:
         if self._executor is None:
             import concurrent.futures
 
-            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dbdl-read-ahead")
+            self._executor = concurrent.futures.ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix=_READ_AHEAD)
         for run in _runs(todo):
-            future = self._executor.submit(self.read_run, run[0], run[-1])
-            for b in run:
-                self._pending[b] = future
+            for b in run:  # a query a block: the threads read consecutive blocks side by side
+                self._pending[b] = self._executor.submit(self.read_run, b, b)
 
     def _read_next(self, first: int, last: int) -> None:
         """After a request for rows first..last: start reading the blocks of the one this process
@@ -149,12 +166,18 @@ class BlockStore:
         so with W workers a worker's next batch starts W batches on — when the last two requests
         were that far apart."""
         info = torch.utils.data.get_worker_info() if torch is not None else None
-        step = (info.num_workers if info is not None else 1) * (last - first + 1)
+        workers = info.num_workers if info is not None else 1
+        step = workers * (last - first + 1)
         previous, self._last_first = self._last_first, first
         if previous is not None and first - previous == step and first + step < self.source.info.n_rows:
-            # only once the requests are seen to go that way (not for a shuffled order of batches)
-            R = self.source.block_rows
-            self.read_later(range((first + step) // R, min(last + step, self.source.info.n_rows - 1) // R + 1))
+            # only once the requests are seen to go that way (not for a shuffled order of batches);
+            # without workers the next READ_AHEAD_THREADS requests, each its own thread's read
+            R, n = self.source.block_rows, self.source.info.n_rows
+            blocks: list[int] = []
+            for k in range(1, (READ_AHEAD_THREADS if workers == 1 else 1) + 1):
+                if first + k * step < n:
+                    blocks += range((first + k * step) // R, min(last + k * step, n - 1) // R + 1)
+            self.read_later(blocks)
 
     def _take(self, parts) -> None:
         for b, buf, x, y in parts:
@@ -291,9 +314,12 @@ class BlockStore:
         if executor is not None:
             executor.shutdown(wait=True)
         self._pending.clear()
+        readers, self._thread_readers = self._thread_readers, []
+        self._local = threading.local()
         reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.close()
+        for each in [reader, *readers]:
+            if each is not None:
+                each.close()
 
 
 def _runs(blocks: Sequence[int]) -> list[list[int]]:
