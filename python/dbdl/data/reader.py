@@ -53,6 +53,8 @@ MAP_BLOCK_ROWS = 256
 #: threads (each with its own connection) that read the next requests' blocks ahead, without
 #: DataLoader workers (with workers, one a worker: the workers already read side by side)
 READ_AHEAD_THREADS = 2
+#: about how many bytes one read-ahead query brings (whole blocks)
+READ_AHEAD_BYTES = 3 << 20
 _READ_AHEAD = "dbdl-read-ahead"
 
 
@@ -93,6 +95,7 @@ class BlockStore:
         self._thread_readers: list[RangeReader] = []
         self._pending: dict[int, Any] = {}  # block -> the read-ahead future bringing it
         self._last_first: int | None = None  # the first row of the last request of consecutive rows
+        self._ahead_next: int | None = None  # the next block the read-ahead window submits
 
     # -- the database ---------------------------------------------------------------------------
 
@@ -141,7 +144,7 @@ class BlockStore:
             out.append((b, buf, x, y))
         return out
 
-    def read_later(self, blocks: Sequence[int]) -> None:
+    def read_later(self, blocks: Sequence[int], together: bool = False) -> None:
         """Start reading ``blocks`` (those neither in memory, nor cached, nor on their way) in this
         store's read-ahead thread; ``ensure`` takes them from there. The database sends the next
         blocks while this process turns the current ones into batches."""
@@ -157,8 +160,30 @@ class BlockStore:
 
             self._executor = concurrent.futures.ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix=_READ_AHEAD)
         for run in _runs(todo):
+            if together:  # one query for the run
+                future = self._executor.submit(self.read_run, run[0], run[-1])
+                for b in run:
+                    self._pending[b] = future
+                continue
             for b in run:  # a query a block: the threads read consecutive blocks side by side
                 self._pending[b] = self._executor.submit(self.read_run, b, b)
+
+    def _read_window(self, current: int) -> None:
+        """Without workers: keep the READ_AHEAD_THREADS × ``per_query`` blocks after ``current``
+        on their way, ``per_query`` blocks (about READ_AHEAD_BYTES) a query, each query a thread's."""
+        R = self.source.block_rows
+        last_block = (self.source.info.n_rows - 1) // R
+        per_query = max(1, READ_AHEAD_BYTES // max(1, R * self.source.info.row_bytes))
+        depth = READ_AHEAD_THREADS * per_query
+        nxt = self._ahead_next
+        if nxt is None or nxt <= current or nxt > current + depth + 1:
+            nxt = current + 1  # a new pass, or a jump
+        while nxt <= min(last_block, current + depth) and (nxt + per_query - 1 <= current + depth
+                                                            or nxt + per_query - 1 >= last_block):
+            end = min(nxt + per_query, last_block + 1)
+            self.read_later(range(nxt, end), together=True)
+            nxt = end
+        self._ahead_next = nxt
 
     def _read_next(self, first: int, last: int) -> None:
         """After a request for rows first..last: start reading the blocks of the one this process
@@ -171,13 +196,12 @@ class BlockStore:
         previous, self._last_first = self._last_first, first
         if previous is not None and first - previous == step and first + step < self.source.info.n_rows:
             # only once the requests are seen to go that way (not for a shuffled order of batches);
-            # without workers the next READ_AHEAD_THREADS requests, each its own thread's read
+            # without workers a window of blocks ahead, read by READ_AHEAD_THREADS threads
             R, n = self.source.block_rows, self.source.info.n_rows
-            blocks: list[int] = []
-            for k in range(1, (READ_AHEAD_THREADS if workers == 1 else 1) + 1):
-                if first + k * step < n:
-                    blocks += range((first + k * step) // R, min(last + k * step, n - 1) // R + 1)
-            self.read_later(blocks)
+            if workers == 1:
+                self._read_window(last // R)
+            else:
+                self.read_later(range((first + step) // R, min(last + step, n - 1) // R + 1))
 
     def _take(self, parts) -> None:
         for b, buf, x, y in parts:
