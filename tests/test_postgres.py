@@ -11,8 +11,7 @@ import sys
 import numpy as np
 import pytest
 import sqlglot.expressions as exp
-import torch
-from conftest import make_mlp, run_onnx
+from conftest import export_onnx, make_mlp, run_onnx
 
 import dbdl
 
@@ -260,7 +259,7 @@ def test_python_path_is_stored_and_doctor_explains(pg, tmp_path):
 
     with dbdl.connect(url) as db:
         stored = json.loads(db.sql("SELECT value FROM dbdl.settings WHERE key = 'python_path'").scalar())
-        db.models.register("m", make_mlp((1, 2)), example=torch.randn(1, 1))
+        db.models.register("m", export_onnx(make_mlp((1, 2)), 1))
     from dbdl.backends.postgres import default_python_path
 
     override = os.environ.get("DBDL_SERVER_PYTHON_PATH")  # set where the checkout is not readable
