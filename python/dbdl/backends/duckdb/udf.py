@@ -316,7 +316,7 @@ class DuckDBFunctions:
         backend = weakref.proxy(self)  # the connection holds the UDF: no cycle back to it
         # the common case (no NULLs, one float32 input, a numeric output of known width) takes a
         # lean path: a chunk is ~2 ms of onnxruntime that evicts the CPU caches, after which every
-        # Python call of the general path costs tens of µs (docs/architecture.md, "DuckDB's UDFs")
+        # Python call of the general path costs tens of µs (docs/architecture.md, "The lean chunk path")
         # (an output whose width the kind refuses keeps the general path, and shape_outputs' error)
         width = model.output_spec.per_row
         lean = width is not None and (kind == "array" or kind == "class" and width >= 2 or kind == "scalar" and width == 1)
