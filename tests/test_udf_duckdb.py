@@ -109,3 +109,16 @@ def test_dense_result_builds_each_kind_on_the_output_buffer():
     assert dense_result("class", y, pa.int64()).to_pylist() == [1, 0]
     scalar = dense_result("scalar", y[:, :1].astype(np.float64), pa.float32())
     assert scalar.type == pa.float32() and scalar.to_pylist() == pytest.approx([0.1, 0.7])
+
+
+def test_column_slice_is_a_view_of_the_rows_in_either_layout():
+    from dbdl_udf.runtime import Column
+
+    fixed = Column(np.arange(12, dtype=np.float32), np.array([True, False, True, True]), width=3)
+    part = fixed.slice(1, 3)
+    assert np.shares_memory(part.values, fixed.values) and part.valid.tolist() == [False, True]
+    assert part.matrix().tolist() == [[3, 4, 5], [6, 7, 8]] and len(fixed.slice(2, 99)) == 2
+    ragged = Column(np.arange(6, dtype=np.int64), np.ones(3, bool), offsets=[0, 1, 3, 6])
+    tail = ragged.slice(1, 3)
+    assert np.shares_memory(tail.values, ragged.values)
+    assert tail.offsets.tolist() == [0, 2, 5] and tail.values.tolist() == [1, 2, 3, 4, 5]

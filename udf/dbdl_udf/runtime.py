@@ -604,6 +604,16 @@ class Column:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         return Column(self.values[index], self.valid[rows], offsets=offsets, shape=self.shape)
 
+    def slice(self, start: int, stop: int) -> "Column":
+        """Rows ``start`` to ``stop - 1``, as views of the same buffers (``take`` copies)."""
+        stop = min(stop, len(self))
+        if self.offsets is None:
+            w = self.width or 0
+            return Column(self.values[start * w:stop * w], self.valid[start:stop], width=w, shape=self.shape)
+        offsets = self.offsets[start:stop + 1]
+        return Column(self.values[offsets[0]:offsets[-1]], self.valid[start:stop], offsets=offsets - offsets[0],
+                      shape=self.shape)
+
     def matrix(self) -> np.ndarray:
         """(rows x width) of a Column whose valid rows have one length (others must not be valid)."""
         w = self.fixed_width()
