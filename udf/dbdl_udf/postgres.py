@@ -628,18 +628,19 @@ def _predict_blocks(plpy, pinned: str, job: tuple, kind: str, batch_rows: int, w
 
 @sql_errors
 def score_block(plpy, model: str | None, kind: str | None, rows: int | None, block: bytes | None) -> bytes:
-    """The body of dbdl.score_block(model, kind, rows, block): one block of float32 features (what
-    dbdl.predict_rows packs) scored, as the result block it unpacks (dbdl_udf.pgblocks). Inside a
-    predict_into call it uses that call's pinned model; called on its own it resolves ``model``."""
+    """The body of dbdl.score_block(model, kind, rows, block), SECURITY DEFINER: one block of float32
+    features (what dbdl.predict_rows packs) scored, as the result block it unpacks (dbdl_udf.pgblocks).
+    Inside a predict_into call it scores with that call's pinned model (the caller could read and
+    score it already); called on its own it resolves ``model``."""
     kind = pgblocks.check_kind(kind)
     if not isinstance(model, str):
         raise InvalidArgument("dbdl.score_block needs a model reference; got NULL")
     job = _BLOCK_JOBS.get(model)
-    if job is None:
-        name, version, sha, signature, output = resolve_definer(plpy, model)
+    if job is None:  # definer code: the registry read directly, plans of the definer context
+        name, version, sha, signature, output, options = resolve_options(plpy, model)
         ref = f"{name}@{version}"
-        session, signature = _session(plpy, sha, INVOKER, ref)
-        job = (session, signature, output, ref, _catalog_options(plpy, name))
+        session, signature = _session(plpy, sha, DEFINER, ref)
+        job = (session, signature, output, ref, options)
     session, signature, output, ref, options = job
     width = pgblocks.width_of(signature)
     if width is None or signature.outputs[output].is_text:
