@@ -616,12 +616,17 @@ def _native_ready(plpy) -> bool:
 
 def _predict_blocks(plpy, pinned: str, job: tuple, kind: str, batch_rows: int, width: int, query: str,
                     target_sql: str, key_type: str, out_sql: str) -> int:
-    """predict_into's one statement on the block path; the rows it inserted."""
-    plan = plpy.prepare(pgblocks.insert_sql(target_sql, key_type, out_sql),
-                        ["pg_catalog.text", "pg_catalog.text", "pg_catalog.text", "pg_catalog.int4", "pg_catalog.int4"])
+    """predict_into on the block path: straight into a plain target table (as COPY writes), else
+    INSERT … SELECT over dbdl.predict_rows; the rows it inserted."""
+    args = [pinned, kind, query, width, batch_rows]
     _BLOCK_JOBS[pinned] = job
     try:
-        return plpy.execute(plan, [pinned, kind, query, width, batch_rows]).nrows()
+        into = INVOKER.get(plpy, "predict_into_table", pgblocks.INTO_TABLE_SQL, pgblocks.TYPES + ["pg_catalog.text"])
+        n = plpy.execute(into, args + [target_sql])[0]["n"]
+        if n is not None:
+            return int(n)
+        plan = plpy.prepare(pgblocks.insert_sql(target_sql, key_type, out_sql), pgblocks.TYPES)
+        return plpy.execute(plan, args).nrows()
     finally:
         _BLOCK_JOBS.pop(pinned, None)
 
@@ -648,8 +653,9 @@ def score_block(plpy, model: str | None, kind: str | None, rows: int | None, blo
                             f"output; model {ref!r} is not one — use CALL dbdl.predict_into")
     x = pgblocks.read_block(block, rows, width, ref)
     spec = signature.inputs[0]
-    parts = [run_feeds(session, signature, {spec.name: x[start:start + _ORT_ROWS]}, len(x[start:start + _ORT_ROWS]),
-                       output, ref) for start in range(0, rows, _ORT_ROWS)]
+    step = pgblocks.ORT_ROWS
+    parts = [run_feeds(session, signature, {spec.name: x[start:start + step]}, len(x[start:start + step]), output, ref)
+             for start in range(0, rows, step)]
     y = parts[0] if len(parts) == 1 else np.concatenate(parts)
     return pgblocks.write_result(shape_outputs(y, kind, ref, signature.outputs[output].name, signature), kind)
 

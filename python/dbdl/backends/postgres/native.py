@@ -1,8 +1,8 @@
 """The installer's step for dbdl's C helper on PostgreSQL (native/postgres/dbdl_native.c).
 
 A C function names a library file on the server and only a superuser may create one, so no
-migration file can: after the migrations, ``install`` creates ``dbdl.predict_rows`` and
-``dbdl.native_version`` from the first library that loads, when the installing role is a
+migration file can: after the migrations, ``install`` creates ``dbdl.predict_rows``,
+``dbdl.predict_into_table`` and ``dbdl.native_version`` from the first library that loads, when the installing role is a
 superuser. Where none loads, or the role is not a superuser, or ``DBDL_NATIVE_LIBRARY=off``, it
 drops them (if an earlier install made them) and CALL dbdl.predict_into takes its row-batch path,
 which gives the same values (docs/security.md says who installs what).
@@ -25,15 +25,21 @@ from ...resources import data_dir
 ENV = "DBDL_NATIVE_LIBRARY"
 _SIGNATURE = ("dbdl.predict_rows(pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.int4, "
               "pg_catalog.int4)")
+_TABLE_SIGNATURE = ("dbdl.predict_into_table(pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.int4, "
+                    "pg_catalog.int4, pg_catalog.oid)")
 _CREATE = (
     "CREATE OR REPLACE FUNCTION dbdl.native_version() RETURNS pg_catalog.int4 "
     "AS {lib}, 'dbdl_native_version' LANGUAGE C IMMUTABLE PARALLEL SAFE; "
     "CREATE OR REPLACE FUNCTION dbdl.predict_rows(model pg_catalog.text, kind pg_catalog.text, "
     "query pg_catalog.text, width pg_catalog.int4, block_rows pg_catalog.int4) RETURNS SETOF record "
     "AS {lib}, 'dbdl_predict_rows' LANGUAGE C VOLATILE PARALLEL UNSAFE; "
-    f"REVOKE ALL ON FUNCTION dbdl.native_version(), {_SIGNATURE} FROM PUBLIC; "
-    f"GRANT EXECUTE ON FUNCTION dbdl.native_version(), {_SIGNATURE} TO dbdl_user")
-_DROP = f"DROP FUNCTION IF EXISTS dbdl.native_version(); DROP FUNCTION IF EXISTS {_SIGNATURE}"
+    "CREATE OR REPLACE FUNCTION dbdl.predict_into_table(model pg_catalog.text, kind pg_catalog.text, "
+    "query pg_catalog.text, width pg_catalog.int4, block_rows pg_catalog.int4, target pg_catalog.oid) "
+    "RETURNS pg_catalog.int8 AS {lib}, 'dbdl_predict_into_table' LANGUAGE C VOLATILE PARALLEL UNSAFE; "
+    f"REVOKE ALL ON FUNCTION dbdl.native_version(), {_SIGNATURE}, {_TABLE_SIGNATURE} FROM PUBLIC; "
+    f"GRANT EXECUTE ON FUNCTION dbdl.native_version(), {_SIGNATURE}, {_TABLE_SIGNATURE} TO dbdl_user")
+_DROP = (f"DROP FUNCTION IF EXISTS dbdl.native_version(); DROP FUNCTION IF EXISTS {_SIGNATURE}; "
+         f"DROP FUNCTION IF EXISTS {_TABLE_SIGNATURE}")
 
 
 def candidates() -> list[str]:
