@@ -44,6 +44,7 @@ def main() -> None:
         db = dbdl.connect(url)
         model = mlp([WIDTH, 256, 256, 10])
         db.models.register("mlp", model, example=torch.randn(1, WIDTH))
+        db.models.register("lin", mlp([WIDTH, 10]), example=torch.randn(1, WIDTH))
         x = features(rows, WIDTH)
         print(f"loading {rows:,} rows …", flush=True)
         db.create_table("t", {"id": np.arange(rows), "feats": x}, replace=True)
@@ -61,21 +62,26 @@ def main() -> None:
         def raw(b: int):
             return lambda: [session.run(None, {name: x[i:i + b]}) for i in range(0, rows, b)]
 
-        def into(kind: str, table: str, path: str):
+        def into(kind: str, table: str, path: str, model: str = "mlp"):
             def run() -> None:
                 db.sql("DROP TABLE IF EXISTS scores")
                 db.sql(f"SET dbdl.native = {path}")
-                db.sql(f"CALL dbdl.predict_into('mlp', 'SELECT id, feats FROM {table}', 'scores', '{kind}')")
+                db.sql(f"CALL dbdl.predict_into('{model}', 'SELECT id, feats FROM {table}', 'scores', '{kind}')")
             return run
 
         def scan(table: str):  # what the block path reads: every row's key and features
             return lambda: db.sql(f"SELECT count(q.id), count(q.feats) FROM (SELECT id, feats FROM {table}) q").fetchall()
 
-        def insert(kind: str):  # what it writes: as many (key, prediction) rows
-            value = "(id % 10)::bigint" if kind == "class" else "ARRAY[1,2,3,4,5,6,7,8,9,10]::real[]"
+        # what it writes: as many (key, prediction) rows, as the block path writes them (COPY's
+        # table_multi_insert), from a file the server wrote in its data directory
+        folder = db.sql("SELECT current_setting('data_directory')").scalar()
+        for kind, value in (("class", "(id % 10)::bigint"), ("array", "ARRAY[1,2,3,4,5,6,7,8,9,10]::real[]")):
+            db.sql(f"COPY (SELECT id, {value} FROM t) TO '{folder}/dbdl_bench_{kind}.bin' (FORMAT binary)")
+
+        def write(kind: str):
             return lambda: (db.sql("DROP TABLE IF EXISTS parts"),
-                            db.sql(f"CREATE TABLE parts AS SELECT id, {value} AS prediction FROM t WITH NO DATA"),
-                            db.sql(f"INSERT INTO parts SELECT id, {value} FROM t"))
+                            db.sql(f"CREATE TABLE parts (id bigint, prediction {'bigint' if kind == 'class' else 'real[]'})"),
+                            db.sql(f"COPY parts FROM '{folder}/dbdl_bench_{kind}.bin' (FORMAT binary)"))
 
         methods = {f"raw {b}": raw(b) for b in (1024, 2048, 8192)}
         variants = {}
@@ -87,8 +93,12 @@ def main() -> None:
                 methods[label] = into(kind, table, path)
         methods["part: scan of the query (bytea)"] = scan("tb")
         methods["part: scan of the query (real[])"] = scan("t")
-        methods["part: INSERT of the class rows"] = insert("class")
-        methods["part: INSERT of the array rows"] = insert("array")
+        methods["part: writing the class rows (binary COPY FROM)"] = write("class")
+        methods["part: writing the array rows (binary COPY FROM)"] = write("array")
+        if native:  # everything but (nearly all of) onnxruntime: the block path with a 64 -> 10 linear model
+            for kind, table in (("class", "tb"), ("class", "t"), ("array", "t")):
+                methods[f"part: the C block path, {kind}, {SOURCE[table]}, 64-10 linear model"] = into(
+                    kind, table, "on", "lin")
         print(f"{len(methods)} methods × {rounds} rounds …", flush=True)
         best = interleaved(methods, rounds)
         db.sql("SET dbdl.native = on")

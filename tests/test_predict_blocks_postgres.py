@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+import pgserver
 from conftest import run_onnx
 
 import dbdl
@@ -38,6 +39,9 @@ def installed(db) -> bool:
 @pytest.fixture
 def blocks(pg_server, request, mlp_onnx, scorer_onnx, features):
     """A database with models m (8 -> 3) and s (8 -> 1) and table t(id, feats real[], b bytea)."""
+    readable, why = pgserver.postgres_can_read(ROOT / "native" / "postgres" / "dbdl_native.so")
+    if not readable:
+        pytest.skip(f"the server cannot load the C helper from this checkout: {why}")
     server, name = pg_server, f"dbdl_blk_{next(_ids)}"
     url = server.create_database(name)
     request.addfinalizer(lambda: server.drop_database(name))
@@ -158,6 +162,41 @@ def test_block_path_refuses_wrong_lengths_and_malformed_blocks(blocks, mlp_onnx,
                 rows(args, cols)
         assert db.sql("SELECT count(*) FROM t").scalar() == N  # the DELETE never ran
 
+        # straight into a table only where an INSERT would run or check nothing: any other target
+        # gets NULL (nothing ran) and predict_into's INSERT … SELECT, whose trigger and index apply
+        db.sql("CREATE VIEW v AS SELECT id AS k, id AS prediction FROM t")
+        db.sql("CREATE TABLE checked (k bigint, prediction bigint CHECK (prediction < 0))")
+        db.sql("CREATE TABLE wide (k bigint, prediction bigint, extra int)")
+        db.sql("CREATE TABLE texts (k text, prediction bigint)")
+        into = "SELECT dbdl.predict_into_table('m', 'class', 'SELECT id, feats FROM t', 8, 7, '{}'::regclass)"
+        for target in ("v", "checked", "wide", "texts", "pg_catalog.pg_class"):
+            assert db.sql(into.format(target)).scalar() is None, target
+        with psycopg.connect(url, autocommit=True) as con:
+            con.execute("CREATE TABLE plain (k bigint, prediction bigint)")
+            con.execute("BEGIN READ ONLY")
+            assert con.execute(into.format("plain")).fetchone()[0] is None
+            con.execute("ROLLBACK")
+            assert con.execute(into.format("plain")).fetchone()[0] == N
+        assert db.sql("SELECT count(*), count(prediction) FROM plain").fetchall() == [(N, N - 7)]
+        assert db.sql("SELECT count(*) FROM checked").scalar() + db.sql("SELECT count(*) FROM wide").scalar() == 0
+        with pytest.raises(dbdl.InvalidArgument, match="no NULL argument"):
+            db.sql("SELECT dbdl.predict_into_table('m', 'class', 'SELECT id, feats FROM t', 8, 7, NULL)")
+        db.sql("CREATE TABLE fired (n int)")
+        db.sql("CREATE FUNCTION count_row() RETURNS trigger LANGUAGE plpgsql AS "
+               "$$BEGIN INSERT INTO fired VALUES (1); RETURN NEW; END$$")
+        for table in ("indexed", "triggered"):
+            db.sql(f"CREATE TABLE {table} (k bigint, prediction bigint)")
+        db.sql("CREATE INDEX ON indexed (prediction)")
+        db.sql("CREATE TRIGGER counted BEFORE INSERT ON triggered FOR EACH ROW EXECUTE FUNCTION count_row()")
+        db.backend.execute("CALL dbdl.predict_into('m', 'SELECT id, feats FROM t', 'plain_too', 'class', 7)")
+        for table in ("indexed", "triggered"):
+            db.backend.execute(f"CALL dbdl.predict_into('m', 'SELECT id, feats FROM t', '{table}', 'class', 7)")
+            assert db.sql(f"SELECT k, prediction FROM {table} ORDER BY k").fetchall() == \
+                db.sql("SELECT id, prediction FROM plain_too ORDER BY id").fetchall()
+        assert db.sql("SELECT count(*) FROM fired").scalar() == N
+        assert db.sql("SELECT count(*) FROM indexed WHERE prediction = 1").scalar() == \
+            db.sql("SELECT count(*) FROM plain_too WHERE prediction = 1").scalar()
+
         # the scorer on its own: a block of the right length scores as onnxruntime does; others are refused
         x = features[:3]
         block = db.sql("SELECT dbdl.score_block('m', 'array', 3, ?)", [x.tobytes()]).scalar()
@@ -198,6 +237,7 @@ def test_nothing_a_caller_plants_runs_in_the_block_path(blocks):
             evil = "BEGIN INSERT INTO public.planted_log VALUES (current_user, '{0}'); RAISE EXCEPTION 'planted {0}'; END"
             for fn, args, returns in [("score_block", "text, text, int4, bytea", "bytea"),
                                       ("predict_rows", "text, text, text, int4, int4", "SETOF record"),
+                                      ("predict_into_table", "text, text, text, int4, int4, oid", "int8"),
                                       ("native_version", "", "int4")]:
                 con.execute(f"CREATE FUNCTION public.{fn}({args}) RETURNS {returns} LANGUAGE plpgsql AS "
                             f"$${evil.format(fn)}$$")
