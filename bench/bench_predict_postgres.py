@@ -140,7 +140,9 @@ def main() -> None:
            note=f"One core: no parallel workers, onnxruntime with 1 thread; best of {rounds} interleaved rounds "
                 f"(the reference: the best of 1,024-, 2,048- and 8,192-row chunks). 'part:' rows time one step of "
                 f"the block path alone on the same rows. Row-at-a-time timed on {ROW_AT_A_TIME_ROWS:,} rows "
-                f"(once), the naive pipeline on {NAIVE_ROWS:,}.")
+                f"(once), the naive pipeline on {NAIVE_ROWS:,}. Targets (issue 14, the C blocks rows): class "
+                f"from float32 bytea ≥ 0.8, class from real[] ≥ 0.6, the whole output vector ('array') ≥ 0.5. "
+                f"C helper installed: {native}.")
     for label, (kind, table, path, target) in variants.items():
         ratio = raw_s / best[label]
         verdict = "met" if ratio >= target else "missed"

@@ -60,6 +60,13 @@ def blocks(pg_server, request, mlp_onnx, scorer_onnx, features):
     return server, name, url
 
 
+def login(db, role: str, member_of: str, *grants: str) -> None:
+    """A login role, member of dbdl_user or dbdl_admin, with ``grants`` ('… TO {role}')."""
+    db.sql(f"CREATE ROLE {role} LOGIN IN ROLE {member_of}")
+    for grant in grants:
+        db.sql(grant.format(role=role))
+
+
 def both_paths(db, call: str) -> tuple[list, list, list]:
     """The target's rows (ordered by key text) on the block path and on the row-batch path, and
     the two paths' key column types."""
@@ -228,10 +235,7 @@ def test_nothing_a_caller_plants_runs_in_the_block_path(blocks):
     with dbdl.connect(url) as db:
         db.sql("CREATE TABLE planted_log (who text, what text)")
         db.sql("GRANT INSERT, SELECT ON planted_log TO PUBLIC")
-        db.sql(f"CREATE ROLE {role} LOGIN")
-        db.sql(f"GRANT dbdl_user TO {role}")
-        db.sql(f"GRANT SELECT ON t TO {role}")
-        db.sql(f"GRANT CREATE ON SCHEMA public TO {role}")
+        login(db, role, "dbdl_user", "GRANT SELECT ON t TO {role}", "GRANT CREATE ON SCHEMA public TO {role}")
     try:
         with psycopg.connect(server.url(name, role), autocommit=True) as con:
             evil = "BEGIN INSERT INTO public.planted_log VALUES (current_user, '{0}'); RAISE EXCEPTION 'planted {0}'; END"
@@ -279,8 +283,7 @@ def test_installer_creates_the_helper_only_from_a_library_that_loads(blocks, mon
         assert native.install(con) == build
         # a role that is no superuser creates no C function, and leaves what is there alone
         role = f"blk_admin_{next(_ids)}"
-        db.sql(f"CREATE ROLE {role} LOGIN")
-        db.sql(f"GRANT dbdl_admin TO {role}")
+        login(db, role, "dbdl_admin")
         try:
             with psycopg.connect(server.url(name, role), autocommit=True) as admin:
                 assert native.install(admin) is None
