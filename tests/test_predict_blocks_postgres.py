@@ -99,6 +99,7 @@ def test_block_path_gives_the_fallbacks_values_and_onnxruntimes(blocks, mlp_onnx
             ("m", "class", "id", int, "feats"), ("m", "array", "id::int4", int, "b"),
             ("m", "class", "id::text", str, "b"), ("s", "scalar", "(id::numeric / 2)", lambda i: i / 2, "feats"),
             ("m", "array", "'k' || id::text", lambda i: f"k{i}", "feats"), ("s", "scalar", "id::int2", int, "b"),
+            ("m", "class", "NULLIF(id, 5)", lambda i: None if i == 5 else i, "b"),  # a NULL key stays NULL
         ]
         for model, kind, key, form, column in cases:
             call = (f"CALL dbdl.predict_into('{model}', 'SELECT {key.replace(chr(39), chr(39) * 2)} AS k, "

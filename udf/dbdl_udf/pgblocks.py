@@ -34,8 +34,8 @@ from .errors import DTypeMismatch, Error, InvalidArgument, ShapeMismatch
 from .kinds import OUTPUT_KINDS
 from .runtime import Signature, feed_mode
 
-__all__ = ["NATIVE_VERSION", "SETTING", "NATIVE_CHECK", "INTO_TABLE_SQL", "TYPES", "ORT_ROWS", "fits", "read_block",
-           "write_result", "insert_sql"]
+__all__ = ["NATIVE_VERSION", "SETTING", "NATIVE_CHECK", "INTO_TABLE_SQL", "TYPES", "ORT_ROWS", "MAX_BLOCK_VALUES",
+           "fits", "read_block", "write_result", "insert_sql"]
 
 #: what dbdl.native_version() of a library this code can drive returns (dbdl_native.c says the same)
 NATIVE_VERSION = 1
@@ -51,6 +51,8 @@ _HEADER = struct.Struct("=ii")
 #: the numpy dtype of a kind's values in a result block
 _RESULT_DTYPE = {"class": np.dtype(np.int64), "scalar": np.dtype(np.float32), "array": np.dtype(np.float32)}
 _MAX_ROWS = 1 << 20
+#: features in one block at most (64 MiB of float32), whatever batch_rows says
+MAX_BLOCK_VALUES = 1 << 24
 #: rows per onnxruntime run inside a block: an MLP's activations for 1,024 rows stay in cache (8,192
 #: rows of a 256-wide layer do not, and run ~1.3x slower a row)
 ORT_ROWS = 1024

@@ -618,7 +618,8 @@ def _predict_blocks(plpy, pinned: str, job: tuple, kind: str, batch_rows: int, w
                     target_sql: str, key_type: str, out_sql: str) -> int:
     """predict_into on the block path: straight into a plain target table (as COPY writes), else
     INSERT … SELECT over dbdl.predict_rows; the rows it inserted."""
-    args = [pinned, kind, query, width, batch_rows]
+    # a block holds batch_rows rows' features, at most 64 MiB of them (the C side allows 1 GiB)
+    args = [pinned, kind, query, width, max(1, min(batch_rows, pgblocks.MAX_BLOCK_VALUES // width))]
     _BLOCK_JOBS[pinned] = job
     try:
         into = INVOKER.get(plpy, "predict_into_table", pgblocks.INTO_TABLE_SQL, pgblocks.TYPES + ["pg_catalog.text"])
