@@ -18,7 +18,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
-from . import catalog, pgarray, sqltext
+from . import catalog, pgarray, pgblocks, sqltext
 from .errors import (ConfigurationError, DTypeMismatch, Error, InvalidArgument, InvalidModel, InvalidName,
                      ModelNotFound, ShapeMismatch)
 from .kinds import KINDS, OUTPUT_KINDS
@@ -516,6 +516,12 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
     as_bytes = ", ".join(f"{expr} AS f{j}" for j, (expr, _) in enumerate(sent))
     plpy.execute(f"CREATE TABLE IF NOT EXISTS {target_sql} AS SELECT q.{key_col} AS {key_col}, NULL::{out_sql} "
                  f"AS prediction FROM (\n{query}\n) AS q WITH NO DATA")
+    width = pgblocks.fits(signature, options, feat_types)
+    if width is not None and _native_ready(plpy):
+        pinned = f"{name}@{version}" + (f":{signature.outputs[output].name}" if output else "")
+        return _predict_blocks(plpy, pinned, (session, signature, output, ref, options), kind, batch_rows, width,
+                               f"SELECT q.{key_col} AS k, q.{feats[0]} AS f FROM (\n{query}\n) AS q",
+                               target_sql, _type_name(plpy, key_type), out_sql)
     key_array = _array_type(plpy, key_type)
     width_out = signature.outputs[output].per_row
     columnar = kind == "array" and width_out is not None and width_out <= _COLUMNAR_MAX
@@ -580,6 +586,89 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
             plpy.execute(insert, [_keys_arg(keys, key_text), _array_literal(values, kind)])
         total += len(rows)
     return total
+
+
+# -- predict_into in blocks: the C helper dbdl.predict_rows and dbdl.score_block (dbdl_udf.pgblocks) --
+
+#: the job of the predict_into call running now, by pinned model reference: dbdl.score_block scores
+#: its blocks with the session, signature, output and options predict_into resolved once
+_BLOCK_JOBS: dict[str, tuple] = {}
+#: whether this session's server loads the installed C helper (asked once per session)
+_native_loads: dict[str, bool] = {}
+_NATIVE_OFF = {"off", "false", "0", "no"}
+
+
+def _native_ready(plpy) -> bool:
+    """The C helper is installed (migration 0012's installer step), loads in this server, speaks
+    this code's block format, and SET dbdl.native = off does not turn it away."""
+    row = plpy.execute(INVOKER.get(plpy, "native_check", pgblocks.NATIVE_CHECK, []))[0]
+    if not row["installed"] or (row["setting"] or "").strip().lower() in _NATIVE_OFF:
+        return False
+    if "loads" not in _native_loads:
+        try:
+            with plpy.subtransaction():
+                version = plpy.execute("SELECT dbdl.native_version() AS v")[0]["v"]
+            _native_loads["loads"] = version == pgblocks.NATIVE_VERSION
+        except plpy.SPIError:  # the library file is gone or unreadable: the row-batch path
+            _native_loads["loads"] = False
+    return _native_loads["loads"]
+
+
+def _predict_blocks(plpy, pinned: str, job: tuple, kind: str, batch_rows: int, width: int, query: str,
+                    target_sql: str, key_type: str, out_sql: str) -> int:
+    """predict_into on the block path: straight into a plain target table (as COPY writes), else
+    INSERT … SELECT over dbdl.predict_rows; the rows it inserted."""
+    # a block holds batch_rows rows' features, at most 64 MiB of them (the C side allows 1 GiB)
+    args = [pinned, kind, query, width, max(1, min(batch_rows, pgblocks.MAX_BLOCK_VALUES // width))]
+    _BLOCK_JOBS[pinned] = job
+    try:
+        into = INVOKER.get(plpy, "predict_into_table", pgblocks.INTO_TABLE_SQL, pgblocks.TYPES + ["pg_catalog.text"])
+        n = plpy.execute(into, args + [target_sql])[0]["n"]
+        if n is not None:
+            return int(n)
+        plan = plpy.prepare(pgblocks.insert_sql(target_sql, key_type, out_sql), pgblocks.TYPES)
+        return plpy.execute(plan, args).nrows()
+    finally:
+        _BLOCK_JOBS.pop(pinned, None)
+
+
+@sql_errors
+def score_block(plpy, model: str | None, kind: str | None, rows: int | None, block: bytes | None) -> bytes:
+    """The body of dbdl.score_block(model, kind, rows, block), SECURITY DEFINER: one block of float32
+    features (what dbdl.predict_rows packs) scored, as the result block it unpacks (dbdl_udf.pgblocks).
+    Inside a predict_into call it scores with that call's pinned model (the caller could read and
+    score it already); called on its own it resolves ``model``."""
+    kind = pgblocks.check_kind(kind)
+    if not isinstance(model, str):
+        raise InvalidArgument("dbdl.score_block needs a model reference; got NULL")
+    job = _BLOCK_JOBS.get(model)
+    if job is None:  # definer code: the registry read directly, plans of the definer context
+        name, version, sha, signature, output, options = resolve_options(plpy, model)
+        ref = f"{name}@{version}"
+        session, signature = _session(plpy, sha, DEFINER, ref)
+        job = (session, signature, output, ref, options)
+    session, signature, output, ref, options = job
+    width = pgblocks.width_of(signature)
+    if width is None or signature.outputs[output].is_text:
+        raise DTypeMismatch(f"dbdl.score_block scores models of one float32 input of a fixed width with a numeric "
+                            f"output; model {ref!r} is not one — use CALL dbdl.predict_into")
+    x = pgblocks.read_block(block, rows, width, ref)
+    spec = signature.inputs[0]
+    step = pgblocks.ORT_ROWS
+    parts = [run_feeds(session, signature, {spec.name: x[start:start + step]}, len(x[start:start + step]), output, ref)
+             for start in range(0, rows, step)]
+    y = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return pgblocks.write_result(shape_outputs(y, kind, ref, signature.outputs[output].name, signature), kind)
+
+
+_TYPE_NAME = ("SELECT pg_catalog.format('%I.%I', n.nspname, t.typname) AS name FROM pg_catalog.pg_type t "
+              "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace "
+              "WHERE t.oid OPERATOR(pg_catalog.=) $1")
+
+
+def _type_name(plpy, oid: int) -> str:
+    """The schema-qualified name of type ``oid`` (the key column's, for predict_rows' result)."""
+    return plpy.execute(INVOKER.get(plpy, "type_name", _TYPE_NAME, ["pg_catalog.oid"]), [oid])[0]["name"]
 
 
 def _catalog_options(plpy, name: str) -> dict:

@@ -131,6 +131,9 @@ class PostgresBackend(Backend):
     def after_migrate(self) -> None:
         # An explicit --python-path (or DBDL_SERVER_PYTHON_PATH) wins; otherwise a path already
         # recorded is kept, so re-running `dbdl migrate` from another machine changes nothing.
+        from . import native
+
+        native.install(self.con)  # the C helper of predict_into, where a superuser can create it
         explicit = self.python_path or json.loads(os.environ.get("DBDL_SERVER_PYTHON_PATH", "null") or "null")
         if not explicit and self.recorded_python_path():
             return
