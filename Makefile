@@ -48,7 +48,7 @@ postgres-packages:
 # row-batch path, which gives the same values.
 native: postgres-packages
 	@if command -v $(PG_CONFIG) >/dev/null 2>&1 && [ -f "$$($(PG_CONFIG) --pgxs 2>/dev/null)" ]; then \
-		$(MAKE) --no-print-directory -C native/postgres PG_CONFIG=$(PG_CONFIG); \
+		$(MAKE) --no-print-directory -C native/postgres PG_CONFIG=$(PG_CONFIG) with_llvm=no; \
 	else \
 		echo "native: PGXS not found ($(PG_CONFIG) --pgxs; Debian: postgresql-server-dev-15): the C helper" \
 		     "is not built, and predict_into takes its row-batch path"; \
