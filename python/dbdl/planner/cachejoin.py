@@ -5,7 +5,7 @@ the planner runs, before the statement itself:
    DuckDB's rowid, PostgreSQL's ctid — when it reads one base table, else per distinct vector);
 2. one join of those keys with the cache: the hits, copied into a temporary result table;
 3. the misses (one per distinct key), scored by the chosen strategy (udf, relation or dl) and
-   added to the result table and, with ``ON CONFLICT DO NOTHING``, to the cache;
+   added to the result table and to the cache (only the keys it does not hold yet);
 4. the bookkeeping: refreshed generations of old hits, counters, eviction.
 
 The statement then reads its predictions from the temporary result table, never from the shared
@@ -43,13 +43,16 @@ _tables = itertools.count()
 
 def cached_call(backend: "Backend", model: ResolvedModel, call: exp.Anonymous,
                 features: exp.Expression, strategy: str | None, options: dict[str, Any], cleanup: list[str],
-                compute) -> tuple[str, ...]:
+                compute, chosen: str | None = None) -> tuple[str, ...]:
     """Look up, compute the misses of, and fill the cache for the features of one predict call;
     joins the statement's own result tables (hits, scored misses) into the SELECT and returns their
     names (see output_expression for what replaces the call).
 
     ``compute(sql, strategy)`` plans and runs a statement holding a predict_array call with the
     cache off (the planner's own entry point); ``strategy`` None lets it choose for the misses.
+    ``chosen``: the strategy the planner chose for the whole call; where that scores in this
+    process (dl, or DuckDB's udf) and nothing else was forced, the misses stream from the source
+    straight into the model, keyed by their cache keys (``_score_streamed``).
 
     Where the backend's cache is shared by roles that do not trust each other (PostgreSQL:
     ``backend.cache_filled_in_server``), only the server's own code writes the cache: the misses
@@ -106,12 +109,22 @@ def cached_call(backend: "Backend", model: ResolvedModel, call: exp.Anonymous,
             f"AND NOT EXISTS (SELECT 1 FROM {results} AS r WHERE r.dbdl_k = k.dbdl_k)")
     in_server = backend.cache_filled_in_server
     fills = not in_server or strategy in (None, "udf")
-    if in_server and fills:  # numbered, so that dbdl.cache_fill takes them a block at a time
-        miss_source = f"SELECT q.*, pg_catalog.row_number() OVER () AS dbdl_n FROM ({miss_source}) AS q"
-    backend.execute(f"CREATE TEMP TABLE {misses} AS {miss_source}")
-    missed = backend.fetchone(backend.own_sql(f"SELECT count(*) FROM {misses}"))[0]
     ref = exp.Literal.string(model.ref).sql(dialect=dialect)
-    if missed:
+    if not in_server and _streams(strategy, chosen):
+        # the misses' features stream straight out of the source into the model (dl), keyed by
+        # their cache key: no copy of the features into a table of misses first
+        streamed = True
+        missed = backend.fetchone(f"SELECT count(*) FROM ({miss_source}) AS q")[0]
+        if missed:
+            cleanup.append(scored)
+            missed = _score_streamed(backend, model, miss_source, scored)
+    else:
+        streamed = False
+        if in_server and fills:  # numbered, so that dbdl.cache_fill takes them a block at a time
+            miss_source = f"SELECT q.*, pg_catalog.row_number() OVER () AS dbdl_n FROM ({miss_source}) AS q"
+        backend.execute(f"CREATE TEMP TABLE {misses} AS {miss_source}")
+        missed = backend.fetchone(backend.own_sql(f"SELECT count(*) FROM {misses}"))[0]
+    if missed and not streamed:
         cleanup.append(scored)
         if in_server and fills:
             _fill_in_server(backend, ref, misses, scored, missed)
@@ -137,9 +150,13 @@ def cached_call(backend: "Backend", model: ResolvedModel, call: exp.Anonymous,
             cid, gen = entry.cache_id, entry.gen
             inserted = 0
             if missed:
+                # no index (DuckDB migration 0006): the keys the entry holds are left out by an
+                # anti-join, in the transaction that counts them (a concurrent writer of the entry
+                # conflicts on its counters' row)
                 inserted = backend.execute_count(
-                    f"INSERT INTO dbdl.result_cache (cache_id, key, output, label, gen) SELECT {cid:d}, dbdl_k, "
-                    f"dbdl_out, dbdl_label, {gen:d} FROM {scored} WHERE dbdl_out IS NOT NULL ON CONFLICT DO NOTHING")
+                    f"INSERT INTO dbdl.result_cache (cache_id, key, output, label, gen) SELECT {cid:d}, s.dbdl_k, "
+                    f"s.dbdl_out, s.dbdl_label, {gen:d} FROM {scored} AS s WHERE s.dbdl_out IS NOT NULL AND NOT EXISTS "
+                    f"(SELECT 1 FROM dbdl.result_cache AS c WHERE c.cache_id = {cid:d} AND c.key = s.dbdl_k)")
                 count_fill(backend, entry, misses=missed, inserted=inserted)
             refreshed = 0
             if hits:
@@ -182,6 +199,32 @@ def output_expression(backend: "Backend", kind: str, model: "ResolvedModel", tab
         return exp.Bracket(this=exp.Paren(this=out) if isinstance(out, exp.Coalesce) else out,
                            expressions=[exp.Literal.number(1)], offset=1)
     return backend.array_result(out, model.output_spec.per_row)
+
+
+def _streams(strategy: str | None, chosen: str | None) -> bool:
+    """Whether the misses are scored by ``_score_streamed``: the statement's own choice runs the
+    model in this process (dl, or a Python UDF — the same onnxruntime session either way) and the
+    caller forced no other strategy."""
+    return strategy == "dl" or strategy is None and chosen in ("dl", "udf")
+
+
+def _score_streamed(backend: "Backend", model: ResolvedModel, miss_source: str, scored: str) -> int:
+    """Score the rows of ``miss_source`` (dbdl_k, the cache key; dbdl_f, the features) as the
+    DL-centric strategy does, Arrow batches out and back, into ``scored`` (dbdl_k, dbdl_out REAL[],
+    dbdl_label); returns its rows. The features are read once, from the source, never copied."""
+    from ..strategies.dl import BATCH_ROWS, scorer
+
+    raw = f"{scored}_raw"
+    try:
+        backend.score_into_temp_table(miss_source, scorer(backend, model, "array"), "array", raw,
+                                      signature=model.signature, keyed=True, batch_rows=BATCH_ROWS)
+        width = model.output_spec.per_row
+        label = backend.argmax_sql("p.dbdl_prediction") if width != 1 else "NULL"
+        backend.execute(f"CREATE TEMP TABLE {scored} AS SELECT p.dbdl_k, CAST(p.dbdl_prediction AS REAL[]) AS dbdl_out, "
+                        f"CAST({label} AS BIGINT) AS dbdl_label FROM {raw} AS p")
+    finally:
+        backend.drop_temp_table(raw)
+    return int(backend.fetchone(f"SELECT count(*) FROM {scored}")[0])
 
 
 def _fill_in_server(backend: "Backend", ref: str, misses: str, scored: str, missed: int) -> None:

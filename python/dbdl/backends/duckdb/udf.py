@@ -417,19 +417,27 @@ def _is_constant(refs: pa.Array) -> bool:
 
 
 def _cache_key_udf(feats: Any) -> pa.Array:
-
+    """BLAKE2b-128 of each row's little-endian float32 bytes, NULL for a NULL row or one with a
+    NULL element: one pass over the chunk's contiguous buffer (slices of one memoryview, no numpy
+    row objects) and the answer built from two buffers, not from a list of Python objects."""
     feats = combined(feats)
     width = feats.type.list_size
-    valid = np.ones(len(feats), dtype=bool) if feats.null_count == 0 else feats.is_valid().to_numpy(
-        zero_copy_only=False)
-    values = feats.values.slice(feats.offset * width, len(feats) * width)
+    n = len(feats)
+    valid = None if feats.null_count == 0 else feats.is_valid().to_numpy(zero_copy_only=False)
+    values = feats.values.slice(feats.offset * width, n * width)
     if values.null_count:
         holes = ~values.is_valid().to_numpy(zero_copy_only=False).reshape(-1, width)
-        valid &= ~holes.any(axis=1)
+        valid = (np.ones(n, dtype=bool) if valid is None else valid) & ~holes.any(axis=1)
     matrix = np.ascontiguousarray(values.to_numpy(zero_copy_only=False).astype("<f4", copy=False).reshape(-1, width))
+    step = 4 * width
+    buf = memoryview(matrix).cast("B")
     digest = hashlib.blake2b
-    keys = [digest(row, digest_size=16).digest() if ok else None for row, ok in zip(matrix, valid)]
-    return pa.array(keys, pa.binary())
+    data = b"".join([digest(buf[i:i + step], digest_size=16).digest() for i in range(0, n * step, step)])
+    offsets = pa.py_buffer(np.arange(0, 16 * n + 1, 16, dtype=np.int32))
+    if valid is None or valid.all():
+        return pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(data)])
+    keys = pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(data)])
+    return pc.if_else(pa.array(valid), keys, pa.scalar(None, pa.binary()))
 
 
 _NUMERIC = r"(?:FLOAT|DOUBLE|REAL|DECIMAL\(\d+,\d+\)|U?(?:TINY|SMALL|BIG|HUGE)?INT(?:EGER)?|U?HUGEINT|BOOLEAN)"
