@@ -114,10 +114,8 @@ def cached_call(backend: "Backend", model: ResolvedModel, call: exp.Anonymous,
         # the misses' features stream straight out of the source into the model (dl), keyed by
         # their cache key: no copy of the features into a table of misses first
         streamed = True
-        missed = backend.fetchone(f"SELECT count(*) FROM ({miss_source}) AS q")[0]
-        if missed:
-            cleanup.append(scored)
-            missed = _score_streamed(backend, model, miss_source, scored)
+        cleanup.append(scored)
+        missed = _score_streamed(backend, model, miss_source, scored)
     else:
         streamed = False
         if in_server and fills:  # numbered, so that dbdl.cache_fill takes them a block at a time
@@ -211,13 +209,16 @@ def _streams(strategy: str | None, chosen: str | None) -> bool:
 def _score_streamed(backend: "Backend", model: ResolvedModel, miss_source: str, scored: str) -> int:
     """Score the rows of ``miss_source`` (dbdl_k, the cache key; dbdl_f, the features) as the
     DL-centric strategy does, Arrow batches out and back, into ``scored`` (dbdl_k, dbdl_out REAL[],
-    dbdl_label); returns its rows. The features are read once, from the source, never copied."""
+    dbdl_label); returns its rows (with none, ``scored`` is not made). The features are read once,
+    from the source, never copied."""
     from ..strategies.dl import BATCH_ROWS, scorer
 
     raw = f"{scored}_raw"
     try:
         backend.score_into_temp_table(miss_source, scorer(backend, model, "array"), "array", raw,
                                       signature=model.signature, keyed=True, batch_rows=BATCH_ROWS)
+        if not backend.fetchone(f"SELECT count(*) FROM {raw}")[0]:  # every row hit: nothing to add
+            return 0
         width = model.output_spec.per_row
         label = backend.argmax_sql("p.dbdl_prediction") if width != 1 else "NULL"
         backend.execute(f"CREATE TEMP TABLE {scored} AS SELECT p.dbdl_k, CAST(p.dbdl_prediction AS REAL[]) AS dbdl_out, "
