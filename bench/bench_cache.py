@@ -167,7 +167,7 @@ def main() -> None:
     import tempfile
 
     rows = rows_env(200_000)
-    rounds = int(os.environ.get("DBDL_BENCH_ROUNDS", 3))
+    rounds = int(os.environ.get("DBDL_BENCH_ROUNDS", "3"))
     backends = os.environ.get("DBDL_BENCH_BACKENDS", "duckdb,postgres").split(",")
     results: list[dict] = []
     steps: dict[str, dict] = {}
@@ -194,8 +194,9 @@ def write(results: list[dict], steps: dict[str, dict], rows: int, rounds: int) -
     header = ("backend", "case", "seconds", "rows/s", "÷ no cache", "target", "met")
     for col in header:
         table.add_column(col, justify="left" if col in ("backend", "case") else "right")
-    lines = [f"# {title}", "", f"Machine: {machine()}. Strategy: the planner's choice. Ratios are times (lower is "
-             f"better) against the same query without the cache, best of {rounds} interleaved rounds in the same run.",
+    lines = [f"# {title}", "", (f"Machine: {machine()}. Strategy: the planner's choice. Ratios are times (lower is "
+                                f"better) against the same query without the cache, best of {rounds} interleaved "
+                                "rounds in the same run."),
              "", "| " + " | ".join(header) + " |", "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
         target = r.get("target")
@@ -206,8 +207,8 @@ def write(results: list[dict], steps: dict[str, dict], rows: int, rounds: int) -
     Console().print(table)
     if steps:
         names = list(dict.fromkeys(k for split in steps.values() for case in split.values() for k in case))
-        lines += ["", "Where a cached query's time goes (one instrumented run per case after the timed ones; "
-                  "each step ÷ the uncached query's time):", "",
+        lines += ["", ("Where a cached query's time goes (one instrumented run per case after the timed ones; "
+                       "each step ÷ the uncached query's time):"), "",
                   "| backend | case | " + " | ".join(names) + " |", "| --- | --- |" + " ---: |" * len(names)]
         for backend, split in steps.items():
             for case, parts in split.items():

@@ -517,7 +517,7 @@ def array_send_real(row: np.ndarray) -> bytes:
 
 @pytest.mark.never(["postgres"], reason="migration 0006 is DuckDB's (PostgreSQL's cache keeps its primary key)")
 def test_a_duckdb_cache_filled_before_0006_keeps_its_rows_and_loses_its_index(url, mlp_onnx, features, monkeypatch):
-    import dbdl.migrate as migrate
+    from dbdl import migrate
 
     shipped = migrate.available
     monkeypatch.setattr(migrate, "available", lambda name: shipped(name)[:5])

@@ -386,8 +386,9 @@ class Backend(ABC):
         """Run a data-changing statement; the number of rows it changed."""
         raise NotImplementedError
 
-    def analyze(self, table: str) -> None:
-        """Give the query planner statistics of a table just filled (where it needs them)."""
+    def analyze(self, table: str, columns: Sequence[str] = ()) -> None:
+        """Give the query planner statistics of a table just filled (where it needs them); of
+        ``columns`` only, where given (the join keys: an array column's statistics cost most)."""
 
     def own_sql(self, sql: Any) -> Any:
         """SQL that dbdl wrote (text, or a sqlglot tree, returned in the same form), ready to be

@@ -87,7 +87,7 @@ def cached_call(backend: "Backend", model: ResolvedModel, call: exp.Anonymous,
         f"c.gen AS dbdl_gen FROM dbdl.result_cache AS c WHERE c.cache_id = {cid:d} "
         f"AND c.key IN (SELECT dbdl_k FROM {keys})"))
     hits = backend.fetchone(backend.own_sql(f"SELECT count(*) FROM {results}"))[0]
-    backend.analyze(results)
+    backend.analyze(results, ("dbdl_k",))  # the join key: the outputs' array statistics cost most
 
     # 3. the misses, one per key, scored by the chosen strategy (the features are joined only to
     # the keys that missed: with none, the hash join's build side is empty and the table is not read)
@@ -134,7 +134,7 @@ def cached_call(backend: "Backend", model: ResolvedModel, call: exp.Anonymous,
                     f"CAST({label} AS BIGINT) AS dbdl_label "
                     f"FROM (SELECT m.dbdl_k, predict_array({ref}, m.dbdl_f) AS dbdl_out FROM {misses} AS m) AS p",
                     strategy)
-        backend.analyze(scored)
+        backend.analyze(scored, ("dbdl_k",))
 
     # 4. the writes and the bookkeeping, each step in one transaction with its counters
     if in_server:
