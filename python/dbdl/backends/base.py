@@ -81,6 +81,10 @@ class Backend(ABC):
     #: roles that do not trust each other share the result cache: only the server's own code
     #: (dbdl.cache_fill) writes it, so the misses are scored in the server
     cache_filled_in_server: ClassVar[bool] = False
+    #: the client digests and looks up a cached call's keys itself while the rows stream out, and
+    #: scores the misses from the same stream (``cache_input``, ``cache_digests``, ``cache_lookup``:
+    #: DuckDB's udf.py; planner/cachejoin.py)
+    cache_streams: ClassVar[bool] = False
     #: a pseudo-column that identifies a base table's rows across the statements of one query
     #: (DuckDB's rowid, PostgreSQL's ctid): DL-centric results and cache keys are joined back by it
     row_identity: ClassVar[str | None] = None

@@ -23,6 +23,9 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlglot
 import sqlglot.expressions as exp
 
@@ -64,6 +67,9 @@ def cached_call(backend: "Backend", model: ResolvedModel, call: exp.Anonymous,
     keys, results, misses, scored = (f"dbdl_ck_{n}", f"dbdl_cr_{n}", f"dbdl_cm_{n}", f"dbdl_cs_{n}")
     dialect = backend.dialect
     identity = row_identity(select, backend.row_identity, backend.is_base_table, dialect)
+    if identity is not None and backend.cache_streams and _streams(strategy, chosen) \
+            and model.output_spec.per_row is not None:
+        return _cached_stream(backend, model, select, identity, features, options, entry, cleanup, n)
 
     # 1. the keys of the rows this SELECT scores
     cleanup.append(keys)
@@ -143,27 +149,7 @@ def cached_call(backend: "Backend", model: ResolvedModel, call: exp.Anonymous,
             backend.execute(f"SELECT dbdl.cache_record({ref}, ?, ?, ARRAY(SELECT dbdl_k FROM {results} "
                             f"WHERE dbdl_gen OPERATOR(pg_catalog.<) {gen - 1:d}))", (hits, unfilled))
     elif missed or hits:
-        with backend.transaction():
-            entry = find_entry(backend, model, options, create=True)
-            cid, gen = entry.cache_id, entry.gen
-            inserted = 0
-            if missed:
-                # no index (DuckDB migration 0006): the keys the entry holds are left out by an
-                # anti-join, in the transaction that counts them (a concurrent writer of the entry
-                # conflicts on its counters' row)
-                inserted = backend.execute_count(
-                    f"INSERT INTO dbdl.result_cache (cache_id, key, output, label, gen) SELECT {cid:d}, s.dbdl_k, "
-                    f"s.dbdl_out, s.dbdl_label, {gen:d} FROM {scored} AS s WHERE s.dbdl_out IS NOT NULL AND NOT EXISTS "
-                    f"(SELECT 1 FROM dbdl.result_cache AS c WHERE c.cache_id = {cid:d} AND c.key = s.dbdl_k)")
-                count_fill(backend, entry, misses=missed, inserted=inserted)
-            refreshed = 0
-            if hits:
-                refreshed = backend.execute_count(
-                    f"UPDATE dbdl.result_cache SET gen = {gen:d} WHERE cache_id = {cid:d} AND gen < {gen - 1:d} "
-                    f"AND key IN (SELECT dbdl_k FROM {results} WHERE dbdl_gen < {gen - 1:d})")
-            record(backend, entry, hits=hits, refreshed=refreshed)
-        if inserted > 1000 and inserted * 10 > hits:
-            backend.analyze("dbdl.result_cache")  # the next look-up plans on the grown table
+        _write_client(backend, model, options, scored, results, hits, missed)
 
     # the statement reads its own results: keys joined to the result table
     if identity is not None:
@@ -197,6 +183,132 @@ def output_expression(backend: "Backend", kind: str, model: "ResolvedModel", tab
         return exp.Bracket(this=exp.Paren(this=out) if isinstance(out, exp.Coalesce) else out,
                            expressions=[exp.Literal.number(1)], offset=1)
     return backend.array_result(out, model.output_spec.per_row)
+
+
+def _write_client(backend: "Backend", model: ResolvedModel, options: dict[str, Any], scored: str, results: str,
+                  hits: int, missed: int) -> None:
+    """Where the client writes the cache (DuckDB): add the scored misses (``scored``: dbdl_k,
+    dbdl_out, dbdl_label) the entry does not hold, refresh the generation of the old hits
+    (``results``: dbdl_k, dbdl_gen), count both; one transaction."""
+    with backend.transaction():
+        entry = find_entry(backend, model, options, create=True)
+        cid, gen = entry.cache_id, entry.gen
+        inserted = 0
+        if missed:
+            # no index (DuckDB migration 0006): the keys the entry holds are left out by an
+            # anti-join, in the transaction that counts them (a concurrent writer of the entry
+            # conflicts on its counters' row)
+            inserted = backend.execute_count(
+                f"INSERT INTO dbdl.result_cache (cache_id, key, output, label, gen) SELECT {cid:d}, s.dbdl_k, "
+                f"CAST(s.dbdl_out AS REAL[]), s.dbdl_label, {gen:d} FROM {scored} AS s WHERE s.dbdl_out IS NOT NULL "
+                f"AND NOT EXISTS (SELECT 1 FROM dbdl.result_cache AS c WHERE c.cache_id = {cid:d} AND c.key = s.dbdl_k)")
+            count_fill(backend, entry, misses=missed, inserted=inserted)
+        refreshed = 0
+        if hits:
+            refreshed = backend.execute_count(
+                f"UPDATE dbdl.result_cache SET gen = {gen:d} WHERE cache_id = {cid:d} AND gen < {gen - 1:d} "
+                f"AND key IN (SELECT dbdl_k FROM {results} WHERE dbdl_gen < {gen - 1:d})")
+        record(backend, entry, hits=hits, refreshed=refreshed)
+    if inserted > 1000 and inserted * 10 > hits:
+        backend.analyze("dbdl.result_cache")  # the next look-up plans on the grown table
+
+
+def _cached_stream(backend: "Backend", model: ResolvedModel, select: exp.Select, identity: exp.Expression,
+                   features: exp.Expression, options: dict[str, Any], entry: Any, cleanup: list[str], n: int
+                   ) -> tuple[str, ...]:
+    """The cached call in one pass over its rows (``backend.cache_streams``: DuckDB, a SELECT of
+    one base table whose strategy scores in this process). The rows stream out as the DL-centric
+    strategy reads them; each batch's keys are digested, looked up in the entry, and the rows whose
+    key is neither cached nor scored earlier in the statement are scored from the same batch, one
+    per key. The statement joins one table, every row's output by row identity; then the misses
+    are added to the cache and the hits counted and refreshed (``_write_client``). Returns the
+    statement's result table (dbdl_out, dbdl_label), joined into ``select``."""
+    from ..strategies.dl import BATCH_ROWS, scorer
+
+    rows_t, raw, hits_t, scored = f"dbdl_cr_{n}", f"dbdl_cr_{n}_raw", f"dbdl_ch_{n}", f"dbdl_cs_{n}"
+    width = int(model.output_spec.per_row)
+    source = source_rows(select)
+    source.set("expressions", [exp.alias_(identity.copy(), "dbdl_k"),
+                               exp.alias_(backend.cache_input(model, features.copy()), "dbdl_f")])
+    source.where(exp.Not(this=exp.Is(this=features.copy(), expression=exp.Null())), copy=False)
+    run = scorer(backend, model, "array")
+    lookup = backend.cache_lookup(entry.cache_id) if entry is not None and entry.gen >= 0 else None
+    scored_at: dict[bytes, int] = {}  # key of a miss → its row among the statement's misses
+    miss_keys: list[np.ndarray] = []
+    miss_out: list[np.ndarray] = []
+    found: list[pa.Table] = []
+
+    def score(columns) -> np.ndarray:
+        column = columns[0]
+        matrix = column.values.reshape(-1, column.width)
+        if not column.valid.all():
+            matrix = matrix[column.valid]
+        out = np.empty((len(matrix), width), np.float32)
+        if not len(matrix):
+            return out
+        keys = backend.cache_digests(matrix)
+        digests = np.frombuffer(keys.buffers()[2], dtype="V16", count=len(matrix))
+        todo = np.ones(len(matrix), dtype=bool)
+        if lookup is not None:
+            hits = lookup(keys)
+            if hits.num_rows:
+                found.append(hits.select(["key", "gen"]))
+                at = hits.column("i").to_numpy()
+                out[at] = np.asarray(pc.list_flatten(hits.column("output")).to_numpy(zero_copy_only=False),
+                                     dtype=np.float32).reshape(-1, width)
+                todo[at] = False
+        rest = np.flatnonzero(todo)
+        if len(rest):
+            unique, first, inverse = np.unique(digests[rest], return_index=True, return_inverse=True)
+            at = np.fromiter((scored_at.get(k, -1) for k in unique.tolist()), dtype=np.int64, count=len(unique))
+            new = at < 0
+            base = sum(len(o) for o in miss_out)
+            if new.any():
+                picked = rest[first[new]]
+                miss_out.append(np.asarray(run(matrix[picked]), dtype=np.float32).reshape(-1, width))
+                miss_keys.append(digests[picked])
+                at[new] = base + np.arange(int(new.sum()))
+                scored_at.update(zip(unique[new].tolist(), at[new].tolist()))
+            rows = at[inverse.reshape(-1)]
+            outputs = np.concatenate(miss_out) if len(miss_out) > 1 else miss_out[0]
+            out[rest] = outputs[rows]
+        return out
+
+    cleanup += [raw, rows_t]
+    try:
+        backend.score_into_temp_table(source.sql(dialect=backend.dialect), score, "array", raw,
+                                      signature=model.signature, keyed=True, batch_rows=BATCH_ROWS)
+    finally:
+        if lookup is not None:
+            lookup.close()
+    label = backend.argmax_sql("r.dbdl_prediction") if width != 1 else "NULL"
+    backend.execute(f"CREATE TEMP TABLE {rows_t} AS SELECT r.dbdl_k AS dbdl_j, r.dbdl_prediction AS dbdl_out, "
+                    f"CAST({label} AS BIGINT) AS dbdl_label FROM {raw} AS r")
+    backend.drop_temp_table(raw)
+
+    missed = int(sum(len(k) for k in miss_keys))
+    hits = 0
+    if found:
+        seen = pa.concat_tables(found)
+        hits = len(pc.unique(seen.column("key")))
+        cleanup.append(hits_t)
+        backend.cache_table(hits_t, seen.rename_columns(["dbdl_k", "dbdl_gen"]))
+    if missed:
+        outputs = np.concatenate(miss_out)
+        keys = np.concatenate(miss_keys)
+        labels = pa.nulls(missed, pa.int64()) if width == 1 else pa.array(np.argmax(outputs, axis=1), pa.int64())
+        cleanup.append(scored)
+        backend.cache_table(scored, pa.table({
+            "dbdl_k": pa.Array.from_buffers(pa.binary(), missed, [None, pa.py_buffer(
+                np.arange(0, 16 * missed + 1, 16, dtype=np.int32)), pa.py_buffer(keys.tobytes())]),
+            "dbdl_out": pa.FixedSizeListArray.from_arrays(pa.array(outputs.reshape(-1)), width),
+            "dbdl_label": labels}))
+    if missed or hits:
+        _write_client(backend, model, options, scored, hits_t, hits, missed)
+    select.join(exp.to_table(rows_t), on=backend.equals(exp.column("dbdl_j", table=rows_t), identity.copy()),
+                join_type="left", copy=False)
+    select.args["joins"][-1].meta["dbdl_added"] = True
+    return (rows_t,)
 
 
 def _streams(strategy: str | None, chosen: str | None) -> bool:

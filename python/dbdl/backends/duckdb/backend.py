@@ -46,6 +46,7 @@ class DuckDBBackend(DuckDBFunctions, Backend):
     auto_upgrade = True  # an embedded file belongs to its user: connect() applies pending migrations
     #: result cache keys: BLAKE2b-128 of the float32 bytes (udf.py: cache_key)
     cache_key_bytes = 16
+    cache_streams = True  # keys digested and looked up while the rows stream out (udf.py)
     #: identifies a base table's rows within one connection
     row_identity = "rowid"
 
