@@ -542,3 +542,32 @@ def test_a_duckdb_cache_filled_before_0006_keeps_its_rows_and_loses_its_index(ur
         assert (stats.hits, stats.rows) == (len(features), len(features))
     finally:
         db.close()
+
+
+@pytest.mark.never(["postgres"], reason="PostgreSQL's keys are the server's (dbdl.cache_fill); DuckDB's client streams")
+def test_keys_looked_up_batch_by_batch_give_the_uncached_rows(db, features, mlp_onnx, monkeypatch):
+    """DuckDB digests and looks up keys a batch at a time while the rows stream out: an input
+    repeated in a later batch, hits in every batch and NULL rows give exactly the uncached rows,
+    and the counters count distinct inputs."""
+    import dbdl.strategies.dl as dl
+
+    x = features[:120].copy()
+    x[100] = x[5]  # the same input in another batch
+    x[101] = x[100]
+    db.create_table("t", {"id": np.arange(len(x)), "feats": x})
+    db.sql("UPDATE t SET feats = NULL WHERE id IN (7, 60)")
+    db.models.register("m", mlp_onnx)
+    sql = "SELECT id, predict_array('m', feats) AS a, predict_class('m', feats) AS c FROM t ORDER BY id"
+    plain = db.sql(sql, strategy="dl").arrow()
+    monkeypatch.setattr(dl, "BATCH_ROWS", 16)
+    db.models.set_options("m", cache=True)
+    db.sql("SELECT predict_array('m', feats) FROM t WHERE id % 3 = 0")  # a third cached, in every batch
+    assert db.sql(sql).arrow().to_pylist() == plain.to_pylist()
+    distinct = len(x) - 2 - 2  # two NULLs; rows 100 and 101 are row 5's input
+    first = len([i for i in range(0, len(x), 3) if i != 60])  # the first query's distinct inputs
+    (stats,) = db.models.cache_stats("m")
+    assert stats.rows == cache_rows(db, "m") == distinct
+    assert (stats.hits, stats.misses) == (first, distinct)
+    assert db.sql(sql).arrow().to_pylist() == plain.to_pylist()
+    (stats,) = db.models.cache_stats("m")
+    assert (stats.hits, stats.misses, stats.rows) == (first + distinct, distinct, distinct)
