@@ -227,6 +227,7 @@ def _cached_stream(backend: "Backend", model: ResolvedModel, select: exp.Select,
 
     rows_t, raw, hits_t, scored = f"dbdl_cr_{n}", f"dbdl_cr_{n}_raw", f"dbdl_ch_{n}", f"dbdl_cs_{n}"
     width = int(model.output_spec.per_row)
+    key_type = np.dtype(f"V{backend.cache_key_bytes:d}")  # the keys as numpy sees them: fixed-width bytes
     source = source_rows(select)
     source.set("expressions", [exp.alias_(identity.copy(), "dbdl_k"),
                                exp.alias_(backend.cache_input(model, features.copy()), "dbdl_f")])
@@ -236,7 +237,9 @@ def _cached_stream(backend: "Backend", model: ResolvedModel, select: exp.Select,
     scored_at: dict[bytes, int] = {}  # key of a miss → its row among the statement's misses
     miss_keys: list[np.ndarray] = []
     miss_out: list[np.ndarray] = []
-    found: list[pa.Table] = []
+    hit_keys: set[bytes] = set()  # the distinct inputs found in the cache (the hits counted)
+    stale: list[tuple[np.ndarray, np.ndarray]] = []  # hits of old generations: (keys, generations)
+    refresh_below = (entry.gen - 1) if entry is not None else 0
 
     def score(columns) -> np.ndarray:
         column = columns[0]
@@ -247,13 +250,17 @@ def _cached_stream(backend: "Backend", model: ResolvedModel, select: exp.Select,
         if not len(matrix):
             return out
         keys = backend.cache_digests(matrix)
-        digests = np.frombuffer(keys.buffers()[2], dtype="V16", count=len(matrix))
+        digests = np.frombuffer(keys.buffers()[2], dtype=key_type, count=len(matrix))
         todo = np.ones(len(matrix), dtype=bool)
         if lookup is not None:
             hits = lookup(keys)
             if hits.num_rows:
-                found.append(hits.select(["key", "gen"]))
                 at = hits.column("i").to_numpy()
+                hit_keys.update(digests[at].tolist())
+                # rows of a generation before the previous one get refreshed (_write_client)
+                gens = hits.column("gen").to_numpy()
+                old = gens < refresh_below
+                stale.append((digests[at][old], gens[old]))
                 out[at] = np.asarray(pc.list_flatten(hits.column("output")).to_numpy(zero_copy_only=False),
                                      dtype=np.float32).reshape(-1, width)
                 todo[at] = False
@@ -287,20 +294,17 @@ def _cached_stream(backend: "Backend", model: ResolvedModel, select: exp.Select,
     backend.drop_temp_table(raw)
 
     missed = int(sum(len(k) for k in miss_keys))
-    hits = 0
-    if found:
-        seen = pa.concat_tables(found)
-        hits = len(pc.unique(seen.column("key")))
+    hits = len(hit_keys)
+    if hits:
         cleanup.append(hits_t)
-        backend.cache_table(hits_t, seen.rename_columns(["dbdl_k", "dbdl_gen"]))
+        backend.cache_table(hits_t, pa.table({"dbdl_k": _binary(np.concatenate([k for k, _ in stale])),
+                                              "dbdl_gen": pa.array(np.concatenate([g for _, g in stale]), pa.int64())}))
     if missed:
         outputs = np.concatenate(miss_out)
-        keys = np.concatenate(miss_keys)
         labels = pa.nulls(missed, pa.int64()) if width == 1 else pa.array(np.argmax(outputs, axis=1), pa.int64())
         cleanup.append(scored)
         backend.cache_table(scored, pa.table({
-            "dbdl_k": pa.Array.from_buffers(pa.binary(), missed, [None, pa.py_buffer(
-                np.arange(0, 16 * missed + 1, 16, dtype=np.int32)), pa.py_buffer(keys.tobytes())]),
+            "dbdl_k": _binary(np.concatenate(miss_keys)),
             "dbdl_out": pa.FixedSizeListArray.from_arrays(pa.array(outputs.reshape(-1)), width),
             "dbdl_label": labels}))
     if missed or hits:
@@ -309,6 +313,13 @@ def _cached_stream(backend: "Backend", model: ResolvedModel, select: exp.Select,
                 join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True
     return (rows_t,)
+
+
+def _binary(digests: np.ndarray) -> pa.Array:
+    """A binary Arrow array of the fixed-width keys held in a numpy ``V<bytes>`` array."""
+    n, size = len(digests), digests.dtype.itemsize
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(np.arange(0, size * n + 1, size, dtype=np.int32)),
+                                                  pa.py_buffer(np.ascontiguousarray(digests).tobytes())])
 
 
 def _streams(strategy: str | None, chosen: str | None) -> bool:
