@@ -9,10 +9,14 @@ choice of strategy. Each round runs, one after the other,
   - with the cache empty (every row a miss: what the cache costs),
   - with 90% of the rows scored before (the first 90% of ids, filled by an untimed query first),
   - with every row scored before;
-the best of DBDL_BENCH_ROUNDS rounds (default 3) of each is divided by the reference's best.
+each case's time in a round is divided by that round's reference (run just before it: the load of
+a shared machine drifts), and the median over DBDL_BENCH_ROUNDS rounds (default 3) is reported,
+with the best seconds of each case.
 Every cached answer is compared with the reference's, bit for bit. After the timed rounds one
 more run of each cached case is split into its steps (keys, the join with the cache, scoring the
-misses, writing them, bookkeeping, the statement itself) by timing the backend's calls.
+misses, writing them, bookkeeping, the statement itself), in µs per row, by timing the backend's
+calls (on DuckDB's one pass, "scoring misses" holds the stream: reading the rows, their digests,
+the look-ups and the misses' scoring).
 Writes docs/bench/cache.{md,json,png}. DBDL_BENCH_BACKENDS=duckdb,postgres picks.
 """
 
@@ -131,12 +135,14 @@ def run_backend(backend: str, rows: int, rounds: int, folder: Path) -> tuple[lis
             same &= result().equals(reference)
             return seconds
 
+        ratios: dict[str, list[float]] = {case: [] for case in CASES}
         for r in range(rounds):
+            times = {case: case_run(case) for case in CASES}
             for case in CASES:
-                best[case] = min(best[case], case_run(case))
+                best[case] = min(best[case], times[case])
+                ratios[case].append(times[case] / times["no cache"])
             print(f"[{backend}] round {r + 1}: " + ", ".join(
-                f"{c} {best[c]:.2f}s" if c == "no cache" else f"{c} {best[c] / best['no cache']:.3f}×" for c in CASES),
-                flush=True)
+                f"{c} {times[c]:.2f}s" if c == "no cache" else f"{c} {ratios[c][-1]:.3f}×" for c in CASES), flush=True)
         if not same:
             raise SystemExit("the cached query returned other rows than the uncached one")
         # one instrumented run per cached case: where its time goes
@@ -151,14 +157,17 @@ def run_backend(backend: str, rows: int, rounds: int, folder: Path) -> tuple[lis
                 total = timed(lambda: db.sql("CREATE TABLE scores AS SELECT id, predict_array('m', feats) AS p FROM t"))
             split = dict(timer.seconds)
             split["planning, other"] = max(0.0, total - sum(split.values())) + split.pop("other", 0.0)
-            steps[case] = {k: v / best["no cache"] for k, v in split.items()}
-            print(f"[{backend}] {case}, ÷ no cache by step: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in steps[case].items()), flush=True)
+            steps[case] = {k: v / rows * 1e6 for k, v in split.items()}  # µs per row of the table
+            print(f"[{backend}] {case}, µs per row by step (no cache: {best['no cache'] / rows * 1e6:.1f}): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in steps[case].items()), flush=True)
         plan = db.explain("SELECT predict_array('m', feats) FROM t")[0]
         db.models.set_options("m", cache=False)
         db.close()
+    # the ratio of a round is taken against that round's reference, run just before it (the load
+    # of a shared machine drifts over a run); the median of the rounds is reported
     out = [{"backend": backend, "model": MODEL, "case": case, "seconds": best[case], "rows_per_s": rows / best[case],
-            "ratio": best[case] / best["no cache"], "target": TARGETS.get(case)} for case in CASES]
+            "ratio": float(np.median(ratios[case])), "ratios": ratios[case], "target": TARGETS.get(case)}
+           for case in CASES]
     print(f"[{backend}] same rows as uncached: {same}; planner: {plan.choice}", flush=True)
     return out, steps
 
@@ -195,8 +204,8 @@ def write(results: list[dict], steps: dict[str, dict], rows: int, rounds: int) -
     for col in header:
         table.add_column(col, justify="left" if col in ("backend", "case") else "right")
     lines = [f"# {title}", "", (f"Machine: {machine()}. Strategy: the planner's choice. Ratios are times (lower is "
-                                f"better) against the same query without the cache, best of {rounds} interleaved "
-                                "rounds in the same run."),
+                                "better) against the same query without the cache in the same round, the median of "
+                                f"{rounds} interleaved rounds in one run; seconds are each case's best."),
              "", "| " + " | ".join(header) + " |", "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
         target = r.get("target")
@@ -205,10 +214,14 @@ def write(results: list[dict], steps: dict[str, dict], rows: int, rounds: int) -
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     Console().print(table)
+    lines += ["", "Per round: " + "; ".join(f"{r['backend']} {r['case']} " + ", ".join(f"{x:.3f}" for x in r["ratios"])
+                                          for r in results if r["case"] != "no cache" and "ratios" in r) + "."]
     if steps:
         names = list(dict.fromkeys(k for split in steps.values() for case in split.values() for k in case))
-        lines += ["", ("Where a cached query's time goes (one instrumented run per case after the timed ones; "
-                       "each step ÷ the uncached query's time):"), "",
+        lines += ["", ("Where a cached query's time goes: µs per row of the table, by step, in one instrumented "
+                       "run per case after the timed ones (the uncached query's best: "
+                       + ", ".join(f"{r['backend']} {r['seconds'] / rows * 1e6:.1f} µs" for r in results
+                                   if r["case"] == "no cache") + "):"), "",
                   "| backend | case | " + " | ".join(names) + " |", "| --- | --- |" + " ---: |" * len(names)]
         for backend, split in steps.items():
             for case, parts in split.items():
