@@ -83,7 +83,7 @@ class Backend(ABC):
     cache_filled_in_server: ClassVar[bool] = False
     #: the client digests and looks up a cached call's keys itself while the rows stream out, and
     #: scores the misses from the same stream (``cache_input``, ``cache_digests``, ``cache_lookup``:
-    #: DuckDB's udf.py; planner/cachejoin.py)
+    #: DuckDB's udf.py; ``arrow_temp_table``; planner/cachejoin.py)
     cache_streams: ClassVar[bool] = False
     #: a pseudo-column that identifies a base table's rows across the statements of one query
     #: (DuckDB's rowid, PostgreSQL's ctid): DL-centric results and cache keys are joined back by it

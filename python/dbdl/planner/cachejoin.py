@@ -297,13 +297,13 @@ def _cached_stream(backend: "Backend", model: ResolvedModel, select: exp.Select,
     hits = len(hit_keys)
     if hits:
         cleanup.append(hits_t)
-        backend.cache_table(hits_t, pa.table({"dbdl_k": _binary(np.concatenate([k for k, _ in stale])),
+        backend.arrow_temp_table(hits_t, pa.table({"dbdl_k": _binary(np.concatenate([k for k, _ in stale])),
                                               "dbdl_gen": pa.array(np.concatenate([g for _, g in stale]), pa.int64())}))
     if missed:
         outputs = np.concatenate(miss_out)
         labels = pa.nulls(missed, pa.int64()) if width == 1 else pa.array(np.argmax(outputs, axis=1), pa.int64())
         cleanup.append(scored)
-        backend.cache_table(scored, pa.table({
+        backend.arrow_temp_table(scored, pa.table({
             "dbdl_k": _binary(np.concatenate(miss_keys)),
             "dbdl_out": pa.FixedSizeListArray.from_arrays(pa.array(outputs.reshape(-1)), width),
             "dbdl_label": labels}))

@@ -202,7 +202,10 @@ class DuckDBBackend(DuckDBFunctions, Backend):
         data = {name: pa.concat_arrays(parts) if parts else pa.array([], type)
                 for name, type, parts in zip(names, types, keys)}
         data["dbdl_prediction"] = pa.concat_arrays(outputs) if outputs else pa.array([], pa.float32())
-        data = pa.table(data)
+        self.arrow_temp_table(table, pa.table(data))
+
+    def arrow_temp_table(self, table: str, data: pa.Table) -> None:
+        """(Re)create the temporary table ``table`` (dbdl's own name) holding ``data``."""
         view = f"{table}_arrow"
         self.con.register(view, data)
         try:

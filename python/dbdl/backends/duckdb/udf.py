@@ -337,17 +337,6 @@ class DuckDBFunctions:
         lookup.close = cursor.close
         return lookup
 
-    def cache_table(self, table: str, data: pa.Table) -> None:
-        """A temporary table (dbdl's own name) holding ``data``, for the cache's statement tables."""
-        view = f"{table}_arrow"
-        self.con.register(view, data)
-        try:
-            self.con.execute(f"CREATE TEMP TABLE {table} AS SELECT * FROM {view}")
-        except duckdb.Error as exc:
-            raise self._translate(exc) from exc
-        finally:
-            self.con.unregister(view)
-
     def _make_model_udf(self, kind: str, model: ResolvedModel, session: Any, signature: Any, outputs: int | None):
         fixed = kind == "array" and outputs is not None
         out_type = pa.list_(pa.float32(), outputs) if fixed else OUT_TYPES[kind]
