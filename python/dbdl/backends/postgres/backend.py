@@ -306,12 +306,14 @@ class PostgresBackend(Backend):
     def argmax_sql(self, values: str) -> str:
         return f"dbdl.argmax({values})"
 
-    def analyze(self, table: str) -> None:
+    def analyze(self, table: str, columns: Sequence[str] = ()) -> None:
         # temporary tables get no statistics from autovacuum, and without them the planner joins
         # 10^6 keys by nested index look-ups (7x slower than the hash join it picks with them);
         # a role that does not own the table only gets a warning, never an error
         try:
-            self.con.execute(f"ANALYZE {exp.to_table(table).sql(dialect='postgres')}")
+            named = f" ({', '.join(exp.to_identifier(c, quoted=True).sql(dialect='postgres') for c in columns)})" \
+                if columns else ""
+            self.con.execute(f"ANALYZE {exp.to_table(table).sql(dialect='postgres')}{named}")
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
 
