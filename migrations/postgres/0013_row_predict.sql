@@ -1,0 +1,82 @@
+-- dbdl 0013 (PostgreSQL): row-at-a-time predict without per-row lookups (issue 14).
+--
+-- dbdl.predict / predict_array / predict_class on a real[] or a bytea (the forms of 0007) now call
+-- dbdl.predict_*_row, which keeps the model reference's resolution for as long as the caller's
+-- registry view stays the same, instead of querying the registry on every row, and runs the
+-- common model through a bound onnxruntime call (dbdl_udf.pgrow). The view is named by a token
+-- the wrapper computes in the caller's query: the current snapshot (pg_snapshot_send: xmin, xmax
+-- and the transactions in progress) and the transaction's start. Same token, same committed
+-- transactions visible, same registry rows: the semantics of 0007 (a STABLE function reads the
+-- registry as of its statement's snapshot) are kept exactly. This transaction's own writes to the
+-- registry do not change the snapshot, so the registry's triggers drop the process's resolutions
+-- and none is cached again in that transaction.
+--
+-- The _row functions are SECURITY INVOKER without a SET clause (a SET costs a setting change on
+-- every row): they read the registry through dbdl.resolve_model and dbdl.model_bytes (definer
+-- functions dbdl_user may call), in plans that name every function with its schema. The wrappers'
+-- standard-SQL bodies are bound here, once, and still inlined into the caller's query.
+
+CREATE OR REPLACE FUNCTION dbdl.predict_scalar_row(model pg_catalog.text, data pg_catalog.bytea,
+                                                   packed pg_catalog.bool, token pg_catalog.bytea)
+RETURNS pg_catalog.float4 LANGUAGE plpython3u STABLE PARALLEL UNSAFE AS $$
+if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
+return GD["dbdl"].predict_row(plpy, model, data, packed, token, "scalar")
+$$;
+
+CREATE OR REPLACE FUNCTION dbdl.predict_vector_row(model pg_catalog.text, data pg_catalog.bytea,
+                                                   packed pg_catalog.bool, token pg_catalog.bytea)
+RETURNS pg_catalog.float4[] LANGUAGE plpython3u STABLE PARALLEL UNSAFE AS $$
+if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
+return GD["dbdl"].predict_row(plpy, model, data, packed, token, "array")
+$$;
+
+CREATE OR REPLACE FUNCTION dbdl.predict_argmax_row(model pg_catalog.text, data pg_catalog.bytea,
+                                                   packed pg_catalog.bool, token pg_catalog.bytea)
+RETURNS pg_catalog.int8 LANGUAGE plpython3u STABLE PARALLEL UNSAFE AS $$
+if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
+return GD["dbdl"].predict_row(plpy, model, data, packed, token, "class")
+$$;
+
+DO $$
+DECLARE
+    f record;
+    token pg_catalog.text := 'pg_catalog.byteacat(pg_catalog.pg_snapshot_send(pg_catalog.pg_current_snapshot()), '
+                             'pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()))';
+BEGIN
+    FOR f IN SELECT * FROM (VALUES ('predict', 'pg_catalog.float4', 'predict_scalar_row'),
+                                   ('predict_array', 'pg_catalog.float4[]', 'predict_vector_row'),
+                                   ('predict_class', 'pg_catalog.int8', 'predict_argmax_row')) AS v(name, returns, impl) LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE OR REPLACE FUNCTION dbdl.%I(model pg_catalog.text, features pg_catalog.float4[]) RETURNS %s '
+            'LANGUAGE sql STABLE PARALLEL UNSAFE RETURN dbdl.%I(model, pg_catalog.array_send(features), true, %s)',
+            f.name, f.returns, f.impl, token);
+        EXECUTE pg_catalog.format(
+            'CREATE OR REPLACE FUNCTION dbdl.%I(model pg_catalog.text, features pg_catalog.bytea) RETURNS %s '
+            'LANGUAGE sql STABLE PARALLEL UNSAFE RETURN dbdl.%I(model, features, false, %s)',
+            f.name, f.returns, f.impl, token);
+    END LOOP;
+END
+$$;
+
+-- This process's own registry writes (dbdl's functions, or the owner's SQL): forget the resolutions
+CREATE OR REPLACE FUNCTION dbdl.registry_changed() RETURNS trigger
+LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
+if "dbdl" in GD:
+    GD["dbdl"].registry_changed(plpy)
+return None
+$$;
+
+DROP TRIGGER IF EXISTS row_resolutions ON dbdl.models;
+CREATE TRIGGER row_resolutions AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dbdl.models
+    FOR EACH STATEMENT EXECUTE FUNCTION dbdl.registry_changed();
+DROP TRIGGER IF EXISTS row_resolutions ON dbdl.model_versions;
+CREATE TRIGGER row_resolutions AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dbdl.model_versions
+    FOR EACH STATEMENT EXECUTE FUNCTION dbdl.registry_changed();
+
+-- Who may call what: new functions start executable by PUBLIC
+REVOKE ALL ON FUNCTION dbdl.predict_scalar_row(text, bytea, boolean, bytea),
+    dbdl.predict_vector_row(text, bytea, boolean, bytea), dbdl.predict_argmax_row(text, bytea, boolean, bytea),
+    dbdl.registry_changed() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dbdl.predict_scalar_row(text, bytea, boolean, bytea),
+    dbdl.predict_vector_row(text, bytea, boolean, bytea), dbdl.predict_argmax_row(text, bytea, boolean, bytea)
+    TO dbdl_user;
