@@ -480,23 +480,21 @@ _ROW_TOKEN = ("pg_catalog.byteacat(pg_catalog.pg_snapshot_send(pg_catalog.pg_cur
 _ROW_RESOLVE = f"SELECT r.name, r.version, r.sha256, r.signature, {_ROW_TOKEN} AS token FROM dbdl.resolve_model($1) AS r"
 
 
+@sql_errors
 def predict_row(plpy, model: str | None, data: bytes | None, packed: bool, token: bytes | None, kind: str) -> Any:
     """predict (``scalar``) / predict_array / predict_class of one row: ``data`` is array_send() of a
     real[] when ``packed``, else a bytea; ``token`` names the caller's registry view (the same
     expression as ``_ROW_TOKEN``, computed by the SQL wrapper)."""
     if model is None or data is None:
         return None
-    try:
-        entry = ROWS.entries.get(model) if token == ROWS.token else None
-        if entry is None:
-            entry = _row_entry(plpy, model, token)
-        if entry.scorer is not None:
-            value = entry.scorer.score(data, packed, kind)
-            if value is not NOT_FAST:
-                return value
-        return _row_general(plpy, entry, model, data, packed, kind)
-    except Error as exc:
-        raise_for_sql(plpy, exc)
+    entry = ROWS.entries.get(model) if token == ROWS.token else None
+    if entry is None:
+        entry = _row_entry(plpy, model, token)
+    if entry.scorer is not None:
+        value = entry.scorer.score(data, packed, kind)
+        if value is not NOT_FAST:
+            return value
+    return _row_general(plpy, entry, model, data, packed, kind)
 
 
 def _row_entry(plpy, model: str, token: bytes | None) -> RowEntry:
@@ -529,6 +527,7 @@ def _row_general(plpy, entry: RowEntry, model: str, data: bytes, packed: bool, k
                              data, packed, kind)
 
 
+@sql_errors
 def registry_changed(plpy) -> None:
     """The body of the registry's statement triggers (0013): this process wrote dbdl.models or
     dbdl.model_versions, so the row path forgets its resolutions, and caches none in this transaction."""
