@@ -139,18 +139,24 @@ def test_a_promotion_is_seen_by_the_next_snapshot_and_a_repeatable_read_keeps_it
 def test_this_transactions_own_writes_count_at_once_and_a_rolled_back_one_is_undone(rowdb):
     v1, v2 = (_per_row(rowdb["onnx"][k], rowdb["x"]) for k in (1, 2))
     with _con(rowdb, autocommit=False) as con:
+        # REPEATABLE READ: one snapshot, so one token, for the whole transaction
+        con.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         assert _serving_array(con).tobytes() == v1.tobytes()
         con.execute("SAVEPOINT s")
         con.execute("SELECT dbdl.promote_model('m', 2)")
         assert _serving_array(con).tobytes() == v2.tobytes()
         con.execute("ROLLBACK TO SAVEPOINT s")
         assert _serving_array(con).tobytes() == v1.tobytes()
+        con.rollback()
+        assert _serving_array(con).tobytes() == v1.tobytes()
         # inside one statement: a plpgsql block that scores, promotes, scores, and undoes the promotion
         con.execute("CREATE TEMP TABLE seen (k int, v real[])")
-        con.execute("DO $$ BEGIN INSERT INTO seen SELECT 1, dbdl.predict_array('m', feats) FROM t WHERE id = 0; "
+        con.execute("DO $$ DECLARE v real[]; BEGIN "
+                    "INSERT INTO seen SELECT 1, dbdl.predict_array('m', feats) FROM t WHERE id = 0; "
                     "BEGIN PERFORM dbdl.promote_model('m', 2); "
-                    "INSERT INTO seen SELECT 2, dbdl.predict_array('m', feats) FROM t WHERE id = 0; "
+                    "v := (SELECT dbdl.predict_array('m', feats) FROM t WHERE id = 0); "
                     "RAISE EXCEPTION 'undo'; EXCEPTION WHEN raise_exception THEN NULL; END; "
+                    "INSERT INTO seen VALUES (2, v); "
                     "INSERT INTO seen SELECT 3, dbdl.predict_array('m', feats) FROM t WHERE id = 0; END $$")
         seen = {k: np.array(v, np.float32).tobytes() for k, v in con.execute("SELECT k, v FROM seen").fetchall()}
         assert seen == {1: v1[0].tobytes(), 2: v2[0].tobytes(), 3: v1[0].tobytes()}
