@@ -23,9 +23,11 @@ if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
 return GD["dbdl"].predict_row(plpy, model, data, packed, token, "scalar")
 $$;
 
+-- the output vector as a real[] literal: one format call in Python and array_in here cost less than
+-- PL/Python's conversion of a list (str() and float4in per element); 9 digits give each float32 back
 CREATE OR REPLACE FUNCTION dbdl.predict_vector_row(model pg_catalog.text, data pg_catalog.bytea,
                                                    packed pg_catalog.bool, token pg_catalog.bytea)
-RETURNS pg_catalog.float4[] LANGUAGE plpython3u STABLE PARALLEL UNSAFE AS $$
+RETURNS pg_catalog.text LANGUAGE plpython3u STABLE PARALLEL UNSAFE AS $$
 if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
 return GD["dbdl"].predict_row(plpy, model, data, packed, token, "array")
 $$;
@@ -43,17 +45,20 @@ DECLARE
     token pg_catalog.text := 'pg_catalog.byteacat(pg_catalog.pg_snapshot_send(pg_catalog.pg_current_snapshot()), '
                              'pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()))';
 BEGIN
-    FOR f IN SELECT * FROM (VALUES ('predict', 'pg_catalog.float4', 'predict_scalar_row'),
-                                   ('predict_array', 'pg_catalog.float4[]', 'predict_vector_row'),
-                                   ('predict_class', 'pg_catalog.int8', 'predict_argmax_row')) AS v(name, returns, impl) LOOP
+    FOR f IN SELECT * FROM (VALUES ('predict', 'pg_catalog.float4', 'predict_scalar_row', '%s'),
+                                   ('predict_array', 'pg_catalog.float4[]', 'predict_vector_row',
+                                    'CAST(%s AS pg_catalog.float4[])'),
+                                   ('predict_class', 'pg_catalog.int8', 'predict_argmax_row', '%s'))
+             AS v(name, returns, impl, result) LOOP
         EXECUTE pg_catalog.format(
             'CREATE OR REPLACE FUNCTION dbdl.%I(model pg_catalog.text, features pg_catalog.float4[]) RETURNS %s '
-            'LANGUAGE sql STABLE PARALLEL UNSAFE RETURN dbdl.%I(model, pg_catalog.array_send(features), true, %s)',
-            f.name, f.returns, f.impl, token);
+            'LANGUAGE sql STABLE PARALLEL UNSAFE RETURN %s', f.name, f.returns,
+            pg_catalog.format(f.result, pg_catalog.format('dbdl.%I(model, pg_catalog.array_send(features), true, %s)',
+                                                          f.impl, token)));
         EXECUTE pg_catalog.format(
             'CREATE OR REPLACE FUNCTION dbdl.%I(model pg_catalog.text, features pg_catalog.bytea) RETURNS %s '
-            'LANGUAGE sql STABLE PARALLEL UNSAFE RETURN dbdl.%I(model, features, false, %s)',
-            f.name, f.returns, f.impl, token);
+            'LANGUAGE sql STABLE PARALLEL UNSAFE RETURN %s', f.name, f.returns,
+            pg_catalog.format(f.result, pg_catalog.format('dbdl.%I(model, features, false, %s)', f.impl, token)));
     END LOOP;
 END
 $$;
@@ -80,3 +85,8 @@ REVOKE ALL ON FUNCTION dbdl.predict_scalar_row(text, bytea, boolean, bytea),
 GRANT EXECUTE ON FUNCTION dbdl.predict_scalar_row(text, bytea, boolean, bytea),
     dbdl.predict_vector_row(text, bytea, boolean, bytea), dbdl.predict_argmax_row(text, bytea, boolean, bytea)
     TO dbdl_user;
+-- the wrappers were replaced in place and keep 0007's grants; said again, so that they hold whatever came before
+REVOKE ALL ON FUNCTION dbdl.predict(text, real[]), dbdl.predict(text, bytea), dbdl.predict_array(text, real[]),
+    dbdl.predict_array(text, bytea), dbdl.predict_class(text, real[]), dbdl.predict_class(text, bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dbdl.predict(text, real[]), dbdl.predict(text, bytea), dbdl.predict_array(text, real[]),
+    dbdl.predict_array(text, bytea), dbdl.predict_class(text, real[]), dbdl.predict_class(text, bytea) TO dbdl_user;

@@ -44,7 +44,7 @@ _KINDS = ("scalar", "array", "class")
 class RowScorer:
     """One model version's output, scored one row at a time through a bound onnxruntime call."""
 
-    __slots__ = ("kinds", "width", "_run", "_row", "_row_bytes", "_raw", "_src", "_flat", "_in", "_out",
+    __slots__ = ("kinds", "width", "_run", "_row", "_row_bytes", "_raw", "_src", "_flat", "_vector", "_in", "_out",
                  "_binding", "_session")
 
     def __init__(self, session, input_name: str, input_shape: tuple[int, ...], output_name: str,
@@ -58,6 +58,7 @@ class RowScorer:
         self._row = self._in.reshape(-1)
         self._row_bytes = memoryview(self._in).cast("B") if _LITTLE else None
         self._flat = self._out.reshape(-1)
+        self._vector = vector_format(per_row)
         # array_send() bytes land here as they are; _src reads their values (every 8 bytes, after
         # each element's length word) as big-endian float32
         self._raw = bytearray(20 + 8 * width)
@@ -110,8 +111,26 @@ class RowScorer:
         if kind == "class":
             return int(self._flat.argmax())
         if kind == "array":
-            return self._flat.tolist()
+            return self._vector % tuple(self._flat.tolist())
         return self._flat[0].item()
+
+
+_VECTOR_FORMATS: dict[int, str] = {}
+
+
+def vector_format(n: int) -> str:
+    """The %-format of a real[] literal of ``n`` float32 values: 9 significant digits give every
+    float32 back exactly (NaN, infinities and -0 included), and one format call plus PostgreSQL's
+    array_in cost a fraction of PL/Python's per-element conversion (str() and float4in per value)."""
+    text = _VECTOR_FORMATS.get(n)
+    if text is None:
+        text = _VECTOR_FORMATS[n] = "{" + ",".join(["%.9g"] * n) + "}"
+    return text
+
+
+def vector_text(values: list | None) -> str | None:
+    """A list of float32 values (the general path's predict_array result) as a real[] literal."""
+    return None if values is None else vector_format(len(values)) % tuple(values)
 
 
 class RowEntry:

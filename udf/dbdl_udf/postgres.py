@@ -23,7 +23,7 @@ from .errors import (ConfigurationError, DTypeMismatch, Error, InvalidArgument, 
                      ModelNotFound, ShapeMismatch)
 from .kinds import KINDS, OUTPUT_KINDS
 from .modelcheck import check_model_bytes
-from .pgrow import NOT_FAST, ROWS, RowEntry
+from .pgrow import NOT_FAST, ROWS, RowEntry, vector_text
 from .runtime import SESSIONS, Column, Signature, run_batch, run_feeds, shape_outputs, valid_rows
 
 
@@ -494,7 +494,8 @@ def predict_row(plpy, model: str | None, data: bytes | None, packed: bool, token
         value = entry.scorer.score(data, packed, kind)
         if value is not NOT_FAST:
             return value
-    return _row_general(plpy, entry, model, data, packed, kind)
+    value = _row_general(plpy, entry, model, data, packed, kind)
+    return vector_text(value) if kind == "array" else value  # predict_vector_row returns a real[] literal
 
 
 def _row_entry(plpy, model: str, token: bytes | None) -> RowEntry:
