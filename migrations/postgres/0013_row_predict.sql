@@ -16,27 +16,23 @@
 -- functions dbdl_user may call), in plans that name every function with its schema. The wrappers'
 -- standard-SQL bodies are bound here, once, and still inlined into the caller's query.
 
-CREATE OR REPLACE FUNCTION dbdl.predict_scalar_row(model pg_catalog.text, data pg_catalog.bytea,
-                                                   packed pg_catalog.bool, token pg_catalog.bytea)
-RETURNS pg_catalog.float4 LANGUAGE plpython3u STABLE PARALLEL UNSAFE AS $$
-if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
-return GD["dbdl"].predict_row(plpy, model, data, packed, token, "scalar")
-$$;
-
--- the output vector as a real[] literal: one format call in Python and array_in here cost less than
--- PL/Python's conversion of a list (str() and float4in per element); 9 digits give each float32 back
-CREATE OR REPLACE FUNCTION dbdl.predict_vector_row(model pg_catalog.text, data pg_catalog.bytea,
-                                                   packed pg_catalog.bool, token pg_catalog.bytea)
-RETURNS pg_catalog.text LANGUAGE plpython3u STABLE PARALLEL UNSAFE AS $$
-if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
-return GD["dbdl"].predict_row(plpy, model, data, packed, token, "array")
-$$;
-
-CREATE OR REPLACE FUNCTION dbdl.predict_argmax_row(model pg_catalog.text, data pg_catalog.bytea,
-                                                   packed pg_catalog.bool, token pg_catalog.bytea)
-RETURNS pg_catalog.int8 LANGUAGE plpython3u STABLE PARALLEL UNSAFE AS $$
-if "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")
-return GD["dbdl"].predict_row(plpy, model, data, packed, token, "class")
+-- predict_vector_row returns the output vector as a real[] literal, which its wrapper casts: one
+-- format call in Python and array_in cost less than PL/Python's conversion of a list (str() and
+-- float4in per element); 9 significant digits give each float32 back exactly
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT * FROM (VALUES ('predict_scalar_row', 'pg_catalog.float4', 'scalar'),
+                                   ('predict_vector_row', 'pg_catalog.text', 'array'),
+                                   ('predict_argmax_row', 'pg_catalog.int8', 'class')) AS v(name, returns, kind) LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE OR REPLACE FUNCTION dbdl.%I(model pg_catalog.text, data pg_catalog.bytea, packed pg_catalog.bool, '
+            'token pg_catalog.bytea) RETURNS %s LANGUAGE plpython3u STABLE PARALLEL UNSAFE AS %L', f.name, f.returns,
+            pg_catalog.format(E'\nif "dbdl" not in GD: plpy.execute("SELECT dbdl._bootstrap()")\n'
+                              'return GD["dbdl"].predict_row(plpy, model, data, packed, token, "%s")\n', f.kind));
+    END LOOP;
+END
 $$;
 
 DO $$
