@@ -182,7 +182,7 @@ def test_a_made_up_token_makes_no_later_statement_score_a_stale_version(rowdb):
                 "SELECT pg_catalog.byteacat(pg_catalog.pg_snapshot_send(%s::pg_catalog.pg_snapshot), "
                 "pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()))", (f"{xid + 1}:{xid + 1}:",)
             ).fetchone()[0]
-            got = victim.execute("SELECT dbdl.predict_vector_row('m', pg_catalog.array_send(feats), true, %s) "
+            got = victim.execute("SELECT dbdl.predict_vector_row('m', pg_catalog.array_send(feats), true, %s)::real[] "
                                  "FROM t ORDER BY id", (forged,)).fetchall()
             assert np.array([r[0] for r in got], np.float32).tobytes() == v1.tobytes()  # scored right, uncached
             victim.execute("RESET ROLE")
