@@ -211,10 +211,10 @@ def test_row_functions_need_dbdl_user_and_keep_nothing_a_role_without_it_can_use
             con.execute("SELECT dbdl.registry_changed()")
         acl = con.execute("SELECT p.proname, p.prosecdef, p.proconfig FROM pg_catalog.pg_proc p WHERE p.pronamespace "
                           "= 'dbdl'::regnamespace AND p.proname ~ '_row$|^registry_changed$' ORDER BY 1").fetchall()
-        # invoker code, run with the caller's rights; the trigger's path is pinned
+        # invoker code, run with the caller's rights; the trigger is definer code like the others
         assert acl == [("predict_argmax_row", False, None), ("predict_scalar_row", False, None),
                        ("predict_vector_row", False, None),
-                       ("registry_changed", False, ["search_path=pg_catalog, pg_temp"])]
+                       ("registry_changed", True, ["search_path=pg_catalog, dbdl, pg_temp"])]
     with _con(rowdb, "user") as con:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             con.execute("SELECT dbdl.registry_changed()")

@@ -61,7 +61,7 @@ $$;
 
 -- This process's own registry writes (dbdl's functions, or the owner's SQL): forget the resolutions
 CREATE OR REPLACE FUNCTION dbdl.registry_changed() RETURNS trigger
-LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpython3u SECURITY DEFINER SET search_path = pg_catalog, dbdl, pg_temp AS $$
 if "dbdl" in GD:
     GD["dbdl"].registry_changed(plpy)
 return None
