@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import best_of, database_url, features, interleaved, mlp, report, rows_env  # noqa: E402
+from common import best_of, database_url, features, mlp, report, rows_env  # noqa: E402
 
 import dbdl  # noqa: E402
 from dbdl_udf.runtime import make_session  # noqa: E402
@@ -30,38 +30,6 @@ def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def row_at_a_time(db, session, x: np.ndarray, rounds: int = 3) -> list[dict]:
-    """Row-at-a-time SELECT predict_class / predict_array (one PL/Python call per row) over the first
-    ROW_AT_A_TIME_ROWS rows, interleaved in the same run with raw onnxruntime on the same rows
-    (batched, 1 thread: the reference) and with one session.run per row (the floor of any
-    one-call-per-row path); each row carries its ratio to that interleaved reference."""
-    n = min(ROW_AT_A_TIME_ROWS, len(x))
-    rows, name = x[:n], session.get_inputs()[0].name
-
-    def sql(text: str):  # the PL/Python functions, whatever the planner would pick
-        return lambda: db.sql(text.format(n=n), strategy="udf").fetchall()
-
-    methods = {
-        "raw": lambda: [session.run(None, {name: rows[i:i + 2048]}) for i in range(0, n, 2048)],
-        "raw onnxruntime, one session.run per row (1 thread)": lambda: [session.run(None, {name: rows[i:i + 1]})
-                                                                        for i in range(n)],
-        "row-at-a-time SELECT predict_class(...)": sql("SELECT sum(predict_class('mlp', feats)) FROM t WHERE id < {n}"),
-        "row-at-a-time SELECT predict_class(...), bytea features":
-            sql("SELECT sum(predict_class('mlp', feats)) FROM tb WHERE id < {n}"),
-        "row-at-a-time SELECT predict_array(...)":
-            sql("SELECT sum(cardinality(predict_array('mlp', feats))) FROM t WHERE id < {n}"),
-    }
-    best = interleaved(methods, rounds)
-    out = []
-    for label, seconds in best.items():
-        if label != "raw":
-            out.append({"name": label, "rows_per_s": n / seconds, "vs_raw_same_run": best["raw"] / seconds,
-                        "us_per_row": seconds / n * 1e6})
-            print(f"{label}: {seconds / n * 1e6:.2f} µs/row, ÷ raw onnxruntime in the same run "
-                  f"{best['raw'] / seconds:.3f} (target ≥ 0.15 for predict_class)")
-    return out
 
 
 def main() -> None:
@@ -128,6 +96,40 @@ def main() -> None:
                 f"{ROW_AT_A_TIME_ROWS:,} rows, the naive pipeline on {NAIVE_ROWS:,}.")
     print(f"batched in-server (class, bytea) ÷ raw onnxruntime: {by_name['CALL predict_into, class, bytea features'] / raw:.3f} "
           f"(target ≥ 0.6); predict_into (array) into a table ÷ naive pipeline: {best_into / naive_rate:.1f}× (target ≥ 20)")
+
+
+def row_at_a_time(db, session, x: np.ndarray, rounds: int = 3) -> list[dict]:
+    """Row-at-a-time SELECT predict_class / predict_array (one PL/Python call per row) over the first
+    ROW_AT_A_TIME_ROWS rows, interleaved in the same run with raw onnxruntime on the same rows
+    (batched, 1 thread: the reference) and with one session.run per row (the floor of any
+    one-call-per-row path); each row carries its ratio to that interleaved reference."""
+    from common import interleaved
+
+    n = min(ROW_AT_A_TIME_ROWS, len(x))
+    rows, name = x[:n], session.get_inputs()[0].name
+
+    def sql(text: str):  # the PL/Python functions, whatever the planner would pick
+        return lambda: db.sql(text.format(n=n), strategy="udf").fetchall()
+
+    methods = {
+        "raw": lambda: [session.run(None, {name: rows[i:i + 2048]}) for i in range(0, n, 2048)],
+        "raw onnxruntime, one session.run per row (1 thread)": lambda: [session.run(None, {name: rows[i:i + 1]})
+                                                                        for i in range(n)],
+        "row-at-a-time SELECT predict_class(...)": sql("SELECT sum(predict_class('mlp', feats)) FROM t WHERE id < {n}"),
+        "row-at-a-time SELECT predict_class(...), bytea features":
+            sql("SELECT sum(predict_class('mlp', feats)) FROM tb WHERE id < {n}"),
+        "row-at-a-time SELECT predict_array(...)":
+            sql("SELECT sum(cardinality(predict_array('mlp', feats))) FROM t WHERE id < {n}"),
+    }
+    best = interleaved(methods, rounds)
+    out = []
+    for label, seconds in best.items():
+        if label != "raw":
+            out.append({"name": label, "rows_per_s": n / seconds, "vs_raw_same_run": best["raw"] / seconds,
+                        "us_per_row": seconds / n * 1e6})
+            print(f"{label}: {seconds / n * 1e6:.2f} µs/row, ÷ raw onnxruntime in the same run "
+                  f"{best['raw'] / seconds:.3f} (target ≥ 0.15 for predict_class)")
+    return out
 
 
 if __name__ == "__main__":
