@@ -241,6 +241,10 @@ WHERE l.lanname = 'plpython3u' ORDER BY 1;""").stdout.splitlines()
         proname, secdef, config = row.split("|")
         if proname in ("predict_into", "train_export"):
             assert secdef == "f", f"{proname} runs the caller's query: it must not run as the owner"
+        elif proname in ("predict_scalar_row", "predict_vector_row", "predict_argmax_row"):
+            # 0013's row path: invoker code without a SET (a setting change per row), reading the
+            # registry through definer helpers (tests/test_row_security.py tries to abuse it)
+            assert secdef == "f" and config == "", row
         else:
             assert secdef == "t" and "search_path=pg_catalog, dbdl, pg_temp" in config, row
     owner_schema = psql(server, name, "SELECT string_agg(DISTINCT n.nspname, ',') FROM pg_proc p "

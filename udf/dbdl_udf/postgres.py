@@ -23,6 +23,7 @@ from .errors import (ConfigurationError, DTypeMismatch, Error, InvalidArgument, 
                      ModelNotFound, ShapeMismatch)
 from .kinds import KINDS, OUTPUT_KINDS
 from .modelcheck import check_model_bytes
+from .pgrow import NOT_FAST, ROWS, RowEntry, vector_text
 from .runtime import SESSIONS, Column, Signature, run_batch, run_feeds, shape_outputs, valid_rows
 
 
@@ -391,13 +392,20 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
     if model is None or data is None:
         return None
     name, version, sha, signature, output, options = resolve_options(plpy, model)
-    ref = f"{name}@{version}"
+    return _predict_resolved(plpy, DEFINER, model, f"{name}@{version}", sha, signature, output, lambda: options,
+                             data, packed, kind)
+
+
+def _predict_resolved(plpy, plans: Plans, model: str, ref: str, sha: str, signature: Signature, output: int,
+                      options: Callable[[], dict], data: bytes, packed: bool, kind: str) -> Any:
+    """predict's body once ``model`` is resolved (to ``ref``, ``sha``, …); ``options()`` gives the
+    model's stored options (the row path reads them only when it gets here)."""
     if packed:
         x = pgarray.float4_vector(data, signature.n_features)
         if x is not None and len(signature.inputs) == 1 and signature.inputs[0].dtype == "float32":
             # the classic case — one float32 input, one real[] of its width — is what
             # build_feeds would make of it: feed it directly (a third of a row's time)
-            session, signature = _session(plpy, sha, DEFINER, ref)
+            session, signature = _session(plpy, sha, plans, ref)
             spec = signature.inputs[0]
             y = run_feeds(session, signature, {spec.name: x.reshape((1, *spec.shape))}, 1, output, ref)
             return _one_value(y, signature, output, ref, kind, model)
@@ -407,8 +415,8 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
         column = decode_bytea([bytes(data)], signature.n_features, ref)
     if not column.valid[0]:
         return None
-    session, signature = _session(plpy, sha, DEFINER, ref)
-    return _one_result(session, signature, [column], output, ref, kind, options, model)
+    session, signature = _session(plpy, sha, plans, ref)
+    return _one_result(session, signature, [column], output, ref, kind, options(), model)
 
 
 @sql_errors
@@ -457,6 +465,75 @@ def _number_text(value) -> str:
     """A numeric output as text for predict_text: whole numbers without '.0' (class ids)."""
     v = float(value)
     return str(int(v)) if v.is_integer() else repr(v)
+
+
+# -- row at a time: the cached path of 0013 -------------------------------------------------------
+# dbdl.predict / predict_array / predict_class on a real[] or a bytea call dbdl.predict_*_row with a
+# token of the caller's registry view (dbdl_udf.pgrow): a reference is resolved once per view, the
+# common model runs through a bound onnxruntime call. These functions are SECURITY INVOKER without
+# a SET clause (a SET costs a setting change per row): they read the registry only through
+# dbdl.resolve_model and dbdl.model_bytes, as predict_into does, in plans of the INVOKER context
+# that name every function with its schema.
+
+_ROW_TOKEN = ("pg_catalog.byteacat(pg_catalog.pg_snapshot_send(pg_catalog.pg_current_snapshot()), "
+              "pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()))")
+_ROW_RESOLVE = f"SELECT r.name, r.version, r.sha256, r.signature, {_ROW_TOKEN} AS token FROM dbdl.resolve_model($1) AS r"
+
+
+@sql_errors
+def predict_row(plpy, model: str | None, data: bytes | None, packed: bool, token: bytes | None, kind: str) -> Any:
+    """predict (``scalar``) / predict_array / predict_class of one row: ``data`` is array_send() of a
+    real[] when ``packed``, else a bytea; ``token`` names the caller's registry view (the same
+    expression as ``_ROW_TOKEN``, computed by the SQL wrapper)."""
+    if model is None or data is None:
+        return None
+    entry = ROWS.entries.get(model) if token == ROWS.token else None
+    if entry is None:
+        entry = _row_entry(plpy, model, token)
+    if entry.scorer is not None:
+        value = entry.scorer.score(data, packed, kind)
+        if value is not NOT_FAST:
+            return value
+    value = _row_general(plpy, entry, model, data, packed, kind)
+    return vector_text(value) if kind == "array" else value  # predict_vector_row returns a real[] literal
+
+
+def _row_entry(plpy, model: str, token: bytes | None) -> RowEntry:
+    """``model`` resolved under the current snapshot, kept for the view when ``token`` is its own."""
+    try:
+        row = plpy.execute(INVOKER.get(plpy, "row_resolve", _ROW_RESOLVE, ["pg_catalog.text"]), [model])[0]
+    except plpy.SPIError as exc:  # dbdl.resolve_model's own error (unknown model, bad reference), as it is
+        message = exc.args[0] if exc.args else str(exc)
+        spidata = getattr(exc, "spidata", None) or (None, None, None)  # (code, detail, hint, …)
+        extra = {k: v for k, v in (("detail", spidata[1]), ("hint", spidata[2])) if v is not None}
+        plpy.error(message.removeprefix("plpy.Error: "), sqlstate=exc.sqlstate, **extra)
+    name, version, sha = row["name"], int(row["version"]), row["sha256"]
+    signature = _signatures.get(sha) or Signature.from_json(row["signature"])
+    output = signature.output_index(catalog.parse_ref(model)[2])
+    ref = f"{name}@{version}"
+    session, signature = _session(plpy, sha, INVOKER, ref)
+    entry = RowEntry(name, version, sha, signature, output, session, ROWS.scorer(session, signature, sha, output))
+    ROWS.keep(token, bytes(row["token"]), model, entry)
+    return entry
+
+
+def _row_general(plpy, entry: RowEntry, model: str, data: bytes, packed: bool, kind: str) -> Any:
+    """Any other row or model: predict's own path, as the caller (options read through the catalog)."""
+    def options() -> dict:
+        if entry.options is None:
+            entry.options = _catalog_options(plpy, entry.name)
+        return entry.options
+
+    return _predict_resolved(plpy, INVOKER, model, entry.ref, entry.sha256, entry.signature, entry.output, options,
+                             data, packed, kind)
+
+
+@sql_errors
+def registry_changed(plpy) -> None:
+    """The body of the registry's statement triggers (0013): this process wrote dbdl.models or
+    dbdl.model_versions, so the row path forgets its resolutions, and caches none in this transaction."""
+    rows = plpy.execute("SELECT pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()) AS t")
+    ROWS.forget(bytes(rows[0]["t"]))
 
 
 # -- batched ----------------------------------------------------------------------------------
