@@ -12,9 +12,10 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.dbdl-installed
 
-PG_PACKAGES ?= postgresql-15 postgresql-plpython3-15
+PG_PACKAGES ?= postgresql-15 postgresql-plpython3-15 postgresql-server-dev-15
+PG_CONFIG   ?= pg_config
 
-.PHONY: install postgres-packages demo lint test bench clean
+.PHONY: install postgres-packages native demo lint test bench clean
 
 install: $(STAMP)
 
@@ -41,6 +42,18 @@ postgres-packages:
 		     "install them to run the PostgreSQL tests (they will be skipped)"; \
 	fi
 
+# predict_into's C helper (native/postgres, docs/postgres.md#the-c-helper): built in place with PGXS
+# (postgresql-server-dev-15), no root needed; `dbdl migrate` run as a superuser creates its functions
+# from native/postgres/dbdl_native.so. Without PGXS it is skipped and predict_into takes its
+# row-batch path, which gives the same values.
+native: postgres-packages
+	@if command -v $(PG_CONFIG) >/dev/null 2>&1 && [ -f "$$($(PG_CONFIG) --pgxs 2>/dev/null)" ]; then \
+		$(MAKE) --no-print-directory -C native/postgres PG_CONFIG=$(PG_CONFIG) with_llvm=no; \
+	else \
+		echo "native: PGXS not found ($(PG_CONFIG) --pgxs; Debian: postgresql-server-dev-15): the C helper" \
+		     "is not built, and predict_into takes its row-batch path"; \
+	fi
+
 demo: install
 	$(VENV)/bin/dbdl demo
 
@@ -50,7 +63,7 @@ lint: install
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) tools/import_cycles.py
 
-test: install postgres-packages lint
+test: install postgres-packages native lint
 	$(PY) -m pytest -q
 
 bench: install
@@ -58,3 +71,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -f native/postgres/dbdl_native.o native/postgres/dbdl_native.so native/postgres/dbdl_native.bc

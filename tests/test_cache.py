@@ -470,3 +470,104 @@ def test_a_limit_fills_the_cache_with_its_rows_only(db, cached, strategy, mlp_on
                                atol=1e-5)
     # only the LIMIT's rows were scored and cached (planner/rewrite.py: query.push_limit)
     assert cache_rows(db, "m") == (3 if filler(db, strategy) else 0)
+
+
+# -- issue 14: misses streamed from the source (DuckDB), the cache table without an index -------------
+
+
+def test_hits_and_misses_read_back_the_uncached_rows_bit_for_bit(db, cached, mlp_onnx):
+    """Half the rows cached first, then every row: hits and misses (the misses streamed from the
+    source into the model on DuckDB, keyed by their cache keys), duplicates, NULL rows, a LIMIT and
+    a join (keyed per distinct vector) give exactly the uncached rows, and each input is cached once."""
+    import hashlib
+
+    sql = "SELECT id, predict_array('m', feats) AS a, predict_class('m', feats) AS c FROM t ORDER BY id"
+    limited = "SELECT id, predict_array('m', feats) AS a FROM t WHERE id >= 140 ORDER BY id LIMIT 25"
+    joined = ("SELECT x.id, predict_array('m', x.feats) AS a FROM t AS x JOIN t AS y ON y.id = x.id "
+              "WHERE x.id >= 100 ORDER BY x.id")
+    plain = {s: db.sql(q(db, s), strategy="dl").arrow() for s in (sql, limited, joined)}
+    db.models.set_options("m", cache=True)
+    db.sql(q(db, "SELECT id, predict_array('m', feats) AS a FROM t WHERE id < 150 ORDER BY id"))
+    for s in (limited, sql, joined, sql):
+        got = db.sql(q(db, s), strategy=filler(db, "dl")).arrow()
+        assert got.to_pylist() == plain[s].to_pylist(), s
+    distinct = len(cached) - 2 - 1
+    (stats,) = db.models.cache_stats("m")
+    assert cache_rows(db, "m") == stats.rows == distinct  # no key written twice
+    keys = {bytes(k) for (k,) in db.sql("SELECT key FROM dbdl.result_cache").fetchall()}
+    if backend_is(db, "duckdb"):  # the client's key: BLAKE2b-128 of the float32 bytes, as before
+        want = {hashlib.blake2b(r.astype("<f4").tobytes(), digest_size=16).digest()
+                for i, r in enumerate(cached) if i not in (3, 4)}
+    else:
+        want = {hashlib.sha256(array_send_real(r)).digest() for i, r in enumerate(cached) if i not in (3, 4)}
+    assert keys == want
+
+
+def backend_is(db, name: str) -> bool:
+    return type(db.backend).__name__.lower().startswith(name)
+
+
+def array_send_real(row: np.ndarray) -> bytes:
+    """PostgreSQL's array_send of a one-dimensional real[] (what dbdl.cache_key digests)."""
+    import struct
+
+    head = struct.pack(">iiiii", 1, 0, 700, len(row), 1)
+    return head + b"".join(struct.pack(">i", 4) + struct.pack(">f", float(v)) for v in row)
+
+
+@pytest.mark.never(["postgres"], reason="migration 0006 is DuckDB's (PostgreSQL's cache keeps its primary key)")
+def test_a_duckdb_cache_filled_before_0006_keeps_its_rows_and_loses_its_index(url, mlp_onnx, features, monkeypatch):
+    from dbdl import migrate
+
+    shipped = migrate.available
+    monkeypatch.setattr(migrate, "available", lambda name: shipped(name)[:5])
+    db = dbdl.connect(url)
+    db.create_table("t", {"id": np.arange(len(features)), "feats": features})
+    db.models.register("m", mlp_onnx)
+    db.models.set_options("m", cache=True)
+    sql = "SELECT id, predict_array('m', feats) AS a FROM t ORDER BY id"
+    first = db.sql(sql).arrow()
+    before = db.sql("SELECT cache_id, key, output, label, gen FROM dbdl.result_cache ORDER BY key").fetchall()
+    assert len(before) == len(features)
+    db.close()
+    monkeypatch.setattr(migrate, "available", shipped)
+    db = dbdl.connect(url)  # applies 0006
+    try:
+        assert db.sql("SELECT cache_id, key, output, label, gen FROM dbdl.result_cache ORDER BY key").fetchall() == before
+        assert db.sql("SELECT count(*) FROM duckdb_indexes() WHERE table_name = 'result_cache'").scalar() == 0
+        assert db.sql("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'result_cache' "
+                      "AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')").scalar() == 0
+        assert db.sql(sql).arrow().to_pylist() == first.to_pylist()  # every row a hit of the old rows
+        (stats,) = db.models.cache_stats("m")
+        assert (stats.hits, stats.rows) == (len(features), len(features))
+    finally:
+        db.close()
+
+
+@pytest.mark.never(["postgres"], reason="PostgreSQL's keys are the server's (dbdl.cache_fill); DuckDB's client streams")
+def test_keys_looked_up_batch_by_batch_give_the_uncached_rows(db, features, mlp_onnx, monkeypatch):
+    """DuckDB digests and looks up keys a batch at a time while the rows stream out: an input
+    repeated in a later batch, hits in every batch and NULL rows give exactly the uncached rows,
+    and the counters count distinct inputs."""
+    import dbdl.strategies.dl as dl
+
+    x = features[:120].copy()
+    x[100] = x[5]  # the same input in another batch
+    x[101] = x[100]
+    db.create_table("t", {"id": np.arange(len(x)), "feats": x})
+    db.sql("UPDATE t SET feats = NULL WHERE id IN (7, 60)")
+    db.models.register("m", mlp_onnx)
+    sql = "SELECT id, predict_array('m', feats) AS a, predict_class('m', feats) AS c FROM t ORDER BY id"
+    plain = db.sql(sql, strategy="dl").arrow()
+    monkeypatch.setattr(dl, "BATCH_ROWS", 16)
+    db.models.set_options("m", cache=True)
+    db.sql("SELECT predict_array('m', feats) FROM t WHERE id % 3 = 0")  # a third cached, in every batch
+    assert db.sql(sql).arrow().to_pylist() == plain.to_pylist()
+    distinct = len(x) - 2 - 2  # two NULLs; rows 100 and 101 are row 5's input
+    first = len([i for i in range(0, len(x), 3) if i != 60])  # the first query's distinct inputs
+    (stats,) = db.models.cache_stats("m")
+    assert stats.rows == cache_rows(db, "m") == distinct
+    assert (stats.hits, stats.misses) == (first, distinct)
+    assert db.sql(sql).arrow().to_pylist() == plain.to_pylist()
+    (stats,) = db.models.cache_stats("m")
+    assert (stats.hits, stats.misses, stats.rows) == (first + distinct, distinct, distinct)

@@ -469,12 +469,14 @@ def test_one_number_per_row_feeds_1d_inputs(db, strategy):
     check(db, "SELECT id, predict('rec', u, i) FROM t", strategy, expected)
 
 
-def test_dl_runs_a_large_batch_in_slices_each_padded_to_its_own_rows(db, seq_model):
-    """More rows than one DL run takes (strategies/dl.py RUN_ROWS): each run is padded to its own
-    longest row and the outputs come back in row order, equal to row-by-row onnxruntime."""
-    from dbdl.strategies.dl import RUN_ROWS
+def test_dl_runs_a_large_batch_in_slices_each_padded_to_its_own_rows(db, seq_model, monkeypatch):
+    """More rows than one DL run takes (strategies/dl.py RUN_ROWS, lowered here so the table stays
+    small): each run is padded to its own longest row and the outputs come back in row order, equal
+    to row-by-row onnxruntime."""
+    from dbdl.strategies import dl
 
-    n = 2 * RUN_ROWS + 123
+    monkeypatch.setattr(dl, "RUN_ROWS", 256)
+    n = 2 * dl.RUN_ROWS + 123
     db.sql(per_backend(
         db, duckdb=f"CREATE TABLE t AS SELECT i::INTEGER AS id, list_transform(range(1 + i % 17), "
                    f"lambda x: ((x * 7 + i) % {VOCAB} + 1)::INTEGER) AS tokens FROM range({n}) r(i)",

@@ -11,6 +11,7 @@ attacker's ``rolsuper`` stays false.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from pathlib import Path
@@ -19,11 +20,19 @@ import numpy as np
 import psycopg
 import pytest
 import torch
-from conftest import make_mlp, run_onnx
+from conftest import export_onnx, make_mlp, run_onnx
 
 import dbdl
 
 _ids = itertools.count()
+
+
+@functools.cache
+def _m2_onnx() -> bytes:
+    """The second model's bytes, exported once per run (a torch.export per test cost ~3 s each)."""
+    return export_onnx(make_mlp(seed=3), 8)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,7 +46,7 @@ def world(pg_server, mlp_onnx, features):
     roles = {"user": f"sec_user_{n}", "admin": f"sec_admin_{n}", "analyst": f"sec_analyst_{n}"}
     with dbdl.connect(url) as db:
         db.models.register("m", mlp_onnx)
-        db.models.register("m2", make_mlp(seed=3), example=torch.randn(1, 8))
+        db.models.register("m2", _m2_onnx())
         db.create_table("t", {"id": np.arange(20), "feats": features[:20]})
         db.sql("CREATE TABLE sec_log (who text, via text, tag text)")
         db.sql("GRANT INSERT, SELECT ON sec_log TO PUBLIC")

@@ -18,11 +18,12 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
-from . import catalog, pgarray, sqltext
+from . import catalog, pgarray, pgblocks, sqltext
 from .errors import (ConfigurationError, DTypeMismatch, Error, InvalidArgument, InvalidModel, InvalidName,
                      ModelNotFound, ShapeMismatch)
 from .kinds import KINDS, OUTPUT_KINDS
 from .modelcheck import check_model_bytes
+from .pgrow import NOT_FAST, ROWS, RowEntry, vector_text
 from .runtime import SESSIONS, Column, Signature, run_batch, run_feeds, shape_outputs, valid_rows
 
 
@@ -391,13 +392,20 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
     if model is None or data is None:
         return None
     name, version, sha, signature, output, options = resolve_options(plpy, model)
-    ref = f"{name}@{version}"
+    return _predict_resolved(plpy, DEFINER, model, f"{name}@{version}", sha, signature, output, lambda: options,
+                             data, packed, kind)
+
+
+def _predict_resolved(plpy, plans: Plans, model: str, ref: str, sha: str, signature: Signature, output: int,
+                      options: Callable[[], dict], data: bytes, packed: bool, kind: str) -> Any:
+    """predict's body once ``model`` is resolved (to ``ref``, ``sha``, …); ``options()`` gives the
+    model's stored options (the row path reads them only when it gets here)."""
     if packed:
         x = pgarray.float4_vector(data, signature.n_features)
         if x is not None and len(signature.inputs) == 1 and signature.inputs[0].dtype == "float32":
             # the classic case — one float32 input, one real[] of its width — is what
             # build_feeds would make of it: feed it directly (a third of a row's time)
-            session, signature = _session(plpy, sha, DEFINER, ref)
+            session, signature = _session(plpy, sha, plans, ref)
             spec = signature.inputs[0]
             y = run_feeds(session, signature, {spec.name: x.reshape((1, *spec.shape))}, 1, output, ref)
             return _one_value(y, signature, output, ref, kind, model)
@@ -407,8 +415,8 @@ def predict(plpy, model: str | None, data: bytes | None, packed: bool, kind: str
         column = decode_bytea([bytes(data)], signature.n_features, ref)
     if not column.valid[0]:
         return None
-    session, signature = _session(plpy, sha, DEFINER, ref)
-    return _one_result(session, signature, [column], output, ref, kind, options, model)
+    session, signature = _session(plpy, sha, plans, ref)
+    return _one_result(session, signature, [column], output, ref, kind, options(), model)
 
 
 @sql_errors
@@ -457,6 +465,75 @@ def _number_text(value) -> str:
     """A numeric output as text for predict_text: whole numbers without '.0' (class ids)."""
     v = float(value)
     return str(int(v)) if v.is_integer() else repr(v)
+
+
+# -- row at a time: the cached path of 0013 -------------------------------------------------------
+# dbdl.predict / predict_array / predict_class on a real[] or a bytea call dbdl.predict_*_row with a
+# token of the caller's registry view (dbdl_udf.pgrow): a reference is resolved once per view, the
+# common model runs through a bound onnxruntime call. These functions are SECURITY INVOKER without
+# a SET clause (a SET costs a setting change per row): they read the registry only through
+# dbdl.resolve_model and dbdl.model_bytes, as predict_into does, in plans of the INVOKER context
+# that name every function with its schema.
+
+_ROW_TOKEN = ("pg_catalog.byteacat(pg_catalog.pg_snapshot_send(pg_catalog.pg_current_snapshot()), "
+              "pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()))")
+_ROW_RESOLVE = f"SELECT r.name, r.version, r.sha256, r.signature, {_ROW_TOKEN} AS token FROM dbdl.resolve_model($1) AS r"
+
+
+@sql_errors
+def predict_row(plpy, model: str | None, data: bytes | None, packed: bool, token: bytes | None, kind: str) -> Any:
+    """predict (``scalar``) / predict_array / predict_class of one row: ``data`` is array_send() of a
+    real[] when ``packed``, else a bytea; ``token`` names the caller's registry view (the same
+    expression as ``_ROW_TOKEN``, computed by the SQL wrapper)."""
+    if model is None or data is None:
+        return None
+    entry = ROWS.entries.get(model) if token == ROWS.token else None
+    if entry is None:
+        entry = _row_entry(plpy, model, token)
+    if entry.scorer is not None:
+        value = entry.scorer.score(data, packed, kind)
+        if value is not NOT_FAST:
+            return value
+    value = _row_general(plpy, entry, model, data, packed, kind)
+    return vector_text(value) if kind == "array" else value  # predict_vector_row returns a real[] literal
+
+
+def _row_entry(plpy, model: str, token: bytes | None) -> RowEntry:
+    """``model`` resolved under the current snapshot, kept for the view when ``token`` is its own."""
+    try:
+        row = plpy.execute(INVOKER.get(plpy, "row_resolve", _ROW_RESOLVE, ["pg_catalog.text"]), [model])[0]
+    except plpy.SPIError as exc:  # dbdl.resolve_model's own error (unknown model, bad reference), as it is
+        message = exc.args[0] if exc.args else str(exc)
+        spidata = getattr(exc, "spidata", None) or (None, None, None)  # (code, detail, hint, …)
+        extra = {k: v for k, v in (("detail", spidata[1]), ("hint", spidata[2])) if v is not None}
+        plpy.error(message.removeprefix("plpy.Error: "), sqlstate=exc.sqlstate, **extra)
+    name, version, sha = row["name"], int(row["version"]), row["sha256"]
+    signature = _signatures.get(sha) or Signature.from_json(row["signature"])
+    output = signature.output_index(catalog.parse_ref(model)[2])
+    ref = f"{name}@{version}"
+    session, signature = _session(plpy, sha, INVOKER, ref)
+    entry = RowEntry(name, version, sha, signature, output, session, ROWS.scorer(session, signature, sha, output))
+    ROWS.keep(token, bytes(row["token"]), model, entry)
+    return entry
+
+
+def _row_general(plpy, entry: RowEntry, model: str, data: bytes, packed: bool, kind: str) -> Any:
+    """Any other row or model: predict's own path, as the caller (options read through the catalog)."""
+    def options() -> dict:
+        if entry.options is None:
+            entry.options = _catalog_options(plpy, entry.name)
+        return entry.options
+
+    return _predict_resolved(plpy, INVOKER, model, entry.ref, entry.sha256, entry.signature, entry.output, options,
+                             data, packed, kind)
+
+
+@sql_errors
+def registry_changed(plpy) -> None:
+    """The body of the registry's statement triggers (0013): this process wrote dbdl.models or
+    dbdl.model_versions, so the row path forgets its resolutions, and caches none in this transaction."""
+    rows = plpy.execute("SELECT pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()) AS t")
+    ROWS.forget(bytes(rows[0]["t"]))
 
 
 # -- batched ----------------------------------------------------------------------------------
@@ -516,6 +593,12 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
     as_bytes = ", ".join(f"{expr} AS f{j}" for j, (expr, _) in enumerate(sent))
     plpy.execute(f"CREATE TABLE IF NOT EXISTS {target_sql} AS SELECT q.{key_col} AS {key_col}, NULL::{out_sql} "
                  f"AS prediction FROM (\n{query}\n) AS q WITH NO DATA")
+    width = pgblocks.fits(signature, options, feat_types)
+    if width is not None and _native_ready(plpy):
+        pinned = f"{name}@{version}" + (f":{signature.outputs[output].name}" if output else "")
+        return _predict_blocks(plpy, pinned, (session, signature, output, ref, options), kind, batch_rows, width,
+                               f"SELECT q.{key_col} AS k, q.{feats[0]} AS f FROM (\n{query}\n) AS q",
+                               target_sql, _type_name(plpy, key_type), out_sql)
     key_array = _array_type(plpy, key_type)
     width_out = signature.outputs[output].per_row
     columnar = kind == "array" and width_out is not None and width_out <= _COLUMNAR_MAX
@@ -580,6 +663,89 @@ def predict_into(plpy, model: str, query: str, target: str, kind: str, batch_row
             plpy.execute(insert, [_keys_arg(keys, key_text), _array_literal(values, kind)])
         total += len(rows)
     return total
+
+
+# -- predict_into in blocks: the C helper dbdl.predict_rows and dbdl.score_block (dbdl_udf.pgblocks) --
+
+#: the job of the predict_into call running now, by pinned model reference: dbdl.score_block scores
+#: its blocks with the session, signature, output and options predict_into resolved once
+_BLOCK_JOBS: dict[str, tuple] = {}
+#: whether this session's server loads the installed C helper (asked once per session)
+_native_loads: dict[str, bool] = {}
+_NATIVE_OFF = {"off", "false", "0", "no"}
+
+
+def _native_ready(plpy) -> bool:
+    """The C helper is installed (migration 0012's installer step), loads in this server, speaks
+    this code's block format, and SET dbdl.native = off does not turn it away."""
+    row = plpy.execute(INVOKER.get(plpy, "native_check", pgblocks.NATIVE_CHECK, []))[0]
+    if not row["installed"] or (row["setting"] or "").strip().lower() in _NATIVE_OFF:
+        return False
+    if "loads" not in _native_loads:
+        try:
+            with plpy.subtransaction():
+                version = plpy.execute("SELECT dbdl.native_version() AS v")[0]["v"]
+            _native_loads["loads"] = version == pgblocks.NATIVE_VERSION
+        except plpy.SPIError:  # the library file is gone or unreadable: the row-batch path
+            _native_loads["loads"] = False
+    return _native_loads["loads"]
+
+
+def _predict_blocks(plpy, pinned: str, job: tuple, kind: str, batch_rows: int, width: int, query: str,
+                    target_sql: str, key_type: str, out_sql: str) -> int:
+    """predict_into on the block path: straight into a plain target table (as COPY writes), else
+    INSERT … SELECT over dbdl.predict_rows; the rows it inserted."""
+    # a block holds batch_rows rows' features, at most 64 MiB of them (the C side allows 1 GiB)
+    args = [pinned, kind, query, width, max(1, min(batch_rows, pgblocks.MAX_BLOCK_VALUES // width))]
+    _BLOCK_JOBS[pinned] = job
+    try:
+        into = INVOKER.get(plpy, "predict_into_table", pgblocks.INTO_TABLE_SQL, pgblocks.TYPES + ["pg_catalog.text"])
+        n = plpy.execute(into, args + [target_sql])[0]["n"]
+        if n is not None:
+            return int(n)
+        plan = plpy.prepare(pgblocks.insert_sql(target_sql, key_type, out_sql), pgblocks.TYPES)
+        return plpy.execute(plan, args).nrows()
+    finally:
+        _BLOCK_JOBS.pop(pinned, None)
+
+
+@sql_errors
+def score_block(plpy, model: str | None, kind: str | None, rows: int | None, block: bytes | None) -> bytes:
+    """The body of dbdl.score_block(model, kind, rows, block), SECURITY DEFINER: one block of float32
+    features (what dbdl.predict_rows packs) scored, as the result block it unpacks (dbdl_udf.pgblocks).
+    Inside a predict_into call it scores with that call's pinned model (the caller could read and
+    score it already); called on its own it resolves ``model``."""
+    kind = pgblocks.check_kind(kind)
+    if not isinstance(model, str):
+        raise InvalidArgument("dbdl.score_block needs a model reference; got NULL")
+    job = _BLOCK_JOBS.get(model)
+    if job is None:  # definer code: the registry read directly, plans of the definer context
+        name, version, sha, signature, output, options = resolve_options(plpy, model)
+        ref = f"{name}@{version}"
+        session, signature = _session(plpy, sha, DEFINER, ref)
+        job = (session, signature, output, ref, options)
+    session, signature, output, ref, options = job
+    width = pgblocks.width_of(signature)
+    if width is None or signature.outputs[output].is_text:
+        raise DTypeMismatch(f"dbdl.score_block scores models of one float32 input of a fixed width with a numeric "
+                            f"output; model {ref!r} is not one — use CALL dbdl.predict_into")
+    x = pgblocks.read_block(block, rows, width, ref)
+    spec = signature.inputs[0]
+    step = pgblocks.ORT_ROWS
+    parts = [run_feeds(session, signature, {spec.name: x[start:start + step]}, len(x[start:start + step]), output, ref)
+             for start in range(0, rows, step)]
+    y = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return pgblocks.write_result(shape_outputs(y, kind, ref, signature.outputs[output].name, signature), kind)
+
+
+_TYPE_NAME = ("SELECT pg_catalog.format('%I.%I', n.nspname, t.typname) AS name FROM pg_catalog.pg_type t "
+              "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace "
+              "WHERE t.oid OPERATOR(pg_catalog.=) $1")
+
+
+def _type_name(plpy, oid: int) -> str:
+    """The schema-qualified name of type ``oid`` (the key column's, for predict_rows' result)."""
+    return plpy.execute(INVOKER.get(plpy, "type_name", _TYPE_NAME, ["pg_catalog.oid"]), [oid])[0]["name"]
 
 
 def _catalog_options(plpy, name: str) -> dict:

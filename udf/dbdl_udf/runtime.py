@@ -314,6 +314,37 @@ def run_batch(session, signature: Signature, features, output: int = 0,
     return run_feeds(session, signature, feeds, n, output, model_ref)
 
 
+def dense_runner(session, signature: Signature, output: int = 0,
+                 model_ref: str = "the model") -> Callable[[np.ndarray], np.ndarray] | None:
+    """``run(matrix)``: what ``run_batch(session, signature, matrix, output)`` returns, for the
+    common case only and with as little Python per batch as can be — or None outside that case.
+
+    The case: one float32 input of fixed per-row shape, any number of rows per run, an output of
+    known width; ``matrix`` is (rows x n_features) float32, every row scored. It is fed as it is
+    (a view of the caller's buffer, reshaped to the input's axes) and the output comes back as
+    (rows x width), checked as ``checked_output`` checks it. A backend calls it once per chunk of
+    rows, right after onnxruntime has pushed everything else out of the CPU's caches: each Python
+    call made per chunk costs there, which is why this path makes few."""
+    if signature.batch is not None or len(signature.inputs) != 1:
+        return None
+    spec, out = signature.inputs[0], signature.outputs[output]
+    if spec.dtype != "float32" or not spec.per_row or out.per_row is None or out.is_text:
+        return None
+    name, width, features = spec.name, out.per_row, spec.per_row
+    shape = (-1, *spec.shape)
+
+    def run(matrix: np.ndarray) -> np.ndarray:
+        n = matrix.shape[0]
+        if matrix.shape[1] != features:
+            check_features(signature, matrix.shape[1], model_ref)
+        y = _run(session, out, {name: matrix.reshape(shape)}, n, model_ref)
+        if y.shape != (n, width):
+            return checked_output(y, n, out, model_ref)
+        return y
+
+    return run
+
+
 def run_feeds(session, signature: Signature, feeds: dict[str, np.ndarray], n: int, output: int = 0,
               model_ref: str = "the model") -> np.ndarray:
     """The one place a session runs: ``feeds`` for ``n`` rows in, output ``output`` as (rows x values).
@@ -572,6 +603,16 @@ class Column:
         index = _ranges(starts, lengths)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         return Column(self.values[index], self.valid[rows], offsets=offsets, shape=self.shape)
+
+    def slice(self, start: int, stop: int) -> "Column":
+        """Rows ``start`` to ``stop - 1``, as views of the same buffers (``take`` copies)."""
+        stop = min(stop, len(self))
+        if self.offsets is None:
+            w = self.width or 0
+            return Column(self.values[start * w:stop * w], self.valid[start:stop], width=w, shape=self.shape)
+        offsets = self.offsets[start:stop + 1]
+        return Column(self.values[offsets[0]:offsets[-1]], self.valid[start:stop], offsets=offsets - offsets[0],
+                      shape=self.shape)
 
     def matrix(self) -> np.ndarray:
         """(rows x width) of a Column whose valid rows have one length (others must not be valid)."""

@@ -81,6 +81,10 @@ class Backend(ABC):
     #: roles that do not trust each other share the result cache: only the server's own code
     #: (dbdl.cache_fill) writes it, so the misses are scored in the server
     cache_filled_in_server: ClassVar[bool] = False
+    #: the client digests and looks up a cached call's keys itself while the rows stream out, and
+    #: scores the misses from the same stream (``cache_input``, ``cache_digests``, ``cache_lookup``:
+    #: DuckDB's udf.py; ``arrow_temp_table``; planner/cachejoin.py)
+    cache_streams: ClassVar[bool] = False
     #: a pseudo-column that identifies a base table's rows across the statements of one query
     #: (DuckDB's rowid, PostgreSQL's ctid): DL-centric results and cache keys are joined back by it
     row_identity: ClassVar[str | None] = None
@@ -386,8 +390,9 @@ class Backend(ABC):
         """Run a data-changing statement; the number of rows it changed."""
         raise NotImplementedError
 
-    def analyze(self, table: str) -> None:
-        """Give the query planner statistics of a table just filled (where it needs them)."""
+    def analyze(self, table: str, columns: Sequence[str] = ()) -> None:
+        """Give the query planner statistics of a table just filled (where it needs them); of
+        ``columns`` only, where given (the join keys: an array column's statistics cost most)."""
 
     def own_sql(self, sql: Any) -> Any:
         """SQL that dbdl wrote (text, or a sqlglot tree, returned in the same form), ready to be

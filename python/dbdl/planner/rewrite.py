@@ -189,7 +189,7 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                         backend.run_query(step.sql, (), step.models)
 
                 joined[key] = cachejoin.cached_call(backend, resolved, call, features, how, options,
-                                                    planned.cleanup, compute)
+                                                    planned.cleanup, compute, chosen=chosen)
             replacement = cachejoin.output_expression(backend, kind, resolved, joined[key])
         elif STRATEGIES[chosen].joins:
             # the same call twice in one SELECT (select list and GROUP BY) must be the same column

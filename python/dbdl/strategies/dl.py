@@ -84,12 +84,9 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str,
             if n <= RUN_ROWS:
                 y = run(x, n)
             else:  # one transfer batch, several runs: a model's intermediates grow with the rows it is fed
-                parts = []
-                for start in range(0, n, RUN_ROWS):
-                    part = np.zeros(n, dtype=bool)
-                    part[start:start + RUN_ROWS] = True
-                    parts.append(run(take_rows(x, part), int(part.sum())))
-                y = np.concatenate(parts)
+                # (each run a slice of the batch's buffers, not a copy)
+                y = np.concatenate([run([c.slice(start, start + RUN_ROWS) for c in x], min(RUN_ROWS, n - start))
+                                    for start in range(0, n, RUN_ROWS)])
             return shape_outputs(y, kind, model.ref, spec.name, model.signature)
         check_features(model.signature, x.shape[1], model.ref)
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -64,6 +64,46 @@ def feature_matrix(feats: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return matrix.reshape(n, width), valid
 
 
+def dense_matrix(feats: Any) -> np.ndarray | None:
+    """A chunk of FLOAT[n] features with no NULL row or value as a (rows x n) float32 view of the
+    Arrow buffer DuckDB filled (no copy), or None where ``feature_matrix`` must look closer (NULLs,
+    another type, several chunks, no rows)."""
+    if type(feats) is pa.ChunkedArray:
+        if feats.num_chunks != 1:
+            return None
+        feats = feats.chunk(0)
+    n = len(feats)
+    if not n or feats.null_count or feats.type.id != _FIXED_SIZE_LIST:
+        return None
+    values = feats.values
+    if values.null_count or values.type.id != _FLOAT:
+        return None
+    width = feats.type.list_size
+    start = values.offset + feats.offset * width
+    return np.frombuffer(values.buffers()[1], np.float32, n * width, start * 4).reshape(n, width)
+
+
+_FIXED_SIZE_LIST = pa.list_(pa.float32(), 1).id
+_FLOAT = pa.float32().id
+
+
+def dense_result(kind: str, values: np.ndarray, out_type: pa.DataType) -> pa.Array:
+    """A chunk's (rows x k) outputs, every row scored, as the kind's Arrow array built on the
+    output's own buffer: FLOAT[k] (``out_type``) for predict_array, the arg-max (BIGINT) for
+    predict_class, the one value (FLOAT) for predict."""
+    n = len(values)
+    if kind == "class":
+        return pa.Array.from_buffers(_INT64, n, [None, pa.py_buffer(np.argmax(values, axis=1).astype(np.int64))])
+    values = np.ascontiguousarray(values, np.float32)
+    child = pa.Array.from_buffers(_FLOAT32, values.size, [None, pa.py_buffer(values)])
+    if kind == "scalar":
+        return child
+    return pa.FixedSizeListArray.from_arrays(child, type=out_type)
+
+
+_INT64, _FLOAT32 = pa.int64(), pa.float32()
+
+
 def scatter(n: int, valid: np.ndarray, values: np.ndarray) -> np.ndarray:
     if valid.all():
         return values

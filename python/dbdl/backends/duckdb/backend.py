@@ -46,6 +46,7 @@ class DuckDBBackend(DuckDBFunctions, Backend):
     auto_upgrade = True  # an embedded file belongs to its user: connect() applies pending migrations
     #: result cache keys: BLAKE2b-128 of the float32 bytes (udf.py: cache_key)
     cache_key_bytes = 16
+    cache_streams = True  # keys digested and looked up while the rows stream out (udf.py)
     #: identifies a base table's rows within one connection
     row_identity = "rowid"
 
@@ -201,7 +202,10 @@ class DuckDBBackend(DuckDBFunctions, Backend):
         data = {name: pa.concat_arrays(parts) if parts else pa.array([], type)
                 for name, type, parts in zip(names, types, keys)}
         data["dbdl_prediction"] = pa.concat_arrays(outputs) if outputs else pa.array([], pa.float32())
-        data = pa.table(data)
+        self.arrow_temp_table(table, pa.table(data))
+
+    def arrow_temp_table(self, table: str, data: pa.Table) -> None:
+        """(Re)create the temporary table ``table`` (dbdl's own name) holding ``data``."""
         view = f"{table}_arrow"
         self.con.register(view, data)
         try:

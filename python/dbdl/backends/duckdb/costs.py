@@ -19,5 +19,5 @@ COSTS: dict[str, float] = {
     "rel_dot_s": 1.5e-7,          # blocked layout: one (row, output unit) dot product...
     "rel_dot_elem_s": 1.0e-9,     # ...plus this per element of it
     "cache_lookup_row_s": 1.6e-6,  # key digest, the join with the cache, the join back
-    "cache_insert_row_s": 1.5e-6,  # one miss into the cache (index included)
+    "cache_insert_row_s": 1.5e-6,  # one miss: grouping, the streamed join back, the insert (no index: 0006)
 }

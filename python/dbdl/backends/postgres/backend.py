@@ -131,6 +131,9 @@ class PostgresBackend(Backend):
     def after_migrate(self) -> None:
         # An explicit --python-path (or DBDL_SERVER_PYTHON_PATH) wins; otherwise a path already
         # recorded is kept, so re-running `dbdl migrate` from another machine changes nothing.
+        from . import native
+
+        native.install(self.con)  # the C helper of predict_into, where a superuser can create it
         explicit = self.python_path or json.loads(os.environ.get("DBDL_SERVER_PYTHON_PATH", "null") or "null")
         if not explicit and self.recorded_python_path():
             return
@@ -303,12 +306,14 @@ class PostgresBackend(Backend):
     def argmax_sql(self, values: str) -> str:
         return f"dbdl.argmax({values})"
 
-    def analyze(self, table: str) -> None:
+    def analyze(self, table: str, columns: Sequence[str] = ()) -> None:
         # temporary tables get no statistics from autovacuum, and without them the planner joins
         # 10^6 keys by nested index look-ups (7x slower than the hash join it picks with them);
         # a role that does not own the table only gets a warning, never an error
         try:
-            self.con.execute(f"ANALYZE {exp.to_table(table).sql(dialect='postgres')}")
+            named = f" ({', '.join(exp.to_identifier(c, quoted=True).sql(dialect='postgres') for c in columns)})" \
+                if columns else ""
+            self.con.execute(f"ANALYZE {exp.to_table(table).sql(dialect='postgres')}{named}")
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
 

@@ -5,7 +5,7 @@ The strategies' estimates (strategies/udf.py, relation.py, dl.py) and the result
 
 COSTS: dict[str, float] = {
     "udf_setup_s": 5.0e-2,        # PL/Python bootstrap and session build in a new server process
-    "udf_row_s": 5.5e-5,          # a PL/Python call per row
+    "udf_row_s": 1.0e-5,          # a PL/Python call per row (0013: ~4 µs of call, decode and return + onnxruntime's per-call cost)
     "udf_param_byte_s": 4.4e-11,  # one row per call: every row reads all the weights again
     "udf_flops_per_s": 8.0e10,    # onnxruntime, one thread
     "dl_setup_s": 1.8e-2,
