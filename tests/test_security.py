@@ -168,7 +168,7 @@ def test_functions_and_operators_in_the_victims_path_never_run_in_its_calls(worl
                     ("format_type", "oid, integer", "text"), ("format", "text, text, text", "text"),
                     ("array_lower", "real[], integer", "integer"),
                     ("to_regclass", "text", "regclass"), ("quote_ident", "text", "text"),
-                    # a blocked dataset table's export, view and reader (0015)
+                    # a blocked dataset table's export, view and reader (0014)
                     ("substring", "bytea, integer, integer", "bytea"), ("array_send", "bigint[]", "bytea"),
                     ("unnest", "integer[]", "SETOF integer")):
                 ret = "NULL" if not returns.startswith("SETOF") else ""
@@ -555,7 +555,7 @@ def test_upgrading_a_0006_database_moves_admin_tables_and_drops_the_public_funct
             assert con.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace").fetchone()[0] == 0
         with dbdl.connect(url) as db:
             assert db.datasets.get("old").view == "dbdl_data.ds_old"
-            # a dataset of one row per sample, exported before blocked tables (0015), still reads
+            # a dataset of one row per sample, exported before blocked tables (0014), still reads
             assert db.datasets.get("old").block_rows == 0
             x, y = db.training_set("old", split=None, cache=False).arrays()
             assert x.tolist() == [[1.0]] and y.tolist() == [1]

@@ -1,3 +1,0 @@
--- placeholder: number 0014 is another helper's migration of issue 14 (the train branch needs no gap
--- before its 0015); drop this file when that migration is merged.
-SELECT 1;
