@@ -63,8 +63,11 @@ lint: install
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) tools/import_cycles.py
 
+# the suite in TEST_WORKERS processes (pytest-xdist), a test file to a process (module fixtures built
+# once); TEST_WORKERS=0 runs it in this process
+TEST_WORKERS ?= auto
 test: install postgres-packages native lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(PY) bench/run.py

@@ -39,6 +39,12 @@ import dbdl.strategies
 
 import pgserver
 
+# Under pytest-xdist (make test) each worker process gets its share of the cores for torch's
+# intra-op threads: two workers of two threads each on two cores lose more to contention than
+# they gain.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
 # backend name -> factory(tmp_path, request) -> fresh, empty database URL
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], str]] = {}
 

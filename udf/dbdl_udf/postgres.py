@@ -1181,7 +1181,30 @@ def cache_fill(plpy, ref: str, inputs: list | None) -> list[tuple[bytes, str, in
                   "pg_catalog.int8[]"])
     inserted = len(plpy.execute(plan, [entry.cache_id, entry.gen, keys, literals, labels]))
     resultcache.count_fill(runner, entry, misses=len(present), inserted=inserted)
+    _FILLED[0] += inserted
     return list(zip(keys, literals, labels))
+
+
+#: rows this server process added to dbdl.result_cache since it last analyzed the table
+_FILLED = [0]
+_CACHE_ROWS = ("SELECT c.reltuples AS n FROM pg_catalog.pg_class c "
+               "WHERE c.oid OPERATOR(pg_catalog.=) 'dbdl.result_cache'::pg_catalog.regclass")
+
+
+def _analyze_grown_cache(plpy) -> None:
+    """ANALYZE the cache's look-up columns once this process's fills have grown the table by a
+    tenth since its statistics were taken. The next statement's look-up (the keys joined with the
+    rows of one cache_id) is planned on them: with the new entry's rows not yet in the statistics
+    (autovacuum analyzes later) PostgreSQL estimated one matching row and chose a nested loop over
+    every key for each cached row — minutes for 200k keys, where the hash join takes a second."""
+    filled = _FILLED[0]
+    if filled < 1000:
+        return
+    rows = plpy.execute(DEFINER.get(plpy, "cache_rows", _CACHE_ROWS, []))
+    known = float(rows[0]["n"]) if rows else 0.0
+    if filled * 10 >= max(known, 0.0):
+        plpy.execute("ANALYZE dbdl.result_cache (cache_id, key)")
+    _FILLED[0] = 0
 
 
 @sql_errors
@@ -1209,6 +1232,7 @@ def cache_record(plpy, ref: str, hits: int | None, misses: int | None, refresh: 
         refreshed = len(plpy.execute(plan, [entry.gen, entry.cache_id, keys]))
     resultcache.record(runner, entry, hits=max(0, int(hits or 0)), misses=max(0, int(misses or 0)),
                        refreshed=refreshed)
+    _analyze_grown_cache(plpy)
 
 
 @sql_errors
