@@ -227,6 +227,30 @@ def test_block_path_refuses_wrong_lengths_and_malformed_blocks(blocks, mlp_onnx,
 
 
 @needs_build
+def test_a_caller_locks_no_table_it_may_not_write(blocks):
+    """predict_into_table names its target by oid: for a table the caller may not INSERT into it
+    returns NULL before taking any lock (a lock would last to the caller's transaction's end), and
+    predict_into then fails with PostgreSQL's own permission error."""
+    server, name, url = blocks
+    role = f"blk_nowrite_{next(_ids)}"
+    with dbdl.connect(url) as db:
+        db.sql("CREATE TABLE owners_only (k bigint, prediction bigint)")
+        login(db, role, "dbdl_user", "GRANT SELECT ON t TO {role}", "GRANT SELECT ON owners_only TO {role}")
+    with psycopg.connect(server.url(name, role)) as con:  # one transaction, left open
+        got = con.execute("SELECT dbdl.predict_into_table('m', 'class', 'SELECT id, feats FROM t', 8, 7, "
+                          "'owners_only'::regclass)").fetchone()[0]
+        held = con.execute("SELECT count(*) FROM pg_catalog.pg_locks WHERE pid = pg_catalog.pg_backend_pid() "
+                           "AND relation = 'owners_only'::regclass").fetchone()[0]
+        assert (got, held) == (None, 0)
+        con.rollback()
+    with dbdl.connect(server.url(name, role), migrate=False) as db:
+        with pytest.raises(dbdl.PermissionDenied):
+            db.backend.execute("CALL dbdl.predict_into('m', 'SELECT id, feats FROM t', 'owners_only', 'class')")
+    with dbdl.connect(url) as db:
+        assert db.sql("SELECT count(*) FROM owners_only").scalar() == 0
+
+
+@needs_build
 def test_nothing_a_caller_plants_runs_in_the_block_path(blocks):
     """A dbdl_user plants look-alikes of everything the block path names (score_block, predict_rows,
     native_version in public; domains named like the types it passes in pg_temp) on its path; its

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import psycopg
 import pytest
-from test_security import assert_nothing_ran_as_another_role, connect, evil_body
+from test_security import assert_nothing_ran_as_another_role, connect, evil_body, plant_functions, plant_schema
 
 import dbdl
 
@@ -231,19 +231,14 @@ def test_planted_built_ins_and_temporary_domains_never_run_in_a_row_call(rowdb):
     another dbdl_user, score with every form that now takes the row path. (Last in this file: what
     it plants in public stays until the database goes.)"""
     world, attacker = rowdb, "user"
-    role = world["roles"][attacker]
-    with connect(world) as con:
-        con.execute(f"CREATE SCHEMA planted AUTHORIZATION {role}")
-        con.execute("GRANT USAGE ON SCHEMA planted TO PUBLIC")
+    plant_schema(world, attacker)
     with connect(world, attacker) as con:
         for schema in ("public", "planted"):
-            for fn, args, returns in (
+            plant_functions(con, schema, (
                     ("array_send", "real[]", "bytea"), ("byteacat", "bytea, bytea", "bytea"),
                     ("pg_snapshot_send", "pg_snapshot", "bytea"), ("pg_current_snapshot", "", "pg_snapshot"),
                     ("timestamptz_send", "timestamptz", "bytea"), ("transaction_timestamp", "", "timestamptz"),
-                    ("timestamptz_send", "timestamp", "bytea")):
-                con.execute(f"CREATE FUNCTION {schema}.{fn}({args}) RETURNS {returns} LANGUAGE plpgsql AS "
-                            f"$${evil_body(f'{schema}.{fn}')}RETURN NULL; END$$")
+                    ("timestamptz_send", "timestamp", "bytea")))
             con.execute(f"CREATE FUNCTION {schema}.cat_evil(bytea, bytea) RETURNS bytea LANGUAGE plpgsql AS "
                         f"$${evil_body(f'{schema} ||')}RETURN NULL; END$$")
             con.execute(f"CREATE OPERATOR {schema}.|| (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = {schema}.cat_evil)")

@@ -86,6 +86,22 @@ def evil_body(tag: str) -> str:
 """
 
 
+def plant_schema(world, attacker: str) -> None:
+    """A schema of the attacker's that every role may use (the victims put it on their path)."""
+    with connect(world) as con:
+        con.execute(f"CREATE SCHEMA planted AUTHORIZATION {world['roles'][attacker]}")
+        con.execute("GRANT USAGE ON SCHEMA planted TO PUBLIC")
+
+
+def plant_functions(con: psycopg.Connection, schema: str, specs) -> None:
+    """Better-matching overloads in ``schema``: (name, argument types, return type), each body
+    evil_body's, returning NULL (or no rows)."""
+    for fn, args, returns in specs:
+        ret = "NULL" if not returns.startswith("SETOF") else ""
+        body = evil_body(f"{schema}.{fn}") + (f"RETURN {ret}; END" if ret else "RETURN; END")
+        con.execute(f"CREATE FUNCTION {schema}.{fn}({args}) RETURNS {returns} LANGUAGE plpgsql AS $${body}$$")
+
+
 def assert_nothing_ran_as_another_role(world, attacker: str) -> None:
     with connect(world) as con:
         foreign = con.execute("SELECT who, via, tag FROM sec_log WHERE who <> %s", (world["roles"][attacker],)).fetchall()
@@ -153,13 +169,10 @@ def test_functions_and_operators_in_the_victims_path_never_run_in_its_calls(worl
     """Better-matching overloads of every built-in dbdl's SQL uses, in public (on everyone's path)
     and in a schema of the attacker's that the victim searches; the victims then score, as
     superuser and as another dbdl_user, with pg_catalog searched first and last."""
-    role = world["roles"][attacker]
-    with connect(world) as con:
-        con.execute(f"CREATE SCHEMA planted AUTHORIZATION {role}")
-        con.execute("GRANT USAGE ON SCHEMA planted TO PUBLIC")
+    plant_schema(world, attacker)
     with connect(world, attacker) as con:
         for schema in ("public", "planted"):
-            for fn, args, returns in (
+            plant_functions(con, schema, (
                     ("array_send", "real[]", "bytea"), ("array_send", "double precision[]", "bytea"),
                     ("array_send", "numeric[]", "bytea"), ("array_send", "text[]", "bytea"),
                     ("sha256", "bytea", "bytea"), ("unnest", "bigint[]", "SETOF bigint"),
@@ -170,11 +183,7 @@ def test_functions_and_operators_in_the_victims_path_never_run_in_its_calls(worl
                     ("to_regclass", "text", "regclass"), ("quote_ident", "text", "text"),
                     # a blocked dataset table's export, view and reader (0014)
                     ("substring", "bytea, integer, integer", "bytea"), ("array_send", "bigint[]", "bytea"),
-                    ("unnest", "integer[]", "SETOF integer")):
-                ret = "NULL" if not returns.startswith("SETOF") else ""
-                body = evil_body(f"{schema}.{fn}") + (f"RETURN {ret}; END" if ret else "RETURN; END")
-                con.execute(f"CREATE FUNCTION {schema}.{fn}({args}) RETURNS {returns} LANGUAGE plpgsql AS "
-                            f"$${body}$$")
+                    ("unnest", "integer[]", "SETOF integer")))
             for op, left, right in (("=", "text", "text"), ("=", "oid", "oid"), ("=", "bigint", "bigint"),
                                     ("+", "integer", "integer"), ("-", "integer", "integer"),
                                     ("*", "integer", "integer"), ("+", "smallint", "integer"),

@@ -469,7 +469,7 @@ def test_ragged_and_bytea_exports_never_run_a_planted_overload(world, attacker):
     """train_export runs as its caller, through the caller's search_path: overloads of what its
     new inputs could resolve to (array_send of int[] / bigint[], bytea and int functions and
     operators), planted in public and a schema on the victim's path, never run."""
-    from test_security import assert_nothing_ran_as_another_role, connect, evil_body
+    from test_security import assert_nothing_ran_as_another_role, connect, evil_body, plant_functions
 
     role = world["roles"][attacker]
     with connect(world) as con:
@@ -483,17 +483,13 @@ def test_ragged_and_bytea_exports_never_run_a_planted_overload(world, attacker):
                     "FROM pg_catalog.generate_series(0, 39) i")
     with connect(world, attacker) as con:
         for schema in ("public", "planted"):
-            for fn, args, returns in (
+            plant_functions(con, schema, (
                     ("array_send", "integer[]", "bytea"), ("array_send", "bigint[]", "bytea"),
                     ("array_send", "smallint[]", "bytea"), ("array_send", "anyarray", "bytea"),
                     ("unnest", "bytea[]", "SETOF bytea"), ("unnest", "bigint[]", "SETOF bigint"),
                     ("unnest", "smallint[]", "SETOF smallint"), ("unnest", "text[]", "SETOF text"),
                     ("length", "bytea", "integer"), ("octet_length", "bytea", "integer"),
-                    ("format_type", "oid, integer", "text"), ("quote_ident", "text", "text")):
-                ret = "NULL" if not returns.startswith("SETOF") else ""
-                body = evil_body(f"{schema}.{fn}") + (f"RETURN {ret}; END" if ret else "RETURN; END")
-                con.execute(f"CREATE FUNCTION {schema}.{fn}({args}) RETURNS {returns} LANGUAGE plpgsql AS "
-                            f"$${body}$$")
+                    ("format_type", "oid, integer", "text"), ("quote_ident", "text", "text")))
             for op, left, right in (("=", "bigint", "bigint"), ("+", "smallint", "integer"),
                                     ("-", "bigint", "integer"), ("=", "integer", "integer")):
                 fn = f"op_{abs(hash((schema, op, left, right)))}"

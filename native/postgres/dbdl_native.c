@@ -551,6 +551,13 @@ dbdl_predict_into_table(PG_FUNCTION_ARGS)
 	Portal		portal;
 	bool		is_bytea;
 
+	/*
+	 * INSERT is checked before the lock: a caller may not hold a lock until its transaction ends
+	 * on a table it cannot write (LOCK TABLE would refuse it too); predict_into's INSERT … SELECT
+	 * then reports the missing privilege in PostgreSQL's own words.
+	 */
+	if (pg_class_aclcheck(target, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+		PG_RETURN_NULL();
 	rel = table_open(target, RowExclusiveLock);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "dbdl.predict_into_table: SPI_connect failed");
