@@ -17,7 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import psycopg
 import pytest
-from test_security import assert_nothing_ran_as_another_role, connect, evil_body, plant_functions, plant_schema
+from test_security import (assert_nothing_ran_as_another_role, connect, drop_world, evil_body, plant_functions,
+                           plant_schema)
 
 import dbdl
 
@@ -49,13 +50,7 @@ def rowdb(pg_server, mlp_onnx, mlp2_onnx, scorer_onnx, features):
         db.sql(f"GRANT CREATE ON SCHEMA public TO {roles['user']}")
     yield {"server": pg_server, "db": name, "url": url, "roles": roles, "x": x,
            "onnx": {1: mlp_onnx, 2: mlp2_onnx, "s": scorer_onnx}}
-    with dbdl.connect(url) as db:
-        for role in roles.values():
-            db.sql(f"DROP OWNED BY {role}")
-    pg_server.drop_database(name)
-    with psycopg.connect(pg_server.url(), autocommit=True) as con:
-        for role in roles.values():
-            con.execute(f"DROP ROLE IF EXISTS {role}")
+    drop_world(pg_server, name, url, roles.values())
 
 
 def _con(rowdb, who: str | None = None, autocommit: bool = True) -> psycopg.Connection:

@@ -60,13 +60,18 @@ def world(pg_server, mlp_onnx, features):
     try:
         yield world
     finally:
-        with dbdl.connect(url) as db:
-            for role in roles.values():
-                db.sql(f"DROP OWNED BY {role}")
-        pg_server.drop_database(name)
-        with psycopg.connect(pg_server.url(), autocommit=True) as con:
-            for role in roles.values():
-                con.execute(f"DROP ROLE IF EXISTS {role}")
+        drop_world(pg_server, name, url, roles.values())
+
+
+def drop_world(pg_server, name: str, url: str, roles) -> None:
+    """Drop a test database and the logins made for it (what they own there first)."""
+    with dbdl.connect(url) as db:
+        for role in roles:
+            db.sql(f"DROP OWNED BY {role}")
+    pg_server.drop_database(name)
+    with psycopg.connect(pg_server.url(), autocommit=True) as con:
+        for role in roles:
+            con.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def connect(world, who: str | None = None) -> psycopg.Connection:
