@@ -1204,7 +1204,7 @@ def _analyze_grown_cache(plpy) -> None:
     known = float(rows[0]["n"]) if rows else 0.0
     if filled * 10 >= max(known, 0.0):
         plpy.execute("ANALYZE dbdl.result_cache (cache_id, key)")
-    _FILLED[0] = 0
+        _FILLED[0] = 0
 
 
 @sql_errors
