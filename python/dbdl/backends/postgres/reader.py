@@ -14,7 +14,9 @@ import numpy as np
 import psycopg
 import sqlglot.expressions as exp
 
+from dbdl_udf import pgarray
 from dbdl_udf.datasets import DatasetInfo, Ragged
+from dbdl_udf.errors import Error as UdfError
 
 from ...errors import ConnectionError, QueryError
 from ..base import RangeReader, packed_block
@@ -68,7 +70,6 @@ class PostgresRangeReader(RangeReader):
                f"WHERE b.block_id OPERATOR(pg_catalog.>=) {int(first):d} AND b.block_id OPERATOR(pg_catalog.<) "
                f"{int(end):d} ORDER BY b.block_id) TO STDOUT (FORMAT BINARY)")
         out = [packed_block(info, max(0, hi - lo)) for lo, hi in bounds]
-        label_type = ">i8" if info.label_dtype == "int64" else ">f4"
         expect, k = first, 0
         try:
             with self._connection().cursor().copy(sql) as copy:
@@ -91,7 +92,7 @@ class PostgresRangeReader(RangeReader):
                     count = min(R, info.n_rows - lo)
                     if len(data) != count * size:
                         raise self.changed(info, f"holds a block of {len(data)} bytes where {count * size} belong")
-                    values = _labels(label_bytes, label_type, count)
+                    values = _labels(label_bytes, info.label_dtype, count)
                     if values is None:
                         raise self.changed(info, "holds a labels array that is not one label per sample")
                     raw = np.frombuffer(data, np.uint8)
@@ -166,19 +167,17 @@ class _Stream:
         return self.take(length)
 
 
-def _labels(blob: bytes, label_type: str, count: int) -> np.ndarray | None:
-    """The values of array_send() bytes of a one-dimensional int8[] / real[] of ``count`` elements
-    without NULLs (each element: its 4-byte length, then its big-endian value), else None."""
-    item = np.dtype(label_type).itemsize
-    if len(blob) != 20 + count * (4 + item) or count < 1:
+def _labels(blob: bytes, label_dtype: str, count: int) -> np.ndarray | None:
+    """The values of array_send() bytes of a one-dimensional ``label_dtype`` array (int8[] / real[])
+    of ``count`` elements without NULLs, read by dbdl_udf.pgarray (the one array_send() codec), else
+    None."""
+    try:
+        arrays = pgarray.decode_arrays([bytes(blob)], "the dataset's labels")
+    except UdfError:
         return None
-    header = np.frombuffer(blob, ">i4", count=5)
-    if header[0] != 1 or header[1] != 0 or header[3] != count:
+    if arrays.elem != pgarray.element_oid(label_dtype) or not arrays.valid[0] or arrays.dims != (count,):
         return None
-    cells = np.frombuffer(blob, np.dtype([("length", ">i4"), ("value", label_type)]), offset=20, count=count)
-    if (cells["length"] != item).any():
-        return None
-    return cells["value"]
+    return arrays.values
 
 
 def _fixed_copy_rows(payload: bytearray, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
