@@ -2,7 +2,7 @@
 
 A chunk of FLOAT[n] rows with no NULL row or value is fed to onnxruntime as a view of DuckDB's own
 buffer and the output's Arrow array is built on the output's buffer (dbdl_udf.runtime.dense_runner,
-backends/duckdb/arrow.dense_matrix / dense_result); any other chunk takes the general path. Both
+dbdl_udf/arrowio.dense_matrix / dense_result); any other chunk takes the general path. Both
 must give what onnxruntime gives, NULL where a row cannot be scored."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 import dbdl
 from conftest import export_onnx, make_mlp, run_onnx
-from dbdl.backends.duckdb.arrow import dense_matrix, dense_result
+from dbdl_udf.arrowio import dense_matrix, dense_result
 from dbdl_udf.runtime import Signature, TensorSpec, dense_runner, make_session, run_batch, signature_of
 
 ROWS = 5000  # three DuckDB chunks of up to 2,048 rows

@@ -67,7 +67,7 @@ class CacheStats:
 def stats(backend: "Backend", name: str | None = None) -> list[CacheStats]:
     sql = ('SELECT name, version, output, hits, misses, hit_rate, "rows", bytes, max_bytes, evicted '
            "FROM dbdl.cache_stats")
-    rows = backend.fetchall(sql + (" WHERE name = ?" if name else "") + " ORDER BY name, version, output",
+    rows = backend.catalog.fetchall(sql + (" WHERE name = ?" if name else "") + " ORDER BY name, version, output",
                             (name,) if name else ())
     return [CacheStats(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), None if r[5] is None else float(r[5]),
                        int(r[6]), int(r[7]), int(r[8]), int(r[9])) for r in rows]

@@ -31,7 +31,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     console = _console()
     try:
         applied = migrations.migrate(backend, on_apply=lambda m: console.print(f"applied {m.id:04d}_{m.name}"))
-        done = migrations.applied(backend)
+        done = migrations.applied(backend.catalog)
         state = f"schema at migration {max(done):04d}" if done else "no migrations"
         console.print(f"{'up to date' if not applied else f'{len(applied)} migration(s) applied'}; {state}")
         python_path = backend.recorded_python_path()

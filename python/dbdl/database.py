@@ -164,12 +164,15 @@ def connect(url: str | None = None, *, migrate: bool | None = None, **options: A
     """Open a database and make sure dbdl's schema is installed.
 
     ``url`` is ``duckdb:///path.db`` (relative), ``duckdb:////abs/path.db``, ``duckdb:///:memory:``,
-    a bare file path, or ``postgresql://user@host/db``; without it, ``$DBDL_URL`` or
+    a bare file path, ``postgresql://user@host/db``, or ``spark://local[2]`` / ``spark://host:7077``
+    (or ``spark=session``, a SparkSession you have; options in docs/spark.md); without it, ``$DBDL_URL`` or
     ``duckdb:///dbdl_data.duckdb`` in the current folder. A new database gets dbdl's migrations;
     ``migrate=False`` refuses to change the schema, ``migrate=True`` always brings it up to date.
     """
     if migrate is False:
         options.setdefault("create", False)  # refusing to migrate must not leave an empty file behind
+    if url is None and options.get("spark") is not None:
+        url = "spark://"  # a SparkSession the user already has (docs/spark.md)
     backend = Backend.open(url, **options)
     return Database(backend, migrate=migrate)
 

@@ -56,7 +56,10 @@ def applied(backend: "Backend") -> dict[int, tuple[str, str]]:
 
 
 def status(backend: "Backend") -> tuple[list[Migration], dict[int, tuple[str, str]]]:
-    return available(backend.name), applied(backend)
+    """The migrations shipped for the database that holds dbdl's tables (``backend.catalog``:
+    Spark's catalog is a DuckDB or PostgreSQL database) and those it has recorded."""
+    store = backend.catalog
+    return available(store.name), applied(store)
 
 
 def check(backend: "Backend", known: list[Migration], done: dict[int, tuple[str, str]]) -> None:
@@ -83,18 +86,19 @@ def pending(backend: "Backend") -> list[Migration]:
 
 def migrate(backend: "Backend", on_apply=None) -> list[Migration]:
     """Apply every pending migration; returns those applied (none when the schema is current)."""
-    with backend.migration_lock():
+    store = backend.catalog
+    with store.migration_lock():
         todo = pending(backend)
         for mig in todo:
             try:
-                with backend.transaction():
-                    backend.executescript(
+                with store.transaction():
+                    store.executescript(
                         "CREATE SCHEMA IF NOT EXISTS dbdl;\n"
                         "CREATE TABLE IF NOT EXISTS dbdl.schema_migrations (id INTEGER PRIMARY KEY, name VARCHAR(200) "
                         "NOT NULL, checksum VARCHAR(64) NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
                     )
-                    backend.executescript(mig.sql)
-                    backend.execute(
+                    store.executescript(mig.sql)
+                    store.execute(
                         "INSERT INTO dbdl.schema_migrations (id, name, checksum) VALUES (?, ?, ?)",
                         (mig.id, mig.name, mig.checksum),
                     )
@@ -129,8 +133,8 @@ def ensure(backend: "Backend", migrate_: bool | None = None) -> None:
     todo = pending(backend)  # refuses a newer or edited schema
     if not todo:
         return
-    new = not applied(backend)
-    if migrate_ or (migrate_ is None and (new or backend.auto_upgrade)):
+    new = not applied(backend.catalog)
+    if migrate_ or (migrate_ is None and (new or backend.catalog.auto_upgrade)):
         migrate(backend)
     else:
         raise MigrationError(

@@ -204,14 +204,12 @@ class ModelRegistry:
         exists, else to the latest remaining one. Model bytes no other version uses are deleted.
         """
         b = self._backend
-        before = {r[0] for r in b.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
+        before = {r[0] for r in b.catalog.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
         count = b.drop_versions(check_name(name), None if version is None else int(version))
-        gone = before - {r[0] for r in b.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
+        gone = before - {r[0] for r in b.catalog.fetchall("SELECT DISTINCT sha256 FROM dbdl.model_catalog")}
         for sha in gone:  # relation-centric weight tables of bytes no version uses any more
             prefix = weight_table_prefix(sha)
-            tables = b.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
-                                (b.data_schema,))
-            for (table,) in tables:
+            for table in b.tables_in(b.data_schema):
                 if table.startswith(prefix):  # a prefix test, not LIKE: "_" would match any character
                     target = exp.Table(this=exp.to_identifier(table, quoted=True),
                                        db=exp.to_identifier(b.data_schema, quoted=True))
@@ -254,15 +252,15 @@ class ModelRegistry:
             check_name(name)
             sql += " WHERE name = ?"
             params = (name,)
-        return [self._info(row) for row in self._backend.fetchall(sql + " ORDER BY name, version", params)]
+        return [self._info(row) for row in self._backend.catalog.fetchall(sql + " ORDER BY name, version", params)]
 
     def names(self) -> list[str]:
-        return [r[0] for r in self._backend.fetchall("SELECT DISTINCT name FROM dbdl.model_catalog ORDER BY name")]
+        return [r[0] for r in self._backend.catalog.fetchall("SELECT DISTINCT name FROM dbdl.model_catalog ORDER BY name")]
 
     def get(self, name: str, version: int | None = None) -> ModelInfo:
         """The stored facts of one version (the serving one when ``version`` is None)."""
         resolved = self._backend.resolve(ModelRef(check_name(name), version))
-        row = self._backend.fetchone(
+        row = self._backend.catalog.fetchone(
             f"SELECT {_VERSION_COLUMNS} FROM dbdl.model_catalog WHERE name = ? AND version = ?",
             (name, resolved.version),
         )

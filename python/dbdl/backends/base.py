@@ -41,9 +41,10 @@ BACKEND_MODULES = {
     "duckdb": "dbdl.backends.duckdb",
     "postgresql": "dbdl.backends.postgres",
     "postgres": "dbdl.backends.postgres",
+    "spark": "dbdl.backends.spark",
 }
 #: scheme -> the pip extra that installs its driver
-_EXTRAS = {"postgresql": "postgres", "postgres": "postgres"}
+_EXTRAS = {"postgresql": "postgres", "postgres": "postgres", "spark": "spark"}
 
 DEFAULT_URL = "duckdb:///dbdl_data.duckdb"
 
@@ -101,12 +102,21 @@ class Backend(ABC):
     def __init__(self, url: str) -> None:
         self.url = url
 
+    @property
+    def catalog(self) -> "Backend":
+        """The database that holds dbdl's own tables (the registry, migrations, calibration, the
+        datasets' catalog): this one, except where the data lives in an engine without transactions
+        (Spark: an embedded DuckDB file or a PostgreSQL database, ``catalog=`` in its URL). The
+        registry's reads and writes, `dbdl migrate` and the datasets' catalog rows go here; user
+        statements, planning probes and the tables dbdl creates for them go to ``self``."""
+        return self
+
     # -- opening ------------------------------------------------------------------------------
 
     @staticmethod
     def open(url: str | None = None, **options: Any) -> "Backend":
         url = url or os.environ.get("DBDL_URL") or DEFAULT_URL
-        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+        scheme = url_scheme(url)
         if not scheme:
             # a bare path means an embedded DuckDB file
             url, scheme = f"duckdb:///{url}", "duckdb"
@@ -115,8 +125,7 @@ class Backend(ABC):
     @staticmethod
     def class_for(url: str) -> type["Backend"]:
         """The backend class that opens ``url`` (its folder imported), without connecting."""
-        scheme = urlsplit(url).scheme.lower() if "://" in url else "duckdb"
-        scheme = scheme.split("+", 1)[0]
+        scheme = (url_scheme(url) or "duckdb").split("+", 1)[0]
         module = BACKEND_MODULES.get(scheme)
         if module is None:
             known = ", ".join(sorted({k + "://" for k in BACKEND_MODULES}))
@@ -224,7 +233,7 @@ class Backend(ABC):
         """The stored version a reference means (dbdl_udf.catalog.Pinned)."""
         from dbdl_udf import catalog
 
-        return catalog.resolve(self, name, version)
+        return catalog.resolve(self.catalog, name, version)
 
     def resolve(self, ref: "ModelRef | str") -> ResolvedModel:
         """Pin ``ref`` to a stored version (the serving one when no version is given)."""
@@ -236,7 +245,7 @@ class Backend(ABC):
 
     def model_bytes(self, sha256: str) -> bytes:
         """The stored ONNX bytes of a content hash."""
-        row = self.fetchone(self.model_bytes_sql, (sha256,))
+        row = self.catalog.fetchone(self.model_bytes_sql, (sha256,))
         if row is None or row[0] is None:
             raise ModelNotFound(f"the model bytes {sha256[:12]}… are missing from dbdl.blobs; re-register the model")
         return bytes(row[0])
@@ -244,21 +253,28 @@ class Backend(ABC):
     def version_options(self, name: str, version: int) -> Any:
         """A stored version's options as the catalog holds them (JSON text or a dict; None if none),
         read through dbdl.model_catalog, which every role that may predict may read."""
-        row = self.fetchone("SELECT options FROM dbdl.model_catalog WHERE name = ? AND version = ?", (name, version))
+        row = self.catalog.fetchone("SELECT options FROM dbdl.model_catalog WHERE name = ? AND version = ?",
+                                    (name, version))
         return row[0] if row else None
 
     def torch_program(self, name: str, version: int) -> bytes | None:
         """The torch program stored with a version registered from torch (None for others, and
         where this role may not read it: it then scores with onnxruntime)."""
-        row = self.fetchone("SELECT source FROM dbdl.model_catalog WHERE name = ? AND version = ?", (name, version))
+        row = self.catalog.fetchone("SELECT source FROM dbdl.model_catalog WHERE name = ? AND version = ?",
+                                    (name, version))
         if not row or row[0] != "torch":
             return None
         try:
-            program = self.fetchone("SELECT torch_program FROM dbdl.model_versions WHERE name = ? AND version = ?",
+            program = self.catalog.fetchone("SELECT torch_program FROM dbdl.model_versions WHERE name = ? AND version = ?",
                                     (name, version))
         except PermissionDenied:
             return None
         return None if not program or program[0] is None else bytes(program[0])
+
+    def tables_in(self, schema: str) -> list[str]:
+        """The names of the tables in ``schema`` (relation-centric weights the registry drops)."""
+        return [r[0] for r in self.fetchall(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", (schema,))]
 
     def can_create_tables(self, schema: str) -> bool:
         """Whether this connection may create tables in ``schema`` (relation-centric weights)."""
@@ -281,8 +297,8 @@ class Backend(ABC):
     def store_version(self, name: str, prepared: Any, *, description: str | None, promote: bool) -> int:
         from dbdl_udf import catalog
 
-        return self.write(lambda: catalog.store_version(
-            self, name, sha256=prepared.sha256, onnx_bytes=prepared.onnx_bytes, source=prepared.source,
+        return self.catalog.write(lambda: catalog.store_version(
+            self.catalog, name, sha256=prepared.sha256, onnx_bytes=prepared.onnx_bytes, source=prepared.source,
             signature=prepared.signature, n_params=prepared.n_params, flops_per_row=prepared.flops_per_row,
             opset=prepared.opset, torch_program=prepared.torch_program, description=description,
             promote=promote, original_bytes=getattr(prepared, "original_bytes", None),
@@ -291,45 +307,54 @@ class Backend(ABC):
     def promote_version(self, name: str, version: int) -> None:
         from dbdl_udf import catalog
 
-        self.write(lambda: catalog.promote(self, name, version))
+        self.catalog.write(lambda: catalog.promote(self.catalog, name, version))
 
     def rollback_version(self, name: str) -> int:
         from dbdl_udf import catalog
 
-        return self.write(lambda: catalog.rollback(self, name))
+        return self.catalog.write(lambda: catalog.rollback(self.catalog, name))
 
     def drop_versions(self, name: str, version: int | None) -> int:
         from dbdl_udf import catalog
 
-        return self.write(lambda: catalog.drop(self, name, version))
+        return self.catalog.write(lambda: catalog.drop(self.catalog, name, version))
 
     def set_model_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
         from dbdl_udf import catalog
 
-        return self.write(lambda: catalog.set_options(self, name, options))
+        return self.catalog.write(lambda: catalog.set_options(self.catalog, name, options))
 
     def clear_model_cache(self, name: str) -> None:
         from dbdl_udf import catalog
 
-        self.write(lambda: catalog.clear_cache(self, name))
+        self.catalog.write(lambda: catalog.clear_cache(self.catalog, name))
 
     def calibration(self) -> dict[str, float]:
         """The constants `dbdl calibrate` stored (empty before it ran)."""
-        if not self.table_exists("dbdl", "calibration"):
+        store = self.catalog
+        if not store.table_exists("dbdl", "calibration"):
             return {}
-        return {key: float(value) for key, value in self.fetchall("SELECT key, value FROM dbdl.calibration")}
+        return {key: float(value) for key, value in store.fetchall("SELECT key, value FROM dbdl.calibration")}
 
     def set_calibration(self, values: dict[str, float]) -> None:
-        with self.transaction():
+        store = self.catalog
+        with store.transaction():
             for key, value in values.items():
-                self.execute("DELETE FROM dbdl.calibration WHERE key = ?", (key,))
-                self.execute("INSERT INTO dbdl.calibration (key, value) VALUES (?, ?)", (key, float(value)))
+                store.execute("DELETE FROM dbdl.calibration WHERE key = ?", (key,))
+                store.execute("INSERT INTO dbdl.calibration (key, value) VALUES (?, ?)", (key, float(value)))
+
+    def drop_dataset(self, name: str) -> "DatasetInfo":
+        """Drop a dataset's view and table and delete its catalog row (inside the caller's
+        transaction on ``catalog``); what was dropped."""
+        from dbdl_udf import datasets
+
+        return datasets.drop(self, name, forget_row=self.forget_dataset)
 
     def forget_dataset(self, name: str) -> None:
         """Delete a dataset's catalog row (inside the caller's transaction)."""
         from dbdl_udf import datasets
 
-        datasets.forget(self, name)
+        datasets.forget(self.catalog, name)
 
     def estimate_rows(self, sql: str) -> int:
         """Rows ``sql`` returns, cheaply (an exact count where counting is cheap)."""
@@ -513,6 +538,13 @@ class Backend(ABC):
         netloc = parts.netloc.rsplit("@", 1)
         user = netloc[0].split(":", 1)[0] + "@" if len(netloc) == 2 else ""
         return urlunsplit((parts.scheme, user + netloc[-1], parts.path, "", ""))
+
+
+def url_scheme(url: str) -> str:
+    """A database URL's scheme, lower-cased ("" for a bare path). Read without urlsplit, which refuses
+    what is not a host name where one would be (Spark's ``spark://local[2]``)."""
+    head, sep, _ = url.partition("://")
+    return head.lower() if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", head) else ""
 
 
 def packed_block(info: "DatasetInfo", rows: int) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:

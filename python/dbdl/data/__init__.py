@@ -33,20 +33,20 @@ class DatasetRegistry:
         self._backend = backend
 
     def list(self) -> list[DatasetInfo]:
-        return _rules.list_all(self._backend)
+        return _rules.list_all(self._backend.catalog)
 
     def names(self) -> list[str]:
         return [info.name for info in self.list()]
 
     def get(self, name: str) -> DatasetInfo:
-        return _rules.get(self._backend, name)
+        return _rules.get(self._backend.catalog, name)
 
     def drop(self, name: str, *, cache: bool = True) -> DatasetInfo:
         """Delete the dataset's table, view and catalog row (and its local caches under the default
         cache folder); returns what was dropped."""
         backend = self._backend
-        with backend.transaction():
-            info = _rules.drop(backend, name, forget_row=backend.forget_dataset)
+        with backend.catalog.transaction():
+            info = backend.drop_dataset(name)
         if cache:
             lmdb_cache.remove_all(lmdb_cache.default_root(), backend.url, info.name)
         return info

@@ -841,7 +841,7 @@ def training_set(backend: Backend, name: str, split: str | None = "train", *, ba
                  pad_id: int | float = 0):
     from dbdl_udf import datasets
 
-    info = datasets.get(backend, name)
+    info = datasets.get(backend.catalog, name)
     if info.ragged and batch_size is not None and collate is None:
         raise ConfigurationError(_NO_COLLATE.format(name=info.name))
     options = dict(cache=cache, block_rows=block_rows, cache_map_size=cache_map_size, dtype=dtype, collate=collate,

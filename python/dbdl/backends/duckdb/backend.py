@@ -23,7 +23,7 @@ from dbdl_udf.runtime import valid_rows
 from ...errors import ConcurrentChange, ConnectionError, DTypeMismatch, Error, QueryError, ShapeMismatch, error_class
 from ...names import ResolvedModel
 from ..base import Backend
-from .arrow import OUT_TYPES, arrow_column, combined, fixed_size, scatter
+from dbdl_udf.arrowio import OUT_TYPES, arrow_column, combined, fixed_size, scatter
 from .costs import COSTS
 from .dialect import RELATIONAL, DbdlDuckDB
 from .files import path_from_url

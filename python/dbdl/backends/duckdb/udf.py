@@ -27,7 +27,8 @@ from dbdl_udf.runtime import (SESSIONS, Signature, check_features, dense_runner,
 from ...errors import DTypeMismatch, Error, QueryError
 from ...names import ResolvedModel
 from ...query import argument_probe
-from .arrow import OUT_TYPES, arrow_column, assemble, combined, dense_matrix, dense_result, feature_matrix, fixed_size
+from dbdl_udf.arrowio import (OUT_TYPES, arrow_column, as_text, assemble, combined, dense_matrix, dense_result,
+                              feature_matrix, udf_result)
 
 
 class DuckDBFunctions:
@@ -255,7 +256,7 @@ class DuckDBFunctions:
                 if not valid.any():
                     return pa.nulls(n, out_type)
                 y = run_batch(session, signature, columns, output, ref, backend._feed_options.get(udf_name))
-                return _udf_result(kind, n, valid, y, fixed, out_type, ref, output_name, signature)
+                return udf_result(kind, n, valid, y, fixed, out_type, ref, output_name, signature)
             except BaseException as exc:
                 backend._udf_error = exc
                 raise
@@ -289,7 +290,7 @@ class DuckDBFunctions:
                                     f"predict() returns FLOAT; call predict_text(model, ...) for the class name")
             y = run_batch(session, signature, [c.take(rows) for c in columns], model.output_index, model.ref, options)
             y = shape_outputs(y, "scalar" if kind == "text" else kind, model.ref, spec.name, signature)
-            results.append((rows, _as_text(y) if kind == "text" else y))
+            results.append((rows, as_text(y) if kind == "text" else y))
         return assemble(kind, n, results, out_type)
 
     def cache_key(self, model: ResolvedModel, features: exp.Expression) -> exp.Expression:
@@ -364,7 +365,7 @@ class DuckDBFunctions:
                     return pa.nulls(n, out_type)
                 x = matrix if valid.all() else matrix[valid]
                 y = run_batch(session, signature, x, output, ref)
-                return _udf_result(kind, n, valid, y, fixed, out_type, ref, output_name, signature)
+                return udf_result(kind, n, valid, y, fixed, out_type, ref, output_name, signature)
             except BaseException as exc:
                 backend._udf_error = exc
                 raise
@@ -422,7 +423,7 @@ class DuckDBFunctions:
                                     "form itself)")
             y = run_batch(session, signature, x, model.output_index, model.ref)
             y = shape_outputs(y, "scalar" if kind == "text" else kind, model.ref, spec.name, signature)
-            results.append((rows, _as_text(y) if kind == "text" else y))
+            results.append((rows, as_text(y) if kind == "text" else y))
         return assemble(kind, n, results, out_type)
 
 
@@ -432,25 +433,6 @@ _RETURN_TYPES = {k.name: duckdb.list_type(duckdb.sqltype(_SQL_TYPES[k.dtype])) i
                  else duckdb.sqltype(_SQL_TYPES[k.dtype]) for k in KINDS.values()}
 
 
-
-
-def _as_text(values: np.ndarray) -> np.ndarray:
-    """predict_text of any one-value output: text as it is, numbers as text (whole ones without '.0')."""
-    if values.dtype == object:
-        return values
-    return np.array([str(int(v)) if float(v).is_integer() else repr(float(v)) for v in values.tolist()], dtype=object)
-
-
-def _udf_result(kind: str, n: int, valid: np.ndarray, y: np.ndarray, fixed: bool, out_type: pa.DataType, ref: str,
-                output_name: str, signature: Any) -> pa.Array:
-    """A model UDF's answer for a chunk of ``n`` rows: the scored rows' (``valid``) outputs ``y``
-    shaped for the kind (text for class names), NULL for the others."""
-    y = shape_outputs(y, "scalar" if kind == "text" else kind, ref, output_name, signature)
-    if kind == "text":
-        y = _as_text(y)
-    if fixed:
-        return fixed_size(n, valid, y)
-    return assemble(kind, n, [(valid, y)], out_type)
 
 
 def _is_constant(refs: pa.Array) -> bool:

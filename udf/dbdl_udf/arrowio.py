@@ -1,4 +1,5 @@
-"""DuckDB's Arrow codec: Arrow arrays of a UDF chunk or a record batch → the runtime's ``Column``s and
+"""The Arrow codec of the in-database functions (DuckDB's Arrow UDFs, Spark's Arrow UDFs and
+mapInArrow on the executors): Arrow arrays of a UDF chunk or a record batch → the runtime's ``Column``s and
 float32 matrices, and the predictions back into Arrow arrays (NULL where a row was not scored)."""
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dbdl_udf.kinds import KINDS
-from dbdl_udf.runtime import Column
+from .kinds import KINDS
+from .runtime import Column, shape_outputs
 
-from ...errors import DTypeMismatch, ShapeMismatch
+from .errors import DTypeMismatch, ShapeMismatch
 
 
 _ARROW_TYPES = {"float32": pa.float32(), "int64": pa.int64(), "str": pa.string()}
@@ -260,3 +261,22 @@ def check_leaf(t: pa.DataType, what: str) -> None:
     if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
         raise DTypeMismatch(f"{what} must be numbers, lists or arrays of numbers, or BLOB bytes; got values of type "
                             f"{t} — cast the column, e.g. CAST(col AS FLOAT[])")
+
+
+def as_text(values: np.ndarray) -> np.ndarray:
+    """predict_text of any one-value output: text as it is, numbers as text (whole ones without '.0')."""
+    if values.dtype == object:
+        return values
+    return np.array([str(int(v)) if float(v).is_integer() else repr(float(v)) for v in values.tolist()], dtype=object)
+
+
+def udf_result(kind: str, n: int, valid: np.ndarray, y: np.ndarray, fixed: bool, out_type: pa.DataType, ref: str,
+               output_name: str, signature: Any) -> pa.Array:
+    """A model UDF's answer for a chunk of ``n`` rows: the scored rows' (``valid``) outputs ``y``
+    shaped for the kind (text for class names), NULL for the others."""
+    y = shape_outputs(y, "scalar" if kind == "text" else kind, ref, output_name, signature)
+    if kind == "text":
+        y = as_text(y)
+    if fixed:
+        return fixed_size(n, valid, y)
+    return assemble(kind, n, [(valid, y)], out_type)

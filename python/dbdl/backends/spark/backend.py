@@ -1,0 +1,256 @@
+"""Spark SQL, the scale-out backend.
+
+User statements, planning probes and the tables dbdl creates for them (relation-centric weights,
+datasets, DL-centric results) run in Spark; dbdl's own tables (the registry, migrations,
+calibration, the datasets' catalog) live in a *catalog database* — an embedded DuckDB file in the
+warehouse by default, or a PostgreSQL database a team shares (``catalog=`` in the URL). Spark SQL
+has no transactions, and plain parquet tables take no UPDATE or DELETE: a registry kept there
+could not promote a version atomically, nor stop two registrations from taking one version
+number. Executors never read the catalog: a statement's models are pinned on the driver and their
+bytes broadcast (udf.py), so the catalog need only be reachable from the driver. See docs/spark.md.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any, Sequence
+
+import pyarrow as pa
+import sqlglot
+import sqlglot.expressions as exp
+
+from ...errors import ConnectionError, DatasetNotFound, DTypeMismatch, Error, QueryError, error_class
+from ...names import ResolvedModel
+from ..base import Backend
+from .costs import COSTS
+from .dialect import RELATIONAL, DbdlSpark
+from .session import default_catalog, open_session, parse_url, ship_udf_package
+from .udf import SparkFunctions
+
+#: a dbdl error raised on an executor (or by raise_error in relation-centric SQL), as Spark reports it
+_DBDL_ERROR = re.compile(r"(?:dbdl_udf\.errors\.|dbdl\.errors\.|dbdl\.)(\w+): ([^\n]*)")
+_SPARK_CLASS = re.compile(r"^\[([A-Z_.]+)\]\s*")
+
+
+class SparkBackend(SparkFunctions, Backend):
+    name = "spark"
+    schemes = ("spark",)
+    dialect = DbdlSpark
+    relational = RELATIONAL
+    cost_defaults = COSTS
+
+    def __init__(self, url: str, *, spark: Any = None, create: bool = True, **options: Any) -> None:
+        super().__init__(url)
+        options.pop("read_only", None)
+        catalog_url = options.pop("catalog", None)
+        self.options = parse_url(url, catalog=catalog_url, **options)
+        self.spark = open_session(self.options, spark)
+        ship_udf_package(self.spark)
+        self.data_schema = self.options.data_database
+        catalog_url = self.options.catalog or default_catalog(self.spark.conf.get("spark.sql.warehouse.dir"))
+        if Backend.class_for(catalog_url) is SparkBackend:
+            raise ConnectionError(f"the catalog of a Spark connection must be a DuckDB or PostgreSQL database, "
+                                  f"not {catalog_url!r}")
+        self._catalog = Backend.open(catalog_url, create=create)
+        self._lock = threading.RLock()
+        self._udfs: set[str] = set()
+        self._broadcasts: dict[str, Any] = {}
+        try:
+            for database in {self.options.database, self.data_schema}:
+                if database != "default":
+                    self.spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quoted(database)}")
+            self.spark.catalog.setCurrentDatabase(self.options.database)
+        except Exception as exc:  # noqa: BLE001
+            self._catalog.close()
+            raise ConnectionError(f"cannot use the Spark database {self.options.database!r}: {_first(exc)}") from exc
+
+    @property
+    def catalog(self) -> Backend:
+        return self._catalog
+
+    # -- primitives: Spark SQL -----------------------------------------------------------------
+
+    def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        try:
+            return self.spark.sql(sql, args=list(params) or None)
+        except Exception as exc:  # noqa: BLE001 - pyspark's errors, translated
+            raise self._translate(exc) from exc
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._sql(sql, params)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        frame = self._sql(sql, params)
+        try:
+            return [tuple(row) for row in frame.collect()]
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc) from exc
+
+    def executescript(self, sql: str) -> None:
+        for statement in sqlglot.parse(sql, read=self.dialect):
+            if statement is not None:
+                self.execute(statement.sql(dialect=self.dialect))
+
+    # Spark SQL has no transactions: each statement stands alone (dbdl's own writes that must be all
+    # or nothing go to the catalog database, or write a new table and swap it in)
+    def begin(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        # the SparkContext is the process's, shared by its connections: only this one's state goes
+        for payload in self._broadcasts.values():
+            try:
+                payload.destroy()
+            except Exception:  # noqa: BLE001 - the context may be gone already
+                pass
+        self._broadcasts.clear()
+        self._udfs.clear()
+        self._catalog.close()
+
+    def table_exists(self, schema: str, table: str) -> bool:
+        try:
+            return bool(self.spark.catalog.tableExists(table, schema))
+        except Exception:  # noqa: BLE001 - no such database
+            return False
+
+    def tables_in(self, schema: str) -> list[str]:
+        if not self.spark.catalog.databaseExists(schema):
+            return []
+        return [t.name for t in self.spark.catalog.listTables(schema) if not t.isTemporary]
+
+    def write_arrow(self, table: str, data: pa.Table, *, replace: bool = False) -> None:
+        """A managed table of the warehouse (parquet) holding ``data``; fixed-size float lists become
+        array<float> (Spark has no fixed-size arrays)."""
+        columns = []
+        for column, field in zip(data.columns, data.schema):
+            if pa.types.is_fixed_size_list(field.type):
+                column = column.cast(pa.list_(field.type.value_type))
+            columns.append(column)
+        data = pa.table(columns, names=data.column_names)
+        try:
+            frame = self.spark.createDataFrame(data)
+            frame.write.mode("overwrite" if replace else "errorifexists").saveAsTable(_quoted_table(table))
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc) from exc
+
+    # -- planning hooks ------------------------------------------------------------------------
+
+    def estimate_rows(self, sql: str) -> int:
+        """Spark's own estimate where it has one (analyzed tables, files it can size); else a count."""
+        frame = self._sql(sql)
+        try:
+            stats = frame._jdf.queryExecution().optimizedPlan().stats()
+            if stats.rowCount().isDefined():
+                return int(stats.rowCount().get().toString())
+        except Exception:  # noqa: BLE001 - an internal API: fall back to counting
+            pass
+        return super().estimate_rows(sql)
+
+    def sample_value(self, sql: str) -> Any:
+        try:
+            rows = self.spark.sql(sql).collect()
+        except Exception:  # noqa: BLE001 - a planning probe that fails says nothing
+            return None
+        return rows[0][0] if rows else None
+
+    def array_result(self, values: exp.Expression, width: int | None) -> exp.Expression:
+        return exp.Cast(this=values, to=exp.DataType.build("ARRAY<FLOAT>", dialect="spark"))
+
+    # -- DL-centric execution (dl.py) ------------------------------------------------------------
+
+    def score_into_temp_table(self, source_sql: str, score: Any, kind: str, table: str, *, signature: Any = None,
+                              keyed: bool = False, batch_rows: int = 65536) -> None:
+        from .dl import score_into_temp_view
+
+        score_into_temp_view(self, source_sql, score, kind, table, signature=signature, keyed=keyed,
+                             batch_rows=batch_rows)
+
+    def drop_temp_table(self, table: str) -> None:
+        try:
+            self.spark.catalog.dropTempView(table)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    # -- training data -------------------------------------------------------------------------
+
+    def train_export(self, spec: Any, progress: Any = None) -> Any:
+        from .export import train_export
+
+        return train_export(self, spec, progress)
+
+    def drop_dataset(self, name: str) -> Any:
+        from .export import drop_dataset
+
+        return drop_dataset(self, name)
+
+    @classmethod
+    def open_range_reader(cls, url: str, owner: Any = None) -> Any:
+        from .reader import SparkRangeReader
+
+        return SparkRangeReader(url, owner)
+
+    @classmethod
+    def database_key(cls, url: str) -> str:
+        """The URL without its query (options such as conf.* do not change which tables it reads),
+        but with the database it names."""
+        head, _, query = url.partition("?")
+        from urllib.parse import parse_qsl
+
+        keep = [f"{k}={v}" for k, v in parse_qsl(query) if k in ("warehouse", "database", "data_database", "catalog")]
+        return head + ("?" + "&".join(sorted(keep)) if keep else "")
+
+    # -- user statements -----------------------------------------------------------------------
+
+    def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
+        frame = self._sql(sql, params)
+        if not frame.columns:
+            return None  # DDL and writes ran when Spark read the statement
+        try:
+            return frame.toArrow()
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, models) from exc
+
+    def _translate(self, exc: BaseException, models: Sequence[ResolvedModel] = ()) -> Error:
+        if isinstance(exc, Error):
+            return exc
+        message = str(exc)
+        found = None
+        for found in _DBDL_ERROR.finditer(message):
+            pass  # the last one: the innermost raise, after Spark's own wrapping
+        if found:
+            return error_class(found[1])(found[2].strip())
+        first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+        spark_class = _SPARK_CLASS.match(first)
+        kind = spark_class[1] if spark_class else ""
+        if kind.startswith(("PARSE_SYNTAX_ERROR", "PARSE_")):
+            return QueryError(f"the query does not parse: {first}")
+        if kind.startswith(("TABLE_OR_VIEW_NOT_FOUND",)):
+            return QueryError(f"{first} — create it with db.create_table(...) or name a table Spark knows")
+        if kind.startswith("DATATYPE_MISMATCH") or "CAST_INVALID_INPUT" in kind or "cannot resolve" in first.lower():
+            names = ", ".join(repr(m.ref) for m in models) or "the model"
+            if any(w in first for w in ("ARRAY<FLOAT>", "\"ARRAY<FLOAT>\"")):
+                return DTypeMismatch(f"{names} takes an array of numbers (array<float>, array<double>); convert the "
+                                     f"features, e.g. CAST(col AS ARRAY<FLOAT>) — Spark said: {first}")
+        if kind.startswith("PATH_NOT_FOUND") or "FileNotFoundException" in message:
+            return DatasetNotFound(f"a table's files are gone: {first}")
+        return QueryError(first)
+
+
+def _quoted(name: str) -> str:
+    return exp.to_identifier(name, quoted=True).sql(dialect="spark")
+
+
+def _quoted_table(name: str) -> str:
+    return exp.to_table(name).sql(dialect="spark")
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,52 @@
+"""Spark SQL's sqlglot dialect as dbdl reads it, and the spellings of relation-centric SQL there.
+
+The one difference from sqlglot's Spark: ``PREDICT(...)`` is an ordinary function call (sqlglot
+parses it as BigQuery's ``ML.PREDICT(MODEL m, ...)``, which would mangle ``predict('m', feats)``).
+"""
+
+from __future__ import annotations
+
+import sqlglot.expressions as exp
+from sqlglot.dialects.spark import Spark
+
+from ...ir.sql import RelationalSQL
+from ...query import without_predict
+
+
+class DbdlSpark(Spark):
+    class Parser(Spark.Parser):
+        FUNCTIONS = without_predict(Spark.Parser.FUNCTIONS)
+
+
+def _no_null_elements(features: exp.Expression) -> exp.Expression:
+    # forall(...) is NULL for a NULL array, false when an element is NULL
+    return exp.Anonymous(this="forall", expressions=[features.copy(), exp.Lambda(
+        this=exp.Not(this=exp.Is(this=exp.to_identifier("dbdl_x"), expression=exp.Null())),
+        expressions=[exp.to_identifier("dbdl_x")])])
+
+
+def _fail(message: exp.Expression, features: exp.Expression) -> exp.Expression:
+    return exp.Anonymous(this="raise_error", expressions=[message])
+
+
+# an array in element order from (i, v) rows: collect_list's order is the shuffle's, so the pairs are
+# sorted by i (a struct sorts by its first field) and their values taken
+_ORDERED = "transform(array_sort(collect_list(struct(i, v))), dbdl_p -> {value})"
+
+RELATIONAL = RelationalSQL(
+    unnest="SELECT rid, CAST(dbdl_pos AS BIGINT) AS i, CAST(dbdl_v AS DOUBLE) AS v "
+           "FROM {src} LATERAL VIEW posexplode(dbdl_f) dbdl_e AS dbdl_pos, dbdl_v",
+    collect=_ORDERED.format(value="CAST(dbdl_p.v AS FLOAT)"),
+    # numpy's arg-max: the largest v, the first i among equals (min of (-v, i)); NaN is the largest
+    # value in Spark's ordering, as in numpy
+    argmax="min(struct(CASE WHEN isnan(v) THEN 0 ELSE 1 END AS dbdl_n, -v AS dbdl_nv, i AS dbdl_i)).dbdl_i",
+    real="FLOAT",
+    length="size",
+    nonzeros="size(filter({a}, dbdl_x -> dbdl_x <> 0))",
+    no_null_elements=_no_null_elements,
+    fail=_fail,
+    pack=_ORDERED.format(value="dbdl_p.v"),
+    dot="aggregate(zip_with({a}, {b}, (dbdl_x, dbdl_y) -> dbdl_x * dbdl_y), CAST(0 AS DOUBLE), "
+        "(dbdl_acc, dbdl_x) -> dbdl_acc + dbdl_x)",
+    int_div="{a} DIV {b}",
+)
