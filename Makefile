@@ -1,6 +1,7 @@
 # dbdl — the two commands of the README:
 #   make demo   create .venv, install dbdl, run the end-to-end demo on embedded DuckDB
-#   make test   install everything (incl. the PostgreSQL server packages) and run the whole suite
+#   make test   install everything (incl. the PostgreSQL server packages and a JRE for Spark) and run
+#               the whole suite
 # and: make bench (benchmarks into docs/bench/), make clean.
 
 PYTHON ?= python3
@@ -15,7 +16,9 @@ STAMP  := $(VENV)/.dbdl-installed
 PG_PACKAGES ?= postgresql-15 postgresql-plpython3-15 postgresql-server-dev-15
 PG_CONFIG   ?= pg_config
 
-.PHONY: install postgres-packages native demo lint test bench clean
+JRE_PACKAGES ?= default-jre-headless
+
+.PHONY: install postgres-packages java native demo lint test test-spark-all bench clean
 
 install: $(STAMP)
 
@@ -42,6 +45,24 @@ postgres-packages:
 		     "install them to run the PostgreSQL tests (they will be skipped)"; \
 	fi
 
+# the Java runtime Spark runs on (its tests start a local-mode SparkContext, tests/conftest.py): Java 17
+# or newer, else Debian's default JRE (as root, or through sudo); otherwise say so, and the Spark
+# tests are skipped (CI sets DBDL_REQUIRE_SPARK=1, which fails them instead)
+java:
+	@version=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	if [ -n "$$version" ] && [ "$$version" -ge 17 ]; then \
+		: ; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(JRE_PACKAGES); } \
+		|| echo "java: WARNING: apt-get could not install $(JRE_PACKAGES); the Spark tests will be skipped"; \
+	elif command -v sudo >/dev/null 2>&1; then \
+		{ sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y $(JRE_PACKAGES); } \
+		|| echo "java: WARNING: apt-get could not install $(JRE_PACKAGES); the Spark tests will be skipped"; \
+	else \
+		echo "java: no Java 17+, and we are neither root nor have sudo: install $(JRE_PACKAGES) to run the" \
+		     "Spark tests (they will be skipped)"; \
+	fi
+
 # predict_into's C helper (native/postgres, docs/postgres.md#the-c-helper): built in place with PGXS
 # (postgresql-server-dev-15), no root needed; `dbdl migrate` run as a superuser creates its functions
 # from native/postgres/dbdl_native.so. Without PGXS it is skipped and predict_into takes its
@@ -66,8 +87,13 @@ lint: install
 # the suite in TEST_WORKERS processes (pytest-xdist), a test file to a process (module fixtures built
 # once); TEST_WORKERS=0 runs it in this process
 TEST_WORKERS ?= auto
-test: install postgres-packages native lint
+test: install postgres-packages native java lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# every backend-parametrized test over Spark too (make test runs Spark on the behavioural suite and
+# its own suites: tests/conftest.py, SPARK_MODULES)
+test-spark-all: install postgres-packages native java lint
+	DBDL_SPARK_ALL=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(PY) bench/run.py
