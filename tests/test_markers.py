@@ -58,9 +58,11 @@ def test_gaps_skip_or_must_raise_where_they_apply(pytester):
     pytester.makepyfile(test_gaps=GAPS)
     result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
     # duckdb: 1 + 2 (udf, dl) + 5 (a-udf, a-relation, b-*) passed, 2 skipped (relation; a-dl);
-    # postgres: every test skipped (1 + 1 + 1 + 1 + 3 + 6)
-    result.assert_outcomes(passed=1 + 2 + 5, skipped=2 + 13, xfailed=1, failed=2)
+    # postgres: every test skipped (1 + 1 + 1 + 1 + 3 + 6); spark: the same 13, this module not being
+    # one of SPARK_MODULES
+    result.assert_outcomes(passed=1 + 2 + 5, skipped=2 + 13 + 13, xfailed=1, failed=2)
     out = result.stdout.str()
+    assert "this module's Spark cases run with DBDL_SPARK_ALL=1" in out
     assert "not implemented for postgres: gap on postgres" in out
     assert "not implemented for strategy relation: no relation here" in out
     assert "not implemented for duckdb, strategy dl: case a under dl" in out
