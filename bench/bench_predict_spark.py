@@ -405,7 +405,7 @@ def report(data: dict, out: Path) -> None:
             note = rel["notes"].get(strategy, "—")
             rel_row.append(rate(rel["rows"] / seconds) if seconds else note if len(note) <= 100 else note[:98] + "…")
         u, r = rel["seconds"].get("udf"), rel["seconds"].get("relation")
-        rel_row.append(f"{u / r:.3f}" if u and r else "—")
+        rel_row.append(f"{u / r:.3g}" if u and r else "—")
         rel_row.append({True: "yes", False: "NO", None: "—"}[rel.get("agrees")])
         rel_row.append(rel.get("planner", "—"))
         lines += ["", (f"Relation-centric vs UDF on Spark ({next(r['master'] for r in runs if 'relation' in r)}, "
