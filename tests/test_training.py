@@ -351,6 +351,7 @@ def test_trained_model_goes_back_and_predicts_in_sql(db, digits, tmp_path):
     scaled = torch.nn.Sequential(ScaleBy(1 / 16.0), model).eval()
     assert db.models.register("digits_cnn", scaled, dataset="digits") == 1
     assert db.models.get("digits_cnn").description == "trained on dataset digits@1"
+    # (whole numbers: Spark's 1.0 is a decimal, whose avg keeps four places)
     accuracy = db.sql("SELECT avg(CASE WHEN predict_class('digits_cnn', features) = label THEN 1 ELSE 0 END) "
                       f"FROM {db.backend.data_schema}.ds_digits WHERE split = 'test'").fetchall()[0][0]
     x, y = db.training_set("digits", "test", cache=False).arrays()
