@@ -43,7 +43,7 @@ def folder(db, table: str) -> str:
 
 
 @spark_only
-def test_parquet_layout_prunes_range_reads_and_workers_read_every_row(url, digits, monkeypatch):
+def test_parquet_layout_prunes_range_reads_and_workers_read_every_row(url, digits, monkeypatch, tmp_path):
     from dbdl.backends.spark import export, reader
 
     # small files and row groups, so that 1,797 rows of 64 floats make several of each
@@ -99,6 +99,15 @@ def test_parquet_layout_prunes_range_reads_and_workers_read_every_row(url, digit
     batches = list(DataLoader(ds, batch_size=100, num_workers=2))
     assert torch.equal(torch.cat([bx for bx, _ in batches]).reshape(-1, 64), torch.from_numpy(want_x))
     assert torch.equal(torch.cat([by for _, by in batches]), torch.from_numpy(want_y))
+
+    # a worker of a process that learned nothing from Spark: the warehouse in the URL, else a clear error
+    monkeypatch.setattr(reader, "_LOCATIONS", {})
+    warehouse = db.backend.spark.conf.get("spark.sql.warehouse.dir")
+    got_x, got_y = reader.SparkRangeReader(f"{url}&warehouse={warehouse}").read(info, 1700, 1797)
+    assert np.array_equal(got_x, want_x[1700:]) and np.array_equal(got_y, want_y[1700:])
+    monkeypatch.chdir(tmp_path)  # no ./spark-warehouse here
+    with pytest.raises(dbdl.ConfigurationError, match="warehouse=DIR"):
+        reader.SparkRangeReader(url).read(info, 0, 10)
     db.close()
 
 
