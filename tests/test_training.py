@@ -35,9 +35,8 @@ def expected_split(digits, split, seed=0, train=0.8, validation=0.1):
 
 
 def dataset_tables(db) -> list[str]:
-    rows = db.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
-                  "AND table_name LIKE 'ds%' ORDER BY 1", [db.backend.data_schema]).fetchall()
-    return [r[0] for r in rows]
+    # the backend's own listing of its tables and views (Spark has no information_schema)
+    return sorted(t for t in db.backend.tables_in(db.backend.data_schema) if t.startswith("ds"))
 
 
 # -- export --------------------------------------------------------------------------------------
@@ -74,7 +73,7 @@ def test_call_train_export_from_sql_with_stacked_columns(db):
     a, b, c = rng.standard_normal((3, 50))
     target = rng.standard_normal(50)
     db.create_table("pts", {"id": np.arange(50), "a": a, "b": b, "c": c, "y": target, "note": ["x"] * 50})
-    array = per_backend(db, duckdb="[2]", postgres="ARRAY[2]")
+    array = per_backend(db, duckdb="[2]", postgres="ARRAY[2]", spark="array(2)")
     out = db.sql(f"CALL dbdl.train_export('SELECT id, a, b, c, y FROM pts ORDER BY id', 'pts', label_column => 'y', "
                  f"features => {array.replace('2', chr(39) + 'a' + chr(39) + ', ' + chr(39) + 'c' + chr(39))}, "
                  f"dtype => 'float64', train_fraction => 0.5, validation_fraction => 0.5, seed => 7)")
@@ -113,7 +112,8 @@ def test_reexport_replaces_atomically_and_a_failed_export_leaves_nothing(db, dig
     db.sql(per_backend(
         db, duckdb="CREATE TABLE ragged AS SELECT 1 AS label, [1.0, 2.0] AS f UNION ALL SELECT 2, [1.0]",
         postgres="CREATE TABLE ragged AS SELECT 1 AS label, ARRAY[1.0, 2.0]::real[] AS f UNION ALL "
-                 "SELECT 2, ARRAY[1.0]::real[]"))
+                 "SELECT 2, ARRAY[1.0]::real[]",
+        spark="CREATE TABLE ragged AS SELECT 1 AS label, array(1.0D, 2.0D) AS f UNION ALL SELECT 2, array(1.0D)"))
     cases = [
         ("SELECT f, CASE WHEN id = 2 THEN NULL ELSE label END AS label FROM bad", {}, dbdl.DTypeMismatch, "NULL label"),
         ("SELECT CASE WHEN id = 1 THEN NULL ELSE f END AS f, label FROM bad", {}, dbdl.DTypeMismatch, "NULL features"),
@@ -351,7 +351,8 @@ def test_trained_model_goes_back_and_predicts_in_sql(db, digits, tmp_path):
     scaled = torch.nn.Sequential(ScaleBy(1 / 16.0), model).eval()
     assert db.models.register("digits_cnn", scaled, dataset="digits") == 1
     assert db.models.get("digits_cnn").description == "trained on dataset digits@1"
-    accuracy = db.sql("SELECT avg(CASE WHEN predict_class('digits_cnn', features) = label THEN 1.0 ELSE 0.0 END) "
+    # (whole numbers: Spark's 1.0 is a decimal, whose avg keeps four places)
+    accuracy = db.sql("SELECT avg(CASE WHEN predict_class('digits_cnn', features) = label THEN 1 ELSE 0 END) "
                       f"FROM {db.backend.data_schema}.ds_digits WHERE split = 'test'").fetchall()[0][0]
     x, y = db.training_set("digits", "test", cache=False).arrays()
     with torch.no_grad():

@@ -34,14 +34,17 @@ def make_tokens(n: int, seed: int = 0, max_len: int = 18, vocab: int = VOCAB):
 
 def _list_literal(db, values, element: str) -> str:
     pg_type = {"INTEGER": "pg_catalog.int4", "BIGINT": "pg_catalog.int8", "DOUBLE": "pg_catalog.float8"}[element]
+    spark_type = {"INTEGER": "INT", "BIGINT": "BIGINT", "DOUBLE": "DOUBLE"}[element]
     inner = ", ".join(str(v) for v in values)
     return per_backend(db, duckdb=f"CAST([{inner}] AS {element}[])",
-                       postgres=f"ARRAY[{inner}]::{pg_type}[]" if len(values) else f"'{{}}'::{pg_type}[]")
+                       postgres=f"ARRAY[{inner}]::{pg_type}[]" if len(values) else f"'{{}}'::{pg_type}[]",
+                       spark=f"CAST(array({inner}) AS ARRAY<{spark_type}>)")
 
 
 def token_table(db, name: str, rows, labels, element: str = "INTEGER") -> None:
     column = per_backend(db, duckdb=f"{element}[]",
-                         postgres={"INTEGER": "integer[]", "BIGINT": "bigint[]", "DOUBLE": "double precision[]"}[element])
+                         postgres={"INTEGER": "integer[]", "BIGINT": "bigint[]", "DOUBLE": "double precision[]"}[element],
+                         spark={"INTEGER": "ARRAY<INT>", "BIGINT": "ARRAY<BIGINT>", "DOUBLE": "ARRAY<DOUBLE>"}[element])
     db.sql(f"CREATE TABLE {name} (id integer, tokens {column}, label integer)")
     values = ", ".join(f"({i}, {_list_literal(db, r.tolist(), element)}, {int(y)})"
                        for i, (r, y) in enumerate(zip(rows, labels)))
@@ -57,9 +60,8 @@ def in_split_order(items, labels, split: str, seed: int = 0, train=0.8, validati
 
 
 def dataset_tables(db) -> list[str]:
-    rows = db.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
-                  "AND table_name LIKE 'ds%' ORDER BY 1", [db.backend.data_schema]).fetchall()
-    return [r[0] for r in rows]
+    # the backend's own listing of its tables and views (Spark has no information_schema)
+    return sorted(t for t in db.backend.tables_in(db.backend.data_schema) if t.startswith("ds"))
 
 
 # the collate functions of PyTorch's tutorials, over (tokens, label) samples ------------------------
@@ -139,11 +141,12 @@ def test_token_lists_are_stored_and_read_back_exactly(db):
     assert db.datasets.get("news") == info
     # compact: integers, one per token (DuckDB INTEGER[]; PostgreSQL 4 bytes a token in bytea)
     types = per_backend(db, duckdb=[(f"SELECT typeof(features) FROM {info.view} LIMIT 1", [("INTEGER[]",)])],
-                        postgres=[])
+                        postgres=[], spark=[(f"SELECT typeof(features) FROM {info.view} LIMIT 1", [("array<int>",)])])
     for sql, want in types:
         assert db.sql(sql).fetchall() == want
     stored = db.sql(per_backend(db, duckdb=f"SELECT sum(len(features)) FROM {info.view}",
-                                postgres=f"SELECT sum(pg_catalog.octet_length(features)) / 4 FROM {info.view}")
+                                postgres=f"SELECT sum(pg_catalog.octet_length(features)) / 4 FROM {info.view}",
+                                spark=f"SELECT sum(size(features)) FROM {info.view}")
                     ).fetchall()[0][0]
     assert int(stored) == sum(len(r) for r in rows)
     for split in ("train", "validation", "test"):
@@ -291,7 +294,9 @@ def test_uint8_images_stay_one_byte_and_come_out_as_asked(db):
     sql, want = per_backend(
         db, duckdb=(f"SELECT typeof(features) FROM {info.view} LIMIT 1", [("UTINYINT[3072]",)]),
         postgres=("SELECT min(pg_catalog.octet_length(features)), max(pg_catalog.octet_length(features)) FROM "
-                  + info.view, [(3072, 3072)]))
+                  + info.view, [(3072, 3072)]),
+        spark=(f"SELECT typeof(features), min(length(features)), max(length(features)) FROM {info.view} "
+               "GROUP BY 1", [("binary", 3072, 3072)]))
     assert db.sql(sql).fetchall() == want
     want_x, want_y = in_split_order(list(images), labels, "train")
     want_x = np.stack(want_x)
@@ -309,7 +314,9 @@ def test_uint8_images_stay_one_byte_and_come_out_as_asked(db):
         db, duckdb="CREATE TABLE nested AS SELECT id, CAST([[[v, v + 1], [v + 2, v + 3], [v + 4, v + 5]]] AS "
                    "FLOAT[2][3][1]) AS img, label FROM (SELECT id, CAST(id AS FLOAT) AS v, label FROM cifar)",
         postgres="CREATE TABLE nested AS SELECT id, ARRAY[[[id, id + 1], [id + 2, id + 3], [id + 4, id + 5]]]::"
-                 "pg_catalog.float4[] AS img, label FROM cifar"))
+                 "pg_catalog.float4[] AS img, label FROM cifar",
+        spark="CREATE TABLE nested AS SELECT id, CAST(array(array(array(id, id + 1), array(id + 2, id + 3), "
+              "array(id + 4, id + 5))) AS ARRAY<ARRAY<ARRAY<FLOAT>>>) AS img, label FROM cifar"))
     nested_query = "SELECT img, label FROM nested ORDER BY id"
     nested = db.train_export(nested_query, "nested")
     assert nested.shape == (1, 3, 2)
@@ -336,6 +343,7 @@ class TinyCNN(torch.nn.Module):
 
 
 @pytest.mark.never(["postgres"], reason="PostgreSQL has no one-byte unsigned array type (its uint8 images are bytea)")
+@pytest.mark.never(["spark"], reason="Spark has no unsigned byte type (its uint8 images are BINARY)")
 def test_a_utinyint_array_column_exports_as_uint8_images(db):
     """DuckDB's UTINYINT[3072]: one byte a value, exported with a shape like a BLOB of image bytes."""
     import pyarrow as pa
@@ -357,7 +365,7 @@ def test_image_training_curve_equals_the_in_memory_one(url, workers, tmp_path):
     images, labels = make_images(100, seed=2)
     db.create_table("cifar", {"id": np.arange(100), "img": [bytes(im.tobytes()) for im in images], "label": labels})
     db.sql("CALL dbdl.train_export('SELECT img, label FROM cifar ORDER BY id', 'cifar', shape => "
-           + per_backend(db, duckdb="[3, 32, 32]", postgres="ARRAY[3, 32, 32]") + ", seed => 2)")
+           + per_backend(db, duckdb="[3, 32, 32]", postgres="ARRAY[3, 32, 32]", spark="array(3, 32, 32)") + ", seed => 2)")
     ds = db.training_set("cifar", dtype="float32", cache=tmp_path, block_rows=24, prefetch=1)
     if workers:
         release_for_workers(db)
@@ -393,8 +401,10 @@ def test_bad_inputs_are_refused_with_the_fix_and_leave_nothing(db):
     token_table(db, "news", rows, labels)
     token_table(db, "floats", [r.astype(np.float64) / 7 for r in rows], labels, element="DOUBLE")
     nested = per_backend(db, duckdb="SELECT [[1, 2], [3]] AS tokens, 1 AS label",
-                         postgres="SELECT ARRAY[[1, 2], [3, 4]]::pg_catalog.int4[] AS tokens, 1 AS label")
-    null_in_list = per_backend(db, duckdb="[1, NULL]", postgres="ARRAY[1, NULL]::pg_catalog.int4[]")
+                         postgres="SELECT ARRAY[[1, 2], [3, 4]]::pg_catalog.int4[] AS tokens, 1 AS label",
+                         spark="SELECT array(array(1, 2), array(3)) AS tokens, 1 AS label")
+    null_in_list = per_backend(db, duckdb="[1, NULL]", postgres="ARRAY[1, NULL]::pg_catalog.int4[]",
+                               spark="array(1, NULL)")
     db.create_table("pics", {"id": np.arange(3), "img": [b"\x01\x02", b"\x01\x02\x03", b"\x04\x05"],
                              "label": [0, 1, 2]})
     cases = [
@@ -527,8 +537,11 @@ def test_call_binds_question_marks_and_leaves_those_in_strings(db):
     keeps as raw text, so its arguments must still become %s), a ? inside a string stays text."""
     rows, labels = make_tokens(40, seed=4)
     token_table(db, "news", rows, labels)
-    db.sql("CALL dbdl.train_export('SELECT tokens, label FROM news WHERE ''?'' = ''?'' ORDER BY id', ?, "
-           "ragged => true, seed => ?)", ["news_q", 5])
+    # (Spark SQL reads 'a''b' as two literals, concatenated: there the query is a "…" string)
+    query = per_backend(db, duckdb="'SELECT tokens, label FROM news WHERE ''?'' = ''?'' ORDER BY id'",
+                        postgres="'SELECT tokens, label FROM news WHERE ''?'' = ''?'' ORDER BY id'",
+                        spark="\"SELECT tokens, label FROM news WHERE '?' = '?' ORDER BY id\"")
+    db.sql(f"CALL dbdl.train_export({query}, ?, ragged => true, seed => ?)", ["news_q", 5])
     info = db.datasets.get("news_q")
     assert (info.n_rows, info.seed) == (40, 5)
     got_rows, got_labels = db.training_set("news_q", "train", cache=False).arrays()

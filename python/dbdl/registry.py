@@ -168,7 +168,7 @@ class ModelRegistry:
             # a model trained on an exported dataset: its input is one row of the dataset's tensor
             from dbdl_udf.datasets import get as get_dataset
 
-            info = get_dataset(self._backend, dataset)
+            info = get_dataset(self._backend.catalog, dataset)
             if example is None and info.ragged:
                 raise InvalidModel(
                     f"dataset {info.name!r} holds token lists of different lengths, so its shape gives no example "

@@ -458,9 +458,10 @@ COLUMNS = ("name, version, table_name, shape, dtype, label_dtype, n_rows, n_trai
            "block_rows")
 
 
-#: where dataset tables may live: DuckDB's dbdl, PostgreSQL's dbdl_data (dbdl_admin's schema)
+#: where dataset tables may live: DuckDB's dbdl, PostgreSQL's dbdl_data (dbdl_admin's schema); a
+#: Spark connection's data database (``data_database=``, a plain name) is passed to :func:`record`
 DATA_SCHEMAS = ("dbdl", "dbdl_data")
-_TABLE_RE = re.compile(r"(dbdl|dbdl_data)\.ds_[a-z_][a-z0-9_]{0,47}_v[1-9][0-9]{0,8}")
+_TABLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,127}\.ds_[a-z_][a-z0-9_]{0,47}_v[1-9][0-9]{0,8}")
 
 
 def table_name(schema: str, name: str, version: int) -> str:
@@ -524,11 +525,11 @@ _ROW_FIELDS = ("name", "version", "table_name", "shape", "dtype", "label_dtype",
                "uid", "block_rows")
 
 
-def record(db: SQLRunner, row: dict, table_rows=None) -> None:
+def record(db: SQLRunner, row: dict, table_rows=None, schemas: Sequence[str] = DATA_SCHEMAS) -> None:
     """Write the catalog row of a finished export (replacing the dataset's previous one), after
-    checking it: the next version, its own table, consistent counts. ``table_rows(table)`` gives
-    the table's row count (None when there is no such plain table) where the row comes from
-    someone the catalog does not trust (PostgreSQL: dbdl.record_dataset)."""
+    checking it: the next version, its own table (in one of ``schemas``), consistent counts.
+    ``table_rows(table)`` gives the table's row count (None when there is no such plain table)
+    where the row comes from someone the catalog does not trust (PostgreSQL: dbdl.record_dataset)."""
     if not isinstance(row, dict) or set(row) != set(_ROW_FIELDS):
         raise InvalidName(f"a dataset catalog row has exactly the fields {', '.join(_ROW_FIELDS)}")
     name = check_dataset_name(row["name"])
@@ -545,8 +546,8 @@ def record(db: SQLRunner, row: dict, table_rows=None) -> None:
     if row["version"] != version:
         raise InvalidName(f"dataset {name!r} is at version {version - 1}; its next export is version {version}")
     schema = row["table_name"].partition(".")[0] if isinstance(row["table_name"], str) else ""
-    if schema not in DATA_SCHEMAS or row["table_name"] != table_name(schema, name, version):
-        raise InvalidName(f"dataset {name!r} version {version} lives in table {table_name('dbdl_data', name, version)}")
+    if schema not in schemas or row["table_name"] != table_name(schema, name, version):
+        raise InvalidName(f"dataset {name!r} version {version} lives in table {table_name(schemas[-1], name, version)}")
     counts = (row["n_train"], row["n_validation"], row["n_test"])
     if min(counts) < 0 or sum(counts) != row["n_rows"] or row["n_rows"] < 1:
         raise ShapeMismatch(f"dataset {name!r}: the split counts {counts} do not add up to its {row['n_rows']} rows")
