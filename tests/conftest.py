@@ -172,7 +172,7 @@ def strategy(request) -> str:
 # -- gaps as data: the notimpl / never markers --------------------------------------------------
 
 #: the fixtures (and direct parametrizations) whose param is a backend name, a key of BACKENDS
-BACKEND_PARAMS = ("url", "zoo_db")
+BACKEND_PARAMS = ("url", "zoo_db", "hybrid_db")
 #: the param that names an execution strategy (the ``strategy`` fixture, or a test's own parametrize)
 STRATEGY_PARAM = "strategy"
 #: marker name -> how its skip reason begins

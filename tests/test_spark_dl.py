@@ -97,3 +97,13 @@ def test_bad_input_is_the_dbdl_error_and_leaves_no_view(sdb):
     with pytest.raises(dbdl.DTypeMismatch, match="booleans"):
         sdb.sql("SELECT id, predict_array('m', transform(feats, v -> v > 0)) FROM t", strategy="dl")
     assert [t.name for t in sdb.backend.spark.catalog.listTables() if t.isTemporary] == []
+
+
+def test_a_temporary_table_is_computed_once(sdb):
+    """create_temp_table_as (a hybrid plan's numbered feature vectors): a cached view whose rows do
+    not change between reads, even for a query whose values would (rand()); dropped, it is gone."""
+    sdb.backend.create_temp_table_as("dbdl_hyb_test_src", "SELECT id, rand() AS r FROM t")
+    first = sorted(sdb.backend.fetchall("SELECT id, r FROM dbdl_hyb_test_src"))
+    assert len(first) == ROWS and sorted(sdb.backend.fetchall("SELECT id, r FROM dbdl_hyb_test_src")) == first
+    sdb.backend.drop_temp_table("dbdl_hyb_test_src")
+    assert not sdb.backend.spark.catalog.tableExists("dbdl_hyb_test_src")

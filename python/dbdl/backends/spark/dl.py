@@ -109,6 +109,21 @@ def score_into_temp_view(backend: Any, source_sql: str, score: Any, kind: str, t
     _RUNS[backend] = DLRun(table, plan, accumulator, scored)
 
 
+def cached_temp_view(backend: Any, table: str, select_sql: str) -> None:
+    """``table`` as a temporary view of ``select_sql``'s rows, materialized once in the executors'
+    block managers (SparkBackend.create_temp_table_as)."""
+    from pyspark import StorageLevel
+
+    frame = backend._sql(select_sql)
+    frame.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        frame.count()
+    except Exception as exc:  # the query's own error (a length check's raise_error)
+        frame.unpersist()
+        raise backend._translate(exc) from exc
+    frame.createOrReplaceTempView(table)
+
+
 def _runtime(backend: Any) -> str:
     from dbdl_udf.sparkdl import RUNTIMES
 
