@@ -90,8 +90,17 @@ def test_torch_on_the_executors_equals_torch(sdb, features, mlp):
 
 
 def test_bad_input_is_the_dbdl_error_and_leaves_no_view(sdb):
-    """An executor's dbdl error reaches the caller as the same dbdl error class (ShapeMismatch for a
-    wrong width, DTypeMismatch for booleans), and no temporary view is left behind."""
+    """An executor's dbdl error reaches the caller as the same dbdl error class and message as on
+    DuckDB (ShapeMismatch for a wrong width, DTypeMismatch for booleans, ModelRuntimeError for a
+    model that mixes rows or fails in onnxruntime), and no temporary view is left behind."""
+    from test_errors import ODD_BATCH_FAILS, ROW_MIXERS
+
+    sdb.models.register("mix", ROW_MIXERS["concat_rows"])
+    sdb.models.register("frail", ODD_BATCH_FAILS)
+    with pytest.raises(dbdl.ModelRuntimeError, match=r"'mix@1' returned output 'y' of shape \[\d+, 8\] for a batch"):
+        sdb.sql("SELECT id, predict_array('mix', feats) FROM t", strategy="dl")
+    with pytest.raises(dbdl.ModelRuntimeError, match="model 'frail@1' failed in onnxruntime"):
+        sdb.sql("SELECT id, predict_array('frail', feats) FROM t WHERE id < 5", strategy="dl")
     with pytest.raises(dbdl.ShapeMismatch, match="'m@1' takes 8 features per row"):
         sdb.sql("SELECT id, predict_array('m', slice(feats, 1, 5)) FROM t", strategy="dl")
     with pytest.raises(dbdl.DTypeMismatch, match="booleans"):
