@@ -172,7 +172,7 @@ def strategy(request) -> str:
 # -- gaps as data: the notimpl / never markers --------------------------------------------------
 
 #: the fixtures (and direct parametrizations) whose param is a backend name, a key of BACKENDS
-BACKEND_PARAMS = ("url", "zoo_db")
+BACKEND_PARAMS = ("url", "zoo_db", "hybrid_db")
 #: the param that names an execution strategy (the ``strategy`` fixture, or a test's own parametrize)
 STRATEGY_PARAM = "strategy"
 #: marker name -> how its skip reason begins
@@ -223,7 +223,7 @@ def _gap_applies(item: pytest.Item, mark: pytest.Mark) -> str | None:
 #: over more models — run with DBDL_SPARK_ALL=1 (`make test-spark-all`), and are skipped, with this
 #: reason, in make test.
 SPARK_MODULES = {"test_behaviour", "test_errors", "test_registration", "test_training", "test_planner", "test_spark",
-                 "test_spark_data"}
+                 "test_spark_data", "test_spark_dl"}
 
 
 def _spark_case(item: pytest.Item) -> bool:

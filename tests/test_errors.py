@@ -74,10 +74,12 @@ HUGE_ALLOCATION = _model([helper.make_node("Slice", ["x", "st", "en", "ax"], ["h
 
 
 def temp_tables(db) -> list[str]:
-    sql = per_backend(db, duckdb="SELECT table_name FROM duckdb_tables() WHERE temporary",
-                      postgres="SELECT relname::text FROM pg_class WHERE relnamespace = pg_my_temp_schema() "
-                               "AND relkind = 'r'")
-    return [r[0] for r in db.backend.fetchall(sql)]
+    names = per_backend(
+        db, duckdb=lambda: db.backend.fetchall("SELECT table_name FROM duckdb_tables() WHERE temporary"),
+        postgres=lambda: db.backend.fetchall("SELECT relname::text FROM pg_class WHERE relnamespace = "
+                                             "pg_my_temp_schema() AND relkind = 'r'"),
+        spark=lambda: [(t.name,) for t in db.backend.spark.catalog.listTables() if t.isTemporary])
+    return [r[0] for r in names()]
 
 
 def call(db, sql: str, params=()):
@@ -88,7 +90,9 @@ def call(db, sql: str, params=()):
 
 
 def registry_counts(db) -> tuple[int, int, int]:
-    return tuple(db.sql(f"SELECT count(*) FROM dbdl.{t}").scalar() for t in ("models", "model_versions", "blobs"))
+    # dbdl's own tables are the catalog database's (Spark's is DuckDB or PostgreSQL; elsewhere the database itself)
+    return tuple(db.backend.catalog.fetchone(f"SELECT count(*) FROM dbdl.{t}")[0]
+                 for t in ("models", "model_versions", "blobs"))
 
 
 @pytest.fixture
@@ -259,7 +263,7 @@ def test_boolean_features_are_refused_everywhere(db, table, mlp_onnx, strategy):
     """One rule: booleans are not features (cast them to numbers), under every strategy and backend."""
     db.models.register("m", mlp_onnx)
     bools = per_backend(db, duckdb="CAST(list_transform(CAST(feats AS FLOAT[]), lambda v: v > 0) AS BOOLEAN[])",
-                        postgres="ARRAY(SELECT v > 0 FROM unnest(feats) AS v)")
+                        postgres="ARRAY(SELECT v > 0 FROM unnest(feats) AS v)", spark="transform(feats, v -> v > 0)")
     before = temp_tables(db)
     with pytest.raises(dbdl.DTypeMismatch, match="numeric features|numbers|boolean"):
         db.sql(f"SELECT id, predict_array('m', {bools}) FROM t", strategy=strategy).fetchall()

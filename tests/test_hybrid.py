@@ -17,6 +17,16 @@ ROWS = 12
 BUDGET = 200_000
 
 
+#: Spark's gaps in hybrid plans (the DL-centric suffix itself runs: docs/spark.md, "DL-centric on Spark")
+NUMBERING_GAP = pytest.mark.notimpl(
+    ["spark"], raises=dbdl.QueryError,
+    reason="the prefix numbers the distinct feature vectors with ROW_NUMBER() OVER () "
+           "(strategies/relation.py: numbered_features), which Spark refuses without an ORDER BY")
+HINT_GAP = pytest.mark.notimpl(
+    ["spark"], reason="a /*+ dbdl strategy=… */ comment is a Spark hint to sqlglot's Spark tokenizer (TokenType.HINT, "
+                      "not a comment): query.strategy_hint does not see it and the statement keeps it")
+
+
 class _DenseThenConv(torch.nn.Module):
     """Dense layers dbdl compiles to SQL, then a ConvTranspose its IR does not hold."""
 
@@ -45,34 +55,42 @@ def hybrid_db(request, tmp_path_factory):
     x = ((rng.random((ROWS, WIDTH)) < 0.02) * rng.standard_normal((ROWS, WIDTH))).astype(np.float32)
     db.create_table("t", {"id": np.arange(ROWS), "feats": x})
     db.sql(per_backend(db, duckdb=f"INSERT INTO t VALUES ({ROWS}, NULL)",
-                       postgres=f"INSERT INTO t VALUES ({ROWS}, NULL)"))
+                       postgres=f"INSERT INTO t VALUES ({ROWS}, NULL)",
+                       spark=f"INSERT INTO t VALUES ({ROWS}, NULL)"))
     db.sql(per_backend(db, duckdb=f"INSERT INTO t SELECT {ROWS + 1}, list_transform(range({WIDTH}), "
                                   "lambda k: CASE WHEN k = 3 THEN NULL ELSE 0.5 END)",
                        postgres=f"INSERT INTO t SELECT {ROWS + 1}, array_agg(CASE WHEN k = 3 THEN NULL ELSE 0.5 END "
-                                "ORDER BY k)::real[] FROM generate_series(0, 1999) AS k"))
+                                "ORDER BY k)::real[] FROM generate_series(0, 1999) AS k",
+                       spark=f"INSERT INTO t SELECT {ROWS + 1}, CAST(transform(sequence(0, {WIDTH - 1}), "
+                             "k -> CASE WHEN k = 3 THEN NULL ELSE 0.5 END) AS ARRAY<FLOAT>)"))
     db.create_table("narrow", {"id": np.arange(ROWS), "feats": x[:, :20] + 0.5})
     yield db, x, run_onnx(wide, {"x": x}), run_onnx(one, {"x": x}), run_onnx(conv, {"x": x[:, :20] + 0.5})
     db.close()
 
 
 def _temp_tables(db) -> int:
-    return db.sql(per_backend(db, duckdb="SELECT count(*) FROM duckdb_tables() WHERE temporary",
-                              postgres="SELECT count(*) FROM pg_tables WHERE tablename LIKE 'dbdl_%'")).scalar()
+    count = per_backend(db, duckdb=lambda: db.sql("SELECT count(*) FROM duckdb_tables() WHERE temporary").scalar(),
+                        postgres=lambda: db.sql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'dbdl_%'").scalar(),
+                        spark=lambda: sum(t.isTemporary for t in db.backend.spark.catalog.listTables()))
+    return count()
 
 
 def _scored(db, sql: str, strategy: str | None = None) -> dict[int, object]:
     return dict(db.sql(sql, strategy=strategy).fetchall())
 
 
-@pytest.mark.parametrize("split", ["0:dl", "1:dl", "1:udf", ""])
+@pytest.mark.parametrize("split", [pytest.param("0:dl", marks=NUMBERING_GAP), pytest.param("1:dl", marks=NUMBERING_GAP),
+                                   "1:udf", pytest.param("", marks=NUMBERING_GAP)])
 def test_every_split_point_matches_onnxruntime(hybrid_db, split):
     """Each split point, its sub-model streamed out (dl) or, on DuckDB, run inside the statement by
     an in-database function (udf); "": the cost model's choice."""
     db, _, logits, score, _ = hybrid_db
     strategy = f"{HYBRID}:{split}" if split else HYBRID
-    if split.endswith("udf") and not per_backend(db, duckdb=True, postgres=False):
+    if split.endswith("udf") and not per_backend(db, duckdb=True, postgres=False, spark=False):
         # PostgreSQL's dbdl.predict looks models up in the registry, where no sub-model is stored
-        with pytest.raises(dbdl.StrategyUnavailable, match="cannot run udf-centric on postgres.*'hybrid:1:dl'"):
+        # (Spark's UDFs broadcast registered versions' bytes)
+        with pytest.raises(dbdl.StrategyUnavailable,
+                           match=f"cannot run udf-centric on {db.backend.name}.*'hybrid:1:dl'"):
             db.sql("SELECT predict_array('m', feats) FROM t", strategy=strategy)
         return
     got = _scored(db, "SELECT id, predict_array('m', feats) FROM t ORDER BY id", strategy)
@@ -86,6 +104,7 @@ def test_every_split_point_matches_onnxruntime(hybrid_db, split):
     assert _temp_tables(db) == 0  # the cut vectors and predictions are dropped after the statement
 
 
+@HINT_GAP
 def test_hint_forces_a_split_by_node_or_tensor_and_where_runs_first(hybrid_db):
     db, _, logits, *_ = hybrid_db
     hinted = db.explain(f"SELECT /*+ dbdl strategy={HYBRID}:1 */ predict_array('m', feats) FROM t")[0]
@@ -104,6 +123,7 @@ def test_hint_forces_a_split_by_node_or_tensor_and_where_runs_first(hybrid_db):
         assert db.explain("SELECT id, predict_class('m', feats) FROM t ORDER BY id LIMIT 2", strategy=strategy)[0].rows == 2
 
 
+@NUMBERING_GAP
 def test_budget_below_the_model_rules_out_udf_and_dl_and_hybrid_is_costed(hybrid_db):
     db, _, logits, *_ = hybrid_db
     db.memory_budget = BUDGET
@@ -123,6 +143,7 @@ def test_budget_below_the_model_rules_out_udf_and_dl_and_hybrid_is_costed(hybrid
             db.sql("SELECT predict_array('m', feats) FROM t", strategy="dl")
         # at scale the 64 → 300 layer costs more as SQL joins than streamed out: hybrid is cheapest
         many = per_backend(db, duckdb="SELECT predict_array('m', feats) FROM t, range(100000)",
+                           spark="SELECT predict_array('m', feats) FROM t, range(100000)",
                            postgres="SELECT predict_array('m', feats) FROM t, generate_series(1, 100000)")
         large = db.explain(many)[0]
         assert large.rows > 100_000 and large.choice == HYBRID
@@ -149,6 +170,7 @@ def test_explain_shows_where_each_operator_runs(hybrid_db):
     assert text.count("relation —") == 1
 
 
+@pytest.mark.notimpl(["spark"], raises=dbdl.QueryError, reason=HINT_GAP.kwargs["reason"])
 def test_bad_and_hostile_split_points_are_refused_naming_the_valid_ones(hybrid_db):
     db, *_ = hybrid_db
     valid = r"valid split points are 0 \(after '/0/Gemm_output_0', 64 values per row\), 1 \(after '/1/Relu_output_0'"
@@ -162,9 +184,11 @@ def test_bad_and_hostile_split_points_are_refused_naming_the_valid_ones(hybrid_d
     assert db.sql("SELECT count(*) FROM t").scalar() == ROWS + 2 and _temp_tables(db) == 0
 
 
+@NUMBERING_GAP
 def test_wrong_length_is_the_same_shape_mismatch_as_relation(hybrid_db):
     db, *_ = hybrid_db
     sql = per_backend(db, duckdb="SELECT predict_array('m', CAST(feats AS FLOAT[])[1:1999]) FROM t",
+                      spark="SELECT predict_array('m', slice(feats, 1, 1999)) FROM t",
                       postgres="SELECT predict_array('m', feats[1:1999]) FROM t")
     errors = []
     for strategy in ("relation", f"{HYBRID}:0"):
@@ -175,6 +199,7 @@ def test_wrong_length_is_the_same_shape_mismatch_as_relation(hybrid_db):
     assert _temp_tables(db) == 0
 
 
+@NUMBERING_GAP
 @pytest.mark.parametrize("strategy", ["hybrid:dl", "hybrid:/reshape_output_0", "hybrid"])
 def test_a_suffix_beyond_the_ir_runs_in_the_sub_model(hybrid_db, strategy):
     """A ConvTranspose after the dense layers: relation-centric execution is ruled out, the dense
@@ -197,7 +222,7 @@ def test_postgres_sql_names_every_built_in_with_its_schema(hybrid_db):
     from dbdl.query import parse
 
     db, *_ = hybrid_db
-    if not per_backend(db, duckdb=False, postgres=True):
+    if not per_backend(db, duckdb=False, postgres=True, spark=False):
         return  # DuckDB has no roles or search_path to plant on (docs/security.md)
     backend, ran = db.backend, []
     execute, score = backend.execute, backend.score_into_temp_table

@@ -398,6 +398,12 @@ class Backend(ABC):
     @abstractmethod
     def drop_temp_table(self, table: str) -> None: ...
 
+    def create_temp_table_as(self, table: str, select_sql: str) -> None:
+        """Temporary table ``table`` (dbdl's own name) holding the rows of ``select_sql``, computed
+        once: every later read sees the same rows (a hybrid plan's numbered feature vectors). Spark,
+        which has no temporary tables, caches a temporary view."""
+        self.execute(f"CREATE TEMP TABLE {table} AS {select_sql}")
+
     # -- result cache (planner/cachejoin.py) ---------------------------------------------------
 
     def cache_key(self, model: "ResolvedModel", features: "exp.Expression") -> "exp.Expression":

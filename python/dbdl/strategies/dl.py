@@ -94,6 +94,9 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str,
             if len(x) > RUN_ROWS else run(x, len(x))
         return shape_outputs(y, kind, model.ref, spec.name, model.signature)
 
+    # what a backend that scores where the rows are (Spark's executors) needs to build this scorer
+    # again there: the closure holds a session and the connection, which do not travel
+    score.recipe = {"model": model, "kind": kind, "model_bytes": model_bytes, "options": options}
     return score
 
 

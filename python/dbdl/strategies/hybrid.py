@@ -285,8 +285,8 @@ class Hybrid(Strategy):
         statement.cleanup.extend([source, scored])  # dropped after the statement, even if it fails
         numbered = numbered_features(backend, model, select, call.features)
         # the distinct feature vectors, numbered once: the prefix reads them, the join maps them back
-        backend.execute(f"CREATE TEMP TABLE {source} AS "
-                        + backend.own_sql(backend.relational.exact_constants(numbered)).sql(dialect=backend.dialect))
+        backend.create_temp_table_as(
+            source, backend.own_sql(backend.relational.exact_constants(numbered)).sql(dialect=backend.dialect))
         backend.analyze(source)
         builder = weights_builder(backend, model, k, estimate.layout or "element", call.rows, call.costs)
         out = compile_graph(prefix, builder, source)

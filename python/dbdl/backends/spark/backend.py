@@ -242,6 +242,16 @@ class SparkBackend(SparkFunctions, Backend):
             return DatasetNotFound(f"a table's files are gone: {first}")
         return QueryError(first)
 
+    # -- DL-centric (sparkdl)
+
+    def create_temp_table_as(self, table: str, select_sql: str) -> None:
+        """A cached temporary view, computed once now (Spark has no temporary tables; a view alone
+        would run its query again on each read — a ROW_NUMBER() numbering differently each time).
+        Dropping it (drop_temp_table) uncaches it."""
+        from .dl import cached_temp_view
+
+        cached_temp_view(self, table, select_sql)
+
 
 def _quoted(name: str) -> str:
     return exp.to_identifier(name, quoted=True).sql(dialect="spark")
