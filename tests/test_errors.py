@@ -74,10 +74,11 @@ HUGE_ALLOCATION = _model([helper.make_node("Slice", ["x", "st", "en", "ax"], ["h
 
 
 def temp_tables(db) -> list[str]:
-    sql = per_backend(db, duckdb="SELECT table_name FROM duckdb_tables() WHERE temporary",
-                      postgres="SELECT relname::text FROM pg_class WHERE relnamespace = pg_my_temp_schema() "
-                               "AND relkind = 'r'")
-    return [r[0] for r in db.backend.fetchall(sql)]
+    sql, name = per_backend(db, duckdb=("SELECT table_name FROM duckdb_tables() WHERE temporary", 0),
+                            postgres=("SELECT relname::text FROM pg_class WHERE relnamespace = pg_my_temp_schema() "
+                                      "AND relkind = 'r'", 0),
+                            spark=("SHOW VIEWS", 1))  # Spark: namespace, viewName, isTemporary
+    return [r[name] for r in db.backend.fetchall(sql)]
 
 
 def call(db, sql: str, params=()):
@@ -145,6 +146,7 @@ def test_an_output_wider_than_declared_is_an_error(db, table, strategy):
 
 
 @pytest.mark.notimpl(["duckdb"], raises=dbdl.QueryError, reason="predict_into is PostgreSQL's procedure")
+@pytest.mark.notimpl(["spark"], raises=dbdl.QueryError, reason="predict_into is PostgreSQL's procedure")
 def test_predict_into_checks_the_output_per_batch(db, table):
     db.models.register("mix", ROW_MIXERS["concat_rows"])
     with pytest.raises(dbdl.ModelRuntimeError, match=r"'mix@1' returned output 'y' of shape \[600, 8\] for a batch "
@@ -218,6 +220,7 @@ def test_non_text_references(db, table, mlp_onnx):
 
 
 @pytest.mark.notimpl(["duckdb"], raises=dbdl.QueryError, reason="predict_into is PostgreSQL's procedure")
+@pytest.mark.notimpl(["spark"], raises=dbdl.QueryError, reason="predict_into is PostgreSQL's procedure")
 @pytest.mark.parametrize("batch_rows", [0, -1])
 def test_predict_into_refuses_a_batch_of_no_rows(db, table, mlp_onnx, batch_rows):
     db.models.register("m", mlp_onnx)
@@ -259,7 +262,8 @@ def test_boolean_features_are_refused_everywhere(db, table, mlp_onnx, strategy):
     """One rule: booleans are not features (cast them to numbers), under every strategy and backend."""
     db.models.register("m", mlp_onnx)
     bools = per_backend(db, duckdb="CAST(list_transform(CAST(feats AS FLOAT[]), lambda v: v > 0) AS BOOLEAN[])",
-                        postgres="ARRAY(SELECT v > 0 FROM unnest(feats) AS v)")
+                        postgres="ARRAY(SELECT v > 0 FROM unnest(feats) AS v)",
+                        spark="transform(feats, v -> v > 0)")
     before = temp_tables(db)
     with pytest.raises(dbdl.DTypeMismatch, match="numeric features|numbers|boolean"):
         db.sql(f"SELECT id, predict_array('m', {bools}) FROM t", strategy=strategy).fetchall()

@@ -86,7 +86,8 @@ def test_model_over_the_memory_budget_runs_relation_centric(db, features):
 
 def test_predict_without_from_can_only_run_in_the_database(db, scored):
     plan = db.explain(per_backend(db, duckdb="SELECT predict_class('m', [1, 2, 3, 4, 5, 6, 7, 8])",
-                                  postgres="SELECT predict_class('m', ARRAY[1, 2, 3, 4, 5, 6, 7, 8]::real[])"))[0]
+                                  postgres="SELECT predict_class('m', ARRAY[1, 2, 3, 4, 5, 6, 7, 8]::real[])",
+                                  spark="SELECT predict_class('m', array(1, 2, 3, 4, 5, 6, 7, 8))"))[0]
     assert plan.choice == "udf"
     assert {e.strategy: e.feasible for e in plan.candidates} == {"udf": True, "relation": False, "dl": False,
                                                                     "hybrid": False}
@@ -124,8 +125,8 @@ def test_ctes_parameters_and_create_table_as_under_every_strategy(db, scored, fe
     assert [r[1] for r in db.sql("SELECT id, c FROM scored ORDER BY id").fetchall()] == expected.tolist()
     row = [float(v) for v in features[0]]
     placeholders = ", ".join("?" * 8)
-    array = per_backend(db, duckdb="", postgres="ARRAY")
-    one = db.sql(f"SELECT predict_class('m', {array}[{placeholders}]) FROM t WHERE id = 0", row).scalar()
+    array = per_backend(db, duckdb="[{}]", postgres="ARRAY[{}]", spark="array({})").format(placeholders)
+    one = db.sql(f"SELECT predict_class('m', {array}) FROM t WHERE id = 0", row).scalar()
     assert one == expected[0]
 
 

@@ -168,7 +168,7 @@ class ModelRegistry:
             # a model trained on an exported dataset: its input is one row of the dataset's tensor
             from dbdl_udf.datasets import get as get_dataset
 
-            info = get_dataset(self._backend, dataset)
+            info = get_dataset(self._backend.catalog, dataset)
             if example is None and info.ragged:
                 raise InvalidModel(
                     f"dataset {info.name!r} holds token lists of different lengths, so its shape gives no example "
@@ -229,7 +229,7 @@ class ModelRegistry:
 
     def options(self, name: str) -> dict[str, Any]:
         """A model's options, defaults included."""
-        return catalog.model_options(self._backend, check_name(name))
+        return catalog.model_options(self._backend.catalog, check_name(name))
 
     def cache_stats(self, name: str | None = None) -> list["CacheStats"]:
         """Hits, misses, rows, bytes and evictions per cached version (of one model, or all)."""

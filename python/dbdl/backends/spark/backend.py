@@ -22,6 +22,7 @@ import sqlglot.expressions as exp
 
 from ...errors import ConnectionError, DatasetNotFound, DTypeMismatch, Error, QueryError, error_class
 from ...names import ResolvedModel
+from ...query import FUNCTION_SCHEMA, parse
 from ..base import Backend
 from .costs import COSTS
 from .dialect import RELATIONAL, DbdlSpark
@@ -209,13 +210,54 @@ class SparkBackend(SparkFunctions, Backend):
     # -- user statements -----------------------------------------------------------------------
 
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
+        routed = self._catalog_statement(sql)
+        if routed is not None:
+            return self._catalog.run_query(routed, params, models)
         frame = self._sql(sql, params)
         if not frame.columns:
             return None  # DDL and writes ran when Spark read the statement
         try:
             return frame.toArrow()
+        except pa.ArrowInvalid as exc:
+            if "empty vector" not in str(exc):
+                raise self._translate(exc, models) from exc
+            # no rows: pyspark cannot build the table without a batch to take the types from
+            from pyspark.sql.pandas.types import to_arrow_schema
+
+            return to_arrow_schema(frame.schema).empty_table()
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, models) from exc
+
+    def _catalog_statement(self, sql: str) -> str | None:
+        """A statement that reads (or writes) only dbdl's own tables (``dbdl.blobs``,
+        ``dbdl.model_versions``, …), transpiled from Spark SQL to the catalog database's dialect,
+        where those tables live; None for a statement of Spark's. A statement mixing both is refused:
+        Spark cannot read the catalog's tables, nor the catalog Spark's."""
+        if FUNCTION_SCHEMA not in sql.lower():
+            return None
+        trees = parse(sql, self.dialect)
+        if not trees or len(trees) != 1 or isinstance(trees[0], exp.Command):
+            return None
+        tree = trees[0]
+        ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+        ours, theirs = [], []
+        for table in tree.find_all(exp.Table):
+            if not table.name or (not table.db and table.name.lower() in ctes):
+                continue
+            in_catalog = table.db.lower() == FUNCTION_SCHEMA and table.catalog.lower() in ("", "spark_catalog")
+            (ours if in_catalog else theirs).append(table)
+        if not ours:
+            return None
+        if theirs:
+            raise QueryError(
+                f"this statement reads dbdl's own tables ({', '.join(sorted({t.sql(dialect='spark') for t in ours}))}) "
+                f"and Spark's ({', '.join(sorted({t.sql(dialect='spark') for t in theirs}))}); on Spark dbdl's tables live "
+                "in the catalog database (backend.catalog), which Spark cannot read in the same statement — read the "
+                "registry through db.models (db.models.list(), db.models.get(name)) or in a statement of its own, "
+                "and pass what it returns to the Spark statement as parameters")
+        for table in ours:
+            table.set("catalog", None)
+        return tree.sql(dialect=self._catalog.dialect)
 
     def _translate(self, exc: BaseException, models: Sequence[ResolvedModel] = ()) -> Error:
         if isinstance(exc, Error):
