@@ -160,6 +160,7 @@ def test_hint_inside_a_string_is_data_and_dl_cleans_up_after_a_failed_plan(db, s
 
 
 @pytest.mark.never(["postgres"], reason="DuckDB's row-group parallelism")
+@pytest.mark.never(["spark"], reason="DuckDB's row-group parallelism")
 def test_duckdb_udf_estimate_counts_the_cores_a_small_table_leaves_idle(db, scored):
     """DuckDB scans a table on one thread per 122,880-row group: a 300-row table runs the UDF on
     one core, so its compute term is the whole-machine one divided by that share."""

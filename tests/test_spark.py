@@ -188,7 +188,18 @@ def test_explain_gives_dbdls_choice_and_sparks_plan_of_the_pinned_statement(sdb,
     # db.explain of the EXPLAIN statement is db.explain of the statement; ~300: Spark's own statistics
     assert [p.describe() for p in sdb.explain("EXPLAIN SELECT predict_array('m', feats) FROM t")] == \
         [p.describe() for p in sdb.explain("SELECT predict_array('m', feats) FROM t")]
-    assert sdb.backend.estimate_rows("SELECT 1 FROM t WHERE id < 1000") == 300
+    assert sdb.backend.estimate_rows("SELECT 1 FROM t WHERE id < 1000") == 300  # a WHERE: counted
+
+
+def test_row_estimates_come_from_sparks_statistics_without_a_job(sdb, t):
+    context = sdb.backend.spark.sparkContext
+    sdb.sql("ANALYZE TABLE t COMPUTE STATISTICS")
+    context.setJobGroup("dbdl_estimate", "the planner's row estimate")
+    try:
+        assert sdb.backend.estimate_rows("SELECT 1 FROM t") == 300
+    finally:
+        context.setJobGroup(None, None)
+    assert list(context.statusTracker().getJobIdsForGroup("dbdl_estimate")) == []  # read from the catalog
 
 
 # -- names never reach Spark SQL as text ---------------------------------------------------------

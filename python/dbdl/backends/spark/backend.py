@@ -22,7 +22,7 @@ import sqlglot.expressions as exp
 
 from ...errors import ConnectionError, DatasetNotFound, DTypeMismatch, Error, QueryError, error_class
 from ...names import ResolvedModel
-from ...query import FUNCTION_SCHEMA, parse
+from ...query import FUNCTION_SCHEMA, HINT_RE, parse
 from ..base import Backend
 from .costs import COSTS
 from .dialect import RELATIONAL, DbdlSpark
@@ -73,6 +73,8 @@ class SparkBackend(SparkFunctions, Backend):
     # -- primitives: Spark SQL -----------------------------------------------------------------
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if "/*+" in sql:
+            sql = _without_dbdl_hints(sql)
         try:
             return self.spark.sql(sql, args=list(params) or None)
         except Exception as exc:  # noqa: BLE001 - pyspark's errors, translated
@@ -127,8 +129,8 @@ class SparkBackend(SparkFunctions, Backend):
         return [t.name for t in self.spark.catalog.listTables(schema) if not t.isTemporary]
 
     def write_arrow(self, table: str, data: pa.Table, *, replace: bool = False) -> None:
-        """A managed table of the warehouse (parquet) holding ``data``; fixed-size float lists become
-        array<float> (Spark has no fixed-size arrays)."""
+        """A managed table of the warehouse (parquet) holding ``data``, its row count in the catalog;
+        fixed-size float lists become array<float> (Spark has no fixed-size arrays)."""
         columns = []
         for column, field in zip(data.columns, data.schema):
             if pa.types.is_fixed_size_list(field.type):
@@ -136,8 +138,17 @@ class SparkBackend(SparkFunctions, Backend):
             columns.append(column)
         data = pa.table(columns, names=data.column_names)
         try:
-            frame = self.spark.createDataFrame(data)
+            if data.num_rows:
+                frame = self.spark.createDataFrame(data)
+            else:  # pyspark takes the types of an empty table from its schema only
+                from pyspark.sql.pandas.types import from_arrow_schema
+
+                frame = self.spark.createDataFrame([], from_arrow_schema(data.schema))
             frame.write.mode("overwrite" if replace else "errorifexists").saveAsTable(_quoted_table(table))
+            # the row count in the catalog (one job reading the parquet footers): the planner's
+            # estimates of statements over the table then need no count of their own (estimate_rows),
+            # and Spark keeps it right through INSERTs
+            self.spark.sql(f"ANALYZE TABLE {_quoted_table(table)} COMPUTE STATISTICS")
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc) from exc
 
@@ -147,9 +158,18 @@ class SparkBackend(SparkFunctions, Backend):
         """Spark's own estimate where it has one (analyzed tables, files it can size); else a count."""
         frame = self._sql(sql)
         try:
-            stats = frame._jdf.queryExecution().optimizedPlan().stats()
+            plan = frame._jdf.queryExecution().optimizedPlan()
+            # a projection keeps its input's rows, though Spark (without CBO) drops their count
+            while plan.nodeName() == "Project":
+                plan = plan.child()
+            stats = plan.stats()
             if stats.rowCount().isDefined():
-                return int(stats.rowCount().get().toString())
+                return _count(stats.rowCount().get())
+            if plan.nodeName() == "LogicalRelation" and plan.catalogTable().isDefined():
+                # ANALYZE TABLE's count, which the plan shows only under CBO (spark.sql.cbo.enabled)
+                table_stats = plan.catalogTable().get().stats()
+                if table_stats.isDefined() and table_stats.get().rowCount().isDefined():
+                    return _count(table_stats.get().rowCount().get())
         except Exception:  # noqa: BLE001 - an internal API: fall back to counting
             pass
         return super().estimate_rows(sql)
@@ -283,6 +303,25 @@ class SparkBackend(SparkFunctions, Backend):
         if kind.startswith("PATH_NOT_FOUND") or "FileNotFoundException" in message:
             return DatasetNotFound(f"a table's files are gone: {first}")
         return QueryError(first)
+
+
+def _count(value: Any) -> int:
+    """A Scala BigInt through py4j: a Python int, or a JVM object."""
+    return int(value if isinstance(value, int) else value.toString())
+
+
+def _without_dbdl_hints(sql: str) -> str:
+    """The statement without dbdl's ``/*+ dbdl strategy=… */`` comments: Spark reads ``/*+ … */`` as
+    its own optimizer hints, and refuses that one (Spark's own hints, such as BROADCAST, stay)."""
+    try:
+        tokens = DbdlSpark().tokenize(sql)
+    except sqlglot.errors.SqlglotError:
+        return sql
+    cuts = [(t.start, t.end + 1) for t in tokens if t.token_type == sqlglot.tokens.TokenType.HINT
+            and HINT_RE.search(t.text)]
+    for start, end in reversed(cuts):
+        sql = sql[:start] + sql[end:]
+    return sql
 
 
 def _quoted(name: str) -> str:
