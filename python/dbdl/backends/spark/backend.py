@@ -31,6 +31,8 @@ from .udf import SparkFunctions
 
 #: a dbdl error raised on an executor (or by raise_error in relation-centric SQL), as Spark reports it
 _DBDL_ERROR = re.compile(r"(?:dbdl_udf\.errors\.|dbdl\.errors\.|dbdl\.)(\w+): ([^\n]*)")
+#: text that may name a table of schema dbdl (dbdl.x, `dbdl`.x); dbdl_… names do not match
+_NAMES_DBDL_TABLE = re.compile(r"(?<![\w`])`?dbdl`?\s*\.\s*`?[A-Za-z_]", re.I)
 _SPARK_CLASS = re.compile(r"^\[([A-Z_.]+)\]\s*")
 
 
@@ -253,8 +255,8 @@ class SparkBackend(SparkFunctions, Backend):
         ``dbdl.model_versions``, …), transpiled from Spark SQL to the catalog database's dialect,
         where those tables live; None for a statement of Spark's. A statement mixing both is refused:
         Spark cannot read the catalog's tables, nor the catalog Spark's."""
-        if FUNCTION_SCHEMA not in sql.lower():
-            return None
+        if not _NAMES_DBDL_TABLE.search(sql):
+            return None  # the common case, without parsing: no "dbdl." in the text
         trees = parse(sql, self.dialect)
         if not trees or len(trees) != 1 or isinstance(trees[0], exp.Command):
             return None
