@@ -134,7 +134,9 @@ def test_predict_from_registered_torch_module_matches_torch(db, table, mlp, feat
     np.testing.assert_allclose(got, mlp(torch.from_numpy(features)).detach().numpy(), atol=ATOL)
 
 
-@pytest.mark.parametrize("cast", ["DOUBLE[8]", "DOUBLE[]", "FLOAT[]"])
+@pytest.mark.parametrize("cast", [pytest.param("DOUBLE[8]", marks=pytest.mark.notimpl(
+    ["spark"], reason="Spark SQL has no fixed-size array type (sqlglot writes ARRAY<DOUBLE>[8], which Spark cannot "
+                      "parse); array<double> and array<float> are the cases here")), "DOUBLE[]", "FLOAT[]"])
 def test_feature_types(db, table, mlp_onnx, features, cast):
     db.models.register("m", mlp_onnx)
     got = stack(column(db, f"SELECT id, predict_array('m', CAST(feats AS {cast})) FROM t"))
@@ -494,6 +496,8 @@ def test_where_and_limit_run_before_the_model(db, features, mlp_onnx, strategy):
     assert got == [(i, int(expected[i % len(features)].argmax())) for i in ids]
 
 
+@pytest.mark.notimpl(["spark"], reason="Spark has no row identity, so a LIMIT cannot be moved below a strategy that "
+                                        "scores the source rows up front: the plan counts every row of t")
 def test_limit_bounds_the_planned_rows_and_top_k_scores_all(db, table, features, mlp_onnx, scorer_onnx):
     db.models.register("m", mlp_onnx)
     db.models.register("s", scorer_onnx)

@@ -149,6 +149,7 @@ def test_an_output_wider_than_declared_is_an_error(db, table, strategy):
 
 
 @pytest.mark.notimpl(["duckdb"], raises=dbdl.QueryError, reason="predict_into is PostgreSQL's procedure")
+@pytest.mark.notimpl(["spark"], raises=dbdl.QueryError, reason="predict_into is PostgreSQL's procedure")
 def test_predict_into_checks_the_output_per_batch(db, table):
     db.models.register("mix", ROW_MIXERS["concat_rows"])
     with pytest.raises(dbdl.ModelRuntimeError, match=r"'mix@1' returned output 'y' of shape \[600, 8\] for a batch "
@@ -222,6 +223,7 @@ def test_non_text_references(db, table, mlp_onnx):
 
 
 @pytest.mark.notimpl(["duckdb"], raises=dbdl.QueryError, reason="predict_into is PostgreSQL's procedure")
+@pytest.mark.notimpl(["spark"], raises=dbdl.QueryError, reason="predict_into is PostgreSQL's procedure")
 @pytest.mark.parametrize("batch_rows", [0, -1])
 def test_predict_into_refuses_a_batch_of_no_rows(db, table, mlp_onnx, batch_rows):
     db.models.register("m", mlp_onnx)

@@ -87,8 +87,10 @@ def strategy_hint(sql: str, dialect: Any = None) -> str | None:
     except sqlglot.errors.SqlglotError:  # unparsable text has no hint dbdl can trust
         return None
     for token in tokens:
-        for comment in token.comments:
-            found = HINT_RE.search(f"/*{comment}*/")
+        # Spark's tokenizer reads /*+ … */ as an optimizer hint token (its comment without the +)
+        texts = [token.text] if token.token_type == sqlglot.tokens.TokenType.HINT else []
+        for text in [*texts, *(f"/*{comment}*/" for comment in token.comments)]:
+            found = HINT_RE.search(text)
             if found:
                 return found[1].lower()
     return None

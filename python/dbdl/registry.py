@@ -229,7 +229,7 @@ class ModelRegistry:
 
     def options(self, name: str) -> dict[str, Any]:
         """A model's options, defaults included."""
-        return catalog.model_options(self._backend, check_name(name))
+        return catalog.model_options(self._backend.catalog, check_name(name))
 
     def cache_stats(self, name: str | None = None) -> list["CacheStats"]:
         """Hits, misses, rows, bytes and evictions per cached version (of one model, or all)."""

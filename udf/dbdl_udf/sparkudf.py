@@ -97,13 +97,27 @@ def model_scorer(kind: str, sha256: str, payload: Any, output: int, ref: str, ou
     return score
 
 
-def arrow_udf_function(kind: str, sha256: str, payload: Any, output: int, ref: str, output_name: str
-                       ) -> Callable[[Iterator[pa.Array]], Iterator[pa.Array]]:
+def session_builds() -> int:
+    """Sessions this worker built so far (a function: the closures Spark pickles name it, never
+    SESSIONS itself, which holds a lock)."""
+    return SESSIONS.builds
+
+
+def arrow_udf_function(kind: str, sha256: str, payload: Any, output: int, ref: str, output_name: str,
+                       build_log: str | None = None) -> Callable[[Iterator[pa.Array]], Iterator[pa.Array]]:
     """The iterator form Spark's ``arrow_udf`` takes: the session is looked up once per task, and
-    each Arrow batch of the task's rows is one onnxruntime run."""
+    each Arrow batch of the task's rows is one onnxruntime run. With ``build_log`` (a folder the
+    executors can write), each task appends ``<pid> <sessions built> <batches>`` to
+    ``<build_log>/<pid>.log``: where the model was loaded, and how often (tests/test_spark.py)."""
     def predict(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         score = model_scorer(kind, sha256, payload, output, ref, output_name)
+        builds, count = session_builds(), 0
         for feats in batches:
+            count += 1
             yield score(feats)
+        if build_log is not None:
+            pid = os.getpid()
+            with open(os.path.join(build_log, f"{pid}.log"), "a", encoding="utf-8") as log:
+                log.write(f"{pid} {session_builds() - builds} {count}\n")
 
     return predict

@@ -267,6 +267,10 @@ def run_sql(backend: "Backend", query: str, params: Sequence[Any] = (), *, strat
     table = None
     strategy = strategy or strategy_hint(query, backend.dialect)
     for tree in trees:
+        explained = explained_statement(tree, backend.dialect)
+        if explained is not None:
+            table = _run_explain(backend, *explained, params, strategy, memory_budget)
+            continue
         cleanup: list[str] = []  # DL-centric temp tables, created while planning
         try:
             planned = plan_statement(backend, tree, strategy, memory_budget=memory_budget, cleanup=cleanup)
@@ -278,13 +282,67 @@ def run_sql(backend: "Backend", query: str, params: Sequence[Any] = (), *, strat
     return table
 
 
+#: the words an EXPLAIN may take before its statement (Spark: EXTENDED, CODEGEN, COST, FORMATTED;
+#: DuckDB and PostgreSQL: ANALYZE, VERBOSE)
+EXPLAIN_OPTIONS = ("ANALYZE", "VERBOSE", "EXTENDED", "CODEGEN", "COST", "FORMATTED")
+
+
+def explained_statement(tree: exp.Expression, dialect: Any) -> tuple[str, exp.Expression] | None:
+    """(``EXPLAIN [options]``, the statement) when ``tree`` is an EXPLAIN of a statement with
+    predict calls (which sqlglot keeps as an opaque command), else None."""
+    if not (isinstance(tree, exp.Command) and str(tree.this).upper() == "EXPLAIN"):
+        return None
+    text = tree.expression.this if isinstance(tree.expression, exp.Literal) else str(tree.expression or "")
+    words = text.split(None, 1)
+    head = ["EXPLAIN"]
+    while len(words) == 2 and words[0].upper() in EXPLAIN_OPTIONS:
+        head.append(words[0].upper())
+        words = words[1].split(None, 1)
+    inner = parse(" ".join(words), dialect)
+    if not inner or len(inner) != 1 or not find_predict_calls(inner[0]):
+        return None
+    return " ".join(head), inner[0]
+
+
+def _run_explain(backend: "Backend", head: str, tree: exp.Expression, params: Sequence[Any], strategy: str | None,
+                 memory_budget: int | None) -> "pa.Table | None":
+    """``EXPLAIN <statement with predict calls>``: dbdl's plan (each call's candidates, the choice
+    and why), then the database's EXPLAIN of the statement as planned — pinned versions, the chosen
+    strategies' SQL. A DL-centric or hybrid call scores its rows while it is planned, so where one
+    is chosen (or under EXPLAIN ANALYZE) the statement is not planned for running: only dbdl's plan."""
+    import pyarrow as pa
+
+    plans = plan_statement(backend, tree.copy(), strategy, execute=False, memory_budget=memory_budget).plans
+    lines = [str(Explain(plans))]
+    table = None
+    if "ANALYZE" in head or any(p.choice not in ("udf", "relation") for p in plans):
+        lines.append("(the database's plan is not shown: the chosen strategy scores the rows while the statement "
+                     "is planned; db.explain(sql) gives the estimates)")
+    else:
+        cleanup: list[str] = []
+        try:
+            planned = plan_statement(backend, tree, strategy, memory_budget=memory_budget, cleanup=cleanup)
+            table = backend.run_query(f"{head} {planned.sql}", params, planned.models)
+        finally:
+            for temp in cleanup:
+                with contextlib.suppress(Exception):
+                    backend.drop_temp_table(temp)
+    if table is None or table.num_columns == 0 or not all(pa.types.is_string(t) for t in table.schema.types):
+        return pa.table({"plan": lines})
+    # dbdl's rows first, in the database's own columns (its label columns read "dbdl")
+    ours = {name: (lines if i == table.num_columns - 1 else ["dbdl"] * len(lines))
+            for i, name in enumerate(table.column_names)}
+    return pa.concat_tables([pa.table(ours, schema=table.schema), table])
+
+
 def explain(backend: "Backend", query: str, *, strategy: str | None = None,
             memory_budget: int | None = None) -> Explain:
     """Every predict call's candidates (estimated time, or why ruled out) and the choice, without
-    running the query (``db.explain``)."""
+    running the query (``db.explain``; an ``EXPLAIN …`` of the statement is explained as it)."""
     trees = parse(query, backend.dialect)
     if trees is None:
         raise QueryError("the query does not parse; EXPLAIN needs SQL that sqlglot reads")
+    trees = [explained[1] if (explained := explained_statement(t, backend.dialect)) else t for t in trees]
     plans = []
     for tree in trees:
         plans.extend(plan_statement(backend, tree, strategy or strategy_hint(query, backend.dialect),

@@ -22,6 +22,7 @@ import sqlglot.expressions as exp
 
 from ...errors import ConnectionError, DatasetNotFound, DTypeMismatch, Error, QueryError, error_class
 from ...names import ResolvedModel
+from ...query import FUNCTION_SCHEMA, HINT_RE, parse
 from ..base import Backend
 from .costs import COSTS
 from .dialect import RELATIONAL, DbdlSpark
@@ -30,6 +31,8 @@ from .udf import SparkFunctions
 
 #: a dbdl error raised on an executor (or by raise_error in relation-centric SQL), as Spark reports it
 _DBDL_ERROR = re.compile(r"(?:dbdl_udf\.errors\.|dbdl\.errors\.|dbdl\.)(\w+): ([^\n]*)")
+#: text that may name a table of schema dbdl (dbdl.x, `dbdl`.x); dbdl_… names do not match
+_NAMES_DBDL_TABLE = re.compile(r"(?<![\w`])`?dbdl`?\s*\.\s*`?[A-Za-z_]", re.I)
 _SPARK_CLASS = re.compile(r"^\[([A-Z_.]+)\]\s*")
 
 
@@ -72,6 +75,8 @@ class SparkBackend(SparkFunctions, Backend):
     # -- primitives: Spark SQL -----------------------------------------------------------------
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if "/*+" in sql:
+            sql = _without_dbdl_hints(sql)
         try:
             return self.spark.sql(sql, args=list(params) or None)
         except Exception as exc:  # noqa: BLE001 - pyspark's errors, translated
@@ -126,8 +131,8 @@ class SparkBackend(SparkFunctions, Backend):
         return [t.name for t in self.spark.catalog.listTables(schema) if not t.isTemporary]
 
     def write_arrow(self, table: str, data: pa.Table, *, replace: bool = False) -> None:
-        """A managed table of the warehouse (parquet) holding ``data``; fixed-size float lists become
-        array<float> (Spark has no fixed-size arrays)."""
+        """A managed table of the warehouse (parquet) holding ``data``, its row count in the catalog;
+        fixed-size float lists become array<float> (Spark has no fixed-size arrays)."""
         columns = []
         for column, field in zip(data.columns, data.schema):
             if pa.types.is_fixed_size_list(field.type):
@@ -135,8 +140,17 @@ class SparkBackend(SparkFunctions, Backend):
             columns.append(column)
         data = pa.table(columns, names=data.column_names)
         try:
-            frame = self.spark.createDataFrame(data)
+            if data.num_rows:
+                frame = self.spark.createDataFrame(data)
+            else:  # pyspark takes the types of an empty table from its schema only
+                from pyspark.sql.pandas.types import from_arrow_schema
+
+                frame = self.spark.createDataFrame([], from_arrow_schema(data.schema))
             frame.write.mode("overwrite" if replace else "errorifexists").saveAsTable(_quoted_table(table))
+            # the row count in the catalog (one job reading the parquet footers): the planner's
+            # estimates of statements over the table then need no count of their own (estimate_rows),
+            # and Spark keeps it right through INSERTs
+            self.spark.sql(f"ANALYZE TABLE {_quoted_table(table)} COMPUTE STATISTICS")
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc) from exc
 
@@ -146,9 +160,18 @@ class SparkBackend(SparkFunctions, Backend):
         """Spark's own estimate where it has one (analyzed tables, files it can size); else a count."""
         frame = self._sql(sql)
         try:
-            stats = frame._jdf.queryExecution().optimizedPlan().stats()
+            plan = frame._jdf.queryExecution().optimizedPlan()
+            # a projection keeps its input's rows, though Spark (without CBO) drops their count
+            while plan.nodeName() == "Project":
+                plan = plan.child()
+            stats = plan.stats()
             if stats.rowCount().isDefined():
-                return int(stats.rowCount().get().toString())
+                return _count(stats.rowCount().get())
+            if plan.nodeName() == "LogicalRelation" and plan.catalogTable().isDefined():
+                # ANALYZE TABLE's count, which the plan shows only under CBO (spark.sql.cbo.enabled)
+                table_stats = plan.catalogTable().get().stats()
+                if table_stats.isDefined() and table_stats.get().rowCount().isDefined():
+                    return _count(table_stats.get().rowCount().get())
         except Exception:  # noqa: BLE001 - an internal API: fall back to counting
             pass
         return super().estimate_rows(sql)
@@ -209,13 +232,54 @@ class SparkBackend(SparkFunctions, Backend):
     # -- user statements -----------------------------------------------------------------------
 
     def run_query(self, sql: str, params: Sequence[Any] = (), models: Sequence[ResolvedModel] = ()) -> pa.Table | None:
+        routed = self._catalog_statement(sql)
+        if routed is not None:
+            return self._catalog.run_query(routed, params, models)
         frame = self._sql(sql, params)
         if not frame.columns:
             return None  # DDL and writes ran when Spark read the statement
         try:
             return frame.toArrow()
+        except pa.ArrowInvalid as exc:
+            if "empty vector" not in str(exc):
+                raise self._translate(exc, models) from exc
+            # no rows: pyspark cannot build the table without a batch to take the types from
+            from pyspark.sql.pandas.types import to_arrow_schema
+
+            return to_arrow_schema(frame.schema).empty_table()
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, models) from exc
+
+    def _catalog_statement(self, sql: str) -> str | None:
+        """A statement that reads (or writes) only dbdl's own tables (``dbdl.blobs``,
+        ``dbdl.model_versions``, …), transpiled from Spark SQL to the catalog database's dialect,
+        where those tables live; None for a statement of Spark's. A statement mixing both is refused:
+        Spark cannot read the catalog's tables, nor the catalog Spark's."""
+        if not _NAMES_DBDL_TABLE.search(sql):
+            return None  # the common case, without parsing: no "dbdl." in the text
+        trees = parse(sql, self.dialect)
+        if not trees or len(trees) != 1 or isinstance(trees[0], exp.Command):
+            return None
+        tree = trees[0]
+        ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+        ours, theirs = [], []
+        for table in tree.find_all(exp.Table):
+            if not table.name or (not table.db and table.name.lower() in ctes):
+                continue
+            in_catalog = table.db.lower() == FUNCTION_SCHEMA and table.catalog.lower() in ("", "spark_catalog")
+            (ours if in_catalog else theirs).append(table)
+        if not ours:
+            return None
+        if theirs:
+            raise QueryError(
+                f"this statement reads dbdl's own tables ({', '.join(sorted({t.sql(dialect='spark') for t in ours}))}) "
+                f"and Spark's ({', '.join(sorted({t.sql(dialect='spark') for t in theirs}))}); on Spark dbdl's tables live "
+                "in the catalog database (backend.catalog), which Spark cannot read in the same statement — read the "
+                "registry through db.models (db.models.list(), db.models.get(name)) or in a statement of its own, "
+                "and pass what it returns to the Spark statement as parameters")
+        for table in ours:
+            table.set("catalog", None)
+        return tree.sql(dialect=self._catalog.dialect)
 
     def _translate(self, exc: BaseException, models: Sequence[ResolvedModel] = ()) -> Error:
         if isinstance(exc, Error):
@@ -251,6 +315,25 @@ class SparkBackend(SparkFunctions, Backend):
         from .dl import cached_temp_view
 
         cached_temp_view(self, table, select_sql)
+
+
+def _count(value: Any) -> int:
+    """A Scala BigInt through py4j: a Python int, or a JVM object."""
+    return int(value if isinstance(value, int) else value.toString())
+
+
+def _without_dbdl_hints(sql: str) -> str:
+    """The statement without dbdl's ``/*+ dbdl strategy=… */`` comments: Spark reads ``/*+ … */`` as
+    its own optimizer hints, and refuses that one (Spark's own hints, such as BROADCAST, stay)."""
+    try:
+        tokens = DbdlSpark().tokenize(sql)
+    except sqlglot.errors.SqlglotError:
+        return sql
+    cuts = [(t.start, t.end + 1) for t in tokens if t.token_type == sqlglot.tokens.TokenType.HINT
+            and HINT_RE.search(t.text)]
+    for start, end in reversed(cuts):
+        sql = sql[:start] + sql[end:]
+    return sql
 
 
 def _quoted(name: str) -> str:

@@ -15,17 +15,23 @@ from typing import Any, Sequence
 
 import sqlglot.expressions as exp
 
-from ...errors import DTypeMismatch, QueryError
+from ...errors import DTypeMismatch, InvalidName, QueryError
 from ...names import ResolvedModel
-from ...query import argument_probe
+from ...query import argument_probe, has_from, has_parameters, source_rows
 
 #: kind -> the Spark SQL type the UDF returns
 RETURN_TYPES = {"scalar": "float", "array": "array<float>", "class": "bigint", "text": "string"}
+#: the most distinct models one call may name by a column (each is pinned, registered and broadcast)
+MAX_MODELS_PER_CALL = 64
 _NUMERIC = ("float", "double", "int", "bigint", "smallint", "tinyint", "decimal")
 
 
 class SparkFunctions:
     """The UDF half of ``SparkBackend`` (a mixin: it uses ``self.spark``)."""
+
+    #: a folder every executor can write: each task of a predict UDF registered from now on logs
+    #: there which Python worker ran it and how many sessions it built (diagnostics, the tests)
+    build_log: str | None = None
 
     def predict_call(self, kind: str, model: ResolvedModel, features: exp.Expression) -> exp.Expression:
         if kind == "scalar" and model.output_spec.is_text:
@@ -45,7 +51,8 @@ class SparkFunctions:
         from dbdl_udf.sparkudf import arrow_udf_function
 
         payload = self._broadcast(model.sha256)
-        fn = arrow_udf_function(kind, model.sha256, payload, model.output_index, model.ref, model.output_spec.name)
+        fn = arrow_udf_function(kind, model.sha256, payload, model.output_index, model.ref, model.output_spec.name,
+                                self.build_log)
         udf = arrow_udf(fn, returnType=RETURN_TYPES[kind])  # the iterator form, from its type hints
         self.spark.udf.register(name, udf)
         self._udfs.add(name)
@@ -68,13 +75,59 @@ class SparkFunctions:
         return [field.dataType.simpleString() for field in schema.fields]
 
     def predict_call_args(self, kind: str, model: ResolvedModel, args: Sequence[exp.Expression]) -> exp.Expression:
-        if len(args) != 1:
-            raise QueryError(f"the spark backend takes one features argument per predict call; pass one vector of "
-                             f"all the inputs of model {model.ref!r}, concatenated in input order")
         types = self.argument_types(args)
         if types is not None:
-            self._check_numeric(model, types[0])
-        return self.predict_call(kind, model, args[0].copy())
+            for i, type_text in enumerate(types):
+                self._check_numeric(model, type_text, i + 2 if len(types) > 1 else None)
+        return self._predict_one(kind, model, args)
+
+    def _predict_one(self, kind: str, model: ResolvedModel, args: Sequence[exp.Expression]) -> exp.Expression:
+        """Several numeric array arguments are one vector, concatenated in order (the model's inputs
+        flattened one after another, as one argument would hold them)."""
+        if len(args) == 1:
+            return self.predict_call(kind, model, args[0].copy())
+        inputs = model.signature.inputs
+        if len(args) != len(inputs):
+            raise QueryError(f"model {model.ref!r} has {len(inputs)} input(s) ({', '.join(i.name for i in inputs)}) and "
+                             f"this call passes {len(args)} feature arguments; pass one per input, in order, or one "
+                             "vector of them all")
+        cast = [exp.Cast(this=a.copy(), to=exp.DataType.build("ARRAY<FLOAT>", dialect="spark")) for a in args]
+        return self.predict_call(kind, model, exp.Anonymous(this="concat", expressions=cast))
+
+    def unpinned_call_args(self, kind: str, call: exp.Anonymous) -> exp.Expression:
+        """A call whose model is named by a column or an expression: Spark's executors cannot read
+        the registry, so the statement's distinct references are read when it is planned (one Spark
+        job), each pinned like a literal one, and the call becomes ``CASE <ref> WHEN 'a' THEN
+        <a's UDF> WHEN 'b@2' THEN <b@2's UDF> END`` (a NULL reference gives NULL). An unknown or
+        invalid reference fails before a row is scored."""
+        model_arg, *args = call.expressions
+        if has_parameters(model_arg):
+            raise QueryError(f"{call.this}() names its model with a bound parameter; on Spark bind it as the literal "
+                             "text of the statement's model (predict('fraud', feats)) or read it from a column")
+        select = call.find_ancestor(exp.Select)
+        probe = source_rows(select) if has_from(select) else exp.select(exp.Literal.number(1))
+        probe.set("expressions", [exp.alias_(model_arg.copy(), "dbdl_ref")])
+        probe.set("distinct", exp.Distinct())
+        probe.limit(MAX_MODELS_PER_CALL + 1, copy=False)
+        refs = [r[0] for r in self.fetchall(probe.sql(dialect=self.dialect))]
+        if len(refs) > MAX_MODELS_PER_CALL:
+            raise QueryError(f"{call.this}() names more than {MAX_MODELS_PER_CALL} different models in one statement; "
+                             "on Spark each is pinned and broadcast when the statement is planned — split the statement")
+        refs = [r for r in refs if r is not None]
+        if not refs:
+            return exp.Null()
+        for ref in refs:
+            if not isinstance(ref, str):
+                raise InvalidName(f"{call.this}() takes the model reference as text, as in {call.this}('fraud', feats); "
+                                  f"got {ref!r}")
+        types = self.argument_types(args)
+        ifs = []
+        for ref in sorted(refs):
+            model = self.resolve(ref)
+            if types is not None:
+                self._check_numeric(model, types[0])
+            ifs.append(exp.If(this=exp.Literal.string(ref), true=self._predict_one(kind, model, args)))
+        return exp.Case(this=model_arg.copy(), ifs=ifs)
 
     def relation_feature_problem(self, model: ResolvedModel, args: Sequence[exp.Expression]) -> str | None:
         types = self.argument_types(args)
@@ -82,12 +135,14 @@ class SparkFunctions:
             return f"the features are {types[0]}, not an array of numbers"
         return None
 
-    def _check_numeric(self, model: ResolvedModel, type_text: str) -> None:
+    def _check_numeric(self, model: ResolvedModel, type_text: str, argument: int | None = None) -> None:
         if not _numeric_array(type_text):
             width = model.signature.n_features
+            which = f" argument {argument}" if argument is not None else ""
             raise DTypeMismatch(
                 f"model {model.ref!r} takes numeric features (array<float> or array<double> of {width} numbers); "
-                f"got {type_text} — convert the column, e.g. CAST(col AS ARRAY<FLOAT>)")
+                f"got{which} {type_text} — convert the column, e.g. CAST(col AS ARRAY<FLOAT>); booleans, text and "
+                "binary are not features")
 
 
 def _numeric_array(type_text: str) -> bool:
