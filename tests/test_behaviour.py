@@ -469,6 +469,9 @@ def _with_bad_tail(db, features: np.ndarray, good: int, rows: int) -> None:
     db.create_table("b", {"id": np.arange(rows), "feats": pa.array(values, pa.list_(pa.float32()))})
 
 
+@pytest.mark.notimpl(["spark"], strategies=["relation"],
+                     reason="Spark tables have no row identity, so a LIMIT without a unique ORDER BY cannot move below "
+                            "the model: relation-centric SQL scores every row of the FROM/WHERE, the bad ones too")
 def test_where_and_limit_run_before_the_model(db, features, mlp_onnx, strategy):
     # DuckDB's in-database function sees whole 2,048-row vectors: the bad rows lie beyond the first
     db.models.register("m", mlp_onnx)
