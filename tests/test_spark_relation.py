@@ -167,3 +167,43 @@ def test_hostile_names_reach_the_spark_sql_only_quoted(spark_db):
     db.create_table("frac", {"id": np.arange(1), "feats": np.full((1, 4), 0.5)})
     with pytest.raises(dbdl.DTypeMismatch, match="whole numbers"):
         db.sql("SELECT id, predict_array('ints', feats) FROM frac", strategy="relation").fetchall()
+
+
+ROWS = {  # rid -> the values at positions 0, 1, … (shuffled into the relation below)
+    1: [1.0, 3.0, 3.0, 2.0],            # a tie: the first of the largest
+    2: [1.0, np.nan, 5.0, np.nan],      # NaN: numpy's argmax stops at the first NaN
+    3: [-0.0, 0.0, -1.0, -2.0],         # -0.0 == 0.0: the first
+    4: [-np.inf, -np.inf, -np.inf, -5.0],
+}
+
+
+def test_the_spellings_follow_numpy(spark_db):
+    """Spark's RELATIONAL spellings over a small (rid, i, v) relation in a shuffled order: the
+    collected arrays are in position order, arg-max is numpy's, the dot product, the nonzero count
+    and the NULL test are numpy's, integer division is floor division of positions."""
+    db = spark_db
+    spell = db.backend.relational
+    pairs = [(r, i) for r in ROWS for i in range(4)]
+    order = np.random.default_rng(0).permutation(len(pairs))
+    values = ", ".join(f"({r}, {i}, CAST('{ROWS[r][i]!r}' AS DOUBLE))".replace("'nan'", "'NaN'")
+                       .replace("'inf'", "'Infinity'").replace("'-inf'", "'-Infinity'")
+                       for r, i in (pairs[k] for k in order))
+    rel = f"(SELECT * FROM VALUES {values} AS x(rid, i, v))"
+    got = db.backend.fetchall(f"SELECT rid, {spell.argmax}, {spell.collect}, {spell.pack} FROM {rel} GROUP BY rid "
+                              "ORDER BY rid")
+    for rid, argmax, collected, packed in got:
+        want = np.array(ROWS[rid])
+        assert argmax == int(np.argmax(want)), rid
+        np.testing.assert_array_equal(np.array(packed, np.float64), want)
+        np.testing.assert_array_equal(np.array(collected, np.float32), want.astype(np.float32))
+    dot = spell.dot.format(a="array(1.5D, 2D, -3D)", b="array(2D, 0.25D, 1D)")
+    nonzeros = spell.nonzeros.format(a="f")
+    (d, n, m, none, q), = db.backend.fetchall(
+        f"SELECT {dot}, (SELECT {nonzeros} FROM VALUES (array(0D, 1D, CAST('NaN' AS DOUBLE), -0D)) AS s(f)), "
+        f"(SELECT {nonzeros} FROM (SELECT CAST(NULL AS ARRAY<DOUBLE>) AS f)), "
+        f"(SELECT count(*) FROM VALUES (array(1D, NULL)), (array(1D, 2D)) AS s(f) WHERE "
+        f"{spell.no_null_elements(exp.column('f')).sql(dialect=db.backend.dialect)}), "
+        f"{spell.int_div.format(a='CAST(7 AS BIGINT)', b=2)}")
+    assert d == float(np.dot([1.5, 2, -3], [2, 0.25, 1]))
+    assert n == int(np.count_nonzero(np.array([0, 1, np.nan, -0.0])))  # NaN is nonzero, -0.0 is zero
+    assert m is None and none == 1 and q == 3
