@@ -223,7 +223,7 @@ def _gap_applies(item: pytest.Item, mark: pytest.Mark) -> str | None:
 #: over more models — run with DBDL_SPARK_ALL=1 (`make test-spark-all`), and are skipped, with this
 #: reason, in make test.
 SPARK_MODULES = {"test_behaviour", "test_errors", "test_registration", "test_training", "test_planner", "test_spark",
-                 "test_spark_data", "test_spark_dl"}
+                 "test_spark_data", "test_spark_dl", "test_spark_relation"}
 
 
 def _spark_case(item: pytest.Item) -> bool:

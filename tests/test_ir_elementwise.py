@@ -12,7 +12,7 @@ import onnx
 import pytest
 import sqlglot
 import torch
-from conftest import export_onnx, run_onnx
+from conftest import export_onnx, per_backend, run_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import dbdl
@@ -182,7 +182,8 @@ def q(db, sql: str) -> str:
 def _table(db):
     x = features()
     db.create_table("t", {"id": np.arange(len(x)), "feats": x})
-    db.sql(q(db, "INSERT INTO t VALUES (100, NULL), (101, CAST([1.0, NULL, 3.0, 4.0] AS FLOAT[4]))"))
+    typ = per_backend(db, duckdb="FLOAT[4]", postgres="FLOAT[4]", spark="FLOAT[]")  # Spark's arrays have no size
+    db.sql(q(db, f"INSERT INTO t VALUES (100, NULL), (101, CAST([1.0, NULL, 3.0, 4.0] AS {typ}))"))
     db.create_table("nonfinite", {"id": np.arange(1), "feats": NAN_INF})
     return x
 

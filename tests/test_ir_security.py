@@ -84,6 +84,8 @@ def _unqualified(sql: str, dialect) -> set[str]:
 
 
 @pytest.mark.never(["duckdb"], reason="DuckDB has no roles or search_path to plant on (docs/security.md)")
+@pytest.mark.never(["spark"], reason="Spark resolves built-in functions before any database's "
+                   "functions, and temporary ones are the session's own: nothing to plant on")
 @pytest.mark.parametrize("walk", [False, True], ids=["case", "walk"])
 def test_the_new_operators_sql_names_every_built_in_with_its_schema(db, features, walk, monkeypatch):
     from dbdl.ir.ops import _trees
@@ -110,6 +112,8 @@ def test_the_check_itself_finds_an_unqualified_operator_or_function():
 
 
 @pytest.mark.never(["duckdb"], reason="DuckDB has no roles or search_path to plant on (docs/security.md)")
+@pytest.mark.never(["spark"], reason="Spark resolves built-in functions before any database's "
+                   "functions, and temporary ones are the session's own: nothing to plant on")
 def test_the_density_probe_names_every_built_in_with_its_schema(db):
     """The planner's sample of a wide input's nonzero share (strategies.base.PredictCall.density)
     runs on the caller's connection: every function and operator it names is pg_catalog's, so a

@@ -53,6 +53,9 @@ class RelationalSQL:
     nonzeros: str | None = None
     #: the aggregate AVG, as the database should be asked for it
     avg: str = "AVG"
+    #: the number (rid) of each distinct feature vector ``dbdl_f``: unique per vector, and the same
+    #: wherever the numbered CTE is read; None: ``ROW_NUMBER() OVER ()`` (Spark asks for an order)
+    number: str | None = None
 
     @property
     def layouts(self) -> tuple[str, ...]:

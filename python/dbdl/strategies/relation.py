@@ -212,9 +212,14 @@ def numbered_features(backend: "Backend", model: ResolvedModel, select: exp.Sele
     rows.meta["dbdl_user"] = True  # the user's FROM/WHERE: resolved as the user wrote it
     return (
         exp.select(exp.alias_(_length_checked(backend, model, exp.column("dbdl_f")), "dbdl_f"),
-                   exp.alias_(exp.Window(this=exp.RowNumber()), "rid"))
+                   exp.alias_(_number(backend), "rid"))
         .from_(exp.alias_(exp.Subquery(this=rows), "dbdl_d", table=True))
     )
+
+
+def _number(backend: "Backend") -> exp.Expression:
+    spelled = backend.relational.number
+    return exp.Window(this=exp.RowNumber()) if spelled is None else sqlglot.parse_one(spelled, read=backend.dialect)
 
 
 def weights_builder(backend: "Backend", model: ResolvedModel, k: int, layout: str, rows: int | None = None,

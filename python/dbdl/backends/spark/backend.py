@@ -316,6 +316,48 @@ class SparkBackend(SparkFunctions, Backend):
 
         cached_temp_view(self, table, select_sql)
 
+    # -- relation-centric (sparkrel) -----------------------------------------------------------
+    # The model compiled to SQL (ir/sql.py, with the spellings of dialect.py) runs as Spark SQL, no
+    # Python worker in the plan; its weight tables (written by write_arrow into data_database) are
+    # joined by broadcast where small: a BROADCAST hint in each SELECT that joins one (docs/spark.md).
+
+    #: weight tables at most this large (Spark's estimate: the size of their parquet files) get a
+    #: BROADCAST hint; larger ones are left to Spark's own choice (spark.sql.autoBroadcastJoinThreshold)
+    weight_broadcast_bytes = 32 << 20
+
+    def own_sql(self, sql: Any) -> Any:
+        """dbdl's SQL, each SELECT that joins a small weight table with a BROADCAST hint naming it:
+        the weights go to every executor once, and the activations (the large side) never shuffle
+        to meet them — whatever Spark estimates for the activations, and whatever the session's
+        autoBroadcastJoinThreshold. The user's part of a tree (``meta["dbdl_user"]``) is left alone."""
+        if not isinstance(sql, exp.Expression):
+            return sql
+        selects = [n for n in sql.walk(bfs=False, prune=lambda n: bool(n.meta.get("dbdl_user")))
+                   if isinstance(n, exp.Select) and not n.meta.get("dbdl_user")]
+        for select in selects:
+            names = [t.alias_or_name for t in _joined_tables(select) if self._small_weight_table(t)]
+            if not names:
+                continue
+            hint = select.args.get("hint") or exp.Hint(expressions=[])
+            hint.append("expressions", exp.JoinHint(this="BROADCAST", expressions=[exp.to_table(n) for n in names]))
+            select.set("hint", hint)
+        return sql
+
+    def _small_weight_table(self, table: exp.Table) -> bool:
+        """Whether ``table`` is a relation-centric weight table (``rel_…`` in data_database) small
+        enough to broadcast; its size is read from Spark's estimate once per connection."""
+        if table.db.lower() != self.data_schema.lower() or not table.name.lower().startswith("rel_"):
+            return False
+        sizes = self.__dict__.setdefault("_weight_sizes", {})
+        key = f"{table.db}.{table.name}".lower()
+        if key not in sizes:
+            try:
+                stats = self.spark.table(_quoted_table(key))._jdf.queryExecution().optimizedPlan().stats()
+                sizes[key] = int(str(stats.sizeInBytes()))  # a Scala BigInt: py4j gives an int
+            except Exception:  # noqa: BLE001 - not written yet, or an internal API gone: Spark decides
+                return False
+        return sizes[key] <= self.weight_broadcast_bytes
+
 
 def _count(value: Any) -> int:
     """A Scala BigInt through py4j: a Python int, or a JVM object."""
@@ -334,6 +376,13 @@ def _without_dbdl_hints(sql: str) -> str:
     for start, end in reversed(cuts):
         sql = sql[:start] + sql[end:]
     return sql
+
+
+def _joined_tables(select: exp.Select) -> list[exp.Table]:
+    """The tables a SELECT reads directly: its FROM and its joins (not those of its subqueries)."""
+    source = select.args.get("from_") or select.args.get("from")
+    items = ([source.this] if source is not None else []) + [j.this for j in select.args.get("joins") or []]
+    return [t for t in items if isinstance(t, exp.Table)]
 
 
 def _quoted(name: str) -> str:

@@ -26,7 +26,9 @@ def _no_null_elements(features: exp.Expression) -> exp.Expression:
 
 
 def _fail(message: exp.Expression, features: exp.Expression) -> exp.Expression:
-    return exp.Anonymous(this="raise_error", expressions=[message])
+    # Spark appends " SQLSTATE: P0001" to the message: a newline ends the message before it (the
+    # backend's error translation reads the dbdl error up to the end of its line)
+    return exp.Anonymous(this="raise_error", expressions=[exp.DPipe(this=message, expression=exp.Literal.string("\n"))])
 
 
 # an array in element order from (i, v) rows: collect_list's order is the shuffle's, so the pairs are
@@ -37,16 +39,24 @@ RELATIONAL = RelationalSQL(
     unnest="SELECT rid, CAST(dbdl_pos AS BIGINT) AS i, CAST(dbdl_v AS DOUBLE) AS v "
            "FROM {src} LATERAL VIEW posexplode(dbdl_f) dbdl_e AS dbdl_pos, dbdl_v",
     collect=_ORDERED.format(value="CAST(dbdl_p.v AS FLOAT)"),
-    # numpy's arg-max: the largest v, the first i among equals (min of (-v, i)); NaN is the largest
-    # value in Spark's ordering, as in numpy
-    argmax="min(struct(CASE WHEN isnan(v) THEN 0 ELSE 1 END AS dbdl_n, -v AS dbdl_nv, i AS dbdl_i)).dbdl_i",
+    # numpy's arg-max: the first NaN if any (numpy's argmax stops at a NaN), else the largest v, the
+    # first i among equals: the least (rank, -v, i) — a NULL v ranks last (DuckDB's arg_max skips it)
+    argmax="min(struct(CASE WHEN isnan(v) THEN 0 WHEN v IS NULL THEN 2 ELSE 1 END AS dbdl_n, -v AS dbdl_nv, "
+           "i AS dbdl_i)).dbdl_i",
     real="FLOAT",
     length="size",
-    nonzeros="size(filter({a}, dbdl_x -> dbdl_x <> 0))",
+    # NULL for a NULL array (size(NULL) is -1 where spark.sql.ansi.enabled is off)
+    nonzeros="CASE WHEN {a} IS NOT NULL THEN size(filter({a}, dbdl_x -> dbdl_x <> 0)) END",
     no_null_elements=_no_null_elements,
     fail=_fail,
     pack=_ORDERED.format(value="dbdl_p.v"),
     dot="aggregate(zip_with({a}, {b}, (dbdl_x, dbdl_y) -> dbdl_x * dbdl_y), CAST(0 AS DOUBLE), "
         "(dbdl_acc, dbdl_x) -> dbdl_acc + dbdl_x)",
-    int_div="{a} DIV {b}",
+    int_div="{a} DIV {b}",  # Spark's / on integers gives a double
+    # ROW_NUMBER() OVER () would move every row to one task (and Spark asks for an order); a row
+    # number within each of 1024 hash buckets, ordered by the vector, is the same on every read of
+    # the numbered CTE (monotonically_increasing_id() would depend on the shuffle's order) and runs
+    # in parallel: bucket × 2^32 + the row's number in it
+    number="pmod(xxhash64(dbdl_f), 1024) * 4294967296 + row_number() OVER "
+           "(PARTITION BY pmod(xxhash64(dbdl_f), 1024) ORDER BY dbdl_f)",
 )
