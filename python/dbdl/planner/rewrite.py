@@ -207,7 +207,17 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
     if statement.ctes:
         # CREATE TABLE … AS / INSERT … SELECT: the CTEs belong to the query inside
         query = tree if isinstance(tree, exp.Query) else tree.find(exp.Query)
+        with_ = query.args.get("with_") or query.args.get("with")
+        defined = {(c.alias, c.this.sql()) for c in with_.expressions} if with_ is not None else set()
         for cte in statement.ctes:
+            # a side query took copies of the user's own CTEs (query.source_rows), which the statement
+            # defines already: drop them, as Spark's SQL would hoist them next to the originals and
+            # then refuse a name defined twice
+            for inner in list(cte.this.find_all(exp.With)):
+                for copy in [c for c in inner.expressions if (c.alias, c.this.sql()) in defined]:
+                    copy.pop()
+                if not inner.expressions:
+                    inner.pop()
             query.with_(cte.alias, as_=cte.this, copy=False)
     planned.sql = tree.sql(dialect=backend.dialect)
     return planned

@@ -286,8 +286,11 @@ class SparkBackend(SparkFunctions, Backend):
             return exc
         message = str(exc)
         found = None
-        for found in _DBDL_ERROR.finditer(message):
-            pass  # the last one: the innermost raise, after Spark's own wrapping
+        # a dbdl error is raised while rows run (on an executor, or by raise_error); a statement Spark
+        # refuses to parse or analyze echoes its text, whose raise_error messages are no such error
+        if not _is_analysis_error(exc):
+            for found in _DBDL_ERROR.finditer(message):
+                pass  # the last one: the innermost raise, after Spark's own wrapping
         if found:
             return error_class(found[1])(found[2].strip())
         first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
@@ -383,6 +386,14 @@ def _joined_tables(select: exp.Select) -> list[exp.Table]:
     source = select.args.get("from_") or select.args.get("from")
     items = ([source.this] if source is not None else []) + [j.this for j in select.args.get("joins") or []]
     return [t for t in items if isinstance(t, exp.Table)]
+
+
+def _is_analysis_error(exc: BaseException) -> bool:
+    try:
+        from pyspark.errors import AnalysisException
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, AnalysisException)
 
 
 def _quoted(name: str) -> str:

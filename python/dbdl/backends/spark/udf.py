@@ -130,9 +130,10 @@ class SparkFunctions:
         return exp.Case(this=model_arg.copy(), ifs=ifs)
 
     def relation_feature_problem(self, model: ResolvedModel, args: Sequence[exp.Expression]) -> str | None:
-        types = self.argument_types(args)
-        if types is not None and not _numeric_array(types[0]):
-            return f"the features are {types[0]}, not an array of numbers"
+        # features that are not numbers are bad input under every strategy (DTypeMismatch, as the
+        # UDF path raises it), not a reason to choose another strategy
+        for i, type_text in enumerate(self.argument_types(args) or ()):
+            self._check_numeric(model, type_text, i if len(args) > 1 else None)
         return None
 
     def _check_numeric(self, model: ResolvedModel, type_text: str, argument: int | None = None) -> None:
