@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .kinds import KINDS
+from .datasets import Ragged, ragged_message
 from .runtime import Column, shape_outputs
 
 from .errors import DTypeMismatch, ShapeMismatch
@@ -280,3 +281,91 @@ def udf_result(kind: str, n: int, valid: np.ndarray, y: np.ndarray, fixed: bool,
     if fixed:
         return fixed_size(n, valid, y)
     return assemble(kind, n, [(valid, y)], out_type)
+
+
+# -- Arrow columns of a dataset export as numpy (DuckDB's and Spark's sinks) ---------------------
+
+
+def column_numbers(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A numeric Arrow column as numpy, and its not-NULL mask."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_boolean(column.type):
+        column = column.cast(pa.int8())
+    elif pa.types.is_decimal(column.type):
+        column = column.cast(pa.float64())
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(len(column), bool)
+    return column.fill_null(0).to_numpy(zero_copy_only=False), valid
+
+
+def is_list_type(type_: pa.DataType) -> bool:
+    return pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_)
+
+
+def array_matrix(column: pa.Array | pa.ChunkedArray, first_pos: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x width) values of an array column (nested arrays flattened) and the mask of rows with
+    neither a NULL array nor a NULL element; rows of another length are refused."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
+    per_row = np.ones(n, dtype=np.int64)
+    values = column
+    while is_list_type(values.type):
+        lengths = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(per_row)])
+        per_row = np.add.reduceat(np.append(lengths, 0), starts[:-1])
+        per_row[starts[:-1] == starts[1:]] = 0
+        values = pc.list_flatten(values)
+    counted = per_row[valid]
+    widths = np.unique(counted)
+    if len(widths) > 1:
+        first = int(counted[0])
+        bad = int(np.flatnonzero(valid & (per_row != first))[0])
+        raise ShapeMismatch(ragged_message(first_pos + bad, first, int(per_row[bad])))
+    width = int(widths[0]) if len(widths) else 0
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or
+            pa.types.is_decimal(values.type) or pa.types.is_boolean(values.type)):
+        raise DTypeMismatch(f"features must be arrays of numbers; got elements of type {values.type}")
+    flat, flat_valid = column_numbers(values)
+    matrix = np.zeros((n, width), dtype=flat.dtype)
+    if width:
+        if not flat_valid.all():
+            row_of = np.repeat(np.arange(n), per_row)
+            valid[np.unique(row_of[~flat_valid])] = False
+        keep = per_row == width
+        matrix[keep] = flat.reshape(-1, width) if keep.all() else flat[np.repeat(keep, per_row)].reshape(-1, width)
+    return matrix, valid
+
+
+def binary_rows(column: pa.Array | pa.ChunkedArray) -> tuple[Ragged, np.ndarray]:
+    """A BLOB / BINARY column as uint8 values (one per byte) per row, and its not-NULL mask."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    column = column.cast(pa.large_binary())
+    n = len(column)
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset:column.offset + n + 1]
+    data = column.buffers()[2]
+    values = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
+    return Ragged(values, offsets - offsets[0]), valid
+
+
+def list_ragged(column: pa.Array | pa.ChunkedArray, first_pos: int, flat_type: str = "INTEGER[]"
+                ) -> tuple[Ragged, np.ndarray]:
+    """A one-dimensional array column (token lists of any lengths) as Ragged rows, and the mask of
+    rows with neither a NULL array nor a NULL element."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if is_list_type(column.type.value_type):
+        raise ShapeMismatch(f"ragged => true takes one-dimensional lists; the feature column is {column.type} "
+                            f"(nested) — select a flat array such as {flat_type} of token ids")
+    n = len(column)
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values, values_valid = column_numbers(pc.list_flatten(column))
+    rows = Ragged.from_lengths(values, lengths)
+    if not values_valid.all():
+        row_of = np.repeat(np.arange(n), lengths)
+        valid[np.unique(row_of[~values_valid])] = False
+    return rows, valid

@@ -9,14 +9,14 @@ from typing import Any, Callable, Sequence
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import sqlglot.expressions as exp
 
 from dbdl_udf import datasets
-from dbdl_udf.datasets import DatasetInfo, ExportSpec, Ragged, dense_rows, ragged_message
+from dbdl_udf.arrowio import array_matrix, binary_rows, column_numbers, list_ragged
+from dbdl_udf.datasets import DatasetInfo, ExportSpec, Ragged, dense_rows
 from dbdl_udf.sqltext import one_statement, quote_qualified
 
-from ...errors import DTypeMismatch, QueryError, ShapeMismatch
+from ...errors import QueryError
 from ...query import parse
 
 
@@ -116,18 +116,18 @@ class DuckDBSink:
                 n = batch.num_rows
                 kind = kinds[features[0]]
                 if kind == "bytes":
-                    rows, valid = _binary(batch.column(0))
+                    rows, valid = binary_rows(batch.column(0))
                     matrix = rows if ragged else dense_rows(rows, valid, pos)
                 elif kind == "array" and ragged:
-                    matrix, valid = _list_ragged(batch.column(0), pos)
+                    matrix, valid = list_ragged(batch.column(0), pos)
                 elif kind == "array":
-                    matrix, valid = _array_matrix(batch.column(0), pos)
+                    matrix, valid = array_matrix(batch.column(0), pos)
                     self.dims = _fixed_dims(batch.schema.field(0).type)
                 else:
-                    cols = [_numbers(batch.column(i)) for i in range(len(features))]
+                    cols = [column_numbers(batch.column(i)) for i in range(len(features))]
                     matrix = np.column_stack([c for c, _ in cols]) if cols else np.zeros((n, 0))
                     valid = np.logical_and.reduce([v for _, v in cols])
-                labels, labels_valid = _numbers(batch.column(len(features)))
+                labels, labels_valid = column_numbers(batch.column(len(features)))
                 pos += n
                 yield matrix, valid, labels, labels_valid
         except duckdb.Error as exc:
@@ -189,59 +189,6 @@ class DuckDBSink:
             reader.close()
 
 
-def _numbers(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """A numeric Arrow column as numpy, and its not-NULL mask."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_boolean(column.type):
-        column = column.cast(pa.int8())
-    elif pa.types.is_decimal(column.type):
-        column = column.cast(pa.float64())
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(len(column), bool)
-    return column.fill_null(0).to_numpy(zero_copy_only=False), valid
-
-
-def _array_matrix(column: pa.Array | pa.ChunkedArray, first_pos: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows x width) values of a list/array column (nested lists flattened), and a mask of rows
-    with neither a NULL list nor a NULL element; rows of another length are refused."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    n = len(column)
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
-    per_row = np.ones(n, dtype=np.int64)
-    values = column
-    while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or \
-            pa.types.is_large_list(values.type):
-        lengths = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        # each row's element count at this level: the lengths of its items, summed per row
-        starts = np.concatenate([[0], np.cumsum(per_row)])
-        per_row = np.add.reduceat(np.append(lengths, 0), starts[:-1])
-        per_row[starts[:-1] == starts[1:]] = 0
-        values = pc.list_flatten(values)
-    if not valid.all():
-        per_row_valid = per_row[valid]
-    else:
-        per_row_valid = per_row
-    widths = np.unique(per_row_valid)
-    if len(widths) > 1:
-        first = int(per_row_valid[0])
-        bad = int(np.flatnonzero(per_row != first)[0])
-        raise ShapeMismatch(ragged_message(first_pos + bad, first, int(per_row[bad])))
-    width = int(widths[0]) if len(widths) else 0
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or
-            pa.types.is_decimal(values.type) or pa.types.is_boolean(values.type)):
-        raise DTypeMismatch(f"features must be arrays of numbers; got elements of type {values.type}")
-    flat, flat_valid = _numbers(values)
-    matrix = np.zeros((n, width), dtype=flat.dtype)
-    if width:
-        row_of = np.repeat(np.arange(n), per_row)
-        bad_rows = np.unique(row_of[~flat_valid]) if not flat_valid.all() else np.array([], dtype=np.int64)
-        valid[bad_rows] = False
-        matrix[per_row == width] = flat.reshape(-1, width) if (per_row == width).all() else \
-            flat[np.repeat(per_row == width, per_row)].reshape(-1, width)
-    return matrix, valid
-
-
 def _fixed_dims(type_: pa.DataType) -> tuple[int, ...] | None:
     """The dimensions of a nested fixed-size array type, outermost first (DuckDB writes them
     innermost first: FLOAT[32][32][3] is (3, 32, 32)); None for a flat or variable-size one."""
@@ -251,36 +198,3 @@ def _fixed_dims(type_: pa.DataType) -> tuple[int, ...] | None:
         type_ = type_.value_type
     nested = pa.types.is_list(type_) or pa.types.is_large_list(type_)
     return tuple(dims) if len(dims) > 1 and not nested else None
-
-
-def _binary(column: pa.Array | pa.ChunkedArray) -> tuple[Ragged, np.ndarray]:
-    """A BLOB column as uint8 values (one per byte) per row, and its not-NULL mask."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    column = column.cast(pa.large_binary())
-    n = len(column)
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset:column.offset + n + 1]
-    data = column.buffers()[2]
-    values = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
-    return Ragged(values, offsets - offsets[0]), valid
-
-
-def _list_ragged(column: pa.Array | pa.ChunkedArray, first_pos: int) -> tuple[Ragged, np.ndarray]:
-    """A one-dimensional list column (token lists of any lengths) as Ragged rows, and the mask of
-    rows with neither a NULL list nor a NULL element."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    value_type = column.type.value_type
-    if pa.types.is_list(value_type) or pa.types.is_large_list(value_type) or pa.types.is_fixed_size_list(value_type):
-        raise ShapeMismatch(f"ragged => true takes one-dimensional lists; the feature column is {column.type} "
-                            "(nested) — select a flat list such as INTEGER[] of token ids")
-    n = len(column)
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
-    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    values, values_valid = _numbers(pc.list_flatten(column))
-    rows = Ragged.from_lengths(values, lengths)
-    if not values_valid.all():
-        row_of = np.repeat(np.arange(n), lengths)
-        valid[np.unique(row_of[~values_valid])] = False
-    return rows, valid

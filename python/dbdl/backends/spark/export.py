@@ -30,10 +30,11 @@ import sqlglot
 import sqlglot.expressions as exp
 
 from dbdl_udf import datasets
-from dbdl_udf.datasets import DatasetInfo, ExportSpec, Ragged, dense_rows, ragged_message
+from dbdl_udf.arrowio import array_matrix, binary_rows, column_numbers, is_list_type, list_ragged
+from dbdl_udf.datasets import DatasetInfo, ExportSpec, Ragged, dense_rows
 from dbdl_udf.sqltext import one_statement
 
-from ...errors import DTypeMismatch, QueryError, ShapeMismatch
+from ...errors import QueryError
 from ...query import parse
 from . import reader as files
 
@@ -138,19 +139,19 @@ class SparkSink:
             n = batch.num_rows
             kind = kinds[features[0]]
             if kind == "bytes":
-                rows, valid = _binary(batch.column(0))
+                rows, valid = binary_rows(batch.column(0))
                 matrix = rows if ragged else dense_rows(rows, valid, pos)
             elif kind == "array" and ragged:
-                matrix, valid = _list_ragged(batch.column(0), pos)
+                matrix, valid = list_ragged(batch.column(0), pos, "array<int>")
             elif kind == "array":
-                matrix, valid = _array_matrix(batch.column(0), pos)
+                matrix, valid = array_matrix(batch.column(0), pos)
                 dims = _nested_dims(batch.column(0), valid)
                 self.dims = dims if pos == 0 or self.dims == dims else None
             else:
-                cols = [_numbers(batch.column(i)) for i in range(len(features))]
+                cols = [column_numbers(batch.column(i)) for i in range(len(features))]
                 matrix = np.column_stack([c for c, _ in cols]) if cols else np.zeros((n, 0))
                 valid = np.logical_and.reduce([v for _, v in cols])
-            labels, labels_valid = _numbers(batch.column(len(features)))
+            labels, labels_valid = column_numbers(batch.column(len(features)))
             pos += n
             yield matrix, valid, labels, labels_valid
 
@@ -304,59 +305,7 @@ def _kind(data_type: Any) -> str:
     return "other"
 
 
-# -- Arrow columns as numpy (what DuckDB's sink does with its Arrow batches) ----------------------
-
-
-def _numbers(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """A numeric Arrow column as numpy, and its not-NULL mask."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_boolean(column.type):
-        column = column.cast(pa.int8())
-    elif pa.types.is_decimal(column.type):
-        column = column.cast(pa.float64())
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(len(column), bool)
-    return column.fill_null(0).to_numpy(zero_copy_only=False), valid
-
-
-def _is_list(type_: pa.DataType) -> bool:
-    return pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_)
-
-
-def _array_matrix(column: pa.Array | pa.ChunkedArray, first_pos: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows x width) values of an array column (nested arrays flattened) and the mask of rows with
-    neither a NULL array nor a NULL element; rows of another length are refused."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    n = len(column)
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
-    per_row = np.ones(n, dtype=np.int64)
-    values = column
-    while _is_list(values.type):
-        lengths = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        starts = np.concatenate([[0], np.cumsum(per_row)])
-        per_row = np.add.reduceat(np.append(lengths, 0), starts[:-1])
-        per_row[starts[:-1] == starts[1:]] = 0
-        values = pc.list_flatten(values)
-    counted = per_row[valid]
-    widths = np.unique(counted)
-    if len(widths) > 1:
-        first = int(counted[0])
-        bad = int(np.flatnonzero(valid & (per_row != first))[0])
-        raise ShapeMismatch(ragged_message(first_pos + bad, first, int(per_row[bad])))
-    width = int(widths[0]) if len(widths) else 0
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or
-            pa.types.is_decimal(values.type) or pa.types.is_boolean(values.type)):
-        raise DTypeMismatch(f"features must be arrays of numbers; got elements of type {values.type}")
-    flat, flat_valid = _numbers(values)
-    matrix = np.zeros((n, width), dtype=flat.dtype)
-    if width:
-        if not flat_valid.all():
-            row_of = np.repeat(np.arange(n), per_row)
-            valid[np.unique(row_of[~flat_valid])] = False
-        keep = per_row == width
-        matrix[keep] = flat.reshape(-1, width) if keep.all() else flat[np.repeat(keep, per_row)].reshape(-1, width)
-    return matrix, valid
+# -- Arrow columns as numpy: dbdl_udf.arrowio (shared with DuckDB's sink) ------------------------
 
 
 def _nested_dims(column: pa.Array | pa.ChunkedArray, valid: np.ndarray) -> tuple[int, ...] | None:
@@ -367,42 +316,10 @@ def _nested_dims(column: pa.Array | pa.ChunkedArray, valid: np.ndarray) -> tuple
         column = column.combine_chunks()
     values = column.filter(pa.array(valid)) if not valid.all() else column
     dims = []
-    while _is_list(values.type):
+    while is_list_type(values.type):
         lengths = pc.list_value_length(values).fill_null(-1).to_numpy(zero_copy_only=False)
         if not len(lengths) or (lengths != lengths[0]).any() or lengths[0] < 0:
             return None
         dims.append(int(lengths[0]))
         values = pc.list_flatten(values)
     return tuple(dims) if len(dims) > 1 else None
-
-
-def _binary(column: pa.Array | pa.ChunkedArray) -> tuple[Ragged, np.ndarray]:
-    """A BINARY column as uint8 values (one per byte) per row, and its not-NULL mask."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    column = column.cast(pa.large_binary())
-    n = len(column)
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset:column.offset + n + 1]
-    data = column.buffers()[2]
-    values = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
-    return Ragged(values, offsets - offsets[0]), valid
-
-
-def _list_ragged(column: pa.Array | pa.ChunkedArray, first_pos: int) -> tuple[Ragged, np.ndarray]:
-    """A one-dimensional array column (token lists of any lengths) as Ragged rows, and the mask of
-    rows with neither a NULL array nor a NULL element."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if _is_list(column.type.value_type):
-        raise ShapeMismatch(f"ragged => true takes one-dimensional lists; the feature column is {column.type} "
-                            "(nested) — select a flat array such as array<int> of token ids")
-    n = len(column)
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(n, bool)
-    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    values, values_valid = _numbers(pc.list_flatten(column))
-    rows = Ragged.from_lengths(values, lengths)
-    if not values_valid.all():
-        row_of = np.repeat(np.arange(n), lengths)
-        valid[np.unique(row_of[~values_valid])] = False
-    return rows, valid
