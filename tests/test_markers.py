@@ -95,4 +95,4 @@ def test_a_gap_on_a_test_without_its_param_is_a_usage_error(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "test_x: @pytest.mark.notimpl" in result.stderr.str()
-    assert "takes none of ('url', 'zoo_db')" in result.stderr.str()
+    assert "takes none of ('url', 'zoo_db', 'hybrid_db')" in result.stderr.str()
