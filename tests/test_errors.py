@@ -193,6 +193,9 @@ def test_odd_batch_model_still_scores_even_batches(db, features):
 # -- bad arguments -----------------------------------------------------------------------------------
 
 
+@pytest.mark.never(["spark"], strategies=["relation", "dl"],
+                   reason="names.py refuses the reference before a strategy is chosen, the same code on every "
+                          "strategy: Spark, whose cases cost a Spark table each, runs the udf case of every reference")
 @pytest.mark.parametrize("ref", ["m:", "m@1:", "", "@", "m@", "m@0", "m@x", "m@-1", "m@1.5", "m@١", "m@99999999999",
                                  "m" * 70, "m:" + "o" * 600, " ", "m@1@2"])
 def test_bad_model_references(db, table, mlp_onnx, strategy, ref):
