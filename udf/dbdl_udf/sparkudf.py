@@ -1,5 +1,5 @@
-"""What Spark's executors run for dbdl: the Arrow UDF of a pinned model version, and the
-DL-centric partition scorer. Imports nothing of ``dbdl`` (a cluster's executors get this package
+"""What Spark's executors run for dbdl's UDF-centric path: the Arrow UDF of a pinned model
+version (the DL-centric partition scorer is ``sparkdl.py``). Imports nothing of ``dbdl`` (a cluster's executors get this package
 shipped as a zip, ``backends/spark/session.py: ship_udf_package``) and pyspark nowhere: the driver
 wraps these functions.
 
