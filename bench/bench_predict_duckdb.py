@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 
 import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import features, interleaved, load_note, mlp, report, rows_env  # noqa: E402
+from common import features, interleaved, load_note, mlp, report, rows_env, split_over_sessions  # noqa: E402
 
 import dbdl  # noqa: E402
 from dbdl_udf.runtime import make_session  # noqa: E402
@@ -64,22 +63,7 @@ def main() -> None:
         return lambda: [pooled.run(None, {name: x[i:i + batch]}) for i in range(0, rows, batch)]
 
     def session_per_core(batch: int):
-        per = -(-rows // threads)
-
-        def part(session, lo: int, hi: int) -> None:
-            for i in range(lo, hi, batch):
-                session.run(None, {name: x[i:min(i + batch, hi)]})
-
-        def run() -> None:
-            workers = [threading.Thread(target=part, args=(s, k * per, min(rows, (k + 1) * per)))
-                       for k, s in enumerate(singles[1:], start=1)]
-            for w in workers:
-                w.start()
-            part(singles[0], 0, min(rows, per))
-            for w in workers:
-                w.join()
-
-        return run
+        return split_over_sessions(singles, name, x, batch)
 
     raw = {f"raw, one session of {threads} threads, batch {b:,}": one_session(b) for b in (2048, 16384, 131072)}
     raw.update({f"raw, {threads} single-thread sessions, batch {b:,}": session_per_core(b) for b in (2048, 16384)})

@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import load_note, machine, print_and_markdown, progress_bar, results_dir, save_figure  # noqa: E402
+from common import (load_note, machine, print_and_markdown, progress_bar, results_dir, save_figure,  # noqa: E402
+                    split_over_sessions)
 
 WIDTH = 64
 SIZES = [WIDTH, 256, 256, 10]
@@ -105,21 +106,11 @@ def raw_methods(onnx_bytes: bytes, x: np.ndarray, cores: int) -> dict:
         return run
 
     def session_per_core(batch: int):
-        per = -(-rows // cores)
-
-        def part(session, lo: int, hi: int) -> None:
-            for i in range(lo, hi, batch):
-                session.run(None, {name: x[i:min(i + batch, hi)]})
+        work = split_over_sessions(singles, name, x, batch)
 
         def run() -> float:
             start = time.perf_counter()
-            workers = [threading.Thread(target=part, args=(s, k * per, min(rows, (k + 1) * per)))
-                       for k, s in enumerate(singles[1:], start=1)]
-            for w in workers:
-                w.start()
-            part(singles[0], 0, min(rows, per))
-            for w in workers:
-                w.join()
+            work()
             return time.perf_counter() - start
         return run
 

@@ -284,3 +284,28 @@ def runs_note(cells: list[dict], earlier: str) -> str:
     for c in cells:
         runs.setdefault(c["backend"], c.get("run") or f"an earlier run ({earlier.removeprefix('Machine: ')})")
     return "; ".join(f"{backend} cells: {run}" for backend, run in runs.items())
+
+
+def split_over_sessions(sessions: list, name: str, x: np.ndarray, batch: int) -> Callable[[], None]:
+    """Raw onnxruntime as Spark and DuckDB spread a table over their cores: the rows of ``x`` cut in
+    one contiguous share per single-thread session, each share run in batches of ``batch`` on its own
+    Python thread (the first on this one)."""
+    import threading
+
+    rows = len(x)
+    per = -(-rows // len(sessions))
+
+    def part(session, lo: int, hi: int) -> None:
+        for i in range(lo, hi, batch):
+            session.run(None, {name: x[i:min(i + batch, hi)]})
+
+    def run() -> None:
+        workers = [threading.Thread(target=part, args=(s, k * per, min(rows, (k + 1) * per)))
+                   for k, s in enumerate(sessions[1:], start=1)]
+        for w in workers:
+            w.start()
+        part(sessions[0], 0, min(rows, per))
+        for w in workers:
+            w.join()
+
+    return run
