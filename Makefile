@@ -29,20 +29,25 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# $(call apt_install,TARGET,PACKAGES,WHAT): apt-get install PACKAGES as root, or through sudo; where
+# neither can, or apt-get fails, say so: WHAT is then skipped
+apt_install = \
+	if [ "$$(id -u)" = 0 ]; then \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(2); } \
+		|| echo "$(1): WARNING: apt-get could not install $(2); $(3) will be skipped"; \
+	elif command -v sudo >/dev/null 2>&1; then \
+		{ sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y $(2); } \
+		|| echo "$(1): WARNING: apt-get could not install $(2); $(3) will be skipped"; \
+	else \
+		echo "$(1): $(2) not installed, and we are neither root nor have sudo:" \
+		     "install them to run $(3) (they will be skipped)"; \
+	fi
+
 # the PostgreSQL server the test suite starts for itself (tests/pgserver.py): install the Debian
 # packages if missing (as root, or through sudo); otherwise say so, and its tests are skipped
 postgres-packages:
-	@if [ "$$(dpkg -s $(PG_PACKAGES) 2>/dev/null | grep -c '^Status: install ok installed')" = $(words $(PG_PACKAGES)) ]; then \
-		: ; \
-	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(PG_PACKAGES) \
-		|| echo "postgres-packages: WARNING: apt-get could not install $(PG_PACKAGES); the PostgreSQL tests will be skipped"; \
-	elif command -v sudo >/dev/null 2>&1; then \
-		{ sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y $(PG_PACKAGES); } \
-		|| echo "postgres-packages: WARNING: apt-get could not install $(PG_PACKAGES); the PostgreSQL tests will be skipped"; \
-	else \
-		echo "postgres-packages: $(PG_PACKAGES) not installed, and we are neither root nor have sudo:" \
-		     "install them to run the PostgreSQL tests (they will be skipped)"; \
+	@if [ "$$(dpkg -s $(PG_PACKAGES) 2>/dev/null | grep -c '^Status: install ok installed')" != $(words $(PG_PACKAGES)) ]; then \
+		$(call apt_install,postgres-packages,$(PG_PACKAGES),the PostgreSQL tests); \
 	fi
 
 # the Java runtime Spark runs on (its tests start a local-mode SparkContext, tests/conftest.py): Java 17
@@ -50,17 +55,8 @@ postgres-packages:
 # tests are skipped (CI sets DBDL_REQUIRE_SPARK=1, which fails them instead)
 java:
 	@version=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
-	if [ -n "$$version" ] && [ "$$version" -ge 17 ]; then \
-		: ; \
-	elif [ "$$(id -u)" = 0 ]; then \
-		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(JRE_PACKAGES); } \
-		|| echo "java: WARNING: apt-get could not install $(JRE_PACKAGES); the Spark tests will be skipped"; \
-	elif command -v sudo >/dev/null 2>&1; then \
-		{ sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y $(JRE_PACKAGES); } \
-		|| echo "java: WARNING: apt-get could not install $(JRE_PACKAGES); the Spark tests will be skipped"; \
-	else \
-		echo "java: no Java 17+, and we are neither root nor have sudo: install $(JRE_PACKAGES) to run the" \
-		     "Spark tests (they will be skipped)"; \
+	if [ -z "$$version" ] || [ "$$version" -lt 17 ]; then \
+		$(call apt_install,java,$(JRE_PACKAGES),the Spark tests); \
 	fi
 
 # predict_into's C helper (native/postgres, docs/postgres.md#the-c-helper): built in place with PGXS
