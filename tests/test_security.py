@@ -320,6 +320,12 @@ def test_registry_tables_are_written_only_by_dbdl_functions(world, attacker):
                 con.execute("SELECT dbdl.record_dataset(%s)", (forged,))
             with pytest.raises(psycopg.Error, match="does not exist as a table"):
                 con.execute("SELECT dbdl.record_dataset(%s)", (forged.replace("(SELECT 1)", "dbdl_data.ds_d_v1"),))
+            # a table of the dataset's name in any other schema (one the caller owns, or the server's
+            # own): the catalog's rules take any plain schema for Spark's data database, the server's
+            # function only its own two
+            for elsewhere in ("public.ds_d_v1", "pg_catalog.ds_d_v1", "dbdl_user.ds_d_v1"):
+                with pytest.raises(psycopg.Error, match="dbdl.InvalidName: dataset 'd' version 1 lives in"):
+                    con.execute("SELECT dbdl.record_dataset(%s)", (forged.replace("(SELECT 1)", elsewhere),))
             # a blocked layout's claim is checked too: its size, and one row per block in the table
             real = forged.replace("(SELECT 1)", "dbdl_data.ds_d_v1")
             for block_rows, message in (("-1", "block_rows is 0"), ("1025", "block_rows is 0"), ("true", "whole"),
