@@ -107,6 +107,11 @@ def not_found(db: SQLRunner, name: str, version: int | None = None) -> ModelNotF
     )
 
 
+#: the conflict target is spelled (the key of each table) so that DM8's dialect can write the upsert
+#: as MERGE INTO (backends/dm8/dialect.py); DuckDB and PostgreSQL take it as written
+_STORE_BLOB = "INSERT INTO dbdl.blobs (sha256, bytes, size_bytes) VALUES (?, ?, ?) ON CONFLICT (sha256) DO NOTHING"
+
+
 def store_version(db: SQLRunner, name: str, *, sha256: str, onnx_bytes: bytes, source: str, signature: Signature,
                   n_params: int, flops_per_row: int, opset: int, torch_program: bytes | None = None,
                   description: str | None = None, promote: bool = True, original_bytes: bytes | None = None,
@@ -118,7 +123,7 @@ def store_version(db: SQLRunner, name: str, *, sha256: str, onnx_bytes: bytes, s
     check_name(name)
     # concurrent registrations of one name: the models row exists (or waits for the session that is
     # creating it), then its lock serializes them, so each reads the next_version the previous left
-    db.execute("INSERT INTO dbdl.models (name, next_version) VALUES (?, 1) ON CONFLICT DO NOTHING", (name,))
+    db.execute("INSERT INTO dbdl.models (name, next_version) VALUES (?, 1) ON CONFLICT (name) DO NOTHING", (name,))
     next_version, serving = lock_model(db, name)
     same = _one(db, "SELECT version FROM dbdl.model_versions WHERE name = ? AND sha256 = ?", (name, sha256))
     if same is not None:
@@ -126,13 +131,11 @@ def store_version(db: SQLRunner, name: str, *, sha256: str, onnx_bytes: bytes, s
     else:
         version = int(next_version)
         # another model may be storing the same bytes at this moment
-        db.execute("INSERT INTO dbdl.blobs (sha256, bytes, size_bytes) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                   (sha256, onnx_bytes, len(onnx_bytes)))
+        db.execute(_STORE_BLOB, (sha256, onnx_bytes, len(onnx_bytes)))
         original_sha = None
         if original_bytes is not None:
             original_sha = hashlib.sha256(original_bytes).hexdigest()
-            db.execute("INSERT INTO dbdl.blobs (sha256, bytes, size_bytes) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                       (original_sha, original_bytes, len(original_bytes)))
+            db.execute(_STORE_BLOB, (original_sha, original_bytes, len(original_bytes)))
         values = {"name": name, "version": version, "sha256": sha256, "source": source,
                   "signature": signature.to_json(), "n_features": signature.n_features, "n_params": int(n_params),
                   "flops_per_row": int(flops_per_row), "opset": int(opset), "torch_program": torch_program,
