@@ -289,6 +289,10 @@ RELATIONAL = RelationalSQL(
     int_div="CAST(FLOOR({a} / {b}) AS BIGINT)",
     int_mod="MOD({a}, {b})",
     avg="AVG",
+    # decimal constants (tree thresholds, 1e300) as DOUBLE: compared and computed in double precision
+    # with the DOUBLE activations, not as DM8's NUMERIC literals (38 digits at most, so 1e300 would
+    # not fit, and a DOUBLE compared with a NUMERIC converts one of them)
+    typed_decimals=True,
     # number: None. It numbers array vectors (dbdl_f); wide vectors are numbered by helper "wide"
     # with ROW_NUMBER() OVER (ORDER BY every feature column), as Oracle's grammar asks an ORDER BY
 )
