@@ -238,6 +238,16 @@ def test_argmax_takes_the_first_of_equal_largest_values_and_ranks_null_last():
     assert _run_as_duckdb(con, tree) == [(0, 1), (1, 2), (2, 0)]
 
 
+def test_render_sends_dm8_procedural_text_as_written_and_refuses_two_statements():
+    block = "BEGIN\n  EXECUTE IMMEDIATE 'CREATE SCHEMA dbdl';\nEXCEPTION WHEN OTHERS THEN NULL;\nEND;"
+    function = ("CREATE OR REPLACE FUNCTION dbdl.fail(msg VARCHAR) RETURN DOUBLE AS\nBEGIN\n"
+                "  RAISE_APPLICATION_ERROR(-20001, msg);\nEND;")
+    assert render(block) == block and render(function) == function
+    assert render("SELECT 1;") == "SELECT 1 FROM DUAL"
+    with pytest.raises(ValueError, match="one statement, got 2"):
+        render("DELETE FROM dbdl.models; DELETE FROM dbdl.blobs")
+
+
 def test_the_array_path_is_refused_with_its_reason():
     with pytest.raises(NotImplementedError, match="one column per feature"):
         RELATIONAL.unnest.format(src="s")

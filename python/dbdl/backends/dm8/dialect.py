@@ -20,6 +20,7 @@ for that); DM8's own ``FLOAT`` is a double and is read as one.
 from __future__ import annotations
 
 import functools
+import re
 
 import sqlglot
 import sqlglot.expressions as exp
@@ -212,10 +213,23 @@ class DbdlDM8(Oracle):
             return super().insert_sql(expression)
 
 
+#: DM8's own procedural text (a PL/SQL block, a stored function's or procedure's DDL): sqlglot
+#: cannot parse it (it would cut it at its first ";"), and it holds nothing of dbdl's generic SQL
+_PROCEDURAL = re.compile(r"\s*(BEGIN|DECLARE|CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|TRIGGER|PACKAGE|TYPE))\b",
+                         re.I)
+
+
 @functools.lru_cache(maxsize=4096)
 def render(sql: str) -> str:
-    """``sql`` (one statement, dbdl's generic SQL or DM8's own) as DM8 takes it."""
-    return sqlglot.transpile(sql, read=DbdlDM8, write=DbdlDM8)[0]
+    """``sql`` (one statement, dbdl's generic SQL or DM8's own) as DM8 takes it. DM8's procedural
+    text (``BEGIN … END;``, ``CREATE OR REPLACE FUNCTION …``) is returned as written; more than one
+    statement is refused (ValueError) rather than cut to the first."""
+    if _PROCEDURAL.match(sql):
+        return sql
+    trees = [t for t in sqlglot.parse(sql, read=DbdlDM8) if t is not None]
+    if len(trees) != 1:
+        raise ValueError(f"render takes one statement, got {len(trees)}: {sql[:80]!r}")
+    return trees[0].sql(dialect=DbdlDM8)
 
 
 def split_script(script: str) -> list[str]:
