@@ -238,6 +238,26 @@ def test_argmax_takes_the_first_of_equal_largest_values_and_ranks_null_last():
     assert _run_as_duckdb(con, tree) == [(0, 1), (1, 2), (2, 0)]
 
 
+@pytest.mark.parametrize("generic, dm8", [
+    ("CREATE TABLE t (a BIGINT, b INTEGER, c TINYINT)", "CREATE TABLE t (a BIGINT, b INT, c TINYINT)"),
+    ("CREATE TABLE t (a VARCHAR(63), b VARCHAR, c TEXT, d CLOB)",
+     "CREATE TABLE t (a VARCHAR(63), b VARCHAR(8188), c VARCHAR(8188), d CLOB)"),
+    ("CREATE TABLE t (a BLOB, b BYTEA, c VARBINARY)", "CREATE TABLE t (a BLOB, b BLOB, c BLOB)"),
+    ("SELECT CAST(a AS DOUBLE PRECISION), CAST(b AS REAL), CAST(c AS FLOAT) FROM t",
+     "SELECT CAST(a AS DOUBLE), CAST(b AS REAL), CAST(c AS DOUBLE) FROM t"),
+    ("CREATE TABLE t (a BOOLEAN DEFAULT FALSE)", "CREATE TABLE t (a BIT DEFAULT 0)"),
+    ("SELECT a FROM t WHERE TRUE AND b IS TRUE", "SELECT a FROM t WHERE (1 = 1) AND b = 1"),
+    ("CREATE TABLE t (id BIGINT GENERATED ALWAYS AS IDENTITY, at TIMESTAMP DEFAULT current_timestamp)",
+     "CREATE TABLE t (id BIGINT IDENTITY(1, 1), at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)"),
+    ("SELECT a FROM t ORDER BY a LIMIT ? OFFSET ?", "SELECT a FROM t ORDER BY a LIMIT ? OFFSET ?"),
+    ("SELECT TOP 3 a FROM t", "SELECT a FROM t LIMIT 3"),
+    ("SELECT a % 4, a || 'x', count(*) FROM t WHERE b = ?", "SELECT MOD(a, 4), a || 'x', COUNT(*) FROM t WHERE b = ?"),
+    ("SELECT 1", "SELECT 1 FROM DUAL"),
+])
+def test_the_dialect_writes_dm8_types_and_clauses(generic, dm8):
+    assert render(generic) == dm8 and render(dm8) == dm8
+
+
 def test_render_sends_dm8_procedural_text_as_written_and_refuses_two_statements():
     block = "BEGIN\n  EXECUTE IMMEDIATE 'CREATE SCHEMA dbdl';\nEXCEPTION WHEN OTHERS THEN NULL;\nEND;"
     function = ("CREATE OR REPLACE FUNCTION dbdl.fail(msg VARCHAR) RETURN DOUBLE AS\nBEGIN\n"
