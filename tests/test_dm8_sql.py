@@ -12,8 +12,8 @@
 - Every statement of the catalog (dbdl_udf/catalog.py, dbdl_udf/datasets.py), taken from the source
   with ``ast``, renders, parses back, keeps its placeholders and leaves none of what DM8 lacks.
 
-The feature input of the relation plans is spelled here as one UNION ALL branch per feature column
-(DM8 has no array columns; helper "wide" adds the per-column input to ir/sql.py).
+The feature input of the relation plans is one column per feature (DM8 has no array columns), each
+column's rows spelled by ``RelationalSQL.unnest_column`` (helper "wide"), as the builder joins them.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ def _model(kind: str):
 @functools.lru_cache(maxsize=None)
 def _plan(kind: str) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
     """The model's relation-centric plan as one DM8 statement (rid, probabilities, label) over
-    table dbdl_data.golden_<kind>_rows (rid, f0, f1, …), and the weight tables it reads."""
+    table dbdl_data.golden_<kind>_rows (rid, dbdl_f0, dbdl_f1, …: one column per feature, as a wide
+    call's numbered source CTE has them), and the weight tables it reads."""
     adapted, rows, _ = _model(kind)
     graph = from_onnx(onnx.load_from_string(adapted))
     (_, shape), = graph.inputs
@@ -126,12 +127,16 @@ def _plan(kind: str) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
         tables[name] = columns
         return name
 
-    # the wide input, one branch per feature column, until ir/sql.py spells it (helper "wide")
-    unnest = " UNION ALL ".join(f"SELECT rid, {k} AS i, CAST(f{k} AS DOUBLE) AS v FROM {{src}}" for k in range(width))
+    names = [f"dbdl_f{k}" for k in range(width)]
+    # the builder's input of a call of one column per feature: each column's (rid, i, v) rows by
+    # RelationalSQL.unnest_column, joined by UNION ALL (helper "wide"; its default spelling where
+    # that is not merged yet)
+    column = getattr(RELATIONAL, "unnest_column", "SELECT rid, CAST({i} AS BIGINT) AS i, "
+                                                  "CAST({column} AS DOUBLE PRECISION) AS v FROM {src}")
+    unnest = " UNION ALL ".join(column.format(src="{src}", i=k, column=name) for k, name in enumerate(names))
     builder = SQLBuilder(dataclasses.replace(RELATIONAL, unnest=unnest), table_for, prefix="dbdl_0_r")
     probabilities = compile_graph(graph, builder, "dbdl_src", list(graph.outputs).index("probabilities"))
-    features = ", ".join(f"f{k}" for k in range(width))
-    ctes = [("dbdl_src", f"SELECT rid, {features} FROM dbdl_data.golden_{kind}_rows"), *builder.ctes,
+    ctes = [("dbdl_src", f"SELECT rid, {', '.join(names)} FROM dbdl_data.golden_{kind}_rows"), *builder.ctes,
             ("dbdl_p", builder.output(probabilities, "array")), ("dbdl_c", builder.output(probabilities, "class"))]
     tree = sqlglot.parse_one("SELECT p.rid, p.prediction AS probabilities, c.prediction AS label FROM dbdl_p AS p "
                              "JOIN dbdl_c AS c ON c.rid = p.rid ORDER BY p.rid", read=DbdlDM8)
@@ -200,7 +205,7 @@ def test_relation_plans_match_their_golden_file_and_onnxruntime(kind, golden):
         assert absent not in text
     assert "KEEP (DENSE_RANK FIRST ORDER BY v DESC NULLS LAST)" in text and "LISTAGG(" in text
     con = _duckdb({**tables, f"dbdl_data.golden_{kind}_rows": {
-        "rid": np.arange(len(rows)), **{f"f{k}": rows[:, k].astype(np.float64) for k in range(rows.shape[1])}}})
+        "rid": np.arange(len(rows)), **{f"dbdl_f{k}": rows[:, k].astype(np.float64) for k in range(rows.shape[1])}}})
     got = _run_as_duckdb(con, tree)
     assert [r[0] for r in got] == list(range(len(rows)))
     probabilities = np.array([json.loads(r[1]) for r in got], np.float64)  # the JSON text DM8 returns

@@ -3,454 +3,454 @@
 WITH dbdl_src AS (
   SELECT
     rid,
-    f0,
-    f1,
-    f2,
-    f3,
-    f4,
-    f5,
-    f6,
-    f7,
-    f8,
-    f9,
-    f10,
-    f11,
-    f12,
-    f13,
-    f14,
-    f15,
-    f16,
-    f17,
-    f18,
-    f19,
-    f20,
-    f21,
-    f22,
-    f23,
-    f24,
-    f25,
-    f26,
-    f27,
-    f28,
-    f29,
-    f30,
-    f31,
-    f32,
-    f33,
-    f34,
-    f35,
-    f36,
-    f37,
-    f38,
-    f39,
-    f40,
-    f41,
-    f42,
-    f43,
-    f44,
-    f45,
-    f46,
-    f47,
-    f48,
-    f49,
-    f50,
-    f51,
-    f52,
-    f53,
-    f54,
-    f55,
-    f56,
-    f57,
-    f58,
-    f59,
-    f60,
-    f61,
-    f62,
-    f63
+    dbdl_f0,
+    dbdl_f1,
+    dbdl_f2,
+    dbdl_f3,
+    dbdl_f4,
+    dbdl_f5,
+    dbdl_f6,
+    dbdl_f7,
+    dbdl_f8,
+    dbdl_f9,
+    dbdl_f10,
+    dbdl_f11,
+    dbdl_f12,
+    dbdl_f13,
+    dbdl_f14,
+    dbdl_f15,
+    dbdl_f16,
+    dbdl_f17,
+    dbdl_f18,
+    dbdl_f19,
+    dbdl_f20,
+    dbdl_f21,
+    dbdl_f22,
+    dbdl_f23,
+    dbdl_f24,
+    dbdl_f25,
+    dbdl_f26,
+    dbdl_f27,
+    dbdl_f28,
+    dbdl_f29,
+    dbdl_f30,
+    dbdl_f31,
+    dbdl_f32,
+    dbdl_f33,
+    dbdl_f34,
+    dbdl_f35,
+    dbdl_f36,
+    dbdl_f37,
+    dbdl_f38,
+    dbdl_f39,
+    dbdl_f40,
+    dbdl_f41,
+    dbdl_f42,
+    dbdl_f43,
+    dbdl_f44,
+    dbdl_f45,
+    dbdl_f46,
+    dbdl_f47,
+    dbdl_f48,
+    dbdl_f49,
+    dbdl_f50,
+    dbdl_f51,
+    dbdl_f52,
+    dbdl_f53,
+    dbdl_f54,
+    dbdl_f55,
+    dbdl_f56,
+    dbdl_f57,
+    dbdl_f58,
+    dbdl_f59,
+    dbdl_f60,
+    dbdl_f61,
+    dbdl_f62,
+    dbdl_f63
   FROM dbdl_data.golden_mlp_rows
 ), dbdl_0_r0 AS (
   SELECT
     rid,
-    0 AS i,
-    CAST(f0 AS DOUBLE) AS v
+    CAST(0 AS BIGINT) AS i,
+    CAST(dbdl_f0 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    1 AS i,
-    CAST(f1 AS DOUBLE) AS v
+    CAST(1 AS BIGINT) AS i,
+    CAST(dbdl_f1 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    2 AS i,
-    CAST(f2 AS DOUBLE) AS v
+    CAST(2 AS BIGINT) AS i,
+    CAST(dbdl_f2 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    3 AS i,
-    CAST(f3 AS DOUBLE) AS v
+    CAST(3 AS BIGINT) AS i,
+    CAST(dbdl_f3 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    4 AS i,
-    CAST(f4 AS DOUBLE) AS v
+    CAST(4 AS BIGINT) AS i,
+    CAST(dbdl_f4 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    5 AS i,
-    CAST(f5 AS DOUBLE) AS v
+    CAST(5 AS BIGINT) AS i,
+    CAST(dbdl_f5 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    6 AS i,
-    CAST(f6 AS DOUBLE) AS v
+    CAST(6 AS BIGINT) AS i,
+    CAST(dbdl_f6 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    7 AS i,
-    CAST(f7 AS DOUBLE) AS v
+    CAST(7 AS BIGINT) AS i,
+    CAST(dbdl_f7 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    8 AS i,
-    CAST(f8 AS DOUBLE) AS v
+    CAST(8 AS BIGINT) AS i,
+    CAST(dbdl_f8 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    9 AS i,
-    CAST(f9 AS DOUBLE) AS v
+    CAST(9 AS BIGINT) AS i,
+    CAST(dbdl_f9 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    10 AS i,
-    CAST(f10 AS DOUBLE) AS v
+    CAST(10 AS BIGINT) AS i,
+    CAST(dbdl_f10 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    11 AS i,
-    CAST(f11 AS DOUBLE) AS v
+    CAST(11 AS BIGINT) AS i,
+    CAST(dbdl_f11 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    12 AS i,
-    CAST(f12 AS DOUBLE) AS v
+    CAST(12 AS BIGINT) AS i,
+    CAST(dbdl_f12 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    13 AS i,
-    CAST(f13 AS DOUBLE) AS v
+    CAST(13 AS BIGINT) AS i,
+    CAST(dbdl_f13 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    14 AS i,
-    CAST(f14 AS DOUBLE) AS v
+    CAST(14 AS BIGINT) AS i,
+    CAST(dbdl_f14 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    15 AS i,
-    CAST(f15 AS DOUBLE) AS v
+    CAST(15 AS BIGINT) AS i,
+    CAST(dbdl_f15 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    16 AS i,
-    CAST(f16 AS DOUBLE) AS v
+    CAST(16 AS BIGINT) AS i,
+    CAST(dbdl_f16 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    17 AS i,
-    CAST(f17 AS DOUBLE) AS v
+    CAST(17 AS BIGINT) AS i,
+    CAST(dbdl_f17 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    18 AS i,
-    CAST(f18 AS DOUBLE) AS v
+    CAST(18 AS BIGINT) AS i,
+    CAST(dbdl_f18 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    19 AS i,
-    CAST(f19 AS DOUBLE) AS v
+    CAST(19 AS BIGINT) AS i,
+    CAST(dbdl_f19 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    20 AS i,
-    CAST(f20 AS DOUBLE) AS v
+    CAST(20 AS BIGINT) AS i,
+    CAST(dbdl_f20 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    21 AS i,
-    CAST(f21 AS DOUBLE) AS v
+    CAST(21 AS BIGINT) AS i,
+    CAST(dbdl_f21 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    22 AS i,
-    CAST(f22 AS DOUBLE) AS v
+    CAST(22 AS BIGINT) AS i,
+    CAST(dbdl_f22 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    23 AS i,
-    CAST(f23 AS DOUBLE) AS v
+    CAST(23 AS BIGINT) AS i,
+    CAST(dbdl_f23 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    24 AS i,
-    CAST(f24 AS DOUBLE) AS v
+    CAST(24 AS BIGINT) AS i,
+    CAST(dbdl_f24 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    25 AS i,
-    CAST(f25 AS DOUBLE) AS v
+    CAST(25 AS BIGINT) AS i,
+    CAST(dbdl_f25 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    26 AS i,
-    CAST(f26 AS DOUBLE) AS v
+    CAST(26 AS BIGINT) AS i,
+    CAST(dbdl_f26 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    27 AS i,
-    CAST(f27 AS DOUBLE) AS v
+    CAST(27 AS BIGINT) AS i,
+    CAST(dbdl_f27 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    28 AS i,
-    CAST(f28 AS DOUBLE) AS v
+    CAST(28 AS BIGINT) AS i,
+    CAST(dbdl_f28 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    29 AS i,
-    CAST(f29 AS DOUBLE) AS v
+    CAST(29 AS BIGINT) AS i,
+    CAST(dbdl_f29 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    30 AS i,
-    CAST(f30 AS DOUBLE) AS v
+    CAST(30 AS BIGINT) AS i,
+    CAST(dbdl_f30 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    31 AS i,
-    CAST(f31 AS DOUBLE) AS v
+    CAST(31 AS BIGINT) AS i,
+    CAST(dbdl_f31 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    32 AS i,
-    CAST(f32 AS DOUBLE) AS v
+    CAST(32 AS BIGINT) AS i,
+    CAST(dbdl_f32 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    33 AS i,
-    CAST(f33 AS DOUBLE) AS v
+    CAST(33 AS BIGINT) AS i,
+    CAST(dbdl_f33 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    34 AS i,
-    CAST(f34 AS DOUBLE) AS v
+    CAST(34 AS BIGINT) AS i,
+    CAST(dbdl_f34 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    35 AS i,
-    CAST(f35 AS DOUBLE) AS v
+    CAST(35 AS BIGINT) AS i,
+    CAST(dbdl_f35 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    36 AS i,
-    CAST(f36 AS DOUBLE) AS v
+    CAST(36 AS BIGINT) AS i,
+    CAST(dbdl_f36 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    37 AS i,
-    CAST(f37 AS DOUBLE) AS v
+    CAST(37 AS BIGINT) AS i,
+    CAST(dbdl_f37 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    38 AS i,
-    CAST(f38 AS DOUBLE) AS v
+    CAST(38 AS BIGINT) AS i,
+    CAST(dbdl_f38 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    39 AS i,
-    CAST(f39 AS DOUBLE) AS v
+    CAST(39 AS BIGINT) AS i,
+    CAST(dbdl_f39 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    40 AS i,
-    CAST(f40 AS DOUBLE) AS v
+    CAST(40 AS BIGINT) AS i,
+    CAST(dbdl_f40 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    41 AS i,
-    CAST(f41 AS DOUBLE) AS v
+    CAST(41 AS BIGINT) AS i,
+    CAST(dbdl_f41 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    42 AS i,
-    CAST(f42 AS DOUBLE) AS v
+    CAST(42 AS BIGINT) AS i,
+    CAST(dbdl_f42 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    43 AS i,
-    CAST(f43 AS DOUBLE) AS v
+    CAST(43 AS BIGINT) AS i,
+    CAST(dbdl_f43 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    44 AS i,
-    CAST(f44 AS DOUBLE) AS v
+    CAST(44 AS BIGINT) AS i,
+    CAST(dbdl_f44 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    45 AS i,
-    CAST(f45 AS DOUBLE) AS v
+    CAST(45 AS BIGINT) AS i,
+    CAST(dbdl_f45 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    46 AS i,
-    CAST(f46 AS DOUBLE) AS v
+    CAST(46 AS BIGINT) AS i,
+    CAST(dbdl_f46 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    47 AS i,
-    CAST(f47 AS DOUBLE) AS v
+    CAST(47 AS BIGINT) AS i,
+    CAST(dbdl_f47 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    48 AS i,
-    CAST(f48 AS DOUBLE) AS v
+    CAST(48 AS BIGINT) AS i,
+    CAST(dbdl_f48 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    49 AS i,
-    CAST(f49 AS DOUBLE) AS v
+    CAST(49 AS BIGINT) AS i,
+    CAST(dbdl_f49 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    50 AS i,
-    CAST(f50 AS DOUBLE) AS v
+    CAST(50 AS BIGINT) AS i,
+    CAST(dbdl_f50 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    51 AS i,
-    CAST(f51 AS DOUBLE) AS v
+    CAST(51 AS BIGINT) AS i,
+    CAST(dbdl_f51 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    52 AS i,
-    CAST(f52 AS DOUBLE) AS v
+    CAST(52 AS BIGINT) AS i,
+    CAST(dbdl_f52 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    53 AS i,
-    CAST(f53 AS DOUBLE) AS v
+    CAST(53 AS BIGINT) AS i,
+    CAST(dbdl_f53 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    54 AS i,
-    CAST(f54 AS DOUBLE) AS v
+    CAST(54 AS BIGINT) AS i,
+    CAST(dbdl_f54 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    55 AS i,
-    CAST(f55 AS DOUBLE) AS v
+    CAST(55 AS BIGINT) AS i,
+    CAST(dbdl_f55 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    56 AS i,
-    CAST(f56 AS DOUBLE) AS v
+    CAST(56 AS BIGINT) AS i,
+    CAST(dbdl_f56 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    57 AS i,
-    CAST(f57 AS DOUBLE) AS v
+    CAST(57 AS BIGINT) AS i,
+    CAST(dbdl_f57 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    58 AS i,
-    CAST(f58 AS DOUBLE) AS v
+    CAST(58 AS BIGINT) AS i,
+    CAST(dbdl_f58 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    59 AS i,
-    CAST(f59 AS DOUBLE) AS v
+    CAST(59 AS BIGINT) AS i,
+    CAST(dbdl_f59 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    60 AS i,
-    CAST(f60 AS DOUBLE) AS v
+    CAST(60 AS BIGINT) AS i,
+    CAST(dbdl_f60 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    61 AS i,
-    CAST(f61 AS DOUBLE) AS v
+    CAST(61 AS BIGINT) AS i,
+    CAST(dbdl_f61 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    62 AS i,
-    CAST(f62 AS DOUBLE) AS v
+    CAST(62 AS BIGINT) AS i,
+    CAST(dbdl_f62 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    63 AS i,
-    CAST(f63 AS DOUBLE) AS v
+    CAST(63 AS BIGINT) AS i,
+    CAST(dbdl_f63 AS DOUBLE) AS v
   FROM dbdl_src
 ), dbdl_0_r1 AS (
   SELECT

@@ -3,216 +3,216 @@
 WITH dbdl_src AS (
   SELECT
     rid,
-    f0,
-    f1,
-    f2,
-    f3,
-    f4,
-    f5,
-    f6,
-    f7,
-    f8,
-    f9,
-    f10,
-    f11,
-    f12,
-    f13,
-    f14,
-    f15,
-    f16,
-    f17,
-    f18,
-    f19,
-    f20,
-    f21,
-    f22,
-    f23,
-    f24,
-    f25,
-    f26,
-    f27,
-    f28,
-    f29
+    dbdl_f0,
+    dbdl_f1,
+    dbdl_f2,
+    dbdl_f3,
+    dbdl_f4,
+    dbdl_f5,
+    dbdl_f6,
+    dbdl_f7,
+    dbdl_f8,
+    dbdl_f9,
+    dbdl_f10,
+    dbdl_f11,
+    dbdl_f12,
+    dbdl_f13,
+    dbdl_f14,
+    dbdl_f15,
+    dbdl_f16,
+    dbdl_f17,
+    dbdl_f18,
+    dbdl_f19,
+    dbdl_f20,
+    dbdl_f21,
+    dbdl_f22,
+    dbdl_f23,
+    dbdl_f24,
+    dbdl_f25,
+    dbdl_f26,
+    dbdl_f27,
+    dbdl_f28,
+    dbdl_f29
   FROM dbdl_data.golden_tree_rows
 ), dbdl_0_r0 AS (
   SELECT
     rid,
-    0 AS i,
-    CAST(f0 AS DOUBLE) AS v
+    CAST(0 AS BIGINT) AS i,
+    CAST(dbdl_f0 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    1 AS i,
-    CAST(f1 AS DOUBLE) AS v
+    CAST(1 AS BIGINT) AS i,
+    CAST(dbdl_f1 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    2 AS i,
-    CAST(f2 AS DOUBLE) AS v
+    CAST(2 AS BIGINT) AS i,
+    CAST(dbdl_f2 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    3 AS i,
-    CAST(f3 AS DOUBLE) AS v
+    CAST(3 AS BIGINT) AS i,
+    CAST(dbdl_f3 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    4 AS i,
-    CAST(f4 AS DOUBLE) AS v
+    CAST(4 AS BIGINT) AS i,
+    CAST(dbdl_f4 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    5 AS i,
-    CAST(f5 AS DOUBLE) AS v
+    CAST(5 AS BIGINT) AS i,
+    CAST(dbdl_f5 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    6 AS i,
-    CAST(f6 AS DOUBLE) AS v
+    CAST(6 AS BIGINT) AS i,
+    CAST(dbdl_f6 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    7 AS i,
-    CAST(f7 AS DOUBLE) AS v
+    CAST(7 AS BIGINT) AS i,
+    CAST(dbdl_f7 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    8 AS i,
-    CAST(f8 AS DOUBLE) AS v
+    CAST(8 AS BIGINT) AS i,
+    CAST(dbdl_f8 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    9 AS i,
-    CAST(f9 AS DOUBLE) AS v
+    CAST(9 AS BIGINT) AS i,
+    CAST(dbdl_f9 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    10 AS i,
-    CAST(f10 AS DOUBLE) AS v
+    CAST(10 AS BIGINT) AS i,
+    CAST(dbdl_f10 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    11 AS i,
-    CAST(f11 AS DOUBLE) AS v
+    CAST(11 AS BIGINT) AS i,
+    CAST(dbdl_f11 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    12 AS i,
-    CAST(f12 AS DOUBLE) AS v
+    CAST(12 AS BIGINT) AS i,
+    CAST(dbdl_f12 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    13 AS i,
-    CAST(f13 AS DOUBLE) AS v
+    CAST(13 AS BIGINT) AS i,
+    CAST(dbdl_f13 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    14 AS i,
-    CAST(f14 AS DOUBLE) AS v
+    CAST(14 AS BIGINT) AS i,
+    CAST(dbdl_f14 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    15 AS i,
-    CAST(f15 AS DOUBLE) AS v
+    CAST(15 AS BIGINT) AS i,
+    CAST(dbdl_f15 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    16 AS i,
-    CAST(f16 AS DOUBLE) AS v
+    CAST(16 AS BIGINT) AS i,
+    CAST(dbdl_f16 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    17 AS i,
-    CAST(f17 AS DOUBLE) AS v
+    CAST(17 AS BIGINT) AS i,
+    CAST(dbdl_f17 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    18 AS i,
-    CAST(f18 AS DOUBLE) AS v
+    CAST(18 AS BIGINT) AS i,
+    CAST(dbdl_f18 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    19 AS i,
-    CAST(f19 AS DOUBLE) AS v
+    CAST(19 AS BIGINT) AS i,
+    CAST(dbdl_f19 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    20 AS i,
-    CAST(f20 AS DOUBLE) AS v
+    CAST(20 AS BIGINT) AS i,
+    CAST(dbdl_f20 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    21 AS i,
-    CAST(f21 AS DOUBLE) AS v
+    CAST(21 AS BIGINT) AS i,
+    CAST(dbdl_f21 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    22 AS i,
-    CAST(f22 AS DOUBLE) AS v
+    CAST(22 AS BIGINT) AS i,
+    CAST(dbdl_f22 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    23 AS i,
-    CAST(f23 AS DOUBLE) AS v
+    CAST(23 AS BIGINT) AS i,
+    CAST(dbdl_f23 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    24 AS i,
-    CAST(f24 AS DOUBLE) AS v
+    CAST(24 AS BIGINT) AS i,
+    CAST(dbdl_f24 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    25 AS i,
-    CAST(f25 AS DOUBLE) AS v
+    CAST(25 AS BIGINT) AS i,
+    CAST(dbdl_f25 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    26 AS i,
-    CAST(f26 AS DOUBLE) AS v
+    CAST(26 AS BIGINT) AS i,
+    CAST(dbdl_f26 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    27 AS i,
-    CAST(f27 AS DOUBLE) AS v
+    CAST(27 AS BIGINT) AS i,
+    CAST(dbdl_f27 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    28 AS i,
-    CAST(f28 AS DOUBLE) AS v
+    CAST(28 AS BIGINT) AS i,
+    CAST(dbdl_f28 AS DOUBLE) AS v
   FROM dbdl_src
   UNION ALL
   SELECT
     rid,
-    29 AS i,
-    CAST(f29 AS DOUBLE) AS v
+    CAST(29 AS BIGINT) AS i,
+    CAST(dbdl_f29 AS DOUBLE) AS v
   FROM dbdl_src
 ), dbdl_0_r1 AS (
   SELECT
