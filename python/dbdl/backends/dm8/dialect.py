@@ -24,6 +24,7 @@ import re
 
 import sqlglot
 import sqlglot.expressions as exp
+from sqlglot import generator, transforms
 from sqlglot.dialects.oracle import Oracle
 from sqlglot.tokens import TokenType
 
@@ -171,9 +172,9 @@ class DbdlDM8(Oracle):
 
         TRANSFORMS = {
             **Oracle.Generator.TRANSFORMS,
-            exp.Select: sqlglot.transforms.preprocess([
-                sqlglot.transforms.eliminate_distinct_on,
-                sqlglot.transforms.eliminate_qualify,
+            exp.Select: transforms.preprocess([
+                transforms.eliminate_distinct_on,
+                transforms.eliminate_qualify,
                 _from_dual,
             ]),
         }
@@ -186,7 +187,7 @@ class DbdlDM8(Oracle):
 
         def offset_sql(self, expression: exp.Offset) -> str:
             # LIMIT n OFFSET m (Oracle's writes OFFSET m ROWS)
-            return sqlglot.generator.Generator.offset_sql(self, expression)
+            return generator.Generator.offset_sql(self, expression)
 
         def generatedasidentitycolumnconstraint_sql(self, expression: exp.GeneratedAsIdentityColumnConstraint) -> str:
             # DM8's identity column: IDENTITY(start, increment)
@@ -201,7 +202,8 @@ class DbdlDM8(Oracle):
             return "1" if expression.this else "0"
 
         def is_sql(self, expression: exp.Is) -> str:
-            # x IS TRUE / IS FALSE on a BIT: x = 1 / x = 0
+            # x IS TRUE / IS FALSE on a BIT: x = 1 / x = 0 (x IS NOT TRUE: x <> 1, NULL for a NULL x;
+            # dbdl's generic SQL writes none of these)
             if isinstance(expression.expression, exp.Boolean):
                 return self.binary(expression, "<>" if expression.args.get("negate") else "=")
             return super().is_sql(expression)
