@@ -135,6 +135,9 @@ def test_rows_become_arrow_with_lower_cased_names_and_read_lobs():
     assert table.to_pydict() == {"id": [1, 2], "price": [2.5, 3.25], "Raw": [b"\x00\x01", b"\x02"],
                                  "note": ["text", "plain"], "id_1": [0.5, None]}
     assert table.schema.field("id_1").type == pa.float32()
+    # what dbdl's own reads (fetchall) get of dmPython's Decimal: numbers json and arithmetic take
+    assert [driver.plain(decimal.Decimal(t)) for t in ("5", "2.0", "0.25")] == [5, 2.0, 0.25]
+    assert type(driver.plain(decimal.Decimal("5"))) is int
 
 
 # -- errors ----------------------------------------------------------------------------------------------

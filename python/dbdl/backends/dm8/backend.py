@@ -34,8 +34,11 @@ from . import driver
 from .costs import COSTS
 from .dialect import RELATIONAL, DbdlDM8, render, split_script
 
-#: rows per fetchmany / executemany chunk: a DL-centric batch, a run_query block
+#: rows a round trip of the array fetch (cursor.arraysize, set before execute: dmPython sizes each
+#: column's buffers for that many rows then) and at most per executemany list
 FETCH_ROWS = 10_000
+#: about the bytes of text and binary values one executemany list binds
+BIND_BYTES = 32 << 20
 #: the most bytes of one VARCHAR/VARBINARY column dbdl creates; longer values go into CLOB/BLOB
 #: (1,900 bytes fit a row on every DM8 page size, 4 KiB included)
 INLINE_BYTES = 1900
@@ -96,8 +99,15 @@ def unquote_own_names(sql: str) -> str:
 
 
 def script_statement(statement: str) -> str:
-    """A migration file's statement as sent: a DMSQL block as written, anything else rendered."""
-    return statement if _PLSQL.match(statement) else own(statement)
+    """A migration file's statement as sent: a DMSQL block (BEGIN …, CREATE FUNCTION …) as written,
+    anything else rendered — or as written where sqlglot cannot parse DM8's own DDL (a migration
+    file is DM8's SQL already; tests/golden/dm8 parse what they can)."""
+    if _PLSQL.match(statement):
+        return statement
+    try:
+        return own(statement)
+    except sqlglot.errors.SqlglotError:
+        return statement
 
 
 class DM8Backend(Backend):
@@ -123,9 +133,10 @@ class DM8Backend(Backend):
     #: DM8 has no array columns: a feature vector is one column per feature (predict('m', c0, c1, …))
     array_features = False
 
-    def __init__(self, url: str, **_: Any) -> None:
+    def __init__(self, url: str, *, read_only: bool = False, **_: Any) -> None:
         super().__init__(url)
-        self.con = driver.connect(url)
+        self.read_only = bool(read_only)
+        self.con = driver.connect(url, read_only=self.read_only)
         self._depth = 0  # transaction() nesting; 0: each statement commits on its own
 
     # -- primitives ------------------------------------------------------------------------
@@ -160,19 +171,26 @@ class DM8Backend(Backend):
             except driver.dmPython.Error as exc:
                 raise driver.translate(exc) from exc
 
+    @staticmethod
+    def _own(sql: str) -> str:
+        try:
+            return own(sql)
+        except sqlglot.errors.SqlglotError as exc:
+            raise QueryError(f"dbdl cannot write this statement in DM8's SQL ({exc}): {sql[:200]}") from exc
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._run(own(sql), params).close()
+        self._run(self._own(sql), params).close()
         self._done()
 
     def execute_count(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cur = self._run(own(sql), params)
+        cur = self._run(self._own(sql), params)
         count = max(int(cur.rowcount or 0), 0)
         cur.close()
         self._done()
         return count
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        cur = self._run(own(sql), params, rows=FETCH_ROWS)
+        cur = self._run(self._own(sql), params, rows=FETCH_ROWS)
         try:
             rows = [tuple(driver.plain(v) for v in r) for r in _fetch_all(cur)]
         except driver.dmPython.Error as exc:
@@ -184,13 +202,16 @@ class DM8Backend(Backend):
         return rows
 
     def executemany(self, sql: str, rows: list[tuple]) -> None:
-        """``sql`` for each of ``rows`` (a list, sent in chunks of FETCH_ROWS): dmPython binds a
-        list as one parameter array; a generator it would bind and send row by row."""
-        statement = own(sql)
+        """``sql`` for each of ``rows``, sent as lists of up to FETCH_ROWS rows and about
+        BIND_BYTES of text and bytes (``chunk_rows``): dmPython binds a list as one parameter
+        array; a generator it would bind and send row by row (its Cursor.c: an iterator is executed
+        a row at a time)."""
+        statement = self._own(sql)
         cur = self._cursor()
+        step = chunk_rows(rows)
         try:
-            for start in range(0, len(rows), FETCH_ROWS):
-                cur.executemany(statement, list(rows[start:start + FETCH_ROWS]))
+            for start in range(0, len(rows), step):
+                cur.executemany(statement, list(rows[start:start + step]))
         except driver.dmPython.Error as exc:
             self._statement_failed()
             raise driver.translate(exc) from exc
@@ -350,7 +371,7 @@ class DM8Backend(Backend):
         from dbdl_udf.runtime import valid_rows
 
         batch_rows = max(1, int(batch_rows))
-        cur = self._run(render(source_sql), rows=min(batch_rows, FETCH_ROWS * 10))
+        cur = self._run(render(source_sql), rows=min(batch_rows, FETCH_ROWS))
         try:
             description = cur.description
             names = driver.column_names(description)
@@ -393,13 +414,14 @@ class DM8Backend(Backend):
 
     def sample_value(self, sql: str) -> Any:
         # a failed statement rolls back only itself in DM8: the caller's transaction stays as it was
+        cur = self._cursor(1)
         try:
-            cur = self._cursor(1)
             cur.execute(render(sql))
             row = cur.fetchone()
-            cur.close()
         except (driver.dmPython.Error, sqlglot.errors.SqlglotError):
             return None
+        finally:
+            cur.close()
         return driver.plain(row[0]) if row else None
 
     def analyze(self, table: str, columns: Sequence[str] = ()) -> None:
@@ -455,6 +477,16 @@ class DM8Backend(Backend):
 
 
 # -- helpers (tests/test_dm8_driver.py calls them directly) ------------------------------------------
+
+
+def chunk_rows(rows: Sequence[tuple]) -> int:
+    """Rows per executemany list: FETCH_ROWS, fewer where the first rows' text and bytes are large
+    (so that one list binds about BIND_BYTES)."""
+    sample = rows[:16]
+    if not sample:
+        return FETCH_ROWS
+    size = sum(len(v) for r in sample for v in r if isinstance(v, (bytes, str))) / len(sample)
+    return max(1, min(FETCH_ROWS, int(BIND_BYTES // max(size, 1.0))))
 
 
 def _fetch_all(cur: Any) -> list:

@@ -20,6 +20,7 @@ document (eco.dameng.com, "dmPython 接口"):
 
 from __future__ import annotations
 
+import decimal
 import ipaddress
 import re
 from typing import Any, Sequence
@@ -91,10 +92,13 @@ def address(kwargs: dict[str, Any]) -> str:
     return f"{kwargs['server']}:{kwargs['port']}"
 
 
-def connect(url: str) -> Any:
-    """A dmPython connection, autocommit off; a dbdl ConnectionError naming host, port and the DM
-    error code where the server cannot be reached or refuses the login."""
+def connect(url: str, *, read_only: bool = False) -> Any:
+    """A dmPython connection, autocommit off (read-only: access_mode DSQL_MODE_READ_ONLY); a dbdl
+    ConnectionError naming host, port and the DM error code where the server cannot be reached or
+    refuses the login."""
     kwargs = parse_url(url)
+    if read_only:
+        kwargs["access_mode"] = dmPython.DSQL_MODE_READ_ONLY
     try:
         return dmPython.connect(**kwargs)
     except dmPython.Error as exc:
@@ -177,9 +181,12 @@ def is_lob(description: Sequence[Any]) -> bool:
 
 def plain(value: Any) -> Any:
     """A fetched value as plain Python: a LOB object (``read()``/``size()``) read whole into bytes
-    or str; anything else as it is."""
+    or str; a DECIMAL (dmPython's ``decimal.Decimal``) an int where it has no fraction digits, else a
+    float (dbdl's catalog code does arithmetic and JSON with them); anything else as it is."""
     if value is None or isinstance(value, (bytes, str, int, float)):
         return value
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value.is_finite() and value.as_tuple().exponent >= 0 else float(value)
     read = getattr(value, "read", None)
     if read is not None and hasattr(value, "size"):
         data = read()
