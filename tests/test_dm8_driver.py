@@ -215,6 +215,15 @@ def test_write_arrow_ddl_for_a_representative_schema():
         dm8.arrow_sql_type(pa.field("x", pa.struct([("a", pa.int8())])))
 
 
+def test_executemany_binds_each_column_by_all_its_values():
+    rows = [(None, 1, 1, "a", b"\x00", None), (2, 2.5, 3, "abcd", b"\x01" * 9000, True)]
+    types, fixed = dm8.bind_types(rows)
+    assert types == [int, float, int, str, dmPython.LONG_BINARY, bool]
+    assert fixed[0][1] == 1.0 and type(fixed[0][1]) is float and fixed[1][4] == rows[1][4]
+    assert dm8.bind_types([(None,), (None,)])[0] == [str]
+    assert dm8.chunk_rows([(b"x" * (1 << 20),)] * 3) == 32 and dm8.chunk_rows([(1, 2.0)]) == dm8.FETCH_ROWS
+
+
 # -- DL-centric and the dataset reader's decoding ------------------------------------------------------
 
 

@@ -66,6 +66,7 @@ SQL = {
     "insert": "INSERT INTO {table} ({columns}) VALUES ({marks})",
     "insert_select": "INSERT INTO {table} {query}",
     "drop": "DROP TABLE IF EXISTS {table}",
+    "truncate": "TRUNCATE TABLE {table}",
     "share": "GRANT SELECT ON {table} TO DBDL_USER",
 }
 
@@ -204,14 +205,18 @@ class DM8Backend(Backend):
     def executemany(self, sql: str, rows: list[tuple]) -> None:
         """``sql`` for each of ``rows``, sent as lists of up to FETCH_ROWS rows and about
         BIND_BYTES of text and bytes (``chunk_rows``): dmPython binds a list as one parameter
-        array; a generator it would bind and send row by row (its Cursor.c: an iterator is executed
-        a row at a time)."""
+        array, while an iterator it binds and sends a row at a time (its Cursor.c). Each column's
+        bind type is set first (``bind_types``, through setinputsizes): dmPython otherwise takes
+        it from the first row, so a NULL there, or a short value before a long one, fails the rest."""
         statement = self._own(sql)
+        types, rows = bind_types(rows)
         cur = self._cursor()
         step = chunk_rows(rows)
         try:
             for start in range(0, len(rows), step):
-                cur.executemany(statement, list(rows[start:start + step]))
+                if types:
+                    cur.setinputsizes(*types)
+                cur.executemany(statement, rows[start:start + step])
         except driver.dmPython.Error as exc:
             self._statement_failed()
             raise driver.translate(exc) from exc
@@ -337,8 +342,15 @@ class DM8Backend(Backend):
         self.executemany(insert, list(zip(*columns)))
 
     def drop_temp_table(self, table: str) -> None:
-        with contextlib.suppress(Error):
-            self.execute(SQL["drop"].format(table=_table_sql(table)))
+        """Drop a global temporary table of ours: its rows first (TRUNCATE), since under Oracle's
+        rule a session that still holds rows in one cannot drop it (whether DM8 has that rule too
+        was not checked: docs/dm8.md)."""
+        schema = self.current_schema()
+        if schema and not self.table_exists(schema, table):
+            return
+        for statement in ("truncate", "drop"):
+            with contextlib.suppress(Error):
+                self.execute(SQL[statement].format(table=_table_sql(table)))
 
     def create_temp_table_as(self, table: str, select_sql: str) -> None:
         """A session's global temporary table (ON COMMIT PRESERVE ROWS) holding ``select_sql``'s
@@ -477,6 +489,48 @@ class DM8Backend(Backend):
 
 
 # -- helpers (tests/test_dm8_driver.py calls them directly) ------------------------------------------
+
+
+def bind_types(rows: list[tuple]) -> tuple[list, list[tuple]]:
+    """Each column's bind type for setinputsizes, read from all its values, and the rows with a
+    float column's ints made floats: ``int`` (dmPython's BIGINT variable), ``float``, ``bool``,
+    ``str`` (up to 4,094 characters; LONG_STRING beyond), ``bytes`` (up to 8,188 bytes;
+    LONG_BINARY beyond — dmPython's MAX_STRING_CHARS and MAX_BINARY_BYTES); a column of NULLs
+    only is ``str``."""
+    if not rows:
+        return [], rows
+    dm = driver.dmPython
+    types: list = []
+    floats = []
+    for j in range(len(rows[0])):
+        kinds, longest = set(), 0
+        for r in rows:
+            v = r[j]
+            if v is None:
+                continue
+            kinds.add(type(v))
+            if isinstance(v, (str, bytes)):
+                longest = max(longest, len(v))
+        if kinds <= {bool} and kinds:
+            types.append(bool)
+        elif kinds and kinds <= {int, bool}:
+            types.append(int)
+        elif kinds and kinds <= {int, float, bool}:
+            types.append(float)
+            floats.append(j)
+        elif kinds and kinds <= {bytes, bytearray, memoryview}:
+            types.append(bytes if longest <= 8188 else dm.LONG_BINARY)
+        elif kinds and kinds <= {str}:
+            types.append(str if longest <= 4094 else dm.LONG_STRING)
+        elif not kinds:
+            types.append(str)
+        else:  # dates, decimals: dmPython's own choice per value
+            types.append(None)
+    if floats:
+        rows = [tuple(float(v) if j in floats and v is not None else v for j, v in enumerate(r)) for r in rows]
+    if any(t is None for t in types):
+        return [], rows  # no setinputsizes for a row of mixed kinds dmPython types itself
+    return types, rows
 
 
 def chunk_rows(rows: Sequence[tuple]) -> int:
