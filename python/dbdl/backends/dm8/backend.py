@@ -37,6 +37,11 @@ from .dialect import RELATIONAL, DbdlDM8, render, split_script
 #: rows a round trip of the array fetch (cursor.arraysize, set before execute: dmPython sizes each
 #: column's buffers for that many rows then) and at most per executemany list
 FETCH_ROWS = 10_000
+#: the array fetch of dbdl's own reads (a few catalog rows) and of a user's statement: dmPython
+#: allocates arraysize × a column's declared width for each column (a VARCHAR(4000) column of a
+#: 10,000-row fetch is 40 MB), before it knows how many rows there are
+OWN_FETCH_ROWS = 256
+QUERY_FETCH_ROWS = 2_000
 #: about the bytes of text and binary values one executemany list binds
 BIND_BYTES = 32 << 20
 #: the most bytes of one VARCHAR/VARBINARY column dbdl creates; longer values go into CLOB/BLOB
@@ -191,7 +196,7 @@ class DM8Backend(Backend):
         return count
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        cur = self._run(self._own(sql), params, rows=FETCH_ROWS)
+        cur = self._run(self._own(sql), params, rows=OWN_FETCH_ROWS)
         try:
             rows = [tuple(driver.plain(v) for v in r) for r in _fetch_all(cur)]
         except driver.dmPython.Error as exc:
@@ -467,7 +472,7 @@ class DM8Backend(Backend):
             statement = render(sql)
         except sqlglot.errors.SqlglotError as exc:
             raise QueryError(f"the query does not parse as DM8 SQL: {exc}") from exc
-        cur = self._run(statement, params, rows=FETCH_ROWS)
+        cur = self._run(statement, params, rows=QUERY_FETCH_ROWS)
         try:
             description = cur.description
             if not description:
@@ -475,7 +480,7 @@ class DM8Backend(Backend):
                 return None
             rows: list[tuple] = []
             while True:
-                block = cur.fetchmany(FETCH_ROWS)
+                block = cur.fetchmany(QUERY_FETCH_ROWS)
                 if not block:
                     break
                 rows.extend(tuple(driver.plain(v) for v in r) for r in block)  # LOBs read before the next fetch
@@ -546,7 +551,7 @@ def chunk_rows(rows: Sequence[tuple]) -> int:
 def _fetch_all(cur: Any) -> list:
     out: list = []
     while True:
-        block = cur.fetchmany(FETCH_ROWS)
+        block = cur.fetchmany(cur.arraysize)
         if not block:
             return out
         out.extend(block)
