@@ -42,9 +42,10 @@ BACKEND_MODULES = {
     "postgresql": "dbdl.backends.postgres",
     "postgres": "dbdl.backends.postgres",
     "spark": "dbdl.backends.spark",
+    "dm": "dbdl.backends.dm8",
 }
 #: scheme -> the pip extra that installs its driver
-_EXTRAS = {"postgresql": "postgres", "postgres": "postgres", "spark": "spark"}
+_EXTRAS = {"postgresql": "postgres", "postgres": "postgres", "spark": "spark", "dm": "dm8"}
 
 DEFAULT_URL = "duckdb:///dbdl_data.duckdb"
 
@@ -62,6 +63,9 @@ class Backend(ABC):
     dialect: ClassVar[str]
     #: the database runs dbdl's Python inside it (UDF-centric execution is possible)
     has_python_udfs: ClassVar[bool] = True
+    #: why UDF-centric execution is ruled out where ``has_python_udfs`` is False (the planner's and
+    #: EXPLAIN's reason)
+    udf_unavailable: ClassVar[str] = "the database runs no Python"
     #: the in-database function is a closure of this process, so it can score a model that is not
     #: in the registry (a hybrid plan's sub-model, its session cached in dbdl_udf.runtime.SESSIONS
     #: under ``udf_threads``); a server's function looks models up by their stored reference

@@ -18,7 +18,7 @@ class UDFCentric(Strategy):
 
     def feasible(self, call: PredictCall) -> str | None:
         if not call.backend.has_python_udfs:
-            return "the database runs no Python"
+            return call.backend.udf_unavailable
         return call.too_big or None
 
     def estimate(self, call: PredictCall) -> Estimate:
