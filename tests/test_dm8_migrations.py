@@ -186,7 +186,8 @@ def test_the_migrations_use_only_types_dm8_has():
                 assert kind.this in (exp.DataType.Type.VARCHAR, exp.DataType.Type.BIGINT), \
                     f"{name}: a key is a sized VARCHAR or a BIGINT, never a LOB"
         for spelling in ("TEXT", "BYTEA", "JSONB", "SERIAL", " INT ", "INTEGER", "FLOAT[", "REAL[", "BOOLEAN"):
-            assert spelling not in f" {sql.upper()} ".replace(",", " ").replace("(", " ( "), f"{file}: {spelling} in {sql[:60]}"
+            spaced = f" {sql.upper()} ".replace(",", " ").replace("(", " ( ")
+            assert spelling not in spaced, f"{file}: {spelling} in {sql[:60]}"
     assert seen == set(DM8_TYPES)
     versions = {t: cols for t, cols in dm8_tables().items()}
     assert "version" in versions["dbdl.model_versions"]
@@ -237,8 +238,9 @@ def _sql_strings(path: Path) -> list[str]:
     """The SQL texts of a module: string constants, and f-strings with each placeholder filled by the
     module constant it names (or ``x`` where it is a value computed at run time)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    constants = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
-                 and isinstance(n.value.value, str) for t in n.targets if isinstance(t, ast.Name)}
+    constants = {t.id: n.value.value for n in tree.body
+                 if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+                 for t in n.targets if isinstance(t, ast.Name)}
     texts = []
     pieces = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
     for node in ast.walk(tree):
