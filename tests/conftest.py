@@ -83,6 +83,7 @@ def _dm8_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
     # dropped before each test, through a fresh connection; refused unless the user is a dedicated
     # one and DBDL_DM8_RESET=1
     live = request.getfixturevalue("dm8_server")
+    request.addfinalizer(live.hold())  # one DM8 case at a time, across xdist's processes too
     live.reset()
     return live.url
 

@@ -14,12 +14,19 @@ before the test, through a fresh dmPython connection. Two locks keep that away f
 Without either, the live suite fails at its first test, saying which is missing: the URL was given
 on purpose, so nothing is skipped silently. The instance-wide roles DBDL_USER and DBDL_ADMIN are
 left in place (migration 0004 creates them only when missing).
+
+One server, one user: under pytest-xdist (make test) the DM8 cases of different worker processes
+would reset each other's schemas, so each DM8 case holds an exclusive lock file (one per URL, in
+the temporary folder) from its reset to its end, and the DM8 cases run one at a time.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -53,6 +60,22 @@ class LiveServer:
         except dmPython.Error as exc:
             raise ConnectionError(f"the DM8 live suite cannot reach {self.host}:{self.port} as {self.user} "
                                   f"({URL_VAR}): {exc}") from exc
+
+    @property
+    def lock_path(self) -> str:
+        digest = hashlib.sha256(f"{self.host}:{self.port}/{self.user}".encode()).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), f"dbdl-dm8-{digest}.lock")
+
+    def hold(self):
+        """Take this server's lock (waiting for another process's DM8 case to end); returns the
+        function that releases it."""
+        handle = open(self.lock_path, "w")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+
+        def release() -> None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        return release
 
     def reset(self) -> None:
         """Drop dbdl's schemas and the test user's own tables and views (a fresh connection)."""

@@ -11,6 +11,9 @@ objects (tests/dm8server.py) are tested without a server.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 import dbdl
@@ -21,7 +24,8 @@ from dbdl.backends.dm8.dialect import render, split_script
 
 
 @pytest.mark.skipif(not dm8server.configured(), reason=dm8server.SKIP_REASON)
-def test_the_migrations_apply_record_and_run_again_on_the_live_server(dm8_server):
+def test_the_migrations_apply_record_and_run_again_on_the_live_server(dm8_server, request):
+    request.addfinalizer(dm8_server.hold())
     dm8_server.reset()
     db = dbdl.connect(dm8_server.url)  # an empty dbdl: migrated on connect
     try:
@@ -80,3 +84,23 @@ def test_an_unreachable_server_is_a_connection_error_naming_host_and_port():
     live = dm8server.server("dm://dbdl_test:x@127.0.0.1:1", environ={dm8server.RESET_VAR: "1"})
     with pytest.raises(ConnectionError, match=r"cannot reach 127\.0\.0\.1:1 as DBDL_TEST"):
         live.reset()  # refused at once: nothing listens on port 1
+
+
+def test_the_dm8_cases_of_two_processes_take_turns():
+    """A server's lock is exclusive: while one process's DM8 case holds it, another process (one of
+    make test's workers) cannot take it, and can once it is released."""
+    live = dm8server.server("dm://dbdl_test:x@192.0.2.1:5236", environ={dm8server.RESET_VAR: "1"})
+    probe = ("import fcntl, sys\nf = open(sys.argv[1], 'w')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    print('free')\n"
+             "except BlockingIOError:\n    print('held')\n")
+
+    def other_process() -> str:
+        return subprocess.run([sys.executable, "-c", probe, live.lock_path], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    release = live.hold()
+    try:
+        assert other_process() == "held"
+    finally:
+        release()
+    assert other_process() == "free"
