@@ -34,7 +34,9 @@
 --     (nothing is ignored that should not be) and the code here must be corrected in a new file;
 --   * whether KEY, VALUE, LABEL, SEED or OUTPUT are reserved in a given DM8 build (the catalog's
 --     SQL, shared with the other backends, names them unquoted; V$RESERVED_WORDS says);
---   * that a repeated GRANT of a privilege already held is accepted without an error.
+--   * that a repeated GRANT of a privilege already held is accepted without an error;
+--   * that CREATE SCHEMA runs through EXECUTE IMMEDIATE (Dameng documents it as a statement of its
+--     own), that a CLOB column takes DEFAULT '{}', and CAST(... AS BIT) in a view's select list.
 
 -- dbdl: the registry, owned by the user running the migration (migrate has created it already
 -- when it made dbdl.schema_migrations; said here so that the file stands on its own).
