@@ -270,9 +270,10 @@ def _spark_case(item: pytest.Item) -> bool:
 
 
 #: the test modules whose DM8 cases run when DBDL_DM8_URL is set: the behavioural suite and the
-#: suites of registration, bad input, training data and the planner (docs/dm8.md, "Running the live
-#: suite"); the other modules' DM8 cases are skipped with the reason below
-DM8_MODULES = {"test_behaviour", "test_errors", "test_registration", "test_training", "test_planner"}
+#: suites of registration, bad input, training data, the planner and the migrations (docs/dm8.md,
+#: "Running the live suite"); the other modules' DM8 cases are skipped with the reason below
+DM8_MODULES = {"test_behaviour", "test_errors", "test_registration", "test_training", "test_planner",
+               "test_migrations"}
 
 
 def _dm8_case(item: pytest.Item) -> bool:
