@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import has, per_backend, run_onnx
-from conftest import DM8_NO_ARRAYS, DM8_NO_SERVER_CODE
+from conftest import DM8_NO_ARRAYS, DM8_NO_CACHE
 from onnx import TensorProto as T
 from onnx import helper
 from onnx import numpy_helper as nh
@@ -244,7 +244,7 @@ def test_predict_into_refuses_a_batch_of_no_rows(db, table, mlp_onnx, batch_rows
     assert db.sql("SELECT count(*), count(prediction) FROM scores").fetchall() == [(300, 300)]
 
 
-@DM8_NO_SERVER_CODE
+@DM8_NO_CACHE
 @pytest.mark.parametrize("value", [10**23, 2**63, 0, -5, 1.5, "1GB", True])
 def test_cache_max_bytes_out_of_range(db, mlp_onnx, value):
     db.models.register("m", mlp_onnx)
@@ -260,7 +260,6 @@ def test_cache_max_bytes_out_of_range(db, mlp_onnx, value):
     assert db.models.set_options("m", cache_max_bytes=1 << 50)["cache_max_bytes"] == 1 << 50
 
 
-@DM8_NO_SERVER_CODE
 @pytest.mark.parametrize("text", ['[' * 100_000 + ']' * 100_000, '{"cache": ' + '[' * 3000 + ']' * 3000 + '}',
                                   '{"cache": true, "pad": "' + 'x' * 10_000 + '"}', "null", "[1]", "{"])
 def test_options_json_that_is_too_deep_long_or_not_an_object(db, mlp_onnx, text):

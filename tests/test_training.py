@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import has, per_backend, release_for_workers
-from conftest import DM8_NO_ARRAYS, DM8_NO_SERVER_CODE
+from conftest import DM8_NO_ARRAYS
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -70,7 +70,8 @@ def test_export_writes_dense_split_ordered_rows_and_metadata(db, digits, tmp_pat
     assert int(one_y) == expected_split(digits, "test")[1][5]
 
 
-@DM8_NO_SERVER_CODE
+@pytest.mark.notimpl(["dm8"], reason="the CALL's features => list has no DM8 spelling here yet (DM8 has no array "
+                                       "literal; per_backend names none)")
 def test_call_train_export_from_sql_with_stacked_columns(db):
     rng = np.random.default_rng(1)
     a, b, c = rng.standard_normal((3, 50))
