@@ -21,7 +21,6 @@ import pytest
 import sqlglot
 import sqlglot.expressions as exp
 
-import dbdl_udf.catalog
 import dbdl_udf.datasets
 from dbdl import migrate
 from dbdl.backends.dm8.dialect import DbdlDM8, render, split_script
