@@ -37,6 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 import dbdl
 import dbdl.strategies
 
+import dm8server
 import pgserver
 
 # Under pytest-xdist (make test) each worker process gets its share of the cores for torch's
@@ -76,6 +77,27 @@ BACKENDS["duckdb"] = _duckdb_url
 BACKENDS["postgres"] = _postgres_url
 BACKENDS["spark"] = _spark_url
 
+
+def _dm8_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    # DBDL_DM8_URL's server (tests/dm8server.py): dbdl's schemas and the test user's own tables are
+    # dropped before each test, through a fresh connection; refused unless the user is a dedicated
+    # one and DBDL_DM8_RESET=1
+    live = request.getfixturevalue("dm8_server")
+    request.addfinalizer(live.hold())  # one DM8 case at a time, across xdist's processes too
+    live.reset()
+    return live.url
+
+
+# DM8's cases exist only where a server is given (DBDL_DM8_URL): none can be had here, and without
+# one the test ids, `url`'s params and per_backend stay as they are (tests/test_dm8_live.py shows
+# the gap, skipped with dm8server.SKIP_REASON)
+if dm8server.configured():
+    BACKENDS["dm8"] = _dm8_url
+
+#: every backend markers, per_backend and TRAITS may name: BACKENDS', and DM8's, whose cases are
+#: collected only when DBDL_DM8_URL is set
+KNOWN_BACKENDS = frozenset(BACKENDS) | {"dm8"}
+
 #: Spark settings of the test runs: small shuffles, no UI, Arrow batches of the default size
 SPARK_TEST_CONF = {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2",
                    "spark.default.parallelism": "2", "spark.driver.memory": "2g",
@@ -104,6 +126,21 @@ def spark_context(tmp_path_factory):
     session = open_session(SparkOptions(master="local[2]", warehouse=str(warehouse), conf=dict(SPARK_TEST_CONF)))
     yield session
     session.sparkContext.stop()
+
+
+@pytest.fixture(scope="session")
+def dm8_server() -> "dm8server.LiveServer":
+    """The DM8 server DBDL_DM8_URL names. The URL was given on purpose: a server the suite may not
+    reset, or no dmPython, is a failure, never a skip."""
+    try:
+        live = dm8server.server(dm8server.configured() or "")
+    except dm8server.RefusedServer as exc:
+        pytest.fail(f"DM8 live suite refused: {exc}")
+    try:
+        import dmPython  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(f"DBDL_DM8_URL is set but dmPython cannot be imported ({exc}); pip install 'dbdl[dm8]'")
+    return live
 
 
 def _unavailable(reason: str):
@@ -198,8 +235,8 @@ def _gap_applies(item: pytest.Item, mark: pytest.Mark) -> str | None:
     params = params.params if params is not None else {}
     where = []
     if backends is not None:
-        if isinstance(backends, str) or not set(backends) <= set(BACKENDS):
-            raise _gap_usage(item, mark, f"backends must be a list of {sorted(BACKENDS)}")
+        if isinstance(backends, str) or not set(backends) <= KNOWN_BACKENDS:
+            raise _gap_usage(item, mark, f"backends must be a list of {sorted(KNOWN_BACKENDS)}")
         backend = next((params[p] for p in BACKEND_PARAMS if p in params), None)
         if backend is None:
             raise _gap_usage(item, mark, f"names backends, but the test takes none of {BACKEND_PARAMS}")
@@ -232,6 +269,46 @@ def _spark_case(item: pytest.Item) -> bool:
     return any(params.get(p) == "spark" for p in BACKEND_PARAMS)
 
 
+#: the test modules whose DM8 cases run when DBDL_DM8_URL is set: the behavioural suite and the
+#: suites of registration, bad input, training data, the planner and the migrations (docs/dm8.md,
+#: "Running the live suite"); the other modules' DM8 cases are skipped with the reason below
+DM8_MODULES = {"test_behaviour", "test_errors", "test_registration", "test_training", "test_planner",
+               "test_migrations"}
+
+
+def _dm8_case(item: pytest.Item) -> bool:
+    params = getattr(item, "callspec", None)
+    params = params.params if params is not None else {}
+    return any(params.get(p) == "dm8" for p in BACKEND_PARAMS)
+
+
+#: DM8's gaps by design that hold for whole groups of cases, as data (each applies like a
+#: never(["dm8"]) marker on every test it covers; tests/README.md):
+#: the fixtures that store FLOAT[] feature columns — DM8 has no array columns (a feature vector there
+#: is one column per feature: the wide call form) — fixture -> what it stores
+DM8_ARRAY_FIXTURES = {"table": "t(id, feats FLOAT[8], grp)", "odd": "o(id, feats FLOAT[8])",
+                      "scored": "t(id, feats FLOAT[8])"}
+#: the strategy DM8 cannot run: its external functions are C or Java only (and off by default)
+DM8_NO_STRATEGIES = {"udf": "UDF-centric execution is unavailable on DM8: its external functions are C or Java only, "
+                            "off by default (the planner says so)"}
+#: the markers of the other DM8 gaps by design, for the tests of DM8_MODULES
+DM8_NO_ARRAYS = pytest.mark.never(["dm8"], reason="DM8 has no array columns: the test stores FLOAT[] (or list) "
+                                                  "features; a DM8 feature vector is one column per feature")
+DM8_NO_CACHE = pytest.mark.never(["dm8"], reason="DM8 has no result cache (no dbdl.cache_stats): docs/dm8.md")
+
+
+def _dm8_gap(item: pytest.Item) -> str | None:
+    """The reason a DM8 case is skipped by the groups above, or None."""
+    params = item.callspec.params
+    arrays = sorted(set(item.fixturenames) & set(DM8_ARRAY_FIXTURES))
+    if arrays:
+        return (f"does not apply for dm8: DM8 has no array columns, and fixture {arrays[0]} stores "
+                f"{DM8_ARRAY_FIXTURES[arrays[0]]} (a DM8 feature vector is one column per feature)")
+    if params.get(STRATEGY_PARAM) in DM8_NO_STRATEGIES:
+        return f"does not apply for dm8, strategy {params[STRATEGY_PARAM]}: {DM8_NO_STRATEGIES[params[STRATEGY_PARAM]]}"
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Turn each applicable notimpl / never marker into a skip (no raises=) or a strict xfail that
     must raise that error (raises=): once the gap is closed the test passes, and fails as XPASS."""
@@ -241,6 +318,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="Spark runs the behavioural suite and its own suites in make test; "
                                                     "this module's Spark cases run with DBDL_SPARK_ALL=1 "
                                                     "(make test-spark-all), for the time budget"))
+            continue
+        if _dm8_case(item) and item.module.__name__.rsplit(".", 1)[-1] not in DM8_MODULES:
+            item.add_marker(pytest.mark.skip(reason="DM8's live suite runs the modules of conftest's DM8_MODULES; "
+                                                    "this module's DM8 cases are not wired yet (docs/dm8.md)"))
+            continue
+        if _dm8_case(item) and _dm8_gap(item) is not None:
+            item.add_marker(pytest.mark.skip(reason=_dm8_gap(item)))
             continue
         for name, label in GAP_MARKERS.items():
             for mark in item.iter_markers(name):
@@ -273,6 +357,8 @@ def backend_name(db_or_name) -> str:
         return db_or_name.backend.name
     if db_or_name in BACKENDS:
         return db_or_name
+    if db_or_name.startswith("dm://"):  # DM8's URL scheme is not its name
+        return "dm8"
     name = next((name for name in BACKENDS if db_or_name.startswith(name)), None)
     if name is None:
         raise ValueError(f"{db_or_name!r} is none of the backends {sorted(BACKENDS)} nor one of their URLs")
@@ -288,9 +374,9 @@ def per_backend(db_or_name, **values):
     """This backend's one of several spellings or expected values, named for every backend:
     ``per_backend(db, duckdb="FLOAT[8]", postgres="real[]", spark="array<float>")``."""
     name = backend_name(db_or_name)
-    if not CORE_BACKENDS <= set(values) <= set(BACKENDS) or name not in values:
+    if not CORE_BACKENDS <= set(values) <= KNOWN_BACKENDS or name not in values:
         raise TypeError(f"per_backend needs a value for each of {sorted(CORE_BACKENDS | {name})} "
-                        f"(of {sorted(BACKENDS)}), got {sorted(values)}")
+                        f"(of {sorted(KNOWN_BACKENDS)}), got {sorted(values)}")
     return values[name]
 
 
@@ -307,10 +393,11 @@ TRAITS: dict[str, frozenset[str]] = {
     "single_writer_file": frozenset({"duckdb"}),
     # train_export writes rows of one shape as blocks of many samples (dataset format 2)
     "blocked_datasets": frozenset({"postgres"}),
-    # CALL dbdl.train_export returns its result row (DuckDB's CALL is a table function)
-    "call_returns_rows": frozenset({"duckdb"}),
+    # CALL dbdl.train_export returns its result row (DuckDB's CALL is a table function; DM8 has no
+    # procedures of dbdl's, and db.sql carries out the CALL in the client, as on DuckDB)
+    "call_returns_rows": frozenset({"duckdb", "dm8"}),
 }
-assert all(set(backends) <= set(BACKENDS) for backends in TRAITS.values())
+assert all(set(backends) <= KNOWN_BACKENDS for backends in TRAITS.values())
 
 
 def has(db_or_name, trait: str) -> bool:

@@ -10,6 +10,7 @@ import pytest
 import sqlglot
 import torch
 from conftest import STRATEGIES, make_mlp, run_onnx
+from conftest import DM8_NO_ARRAYS
 
 import dbdl
 from dbdl.backends.duckdb.dialect import DbdlDuckDB
@@ -143,6 +144,7 @@ def test_feature_types(db, table, mlp_onnx, features, cast):
     np.testing.assert_allclose(got, run_onnx(mlp_onnx, {"x": features}), atol=ATOL)
 
 
+@DM8_NO_ARRAYS
 def test_integer_features(db, mlp_onnx):
     ints = np.arange(24).reshape(3, 8) % 5
     db.create_table("ti", {"id": np.arange(3), "feats": ints.astype(np.float32)})
@@ -207,6 +209,7 @@ def test_predict_in_where_join_group_by_and_subquery(db, table, mlp_onnx, scorer
     assert in_sub == int((cls == 2).sum())
 
 
+@DM8_NO_ARRAYS
 def test_several_inputs_and_outputs(db, multi_io_onnx):
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((50, 3), dtype=np.float32), rng.standard_normal((50, 2), dtype=np.float32)
@@ -239,6 +242,7 @@ def test_null_features_give_null(db, table, mlp_onnx, features, strategy):
     assert db.sql(q(db, "SELECT predict_class('m', CAST(NULL AS FLOAT[]))")).scalar() is None
 
 
+@DM8_NO_ARRAYS
 def test_null_element_gives_null(db, mlp_onnx):
     db.models.register("m", mlp_onnx)
     got = db.sql(q(db, "SELECT predict_array('m', [1, 2, 3, 4, 5, 6, 7, NULL]), "
@@ -377,6 +381,7 @@ def test_wrong_arity_and_unparsable_sql(db, table, mlp_onnx):
         db.sql("SELEC predict_array('m', feats) FROM t")
 
 
+@DM8_NO_ARRAYS
 def test_create_table_round_trips_numbers_text_bytes_and_tensors(db):
     blobs = [b"\x00\x01", b"ab\x00", b"\x00\x00\x00", b""]  # trailing NUL bytes must survive
     x = np.arange(8, dtype=np.float32).reshape(4, 2)
@@ -390,6 +395,7 @@ def test_create_table_round_trips_numbers_text_bytes_and_tensors(db):
     np.testing.assert_array_equal(np.array([r[4] for r in rows], dtype=np.float32), x)
 
 
+@DM8_NO_ARRAYS
 def test_model_column_with_all_null_features(db, mlp_onnx):
     db.models.register("m", mlp_onnx)
     got = db.sql(q(db, "SELECT predict_class(m, f) FROM (SELECT 'm' AS m, CAST(NULL AS FLOAT[]) AS f) AS s")).fetchall()
@@ -428,6 +434,7 @@ def _with_holes(db, features: np.ndarray) -> None:
     db.create_table("h", {"id": np.arange(len(rows)), "feats": pa.array(rows, pa.list_(pa.float32()))})
 
 
+@DM8_NO_ARRAYS
 @pytest.mark.parametrize("fn", ["predict_array", "predict", "predict_class"])
 def test_null_array_and_null_element_give_null(db, features, mlp_onnx, scorer_onnx, strategy, fn):
     db.models.register("m", scorer_onnx if fn == "predict" else mlp_onnx)
@@ -446,6 +453,7 @@ def test_null_array_and_null_element_give_null(db, features, mlp_onnx, scorer_on
             assert value == int(expected[i].argmax())
 
 
+@DM8_NO_ARRAYS
 def test_all_null_and_empty_inputs(db, features, mlp_onnx, strategy):
     db.models.register("m", mlp_onnx)
     _with_holes(db, features)
@@ -471,6 +479,7 @@ def _with_bad_tail(db, features: np.ndarray, good: int, rows: int) -> None:
     db.create_table("b", {"id": np.arange(rows), "feats": pa.array(values, pa.list_(pa.float32()))})
 
 
+@DM8_NO_ARRAYS
 @pytest.mark.notimpl(["spark"], strategies=["dl"], raises=dbdl.ShapeMismatch,
                      reason="Spark has no row identity, so a LIMIT cannot move below the model (query.push_limit): "
                             "DL-centric scores every row the WHERE keeps, the bad tail included")

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import has, per_backend, run_onnx
+from conftest import DM8_NO_ARRAYS, DM8_NO_CACHE
 from onnx import TensorProto as T
 from onnx import helper
 from onnx import numpy_helper as nh
@@ -179,6 +180,7 @@ def test_onnxruntime_failures_are_model_runtime_errors(db, odd, strategy, model)
             db.backend.fetchall("SELECT dbdl.predict_array('frail', feats) FROM o")
 
 
+@DM8_NO_ARRAYS
 @pytest.mark.never(["spark"], reason="Spark splits the rows over partitions (4 rows as 1 + 3, as it may), and a DL-centric "
                                      "batch is a partition's share: no even batch is asked for")
 def test_odd_batch_model_still_scores_even_batches(db, features):
@@ -242,6 +244,7 @@ def test_predict_into_refuses_a_batch_of_no_rows(db, table, mlp_onnx, batch_rows
     assert db.sql("SELECT count(*), count(prediction) FROM scores").fetchall() == [(300, 300)]
 
 
+@DM8_NO_CACHE
 @pytest.mark.parametrize("value", [10**23, 2**63, 0, -5, 1.5, "1GB", True])
 def test_cache_max_bytes_out_of_range(db, mlp_onnx, value):
     db.models.register("m", mlp_onnx)

@@ -53,7 +53,8 @@ def test_one_case(url, strategy, case):
 '''
 
 
-def test_gaps_skip_or_must_raise_where_they_apply(pytester):
+def test_gaps_skip_or_must_raise_where_they_apply(pytester, monkeypatch):
+    monkeypatch.delenv("DBDL_DM8_URL", raising=False)  # the counts below are of the backends without DM8's
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_gaps=GAPS)
     result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
@@ -96,3 +97,46 @@ def test_a_gap_on_a_test_without_its_param_is_a_usage_error(pytester):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "test_x: @pytest.mark.notimpl" in result.stderr.str()
     assert "takes none of ('url', 'zoo_db', 'hybrid_db')" in result.stderr.str()
+
+
+# DM8's cases exist only with DBDL_DM8_URL (a server of someone's); markers may name dm8 either way
+DM8_WIRED = '''
+import pytest
+
+
+@pytest.mark.never(["postgres", "spark"], reason="duckdb only")
+@pytest.mark.never(["dm8"], reason="no arrays on dm8")
+def test_wired(url):
+    assert url.startswith("duckdb")
+'''
+
+DM8_UNWIRED = '''
+import pytest
+
+
+@pytest.mark.never(["postgres", "spark"], reason="duckdb only")
+def test_unwired(url):
+    assert url.startswith("duckdb")
+'''
+
+
+def test_markers_may_name_dm8_when_its_cases_are_not_collected(pytester, monkeypatch):
+    monkeypatch.delenv("DBDL_DM8_URL", raising=False)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_behaviour=DM8_WIRED)
+    result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=2)  # duckdb; postgres and spark: no dm8 case
+    assert "for dm8" not in result.stdout.str() and "[dm8]" not in result.stdout.str()
+
+
+def test_with_dbdl_dm8_url_the_dm8_cases_are_collected_in_dm8_modules_only(pytester, monkeypatch):
+    monkeypatch.setenv("DBDL_DM8_URL", "dm://dbdl_test:x@127.0.0.1:1")
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_behaviour=DM8_WIRED, test_elsewhere=DM8_UNWIRED)
+    result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    # each module: duckdb passes; postgres and spark skipped; dm8 skipped by its marker (a DM8 module)
+    # or by DM8_MODULES (any other): no dm8 case reaches the (unreachable) server
+    result.assert_outcomes(passed=2, skipped=6)
+    out = result.stdout.str()
+    assert "does not apply for dm8: no arrays on dm8" in out
+    assert "this module's DM8 cases are not wired yet" in out

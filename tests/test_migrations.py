@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import backend_name
 
 import dbdl
 from dbdl import migrate as migrations
@@ -81,11 +82,11 @@ def test_cli_migrate(url):
     assert "applied 0001_registry" in first.stdout
     second = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "up to date" in second.stdout and "applied 0001" not in second.stdout
-    assert len(recorded(url)) == len(migrations.available(url.split(":", 1)[0].replace("postgresql", "postgres")))
+    assert len(recorded(url)) == len(migrations.available(backend_name(url)))
 
 
 def test_migration_files_are_well_formed():
-    for backend in ("duckdb",):
+    for backend in ("duckdb", "dm8"):
         found = migrations.available(backend)
         assert [m.id for m in found] == list(range(1, len(found) + 1))
 

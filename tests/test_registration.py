@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import has
+from conftest import DM8_NO_ARRAYS
 from onnx import TensorProto, helper, numpy_helper
 
 import dbdl
@@ -79,6 +80,7 @@ def plain_export(tmp_path_factory) -> Path:
     return path
 
 
+@DM8_NO_ARRAYS
 @pytest.mark.parametrize("strategy", ["udf", "dl"])
 def test_a_plain_torch_export_with_batch_1_is_made_symbolic_and_scores_like_torch(db, plain_export, strategy):
     original = plain_export.read_bytes()
@@ -123,6 +125,7 @@ def _fixed_model(batch: int, mixing: bool | str) -> bytes:
     return model.SerializeToString()
 
 
+@DM8_NO_ARRAYS
 def test_a_batch_size_the_graph_bakes_in_is_scored_in_padded_slices(db):
     model = _fixed_model(4, mixing=False)
     db.models.register("fixed4", model)
@@ -165,6 +168,7 @@ def test_the_onnx_packages_resnet50_fixed_batch_old_opset_scores_like_the_origin
 # -- old opsets ----------------------------------------------------------------------------------
 
 
+@DM8_NO_ARRAYS
 def test_an_opset_6_model_is_upgraded_checked_and_its_original_kept(db):
     path = ONNX_DATA / "pytorch-converted" / "test_Softmax" / "model.onnx"  # opset 6, batch fixed at 10
     original = path.read_bytes()
@@ -177,6 +181,7 @@ def test_an_opset_6_model_is_upgraded_checked_and_its_original_kept(db):
     np.testing.assert_allclose(np.array(scored(db, "sm", x)), in_slices(original, x, 10), rtol=1e-5, atol=1e-6)
 
 
+@DM8_NO_ARRAYS
 def test_an_opset_6_model_onnxruntime_cannot_load_scores_like_its_reference_output(db):
     case = ONNX_DATA / "pytorch-converted" / "test_Linear"  # opset 6 Gemm: no onnxruntime kernel
     with pytest.raises(Exception):
@@ -226,6 +231,7 @@ def iris_like():
     return X, y
 
 
+@DM8_NO_ARRAYS
 @pytest.mark.parametrize("strategy", ["udf", "dl"])
 def test_a_skl2onnx_classifier_with_zipmap_gives_text_labels_and_probabilities(db, iris_like, strategy):
     from skl2onnx import to_onnx
@@ -252,6 +258,7 @@ def test_a_skl2onnx_classifier_with_zipmap_gives_text_labels_and_probabilities(d
         db.sql("SELECT predict_array('clf', f) FROM r", strategy=strategy).fetchall()
 
 
+@DM8_NO_ARRAYS
 def test_a_fitted_sklearn_pipeline_registers_directly(db, iris_like):
     from sklearn.decomposition import PCA
     from sklearn.ensemble import RandomForestClassifier
@@ -272,6 +279,7 @@ def test_a_fitted_sklearn_pipeline_registers_directly(db, iris_like):
         db.models.register("pipe2", pipe)
 
 
+@DM8_NO_ARRAYS
 def test_a_lightgbm_classifier_via_onnxmltools_registers(db):
     import lightgbm
     import onnxmltools
@@ -452,6 +460,7 @@ class LastStep(torch.nn.Module):
         return self.fc(out[:, -1])
 
 
+@DM8_NO_ARRAYS
 @pytest.mark.parametrize("cell", [torch.nn.LSTM, torch.nn.GRU])
 def test_a_plain_recurrent_export_with_batch_1_scores_like_torch(db, cell, tmp_path):
     """torch's exporter bakes batch 1 into the initial hidden state: dbdl keeps the original and
@@ -470,6 +479,7 @@ def test_a_plain_recurrent_export_with_batch_1_scores_like_torch(db, cell, tmp_p
     np.testing.assert_allclose(np.array(scored(db, "rnn", x)), expected, rtol=1e-4, atol=1e-5)
 
 
+@DM8_NO_ARRAYS
 @pytest.mark.notimpl(["spark"], raises=dbdl.QueryError,
                      reason="predict_text is DuckDB's and PostgreSQL's in-database function of any model; Spark's "
                             "functions are registered per pinned version when a predict call is planned, and a "

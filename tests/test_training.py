@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import has, per_backend, release_for_workers
+from conftest import DM8_NO_ARRAYS
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -42,6 +43,7 @@ def dataset_tables(db) -> list[str]:
 # -- export --------------------------------------------------------------------------------------
 
 
+@DM8_NO_ARRAYS
 def test_export_writes_dense_split_ordered_rows_and_metadata(db, digits, tmp_path):
     load(db, digits)
     info = db.train_export("SELECT pixels, label FROM digits ORDER BY id", "Digits", shape=(1, 8, 8), seed=0)
@@ -68,6 +70,8 @@ def test_export_writes_dense_split_ordered_rows_and_metadata(db, digits, tmp_pat
     assert int(one_y) == expected_split(digits, "test")[1][5]
 
 
+@pytest.mark.notimpl(["dm8"], reason="the CALL's features => list has no DM8 spelling here yet (DM8 has no array "
+                                       "literal; per_backend names none)")
 def test_call_train_export_from_sql_with_stacked_columns(db):
     rng = np.random.default_rng(1)
     a, b, c = rng.standard_normal((3, 50))
@@ -90,6 +94,7 @@ def test_call_train_export_from_sql_with_stacked_columns(db):
     assert np.array_equal(labels, target[order].astype(np.float32))
 
 
+@DM8_NO_ARRAYS
 def test_reexport_replaces_atomically_and_a_failed_export_leaves_nothing(db, digits, tmp_path):
     load(db, digits)
     db.train_export("SELECT pixels, label FROM digits ORDER BY id", "d", shape=(1, 8, 8))
@@ -145,6 +150,7 @@ def test_reexport_replaces_atomically_and_a_failed_export_leaves_nothing(db, dig
 # -- the readers -----------------------------------------------------------------------------------
 
 
+@DM8_NO_ARRAYS
 def test_batch_form_and_seeded_shuffled_stream(db, digits, tmp_path):
     load(db, digits)
     db.train_export("SELECT pixels, label FROM digits ORDER BY id", "digits", shape=(64,))
@@ -178,6 +184,7 @@ def test_batch_form_and_seeded_shuffled_stream(db, digits, tmp_path):
     assert np.array_equal(np.sort(order), np.arange(1438))
 
 
+@DM8_NO_ARRAYS
 def test_lmdb_cache_serves_later_epochs_without_the_database(url, digits, tmp_path):
     db = dbdl.connect(url)
     load(db, digits)
@@ -226,6 +233,7 @@ def test_duckdb_workers_and_an_open_writer(tmp_path, digits):
     db.close()
 
 
+@DM8_NO_ARRAYS
 def test_a_blocked_table_reads_back_bit_for_bit(db, tmp_path):
     """PostgreSQL writes rows of one shape blocked (format 2): 64 KiB rows make 16-sample blocks,
     70 rows five of them, the last one short. Every reader — map-style by split, read blocks that
@@ -320,6 +328,7 @@ def train(loader, epochs=2, seed=0) -> tuple[SmallCNN, list[float]]:
     return model, losses
 
 
+@DM8_NO_ARRAYS
 @pytest.mark.parametrize("workers", [0, 2])
 def test_training_curve_equals_the_in_memory_one(url, digits, workers, tmp_path):
     db = dbdl.connect(url)
@@ -342,6 +351,7 @@ def test_training_curve_equals_the_in_memory_one(url, digits, workers, tmp_path)
     db.close()
 
 
+@DM8_NO_ARRAYS
 def test_trained_model_goes_back_and_predicts_in_sql(db, digits, tmp_path):
     load(db, digits)
     db.train_export("SELECT pixels, label FROM digits ORDER BY id", "digits", shape=(1, 8, 8))
