@@ -409,3 +409,20 @@ def test_each_migration_splits_into_complete_statements(mig):
             assert statement.endswith("END;"), statement[-40:]
         else:
             assert not statement.endswith(";") and statement.count("(") == statement.count(")"), statement[:80]
+
+
+def test_the_record_of_migrations_is_made_with_the_same_guard():
+    """`dbdl migrate` makes schema dbdl and dbdl.schema_migrations before each migration
+    (Backend.migrations_table_script): on DM8 each CREATE is guarded as the migrations' are (whether
+    DM8 takes CREATE … IF NOT EXISTS is unconfirmed), and the table has the columns migrate reads."""
+    from dbdl.backends.dm8.backend import DM8Backend
+
+    blocks = split_script(DM8Backend.migrations_table_script)
+    assert [is_block(b) for b in blocks] == [True, True]
+    for block in blocks:
+        codes = re.findall(r"PRAGMA\s+EXCEPTION_INIT\s*\(\s*already_exists\s*,\s*(-?\d+)\s*\)", block, re.I)
+        assert codes == [str(ALREADY_EXISTS)] and "WHEN OTHERS" not in block.upper()
+    schema, table = (parse(ddl) for b in blocks for ddl in block_ddl(b))
+    assert schema.sql(dialect=DbdlDM8).upper().startswith("CREATE SCHEMA DBDL AUTHORIZATION")
+    columns = {c.name: c.args["kind"].sql(dialect=DbdlDM8) for c in table.find_all(exp.ColumnDef)}
+    assert columns == {"id": "BIGINT", "name": "VARCHAR(200)", "checksum": "VARCHAR(64)", "applied_at": "TIMESTAMP"}

@@ -92,11 +92,7 @@ def migrate(backend: "Backend", on_apply=None) -> list[Migration]:
         for mig in todo:
             try:
                 with store.transaction():
-                    store.executescript(
-                        "CREATE SCHEMA IF NOT EXISTS dbdl;\n"
-                        "CREATE TABLE IF NOT EXISTS dbdl.schema_migrations (id INTEGER PRIMARY KEY, name VARCHAR(200) "
-                        "NOT NULL, checksum VARCHAR(64) NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
-                    )
+                    store.executescript(store.migrations_table_script)
                     store.executescript(mig.sql)
                     store.execute(
                         "INSERT INTO dbdl.schema_migrations (id, name, checksum) VALUES (?, ?, ?)",

@@ -211,6 +211,13 @@ class Backend(ABC):
                                            f"({exc}); run it again") from exc
                 time.sleep(random.uniform(0.005, 0.02) * 2 ** attempt)
 
+    #: the script that makes schema dbdl and its record of applied migrations where they are missing
+    #: (run by `dbdl migrate` before each migration, in the backend's script convention)
+    migrations_table_script: ClassVar[str] = (
+        "CREATE SCHEMA IF NOT EXISTS dbdl;\n"
+        "CREATE TABLE IF NOT EXISTS dbdl.schema_migrations (id INTEGER PRIMARY KEY, name VARCHAR(200) "
+        "NOT NULL, checksum VARCHAR(64) NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
+
     @contextlib.contextmanager
     def migration_lock(self) -> Iterator[None]:
         """Held while migrations run, against two concurrent `dbdl migrate` (default: nothing)."""

@@ -116,6 +116,13 @@ def script_statement(statement: str) -> str:
         return statement
 
 
+def _guarded(ddl: str) -> str:
+    """A DMSQL block running ``ddl`` (a DMSQL text expression) that ignores only DM8's "object
+    already exists" (-2124, as migrations/dm8 guard their CREATEs), in split_script's convention."""
+    return ("DECLARE\n    already_exists EXCEPTION;\n    PRAGMA EXCEPTION_INIT(already_exists, -2124);\nBEGIN\n"
+            f"    EXECUTE IMMEDIATE {ddl};\nEXCEPTION\n    WHEN already_exists THEN\n        NULL;\nEND;\n/")
+
+
 class DM8Backend(Backend):
     name = "dm8"
     schemes = ("dm",)
@@ -138,6 +145,12 @@ class DM8Backend(Backend):
     cache_key_bytes = None
     #: DM8 has no array columns: a feature vector is one column per feature (predict('m', c0, c1, …))
     array_features = False
+    #: schema dbdl and its record of migrations, each CREATE in a block that ignores only "already
+    #: exists" (the guard of migrations/dm8; whether DM8 takes CREATE … IF NOT EXISTS is unconfirmed)
+    migrations_table_script = "\n".join(_guarded(ddl) for ddl in (
+        "'CREATE SCHEMA dbdl AUTHORIZATION ' || USER",
+        "'CREATE TABLE dbdl.schema_migrations (id BIGINT PRIMARY KEY, name VARCHAR(200) NOT NULL, checksum "
+        "VARCHAR(64) NOT NULL, applied_at TIMESTAMP DEFAULT SYSDATE NOT NULL)'"))
 
     def __init__(self, url: str, *, read_only: bool = False, **_: Any) -> None:
         super().__init__(url)
