@@ -426,3 +426,17 @@ def test_the_record_of_migrations_is_made_with_the_same_guard():
     assert schema.sql(dialect=DbdlDM8).upper().startswith("CREATE SCHEMA DBDL AUTHORIZATION")
     columns = {c.name: c.args["kind"].sql(dialect=DbdlDM8) for c in table.find_all(exp.ColumnDef)}
     assert columns == {"id": "BIGINT", "name": "VARCHAR(200)", "checksum": "VARCHAR(64)", "applied_at": "TIMESTAMP"}
+
+
+def test_a_column_named_by_a_reserved_word_is_created_quoted_in_upper_case():
+    """The render of dbdl's statements quotes a reserved name in upper case ("UID"); the migrations'
+    blocks, sent as written, must create the column under that very name."""
+    from dbdl.backends.dm8.dialect import RESERVED
+
+    found = []
+    for _, sql in ddl_statements():
+        for column in parse(sql).find_all(exp.ColumnDef):
+            if column.name.lower() in RESERVED:
+                assert column.this.quoted and column.name == column.name.upper(), column.sql(dialect=DbdlDM8)
+                found.append(column.name)
+    assert found == ["UID"]

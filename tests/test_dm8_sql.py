@@ -403,3 +403,18 @@ def test_every_catalog_statement_renders_for_dm8_and_parses_back():
         assert len(list(back.find_all(exp.Placeholder))) == sql.count("?"), sql
         for absent in ("ON CONFLICT", "FETCH FIRST", "CLOB", "VARCHAR2", "INFORMATION_SCHEMA"):
             assert absent not in out.upper(), (sql, out)
+
+
+def test_a_reserved_word_as_a_name_is_quoted_as_dm8_folds_it():
+    """dbdl.datasets has a column uid, which Oracle (and so DM8) reserves — unquoted it would read the
+    pseudo-column UID, the user's number: written quoted in upper case it names the column, as an
+    unquoted name would fold; the pseudo-columns dbdl means (ROWID, SYSDATE, USER) stay bare."""
+    from dbdl.backends.dm8.dialect import RESERVED, render
+
+    assert {"uid", "size", "comment", "mode"} <= RESERVED and not {"rowid", "sysdate", "user", "public"} & RESERVED
+    sql = render("SELECT uid, name, size FROM dbdl.datasets WHERE uid = ?")
+    assert sql == 'SELECT "UID", name, "SIZE" FROM dbdl.datasets WHERE "UID" = ?'
+    assert render("SELECT ROWID AS dbdl_k, SYSDATE FROM t") == "SELECT ROWID AS dbdl_k, SYSDATE FROM t"
+    # what sqlglot reads back is the same quoted name
+    tree = sqlglot.parse_one(sql, read=DbdlDM8)
+    assert [i.this for i in tree.find_all(sqlglot.exp.Identifier) if i.quoted] == ["UID", "SIZE", "UID"]

@@ -23,7 +23,7 @@ BEGIN
         features             CLOB          NOT NULL,
         label_column         VARCHAR(128)  NOT NULL,
         source_query         CLOB          NOT NULL,
-        uid                  VARCHAR(64)   NOT NULL,
+        "UID"                VARCHAR(64)   NOT NULL,
         created_at           TIMESTAMP     DEFAULT SYSDATE NOT NULL,
         block_rows           BIGINT        DEFAULT 0 NOT NULL,
         PRIMARY KEY (name)

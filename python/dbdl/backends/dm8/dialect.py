@@ -128,6 +128,25 @@ def _in_condition(node: exp.Expression) -> bool:
             or (isinstance(parent, exp.If) and node.arg_key == "this") or node.arg_key == "on")
 
 
+#: words Oracle reserves (its V$RESERVED_WORDS with RESERVED = 'Y'), which DM8, Oracle-compatible,
+#: reserves too (its manual's list of reserved words is longer; unconfirmed here which of dbdl's
+#: other names it holds): a name dbdl uses that is one of them — dbdl.datasets' column uid — is
+#: written quoted in upper case, the very name an unquoted one folds to, so it still means the same
+#: (and not Oracle's pseudo-column UID, the user's number, which an unquoted uid would read)
+RESERVED = frozenset("""
+    access add all alter and any as asc audit between by char check cluster column comment compress
+    connect create current date decimal default delete desc distinct drop else exclusive exists file
+    float for from grant group having identified immediate in increment index initial insert integer
+    intersect into is level like lock long maxextents minus mlslabel mode modify noaudit nocompress
+    not nowait null number of offline on online option or order pctfree prior privileges public raw
+    rename resource revoke row rowid rownum rows select session set share size smallint start
+    successful synonym sysdate table then to trigger uid union unique update user validate values
+    varchar varchar2 view whenever where with""".split()) - {
+    # pseudo-columns dbdl means as such (DL-centric's row identity, column defaults) and the grantee
+    # PUBLIC: never quoted
+    "rowid", "rownum", "level", "user", "sysdate", "public"}
+
+
 class DbdlDM8(Oracle):
     class Tokenizer(Oracle.Tokenizer):
         KEYWORDS = {
@@ -207,6 +226,12 @@ class DbdlDM8(Oracle):
             if isinstance(expression.expression, exp.Boolean):
                 return self.binary(expression, "<>" if expression.args.get("negate") else "=")
             return super().is_sql(expression)
+
+        def identifier_sql(self, expression: exp.Identifier) -> str:
+            # a reserved word as a name (dbdl.datasets.uid): quoted, in the case an unquoted name folds to
+            if not expression.quoted and expression.name.lower() in RESERVED:
+                return f'"{expression.name.upper()}"'
+            return super().identifier_sql(expression)
 
         def insert_sql(self, expression: exp.Insert) -> str:
             # INSERT … ON CONFLICT (keys) DO NOTHING | DO UPDATE SET …: DM8's MERGE INTO
