@@ -89,7 +89,7 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             raise QueryError(
                 f"{call.this}() takes two arguments, a model reference and the features, as in "
                 f"{call.this}('fraud', feats) — or one features argument per model input, "
-                f"{call.this}('m', a, b); got {len(args)}"
+                f"{call.this}('m', a, b), or one column per feature, {call.this}('m', c0, c1, c2); got {len(args)}"
             )
         model_arg, *feature_args = args
         if isinstance(model_arg, (exp.Literal, exp.Boolean)) and not getattr(model_arg, "is_string", False):
