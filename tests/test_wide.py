@@ -115,7 +115,7 @@ def test_wrong_columns_are_refused_naming_the_fix(db, wide):
         with pytest.raises(dbdl.DTypeMismatch, match="takes numeric features.*got (BOOLEAN|boolean)"):
             db.sql("SELECT id, predict_array('m', c0, c1 > 0, c2, c3) FROM w", strategy=how)
         with pytest.raises(dbdl.ShapeMismatch, match=r"argument 3 .* is an array.*one number per column, or the "
-                                                     r"whole vector alone"):
+                                                     r"whole vector as the one features argument"):
             db.sql(f"SELECT id, predict_array('m', c0, {array}, c2, c3) FROM w", strategy=how)
 
 

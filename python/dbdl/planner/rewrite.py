@@ -272,7 +272,7 @@ def check_wide_arguments(backend: "Backend", call: exp.Anonymous, model: Resolve
             raise ShapeMismatch(
                 f"{call.this}() passes {n} feature arguments, one number per feature of model {model.ref!r}, and "
                 f"argument {i + 2} ({what}) is an array ({type_text}); pass one number per column, or the whole "
-                f"vector alone: {call.this}('{model.name}', {what})")
+                f"vector as the one features argument, as in {call.this}('{model.name}', feats)")
         raise DTypeMismatch(
             f"model {model.ref!r} takes numeric features, here one number per column ({n} columns); convert "
             f"argument {i + 2} ({what}), e.g. CAST(col AS DOUBLE) — got {type_text}")
