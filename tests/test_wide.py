@@ -73,32 +73,35 @@ def _rows(db, sql: str, strategy: str | None) -> list:
     return rows[:ROWS]
 
 
-@pytest.mark.parametrize("how", HOW)
-def test_one_column_per_feature_gives_onnxruntimes_values(db, wide, mlp4, scorer4, how):
+def test_one_column_per_feature_gives_onnxruntimes_values(db, wide, mlp4, scorer4):
     logits, prob = run_onnx(mlp4, {"x": wide}), run_onnx(scorer4, {"x": wide})[:, 0]
-    rows = _rows(db, f"SELECT id, predict_array('m', {COLUMNS}), predict_class('m', {COLUMNS}), "
-                     f"predict('s', {COLUMNS}) FROM w", how)
-    np.testing.assert_allclose(np.array([list(r[1]) for r in rows], np.float64), logits, rtol=1e-4, atol=1e-5)
-    assert [r[2] for r in rows] == logits.argmax(axis=1).tolist()
-    np.testing.assert_allclose([r[3] for r in rows], prob, rtol=1e-4, atol=1e-6)
-    # no row identity (a CTE): DL-centric keys its predictions by the columns themselves; an
-    # expression among them, as any other scalar
-    rows = _rows(db, "WITH v AS (SELECT * FROM w) SELECT id, predict_array('m', c0, c1 * 1, c2, c3) FROM v", how)
-    np.testing.assert_allclose(np.array([list(r[1]) for r in rows], np.float64), logits, rtol=1e-4, atol=1e-5)
+    for how in HOW:  # one database for them all (a PostgreSQL database per case would cost more than the cases)
+        rows = _rows(db, f"SELECT id, predict_array('m', {COLUMNS}), predict_class('m', {COLUMNS}), "
+                         f"predict('s', {COLUMNS}) FROM w", how)
+        np.testing.assert_allclose(np.array([list(r[1]) for r in rows], np.float64), logits, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"strategy {how}")
+        assert [r[2] for r in rows] == logits.argmax(axis=1).tolist(), how
+        np.testing.assert_allclose([r[3] for r in rows], prob, rtol=1e-4, atol=1e-6, err_msg=f"strategy {how}")
+        # no row identity (a CTE): DL-centric keys its predictions by the columns themselves; an
+        # expression among them, as any other scalar
+        rows = _rows(db, "WITH v AS (SELECT * FROM w) SELECT id, predict_array('m', c0, c1 * 1, c2, c3) FROM v", how)
+        np.testing.assert_allclose(np.array([list(r[1]) for r in rows], np.float64), logits, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"strategy {how}")
 
 
-@pytest.mark.parametrize("how", [*STRATEGIES, None])
-def test_thirty_columns_into_a_scikit_learn_model(db, cancer, how):
+def test_thirty_columns_into_a_scikit_learn_model(db, cancer):
     model, x = cancer
     db.models.register("bc", model)
     db.create_table("bc_rows", {"id": np.arange(len(x)), **{f"x{i}": x[:, i].astype(np.float64) for i in range(30)}})
     label, proba = run_onnx(model, {"X": x}), run_onnx(model, {"X": x}, output=1)
     columns = ", ".join(f"x{i}" for i in range(30))
-    rows = sorted(db.sql(f"SELECT id, predict('bc', {columns}), predict_array('bc:probabilities', {columns}), "
-                         f"predict_class('bc:probabilities', {columns}) FROM bc_rows", strategy=how).fetchall())
-    assert [int(r[1]) for r in rows] == label.tolist()
-    np.testing.assert_allclose(np.array([list(r[2]) for r in rows], np.float64), proba, rtol=1e-4, atol=1e-5)
-    assert [r[3] for r in rows] == proba.argmax(axis=1).tolist()
+    for how in [*STRATEGIES, None]:
+        rows = sorted(db.sql(f"SELECT id, predict('bc', {columns}), predict_array('bc:probabilities', {columns}), "
+                             f"predict_class('bc:probabilities', {columns}) FROM bc_rows", strategy=how).fetchall())
+        assert [int(r[1]) for r in rows] == label.tolist(), how
+        np.testing.assert_allclose(np.array([list(r[2]) for r in rows], np.float64), proba, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"strategy {how}")
+        assert [r[3] for r in rows] == proba.argmax(axis=1).tolist(), how
 
 
 def test_wrong_columns_are_refused_naming_the_fix(db, wide):
