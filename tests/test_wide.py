@@ -87,6 +87,12 @@ def test_one_column_per_feature_gives_onnxruntimes_values(db, wide, mlp4, scorer
         rows = _rows(db, "WITH v AS (SELECT * FROM w) SELECT id, predict_array('m', c0, c1 * 1, c2, c3) FROM v", how)
         np.testing.assert_allclose(np.array([list(r[1]) for r in rows], np.float64), logits, rtol=1e-4, atol=1e-5,
                                    err_msg=f"strategy {how}")
+    # bound parameters among the columns (the in-database function takes them), each ? bound once
+    got = db.sql("SELECT id, predict_array('m', c0, c1, ?, c3) FROM w WHERE id = ?", [float(wide[3, 2]), 3]).fetchall()
+    np.testing.assert_allclose([list(got[0][1])], logits[3:4], rtol=1e-4, atol=1e-5)
+    got = db.sql("SELECT predict_array('m', ?, ?, ?, ?)", [float(v) for v in wide[7]]).fetchall()
+    np.testing.assert_allclose([list(got[0][0])], logits[7:8], rtol=1e-4, atol=1e-5)
+    assert db.sql("SELECT predict_array('m', ?, ?, ?, ?)", [1.0, None, 2.0, 3.0]).fetchall() == [(None,)]
 
 
 def test_thirty_columns_into_a_scikit_learn_model(db, cancer):

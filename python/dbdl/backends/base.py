@@ -507,6 +507,10 @@ class Backend(ABC):
 
         real = exp.DataType.build(self.relational.real, dialect=self.dialect)
         values = exp.Array(expressions=[exp.Cast(this=a.copy(), to=real.copy()) for a in args])
+        if any(a.find(exp.Placeholder, exp.Parameter) is not None for a in args):
+            # a ``?`` written twice would take two parameters: the array alone (a NULL element gives
+            # NULL in the in-database functions too; the result cache is not used with parameters)
+            return values
         missing = exp.or_(*[exp.Is(this=a.copy(), expression=exp.Null()) for a in args])
         return exp.Case(ifs=[exp.If(this=missing, true=exp.Null())], default=values)
 
