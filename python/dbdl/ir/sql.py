@@ -116,7 +116,7 @@ class SQLBuilder:
     whole_numbers: str = ""
     #: 0: the source CTE holds one feature array per row (dbdl_f); n: a call of one column per
     #: feature, whose source CTE holds n columns dbdl_f0 … dbdl_f{n-1} (``RelationalSQL.unnest_column``)
-    columns: int = 0
+    wide_columns: int = 0
 
     def _add(self, sql: str, width: int) -> Relation:
         name = f"{self.prefix}{len(self.ctes)}"
@@ -124,11 +124,11 @@ class SQLBuilder:
         return Relation(name, width)
 
     def input(self, source_cte: str, width: int) -> Relation:
-        """``source_cte`` has (rid, dbdl_f): one feature array per row; or, with ``columns``, (rid,
+        """``source_cte`` has (rid, dbdl_f): one feature array per row; or, with ``wide_columns``, (rid,
         dbdl_f0, dbdl_f1, …): one number per column."""
-        if self.columns:
+        if self.wide_columns:
             x = self._add(" UNION ALL ".join(self.spell.unnest_column.format(src=source_cte, i=i, column=name)
-                                             for i, name in enumerate(feature_columns(self.columns))), width)
+                                             for i, name in enumerate(feature_columns(self.wide_columns))), width)
         else:
             x = self._add(self.spell.unnest.format(src=source_cte), width)
         if not self.whole_numbers:

@@ -267,7 +267,7 @@ def weights_builder(backend: "Backend", model: ResolvedModel, k: int, layout: st
 
     return SQLBuilder(backend.relational, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
                       prefix=f"dbdl_{k}_r", layout=layout, whole_numbers=_whole_numbers(model),
-                      tree_form=None if rows is None or costs is None else tree_form, columns=columns)
+                      tree_form=None if rows is None or costs is None else tree_form, wide_columns=columns)
 
 
 def builder_ctes(backend: "Backend", builder: SQLBuilder, given: dict[str, exp.Expression]) -> list[exp.CTE]:

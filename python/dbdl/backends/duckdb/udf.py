@@ -148,6 +148,8 @@ class DuckDBFunctions:
                               "other"), text))
             if upper == "BOOLEAN":  # _NUMERIC admits BOOLEAN (a feeding form), but it is not a feature
                 forms[-1] = ("boolean", text)
+            elif upper == '"NULL"':  # a literal NULL: no number, so a NULL prediction
+                forms[-1] = ("number", text)
         return forms
 
     def relation_feature_problem(self, model: ResolvedModel, args: Sequence[exp.Expression]) -> str | None:

@@ -422,8 +422,9 @@ class PostgresBackend(Backend):
         forms = []
         for oid in oids:
             category, name = rows.get(oid, ("X", str(oid)))
-            forms.append(("bytes" if oid == 17 else {"N": "number", "A": "array", "S": "text", "B": "boolean"}.get(
-                category, "other"), name))
+            # 705 is the type of a literal NULL ("unknown"): no number, so a NULL prediction
+            forms.append(("bytes" if oid == 17 else "number" if oid == 705 else {
+                "N": "number", "A": "array", "S": "text", "B": "boolean"}.get(category, "other"), name))
         return forms
 
     def relation_feature_problem(self, model: ResolvedModel, args: Sequence[exp.Expression]) -> str | None:
