@@ -95,6 +95,15 @@ class Backend(ABC):
     row_identity: ClassVar[str | None] = None
     #: the connection may not write (a DuckDB file opened read-only)
     read_only: bool = False
+    #: the database has array columns: a call of one column per feature (``predict('m', c0, c1, c2)``
+    #: for a model of one input of width 3) is packed into one array (``pack_features``) where a path
+    #: takes one vector (UDF-centric, the result cache). DM8 has none: relation- and DL-centric
+    #: execution take the columns as they are, and the cache is not used
+    array_features: ClassVar[bool] = True
+    #: DL-centric's ``score`` closure runs in this process; False where the backend builds the scorer
+    #: again elsewhere from ``score.recipe`` (Spark's executors), which feeds each source column to
+    #: the model as it is: a call of one column per feature then streams them packed into one array
+    dl_scores_in_client: ClassVar[bool] = True
 
     _by_scheme: ClassVar[dict[str, type["Backend"]]] = {}
 
@@ -491,6 +500,30 @@ class Backend(ABC):
         """The database's types of a predict call's feature arguments (bound, not run), or None where
         they cannot be known before the statement runs."""
         return None
+
+    def argument_forms(self, args: "Sequence[exp.Expression]") -> "list[tuple[str, str]] | None":
+        """Per feature argument, what it is and its type as the database names it: ("number", "DOUBLE")
+        for one number per row, else "array", "bytes", "text", "boolean" or "other" — read from
+        ``argument_types``, bound, not run; None where the types cannot be known before the statement
+        runs (bound parameters). A call of one column per feature takes numbers only (planner/rewrite.py)."""
+        return None
+
+    def pack_features(self, args: "Sequence[exp.Expression]", width: int) -> "exp.Expression":
+        """The ``width`` scalar arguments of a call of one column per feature as one array of float32
+        values (``relational.real``), NULL where any of them is NULL (its prediction is NULL, as under
+        every strategy): what the in-database functions and the result cache take. The array is
+        rendered in the backend's dialect (DuckDB ``[a, b]``, PostgreSQL ``ARRAY[a, b]``, Spark
+        ``ARRAY(a, b)``). Only where ``array_features``."""
+        import sqlglot.expressions as exp
+
+        real = exp.DataType.build(self.relational.real, dialect=self.dialect)
+        values = exp.Array(expressions=[exp.Cast(this=a.copy(), to=real.copy()) for a in args])
+        if any(a.find(exp.Placeholder, exp.Parameter) is not None for a in args):
+            # a ``?`` written twice would take two parameters: the array alone (a NULL element gives
+            # NULL in the in-database functions too; the result cache is not used with parameters)
+            return values
+        missing = exp.or_(*[exp.Is(this=a.copy(), expression=exp.Null()) for a in args])
+        return exp.Case(ifs=[exp.If(this=missing, true=exp.Null())], default=values)
 
     def predict_call(self, kind: str, model: "ResolvedModel", features: "exp.Expression") -> "exp.Expression":
         """The SQL expression that computes predict/predict_array/predict_class for a resolved model

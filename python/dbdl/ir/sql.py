@@ -56,6 +56,14 @@ class RelationalSQL:
     #: the number (rid) of each distinct feature vector ``dbdl_f``: unique per vector, and the same
     #: wherever the numbered CTE is read; None: ``ROW_NUMBER() OVER ()`` (Spark asks for an order)
     number: str | None = None
+    #: a call of one column per feature (``predict('m', c0, c1, c2)``): the source CTE ``{src}`` has
+    #: (rid, dbdl_f0, dbdl_f1, …) rows, and its (rid, i, v) rows are this, for each column ``{column}``
+    #: at position ``{i}``, joined by UNION ALL
+    unnest_column: str = "SELECT rid, CAST({i} AS BIGINT) AS i, CAST({column} AS DOUBLE PRECISION) AS v FROM {src}"
+    #: the number (rid) of each distinct row of such columns ``{columns}`` (their names, comma
+    #: separated): unique per row and the same wherever the numbered CTE is read (the rows are
+    #: distinct, so the order is total; Oracle's and DM8's ROW_NUMBER need an ORDER BY)
+    number_columns: str = "ROW_NUMBER() OVER (ORDER BY {columns})"
 
     @property
     def layouts(self) -> tuple[str, ...]:
@@ -72,6 +80,11 @@ class RelationalSQL:
             if not literal.is_string and any(c in literal.this for c in ".eE"):
                 literal.replace(exp.Cast(this=literal.copy(), to=exp.DataType.build("DOUBLE PRECISION")))
         return tree
+
+
+def feature_columns(n: int) -> list[str]:
+    """The columns of a numbered source CTE of a call of one column per feature: dbdl_f0 … dbdl_f{n-1}."""
+    return [f"dbdl_f{i}" for i in range(n)]
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,9 @@ class SQLBuilder:
     #: for a model of integer inputs: the DTypeMismatch message raised for an input value that is not
     #: a whole number (a fractional, NaN or infinite value from a DOUBLE[] column), as the UDF path does
     whole_numbers: str = ""
+    #: 0: the source CTE holds one feature array per row (dbdl_f); n: a call of one column per
+    #: feature, whose source CTE holds n columns dbdl_f0 … dbdl_f{n-1} (``RelationalSQL.unnest_column``)
+    wide_columns: int = 0
 
     def _add(self, sql: str, width: int) -> Relation:
         name = f"{self.prefix}{len(self.ctes)}"
@@ -108,8 +124,13 @@ class SQLBuilder:
         return Relation(name, width)
 
     def input(self, source_cte: str, width: int) -> Relation:
-        """``source_cte`` has (rid, dbdl_f): one feature array per row."""
-        x = self._add(self.spell.unnest.format(src=source_cte), width)
+        """``source_cte`` has (rid, dbdl_f): one feature array per row; or, with ``wide_columns``, (rid,
+        dbdl_f0, dbdl_f1, …): one number per column."""
+        if self.wide_columns:
+            x = self._add(" UNION ALL ".join(self.spell.unnest_column.format(src=source_cte, i=i, column=name)
+                                             for i, name in enumerate(feature_columns(self.wide_columns))), width)
+        else:
+            x = self._add(self.spell.unnest.format(src=source_cte), width)
         if not self.whole_numbers:
             return x
         import sqlglot.expressions as exp

@@ -16,7 +16,7 @@ import sqlglot.expressions as exp
 from dbdl_udf.kinds import PREDICT_FUNCTIONS
 
 from .. import cachestore
-from ..errors import InvalidName, QueryError, ShapeMismatch, StrategyUnavailable
+from ..errors import DTypeMismatch, InvalidName, QueryError, ShapeMismatch, StrategyUnavailable
 from ..names import ResolvedModel
 from ..query import (call_node, find_predict_calls, has_from, movable_limit, parse, push_limit, source_rows,
                      strategy_hint)
@@ -89,7 +89,7 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             raise QueryError(
                 f"{call.this}() takes two arguments, a model reference and the features, as in "
                 f"{call.this}('fraud', feats) — or one features argument per model input, "
-                f"{call.this}('m', a, b); got {len(args)}"
+                f"{call.this}('m', a, b), or one column per feature, {call.this}('m', c0, c1, c2); got {len(args)}"
             )
         model_arg, *feature_args = args
         if isinstance(model_arg, (exp.Literal, exp.Boolean)) and not getattr(model_arg, "is_string", False):
@@ -105,6 +105,9 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
             continue
         resolved = backend.resolve(model_arg.this)
         check_output_kind(kind, resolved)
+        wide = wide_call(call, resolved, feature_args)
+        if wide:
+            check_wide_arguments(backend, call, resolved, feature_args)
         planned.models.append(resolved)
 
         graph = model_graph(backend, resolved)
@@ -115,7 +118,7 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
         if limited is not None:  # SELECT … LIMIT n: n rows are scored, whichever strategy runs
             rows = min(rows, limited)
         predict = PredictCall(backend, kind, resolved, graph, call, list(feature_args), select, joinable, rows,
-                              budget, variant)
+                              budget, variant, wide)
 
         options = cachestore.enabled(backend, resolved) if use_cache else None
         cache_note, hit_rate = "", None
@@ -166,7 +169,8 @@ def plan_statement(backend: "Backend", tree: exp.Expression, strategy: str | Non
                                       cache=cache_note))
         if not execute:
             continue
-        features = feature_args[0]
+        # the cache keys one vector: a call of one column per feature has them packed into one array
+        features = predict.packed() if wide and options is not None else feature_args[0]
         if limited is not None and (options is not None or STRATEGIES[chosen].joins):
             # a strategy that scores the source rows up front scores only the LIMIT's rows
             push_limit(select, backend.row_identity, backend.is_base_table, backend.dialect)
@@ -231,6 +235,47 @@ def _estimate_rows(backend: "Backend", select: exp.Select) -> int:
     # the rows the SELECT reads (an upper bound of the distinct feature vectors), without the
     # features themselves, which may hold bound parameters
     return backend.estimate_rows(source_rows(select).sql(dialect=backend.dialect))
+
+
+def wide_call(call: exp.Anonymous, model: ResolvedModel, feature_args: Sequence[exp.Expression]) -> bool:
+    """Whether the call passes one column per feature: ``predict('m', c0, c1, c2, c3)`` for a model of
+    one input of 4 values per row (DM8 has no arrays: a feature vector there is one column per
+    feature). The rule: the model has exactly one input, of a fixed per-row width n > 1, and the call
+    passes n feature arguments (so one argument per input, and one vector, keep their meaning).
+    Several arguments of another number for such a model: ShapeMismatch naming both forms."""
+    inputs = model.signature.inputs
+    n = len(feature_args)
+    if len(inputs) != 1 or n < 2 or inputs[0].per_row is None:
+        return False
+    width = inputs[0].per_row
+    if n != width:
+        raise ShapeMismatch(
+            f"model {model.ref!r} takes {width} feature{'s' if width != 1 else ''} per row: pass {width} "
+            f"column{'s' if width != 1 else ''}, or one array of {width} — {call.this}() got {n} feature arguments")
+    return True
+
+
+def check_wide_arguments(backend: "Backend", call: exp.Anonymous, model: ResolvedModel,
+                         feature_args: Sequence[exp.Expression]) -> None:
+    """Each argument of a call of one column per feature is one number per row (where the database
+    can tell the types before the statement runs): an array is refused naming the two forms, text,
+    booleans and bytes as DTypeMismatch, as the one-vector form refuses them."""
+    forms = backend.argument_forms(feature_args)
+    if forms is None:
+        return
+    n = len(feature_args)
+    for i, (arg, (form, type_text)) in enumerate(zip(feature_args, forms)):
+        if form == "number":
+            continue
+        what = arg.sql(dialect=backend.dialect)[:60]
+        if form == "array":
+            raise ShapeMismatch(
+                f"{call.this}() passes {n} feature arguments, one number per feature of model {model.ref!r}, and "
+                f"argument {i + 2} ({what}) is an array ({type_text}); pass one number per column, or the whole "
+                f"vector as the one features argument, as in {call.this}('{model.name}', feats)")
+        raise DTypeMismatch(
+            f"model {model.ref!r} takes numeric features, here one number per column ({n} columns); convert "
+            f"argument {i + 2} ({what}), e.g. CAST(col AS DOUBLE) — got {type_text}")
 
 
 def check_output_kind(kind: str, model: ResolvedModel) -> None:

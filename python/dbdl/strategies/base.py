@@ -106,7 +106,8 @@ class PredictCall:
     model: ResolvedModel
     #: the model's IR (ir.Graph): FLOPs, parameter bytes, and whether SQL can compute it
     graph: Any
-    #: the call's node in the statement, and its feature arguments (one, or one per model input)
+    #: the call's node in the statement, and its feature arguments (one, one per model input, or —
+    #: ``wide`` — one number per feature)
     call: exp.Anonymous
     args: list[exp.Expression]
     #: the SELECT the call sits in, and whether it reads rows (SELECT … FROM …)
@@ -118,10 +119,23 @@ class PredictCall:
     budget: int
     #: a variant the caller forced ("relation:blocked" → "blocked"), else ""
     variant: str = ""
+    #: one column per feature: ``predict('m', c0, c1, c2)`` for a model of one input of width 3 (the
+    #: planner's rule, planner/rewrite.py ``wide_call``); ``args`` are those n scalar arguments
+    wide: bool = False
 
     @property
     def features(self) -> exp.Expression:
         return self.args[0]
+
+    @property
+    def feature_source(self) -> exp.Expression | list[exp.Expression]:
+        """What relation- and DL-centric side queries select: the one features argument, or the list
+        of a wide call's columns."""
+        return list(self.args) if self.wide else self.args[0]
+
+    def packed(self) -> exp.Expression:
+        """A wide call's columns as one array (``Backend.pack_features``), on a backend with arrays."""
+        return self.backend.pack_features(self.args, self.model.signature.n_features)
 
     @functools.cached_property
     def parameters(self) -> bool:
@@ -167,6 +181,9 @@ class PredictCall:
         """Why the call is not the plain form — one vector of float32 values for a model of
         fixed-width float32 inputs — which relation-centric SQL and the result cache take (the
         backend may add a reason of its own: a nested array, bytes); "" when it is."""
+        if self.wide:  # the cache keys the columns packed into one array
+            return plain_features(self.model, self.args[:1]) or ("" if self.backend.array_features else (
+                f"the call passes one column per feature, and {self.backend.name} has no array type to pack them into"))
         return plain_features(self.model, self.args) or (
             (self.backend.relation_feature_problem(self.model, self.args) or "") if self.joinable else "")
 
@@ -175,6 +192,8 @@ class PredictCall:
         """As ``plain_problem``, for relation-centric SQL, which also takes float64 vectors and integer
         vectors (the token ids of an embedding lookup); the result cache keeps to float32
         (``plain_problem``)."""
+        if self.wide:  # scalar numbers, one column each: checked by the planner
+            return plain_features(self.model, self.args[:1], RELATION_DTYPES)
         return plain_features(self.model, self.args, RELATION_DTYPES) or (
             (self.backend.relation_feature_problem(self.model, self.args) or "") if self.joinable else "")
 

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import sqlglot.expressions as exp
 
-from dbdl_udf.runtime import SESSIONS, check_features, checked_output, run_batch, shape_outputs
+from dbdl_udf.runtime import SESSIONS, Column, check_features, checked_output, run_batch, shape_outputs, valid_rows
 
+from ..errors import ShapeMismatch
 from ..names import ResolvedModel
 from ..query import distinct_features, enclosing_select, row_identity, scorable, source_rows
 from .base import Estimate, PredictCall, StatementPlan, Strategy
@@ -37,14 +38,18 @@ _tables = itertools.count()
 
 
 def scorer(backend: "Backend", model: ResolvedModel, kind: str,
-           model_bytes: Callable[[], bytes] | None = None) -> Callable[..., np.ndarray]:
+           model_bytes: Callable[[], bytes] | None = None, wide: bool = False) -> Callable[..., np.ndarray]:
     """What predict/predict_array/predict_class return, for a batch: ``score(columns)`` takes a list
     of ``dbdl_udf.runtime.Column`` (one per feature argument; the rows valid in all of them are
     scored, in order) and ``score(matrix)`` a (rows x width) float32 matrix, as before.
 
+    ``wide``: the call passes one column per feature (``predict('m', c0, c1, c2)`` for a model of
+    one input of width 3): the columns, one number per row each, are stacked into one (rows x n)
+    matrix for the model's input (``stack_columns``).
+
     ``model_bytes``: the ONNX bytes to run instead of the stored version's (a hybrid plan's
     sub-model, ``model`` then carrying its hash and signature): onnxruntime, no feeding options."""
-    from dbdl_udf.runtime import build_feeds, take_rows, valid_rows
+    from dbdl_udf.runtime import build_feeds, take_rows
 
     # torch where it has a GPU to run on; on CPU onnxruntime over all cores is the faster runtime
     # (a 17 MFLOP/row MLP: ~25% faster here than torch's CPU kernels)
@@ -74,6 +79,8 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str,
             return run_batch(session, signature, x, output, model.ref, options)
 
     def score(x) -> np.ndarray:
+        if wide and isinstance(x, (list, tuple)) and len(x) > 1:
+            x = [stack_columns(x, model.ref)]
         if isinstance(x, (list, tuple)):
             rows = valid_rows(x)
             x = take_rows(x, rows)
@@ -96,8 +103,24 @@ def scorer(backend: "Backend", model: ResolvedModel, kind: str,
 
     # what a backend that scores where the rows are (Spark's executors) needs to build this scorer
     # again there: the closure holds a session and the connection, which do not travel
-    score.recipe = {"model": model, "kind": kind, "model_bytes": model_bytes, "options": options}
+    score.recipe = {"model": model, "kind": kind, "model_bytes": model_bytes, "options": options, "wide": wide}
     return score
+
+
+def stack_columns(columns: list[Column], model_ref: str = "the model") -> Column:
+    """One Column of (rows x n) values from n Columns of one number per row (a call of one column per
+    feature); a row is valid where every column is (a NULL in any gives NULL)."""
+    valid = valid_rows(columns)
+    for k, column in enumerate(columns):
+        if column.fixed_width() != 1:
+            raise ShapeMismatch(f"model {model_ref!r} is called with one column per feature, and argument {k + 2} "
+                                "holds more than one number per row; pass one number per column, or the whole "
+                                "vector as one argument")
+    kind = np.result_type(*[c.values.dtype for c in columns])
+    matrix = np.empty((len(valid), len(columns)), dtype=kind)
+    for k, column in enumerate(columns):
+        matrix[:, k] = column.matrix()[:, 0] if column.offsets is not None else column.values
+    return Column.from_matrix(matrix, valid)
 
 
 def feed_options_of(backend: "Backend", model: ResolvedModel) -> dict:
@@ -137,12 +160,18 @@ def feature_names(n: int) -> list[str]:
 
 
 def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anonymous,
-            features: exp.Expression | list[exp.Expression], cleanup: list[str]) -> exp.Expression:
+            features: exp.Expression | list[exp.Expression], cleanup: list[str], wide: bool = False) -> exp.Expression:
     """Score the SELECT's feature vectors outside the database now; the column that replaces ``call``.
 
     ``features`` is the call's one features argument, or the list of them (``predict('m', a, b)``):
-    the source query then has one column per argument (``feature_names``)."""
+    the source query then has one column per argument (``feature_names``). ``wide``: the list is one
+    number per feature of the model's one input (``predict('m', c0, c1, c2)``): the scorer stacks
+    the columns into one matrix (``scorer(..., wide=True)``); where the backend scores elsewhere than
+    in this process (``Backend.dl_scores_in_client`` False: Spark's executors), the source packs
+    them into one array instead (``Backend.pack_features``)."""
     args = list(features) if isinstance(features, (list, tuple)) else [features]
+    if wide and not backend.dl_scores_in_client:
+        args, wide = [backend.pack_features(args, model.signature.n_features)], False
     names = feature_names(len(args))
     select = enclosing_select(call)
     table = f"dbdl_dl_{next(_tables)}"
@@ -158,16 +187,16 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
                    + [exp.alias_(a.copy(), name) for a, name in zip(args, names)])
         # NULL elements are the decoders' to spot (features may be bytea on PostgreSQL)
         source.where(exp.and_(*[scorable(a) for a in args]), copy=False)
-        backend.score_into_temp_table(source.sql(dialect=backend.dialect), scorer(backend, model, kind), table_kind,
-                                      table, signature=model.signature, keyed=True, batch_rows=BATCH_ROWS)
+        backend.score_into_temp_table(source.sql(dialect=backend.dialect), scorer(backend, model, kind, wide=wide),
+                                      table_kind, table, signature=model.signature, keyed=True, batch_rows=BATCH_ROWS)
         on = backend.equals(exp.column("dbdl_k", table=table), identity.copy())
     else:
         rows = distinct_features(select, args[0])
         if len(args) > 1:
             rows.set("expressions", [exp.alias_(a.copy(), name) for a, name in zip(args, names)])
             rows.where(exp.and_(*[scorable(a) for a in args[1:]]), copy=False)
-        backend.score_into_temp_table(rows.sql(dialect=backend.dialect), scorer(backend, model, kind), table_kind,
-                                      table, signature=model.signature, batch_rows=BATCH_ROWS)
+        backend.score_into_temp_table(rows.sql(dialect=backend.dialect), scorer(backend, model, kind, wide=wide),
+                                      table_kind, table, signature=model.signature, batch_rows=BATCH_ROWS)
         on = exp.and_(*[backend.equals(exp.column(name, table=table), a.copy()) for a, name in zip(args, names)])
     select.join(exp.to_table(table), on=on, join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
@@ -197,4 +226,4 @@ class DLCentric(Strategy):
 
     def rewrite(self, call: PredictCall, statement: StatementPlan, estimate: Estimate) -> exp.Expression:
         return dl_call(call.backend, call.kind, call.model, call.call,
-                       call.features if len(call.args) == 1 else call.args, statement.cleanup)
+                       call.features if len(call.args) == 1 else call.args, statement.cleanup, wide=call.wide)

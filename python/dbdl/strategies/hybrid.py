@@ -43,8 +43,8 @@ from ..names import ResolvedModel
 from ..query import enclosing_select
 from .base import Estimate, PredictCall, StatementPlan, Strategy, udf_core_share
 from .dl import BATCH_ROWS, scorer
-from .relation import (_DENSE, _dense_weight, builder_ctes, missing_weight_tables, numbered_features, relation_call,
-                       relation_terms, weights_builder)
+from .relation import (_DENSE, _dense_weight, builder_ctes, feature_join, key_columns, missing_weight_tables,
+                       numbered_features, relation_call, relation_terms, weights_builder)
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -273,7 +273,7 @@ class Hybrid(Strategy):
         if runtime == "udf":
             # one statement: the prefix's CTEs, then the in-database function on each cut vector
             sub, _ = self._sub_model(backend, model, split, backend.udf_threads)
-            column, ctes = relation_call(backend, kind, model, call.call, call.features, statement.counter,
+            column, ctes = relation_call(backend, kind, model, call.call, call.feature_source, statement.counter,
                                          estimate.layout or "element", prefix,
                                          lambda cut: backend.predict_call(kind, sub, cut), rows=call.rows,
                                          costs=call.costs)
@@ -283,12 +283,14 @@ class Hybrid(Strategy):
         k, n = next(statement.counter), next(_tables)
         source, scored, pred = f"dbdl_hyb_{n}_src", f"dbdl_hyb_{n}", f"dbdl_pred{k}"
         statement.cleanup.extend([source, scored])  # dropped after the statement, even if it fails
-        numbered = numbered_features(backend, model, select, call.features)
+        features = call.feature_source  # one array, or a call's columns, one per feature
+        numbered = numbered_features(backend, model, select, features)
         # the distinct feature vectors, numbered once: the prefix reads them, the join maps them back
         backend.create_temp_table_as(
             source, backend.own_sql(backend.relational.exact_constants(numbered)).sql(dialect=backend.dialect))
         backend.analyze(source)
-        builder = weights_builder(backend, model, k, estimate.layout or "element", call.rows, call.costs)
+        builder = weights_builder(backend, model, k, estimate.layout or "element", call.rows, call.costs,
+                                  columns=len(call.args) if call.wide else 0)
         out = compile_graph(prefix, builder, source)
         builder.ctes.append((f"{pred}_cut", builder.output(out, "array")))
         query = exp.select(exp.alias_(exp.column("rid"), "dbdl_k"), exp.alias_(exp.column("prediction"), "dbdl_f")) \
@@ -300,11 +302,11 @@ class Hybrid(Strategy):
         backend.score_into_temp_table(query.sql(dialect=backend.dialect), scorer(backend, sub, kind, lambda: data),
                                       table_kind, scored, signature=sub.signature, keyed=True, batch_rows=BATCH_ROWS)
         backend.analyze(scored)
-        joined = sqlglot.parse_one(f"SELECT s.dbdl_f, p.dbdl_prediction FROM {source} AS s JOIN {scored} AS p "
+        keys = ", ".join(f"s.{name}" for name in key_columns(features))
+        joined = sqlglot.parse_one(f"SELECT {keys}, p.dbdl_prediction FROM {source} AS s JOIN {scored} AS p "
                                    "ON p.dbdl_k = s.rid", read=backend.dialect)
         statement.ctes.append(exp.CTE(this=backend.own_sql(joined), alias=exp.TableAlias(this=exp.to_identifier(pred))))
-        select.join(exp.to_table(pred), on=backend.equals(exp.column("dbdl_f", table=pred), call.features.copy()),
-                    join_type="left", copy=False)
+        select.join(exp.to_table(pred), on=feature_join(backend, pred, features), join_type="left", copy=False)
         select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
         column = exp.column("dbdl_prediction", table=pred)
         if kind == "array":

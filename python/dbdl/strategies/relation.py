@@ -25,9 +25,9 @@ import sqlglot.expressions as exp
 
 from ..errors import StrategyUnavailable
 from ..ir.ops.base import per_row_size
-from ..ir.sql import SQLBuilder, compile_graph
+from ..ir.sql import SQLBuilder, compile_graph, feature_columns
 from ..names import ResolvedModel, weight_table
-from ..query import distinct_features, enclosing_select
+from ..query import distinct_features, enclosing_select, scorable, source_rows
 from .base import Estimate, PredictCall, StatementPlan, Strategy, model_graph
 
 if TYPE_CHECKING:
@@ -158,20 +158,23 @@ class RelationCentric(Strategy):
 
     def rewrite(self, call: PredictCall, statement: StatementPlan, estimate: Estimate) -> exp.Expression:
         layout = call.variant or estimate.layout or "element"
-        column, ctes = relation_call(call.backend, call.kind, call.model, call.call, call.features,
+        column, ctes = relation_call(call.backend, call.kind, call.model, call.call, call.feature_source,
                                      statement.counter, layout, rows=call.rows, costs=call.costs)
         statement.ctes.extend(ctes)
         return column
 
 
 def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anonymous,
-                  features: exp.Expression, counter, layout: str = "element", prefix=None,
+                  features: exp.Expression | list[exp.Expression], counter, layout: str = "element", prefix=None,
                   suffix: Callable[[exp.Expression], exp.Expression] | None = None, rows: int | None = None,
                   costs: dict[str, float] | None = None) -> tuple[exp.Expression, list[exp.CTE]]:
     """The expression replacing ``call`` and the CTEs it needs (added to the statement).
 
-    A hybrid plan passes ``prefix`` (the graph of the model's first nodes: ``Graph.prefix``) and
-    ``suffix``, which turns the prefix's output (an array column) into the prediction in SQL."""
+    ``features``: the call's one features argument, or the list of a call of one column per feature
+    (``predict('m', c0, c1, c2)``: the source CTE then has one column per feature, and the SELECT
+    joins the predictions back on all of them). A hybrid plan passes ``prefix`` (the graph of the
+    model's first nodes: ``Graph.prefix``) and ``suffix``, which turns the prefix's output (an array
+    column) into the prediction in SQL."""
     graph = model_graph(backend, model) if prefix is None else prefix
     why = graph_problem(graph, model) if prefix is None else ""
     if why:
@@ -181,7 +184,7 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     k = next(counter)
     src, pred = f"dbdl_src{k}", f"dbdl_pred{k}"
     numbered = numbered_features(backend, model, select, features)
-    builder = weights_builder(backend, model, k, layout, rows, costs)
+    builder = weights_builder(backend, model, k, layout, rows, costs, columns=_width(features))
     builder.ctes.append((src, ""))  # the expression itself below (the user's part keeps its mark)
     try:
         out = compile_graph(graph, builder, src, model.output_index if prefix is None else 0)  # the output the call names
@@ -192,11 +195,11 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     prediction = exp.column("prediction", table="p")
     if suffix is not None:
         prediction = suffix(prediction)
-    builder.ctes.append((pred, f"SELECT s.dbdl_f, {prediction.sql(dialect=backend.dialect)} AS dbdl_prediction "
+    keys = ", ".join(f"s.{name}" for name in key_columns(features))
+    builder.ctes.append((pred, f"SELECT {keys}, {prediction.sql(dialect=backend.dialect)} AS dbdl_prediction "
                                f"FROM {src} AS s JOIN {pred}_out AS p ON p.rid = s.rid"))
     ctes = builder_ctes(backend, builder, {src: numbered})
-    select.join(exp.to_table(pred), on=backend.equals(exp.column("dbdl_f", table=pred), features.copy()),
-                join_type="left", copy=False)
+    select.join(exp.to_table(pred), on=feature_join(backend, pred, features), join_type="left", copy=False)
     select.args["joins"][-1].meta["dbdl_added"] = True  # not a join of the user's rows
     column = exp.column("dbdl_prediction", table=pred)
     if kind == "array":
@@ -204,10 +207,41 @@ def relation_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp
     return column, ctes
 
 
+def key_columns(features: exp.Expression | list[exp.Expression]) -> list[str]:
+    """The columns of a numbered source that hold the features: dbdl_f, or one per feature of a call
+    of one column per feature (dbdl_f0 … dbdl_f{n-1})."""
+    return feature_columns(len(features)) if isinstance(features, list) else ["dbdl_f"]
+
+
+def feature_join(backend: "Backend", table: str, features: exp.Expression | list[exp.Expression]) -> exp.Expression:
+    """The join of ``table``'s feature columns (``key_columns``) with the call's features."""
+    args = features if isinstance(features, list) else [features]
+    return exp.and_(*[backend.equals(exp.column(name, table=table), a.copy())
+                      for name, a in zip(key_columns(features), args)])
+
+
+def _width(features: exp.Expression | list[exp.Expression]) -> int:
+    return len(features) if isinstance(features, list) else 0
+
+
 def numbered_features(backend: "Backend", model: ResolvedModel, select: exp.Select,
-                      features: exp.Expression) -> exp.Select:
+                      features: exp.Expression | list[exp.Expression]) -> exp.Select:
     """(dbdl_f, rid): the distinct non-NULL feature vectors of the SELECT's rows, numbered, each
-    checked for the model's width (a ShapeMismatch raised in SQL)."""
+    checked for the model's width (a ShapeMismatch raised in SQL). For a call of one column per
+    feature (``features`` a list): (dbdl_f0 … dbdl_f{n-1}, rid), the distinct rows with no NULL
+    among them (a row with one gives NULL, as under every strategy), numbered in their order
+    (``RelationalSQL.number_columns``); their width is the call's, known when planning."""
+    if isinstance(features, list):
+        names = feature_columns(len(features))
+        rows = source_rows(select)
+        rows.set("expressions", [exp.alias_(a.copy(), name) for a, name in zip(features, names)])
+        rows.set("distinct", exp.Distinct())
+        rows.where(exp.and_(*[scorable(a) for a in features]), copy=False)
+        rows.meta["dbdl_user"] = True  # the user's FROM/WHERE: resolved as the user wrote it
+        number = sqlglot.parse_one(backend.relational.number_columns.format(columns=", ".join(names)),
+                                   read=backend.dialect)
+        return (exp.select(*[exp.column(name) for name in names], exp.alias_(number, "rid"))
+                .from_(exp.alias_(exp.Subquery(this=rows), "dbdl_d", table=True)))
     rows = distinct_features(select, features, backend.relational.no_null_elements)
     rows.meta["dbdl_user"] = True  # the user's FROM/WHERE: resolved as the user wrote it
     return (
@@ -223,16 +257,17 @@ def _number(backend: "Backend") -> exp.Expression:
 
 
 def weights_builder(backend: "Backend", model: ResolvedModel, k: int, layout: str, rows: int | None = None,
-                    costs: dict[str, float] | None = None) -> SQLBuilder:
+                    costs: dict[str, float] | None = None, columns: int = 0) -> SQLBuilder:
     """The SQL builder of call number ``k`` of a statement, writing ``model``'s weight tables on first
-    use; forests take the form ``forest_form`` prices lower for ``rows`` rows (with ``costs``)."""
+    use; forests take the form ``forest_form`` prices lower for ``rows`` rows (with ``costs``).
+    ``columns``: the source holds that many feature columns (a call of one column per feature)."""
     def tree_form(forest) -> str:
         node = next((n for n in model_graph(backend, model).nodes if getattr(n.op, "_forest", None) is forest), None)
         return forest.form if node is None else forest_form(node, rows, costs)
 
     return SQLBuilder(backend.relational, lambda kind_, cols: _weights_table(backend, model, kind_, cols),
                       prefix=f"dbdl_{k}_r", layout=layout, whole_numbers=_whole_numbers(model),
-                      tree_form=None if rows is None or costs is None else tree_form)
+                      tree_form=None if rows is None or costs is None else tree_form, wide_columns=columns)
 
 
 def builder_ctes(backend: "Backend", builder: SQLBuilder, given: dict[str, exp.Expression]) -> list[exp.CTE]:

@@ -134,6 +134,24 @@ class DuckDBFunctions:
         except (duckdb.Error, Error, ValueError):
             return None
 
+    def argument_forms(self, args: Sequence[exp.Expression]) -> list[tuple[str, str]] | None:
+        types = self.argument_types(args)
+        if types is None:
+            return None
+        forms = []
+        for t in types:
+            text = str(t)
+            form = _form(text)
+            upper = text.upper()
+            forms.append(({"scalar": "number", "flat": "array", "nested": "array", "blob": "bytes"}.get(form)
+                          or ("array" if upper.endswith("]") else "text" if upper in ("VARCHAR", "JSON") else
+                              "other"), text))
+            if upper == "BOOLEAN":  # _NUMERIC admits BOOLEAN (a feeding form), but it is not a feature
+                forms[-1] = ("boolean", text)
+            elif upper == '"NULL"':  # a literal NULL: no number, so a NULL prediction
+                forms[-1] = ("number", text)
+        return forms
+
     def relation_feature_problem(self, model: ResolvedModel, args: Sequence[exp.Expression]) -> str | None:
         if model.signature.n_features > ARRAY_MAX and len(args) == 1:
             return (f"the model takes {model.signature.n_features} values per row, more than the {ARRAY_MAX} a DuckDB "

@@ -410,6 +410,23 @@ class PostgresBackend(Backend):
         except psycopg.Error:
             return None
 
+    def argument_forms(self, args: Sequence[exp.Expression]) -> list[tuple[str, str]] | None:
+        oids = self.argument_types(args)
+        if oids is None:
+            return None
+        # the type's category: N numeric, A array, S string, B boolean (bytea is a user type, U)
+        rows = {r[0]: (r[1], r[2]) for r in self.fetchall(
+            "SELECT CAST(oid AS bigint), CAST(typcategory AS text), pg_catalog.format_type(oid, NULL) "
+            "FROM pg_catalog.pg_type WHERE CAST(oid AS bigint) OPERATOR(pg_catalog.=) ANY(CAST(? AS bigint[]))",
+            ([int(o) for o in oids],))}
+        forms = []
+        for oid in oids:
+            category, name = rows.get(oid, ("X", str(oid)))
+            # 705 is the type of a literal NULL ("unknown"): no number, so a NULL prediction
+            forms.append(("bytes" if oid == 17 else "number" if oid == 705 else {
+                "N": "number", "A": "array", "S": "text", "B": "boolean"}.get(category, "other"), name))
+        return forms
+
     def relation_feature_problem(self, model: ResolvedModel, args: Sequence[exp.Expression]) -> str | None:
         # relation-centric SQL unnests a numeric array; a bytea (float32 or uint8 bytes) or a
         # scalar column is not one (booleans are left to the SQL's own DTypeMismatch)

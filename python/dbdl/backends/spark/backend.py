@@ -42,6 +42,8 @@ class SparkBackend(SparkFunctions, Backend):
     dialect = DbdlSpark
     relational = RELATIONAL
     cost_defaults = COSTS
+    #: DL-centric scoring runs on the executors, from the scorer's recipe (dl.py)
+    dl_scores_in_client = False
 
     def __init__(self, url: str, *, spark: Any = None, create: bool = True, **options: Any) -> None:
         super().__init__(url)

@@ -59,4 +59,7 @@ RELATIONAL = RelationalSQL(
     # in parallel: bucket × 2^32 + the row's number in it
     number="pmod(xxhash64(dbdl_f), 1024) * 4294967296 + row_number() OVER "
            "(PARTITION BY pmod(xxhash64(dbdl_f), 1024) ORDER BY dbdl_f)",
+    # the same for a call of one column per feature, over its columns
+    number_columns="pmod(xxhash64({columns}), 1024) * 4294967296 + row_number() OVER "
+                   "(PARTITION BY pmod(xxhash64({columns}), 1024) ORDER BY {columns})",
 )

@@ -74,6 +74,14 @@ class SparkFunctions:
             return None
         return [field.dataType.simpleString() for field in schema.fields]
 
+    def argument_forms(self, args: Sequence[exp.Expression]) -> list[tuple[str, str]] | None:
+        types = self.argument_types(args)
+        if types is None:
+            return None
+        return [("number" if t.split("(")[0] in _NUMERIC else "array" if t.startswith("array<") else
+                 "text" if t == "string" or t.startswith(("varchar", "char")) else "boolean" if t == "boolean" else
+                 "bytes" if t == "binary" else "other", t) for t in types]
+
     def predict_call_args(self, kind: str, model: ResolvedModel, args: Sequence[exp.Expression]) -> exp.Expression:
         types = self.argument_types(args)
         if types is not None:
