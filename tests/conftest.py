@@ -272,7 +272,7 @@ def _spark_case(item: pytest.Item) -> bool:
 #: the test modules whose DM8 cases run when DBDL_DM8_URL is set: the behavioural suite and the
 #: suites of registration, bad input, training data, the planner and the migrations (docs/dm8.md,
 #: "Running the live suite"); the other modules' DM8 cases are skipped with the reason below
-DM8_MODULES = {"test_behaviour", "test_errors", "test_registration", "test_training", "test_planner",
+DM8_MODULES = {"test_behaviour", "test_errors", "test_registration", "test_training", "test_planner", "test_wide",
                "test_migrations"}
 
 
@@ -396,12 +396,23 @@ TRAITS: dict[str, frozenset[str]] = {
     # CALL dbdl.train_export returns its result row (DuckDB's CALL is a table function; DM8 has no
     # procedures of dbdl's, and db.sql carries out the CALL in the client, as on DuckDB)
     "call_returns_rows": frozenset({"duckdb", "dm8"}),
+    # no array columns (a feature vector is one column per feature): no in-database function, no
+    # hybrid plan (its SQL prefix hands an array on), predict_array's values as JSON text
+    "no_arrays": frozenset({"dm8"}),
 }
 assert all(set(backends) <= KNOWN_BACKENDS for backends in TRAITS.values())
 
 
 def has(db_or_name, trait: str) -> bool:
     return backend_name(db_or_name) in TRAITS[trait]
+
+
+def array_values(value) -> list | None:
+    """A predict_array value as a list: a list or array as it is, DM8's JSON text read (TRAITS
+    "no_arrays": docs/dm8.md)."""
+    if value is None:
+        return None
+    return json.loads(value) if isinstance(value, str) else list(value)
 
 
 def release_for_workers(db) -> None:

@@ -113,6 +113,18 @@ def test_description_types_map_to_arrow():
         "int", "float", "bytes", "other"]
 
 
+def test_argument_forms_from_the_description_refuse_what_is_not_a_number():
+    """A call of one column per feature takes numbers only (planner/rewrite.py): the form of each
+    argument, read from its probe's description, and the type as DM8's SQL names it in the message."""
+    cases = {dmPython.BIGINT: ("number", "BIGINT"), dmPython.NUMBER: ("number", "INT"),
+             dmPython.DOUBLE: ("number", "DOUBLE"), dmPython.REAL: ("number", "REAL"),
+             dmPython.DECIMAL: ("number", "DECIMAL"), dmPython.STRING: ("text", "VARCHAR"),
+             dmPython.CLOB: ("text", "CLOB"), dmPython.BOOLEAN: ("boolean", "BIT"),
+             dmPython.BLOB: ("bytes", "BLOB"), dmPython.BINARY: ("bytes", "VARBINARY"),
+             dmPython.TIMESTAMP: ("other", "TIMESTAMP")}
+    assert {code: driver.form(_desc(code, precision=10, scale=2)) for code in cases} == cases
+
+
 def test_rows_become_arrow_with_lower_cased_names_and_read_lobs():
     class Lob:  # dmPython.LOB cannot be made without a server (its constructor is refused): its interface
         def __init__(self, data):

@@ -156,6 +156,8 @@ class Hybrid(Strategy):
                       "on each row alone")
         if not reason and len(call.graph.inputs) != 1:
             reason = "the SQL compiler takes models with one input"
+        if not reason and not call.backend.array_features:
+            reason = "the SQL prefix hands its activations to the rest of the model as one array, and the database has no arrays"
         if reason:
             return reason
         splits = split_points(call.backend, call.model, call.graph)

@@ -29,6 +29,7 @@ from sqlglot.tokens import TokenType
 
 from ...errors import DTypeMismatch, Error, QueryError
 from ...names import ResolvedModel
+from ...query import argument_probe
 from ..base import Backend
 from . import driver
 from .costs import COSTS
@@ -453,6 +454,24 @@ class DM8Backend(Backend):
         finally:
             cur.close()
         return driver.plain(row[0]) if row else None
+
+    def argument_forms(self, args: Sequence[exp.Expression]) -> list[tuple[str, str]] | None:
+        """The types of a call's feature arguments from the description of their probe (the call's
+        own FROM/WHERE, no row read: ``WHERE 1 = 0`` around it); None where they hold parameters."""
+        probe = argument_probe(args)
+        if probe is None:
+            return None
+        empty = exp.select("*").from_(exp.alias_(exp.Subquery(this=probe), "dbdl_p", table=True)).where(
+            exp.EQ(this=exp.Literal.number(1), expression=exp.Literal.number(0)))
+        cur = self._cursor(1)
+        try:
+            cur.execute(render(empty.sql(dialect=self.dialect)))
+            description = cur.description
+        except (driver.dmPython.Error, sqlglot.errors.SqlglotError):
+            return None  # the statement itself will say what is wrong with it
+        finally:
+            cur.close()
+        return [driver.form(d) for d in description or ()] or None
 
     def analyze(self, table: str, columns: Sequence[str] = ()) -> None:
         """Statistics of a table just filled, where this user may gather them (DBMS_STATS); a

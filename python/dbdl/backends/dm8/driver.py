@@ -168,6 +168,21 @@ def type_name(description: Sequence[Any]) -> str:
     return getattr(description[1], "__name__", str(description[1])).rsplit(".", 1)[-1]
 
 
+#: dmPython's type objects -> the names DM8's SQL gives them, for messages ("got VARCHAR")
+_SQL_NAMES = {"NUMBER": "INT", "STRING": "VARCHAR", "FIXED_STRING": "CHAR", "LONG_STRING": "TEXT",
+              "BINARY": "VARBINARY", "FIXED_BINARY": "BINARY", "LONG_BINARY": "IMAGE", "BOOLEAN": "BIT"}
+
+
+def form(description: Sequence[Any]) -> tuple[str, str]:
+    """What a predict call's argument is (Backend.argument_forms): "number", "text", "boolean",
+    "bytes" or "other", and its type as DM8's SQL names it."""
+    name = type_name(description)
+    t = arrow_type(description)
+    what = ("boolean" if pa.types.is_boolean(t) else "number" if pa.types.is_integer(t) or pa.types.is_floating(t)
+            else "text" if pa.types.is_string(t) else "bytes" if pa.types.is_binary(t) else "other")
+    return what, _SQL_NAMES.get(name, name)
+
+
 def _int(description: Sequence[Any], i: int) -> int:
     try:
         return int(description[i] or 0)
