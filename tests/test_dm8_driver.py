@@ -245,7 +245,7 @@ def test_predictions_as_the_temporary_table_holds_them():
     texts = dm8.prediction_values("array", valid, y)
     assert texts[1] is None and [json.loads(t) for t in (texts[0], texts[2])] == [[0.5, -1.25], [2.0, 3.0]]
     assert dm8.prediction_values("class", valid, np.array([3, 1])) == [3, None, 1]
-    assert dm8.prediction_type("array", texts) == "VARCHAR(11)" and dm8.prediction_type("scalar", []) == "DOUBLE"
+    assert dm8.prediction_type("array", texts) == "VARCHAR(11)" and dm8.prediction_type("scalar", []) == "REAL"
 
 
 def test_feature_columns_from_fetched_values():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import secrets
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -35,6 +36,8 @@ BATCH_ROWS = 65536
 #: a padded batch) while keeping onnxruntime's per-run overhead negligible
 RUN_ROWS = 4096
 _tables = itertools.count()
+#: a random part of the temporary tables' names, with the process's pid (a forked child's own)
+_TABLE_TAG = secrets.token_hex(3)
 
 
 def scorer(backend: "Backend", model: ResolvedModel, kind: str,
@@ -174,7 +177,9 @@ def dl_call(backend: "Backend", kind: str, model: ResolvedModel, call: exp.Anony
         args, wide = [backend.pack_features(args, model.signature.n_features)], False
     names = feature_names(len(args))
     select = enclosing_select(call)
-    table = f"dbdl_dl_{next(_tables)}"
+    # unique across processes and clients too: a global temporary table's definition (DM8's) is
+    # shared by every session of the schema, while its rows are each session's own
+    table = f"dbdl_dl_{os.getpid()}_{_TABLE_TAG}_{next(_tables)}"
     cleanup.append(table)
     # predict() of class names: the backend's table holds text
     table_kind = "text" if kind == "scalar" and model.output_spec.is_text else kind

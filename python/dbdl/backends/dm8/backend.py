@@ -54,9 +54,10 @@ _OWN_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _PLSQL = re.compile(r"^\s*(BEGIN|DECLARE|CREATE\s+(OR\s+REPLACE\s+)?(PROCEDURE|FUNCTION|TRIGGER|PACKAGE|TYPE|CLASS))\b",
                     re.I)
 
-#: kind -> the SQL type of dbdl_prediction (predict DOUBLE, predict_class BIGINT, predict_array
-#: the text of a JSON array, predict() of class names text)
-PREDICTION_TYPES = {"scalar": "DOUBLE", "class": "BIGINT", "array": "VARCHAR", "text": "VARCHAR"}
+#: kind -> the SQL type of dbdl_prediction (predict REAL — the model's float32, as relation-centric
+#: SQL's RELATIONAL.real and the other backends give it —, predict_class BIGINT, predict_array the
+#: text of a JSON array, predict() of class names text)
+PREDICTION_TYPES = {"scalar": "REAL", "class": "BIGINT", "array": "VARCHAR", "text": "VARCHAR"}
 
 # the statements this module writes itself, rendered like all others (tests/test_dm8_driver.py
 # renders and parses back each one)
@@ -398,7 +399,7 @@ class DM8Backend(Backend):
         the predictions into a global temporary table (ON COMMIT PRESERVE ROWS: private to this
         session, kept across its commits) with executemany over lists. Columns: the key
         (``dbdl_k``, the ROWID, when ``keyed``; else the feature columns themselves) and
-        ``dbdl_prediction`` (DOUBLE, BIGINT, or the text of a JSON array for predict_array)."""
+        ``dbdl_prediction`` (REAL, BIGINT, or the text of a JSON array for predict_array)."""
         from dbdl_udf.runtime import valid_rows
 
         batch_rows = max(1, int(batch_rows))
@@ -760,7 +761,7 @@ def prediction_values(kind: str, valid: np.ndarray, y: np.ndarray | None) -> lis
 
 
 def prediction_type(kind: str, values: list) -> str:
-    """The SQL type of dbdl_prediction: DOUBLE, BIGINT, or text (VARCHAR up to INLINE_BYTES, CLOB
+    """The SQL type of dbdl_prediction: REAL, BIGINT, or text (VARCHAR up to INLINE_BYTES, CLOB
     beyond) for predict_array's JSON and class names."""
     base = PREDICTION_TYPES[kind]
     if base != "VARCHAR":
