@@ -261,6 +261,37 @@ def test_feature_columns_from_fetched_values():
     assert one.values.tolist() == [1.5, 0.0] and one.valid.tolist() == [True, False] and one.width == 1
 
 
+def test_a_fetched_batch_scores_as_onnxruntime_does():
+    """DL-centric's batch step (score_batch) on rows as dmPython's fetchmany gives them — a ROWID
+    key and one DOUBLE/BIGINT column per feature, NULLs among them — keyed and keyed by the features:
+    the predictions onnxruntime gives the same rows, None where a feature is NULL."""
+    import onnxruntime as ort
+    from conftest import export_onnx, make_mlp
+
+    from dbdl.strategies.dl import stack_columns
+
+    model = export_onnx(make_mlp((3, 5, 2), seed=3), 3)
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    x[:, 2] = np.round(x[:, 2] * 3)
+    rows = [(100 + i, *map(float, r[:2]), int(r[2])) for i, r in enumerate(x)] + [(106, 1.0, None, 2)]
+
+    def score(columns):
+        stacked = stack_columns(columns)
+        return session.run(None, {"x": stacked.matrix()[stacked.valid].astype(np.float32)})[0]
+
+    expected = session.run(None, {"x": x.astype(np.float32)})[0]
+    description = [_desc(dmPython.BIGINT, "DBDL_K"), _desc(dmPython.DOUBLE, "DBDL_F"),
+                   _desc(dmPython.DOUBLE, "DBDL_F1"), _desc(dmPython.BIGINT, "DBDL_F2")]
+    keys, got = dm8.score_batch(description, rows, None, True, score, "array")
+    assert keys == [(100 + i,) for i in range(7)] and got[6] is None
+    np.testing.assert_allclose([json.loads(v) for v in got[:6]], expected, rtol=1e-6)
+    # the scorer gives predict_class its classes (strategies/dl.py's shape_outputs)
+    keys, got = dm8.score_batch(description[1:], [r[1:] for r in rows], None, False,
+                                lambda columns: score(columns).argmax(axis=1), "class")
+    assert keys == [r[1:] for r in rows] and got == [*expected.argmax(axis=1).tolist(), None]
+
+
 def _info(**kw) -> DatasetInfo:
     base = dict(name="digits", version=1, table="dbdl_data.ds_digits_v1", shape=(2,), dtype="float32",
                 label_dtype="int64", n_rows=3, n_train=3, n_validation=0, n_test=0, train_fraction=1.0,

@@ -400,8 +400,6 @@ class DM8Backend(Backend):
         session, kept across its commits) with executemany over lists. Columns: the key
         (``dbdl_k``, the ROWID, when ``keyed``; else the feature columns themselves) and
         ``dbdl_prediction`` (REAL, BIGINT, or the text of a JSON array for predict_array)."""
-        from dbdl_udf.runtime import valid_rows
-
         batch_rows = max(1, int(batch_rows))
         cur = self._run(render(source_sql), rows=min(batch_rows, FETCH_ROWS))
         try:
@@ -409,7 +407,6 @@ class DM8Backend(Backend):
             names = driver.column_names(description)
             if not all(re.fullmatch(r"dbdl_\w+", n) for n in names):
                 raise QueryError(f"DL-centric source columns must be dbdl_k / dbdl_f…, got {names}")
-            first = 1 if keyed else 0
             n_keys = 1 if keyed else len(names)
             keys: list[tuple] = []
             predictions: list[Any] = []
@@ -417,13 +414,9 @@ class DM8Backend(Backend):
                 rows = cur.fetchmany(batch_rows)
                 if not rows:
                     break
-                rows = [tuple(driver.plain(v) for v in r) for r in rows]  # LOBs read before the next fetch
-                columns = [feature_column(description[j], [r[j] for r in rows], signature, j - first)
-                           for j in range(first, len(names))]
-                valid = valid_rows(columns)
-                y = score(columns) if valid.any() else None
-                keys.extend(r[:n_keys] for r in rows)
-                predictions.extend(prediction_values(kind, valid, y))
+                got_keys, got = score_batch(description, rows, signature, keyed, score, kind)
+                keys.extend(got_keys)
+                predictions.extend(got)
         except driver.dmPython.Error as exc:
             self._statement_failed()
             raise driver.translate(exc) from exc
@@ -734,6 +727,32 @@ def feature_column(description: Sequence[Any], values: list, signature: Any, k: 
     if driver.arrow_type(description) == pa.float32():
         numbers = numbers.astype(np.float32)
     return Column(numbers, valid, width=1, shape=())
+
+
+def score_batch(description: Sequence[Any], rows: list, signature: Any, keyed: bool,
+                score: Callable[..., np.ndarray], kind: str) -> tuple[list[tuple], list]:
+    """One fetched batch of DL-centric's source (``rows`` as dmPython's fetchmany gives them) scored:
+    its keys (the ROWID, or the feature values themselves) and predictions as the temporary table
+    takes them. Only the columns that need it (LOBs, decimals) are turned into plain values: the
+    rest go to numpy as fetched (bench/bench_dm8.py times this against raw onnxruntime)."""
+    from dbdl_udf.runtime import valid_rows
+
+    first = 1 if keyed else 0
+    n_keys = 1 if keyed else len(description)
+    columns = []
+    for j in range(len(description)):
+        values = [r[j] for r in rows]
+        if driver.is_lob(description[j]) or description[j][1] is driver.dmPython.DECIMAL:
+            values = [driver.plain(v) for v in values]  # LOBs read before the next fetch
+        if j >= first:
+            columns.append(feature_column(description[j], values, signature, j - first))
+        elif keyed:
+            keys = [(v,) for v in values]
+    if not keyed:
+        keys = [tuple(driver.plain(v) for v in r[:n_keys]) for r in rows]
+    valid = valid_rows(columns)
+    y = score(columns) if valid.any() else None
+    return keys, prediction_values(kind, valid, y)
 
 
 def prediction_values(kind: str, valid: np.ndarray, y: np.ndarray | None) -> list:
