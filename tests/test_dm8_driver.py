@@ -283,12 +283,21 @@ def test_a_fetched_batch_scores_as_onnxruntime_does():
     expected = session.run(None, {"x": x.astype(np.float32)})[0]
     description = [_desc(dmPython.BIGINT, "DBDL_K"), _desc(dmPython.DOUBLE, "DBDL_F"),
                    _desc(dmPython.DOUBLE, "DBDL_F1"), _desc(dmPython.BIGINT, "DBDL_F2")]
-    keys, got = dm8.score_batch(description, rows, None, True, score, "array")
+    scored = dm8.score_batch(description, rows, None, True, score, "array")
+    keys, got = [r[:1] for r in scored], [r[1] for r in scored]
     assert keys == [(100 + i,) for i in range(7)] and got[6] is None
     np.testing.assert_allclose([json.loads(v) for v in got[:6]], expected, rtol=1e-6)
+    # a batch with no NULL takes the one-conversion path: the same values
+    fast = dm8.score_batch(description, rows[:6], None, True, score, "array")
+    assert [r[0] for r in fast] == list(range(100, 106))
+    np.testing.assert_allclose([json.loads(r[1]) for r in fast], expected, rtol=1e-6)
     # the scorer gives predict_class its classes (strategies/dl.py's shape_outputs)
-    keys, got = dm8.score_batch(description[1:], [r[1:] for r in rows], None, False,
-                                lambda columns: score(columns).argmax(axis=1), "class")
+    scored = dm8.score_batch(description[1:], [r[1:] for r in rows], None, False,
+                             lambda columns: score(columns).argmax(axis=1), "class")
+    keys, got = [r[:-1] for r in scored], [r[-1] for r in scored]
+    fast = dm8.score_batch(description[1:], [r[1:] for r in rows[:6]], None, False,
+                           lambda columns: score(columns).argmax(axis=1), "class")
+    assert fast == [(*r[1:], c) for r, c in zip(rows, expected.argmax(axis=1).tolist())]
     assert keys == [r[1:] for r in rows] and got == [*expected.argmax(axis=1).tolist(), None]
 
 
@@ -311,3 +320,29 @@ def test_range_rows_decode_and_are_checked():
     assert ragged[0].lengths.tolist() == [1, 0] and ragged[0].values.tolist() == [5]
     assert ragged[1].dtype == np.float32
     assert export.feature_type(8) == "VARBINARY(8)" and export.feature_type(4096) == "BLOB"
+
+
+def test_the_planner_and_explain_give_dm8s_reason_for_no_udf_centric(tmp_path, monkeypatch):
+    """DM8's declarations (no in-database Python, its reason; no arrays) on a real database, since
+    the planner on DM8 itself needs a server: EXPLAIN lists udf with DM8's reason (external functions
+    are C or Java only), forcing it is a StrategyUnavailable naming the strategies that run, and the
+    planner's own choice scores the one-column-per-feature call as onnxruntime does."""
+    from conftest import export_onnx, make_mlp, run_onnx
+
+    from dbdl.backends.dm8.backend import DM8Backend
+
+    db = dbdl.connect(f"duckdb:///{tmp_path / 'dm8_like.duckdb'}")
+    model = export_onnx(make_mlp((3, 4, 2), seed=5), 3)
+    db.models.register("m", model)
+    x = np.random.default_rng(2).standard_normal((5, 3))
+    db.create_table("t", {"id": np.arange(5), **{f"c{j}": x[:, j] for j in range(3)}})
+    for attribute in ("has_python_udfs", "udf_unavailable", "array_features"):
+        monkeypatch.setattr(db.backend, attribute, getattr(DM8Backend, attribute))
+    sql = "SELECT id, predict_class('m', c0, c1, c2) FROM t"
+    plan = str(db.explain(sql))
+    assert DM8Backend.udf_unavailable in plan and "C or Java only" in DM8Backend.udf_unavailable
+    with pytest.raises(dbdl.StrategyUnavailable, match="C or Java only.*use strategy='dl' or 'relation'"):
+        db.sql(sql, strategy="udf")
+    got = [c for _, c in sorted(db.sql(sql).fetchall())]
+    assert got == run_onnx(model, {"x": x.astype(np.float32)}).argmax(axis=1).tolist()
+    db.close()

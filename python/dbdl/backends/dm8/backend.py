@@ -408,29 +408,26 @@ class DM8Backend(Backend):
             if not all(re.fullmatch(r"dbdl_\w+", n) for n in names):
                 raise QueryError(f"DL-centric source columns must be dbdl_k / dbdl_f…, got {names}")
             n_keys = 1 if keyed else len(names)
-            keys: list[tuple] = []
-            predictions: list[Any] = []
+            scored: list[tuple] = []  # (key…, prediction), as the temporary table takes them
             while True:
                 rows = cur.fetchmany(batch_rows)
                 if not rows:
                     break
-                got_keys, got = score_batch(description, rows, signature, keyed, score, kind)
-                keys.extend(got_keys)
-                predictions.extend(got)
+                scored.extend(score_batch(description, rows, signature, keyed, score, kind))
         except driver.dmPython.Error as exc:
             self._statement_failed()
             raise driver.translate(exc) from exc
         finally:
             cur.close()
-        out_type = prediction_type(kind, predictions)
+        out_type = prediction_type(kind, [r[-1] for r in scored])
         key_types = [sql_type_of(d) for d in description[:n_keys]]
         key_names = names[:n_keys]
         self._temp_table(table, [f"{n} {t}" for n, t in zip(key_names, key_types)] + [f"dbdl_prediction {out_type}"])
         try:
-            if keys:
+            if scored:
                 insert = SQL["insert"].format(table=table, columns=", ".join(key_names + ["dbdl_prediction"]),
                                               marks=", ".join("?" * (n_keys + 1)))
-                self.executemany(insert, [(*k, p) for k, p in zip(keys, predictions)])
+                self.executemany(insert, scored)
         except BaseException:
             self.drop_temp_table(table)
             raise
@@ -705,6 +702,11 @@ def feature_column(description: Sequence[Any], values: list, signature: Any, k: 
     from dbdl_udf.runtime import Column
 
     n = len(values)
+    if driver.kind(description) in ("int", "float") and None not in values:  # no NULL: straight to numpy
+        numbers = np.array(values, dtype=np.int64 if driver.kind(description) == "int" else np.float64)
+        if driver.arrow_type(description) == pa.float32():
+            numbers = numbers.astype(np.float32)
+        return Column(numbers, np.ones(n, dtype=bool), width=1, shape=())
     valid = np.array([v is not None for v in values], dtype=bool)
     if driver.kind(description) == "bytes":
         width = None
@@ -730,29 +732,39 @@ def feature_column(description: Sequence[Any], values: list, signature: Any, k: 
 
 
 def score_batch(description: Sequence[Any], rows: list, signature: Any, keyed: bool,
-                score: Callable[..., np.ndarray], kind: str) -> tuple[list[tuple], list]:
+                score: Callable[..., np.ndarray], kind: str) -> list[tuple]:
     """One fetched batch of DL-centric's source (``rows`` as dmPython's fetchmany gives them) scored:
-    its keys (the ROWID, or the feature values themselves) and predictions as the temporary table
-    takes them. Only the columns that need it (LOBs, decimals) are turned into plain values: the
+    the temporary table's rows, (key…, prediction) — the key the ROWID, or the feature values
+    themselves. Only the columns that need it (LOBs, decimals) are turned into plain values: the
     rest go to numpy as fetched (bench/bench_dm8.py times this against raw onnxruntime)."""
     from dbdl_udf.runtime import valid_rows
 
+    from dbdl_udf.runtime import Column
+
     first = 1 if keyed else 0
     n_keys = 1 if keyed else len(description)
-    columns = []
-    for j in range(len(description)):
-        values = [r[j] for r in rows]
+    features = description[first:]
+    if (all(driver.kind(d) in ("int", "float") and not driver.is_lob(d) and d[1] is not driver.dmPython.DECIMAL
+            for d in features) and not any(None in r for r in rows)):
+        # numbers only and no NULL (the common batch): one conversion of the whole batch, in C
+        matrix = np.array(rows, dtype=np.float64)[:, first:]
+        valid = np.ones(len(rows), dtype=bool)
+        columns = [Column(matrix[:, k] if driver.arrow_type(d) != pa.float32() else matrix[:, k].astype(np.float32),
+                          valid, width=1, shape=()) for k, d in enumerate(features)]
+        keys = [[r[0] for r in rows]] if keyed else list(zip(*rows))
+        y = score(columns)
+        return list(zip(*keys, prediction_values(kind, valid, y)))
+    columns, keys = [], []
+    for j, values in enumerate(zip(*rows)):  # the batch's columns, transposed at C speed
         if driver.is_lob(description[j]) or description[j][1] is driver.dmPython.DECIMAL:
             values = [driver.plain(v) for v in values]  # LOBs read before the next fetch
+        if j < n_keys:
+            keys.append(values)
         if j >= first:
             columns.append(feature_column(description[j], values, signature, j - first))
-        elif keyed:
-            keys = [(v,) for v in values]
-    if not keyed:
-        keys = [tuple(driver.plain(v) for v in r[:n_keys]) for r in rows]
     valid = valid_rows(columns)
     y = score(columns) if valid.any() else None
-    return keys, prediction_values(kind, valid, y)
+    return list(zip(*keys, prediction_values(kind, valid, y)))
 
 
 def prediction_values(kind: str, valid: np.ndarray, y: np.ndarray | None) -> list:
@@ -765,8 +777,11 @@ def prediction_values(kind: str, valid: np.ndarray, y: np.ndarray | None) -> lis
     rows = np.flatnonzero(valid)
     if kind == "array":
         matrix = np.asarray(y, dtype=np.float32).reshape(len(rows), -1)
-        for i, row in zip(rows, matrix):
-            out[i] = json.dumps([float(v) for v in row], separators=(",", ":"))
+        finite = np.isfinite(matrix).all(axis=1)
+        digits = "{:.9g}".format  # 9 significant digits give each float32 back exactly
+        for i, row, ok in zip(rows, matrix.astype(np.float64).tolist(), finite.tolist()):
+            # NaN and infinities as json.dumps writes them (NaN, Infinity: json.loads reads them)
+            out[i] = "[" + ",".join(map(digits, row)) + "]" if ok else json.dumps(row, separators=(",", ":"))
     elif kind == "class":
         for i, v in zip(rows, np.asarray(y).reshape(-1)):
             out[i] = int(v)
