@@ -597,6 +597,24 @@ def url_scheme(url: str) -> str:
     return head.lower() if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", head) else ""
 
 
+def export_query(spec: "ExportSpec", dialect: Any, statements: int | None = None) -> "exp.Query":
+    """train_export's source query, read: one SELECT statement (WITH, joins and UNION allowed), else
+    QueryError — the same rule and words on every backend (``statements``: how many statements the
+    database's own parser counts, where it can tell)."""
+    import sqlglot.expressions as exp
+
+    from dbdl_udf.sqltext import one_statement
+
+    from ..query import parse
+
+    one_statement(spec.query, "train_export")  # the same rule and message as PostgreSQL's server
+    trees = parse(spec.query, dialect)
+    if trees is None or len(trees) != 1 or statements not in (None, 1) or not isinstance(trees[0], exp.Query):
+        raise QueryError("train_export's source query must be one SELECT statement (it may use WITH, joins and "
+                         "UNION); check the SQL")
+    return trees[0]
+
+
 def packed_block(info: "DatasetInfo", rows: int) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
     """An empty block of ``rows`` samples: (buffer, features [rows x elements] and labels viewing it)."""
     import math

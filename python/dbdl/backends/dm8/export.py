@@ -27,10 +27,9 @@ import sqlglot.expressions as exp
 
 from dbdl_udf import datasets
 from dbdl_udf.datasets import DatasetInfo, ExportSpec, Ragged, decode_bytes, dense_rows
-from dbdl_udf.sqltext import one_statement
 
-from ...errors import Error, QueryError
-from ...query import parse
+from ...errors import Error
+from ..base import export_query
 from . import driver
 
 #: rows per array fetch of the source query, and per executemany chunk of the table
@@ -45,11 +44,7 @@ DROP = "DROP TABLE IF EXISTS {table}"
 
 
 def train_export(backend: Any, spec: ExportSpec, progress: Callable[[int], None] | None = None) -> DatasetInfo:
-    one_statement(spec.query, "train_export")  # the same rule and message as the other backends'
-    trees = parse(spec.query, backend.dialect)
-    if trees is None or len(trees) != 1 or not isinstance(trees[0], exp.Query):
-        raise QueryError("train_export's source query must be one SELECT statement (it may use WITH, joins and "
-                         "UNION); check the SQL")
+    export_query(spec, backend.dialect)
     sink = DM8Sink(backend)
     try:
         with backend.transaction():

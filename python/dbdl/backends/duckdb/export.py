@@ -9,28 +9,22 @@ from typing import Any, Callable, Sequence
 import duckdb
 import numpy as np
 import pyarrow as pa
-import sqlglot.expressions as exp
 
 from dbdl_udf import datasets
 from dbdl_udf.arrowio import array_matrix, binary_rows, column_numbers, list_ragged
 from dbdl_udf.datasets import DatasetInfo, ExportSpec, Ragged, dense_rows
-from dbdl_udf.sqltext import one_statement, quote_qualified
+from dbdl_udf.sqltext import quote_qualified
 
-from ...errors import QueryError
-from ...query import parse
+from ..base import export_query
 
 
 def train_export(backend: Any, spec: ExportSpec, progress: Callable[[int], None] | None = None) -> DatasetInfo:
-    one_statement(spec.query, "train_export")  # the same rule and message as the server's
-    trees = parse(spec.query, backend.dialect)
     # DuckDB's own parser has the last word on how many statements it would run
     try:
         statements = len(backend.con.extract_statements(spec.query))
     except duckdb.Error:  # DuckDB's parse errors: sqlglot's verdict stands
         statements = None
-    if trees is None or len(trees) != 1 or statements not in (None, 1) or not isinstance(trees[0], exp.Query):
-        raise QueryError("train_export's source query must be one SELECT statement (it may use WITH, joins and "
-                         "UNION); check the SQL")
+    export_query(spec, backend.dialect, statements)
     sink = DuckDBSink(backend)
     with backend.transaction():
         try:

@@ -32,10 +32,9 @@ import sqlglot.expressions as exp
 from dbdl_udf import datasets
 from dbdl_udf.arrowio import array_matrix, binary_rows, column_numbers, is_list_type, list_ragged
 from dbdl_udf.datasets import DatasetInfo, ExportSpec, Ragged, dense_rows
-from dbdl_udf.sqltext import one_statement
 
 from ...errors import QueryError
-from ...query import parse
+from ..base import export_query
 from . import reader as files
 
 #: the most bytes of one parquet file of a dataset table (Spark's range partitions)
@@ -55,11 +54,7 @@ _SPARK_ELEMENTS = {"float32": pa.float32(), "float64": pa.float64(), "int8": pa.
 
 
 def train_export(backend: Any, spec: ExportSpec, progress: Callable[[int], None] | None = None) -> DatasetInfo:
-    one_statement(spec.query, "train_export")  # the same rule and message as the other backends'
-    trees = parse(spec.query, backend.dialect)
-    if trees is None or len(trees) != 1 or not isinstance(trees[0], exp.Query):
-        raise QueryError("train_export's source query must be one SELECT statement (it may use WITH, joins and "
-                         "UNION); check the SQL")
+    export_query(spec, backend.dialect)
     sink = SparkSink(backend)
     catalog = backend.catalog
     try:
