@@ -50,7 +50,7 @@ def test_the_migrations_apply_record_and_run_again_on_the_live_server(dm8_server
 def test_without_a_url_no_dm8_case_is_collected_and_markers_may_name_dm8_anyway():
     assert ("dm8" in BACKENDS) == bool(dm8server.configured())
     assert "dm8" in KNOWN_BACKENDS
-    assert DM8_MODULES == {"test_behaviour", "test_errors", "test_registration", "test_training", "test_planner",
+    assert DM8_MODULES == {"test_behaviour", "test_errors", "test_registration", "test_training", "test_planner", "test_wide",
                            "test_migrations"}
 
 
