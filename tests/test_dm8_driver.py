@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import decimal
 import json
+import re
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -345,4 +347,12 @@ def test_the_planner_and_explain_give_dm8s_reason_for_no_udf_centric(tmp_path, m
         db.sql(sql, strategy="udf")
     got = [c for _, c in sorted(db.sql(sql).fetchall())]
     assert got == run_onnx(model, {"x": x.astype(np.float32)}).argmax(axis=1).tolist()
+    # one vector per row (on DM8: a BLOB of float32 values) is no input relation-centric SQL can unnest there
+    monkeypatch.setattr(db.backend, "relation_feature_problem",
+                        types.MethodType(DM8Backend.relation_feature_problem, db.backend))
+    db.sql("CREATE TABLE v AS SELECT id, [c0, c1, c2]::FLOAT[3] AS feats FROM t")
+    plan = str(db.explain("SELECT id, predict_class('m', feats) FROM v"))
+    assert re.search(r"relation +ruled out +DM8 has no array columns: relation-centric SQL takes the features as one "
+                     r"column per feature", plan), plan
+    assert "chosen: dl" in plan
     db.close()

@@ -446,6 +446,11 @@ class DM8Backend(Backend):
             cur.close()
         return driver.plain(row[0]) if row else None
 
+    def relation_feature_problem(self, model: ResolvedModel, args: Sequence[exp.Expression]) -> str | None:
+        # asked only of a call that is not one column per feature: DM8 has no arrays to unnest
+        return ("DM8 has no array columns: relation-centric SQL takes the features as one column per feature, "
+                "predict('m', c0, c1, …); one BLOB of float32 values per row is scored DL-centric")
+
     def argument_forms(self, args: Sequence[exp.Expression]) -> list[tuple[str, str]] | None:
         """The types of a call's feature arguments from the description of their probe (the call's
         own FROM/WHERE, no row read: ``WHERE 1 = 0`` around it); None where they hold parameters."""
