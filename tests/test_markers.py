@@ -4,6 +4,7 @@ a marker without a reason or on a test without the param it names is a usage err
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,8 +121,16 @@ def test_unwired(url):
 '''
 
 
+def _as_test_behaviour(monkeypatch) -> None:
+    """The inner run's module is named test_behaviour (one of DM8_MODULES): the real one, imported
+    in this process where xdist put both files on one worker, is set aside for the run (pytest
+    refuses a second module of that name) and put back after."""
+    monkeypatch.delitem(sys.modules, "test_behaviour", raising=False)
+
+
 def test_markers_may_name_dm8_when_its_cases_are_not_collected(pytester, monkeypatch):
     monkeypatch.delenv("DBDL_DM8_URL", raising=False)
+    _as_test_behaviour(monkeypatch)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_behaviour=DM8_WIRED)
     result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
@@ -131,6 +140,7 @@ def test_markers_may_name_dm8_when_its_cases_are_not_collected(pytester, monkeyp
 
 def test_with_dbdl_dm8_url_the_dm8_cases_are_collected_in_dm8_modules_only(pytester, monkeypatch):
     monkeypatch.setenv("DBDL_DM8_URL", "dm://dbdl_test:x@127.0.0.1:1")
+    _as_test_behaviour(monkeypatch)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_behaviour=DM8_WIRED, test_elsewhere=DM8_UNWIRED)
     result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
